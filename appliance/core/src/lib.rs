@@ -1,1 +1,23 @@
+//! The relay core: everything between a received netoops datagram and a byte stream to the
+//! upstream collector, as sans-IO state machines.
+//!
+//! Contract: bytes and time go in, events and bytes come out. Nothing here reads a clock,
+//! touches a socket or a device, or allocates on the per-packet path; pools are sized from
+//! the configuration when a component is built. The same code runs in the kernel, in the
+//! hosted relay and in tests.
+//!
+//! - [`time`]: the caller-supplied clock ([`time::Instant`], [`time::Duration`]).
+//! - [`reassembly`]: the [`reassembly::Reassembler`], turning datagrams into crash
+//!   notifications and dumps within a fixed memory budget.
+//! - [`upstream`]: the record format spoken to collectors, the bounded spool that holds
+//!   records until acknowledged, and the [`upstream::UpstreamLink`] failover state machine.
+//! - [`config`]: the appliance configuration and its `key=value` parser.
 #![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod config;
+pub mod reassembly;
+pub mod time;
+pub mod upstream;

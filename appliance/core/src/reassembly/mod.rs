@@ -1,0 +1,1 @@
+//! Reassembly: placeholder, being written.

@@ -1,0 +1,1 @@
+//! Upstream delivery: placeholder, being written.
