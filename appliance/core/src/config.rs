@@ -1,1 +1,508 @@
-//! Configuration: placeholder, being written.
+//! The appliance configuration and its parser.
+//!
+//! One syntax everywhere: whitespace- or newline-separated `key=value` pairs, `#` starting a
+//! comment. The kernel reads it from its command line, the UEFI loader from `relay.conf`, and
+//! the hosted relay maps its TOML file and flags onto the same keys through [`Config::set`].
+//! A bad value is an error naming the key; the appliance refuses to run misconfigured.
+//!
+//! | key | value | default |
+//! |---|---|---|
+//! | `ip` | `A.B.C.D/PREFIX`, the appliance's address | required on the appliance |
+//! | `gw` | `A.B.C.D` | none (upstreams on-link) |
+//! | `port` | UDP port netoops senders target | 2004 |
+//! | `upstream` | `IP:PORT[,IP:PORT...]` in order of preference | required |
+//! | `name` | relay name reported to collectors | `netoops-relay` |
+//! | `memory` | reassembly budget, bytes with optional `K`/`M`/`G` | `64M` |
+//! | `spool` | delivery spool budget | `16M` |
+//! | `max_dumps` | dumps held at once | 4096 |
+//! | `per_source` | dumps one source may hold | 8 |
+//! | `quiet` | emit a partial dump after this long without packets (`ms`, `s`, `m`) | `3s` |
+//! | `linger` | remember emitted dumps this long | `30s` |
+//! | `allow` | source allowlist, `CIDR[,CIDR...]` | everyone |
+//! | `nic` | ingress NIC: PCI address `BB:DD.F` or MAC | the first supported NIC |
+//! | `upstream_nic` | a second NIC for upstream traffic | the ingress NIC |
+//! | `stats` | interval between counter lines on the console | `5s` |
+//!
+//! Keys containing a dot (`virtio_mmio.device=...`, added by some VMMs) belong to the platform
+//! and are kept in [`Config::platform`] untouched.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+use core::str::FromStr;
+
+use crate::reassembly::ReassemblyConfig;
+use crate::time::Duration;
+
+/// An IP network in CIDR notation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address (host bits may be set; they are ignored when matching).
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies inside this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (addr, prefix) = s.split_once('/').ok_or(())?;
+        let addr: IpAddr = addr.parse().map_err(|_| ())?;
+        let prefix: u8 = prefix.parse().map_err(|_| ())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(());
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// How to pick a NIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NicSelector {
+    /// PCI bus, device, function.
+    Pci {
+        /// Bus number.
+        bus: u8,
+        /// Device number (0-31).
+        device: u8,
+        /// Function number (0-7).
+        function: u8,
+    },
+    /// Hardware address.
+    Mac([u8; 6]),
+}
+
+impl FromStr for NicSelector {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let hex = |p: &str| u8::from_str_radix(p, 16).map_err(|_| ());
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() == 6 {
+            let mut mac = [0u8; 6];
+            for (m, p) in mac.iter_mut().zip(&parts) {
+                if p.len() != 2 {
+                    return Err(());
+                }
+                *m = hex(p)?;
+            }
+            return Ok(NicSelector::Mac(mac));
+        }
+        // BB:DD.F, optionally with a 0000: segment prefix.
+        let s = s.strip_prefix("0000:").unwrap_or(s);
+        let (bus, rest) = s.split_once(':').ok_or(())?;
+        let (device, function) = rest.split_once('.').ok_or(())?;
+        let (bus, device, function) = (hex(bus)?, hex(device)?, hex(function)?);
+        if device > 31 || function > 7 {
+            return Err(());
+        }
+        Ok(NicSelector::Pci {
+            bus,
+            device,
+            function,
+        })
+    }
+}
+
+impl fmt::Display for NicSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NicSelector::Pci {
+                bus,
+                device,
+                function,
+            } => write!(f, "{bus:02x}:{device:02x}.{function:x}"),
+            NicSelector::Mac(m) => write!(
+                f,
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ),
+        }
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key at fault.
+    pub key: String,
+    /// What was wrong with it.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "configuration key `{}`: {}", self.key, self.problem)
+    }
+}
+
+/// The appliance configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The appliance's own address and prefix length.
+    pub address: Option<(Ipv4Addr, u8)>,
+    /// Default gateway.
+    pub gateway: Option<Ipv4Addr>,
+    /// UDP port for netoops datagrams.
+    pub listen_port: u16,
+    /// Collectors, most preferred first.
+    pub upstreams: Vec<SocketAddr>,
+    /// Name this relay reports to collectors.
+    pub name: String,
+    /// Reassembly sizes and timeouts.
+    pub reassembly: ReassemblyConfig,
+    /// Bytes the delivery spool may hold.
+    pub spool_bytes: usize,
+    /// Sources allowed to send; empty means everyone.
+    pub allow: Vec<Cidr>,
+    /// Ingress NIC.
+    pub nic: Option<NicSelector>,
+    /// Separate NIC for upstream traffic.
+    pub upstream_nic: Option<NicSelector>,
+    /// Interval between counter lines.
+    pub stats_interval: Duration,
+    /// Platform parameters (keys with a dot), passed through untouched.
+    pub platform: Vec<(String, String)>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            address: None,
+            gateway: None,
+            listen_port: netoops_wire::DEFAULT_PORT,
+            upstreams: Vec::new(),
+            name: "netoops-relay".to_string(),
+            reassembly: ReassemblyConfig::default(),
+            spool_bytes: 16 << 20,
+            allow: Vec::new(),
+            nic: None,
+            upstream_nic: None,
+            stats_interval: Duration::from_secs(5),
+            platform: Vec::new(),
+        }
+    }
+}
+
+/// Every key [`Config::set`] accepts.
+pub const KEYS: &[&str] = &[
+    "ip",
+    "gw",
+    "port",
+    "upstream",
+    "name",
+    "memory",
+    "spool",
+    "max_dumps",
+    "per_source",
+    "quiet",
+    "linger",
+    "allow",
+    "nic",
+    "upstream_nic",
+    "stats",
+];
+
+/// Parses `123`, `64K`, `16M`, `1G` (powers of 1024).
+pub fn parse_size(v: &str) -> Option<usize> {
+    let (digits, shift) = match v.as_bytes().last()? {
+        b'K' | b'k' => (&v[..v.len() - 1], 10),
+        b'M' | b'm' => (&v[..v.len() - 1], 20),
+        b'G' | b'g' => (&v[..v.len() - 1], 30),
+        _ => (v, 0),
+    };
+    let n: usize = digits.parse().ok()?;
+    n.checked_mul(1usize.checked_shl(shift)?)
+}
+
+/// Parses `250ms`, `3s`, `2m`.
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    if let Some(ms) = v.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
+    if let Some(s) = v.strip_suffix('s') {
+        return s.parse().ok().map(Duration::from_secs);
+    }
+    if let Some(m) = v.strip_suffix('m') {
+        return m
+            .parse::<u64>()
+            .ok()
+            .and_then(|m| m.checked_mul(60))
+            .map(Duration::from_secs);
+    }
+    None
+}
+
+fn parse_list<T: FromStr>(v: &str) -> Option<Vec<T>> {
+    v.split(',').map(|p| p.trim().parse().ok()).collect()
+}
+
+impl Config {
+    /// Parses a whole configuration text onto the defaults.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("");
+            for pair in line.split_whitespace() {
+                let (key, value) = pair.split_once('=').ok_or_else(|| ConfigError {
+                    key: pair.to_string(),
+                    problem: "expected key=value".to_string(),
+                })?;
+                config.set(key, value)?;
+            }
+        }
+        Ok(config)
+    }
+
+    /// Sets one key.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let bad = |expected: &str| ConfigError {
+            key: key.to_string(),
+            problem: alloc::format!("bad value `{value}`: expected {expected}"),
+        };
+        let positive = |n: Option<usize>| n.filter(|&n| n > 0);
+        match key {
+            "ip" => {
+                let cidr: Cidr = value.parse().map_err(|_| bad("A.B.C.D/PREFIX"))?;
+                match cidr.addr {
+                    IpAddr::V4(a) if cidr.prefix <= 32 => self.address = Some((a, cidr.prefix)),
+                    _ => return Err(bad("an IPv4 A.B.C.D/PREFIX")),
+                }
+            }
+            "gw" => self.gateway = Some(value.parse().map_err(|_| bad("an IPv4 address"))?),
+            "port" => {
+                self.listen_port = value
+                    .parse()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| bad("a UDP port 1-65535"))?
+            }
+            "upstream" => {
+                self.upstreams = parse_list(value)
+                    .filter(|l: &Vec<SocketAddr>| !l.is_empty() && l.iter().all(|a| a.port() != 0))
+                    .ok_or_else(|| bad("IP:PORT[,IP:PORT...]"))?
+            }
+            "name" => {
+                if value.is_empty()
+                    || value.len() > 64
+                    || !value.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(bad("1-64 printable characters"));
+                }
+                self.name = value.to_string();
+            }
+            "memory" => {
+                self.reassembly.memory_budget =
+                    positive(parse_size(value)).ok_or_else(|| bad("a size like 64M"))?
+            }
+            "spool" => {
+                self.spool_bytes =
+                    positive(parse_size(value)).ok_or_else(|| bad("a size like 16M"))?
+            }
+            "max_dumps" => {
+                self.reassembly.max_dumps = positive(value.parse().ok())
+                    .filter(|&n| n <= 1 << 20)
+                    .ok_or_else(|| bad("a count 1-1048576"))?
+            }
+            "per_source" => {
+                self.reassembly.max_dumps_per_source =
+                    positive(value.parse().ok()).ok_or_else(|| bad("a count of at least 1"))?
+            }
+            "quiet" => {
+                self.reassembly.quiet_timeout = parse_duration(value)
+                    .filter(|d| *d > Duration::ZERO)
+                    .ok_or_else(|| bad("a duration like 3s or 500ms"))?
+            }
+            "linger" => {
+                self.reassembly.linger =
+                    parse_duration(value).ok_or_else(|| bad("a duration like 30s"))?
+            }
+            "allow" => {
+                self.allow = parse_list(value).ok_or_else(|| bad("CIDR[,CIDR...]"))?;
+            }
+            "nic" => {
+                self.nic = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad("a PCI address BB:DD.F or a MAC"))?,
+                )
+            }
+            "upstream_nic" => {
+                self.upstream_nic = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad("a PCI address BB:DD.F or a MAC"))?,
+                )
+            }
+            "stats" => {
+                self.stats_interval = parse_duration(value)
+                    .filter(|d| *d > Duration::ZERO)
+                    .ok_or_else(|| bad("a duration like 5s"))?
+            }
+            k if k.contains('.') => self.platform.push((k.to_string(), value.to_string())),
+            _ => {
+                return Err(ConfigError {
+                    key: key.to_string(),
+                    problem: alloc::format!("unknown key (known keys: {})", KEYS.join(", ")),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what the appliance cannot run without (the hosted relay has no address of its
+    /// own to configure) and that the sizes fit together.
+    pub fn validate_for_appliance(&self) -> Result<(), ConfigError> {
+        let missing = |key: &str, what: &str| ConfigError {
+            key: key.to_string(),
+            problem: alloc::format!("missing: {what}"),
+        };
+        if self.address.is_none() {
+            return Err(missing("ip", "the appliance address, e.g. ip=10.0.0.2/24"));
+        }
+        self.validate()
+    }
+
+    /// Checks the settings every relay needs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.upstreams.is_empty() {
+            return Err(ConfigError {
+                key: "upstream".to_string(),
+                problem: "missing: at least one collector, e.g. upstream=10.0.0.1:2005".to_string(),
+            });
+        }
+        self.reassembly.chunk_slots().map_err(|e| ConfigError {
+            key: "memory".to_string(),
+            problem: e.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// Whether `ip` may send to this relay.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_key() {
+        let c = Config::parse(
+            "ip=10.0.0.2/24 gw=10.0.0.1 port=6666\n\
+             upstream=10.0.0.1:2005,10.0.0.9:2005 # two collectors\n\
+             name=rack-7 memory=128M spool=1G max_dumps=100 per_source=2 quiet=500ms linger=2m\n\
+             allow=10.0.0.0/8,fd00::/8 nic=00:03.0 upstream_nic=52:54:00:12:34:56 stats=1s\n\
+             virtio_mmio.device=512@0xfeb00e00:12",
+        )
+        .unwrap();
+        assert_eq!(c.address, Some((Ipv4Addr::new(10, 0, 0, 2), 24)));
+        assert_eq!(c.gateway, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(c.listen_port, 6666);
+        assert_eq!(c.upstreams.len(), 2);
+        assert_eq!(c.name, "rack-7");
+        assert_eq!(c.reassembly.memory_budget, 128 << 20);
+        assert_eq!(c.spool_bytes, 1 << 30);
+        assert_eq!(c.reassembly.max_dumps, 100);
+        assert_eq!(c.reassembly.max_dumps_per_source, 2);
+        assert_eq!(c.reassembly.quiet_timeout, Duration::from_millis(500));
+        assert_eq!(c.reassembly.linger, Duration::from_secs(120));
+        assert!(c.allows("10.9.9.9".parse().unwrap()));
+        assert!(c.allows("fd00::1".parse().unwrap()));
+        assert!(!c.allows("11.0.0.1".parse().unwrap()));
+        assert_eq!(c.nic.unwrap().to_string(), "00:03.0");
+        assert_eq!(c.upstream_nic.unwrap().to_string(), "52:54:00:12:34:56");
+        assert_eq!(c.stats_interval, Duration::from_secs(1));
+        assert_eq!(c.platform.len(), 1);
+        c.validate_for_appliance().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("ip=10.0.0.300/24", "ip"),
+            ("ip=10.0.0.1", "ip"),
+            ("ip=10.0.0.1/33", "ip"),
+            ("port=0", "port"),
+            ("port=70000", "port"),
+            ("upstream=", "upstream"),
+            ("upstream=10.0.0.1", "upstream"),
+            ("upstream=10.0.0.1:0", "upstream"),
+            ("memory=lots", "memory"),
+            ("memory=0", "memory"),
+            ("memory=99999999999G", "memory"),
+            ("quiet=3", "quiet"),
+            ("quiet=0s", "quiet"),
+            ("allow=10.0.0.0/40", "allow"),
+            ("nic=zz:00.0", "nic"),
+            ("nic=00:32.0", "nic"),
+            ("name=", "name"),
+            ("colour=blue", "colour"),
+            ("justaword", "justaword"),
+        ] {
+            let err = Config::parse(text).unwrap_err();
+            assert_eq!(err.key, key, "{text}");
+            assert!(err.to_string().contains(key));
+        }
+    }
+
+    #[test]
+    fn appliance_needs_an_address_an_upstream_and_a_workable_budget() {
+        let err = Config::parse("upstream=1.2.3.4:5")
+            .unwrap()
+            .validate_for_appliance()
+            .unwrap_err();
+        assert_eq!(err.key, "ip");
+        let err = Config::parse("ip=1.2.3.4/24")
+            .unwrap()
+            .validate_for_appliance()
+            .unwrap_err();
+        assert_eq!(err.key, "upstream");
+        let err = Config::parse("ip=1.2.3.4/24 upstream=1.2.3.4:5 memory=1K")
+            .unwrap()
+            .validate_for_appliance()
+            .unwrap_err();
+        assert_eq!(err.key, "memory");
+        assert!(err.problem.contains("too small"), "{}", err.problem);
+    }
+
+    #[test]
+    fn cidr_matching_respects_the_prefix() {
+        let c: Cidr = "192.168.1.77/24".parse().unwrap();
+        assert!(c.contains("192.168.1.1".parse().unwrap()));
+        assert!(!c.contains("192.168.2.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        assert!(!all.contains("::1".parse().unwrap()));
+    }
+}

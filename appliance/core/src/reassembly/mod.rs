@@ -1,1 +1,642 @@
-//! Reassembly: placeholder, being written.
+//! Reassembly: netoops datagrams in, crash notifications and dumps out, within a fixed budget.
+//!
+//! The [`Reassembler`] owns every received chunk until its dump is emitted and for a while
+//! after, so the sender's second and third rounds are recognised as duplicates instead of
+//! producing the dump again. It is sans-IO: [`Reassembler::handle_datagram`] and
+//! [`Reassembler::handle_timeout`] take `now` and report through an [`EventSink`].
+//!
+//! A dump is identified by its [`DumpKey`] (source, version, boot_id, dump_id, type). A packet
+//! with that key but a different packet_count, or a payload that differs from the copy held
+//! for its packet_no, starts a new *generation*: an oops followed by a panic in the same
+//! second shares the key.
+//!
+//! Dumps move between four lists ordered by last activity:
+//! assembling -> (complete, or partial after `quiet_timeout`) -> lingering with chunks ->
+//! lingering bare (chunks reclaimed under memory pressure) -> free after `linger`.
+//! A late packet that fills a hole in a partial dump still holding its chunks sends it back to
+//! assembling, and it is emitted again as a newer revision.
+//!
+//! Memory: everything is allocated in [`Reassembler::new`] from [`ReassemblyConfig`]; the
+//! per-packet path never allocates. Under pressure the reassembler reclaims lingering chunks
+//! first, then flushes the least recently active dump as partial: it never refuses a new dump,
+//! and a dump only loses packets (highest packet_no first, since they arrive last) when it
+//! alone fills the pool. Every drop is counted in [`ReassemblyStats`].
+
+mod chunks;
+mod entry;
+mod lists;
+mod view;
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::net::{IpAddr, SocketAddr};
+use hashbrown::HashMap;
+use netoops_wire::netoops::{Datagram, Limits, WireErrorKind};
+use netoops_wire::DATA_LEN;
+
+pub use entry::DumpKey;
+pub use view::{CrashSeen, DumpView, EventSink};
+
+use crate::time::{Duration, Instant};
+use chunks::ChunkStore;
+use entry::{DumpEntry, HeaderInfo};
+use lists::{IndexLists, ListId};
+
+/// Sizes and timeouts of a [`Reassembler`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReassemblyConfig {
+    /// Bytes the reassembler may allocate in total (tables and chunk pool).
+    pub memory_budget: usize,
+    /// Dumps held at once (assembling and lingering).
+    pub max_dumps: usize,
+    /// Dumps one source address may hold at once, so one sender cannot take the table.
+    pub max_dumps_per_source: usize,
+    /// Largest packet_count accepted (4096 = a 4 MiB log).
+    pub max_packet_count: u32,
+    /// A dump with no packet for this long is emitted as partial.
+    pub quiet_timeout: Duration,
+    /// How long an emitted dump is remembered after its last packet, to absorb later rounds.
+    pub linger: Duration,
+}
+
+impl Default for ReassemblyConfig {
+    fn default() -> Self {
+        ReassemblyConfig {
+            memory_budget: 64 << 20,
+            max_dumps: 4096,
+            max_dumps_per_source: 8,
+            max_packet_count: Limits::default().max_packet_count,
+            quiet_timeout: Duration::from_secs(3),
+            linger: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a [`ReassemblyConfig`] cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReassemblyConfigError {
+    /// The budget does not cover the tables plus a minimal chunk pool.
+    BudgetTooSmall {
+        /// Bytes needed at least.
+        needed: usize,
+        /// Bytes configured.
+        budget: usize,
+    },
+    /// A count that must be at least one is zero.
+    Zero(&'static str),
+}
+
+impl core::fmt::Display for ReassemblyConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::BudgetTooSmall { needed, budget } => write!(
+                f,
+                "memory budget of {budget} bytes is too small: the dump table alone needs {needed}"
+            ),
+            Self::Zero(what) => write!(f, "{what} must be at least 1"),
+        }
+    }
+}
+
+/// Smallest chunk pool worth running with.
+const MIN_SLOTS: usize = 64;
+
+/// Bytes a `hashbrown` map allocates when created with `with_capacity(capacity)`
+/// (bucket count rounded up to a power of two at 7/8 load, one control byte per bucket).
+pub(crate) fn map_bytes<K, V>(capacity: usize) -> usize {
+    let buckets = if capacity < 4 {
+        4
+    } else if capacity < 8 {
+        8
+    } else {
+        (capacity * 8 / 7).next_power_of_two()
+    };
+    buckets * (core::mem::size_of::<(K, V)>() + 1) + 16
+}
+
+/// Capacity the lookup maps are created with: twice the items they hold, so `hashbrown`
+/// always rehashes in place and never allocates after construction.
+pub(crate) fn map_capacity(items: usize) -> usize {
+    2 * items + 2
+}
+
+/// Bytes the chunk pool takes for `slots` slots: data, text length, free list, index.
+fn pool_bytes(slots: usize) -> usize {
+    slots * (DATA_LEN + 2 + 4) + map_bytes::<u64, u32>(map_capacity(slots))
+}
+
+impl ReassemblyConfig {
+    fn words_per_dump(&self) -> usize {
+        (self.max_packet_count as usize).div_ceil(64)
+    }
+
+    /// Bytes the dump table takes, independent of the chunk pool.
+    pub fn table_bytes(&self) -> usize {
+        let n = self.max_dumps;
+        let per_dump = core::mem::size_of::<DumpEntry>() + self.words_per_dump() * 8 + 12;
+        n * per_dump
+            + map_bytes::<DumpKey, u32>(map_capacity(n))
+            + map_bytes::<IpAddr, u32>(map_capacity(n))
+    }
+
+    /// Number of 1 KiB chunk slots the budget leaves after the tables.
+    pub fn chunk_slots(&self) -> Result<usize, ReassemblyConfigError> {
+        if self.max_dumps == 0 {
+            return Err(ReassemblyConfigError::Zero("max_dumps"));
+        }
+        if self.max_dumps_per_source == 0 {
+            return Err(ReassemblyConfigError::Zero("max_dumps_per_source"));
+        }
+        if self.max_packet_count == 0 {
+            return Err(ReassemblyConfigError::Zero("max_packet_count"));
+        }
+        let needed = self.table_bytes().saturating_add(pool_bytes(MIN_SLOTS));
+        if self.memory_budget < needed {
+            return Err(ReassemblyConfigError::BudgetTooSmall {
+                needed,
+                budget: self.memory_budget,
+            });
+        }
+        // The largest pool that fits (pool_bytes is monotonic).
+        let room = self.memory_budget - self.table_bytes();
+        let (mut lo, mut hi) = (MIN_SLOTS, room / DATA_LEN + 1);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if pool_bytes(mid) <= room {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+}
+
+/// How an accepted datagram was used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// It started a new dump (a [`CrashSeen`] was emitted).
+    NewDump,
+    /// It added a chunk to a dump in progress.
+    NewChunk,
+    /// A copy of a chunk already held (later rounds).
+    Duplicate,
+}
+
+/// Why a datagram was dropped. Each reason has a counter in [`ReassemblyStats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not a valid netoops datagram.
+    Malformed(WireErrorKind),
+    /// Its dump alone fills the chunk pool; the newest text it already has is kept.
+    NoMemory,
+    /// A packet for a dump already emitted whose chunks were reclaimed.
+    LateAfterEviction,
+}
+
+/// Counters since the reassembler was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReassemblyStats {
+    /// Datagrams handed in.
+    pub datagrams: u64,
+    /// Chunks stored.
+    pub chunks_stored: u64,
+    /// Copies of chunks already held, verified byte for byte.
+    pub duplicates: u64,
+    /// Packets for a dump whose chunks were reclaimed, taken as duplicates by packet number.
+    pub duplicates_unverified: u64,
+    /// Malformed datagrams by [`WireErrorKind::index`].
+    pub malformed: [u64; WireErrorKind::COUNT],
+    /// Packets dropped because their dump alone filled the pool.
+    pub dropped_no_memory: u64,
+    /// Packets dropped because their dump's chunks were already reclaimed.
+    pub dropped_late: u64,
+    /// Dumps started (each emitted a crash notification).
+    pub dumps_started: u64,
+    /// New generations under an existing identity (oops then panic in the same second).
+    pub generations: u64,
+    /// Complete dumps emitted.
+    pub dumps_complete: u64,
+    /// Partial dumps emitted.
+    pub dumps_partial: u64,
+    /// Emissions with revision above 1.
+    pub revisions: u64,
+    /// Dumps flushed as partial to free chunk slots.
+    pub flushed_for_memory: u64,
+    /// Dumps flushed as partial to free table entries.
+    pub flushed_for_table: u64,
+    /// Dumps flushed because their source held too many.
+    pub flushed_for_source_cap: u64,
+    /// Lingering dumps whose chunks were reclaimed.
+    pub lingering_reclaimed: u64,
+    /// Emitted dumps forgotten before their linger time ran out.
+    pub forgotten_early: u64,
+    /// Most chunk slots in use at once.
+    pub chunks_high_water: usize,
+    /// Most dumps held at once.
+    pub dumps_high_water: usize,
+}
+
+impl ReassemblyStats {
+    /// Malformed datagrams of every kind.
+    pub fn malformed_total(&self) -> u64 {
+        self.malformed.iter().sum()
+    }
+
+    /// Every datagram dropped, whatever the reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.malformed_total() + self.dropped_no_memory + self.dropped_late
+    }
+}
+
+/// The reassembly engine. See the module documentation.
+pub struct Reassembler {
+    config: ReassemblyConfig,
+    limits: Limits,
+    words_per_dump: usize,
+    entries: Vec<DumpEntry>,
+    bits: Vec<u64>,
+    lists: IndexLists,
+    by_key: HashMap<DumpKey, u32>,
+    per_source: HashMap<IpAddr, u32>,
+    chunks: ChunkStore,
+    stats: ReassemblyStats,
+}
+
+impl Reassembler {
+    /// Builds a reassembler, allocating everything it will ever use.
+    pub fn new(config: ReassemblyConfig) -> Result<Self, ReassemblyConfigError> {
+        let slots = config.chunk_slots()?;
+        let words_per_dump = config.words_per_dump();
+        let n = config.max_dumps;
+        Ok(Reassembler {
+            config,
+            limits: Limits {
+                max_packet_count: config.max_packet_count,
+            },
+            words_per_dump,
+            entries: vec![DumpEntry::VACANT; n],
+            bits: vec![0; n * words_per_dump],
+            lists: IndexLists::new(n),
+            by_key: HashMap::with_capacity(map_capacity(n)),
+            per_source: HashMap::with_capacity(map_capacity(n)),
+            chunks: ChunkStore::new(slots),
+            stats: ReassemblyStats::default(),
+        })
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &ReassemblyConfig {
+        &self.config
+    }
+
+    /// Counters since it was built.
+    pub fn stats(&self) -> &ReassemblyStats {
+        &self.stats
+    }
+
+    /// Dumps currently held (assembling or lingering).
+    pub fn dumps_held(&self) -> usize {
+        self.config.max_dumps - self.lists.len(ListId::Free)
+    }
+
+    /// Dumps still assembling.
+    pub fn dumps_assembling(&self) -> usize {
+        self.lists.len(ListId::Assembling)
+    }
+
+    /// Chunk slots in use and in total.
+    pub fn chunk_usage(&self) -> (usize, usize) {
+        (self.chunks.used(), self.chunks.capacity())
+    }
+
+    /// Bytes allocated for tables and chunks (at most the configured budget).
+    pub fn footprint(&self) -> usize {
+        self.config.table_bytes() + pool_bytes(self.chunks.capacity())
+    }
+
+    fn bits_of(&self, idx: u32) -> &[u64] {
+        let start = idx as usize * self.words_per_dump;
+        &self.bits[start..start + self.words_per_dump]
+    }
+
+    fn has(&self, idx: u32, packet_no: u32) -> bool {
+        let w = idx as usize * self.words_per_dump + (packet_no / 64) as usize;
+        self.bits[w] & (1u64 << (packet_no % 64)) != 0
+    }
+
+    fn set(&mut self, idx: u32, packet_no: u32) {
+        let w = idx as usize * self.words_per_dump + (packet_no / 64) as usize;
+        self.bits[w] |= 1u64 << (packet_no % 64);
+    }
+
+    /// Handles one received datagram from `source`.
+    ///
+    /// Emits [`EventSink::crash_seen`] for the first packet of a dump and [`EventSink::dump`]
+    /// when a dump completes, or when memory pressure flushes another dump as partial.
+    pub fn handle_datagram<S: EventSink>(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        bytes: &[u8],
+        sink: &mut S,
+    ) -> Result<Accepted, DropReason> {
+        self.stats.datagrams += 1;
+        let d = match Datagram::parse(bytes, &self.limits) {
+            Ok(d) => d,
+            Err(e) => {
+                let kind = e.kind();
+                self.stats.malformed[kind.index()] += 1;
+                return Err(DropReason::Malformed(kind));
+            }
+        };
+        let key = DumpKey::of(source, &d);
+        let packet_no = d.packet_no();
+        let generation = match self.by_key.get(&key) {
+            None => 0,
+            Some(&idx) => {
+                let e = &self.entries[idx as usize];
+                if e.packet_count == d.packet_count() {
+                    if !self.has(idx, packet_no) {
+                        return self.add_chunk(now, idx, &d, sink);
+                    }
+                    match self.chunks.get(idx, packet_no) {
+                        Some(held) if held == d.data() => {
+                            self.stats.duplicates += 1;
+                            self.touch(now, idx);
+                            return Ok(Accepted::Duplicate);
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.stats.duplicates_unverified += 1;
+                            self.touch(now, idx);
+                            return Ok(Accepted::Duplicate);
+                        }
+                    }
+                }
+                self.stats.generations += 1;
+                e.generation + 1
+            }
+        };
+        self.start_dump(now, key, generation, &d, sink)
+    }
+
+    /// Emits dumps that went quiet and forgets emitted dumps whose linger time is over.
+    pub fn handle_timeout<S: EventSink>(&mut self, now: Instant, sink: &mut S) {
+        while let Some(idx) = self.lists.front(ListId::Assembling) {
+            if self.entries[idx as usize].last_packet + self.config.quiet_timeout > now {
+                break;
+            }
+            self.emit(now, idx, sink);
+        }
+        for list in [ListId::LingerFull, ListId::LingerBare] {
+            while let Some(idx) = self.lists.front(list) {
+                if self.entries[idx as usize].last_packet + self.config.linger > now {
+                    break;
+                }
+                self.free_entry(idx);
+            }
+        }
+    }
+
+    /// When [`Reassembler::handle_timeout`] next has work, if ever. Changes after every
+    /// `handle_datagram` and `handle_timeout`.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let at = |list, wait| {
+            self.lists
+                .front(list)
+                .map(|i| self.entries[i as usize].last_packet + wait)
+        };
+        [
+            at(ListId::Assembling, self.config.quiet_timeout),
+            at(ListId::LingerFull, self.config.linger),
+            at(ListId::LingerBare, self.config.linger),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Emits every dump still assembling as partial (for a clean shutdown).
+    pub fn flush<S: EventSink>(&mut self, now: Instant, sink: &mut S) {
+        while let Some(idx) = self.lists.front(ListId::Assembling) {
+            self.emit(now, idx, sink);
+        }
+    }
+
+    /// Records activity on a dump without changing its state.
+    fn touch(&mut self, now: Instant, idx: u32) {
+        self.entries[idx as usize].last_packet = now;
+        let list = self.lists.list_of(idx);
+        self.lists.move_to_back(idx, list);
+    }
+
+    fn start_dump<S: EventSink>(
+        &mut self,
+        now: Instant,
+        key: DumpKey,
+        generation: u32,
+        d: &Datagram<'_>,
+        sink: &mut S,
+    ) -> Result<Accepted, DropReason> {
+        let ip = key.source.ip();
+        if self.per_source.get(&ip).copied().unwrap_or(0) as usize
+            >= self.config.max_dumps_per_source
+        {
+            self.shed_source(now, ip, sink);
+        }
+        let idx = self.alloc_entry(now, sink);
+        if let Some(old) = self.by_key.insert(key, idx) {
+            self.entries[old as usize].indexed = false;
+        }
+        *self.per_source.entry(ip).or_insert(0) += 1;
+        self.entries[idx as usize] = DumpEntry {
+            key,
+            generation,
+            packet_count: d.packet_count(),
+            received: 0,
+            revision: 0,
+            complete: false,
+            has_chunks: true,
+            indexed: true,
+            first_seen: now,
+            last_packet: now,
+            header: HeaderInfo::of(d),
+        };
+        self.lists.move_to_back(idx, ListId::Assembling);
+        self.stats.dumps_started += 1;
+        self.stats.dumps_high_water = self.stats.dumps_high_water.max(self.dumps_held());
+        sink.crash_seen(&CrashSeen {
+            at: now,
+            source: key.source,
+            generation,
+            datagram: *d,
+        });
+        self.add_chunk(now, idx, d, sink)?;
+        Ok(Accepted::NewDump)
+    }
+
+    fn add_chunk<S: EventSink>(
+        &mut self,
+        now: Instant,
+        idx: u32,
+        d: &Datagram<'_>,
+        sink: &mut S,
+    ) -> Result<Accepted, DropReason> {
+        if !self.entries[idx as usize].has_chunks {
+            self.stats.dropped_late += 1;
+            self.touch(now, idx);
+            return Err(DropReason::LateAfterEviction);
+        }
+        // Back to assembling first, so reclaiming memory cannot pick this dump as its victim.
+        self.entries[idx as usize].last_packet = now;
+        self.lists.move_to_back(idx, ListId::Assembling);
+        if !self.ensure_slot(now, idx, sink) {
+            self.stats.dropped_no_memory += 1;
+            return Err(DropReason::NoMemory);
+        }
+        let packet_no = d.packet_no();
+        self.chunks.insert(idx, packet_no, d.data());
+        self.set(idx, packet_no);
+        self.stats.chunks_stored += 1;
+        self.stats.chunks_high_water = self.stats.chunks_high_water.max(self.chunks.used());
+        let e = &mut self.entries[idx as usize];
+        e.received += 1;
+        if e.received == e.packet_count {
+            self.emit(now, idx, sink);
+        }
+        Ok(Accepted::NewChunk)
+    }
+
+    /// Frees a chunk slot unless `idx` itself is the only dump left to take it from.
+    fn ensure_slot<S: EventSink>(&mut self, now: Instant, idx: u32, sink: &mut S) -> bool {
+        loop {
+            if self.chunks.has_free_slot() {
+                return true;
+            }
+            if let Some(victim) = self.lists.front(ListId::LingerFull) {
+                self.reclaim_chunks(victim);
+                self.stats.lingering_reclaimed += 1;
+                continue;
+            }
+            match self.lists.front(ListId::Assembling) {
+                Some(victim) if victim != idx => {
+                    self.stats.flushed_for_memory += 1;
+                    self.emit(now, victim, sink);
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    /// A free entry, forgetting or flushing the least recently active dumps if none is free.
+    fn alloc_entry<S: EventSink>(&mut self, now: Instant, sink: &mut S) -> u32 {
+        loop {
+            if let Some(idx) = self.lists.front(ListId::Free) {
+                return idx;
+            }
+            if let Some(idx) = self
+                .lists
+                .front(ListId::LingerBare)
+                .or_else(|| self.lists.front(ListId::LingerFull))
+            {
+                self.stats.forgotten_early += 1;
+                self.free_entry(idx);
+                continue;
+            }
+            // max_dumps >= 1, so with nothing free or lingering something is assembling.
+            if let Some(idx) = self.lists.front(ListId::Assembling) {
+                self.stats.flushed_for_table += 1;
+                self.emit(now, idx, sink);
+            }
+        }
+    }
+
+    /// Makes room under the per-source cap: forgets the source's least recently active
+    /// emitted dump, or flushes its least recently active assembling one.
+    fn shed_source<S: EventSink>(&mut self, now: Instant, ip: IpAddr, sink: &mut S) {
+        self.stats.flushed_for_source_cap += 1;
+        for list in [ListId::LingerBare, ListId::LingerFull, ListId::Assembling] {
+            let mut cur = self.lists.front(list);
+            while let Some(idx) = cur {
+                if self.entries[idx as usize].key.source.ip() == ip {
+                    if list == ListId::Assembling {
+                        self.emit(now, idx, sink);
+                    }
+                    self.free_entry(idx);
+                    return;
+                }
+                cur = self.lists.next(idx);
+            }
+        }
+    }
+
+    /// Hands a dump to the sink and moves it to the lingering list.
+    fn emit<S: EventSink>(&mut self, now: Instant, idx: u32, sink: &mut S) {
+        let e = &mut self.entries[idx as usize];
+        e.revision += 1;
+        e.complete = e.received == e.packet_count;
+        if e.complete {
+            self.stats.dumps_complete += 1;
+        } else {
+            self.stats.dumps_partial += 1;
+        }
+        if e.revision > 1 {
+            self.stats.revisions += 1;
+        }
+        let view = DumpView {
+            at: now,
+            idx,
+            entry: &self.entries[idx as usize],
+            bits: self.bits_of(idx),
+            chunks: &self.chunks,
+        };
+        sink.dump(&view);
+        self.lists.move_to_back(idx, ListId::LingerFull);
+    }
+
+    fn release_chunks(&mut self, idx: u32) {
+        if !self.entries[idx as usize].has_chunks {
+            return;
+        }
+        let start = idx as usize * self.words_per_dump;
+        for w in 0..self.words_per_dump {
+            let mut word = self.bits[start + w];
+            while word != 0 {
+                let bit = word.trailing_zeros();
+                self.chunks.remove(idx, w as u32 * 64 + bit);
+                word &= word - 1;
+            }
+        }
+        self.entries[idx as usize].has_chunks = false;
+    }
+
+    /// Drops a lingering dump's chunks but remembers which packets it had.
+    fn reclaim_chunks(&mut self, idx: u32) {
+        self.release_chunks(idx);
+        self.lists.move_to_back(idx, ListId::LingerBare);
+    }
+
+    fn free_entry(&mut self, idx: u32) {
+        self.release_chunks(idx);
+        let start = idx as usize * self.words_per_dump;
+        self.bits[start..start + self.words_per_dump].fill(0);
+        let e = self.entries[idx as usize];
+        if e.indexed {
+            self.by_key.remove(&e.key);
+        }
+        let ip = e.key.source.ip();
+        if let Some(n) = self.per_source.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&ip);
+            }
+        }
+        self.entries[idx as usize] = DumpEntry::VACANT;
+        self.lists.move_to_back(idx, ListId::Free);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,120 @@
+//! One dump being reassembled (or lingering after emission): its identity, the header fields
+//! copied from its first packet, and its bookkeeping. The received-packet bitmap lives in a
+//! shared preallocated array owned by the reassembler.
+
+use core::net::SocketAddr;
+use netoops_wire::netoops::{CpuId, Datagram, DumpType, Registers, Version};
+
+use crate::time::Instant;
+
+/// What makes two datagrams belong to the same dump (before generation splitting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DumpKey {
+    /// Sender address and port.
+    pub source: SocketAddr,
+    /// Wire version.
+    pub version: Version,
+    /// Boot identifier (v3; 0 for v2).
+    pub boot_id: u32,
+    /// Seconds since boot modulo 65536 when the dump started.
+    pub dump_id: u16,
+    /// Printk buffer or soft dump.
+    pub dump_type: DumpType,
+}
+
+impl DumpKey {
+    pub(crate) fn of(source: SocketAddr, d: &Datagram<'_>) -> Self {
+        DumpKey {
+            source,
+            version: d.version(),
+            boot_id: d.boot_id(),
+            dump_id: d.dump_id(),
+            dump_type: d.dump_type(),
+        }
+    }
+}
+
+/// Header fields that are constant across a dump, copied from its first packet.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HeaderInfo {
+    pub(crate) kernel_version: [u8; 64],
+    pub(crate) kernel_version_len: u8,
+    pub(crate) cpu: Option<CpuId>,
+    pub(crate) registers: Option<Registers>,
+    pub(crate) user_blob: Option<[u8; 128]>,
+}
+
+impl HeaderInfo {
+    pub(crate) const EMPTY: HeaderInfo = HeaderInfo {
+        kernel_version: [0; 64],
+        kernel_version_len: 0,
+        cpu: None,
+        registers: None,
+        user_blob: None,
+    };
+
+    pub(crate) fn of(d: &Datagram<'_>) -> Self {
+        let kv = d.kernel_version();
+        let n = kv.len().min(64);
+        let mut kernel_version = [0u8; 64];
+        kernel_version[..n].copy_from_slice(&kv[..n]);
+        HeaderInfo {
+            kernel_version,
+            kernel_version_len: n as u8,
+            cpu: d.cpu(),
+            registers: d.registers(),
+            user_blob: d.user_blob().copied(),
+        }
+    }
+
+    pub(crate) fn kernel_version(&self) -> &[u8] {
+        &self.kernel_version[..usize::from(self.kernel_version_len)]
+    }
+}
+
+/// Bookkeeping for one dump.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DumpEntry {
+    pub(crate) key: DumpKey,
+    /// 0 for the first dump under a key; counts up when an oops and a panic share one.
+    pub(crate) generation: u32,
+    pub(crate) packet_count: u32,
+    /// Distinct packet numbers received.
+    pub(crate) received: u32,
+    /// Times this dump was handed to the sink.
+    pub(crate) revision: u32,
+    /// True once every packet arrived and the complete dump was emitted.
+    pub(crate) complete: bool,
+    /// Whether the chunks are still held (false after eviction of a lingering dump).
+    pub(crate) has_chunks: bool,
+    /// Whether `key` maps to this entry in the lookup table (false for older generations).
+    pub(crate) indexed: bool,
+    pub(crate) first_seen: Instant,
+    pub(crate) last_packet: Instant,
+    pub(crate) header: HeaderInfo,
+}
+
+impl DumpEntry {
+    pub(crate) const VACANT: DumpEntry = DumpEntry {
+        key: DumpKey {
+            source: SocketAddr::V4(core::net::SocketAddrV4::new(
+                core::net::Ipv4Addr::UNSPECIFIED,
+                0,
+            )),
+            version: Version::V2,
+            boot_id: 0,
+            dump_id: 0,
+            dump_type: DumpType::PrintkBuffer,
+        },
+        generation: 0,
+        packet_count: 0,
+        received: 0,
+        revision: 0,
+        complete: false,
+        has_chunks: false,
+        indexed: false,
+        first_seen: Instant::ZERO,
+        last_packet: Instant::ZERO,
+        header: HeaderInfo::EMPTY,
+    };
+}

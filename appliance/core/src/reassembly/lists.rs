@@ -1,0 +1,144 @@
+//! Intrusive doubly linked lists over entry indices.
+//!
+//! Every dump entry sits on exactly one list (free, assembling, lingering with chunks,
+//! lingering without chunks). Lists are kept in order of last activity by moving an entry to the
+//! back whenever a packet touches it, so the front of each list is both the eviction victim and
+//! the earliest deadline. All storage is allocated once; every operation is O(1).
+
+use alloc::vec::Vec;
+
+const NIL: u32 = u32::MAX;
+
+/// Which list an entry is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ListId {
+    Free = 0,
+    Assembling = 1,
+    LingerFull = 2,
+    LingerBare = 3,
+}
+
+const LISTS: usize = 4;
+
+#[derive(Clone, Copy)]
+struct Link {
+    prev: u32,
+    next: u32,
+    list: ListId,
+}
+
+pub(crate) struct IndexLists {
+    links: Vec<Link>,
+    head: [u32; LISTS],
+    tail: [u32; LISTS],
+    len: [usize; LISTS],
+}
+
+impl IndexLists {
+    /// `n` entries, all on the free list in index order.
+    pub(crate) fn new(n: usize) -> Self {
+        let mut lists = IndexLists {
+            links: Vec::with_capacity(n),
+            head: [NIL; LISTS],
+            tail: [NIL; LISTS],
+            len: [0; LISTS],
+        };
+        for i in 0..n {
+            lists.links.push(Link {
+                prev: NIL,
+                next: NIL,
+                list: ListId::Free,
+            });
+            lists.link_back(i as u32, ListId::Free);
+        }
+        lists
+    }
+
+    pub(crate) fn list_of(&self, idx: u32) -> ListId {
+        self.links[idx as usize].list
+    }
+
+    pub(crate) fn front(&self, list: ListId) -> Option<u32> {
+        let h = self.head[list as usize];
+        (h != NIL).then_some(h)
+    }
+
+    pub(crate) fn next(&self, idx: u32) -> Option<u32> {
+        let n = self.links[idx as usize].next;
+        (n != NIL).then_some(n)
+    }
+
+    pub(crate) fn len(&self, list: ListId) -> usize {
+        self.len[list as usize]
+    }
+
+    /// Moves `idx` to the back of `list` (also when it is already on it).
+    pub(crate) fn move_to_back(&mut self, idx: u32, list: ListId) {
+        self.unlink(idx);
+        self.link_back(idx, list);
+    }
+
+    fn unlink(&mut self, idx: u32) {
+        let Link { prev, next, list } = self.links[idx as usize];
+        let l = list as usize;
+        if prev == NIL {
+            self.head[l] = next;
+        } else {
+            self.links[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail[l] = prev;
+        } else {
+            self.links[next as usize].prev = prev;
+        }
+        self.len[l] -= 1;
+    }
+
+    fn link_back(&mut self, idx: u32, list: ListId) {
+        let l = list as usize;
+        let tail = self.tail[l];
+        self.links[idx as usize] = Link {
+            prev: tail,
+            next: NIL,
+            list,
+        };
+        if tail == NIL {
+            self.head[l] = idx;
+        } else {
+            self.links[tail as usize].next = idx;
+        }
+        self.tail[l] = idx;
+        self.len[l] += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(lists: &IndexLists, list: ListId) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut cur = lists.front(list);
+        while let Some(i) = cur {
+            out.push(i);
+            cur = lists.next(i);
+        }
+        out
+    }
+
+    #[test]
+    fn moves_keep_every_list_consistent() {
+        let mut l = IndexLists::new(4);
+        assert_eq!(collect(&l, ListId::Free), [0, 1, 2, 3]);
+        l.move_to_back(2, ListId::Assembling);
+        l.move_to_back(0, ListId::Assembling);
+        l.move_to_back(2, ListId::Assembling);
+        assert_eq!(collect(&l, ListId::Assembling), [0, 2]);
+        assert_eq!(collect(&l, ListId::Free), [1, 3]);
+        l.move_to_back(0, ListId::LingerFull);
+        assert_eq!(collect(&l, ListId::Assembling), [2]);
+        assert_eq!(l.list_of(0), ListId::LingerFull);
+        assert_eq!(l.len(ListId::Free), 2);
+        assert_eq!(l.len(ListId::LingerFull), 1);
+    }
+}

@@ -1,0 +1,546 @@
+//! Reassembler tests: every sender quirk, the oops-then-panic collision, memory pressure, and a
+//! property test of loss, duplication and reordering against the wire crate's receiver model.
+
+extern crate std;
+
+use super::*;
+use alloc::string::String;
+use alloc::vec::Vec;
+use netoops_wire::encode::{encode, DumpHeader, SenderModel, Variant};
+use netoops_wire::model::expected;
+use netoops_wire::text::Segment;
+use netoops_wire::MAX_DATAGRAM_LEN;
+use proptest::prelude::*;
+
+/// What a test sink keeps of one emitted dump.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Emitted {
+    source: SocketAddr,
+    dump_id: u16,
+    generation: u32,
+    packet_count: u32,
+    received: u32,
+    complete: bool,
+    revision: u32,
+    text: Vec<u8>,
+    missing: Vec<(u32, u32)>,
+    zeroed: Vec<u32>,
+}
+
+#[derive(Default)]
+struct Collect {
+    crashes: Vec<(SocketAddr, u32, u32, Vec<u8>)>,
+    dumps: Vec<Emitted>,
+}
+
+impl EventSink for Collect {
+    fn crash_seen(&mut self, c: &CrashSeen<'_>) {
+        self.crashes.push((
+            c.source,
+            c.generation,
+            c.datagram.packet_no(),
+            c.text().to_vec(),
+        ));
+    }
+    fn dump(&mut self, d: &DumpView<'_>) {
+        let mut text = Vec::new();
+        d.write_text(|b| text.extend_from_slice(b));
+        assert_eq!(text.len(), d.text_len());
+        self.dumps.push(Emitted {
+            source: d.source(),
+            dump_id: d.dump_id(),
+            generation: d.generation(),
+            packet_count: d.packet_count(),
+            received: d.received(),
+            complete: d.complete(),
+            revision: d.revision(),
+            text,
+            missing: d.missing().collect(),
+            zeroed: d.zeroed().collect(),
+        });
+    }
+}
+
+fn src(n: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, n], 6666))
+}
+
+fn log(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            if i % 61 == 60 {
+                b'\n'
+            } else {
+                b'a' + ((i as u8).wrapping_mul(7).wrapping_add(seed)) % 26
+            }
+        })
+        .collect()
+}
+
+fn datagram(h: &DumpHeader, m: &SenderModel<'_>, packet_no: u32) -> Vec<u8> {
+    let mut buf = [0u8; MAX_DATAGRAM_LEN];
+    let n = encode(
+        h,
+        m.packet_count(),
+        packet_no,
+        &m.chunk(packet_no),
+        &mut buf,
+    )
+    .unwrap();
+    buf[..n].to_vec()
+}
+
+fn small_config() -> ReassemblyConfig {
+    ReassemblyConfig {
+        memory_budget: 4 << 20,
+        max_dumps: 64,
+        max_dumps_per_source: 4,
+        ..ReassemblyConfig::default()
+    }
+}
+
+/// Sends every (round, packet_no) of the sender's schedule accepted by `keep`.
+fn send_all(
+    r: &mut Reassembler,
+    sink: &mut Collect,
+    now: Instant,
+    source: SocketAddr,
+    h: &DumpHeader,
+    m: &SenderModel<'_>,
+    keep: impl Fn(u32, u32) -> bool,
+) {
+    for (round, p) in m.schedule() {
+        if keep(round, p) {
+            r.handle_datagram(now, source, &datagram(h, m, p), sink)
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn three_rounds_give_one_crash_and_one_complete_dump() {
+    for variant in Variant::ALL {
+        let mut r = Reassembler::new(small_config()).unwrap();
+        let mut sink = Collect::default();
+        let (s1, s2) = (log(5000, 1), log(3000, 2));
+        let m = SenderModel::new(&s1, &s2);
+        let h = DumpHeader::new(variant, 77, "6.1.0-test");
+        send_all(&mut r, &mut sink, Instant::ZERO, src(1), &h, &m, |_, _| {
+            true
+        });
+        assert_eq!(sink.crashes.len(), 1, "{variant:?}");
+        // The first packet is the newest 1024 bytes of s2.
+        assert_eq!(sink.crashes[0].2, 0);
+        assert_eq!(sink.crashes[0].3, &s2[2048..]);
+        assert_eq!(sink.dumps.len(), 1);
+        let d = &sink.dumps[0];
+        let mut whole = s1.clone();
+        whole.extend_from_slice(&s2);
+        assert_eq!(d.text, whole);
+        assert!(d.complete && d.missing.is_empty() && d.zeroed.is_empty());
+        assert_eq!((d.revision, d.received, d.packet_count), (1, 8, 8));
+        assert_eq!(r.stats().duplicates, 16);
+    }
+}
+
+#[test]
+fn dump_is_emitted_as_soon_as_the_first_round_completes() {
+    let mut r = Reassembler::new(small_config()).unwrap();
+    let mut sink = Collect::default();
+    let s2 = log(2500, 3);
+    let m = SenderModel::new(&[], &s2);
+    let h = DumpHeader::new(Variant::V2, 1, "5.10");
+    send_all(
+        &mut r,
+        &mut sink,
+        Instant::ZERO,
+        src(1),
+        &h,
+        &m,
+        |round, _| round == 0,
+    );
+    assert_eq!(sink.dumps.len(), 1);
+    assert!(sink.dumps[0].complete);
+}
+
+#[test]
+fn loss_gives_a_partial_dump_after_the_quiet_period_then_a_newer_revision() {
+    let mut r = Reassembler::new(small_config()).unwrap();
+    let mut sink = Collect::default();
+    let s2 = log(10 * 1024 - 100, 4);
+    let m = SenderModel::new(&[], &s2);
+    let h = DumpHeader::new(Variant::V3X86_64, 9, "6.8");
+    let t0 = Instant::from_millis(1000);
+    send_all(&mut r, &mut sink, t0, src(2), &h, &m, |_, p| {
+        !(3..=5).contains(&p) && p != 8
+    });
+    assert!(sink.dumps.is_empty());
+    let quiet = r.poll_timeout().unwrap();
+    assert_eq!(quiet, t0 + Duration::from_secs(3));
+    r.handle_timeout(Instant::from_micros(quiet.total_micros() - 1), &mut sink);
+    assert!(sink.dumps.is_empty());
+    r.handle_timeout(quiet, &mut sink);
+    assert_eq!(sink.dumps.len(), 1);
+    let d = sink.dumps[0].clone();
+    assert!(!d.complete);
+    assert_eq!(d.missing, [(3, 5), (8, 8)]);
+    assert_eq!(d.received, 6);
+    let received = |p: u32| !(3..=5).contains(&p) && p != 8;
+    assert_eq!(d.text, expected(&m, received).text);
+    let text = String::from_utf8(d.text.clone()).unwrap();
+    assert!(text.contains("\n[netoops: packets 8-8 missing]\n"));
+    assert!(text.contains("\n[netoops: packets 3-5 missing]\n"));
+
+    // Late packets: one fills a hole but not all, the last completes it.
+    let t1 = quiet + Duration::from_secs(1);
+    for p in [3, 4, 5] {
+        r.handle_datagram(t1, src(2), &datagram(&h, &m, p), &mut sink)
+            .unwrap();
+    }
+    assert_eq!(sink.dumps.len(), 1);
+    r.handle_datagram(t1, src(2), &datagram(&h, &m, 8), &mut sink)
+        .unwrap();
+    assert_eq!(sink.dumps.len(), 2);
+    let d2 = &sink.dumps[1];
+    assert!(d2.complete);
+    assert_eq!(d2.revision, 2);
+    assert_eq!(d2.text, s2);
+    assert_eq!(r.stats().revisions, 1);
+    assert_eq!(sink.crashes.len(), 1);
+}
+
+#[test]
+fn a_piece_that_is_a_multiple_of_1024_loses_its_first_chunk_to_the_sender_bug() {
+    let mut r = Reassembler::new(small_config()).unwrap();
+    let mut sink = Collect::default();
+    let (s1, s2) = (log(2048, 5), log(1500, 6));
+    let m = SenderModel::new(&s1, &s2);
+    assert!(m.is_zeroed(2));
+    let h = DumpHeader::new(Variant::V3X86_64Blob, 3, "6.1");
+    send_all(&mut r, &mut sink, Instant::ZERO, src(3), &h, &m, |_, _| {
+        true
+    });
+    let d = &sink.dumps[0];
+    assert!(d.complete);
+    assert_eq!(d.zeroed, [2]);
+    // s1's last 1024 bytes were never sent: the text is s1's first chunk, then s2.
+    let mut want = s1[..1024].to_vec();
+    want.extend_from_slice(&s2);
+    assert_eq!(d.text, want);
+}
+
+#[test]
+fn an_oops_then_a_panic_in_the_same_second_are_two_dumps() {
+    let mut r = Reassembler::new(small_config()).unwrap();
+    let mut sink = Collect::default();
+    let h = DumpHeader::new(Variant::V3X86_64, 500, "6.1");
+    let oops = log(3000, 7);
+    // The panic log grew within the same chunk count: only the newest chunk differs.
+    let mut panic_log = oops.clone();
+    panic_log.truncate(2900);
+    panic_log.extend_from_slice(b"Kernel panic - not syncing\n");
+    let m1 = SenderModel::new(&[], &oops);
+    let m2 = SenderModel::new(&[], &panic_log);
+    assert_eq!(m1.packet_count(), m2.packet_count());
+    send_all(&mut r, &mut sink, Instant::ZERO, src(4), &h, &m1, |_, _| {
+        true
+    });
+    send_all(&mut r, &mut sink, Instant::ZERO, src(4), &h, &m2, |_, _| {
+        true
+    });
+    // And a third with more packets.
+    let bigger = log(9000, 8);
+    let m3 = SenderModel::new(&[], &bigger);
+    send_all(&mut r, &mut sink, Instant::ZERO, src(4), &h, &m3, |_, _| {
+        true
+    });
+    assert_eq!(sink.crashes.len(), 3);
+    assert_eq!(sink.dumps.len(), 3);
+    assert_eq!(
+        sink.dumps.iter().map(|d| d.generation).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert_eq!(sink.dumps[0].text, oops);
+    assert_eq!(sink.dumps[1].text, panic_log);
+    assert_eq!(sink.dumps[2].text, bigger);
+    assert!(sink.dumps.iter().all(|d| d.complete));
+    assert_eq!(r.stats().generations, 2);
+}
+
+#[test]
+fn malformed_datagrams_are_counted_and_harm_nothing() {
+    let mut r = Reassembler::new(small_config()).unwrap();
+    let mut sink = Collect::default();
+    let s2 = log(4000, 9);
+    let m = SenderModel::new(&[], &s2);
+    let h = DumpHeader::new(Variant::V2, 2, "4.19");
+    let good = datagram(&h, &m, 1);
+    let mut bad_version = good.clone();
+    bad_version[0] = 9;
+    let mut bad_no = good.clone();
+    bad_no[14..18].copy_from_slice(&99u32.to_le_bytes());
+    for junk in [
+        &b""[..],
+        &good[..100],
+        &bad_version,
+        &bad_no,
+        &[0xff; 1500][..],
+    ] {
+        assert!(matches!(
+            r.handle_datagram(Instant::ZERO, src(5), junk, &mut sink),
+            Err(DropReason::Malformed(_))
+        ));
+    }
+    assert_eq!(r.stats().malformed_total(), 5);
+    send_all(&mut r, &mut sink, Instant::ZERO, src(5), &h, &m, |_, _| {
+        true
+    });
+    assert_eq!(sink.dumps.len(), 1);
+    assert_eq!(sink.dumps[0].text, s2);
+}
+
+#[test]
+fn memory_pressure_flushes_the_oldest_dump_and_keeps_newest_chunks() {
+    let config = ReassemblyConfig {
+        max_dumps: 16,
+        memory_budget: ReassemblyConfig {
+            max_dumps: 16,
+            ..small_config()
+        }
+        .table_bytes()
+            + pool_bytes(100),
+        max_dumps_per_source: 16,
+        ..small_config()
+    };
+    let mut r = Reassembler::new(config).unwrap();
+    let slots = r.chunk_usage().1;
+    assert!((100..110).contains(&slots), "{slots}");
+    let mut sink = Collect::default();
+    // Eight machines with 40-packet logs, interleaved round by round: 320 chunks for ~100 slots.
+    let logs: Vec<Vec<u8>> = (0..8).map(|i| log(40 * 1024 - 10, i)).collect();
+    let models: Vec<SenderModel<'_>> = logs.iter().map(|l| SenderModel::new(&[], l)).collect();
+    let headers: Vec<DumpHeader> = (0..8)
+        .map(|i| DumpHeader::new(Variant::V3X86_64, i, "6.1"))
+        .collect();
+    for p in 0..40 {
+        for i in 0..8u8 {
+            let d = datagram(&headers[i as usize], &models[i as usize], p);
+            let _ = r.handle_datagram(Instant::ZERO, src(10 + i), &d, &mut sink);
+        }
+    }
+    r.flush(Instant::ZERO, &mut sink);
+    assert!(r.stats().flushed_for_memory > 0);
+    assert!(r.chunk_usage().0 <= slots);
+    // Every machine's dump was emitted, and every dump kept its newest text: whatever is
+    // missing is a single run that ends at the oldest packet.
+    for i in 0..8u8 {
+        let first = sink.dumps.iter().find(|d| d.source == src(10 + i)).unwrap();
+        assert!(first.received > 0);
+        match first.missing.as_slice() {
+            [] => {}
+            [(lo, hi)] => assert_eq!((*lo, *hi), (first.received, 39)),
+            other => panic!("newest chunks lost: {other:?}"),
+        }
+        assert_eq!(
+            first.text.len(),
+            expected(&models[i as usize], |p| p < first.received)
+                .text
+                .len()
+        );
+    }
+    assert_eq!(sink.crashes.len(), 8);
+}
+
+#[test]
+fn one_dump_larger_than_the_pool_keeps_its_newest_chunks() {
+    let config = ReassemblyConfig {
+        max_dumps: 4,
+        memory_budget: ReassemblyConfig {
+            max_dumps: 4,
+            ..small_config()
+        }
+        .table_bytes()
+            + pool_bytes(64),
+        ..small_config()
+    };
+    let mut r = Reassembler::new(config).unwrap();
+    let mut sink = Collect::default();
+    let s2 = log(100 * 1024, 1);
+    let m = SenderModel::new(&[], &s2);
+    let h = DumpHeader::new(Variant::V2, 4, "6.1");
+    for (_, p) in m.schedule() {
+        let _ = r.handle_datagram(Instant::ZERO, src(20), &datagram(&h, &m, p), &mut sink);
+    }
+    r.flush(Instant::ZERO, &mut sink);
+    let d = &sink.dumps[0];
+    assert_eq!(d.received, 64);
+    assert_eq!(d.missing, [(64, 99)]);
+    assert_eq!(r.stats().dropped_no_memory, 3 * 36);
+}
+
+#[test]
+fn one_source_cannot_take_the_table() {
+    let mut r = Reassembler::new(small_config()).unwrap();
+    let mut sink = Collect::default();
+    let s2 = log(3000, 2);
+    let m = SenderModel::new(&[], &s2);
+    // A sender spraying dump ids: each starts a dump that never completes.
+    for id in 0..50u16 {
+        let h = DumpHeader::new(Variant::V2, id, "x");
+        r.handle_datagram(Instant::ZERO, src(30), &datagram(&h, &m, 0), &mut sink)
+            .unwrap();
+    }
+    assert_eq!(r.dumps_held(), 4);
+    assert_eq!(r.stats().flushed_for_source_cap, 46);
+    // Another machine is unaffected.
+    let h = DumpHeader::new(Variant::V2, 1, "y");
+    send_all(&mut r, &mut sink, Instant::ZERO, src(31), &h, &m, |_, _| {
+        true
+    });
+    assert!(sink.dumps.iter().any(|d| d.source == src(31) && d.complete));
+}
+
+#[test]
+fn lingering_dumps_absorb_later_rounds_then_are_forgotten() {
+    let mut r = Reassembler::new(small_config()).unwrap();
+    let mut sink = Collect::default();
+    let s2 = log(2000, 3);
+    let m = SenderModel::new(&[], &s2);
+    let h = DumpHeader::new(Variant::V2, 8, "x");
+    send_all(
+        &mut r,
+        &mut sink,
+        Instant::ZERO,
+        src(40),
+        &h,
+        &m,
+        |round, _| round == 0,
+    );
+    let t = Instant::from_millis(10_000);
+    send_all(&mut r, &mut sink, t, src(40), &h, &m, |round, _| round == 1);
+    assert_eq!(sink.dumps.len(), 1);
+    assert_eq!(r.poll_timeout(), Some(t + Duration::from_secs(30)));
+    r.handle_timeout(t + Duration::from_secs(30), &mut sink);
+    assert_eq!(r.dumps_held(), 0);
+    assert_eq!(r.chunk_usage().0, 0);
+    // The same dump sent again much later is a new crash report.
+    send_all(
+        &mut r,
+        &mut sink,
+        t + Duration::from_secs(60),
+        src(40),
+        &h,
+        &m,
+        |_, _| true,
+    );
+    assert_eq!(sink.dumps.len(), 2);
+}
+
+#[test]
+fn segments_put_gaps_between_text_in_log_order() {
+    let mut r = Reassembler::new(small_config()).unwrap();
+    let mut sink = Collect::default();
+    let s2 = log(5 * 1024, 3);
+    let m = SenderModel::new(&[], &s2);
+    let h = DumpHeader::new(Variant::V2, 8, "x");
+    send_all(&mut r, &mut sink, Instant::ZERO, src(41), &h, &m, |_, p| {
+        p == 1 || p == 2
+    });
+    struct Segs(Vec<String>);
+    impl EventSink for Segs {
+        fn crash_seen(&mut self, _: &CrashSeen<'_>) {}
+        fn dump(&mut self, d: &DumpView<'_>) {
+            for s in d.segments() {
+                self.0.push(match s {
+                    Segment::Text(t) => alloc::format!("text {}", t.len()),
+                    Segment::Gap { first, last } => alloc::format!("gap {first}-{last}"),
+                });
+            }
+        }
+    }
+    let mut segs = Segs(Vec::new());
+    r.flush(Instant::ZERO, &mut segs);
+    assert_eq!(segs.0, ["gap 3-4", "text 1024", "text 1024", "gap 0-0"]);
+}
+
+/// A network event applied to the sender's schedule.
+#[derive(Clone, Debug)]
+struct Net {
+    loss: Vec<bool>,
+    dup: Vec<bool>,
+    swaps: Vec<(usize, usize)>,
+}
+
+fn arb_case() -> impl Strategy<Value = (Vec<u8>, usize, Variant, Net)> {
+    (1usize..20_000, any::<u8>(), 0usize..4).prop_flat_map(|(len, seed, v)| {
+        let sends = 3 * len.div_ceil(1024) + 6;
+        (
+            Just(log(len, seed)),
+            0..=len,
+            Just(Variant::ALL[v]),
+            (
+                proptest::collection::vec(proptest::bool::weighted(0.4), sends),
+                proptest::collection::vec(proptest::bool::weighted(0.1), sends),
+                proptest::collection::vec((0..sends, 0..sends), 0..20),
+            )
+                .prop_map(|(loss, dup, swaps)| Net { loss, dup, swaps }),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Any log, split anywhere, sent with the exact pattern through loss, duplication and
+    /// reordering: the emitted text and missing ranges are exactly what the model predicts.
+    #[test]
+    fn reassembly_matches_the_receiver_model((whole, split, variant, net) in arb_case()) {
+        let (s1, s2) = whole.split_at(split);
+        let m = SenderModel::new(s1, s2);
+        let h = DumpHeader::new(variant, 42, "6.1.0-prop");
+        let mut order: Vec<u32> = Vec::new();
+        for (i, (_, p)) in m.schedule().enumerate() {
+            if !net.loss[i] {
+                order.push(p);
+                if net.dup[i] {
+                    order.push(p);
+                }
+            }
+        }
+        for &(a, b) in &net.swaps {
+            if a < order.len() && b < order.len() {
+                order.swap(a, b);
+            }
+        }
+        let mut r = Reassembler::new(small_config()).unwrap();
+        let mut sink = Collect::default();
+        for &p in &order {
+            r.handle_datagram(Instant::ZERO, src(50), &datagram(&h, &m, p), &mut sink).unwrap();
+        }
+        r.flush(Instant::ZERO, &mut sink);
+        let got: std::collections::BTreeSet<u32> = order.iter().copied().collect();
+        if got.is_empty() {
+            prop_assert!(sink.dumps.is_empty());
+            prop_assert!(sink.crashes.is_empty());
+        } else {
+            let want = expected(&m, |p| got.contains(&p));
+            prop_assert_eq!(sink.crashes.len(), 1);
+            prop_assert_eq!(sink.dumps.len(), 1);
+            let d = &sink.dumps[0];
+            prop_assert_eq!(&d.text, &want.text);
+            prop_assert_eq!(&d.missing, &want.missing);
+            prop_assert_eq!(&d.zeroed, &want.zeroed);
+            prop_assert_eq!(d.received, want.received);
+            prop_assert_eq!(d.complete, want.complete);
+        }
+    }
+
+    /// Random bytes never panic and are always counted.
+    #[test]
+    fn garbage_is_counted(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
+        let mut r = Reassembler::new(small_config()).unwrap();
+        let mut sink = Collect::default();
+        let result = r.handle_datagram(Instant::ZERO, src(60), &bytes, &mut sink);
+        prop_assert_eq!(result.is_err(), r.stats().malformed_total() == 1);
+    }
+}
