@@ -3,9 +3,20 @@
 //!
 //! - [`record`]: the framed record format spoken to collectors (binding for relay and
 //!   collector alike).
+//! - [`spool`]: the bounded store of encoded records kept until a collector acknowledges them,
+//!   with its overflow policy (dumps are dropped before crash notices, every drop counted).
+//! - [`link`]: [`UpstreamLink`], the sans-IO session and failover state machine over one TCP
+//!   connection at a time; time and bytes come in, bytes and events come out.
+pub mod link;
 pub mod record;
+pub mod spool;
 
+pub use link::{
+    CloseReason, DisconnectCounts, EnqueueError, KindCounts, LinkConfig, LinkError, LinkEvent,
+    LinkStats, UpstreamLink,
+};
 pub use record::{
     Cpu, CrashSeen, DumpIdentity, DumpMeta, Record, RecordHeader, RecordKind, RegisterSet, Reply,
     Source, SourceIp, PROTOCOL_VERSION,
 };
+pub use spool::{Spool, SpoolWriter};

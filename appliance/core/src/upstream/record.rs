@@ -587,7 +587,6 @@ impl FrameDecoder {
 /// The frame prefix the link writes in front of a spooled record body: length prefix plus the
 /// `seq` and `sent_at_ms` varints, which postcard encodes first in a [`RecordHeader`].
 /// Returns the bytes used in `out`.
-#[allow(dead_code)] // used by the link
 pub(crate) fn encode_spooled_prefix(
     seq: u64,
     sent_at_ms: u64,
@@ -603,7 +602,6 @@ pub(crate) fn encode_spooled_prefix(
 }
 
 /// Length prefix plus two maximal u64 varints.
-#[allow(dead_code)] // used by the link
 pub(crate) const SPOOLED_PREFIX_MAX: usize = LEN_PREFIX + 10 + 10;
 
 #[cfg(test)]
