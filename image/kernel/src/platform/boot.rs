@@ -1,0 +1,173 @@
+//! Entry from the loader: the multiboot2 header, the PVH ELF note and the 32-bit trampoline
+//! into long mode.
+//!
+//! Both boot protocols enter in 32-bit protected mode with paging off and flat segments:
+//! PVH (QEMU `-kernel`, microvm, other PVH VMMs) at the address in the Xen note with the
+//! `hvm_start_info` address in ebx; multiboot2 (GRUB) at the ELF entry with 0x36d76289 in eax
+//! and the boot information address in ebx. The trampoline records which one it was, zeroes
+//! .bss, identity-maps the first 4 GiB with 2 MiB pages (the tables are in .bss and
+//! [`super::paging`] extends them), enables PAE + long mode + paging, loads a 64-bit GDT and
+//! calls `kmain(protocol, info)` on a 256 KiB boot stack.
+//!
+//! QEMU 7.2 reads the PVH note's descriptor as a pointer-sized value for an ELF64 file, and
+//! finds it at `12 + align_up(namesz, p_align)`: the note is 4-aligned with an 8-byte entry.
+
+/// `protocol` argument of `kmain`: entered through the PVH note.
+pub const PROTOCOL_PVH: u32 = 1;
+/// `protocol` argument of `kmain`: entered by a multiboot2 loader.
+pub const PROTOCOL_MULTIBOOT2: u32 = 2;
+
+/// Size of the boot stack (also the kernel's only stack).
+pub const BOOT_STACK_SIZE: usize = 256 * 1024;
+
+#[cfg(all(target_os = "none", not(test)))]
+core::arch::global_asm!(
+    r#"
+.section .multiboot2, "a"
+.p2align 3
+mb2_header_start:
+    .long 0xe85250d6
+    .long 0
+    .long mb2_header_end - mb2_header_start
+    .long 0x100000000 - (0xe85250d6 + (mb2_header_end - mb2_header_start))
+    /* end tag */
+    .short 0
+    .short 0
+    .long 8
+mb2_header_end:
+
+.section .note.Xen, "a", @note
+.p2align 2
+    .long 4
+    .long 8
+    .long 18
+    .asciz "Xen"
+    .quad _start_pvh
+
+.section .text.boot, "ax"
+.code32
+.global _start_pvh
+_start_pvh:
+    mov dword ptr [boot_protocol], {pvh}
+    mov dword ptr [boot_info_addr], ebx
+    jmp .Lcommon32
+
+.global _start_multiboot2
+_start_multiboot2:
+    mov dword ptr [boot_protocol], {mb2}
+    mov dword ptr [boot_info_addr], ebx
+    cmp eax, 0x36d76289
+    je .Lcommon32
+    mov dword ptr [boot_protocol], 0
+
+.Lcommon32:
+    cli
+    cld
+    /* zero .bss (page tables and stack included) */
+    mov edi, offset __bss_start
+    mov ecx, offset __bss_end
+    sub ecx, edi
+    shr ecx, 2
+    xor eax, eax
+    rep stosd
+    mov esp, offset boot_stack_top
+
+    /* PML4[0] -> PDPT; PDPT[0..4] -> the four page directories */
+    mov eax, offset boot_pdpt
+    or eax, 3
+    mov dword ptr [boot_pml4], eax
+    mov eax, offset boot_pd
+    or eax, 3
+    mov dword ptr [boot_pdpt], eax
+    add eax, 4096
+    mov dword ptr [boot_pdpt + 8], eax
+    add eax, 4096
+    mov dword ptr [boot_pdpt + 16], eax
+    add eax, 4096
+    mov dword ptr [boot_pdpt + 24], eax
+
+    /* 2048 2 MiB pages: present, writable, page size */
+    xor ecx, ecx
+.Lfill_pd:
+    mov eax, ecx
+    shl eax, 21
+    or eax, 0x83
+    mov dword ptr [boot_pd + ecx * 8], eax
+    inc ecx
+    cmp ecx, 2048
+    jne .Lfill_pd
+
+    mov eax, offset boot_pml4
+    mov cr3, eax
+    mov eax, cr4
+    or eax, 0x20            /* PAE */
+    mov cr4, eax
+    mov ecx, 0xc0000080     /* EFER */
+    rdmsr
+    or eax, 0x100           /* LME */
+    wrmsr
+    mov eax, cr0
+    or eax, 0x80010001      /* PG | WP | PE */
+    mov cr0, eax
+
+    lgdt [boot_gdt_ptr]
+    push 0x08
+    mov eax, offset .Llong_mode
+    push eax
+    retf
+
+.code64
+.Llong_mode:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    xor eax, eax
+    mov fs, ax
+    mov gs, ax
+    mov rsp, offset boot_stack_top
+    xor ebp, ebp
+    mov edi, dword ptr [boot_protocol]
+    mov esi, dword ptr [boot_info_addr]
+    call kmain
+    ud2
+
+.section .rodata.boot, "a"
+.p2align 3
+boot_gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff    /* 0x08: 64-bit code */
+    .quad 0x00cf92000000ffff    /* 0x10: data */
+boot_gdt_end:
+boot_gdt_ptr:
+    .short boot_gdt_end - boot_gdt - 1
+    .long boot_gdt
+
+.section .data.boot, "aw"
+.p2align 2
+boot_protocol:
+    .long 0
+boot_info_addr:
+    .long 0
+
+.section .bss.boot, "aw", @nobits
+.p2align 12
+.global boot_pml4
+boot_pml4:
+    .zero 4096
+.global boot_pdpt
+boot_pdpt:
+    .zero 4096
+.global boot_pd
+boot_pd:
+    .zero 16384
+.global boot_stack_bottom
+boot_stack_bottom:
+    .zero {stack}
+.global boot_stack_top
+boot_stack_top:
+"#,
+    pvh = const PROTOCOL_PVH,
+    mb2 = const PROTOCOL_MULTIBOOT2,
+    stack = const BOOT_STACK_SIZE,
+);

@@ -1,0 +1,158 @@
+//! The heap and DMA memory.
+//!
+//! The heap is one `linked_list_allocator` region (behind a spin lock) over the largest
+//! usable RAM range the loader reported between the end of the kernel image and 4 GiB, so
+//! all of it is inside the identity map: physical == virtual, and DMA memory is simply
+//! zeroed heap memory that is never freed. A `heap=` command-line size (e.g. `heap=64M`)
+//! caps it; otherwise it takes the whole range.
+
+use super::bootinfo::{MemoryKind, MemoryRegion};
+use core::ptr::NonNull;
+
+/// The heap range chosen at boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeapRange {
+    /// First byte.
+    pub start: u64,
+    /// Size in bytes.
+    pub len: u64,
+}
+
+/// Picks the heap range: the largest usable region above `kernel_end` (and above 1 MiB)
+/// and below the identity-map end, capped at `cap` bytes when given.
+pub fn choose_heap(
+    memory: &[MemoryRegion],
+    kernel_end: u64,
+    limit: u64,
+    cap: Option<u64>,
+) -> Option<HeapRange> {
+    let floor = kernel_end.max(1 << 20);
+    memory
+        .iter()
+        .filter(|r| r.kind == MemoryKind::Usable)
+        .filter_map(|r| {
+            let start = r.start.max(floor).next_multiple_of(4096);
+            let end = r.end().min(limit) & !4095;
+            (end > start).then(|| HeapRange {
+                start,
+                len: end - start,
+            })
+        })
+        .max_by_key(|r| r.len)
+        .map(|r| HeapRange {
+            start: r.start,
+            len: cap.map_or(r.len, |c| r.len.min(c)),
+        })
+}
+
+/// Parses a size like `64M`, `512K`, `1G` or plain bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let (digits, shift) = match text.as_bytes().last()? {
+        b'K' | b'k' => (&text[..text.len() - 1], 10),
+        b'M' | b'm' => (&text[..text.len() - 1], 20),
+        b'G' | b'g' => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+#[cfg(all(target_os = "none", not(test)))]
+#[global_allocator]
+static ALLOCATOR: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+/// Hands `range` to the global allocator. Call once.
+#[cfg(all(target_os = "none", not(test)))]
+pub fn init_heap(range: HeapRange) {
+    // SAFETY: `choose_heap` picked usable RAM above the kernel image inside the identity map;
+    // nothing else uses it (boot information was copied out before), and this runs once.
+    unsafe {
+        ALLOCATOR
+            .lock()
+            .init(range.start as *mut u8, range.len as usize);
+    }
+}
+
+/// Bytes of heap in use and free.
+#[cfg(all(target_os = "none", not(test)))]
+pub fn heap_usage() -> (usize, usize) {
+    let heap = ALLOCATOR.lock();
+    (heap.used(), heap.free())
+}
+
+/// Zeroed memory for device rings and buffers: `size` bytes aligned to `align` (a power of
+/// two), never freed. Returns the pointer and its physical address (the same value: the
+/// heap is identity mapped). Out of memory at bring-up is fatal (allocation error handler).
+pub fn dma_alloc(size: usize, align: usize) -> (NonNull<u8>, u64) {
+    let layout = core::alloc::Layout::from_size_align(size.max(1), align.max(1))
+        .unwrap_or_else(|_| panic!("dma_alloc: bad alignment {align}"));
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
+    let Some(ptr) = NonNull::new(ptr) else {
+        alloc::alloc::handle_alloc_error(layout)
+    };
+    (ptr, virt_to_phys(ptr.as_ptr()))
+}
+
+/// The physical address of kernel memory (identity mapped: the pointer value).
+pub fn virt_to_phys<T>(ptr: *const T) -> u64 {
+    ptr as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ram(start: u64, len: u64) -> MemoryRegion {
+        MemoryRegion {
+            start,
+            len,
+            kind: MemoryKind::Usable,
+        }
+    }
+
+    #[test]
+    fn heap_takes_the_largest_range_above_the_kernel_below_4g() {
+        let map = [
+            ram(0, 0x9fc00),
+            ram(0x100000, 0x7ee0000),
+            MemoryRegion {
+                start: 0x7fe0000,
+                len: 0x20000,
+                kind: MemoryKind::Reserved,
+            },
+            ram(0x1_0000_0000, 0x4000_0000),
+        ];
+        let heap = choose_heap(&map, 0x123456, 4 << 30, None).unwrap();
+        assert_eq!(
+            heap,
+            HeapRange {
+                start: 0x124000,
+                len: 0x7fe0000 - 0x124000
+            }
+        );
+        let capped = choose_heap(&map, 0x123456, 4 << 30, Some(64 << 20)).unwrap();
+        assert_eq!(capped.len, 64 << 20);
+        assert!(choose_heap(&map[..1], 0x123456, 4 << 30, None).is_none());
+    }
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size("512k"), Some(512 << 10));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("M"), None);
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("99999999999999999999G"), None);
+    }
+
+    #[test]
+    fn dma_memory_is_zeroed_aligned_and_identity_addressed() {
+        let (p, phys) = dma_alloc(4096, 4096);
+        assert_eq!(p.as_ptr() as u64, phys);
+        assert_eq!(phys % 4096, 0);
+        // SAFETY: dma_alloc returned 4096 initialized (zeroed) bytes.
+        let bytes = unsafe { core::slice::from_raw_parts(p.as_ptr(), 4096) };
+        assert!(bytes.iter().all(|&b| b == 0));
+    }
+}

@@ -1,0 +1,294 @@
+//! The machine under the relay: boot, console, faults, memory, clock, ACPI and PCI.
+//!
+//! [`init`] brings the platform up in a fixed order (console, boot information, exception
+//! handlers, clock, heap, ACPI, PCI) and prints the boot banner; afterwards drivers use the
+//! free functions below, which are the binding API between the kernel and its drivers:
+//!
+//! - [`dma_alloc`] / [`virt_to_phys`]: zeroed, never-freed DMA memory; physical == virtual.
+//! - [`map_mmio`]: uncached identity mapping of any device range, above 4 GiB included.
+//! - [`now_micros`], [`tsc`], [`tsc_hz`]: the calibrated monotonic clock.
+//! - [`exit_qemu`]: ends the VM through isa-debug-exit (halts forever without it).
+//! - [`pci_devices`]: the PCI functions enumerated at boot.
+//!
+//! The kernel is single-core, never enables interrupts, and identity-maps all memory it uses.
+
+pub mod acpi;
+pub mod boot;
+pub mod bootinfo;
+pub mod clock;
+pub mod interrupts;
+pub mod memory;
+pub mod paging;
+pub mod physmem;
+pub mod port;
+pub mod serial;
+
+pub use bootinfo::{BootInfo, BootProtocol, MemoryKind, MemoryRegion};
+pub use clock::{now_micros, tsc, tsc_hz};
+pub use memory::{dma_alloc, virt_to_phys};
+#[cfg(all(target_os = "none", not(test)))]
+pub use paging::map_mmio;
+
+use netoops_pci::PciDevice;
+
+/// isa-debug-exit code for success; QEMU exits with status `(code << 1) | 1` = 33.
+pub const EXIT_SUCCESS: u32 = 0x10;
+/// isa-debug-exit code for a failed self-test (QEMU status 35).
+pub const EXIT_FAILURE: u32 = 0x11;
+/// isa-debug-exit code after a CPU exception report (QEMU status 37).
+pub const EXIT_FAULT: u32 = 0x12;
+/// isa-debug-exit code after a panic (QEMU status 39).
+pub const EXIT_PANIC: u32 = 0x13;
+
+/// The isa-debug-exit port the image tool configures (`iobase=0xf4,iosize=0x04`).
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+
+/// Ends the VM with `code` through isa-debug-exit; on a machine without that device (real
+/// hardware, other VMMs) the write is ignored and the CPU halts for good.
+pub fn exit_qemu(code: u32) -> ! {
+    // SAFETY: port 0xf4 is isa-debug-exit under QEMU and unassigned on PC hardware; writing
+    // it has no other effect.
+    unsafe { port::outl(DEBUG_EXIT_PORT, code) };
+    halt_forever()
+}
+
+/// Stops the CPU with interrupts off.
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: cli; hlt only stops this CPU.
+        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
+static PCI_DEVICES: spin::Once<&'static [PciDevice]> = spin::Once::new();
+
+/// The PCI functions found at boot (empty before [`init`] or on machines without PCI).
+pub fn pci_devices() -> &'static [PciDevice] {
+    PCI_DEVICES.get().copied().unwrap_or(&[])
+}
+
+/// How PCI configuration space was reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PciMechanism {
+    /// ECAM window from ACPI MCFG.
+    Ecam(acpi::EcamWindow),
+    /// 0xCF8/0xCFC.
+    LegacyPorts,
+    /// No host bridge answered (e.g. microvm without PCIe).
+    None,
+}
+
+/// The platform after boot; the board loop owns it.
+pub struct Platform {
+    boot: &'static BootInfo,
+    /// TSC value at `kmain` entry.
+    pub entry_tsc: u64,
+    /// TSC frequency and where it came from.
+    pub tsc_source: clock::TscSource,
+    /// The heap range.
+    pub heap: Option<memory::HeapRange>,
+    /// ACPI findings, or why there are none.
+    pub acpi: Result<acpi::AcpiInfo, acpi::AcpiError>,
+    /// How PCI was enumerated.
+    pub pci: PciMechanism,
+}
+
+impl Platform {
+    /// What the loader handed over.
+    pub fn boot_info(&self) -> &'static BootInfo {
+        self.boot
+    }
+    /// The raw kernel command line (the relay's configuration source).
+    pub fn cmdline(&self) -> &'static str {
+        self.boot.cmdline()
+    }
+    /// The PCI functions found at boot.
+    pub fn pci_devices(&self) -> &'static [PciDevice] {
+        pci_devices()
+    }
+}
+
+#[cfg(all(target_os = "none", not(test)))]
+mod bring_up {
+    use super::*;
+    use crate::{print, println};
+    use alloc::vec::Vec;
+    use netoops_pci::{ConfigAccess, Ecam, LegacyPorts};
+    use physmem::{IdentityMapped, PhysMemory};
+
+    unsafe extern "C" {
+        static __kernel_start: u8;
+        static __kernel_end: u8;
+    }
+
+    static BOOT_INFO: spin::Once<BootInfo> = spin::Once::new();
+    static ECAM: spin::Once<Ecam> = spin::Once::new();
+    // SAFETY: the kernel is single-core and this is the only user of 0xCF8/0xCFC.
+    static LEGACY: LegacyPorts = unsafe { LegacyPorts::new() };
+
+    /// Brings the platform up; `protocol`/`info` are the trampoline's arguments.
+    pub fn init(protocol: u32, info: u32, entry_tsc: u64) -> Platform {
+        serial::init();
+        interrupts::init();
+        let boot = BOOT_INFO.call_once(|| read_boot_info(protocol, info));
+        let (hz, tsc_source) = clock::calibrate();
+
+        // Linker-script symbols: only their addresses are used.
+        let (kernel_start, kernel_end) = (
+            &raw const __kernel_start as u64,
+            &raw const __kernel_end as u64,
+        );
+        let cap = bootinfo::cmdline_param(boot.cmdline(), "heap").and_then(memory::parse_size);
+        let heap = memory::choose_heap(boot.memory(), kernel_end, paging::IDENTITY_MAPPED_END, cap);
+        if let Some(range) = heap {
+            memory::init_heap(range);
+        }
+
+        let acpi = match boot
+            .rsdp()
+            .or_else(|| acpi::find_rsdp_in_bios(&IdentityMapped))
+        {
+            Some(rsdp) => acpi::parse(&IdentityMapped, rsdp),
+            None => Err(acpi::AcpiError::NoRsdp),
+        };
+        let (pci, access) = pci_access(&acpi, heap.is_some());
+        if let Some(access) = access {
+            let mut devices = Vec::new();
+            netoops_pci::enumerate(access, |d| devices.push(d));
+            PCI_DEVICES.call_once(|| devices.leak());
+        }
+
+        let platform = Platform {
+            boot,
+            entry_tsc,
+            tsc_source,
+            heap,
+            acpi,
+            pci,
+        };
+        banner(&platform, hz, kernel_start, kernel_end);
+        platform
+    }
+
+    fn read_boot_info(protocol: u32, info: u32) -> BootInfo {
+        let mut boot = BootInfo::new(match protocol {
+            boot::PROTOCOL_PVH => BootProtocol::Pvh,
+            boot::PROTOCOL_MULTIBOOT2 => BootProtocol::Multiboot2,
+            _ => BootProtocol::Unknown,
+        });
+        let result = match boot.protocol() {
+            BootProtocol::Pvh => boot.parse_pvh(&IdentityMapped, u64::from(info)),
+            BootProtocol::Multiboot2 => boot.parse_multiboot2(&IdentityMapped, u64::from(info)),
+            BootProtocol::Unknown => Ok(()),
+        };
+        if let Err(e) = result {
+            println!("boot: boot information at {info:#x} incomplete: {e:?}");
+            let mut raw = [0u8; 56];
+            if IdentityMapped.read(u64::from(info), &mut raw) {
+                println!("boot: raw {raw:02x?}");
+            }
+        }
+        boot
+    }
+
+    fn pci_access(
+        acpi: &Result<acpi::AcpiInfo, acpi::AcpiError>,
+        have_heap: bool,
+    ) -> (PciMechanism, Option<&'static dyn ConfigAccess>) {
+        if let (
+            Ok(acpi::AcpiInfo {
+                ecam: Some(window), ..
+            }),
+            true,
+        ) = (acpi, have_heap)
+        {
+            let base = map_mmio(window.start_address(), window.size() as usize);
+            let ecam = ECAM.call_once(|| {
+                // SAFETY: map_mmio mapped the whole window uncached; it is never unmapped.
+                unsafe { Ecam::new(base.as_ptr(), window.start_bus, window.end_bus) }
+            });
+            // The MCFG window indexes from start_bus; bus numbers below it read as absent.
+            return (PciMechanism::Ecam(*window), Some(ecam));
+        }
+        if LEGACY.probe() {
+            return (PciMechanism::LegacyPorts, Some(&LEGACY));
+        }
+        (PciMechanism::None, None)
+    }
+
+    fn banner(p: &Platform, hz: u64, kernel_start: u64, kernel_end: u64) {
+        let now = tsc();
+        // The TSC starts at zero at CPU reset under QEMU, so its value is time since reset.
+        let since_reset_ms = clock::ticks_to_micros_calibrated(now) / 1000;
+        let init_us = clock::ticks_to_micros_calibrated(now - p.entry_tsc);
+        println!(
+            "netoops-relay {} booted via {} in {} ms (tsc {} MHz)",
+            env!("CARGO_PKG_VERSION"),
+            p.boot.protocol().name(),
+            since_reset_ms,
+            hz / 1_000_000
+        );
+        println!(
+            "platform: init {} us, tsc source {:?}, kernel {:#x}..{:#x} ({} KiB)",
+            init_us,
+            p.tsc_source,
+            kernel_start,
+            kernel_end,
+            (kernel_end - kernel_start) / 1024
+        );
+        let usable: u64 = p
+            .boot
+            .memory()
+            .iter()
+            .filter(|r| r.kind == MemoryKind::Usable)
+            .map(|r| r.len)
+            .sum();
+        println!(
+            "memory: {} MiB usable in {} regions{}, heap {}",
+            usable >> 20,
+            p.boot.memory().len(),
+            if p.boot.memory_dropped > 0 {
+                " (map truncated)"
+            } else {
+                ""
+            },
+            match p.heap {
+                Some(h) => alloc::format!("{:#x}+{} MiB", h.start, h.len >> 20),
+                None => alloc::string::String::from("none"),
+            }
+        );
+        match &p.acpi {
+            Ok(a) => {
+                print!("acpi: rsdp {:#x} rev {} tables", a.rsdp, a.revision);
+                for name in a.table_names() {
+                    print!(" {name}");
+                }
+                if a.bad_tables > 0 {
+                    print!(" ({} bad)", a.bad_tables);
+                }
+                println!();
+            }
+            Err(e) => println!("acpi: unavailable ({e:?})"),
+        }
+        match p.pci {
+            PciMechanism::Ecam(w) => println!(
+                "pci: ecam {:#x} buses {}..={}, {} functions",
+                w.base,
+                w.start_bus,
+                w.end_bus,
+                pci_devices().len()
+            ),
+            PciMechanism::LegacyPorts => {
+                println!("pci: ports 0xcf8/0xcfc, {} functions", pci_devices().len())
+            }
+            PciMechanism::None => println!("pci: no host bridge"),
+        }
+        for d in pci_devices() {
+            println!("pci: {d}");
+        }
+        println!("cmdline: {}", p.boot.cmdline());
+    }
+}
+
+#[cfg(all(target_os = "none", not(test)))]
+pub use bring_up::init;
