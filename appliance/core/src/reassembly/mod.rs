@@ -120,11 +120,6 @@ pub(crate) fn map_capacity(items: usize) -> usize {
     2 * items + 2
 }
 
-/// Bytes the chunk pool takes for `slots` slots: data, text length, free list, index.
-fn pool_bytes(slots: usize) -> usize {
-    slots * (DATA_LEN + 2 + 4) + map_bytes::<u64, u32>(map_capacity(slots))
-}
-
 impl ReassemblyConfig {
     fn words_per_dump(&self) -> usize {
         (self.max_packet_count as usize).div_ceil(64)
@@ -139,6 +134,11 @@ impl ReassemblyConfig {
             + map_bytes::<IpAddr, u32>(map_capacity(n))
     }
 
+    /// Bytes the chunk pool takes with `slots` slots.
+    pub fn pool_bytes(&self, slots: usize) -> usize {
+        chunks::store_bytes(slots, self.max_dumps, self.max_packet_count as usize)
+    }
+
     /// Number of 1 KiB chunk slots the budget leaves after the tables.
     pub fn chunk_slots(&self) -> Result<usize, ReassemblyConfigError> {
         if self.max_dumps == 0 {
@@ -150,7 +150,9 @@ impl ReassemblyConfig {
         if self.max_packet_count == 0 {
             return Err(ReassemblyConfigError::Zero("max_packet_count"));
         }
-        let needed = self.table_bytes().saturating_add(pool_bytes(MIN_SLOTS));
+        let needed = self
+            .table_bytes()
+            .saturating_add(self.pool_bytes(MIN_SLOTS));
         if self.memory_budget < needed {
             return Err(ReassemblyConfigError::BudgetTooSmall {
                 needed,
@@ -162,7 +164,7 @@ impl ReassemblyConfig {
         let (mut lo, mut hi) = (MIN_SLOTS, room / DATA_LEN + 1);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            if pool_bytes(mid) <= room {
+            if self.pool_bytes(mid) <= room {
                 lo = mid;
             } else {
                 hi = mid;
@@ -280,7 +282,7 @@ impl Reassembler {
             lists: IndexLists::new(n),
             by_key: HashMap::with_capacity(map_capacity(n)),
             per_source: HashMap::with_capacity(map_capacity(n)),
-            chunks: ChunkStore::new(slots),
+            chunks: ChunkStore::new(slots, n, config.max_packet_count as usize),
             stats: ReassemblyStats::default(),
         })
     }
@@ -312,7 +314,7 @@ impl Reassembler {
 
     /// Bytes allocated for tables and chunks (at most the configured budget).
     pub fn footprint(&self) -> usize {
-        self.config.table_bytes() + pool_bytes(self.chunks.capacity())
+        self.config.table_bytes() + self.config.pool_bytes(self.chunks.capacity())
     }
 
     fn bits_of(&self, idx: u32) -> &[u64] {
@@ -360,8 +362,8 @@ impl Reassembler {
                     if !self.has(idx, packet_no) {
                         return self.add_chunk(now, idx, &d, sink);
                     }
-                    match self.chunks.get(idx, packet_no) {
-                        Some(held) if held == d.data() => {
+                    match self.chunks.fingerprint_of(idx, packet_no) {
+                        Some(held) if held == chunks::fingerprint(d.data()) => {
                             self.stats.duplicates += 1;
                             self.touch(now, idx);
                             return Ok(Accepted::Duplicate);
@@ -447,10 +449,6 @@ impl Reassembler {
             self.shed_source(now, ip, sink);
         }
         let idx = self.alloc_entry(now, sink);
-        if let Some(old) = self.by_key.insert(key, idx) {
-            self.entries[old as usize].indexed = false;
-        }
-        *self.per_source.entry(ip).or_insert(0) += 1;
         self.entries[idx as usize] = DumpEntry {
             key,
             generation,
@@ -458,13 +456,27 @@ impl Reassembler {
             received: 0,
             revision: 0,
             complete: false,
-            has_chunks: true,
+            has_chunks: false,
             indexed: true,
             first_seen: now,
             last_packet: now,
             header: HeaderInfo::of(d),
         };
         self.lists.move_to_back(idx, ListId::Assembling);
+        if !self.make_room(now, idx, sink, d.packet_count(), false)
+            || !self.chunks.reserve(idx, d.packet_count())
+        {
+            // Unreachable by sizing (the index holds one largest dump); refuse rather than panic.
+            self.stats.dropped_no_memory += 1;
+            self.entries[idx as usize] = DumpEntry::VACANT;
+            self.lists.move_to_back(idx, ListId::Free);
+            return Err(DropReason::NoMemory);
+        }
+        self.entries[idx as usize].has_chunks = true;
+        if let Some(old) = self.by_key.insert(key, idx) {
+            self.entries[old as usize].indexed = false;
+        }
+        *self.per_source.entry(ip).or_insert(0) += 1;
         self.stats.dumps_started += 1;
         self.stats.dumps_high_water = self.stats.dumps_high_water.max(self.dumps_held());
         sink.crash_seen(&CrashSeen {
@@ -492,12 +504,13 @@ impl Reassembler {
         // Back to assembling first, so reclaiming memory cannot pick this dump as its victim.
         self.entries[idx as usize].last_packet = now;
         self.lists.move_to_back(idx, ListId::Assembling);
-        if !self.ensure_slot(now, idx, sink) {
+        if !self.make_room(now, idx, sink, 0, true) {
             self.stats.dropped_no_memory += 1;
             return Err(DropReason::NoMemory);
         }
         let packet_no = d.packet_no();
-        self.chunks.insert(idx, packet_no, d.data());
+        self.chunks
+            .insert(idx, packet_no, d.data(), chunks::fingerprint(d.data()));
         self.set(idx, packet_no);
         self.stats.chunks_stored += 1;
         self.stats.chunks_high_water = self.stats.chunks_high_water.max(self.chunks.used());
@@ -509,10 +522,18 @@ impl Reassembler {
         Ok(Accepted::NewChunk)
     }
 
-    /// Frees a chunk slot unless `idx` itself is the only dump left to take it from.
-    fn ensure_slot<S: EventSink>(&mut self, now: Instant, idx: u32, sink: &mut S) -> bool {
+    /// Frees a chunk slot (`slot`) and room for a packet table of `table` entries, unless
+    /// `idx` itself is the only dump left to take them from.
+    fn make_room<S: EventSink>(
+        &mut self,
+        now: Instant,
+        idx: u32,
+        sink: &mut S,
+        table: u32,
+        slot: bool,
+    ) -> bool {
         loop {
-            if self.chunks.has_free_slot() {
+            if (!slot || self.chunks.has_free_slot()) && self.chunks.has_table_room(table) {
                 return true;
             }
             if let Some(victim) = self.lists.front(ListId::LingerFull) {
@@ -597,19 +618,10 @@ impl Reassembler {
     }
 
     fn release_chunks(&mut self, idx: u32) {
-        if !self.entries[idx as usize].has_chunks {
-            return;
+        if self.entries[idx as usize].has_chunks {
+            self.chunks.release(idx);
+            self.entries[idx as usize].has_chunks = false;
         }
-        let start = idx as usize * self.words_per_dump;
-        for w in 0..self.words_per_dump {
-            let mut word = self.bits[start + w];
-            while word != 0 {
-                let bit = word.trailing_zeros();
-                self.chunks.remove(idx, w as u32 * 64 + bit);
-                word &= word - 1;
-            }
-        }
-        self.entries[idx as usize].has_chunks = false;
     }
 
     /// Drops a lingering dump's chunks but remembers which packets it had.

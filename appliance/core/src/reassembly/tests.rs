@@ -99,6 +99,15 @@ fn small_config() -> ReassemblyConfig {
     }
 }
 
+/// The budget that gives `slots` chunk slots with `max_dumps` table entries.
+fn budget_for(max_dumps: usize, slots: usize) -> usize {
+    let c = ReassemblyConfig {
+        max_dumps,
+        ..small_config()
+    };
+    c.table_bytes() + c.pool_bytes(slots)
+}
+
 /// Sends every (round, packet_no) of the sender's schedule accepted by `keep`.
 fn send_all(
     r: &mut Reassembler,
@@ -303,12 +312,7 @@ fn malformed_datagrams_are_counted_and_harm_nothing() {
 fn memory_pressure_flushes_the_oldest_dump_and_keeps_newest_chunks() {
     let config = ReassemblyConfig {
         max_dumps: 16,
-        memory_budget: ReassemblyConfig {
-            max_dumps: 16,
-            ..small_config()
-        }
-        .table_bytes()
-            + pool_bytes(100),
+        memory_budget: budget_for(16, 100),
         max_dumps_per_source: 16,
         ..small_config()
     };
@@ -355,12 +359,7 @@ fn memory_pressure_flushes_the_oldest_dump_and_keeps_newest_chunks() {
 fn one_dump_larger_than_the_pool_keeps_its_newest_chunks() {
     let config = ReassemblyConfig {
         max_dumps: 4,
-        memory_budget: ReassemblyConfig {
-            max_dumps: 4,
-            ..small_config()
-        }
-        .table_bytes()
-            + pool_bytes(64),
+        memory_budget: budget_for(4, 64),
         ..small_config()
     };
     let mut r = Reassembler::new(config).unwrap();
