@@ -11,7 +11,7 @@
 use core::fmt;
 use core::str::FromStr;
 
-use crate::netoops::{field, CpuId, DumpType, RegisterLayout, Version, ARCH_X86};
+use crate::netoops::{field, CpuId, Datagram, DumpType, RegisterLayout, Version, ARCH_X86};
 use crate::DATA_LEN;
 
 /// The datagram shapes seen in the wild.
@@ -160,6 +160,38 @@ impl DumpHeader {
             cpu: CpuId::default(),
             registers: [0; 21],
             user_blob: [0; 128],
+        }
+    }
+}
+
+impl DumpHeader {
+    /// The header a datagram was sent with, as far as its best-matching [`Variant`] can carry it:
+    /// registers are kept only when their layout is the variant's own (an i386 frame without
+    /// `gs` or without `sp`/`ss` is dropped), the user blob only by `V3X86_64Blob` (an i386
+    /// frame after a blob maps to `V3I386`), and the kernel version keeps its text up to the
+    /// first NUL. Encoding the result reproduces every field [`Datagram`] reports.
+    pub fn from_datagram(d: &Datagram<'_>) -> Self {
+        let variant = d.variant();
+        let mut kernel_version = [0u8; 64];
+        for (dst, &src) in kernel_version.iter_mut().zip(d.kernel_version()) {
+            *dst = src;
+        }
+        let registers = match d.registers() {
+            Some(r) if Some(r.layout) == variant.register_layout() => r.words,
+            _ => [0; 21],
+        };
+        Self {
+            variant,
+            dump_id: d.dump_id(),
+            dump_type: d.dump_type(),
+            boot_id: d.boot_id(),
+            kernel_version,
+            cpu: d.cpu().unwrap_or_default(),
+            registers,
+            user_blob: match d.user_blob() {
+                Some(blob) if variant == Variant::V3X86_64Blob => *blob,
+                _ => [0; 128],
+            },
         }
     }
 }
@@ -362,7 +394,7 @@ impl<'a> SenderModel<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netoops::{Datagram, Limits};
+    use crate::netoops::Limits;
     use proptest::prelude::*;
     use std::vec;
 
@@ -506,6 +538,71 @@ mod tests {
             }
             assert_eq!(d.user_blob().is_some(), v == Variant::V3X86_64Blob);
         }
+    }
+
+    #[test]
+    fn header_from_datagram_re_encodes_identically() {
+        for v in Variant::ALL {
+            let mut h = DumpHeader::new(v, 31, "4.19.0");
+            h.dump_type = DumpType::SoftDump;
+            if v != Variant::V2 {
+                h.boot_id = 5;
+                h.cpu = CpuId {
+                    vendor: 1,
+                    family: 2,
+                    model: 3,
+                    stepping: 4,
+                };
+                h.registers = core::array::from_fn(|i| i as u64 + 1);
+                if v == Variant::V3I386 {
+                    h.registers[17..].fill(0);
+                }
+            }
+            if v == Variant::V3X86_64Blob {
+                h.user_blob = [9; 128];
+            }
+            let mut a = [0u8; 2048];
+            let n = encode(&h, 4, 1, &[b'r'; DATA_LEN], &mut a).unwrap();
+            let d = Datagram::parse(&a[..n], &Limits::default()).unwrap();
+            assert_eq!(DumpHeader::from_datagram(&d), h);
+        }
+        // An i386 frame without gs cannot be carried by V3I386: registers are dropped.
+        let mut b = [0u8; 2048];
+        let n = encode(
+            &DumpHeader::new(Variant::V3I386, 1, ""),
+            1,
+            0,
+            &[0; DATA_LEN],
+            &mut b,
+        )
+        .unwrap();
+        b[4..6].copy_from_slice(&156u16.to_le_bytes());
+        b[92] = 1;
+        let d = Datagram::parse(&b[..n - 4], &Limits::default()).unwrap();
+        assert_eq!(d.register_layout(), Some(RegisterLayout::I386NoGs));
+        assert_eq!(DumpHeader::from_datagram(&d).registers, [0; 21]);
+
+        // An i386 frame after a user blob is V3I386, which has no blob.
+        let mut c = [0u8; 2048];
+        let n = encode(
+            &DumpHeader::new(Variant::V3X86_64Blob, 1, ""),
+            1,
+            0,
+            &[0; DATA_LEN],
+            &mut c,
+        )
+        .unwrap();
+        let i386_data = 216 + 4 + 68;
+        c[4..6].copy_from_slice(&(i386_data as u16).to_le_bytes());
+        c[88] = 1;
+        c[220] = 1;
+        let d = Datagram::parse(&c[..i386_data + DATA_LEN], &Limits::default()).unwrap();
+        assert!(n > i386_data + DATA_LEN);
+        assert!(d.user_blob().is_some());
+        assert_eq!(d.variant(), Variant::V3I386);
+        let h = DumpHeader::from_datagram(&d);
+        assert_eq!(h.user_blob, [0; 128]);
+        assert_eq!(h.registers[0], 1);
     }
 
     #[test]

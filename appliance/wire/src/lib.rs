@@ -2,7 +2,7 @@
 //!
 //! - [`netoops`] validates one datagram (v2 or v3) once in [`Datagram::parse`]; after that every
 //!   accessor reads a fixed position with no failure path. Registers decode lazily.
-//! - [`encode`] writes datagrams and models the original sender exactly ([`SenderModel`]):
+//! - [`mod@encode`] writes datagrams and models the original sender exactly ([`SenderModel`]):
 //!   the two log pieces, chunking, zero padding, the all-zero chunk bug and the send order.
 //! - [`text`] turns received chunks and gaps into dump text without allocating.
 //! - [`model`] (feature `alloc`) is the reference answer: what a correct receiver produces for a

@@ -493,6 +493,7 @@ impl<'a> Datagram<'a> {
         }
     }
 
+    #[inline]
     fn parse_v2(bytes: &'a [u8], limits: &Limits) -> Result<Self, WireError> {
         use field::*;
         let Some(head) = bytes.first_chunk::<V2_FIXED_LEN>() else {
@@ -524,6 +525,7 @@ impl<'a> Datagram<'a> {
         })
     }
 
+    #[inline]
     fn parse_v3(bytes: &'a [u8], limits: &Limits) -> Result<Self, WireError> {
         use field::*;
         let Some(head) = bytes.first_chunk::<V3_FIXED_LEN>() else {
@@ -1067,6 +1069,56 @@ mod tests {
             .kind(),
             WireErrorKind::PacketNoOutOfRange
         );
+    }
+
+    /// Every accessor, to prove none of them can panic on a parsed datagram.
+    fn touch_everything(d: &Datagram<'_>) -> usize {
+        let mut sum = d.kernel_version().len() + d.data().len() + d.bytes().len() + d.data_offset();
+        sum += usize::from(d.dump_id()) + d.packet_no() as usize + d.boot_id() as usize;
+        sum += d.user_blob().map_or(0, |b| b.len());
+        sum += d.cpu().map_or(0, |c| usize::from(c.model));
+        sum += d.register_layout().map_or(0, |l| l.area_len());
+        if let Some(r) = d.registers() {
+            sum += r.iter().count() + (r.ip() ^ r.cs() ^ r.flags() ^ r.sp().unwrap_or(0)) as usize;
+        }
+        sum + d.variant().datagram_len() + d.version() as usize + d.dump_type() as usize
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn prop_random_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2200)) {
+            if let Ok(d) = Datagram::parse(&bytes, &limits()) {
+                touch_everything(&d);
+            }
+        }
+
+        #[test]
+        fn prop_mutated_datagrams_never_panic(
+            base in 0usize..4,
+            edits in proptest::collection::vec((0usize..2048, proptest::prelude::any::<u8>()), 0..8),
+            cut in 0usize..2100,
+        ) {
+            let (mut b, len) = match base {
+                0 => (v2(217), 1241),
+                1 => v3(88, 260, 8),
+                2 => v3(216, 388, 8),
+                _ => v3(88, 160, 4),
+            };
+            for (at, v) in edits {
+                b[at] = v;
+            }
+            // Most edits land in data; aim some at the header offsets too.
+            let len = if cut < 2048 && cut % 3 == 0 { cut } else { len };
+            match Datagram::parse(&b[..len], &limits()) {
+                Ok(d) => {
+                    touch_everything(&d);
+                    proptest::prop_assert_eq!(d.data_offset() + DATA_LEN, len);
+                }
+                Err(e) => {
+                    proptest::prop_assert!(e.kind().index() < WireErrorKind::COUNT);
+                }
+            }
+        }
     }
 
     #[test]
