@@ -12,6 +12,8 @@
 //! - [`upstream`]: the record format spoken to collectors, the bounded spool that holds
 //!   records until acknowledged, and the [`upstream::UpstreamLink`] failover state machine.
 //! - [`config`]: the appliance configuration and its `key=value` parser.
+//! - [`relay`]: [`relay::Relay`], which wires allowlist, reassembly and upstream delivery into
+//!   one data path for the kernel and the hosted relay to drive.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -19,5 +21,6 @@ extern crate alloc;
 
 pub mod config;
 pub mod reassembly;
+pub mod relay;
 pub mod time;
 pub mod upstream;

@@ -1,0 +1,727 @@
+//! The relay: the whole sans-IO data path from a received datagram to upstream records.
+//!
+//! [`Relay`] owns the source allowlist, the [`Reassembler`] and the [`UpstreamLink`], and
+//! connects them: crash notices and dumps are encoded straight from the reassembler's buffers
+//! into the link's spool. The kernel's board loop and the hosted relay are thin drivers of
+//! this one type: they feed datagrams and time in, run the link's connection through their
+//! TCP stack, and print [`RelayEvent`]s.
+
+use alloc::collections::VecDeque;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+use core::net::SocketAddr;
+
+use netoops_wire::netoops::{RegisterLayout, Registers};
+
+use crate::config::{Config, ConfigError};
+use crate::reassembly::{
+    Accepted, CrashSeen, DropReason, DumpView, EventSink, Reassembler, ReassemblyStats,
+};
+use crate::time::Instant;
+use crate::upstream::{
+    record, CloseReason, Cpu, DumpIdentity, DumpMeta, LinkConfig, LinkEvent, LinkStats, Record,
+    RecordKind, RegisterSet, Source, UpstreamLink,
+};
+
+/// Events kept for [`Relay::poll_event`] before the oldest are dropped (and counted).
+const EVENT_CAPACITY: usize = 4096;
+/// Longest headline kept from a crash's first chunk.
+const HEADLINE_LEN: usize = 160;
+
+/// What a record in the spool is about, kept to report its delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordSummary {
+    /// Record seq.
+    pub seq: u64,
+    /// Crash notice or dump.
+    pub kind: RecordKind,
+    /// Sender.
+    pub source: SocketAddr,
+    /// Sender's dump id.
+    pub dump_id: u16,
+    /// Dump revision (0 for crash notices).
+    pub revision: u32,
+}
+
+/// A line's worth of news for the console.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// A machine crashed: the first packet of a new dump arrived.
+    CrashSeen {
+        /// Record seq, or `None` if the spool refused it.
+        seq: Option<u64>,
+        /// Sender.
+        source: SocketAddr,
+        /// Sender's dump id.
+        dump_id: u16,
+        /// Generation under the same identity.
+        generation: u32,
+        /// Kernel release.
+        kernel: String,
+        /// Packets in the dump.
+        packet_count: u32,
+        /// The most telling line of the newest text.
+        headline: String,
+    },
+    /// A dump was reassembled and queued for delivery.
+    DumpQueued {
+        /// Record seq, or `None` if the spool refused it.
+        seq: Option<u64>,
+        /// Sender.
+        source: SocketAddr,
+        /// Sender's dump id.
+        dump_id: u16,
+        /// Every packet arrived.
+        complete: bool,
+        /// Packets received.
+        received: u32,
+        /// Packets in the dump.
+        packet_count: u32,
+        /// Revision.
+        revision: u32,
+        /// Text bytes.
+        text_len: usize,
+    },
+    /// A collector acknowledged a record: it is durable there.
+    Delivered(RecordSummary),
+    /// The spool overflow policy dropped a record.
+    Dropped(RecordSummary),
+    /// A collector session started.
+    Connected {
+        /// Upstream index.
+        upstream: usize,
+    },
+    /// A connection ended.
+    Disconnected {
+        /// Upstream index.
+        upstream: usize,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// Delivery moved to another upstream.
+    FailedOver {
+        /// Previous upstream.
+        from: usize,
+        /// New upstream.
+        to: usize,
+    },
+}
+
+impl fmt::Display for RelayEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let seq = |s: &Option<u64>| match s {
+            Some(s) => alloc::format!("seq {s}"),
+            None => "NOT SPOOLED".to_string(),
+        };
+        match self {
+            RelayEvent::CrashSeen {
+                seq: s,
+                source,
+                dump_id,
+                generation,
+                kernel,
+                packet_count,
+                headline,
+            } => write!(
+                f,
+                "crash seen: {source} dump {dump_id}.{generation} kernel {kernel} \
+                 ({packet_count} packets, {}): {headline}",
+                seq(s)
+            ),
+            RelayEvent::DumpQueued {
+                seq: s,
+                source,
+                dump_id,
+                complete,
+                received,
+                packet_count,
+                revision,
+                text_len,
+            } => write!(
+                f,
+                "dump queued: {source} dump {dump_id} {} {received}/{packet_count} packets, \
+                 {text_len} bytes, revision {revision} ({})",
+                if *complete { "complete" } else { "PARTIAL" },
+                seq(s)
+            ),
+            RelayEvent::Delivered(r) => write!(
+                f,
+                "{} delivered: {} dump {} revision {} (seq {})",
+                kind_name(r.kind),
+                r.source,
+                r.dump_id,
+                r.revision,
+                r.seq
+            ),
+            RelayEvent::Dropped(r) => write!(
+                f,
+                "{} DROPPED (spool full): {} dump {} (seq {})",
+                kind_name(r.kind),
+                r.source,
+                r.dump_id,
+                r.seq
+            ),
+            RelayEvent::Connected { upstream } => write!(f, "upstream {upstream} connected"),
+            RelayEvent::Disconnected { upstream, reason } => {
+                write!(f, "upstream {upstream} disconnected: {reason}")
+            }
+            RelayEvent::FailedOver { from, to } => {
+                write!(f, "delivery moved from upstream {from} to upstream {to}")
+            }
+        }
+    }
+}
+
+fn kind_name(kind: RecordKind) -> &'static str {
+    match kind {
+        RecordKind::CrashSeen => "crash notice",
+        RecordKind::Dump => "dump",
+    }
+}
+
+/// Counters of the relay's own (the reassembler and the link keep theirs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Datagrams from sources outside the allowlist.
+    pub not_allowed: u64,
+    /// Records the spool refused outright (larger than the whole spool).
+    pub refused: u64,
+    /// Console events dropped because nobody polled them.
+    pub events_dropped: u64,
+}
+
+/// Why [`Relay::handle_datagram`] dropped a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayDrop {
+    /// The source is not in the allowlist.
+    NotAllowed,
+    /// The reassembler dropped it.
+    Reassembly(DropReason),
+}
+
+/// The relay. See the module documentation.
+pub struct Relay {
+    config: Config,
+    reassembler: Reassembler,
+    link: UpstreamLink,
+    events: VecDeque<RelayEvent>,
+    pending: VecDeque<RecordSummary>,
+    stats: RelayStats,
+}
+
+impl Relay {
+    /// Builds the relay from a validated configuration. `instance` must differ on every boot
+    /// (collectors key replay protection on it).
+    pub fn new(config: Config, instance: u64) -> Result<Relay, ConfigError> {
+        config.validate()?;
+        let reassembler = Reassembler::new(config.reassembly).map_err(|e| ConfigError {
+            key: "memory".to_string(),
+            problem: e.to_string(),
+        })?;
+        let mut link_config =
+            LinkConfig::new(config.upstreams.len(), config.name.clone(), instance);
+        link_config.spool_bytes = config.spool_bytes;
+        // A record is at least a few hundred bytes; more entries than that cannot fit.
+        link_config.spool_records = (config.spool_bytes / 256).clamp(64, 1 << 20);
+        let link = UpstreamLink::new(link_config);
+        Ok(Relay {
+            config,
+            reassembler,
+            link,
+            events: VecDeque::with_capacity(EVENT_CAPACITY),
+            pending: VecDeque::with_capacity(EVENT_CAPACITY),
+            stats: RelayStats::default(),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The reassembler (for its counters and usage).
+    pub fn reassembler(&self) -> &Reassembler {
+        &self.reassembler
+    }
+
+    /// The upstream link: the caller runs its TCP connection (connect, transmit, input, close).
+    pub fn link(&mut self) -> &mut UpstreamLink {
+        &mut self.link
+    }
+
+    /// Relay counters.
+    pub fn stats(&self) -> &RelayStats {
+        &self.stats
+    }
+
+    /// Handles one datagram received on the netoops port.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<Accepted, RelayDrop> {
+        if !self.config.allows(source.ip()) {
+            self.stats.not_allowed += 1;
+            return Err(RelayDrop::NotAllowed);
+        }
+        let mut sink = Delivery {
+            now,
+            link: &mut self.link,
+            events: &mut self.events,
+            pending: &mut self.pending,
+            stats: &mut self.stats,
+        };
+        self.reassembler
+            .handle_datagram(now, source, bytes, &mut sink)
+            .map_err(RelayDrop::Reassembly)
+    }
+
+    /// Runs both timers: quiet dumps become partial, the link reconnects and detects stalls.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut sink = Delivery {
+            now,
+            link: &mut self.link,
+            events: &mut self.events,
+            pending: &mut self.pending,
+            stats: &mut self.stats,
+        };
+        self.reassembler.handle_timeout(now, &mut sink);
+        self.link.handle_timeout(now);
+    }
+
+    /// Emits every dump still assembling as partial (shutdown).
+    pub fn flush(&mut self, now: Instant) {
+        let mut sink = Delivery {
+            now,
+            link: &mut self.link,
+            events: &mut self.events,
+            pending: &mut self.pending,
+            stats: &mut self.stats,
+        };
+        self.reassembler.flush(now, &mut sink);
+    }
+
+    /// When [`Relay::handle_timeout`] next has work.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.reassembler.poll_timeout(), self.link.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next console event, including the link's (deliveries, connections).
+    pub fn poll_event(&mut self) -> Option<RelayEvent> {
+        while let Some(ev) = self.link.poll_event() {
+            let mapped = match ev {
+                LinkEvent::Delivered { seq, .. } => {
+                    self.take_pending(seq).map(RelayEvent::Delivered)
+                }
+                LinkEvent::Dropped { seq, .. } => self.take_pending(seq).map(RelayEvent::Dropped),
+                LinkEvent::Connected { idx } => Some(RelayEvent::Connected { upstream: idx }),
+                LinkEvent::Disconnected { idx, reason } => Some(RelayEvent::Disconnected {
+                    upstream: idx,
+                    reason,
+                }),
+                LinkEvent::FailedOver { from, to } => Some(RelayEvent::FailedOver { from, to }),
+            };
+            if let Some(ev) = mapped {
+                push_bounded(&mut self.events, &mut self.stats, ev);
+            }
+        }
+        self.events.pop_front()
+    }
+
+    /// Whether every record queued so far has been acknowledged.
+    pub fn all_delivered(&self) -> bool {
+        self.link.spool().is_empty()
+    }
+
+    fn take_pending(&mut self, seq: u64) -> Option<RecordSummary> {
+        // Acknowledgements come in seq order, so the match is almost always at the front.
+        let pos = self.pending.iter().position(|p| p.seq == seq)?;
+        self.pending.remove(pos)
+    }
+
+    /// One line of counters for the console.
+    pub fn counters(&self) -> Counters<'_> {
+        Counters {
+            r: self.reassembler.stats(),
+            l: self.link.stats(),
+            relay: &self.stats,
+            chunks: self.reassembler.chunk_usage(),
+            dumps: self.reassembler.dumps_held(),
+            spool: (self.link.spool().used(), self.link.spool().capacity()),
+        }
+    }
+}
+
+/// Counters formatted as one console line.
+pub struct Counters<'a> {
+    r: &'a ReassemblyStats,
+    l: LinkStats,
+    relay: &'a RelayStats,
+    chunks: (usize, usize),
+    dumps: usize,
+    spool: (usize, usize),
+}
+
+impl fmt::Display for Counters<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.r;
+        write!(
+            f,
+            "counters: datagrams {} chunks {} dup {} malformed {} not_allowed {} \
+             no_memory {} late {} | dumps started {} complete {} partial {} held {} \
+             chunks {}/{} | delivered {} dropped {} spool {}/{} bytes",
+            r.datagrams,
+            r.chunks_stored,
+            r.duplicates + r.duplicates_unverified,
+            r.malformed_total(),
+            self.relay.not_allowed,
+            r.dropped_no_memory,
+            r.dropped_late,
+            r.dumps_started,
+            r.dumps_complete,
+            r.dumps_partial,
+            self.dumps,
+            self.chunks.0,
+            self.chunks.1,
+            self.l.delivered.total(),
+            self.l.dropped.total(),
+            self.spool.0,
+            self.spool.1,
+        )
+    }
+}
+
+fn push_bounded(events: &mut VecDeque<RelayEvent>, stats: &mut RelayStats, ev: RelayEvent) {
+    if events.len() >= EVENT_CAPACITY {
+        events.pop_front();
+        stats.events_dropped += 1;
+    }
+    events.push_back(ev);
+}
+
+/// The reassembler's sink: encodes records into the link's spool.
+struct Delivery<'a> {
+    now: Instant,
+    link: &'a mut UpstreamLink,
+    events: &'a mut VecDeque<RelayEvent>,
+    pending: &'a mut VecDeque<RecordSummary>,
+    stats: &'a mut RelayStats,
+}
+
+fn identity(
+    source: SocketAddr,
+    version: u16,
+    boot_id: u32,
+    dump_id: u16,
+    dump_type: u16,
+) -> DumpIdentity {
+    DumpIdentity {
+        source: Source::from(source),
+        version,
+        boot_id,
+        dump_id,
+        dump_type,
+    }
+}
+
+fn cpu(c: Option<netoops_wire::netoops::CpuId>) -> Option<Cpu> {
+    c.map(|c| Cpu {
+        vendor: c.vendor,
+        family: c.family,
+        model: c.model,
+        stepping: c.stepping,
+    })
+}
+
+fn registers(r: Option<Registers>) -> Option<RegisterSet> {
+    r.map(|r| RegisterSet {
+        layout: match r.layout {
+            RegisterLayout::X86_64 => "x86_64",
+            RegisterLayout::I386 => "i386",
+            RegisterLayout::I386NoGs => "i386-no-gs",
+            RegisterLayout::I386NoStack => "i386-no-stack",
+        }
+        .to_string(),
+        names_values: r.iter().map(|(n, v)| (n.to_string(), v)).collect(),
+    })
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The line of the newest text most likely to say what happened.
+fn headline(text: &[u8]) -> String {
+    const MARKERS: [&[u8]; 6] = [
+        b"Kernel panic",
+        b"BUG:",
+        b"Oops",
+        b"general protection fault",
+        b"RIP:",
+        b"WARNING:",
+    ];
+    let lines = || text.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+    let pick = MARKERS
+        .iter()
+        .find_map(|m| lines().find(|l| l.windows(m.len()).any(|w| w == *m)))
+        .or_else(|| lines().last())
+        .unwrap_or(b"");
+    let mut s = lossy(&pick[..pick.len().min(HEADLINE_LEN)]);
+    s.retain(|c| !c.is_control());
+    s
+}
+
+impl Delivery<'_> {
+    fn queued(&mut self, seq: Option<u64>, summary: RecordSummary, event: RelayEvent) {
+        match seq {
+            Some(seq) => {
+                if self.pending.len() >= self.pending.capacity() {
+                    // The spool holds far fewer records than this; keep the newest summaries.
+                    self.pending.pop_front();
+                }
+                self.pending.push_back(RecordSummary { seq, ..summary });
+            }
+            None => self.stats.refused += 1,
+        }
+        push_bounded(self.events, self.stats, event);
+    }
+}
+
+impl EventSink for Delivery<'_> {
+    fn crash_seen(&mut self, c: &CrashSeen<'_>) {
+        let d = &c.datagram;
+        let text = c.text();
+        let record = Record::CrashSeen(record::CrashSeen {
+            id: identity(
+                c.source,
+                d.version() as u16,
+                d.boot_id(),
+                d.dump_id(),
+                d.dump_type() as u16,
+            ),
+            generation: c.generation,
+            kernel_version: lossy(d.kernel_version()),
+            packet_count: d.packet_count(),
+            packet_no: d.packet_no(),
+            cpu: cpu(d.cpu()),
+            registers: registers(d.registers()),
+            seen_at_ms: c.at.total_millis(),
+        });
+        let seq = self
+            .link
+            .enqueue(self.now, &record, text.len() as u32, |w| w.write(text))
+            .ok();
+        let summary = RecordSummary {
+            seq: 0,
+            kind: RecordKind::CrashSeen,
+            source: c.source,
+            dump_id: d.dump_id(),
+            revision: 0,
+        };
+        let event = RelayEvent::CrashSeen {
+            seq,
+            source: c.source,
+            dump_id: d.dump_id(),
+            generation: c.generation,
+            kernel: lossy(d.kernel_version()),
+            packet_count: d.packet_count(),
+            headline: headline(text),
+        };
+        self.queued(seq, summary, event);
+    }
+
+    fn dump(&mut self, d: &DumpView<'_>) {
+        let text_len = d.text_len();
+        let record = Record::Dump(DumpMeta {
+            id: identity(
+                d.source(),
+                d.version() as u16,
+                d.boot_id(),
+                d.dump_id(),
+                d.dump_type() as u16,
+            ),
+            generation: d.generation(),
+            kernel_version: lossy(d.kernel_version()),
+            packet_count: d.packet_count(),
+            received: d.received(),
+            missing: d.missing().collect(),
+            zeroed: d.zeroed().collect(),
+            complete: d.complete(),
+            revision: d.revision(),
+            first_seen_ms: d.first_seen().total_millis(),
+            completed_ms: d.emitted_at().total_millis(),
+            cpu: cpu(d.cpu()),
+            registers: registers(d.registers()),
+            user_blob: d.user_blob().map(|b| Vec::from(&b[..])),
+        });
+        let seq = self
+            .link
+            .enqueue(self.now, &record, text_len as u32, |w| {
+                d.write_text(|b| w.write(b))
+            })
+            .ok();
+        let summary = RecordSummary {
+            seq: 0,
+            kind: RecordKind::Dump,
+            source: d.source(),
+            dump_id: d.dump_id(),
+            revision: d.revision(),
+        };
+        let event = RelayEvent::DumpQueued {
+            seq,
+            source: d.source(),
+            dump_id: d.dump_id(),
+            complete: d.complete(),
+            received: d.received(),
+            packet_count: d.packet_count(),
+            revision: d.revision(),
+            text_len,
+        };
+        self.queued(seq, summary, event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::record::{decode_record, encode_reply_frame, FrameDecoder, Reply};
+    use netoops_wire::encode::{encode, DumpHeader, SenderModel, Variant};
+
+    fn relay(extra: &str) -> Relay {
+        let config = Config::parse(&alloc::format!(
+            "upstream=127.0.0.1:2005 memory=8M max_dumps=64 {extra}"
+        ))
+        .unwrap();
+        Relay::new(config, 7).unwrap()
+    }
+
+    fn send(relay: &mut Relay, from: SocketAddr, log: &[u8]) {
+        let m = SenderModel::new(&[], log);
+        let mut h = DumpHeader::new(Variant::V3X86_64, 11, "6.1.0-relay");
+        h.registers[16] = 0xffff_ffff_8100_0000;
+        for (_, p) in m.schedule() {
+            let mut buf = [0u8; 2048];
+            let n = encode(&h, m.packet_count(), p, &m.chunk(p), &mut buf).unwrap();
+            let _ = relay.handle_datagram(Instant::from_millis(5), from, &buf[..n]);
+        }
+    }
+
+    /// Runs the link against an in-memory collector that acknowledges everything, and
+    /// returns the decoded records with their payloads.
+    fn deliver(relay: &mut Relay) -> Vec<(Record, Vec<u8>)> {
+        let now = Instant::from_millis(10);
+        let idx = relay.link().poll_connect(now).unwrap();
+        relay.link().handle_connected(now, idx);
+        let welcome = encode_reply_frame(&Reply::Welcome {
+            protocol: crate::upstream::PROTOCOL_VERSION,
+            last_seq: 0,
+        })
+        .unwrap();
+        relay.link().handle_input(now, &welcome).unwrap();
+        let mut decoder = FrameDecoder::new(record::MAX_FRAME_LEN);
+        let mut out = Vec::new();
+        let mut buf = alloc::vec![0u8; 4096];
+        loop {
+            let n = relay.link().poll_transmit(now, &mut buf);
+            if n == 0 {
+                break;
+            }
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let used = decoder.push(rest);
+                rest = &rest[used..];
+                while let Ok(Some(frame)) = decoder.next_frame() {
+                    let (header, payload) = decode_record(frame).unwrap();
+                    if header.seq > 0 {
+                        let ack = encode_reply_frame(&Reply::Ack { seq: header.seq }).unwrap();
+                        out.push((header.record, payload.to_vec(), ack));
+                    }
+                }
+            }
+        }
+        for (_, _, ack) in &out {
+            relay.link().handle_input(now, ack).unwrap();
+        }
+        out.into_iter().map(|(r, p, _)| (r, p)).collect()
+    }
+
+    #[test]
+    fn a_crash_becomes_a_notice_and_a_dump_on_the_wire() {
+        let mut r = relay("");
+        let from = SocketAddr::from(([10, 0, 0, 5], 6666));
+        let mut log = Vec::new();
+        for i in 0..60 {
+            log.extend_from_slice(alloc::format!("[{i:5}.000000] line {i}\n").as_bytes());
+        }
+        log.extend_from_slice(b"[   61.000000] Kernel panic - not syncing: Fatal exception\n");
+        send(&mut r, from, &log);
+        let records = deliver(&mut r);
+        assert_eq!(records.len(), 2);
+        match &records[0] {
+            (Record::CrashSeen(c), text) => {
+                assert_eq!(c.id.source, Source::from(from));
+                assert_eq!(c.kernel_version, "6.1.0-relay");
+                assert_eq!(c.packet_no, 0);
+                let regs = c.registers.as_ref().unwrap();
+                assert!(regs
+                    .names_values
+                    .contains(&("ip".to_string(), 0xffff_ffff_8100_0000)));
+                assert!(log.ends_with(text));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &records[1] {
+            (Record::Dump(d), text) => {
+                assert!(d.complete);
+                assert_eq!(d.revision, 1);
+                assert_eq!(text, &log);
+            }
+            other => panic!("{other:?}"),
+        }
+        let lines: Vec<String> = core::iter::from_fn(|| r.poll_event())
+            .map(|e| e.to_string())
+            .collect();
+        assert!(lines[0].starts_with("crash seen: 10.0.0.5:6666 dump 11.0 kernel 6.1.0-relay"));
+        assert!(
+            lines[0].ends_with("Kernel panic - not syncing: Fatal exception"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("dump queued: 10.0.0.5:6666 dump 11 complete")));
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("dump delivered: 10.0.0.5:6666 dump 11")));
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("crash notice delivered")));
+        assert!(r.all_delivered());
+    }
+
+    #[test]
+    fn sources_outside_the_allowlist_are_counted_and_ignored() {
+        let mut r = relay("allow=10.1.0.0/16");
+        send(&mut r, SocketAddr::from(([10, 2, 0, 1], 1)), b"hello\n");
+        assert_eq!(r.stats().not_allowed, 3);
+        assert_eq!(r.reassembler().stats().datagrams, 0);
+        send(&mut r, SocketAddr::from(([10, 1, 0, 1], 1)), b"hello\n");
+        assert_eq!(r.reassembler().stats().dumps_complete, 1);
+    }
+
+    #[test]
+    fn headline_prefers_the_panic_line() {
+        assert_eq!(
+            headline(b"a\nBUG: unable to handle\nKernel panic - x\nzz\n"),
+            "Kernel panic - x"
+        );
+        assert_eq!(headline(b"one\ntwo\n"), "two");
+        assert_eq!(headline(b""), "");
+    }
+}
