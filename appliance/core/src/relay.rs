@@ -470,7 +470,7 @@ fn headline(text: &[u8]) -> String {
     let pick = MARKERS
         .iter()
         .find_map(|m| lines().find(|l| l.windows(m.len()).any(|w| w == *m)))
-        .or_else(|| lines().last())
+        .or_else(|| lines().next_back())
         .unwrap_or(b"");
     let mut s = lossy(&pick[..pick.len().min(HEADLINE_LEN)]);
     s.retain(|c| !c.is_control());
