@@ -1,0 +1,117 @@
+//! Building the kernel image.
+//!
+//! `cargo build -p netoops-kernel --target x86_64-unknown-none [--release]` from the
+//! workspace root (so the root `.cargo/config.toml` supplies the static relocation model),
+//! then the loadable part of the ELF is written to `target/image/netoops-relay.elf`.
+
+use crate::{elf, image_dir, target_dir, workspace_root, Error};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The kernel's target triple.
+pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
+/// The image file name.
+pub const IMAGE_NAME: &str = "netoops-relay.elf";
+
+/// A built image.
+#[derive(Clone, Debug)]
+pub struct BuiltImage {
+    /// The bootable image (`target/image/netoops-relay.elf`).
+    pub path: PathBuf,
+    /// The unstripped kernel ELF cargo produced (symbols and debug info, for addr2line).
+    pub kernel_elf: PathBuf,
+    /// Size of the image file in bytes.
+    pub size: u64,
+    /// What the ELF headers say.
+    pub summary: elf::ElfSummary,
+}
+
+/// Checks that the bare-metal target's standard library is installed, installing it with
+/// rustup when it is missing (rustup fetches it from the Rust distribution server).
+pub fn ensure_target() -> Result<(), Error> {
+    let sysroot = Command::new(rustc())
+        .args(["--print", "sysroot"])
+        .output()?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if sysroot.join("lib/rustlib").join(KERNEL_TARGET).is_dir() {
+        return Ok(());
+    }
+    if !crate::have_program("rustup") {
+        return Err(Error::Missing {
+            program: "the x86_64-unknown-none target",
+            install: "rustup target add x86_64-unknown-none",
+        });
+    }
+    eprintln!("netoops-image: installing the {KERNEL_TARGET} target");
+    let status = Command::new("rustup")
+        .args(["target", "add", KERNEL_TARGET])
+        .status()?;
+    if !status.success() {
+        return Err(Error::Command {
+            what: format!("rustup target add {KERNEL_TARGET}"),
+            status,
+        });
+    }
+    Ok(())
+}
+
+fn cargo() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+fn rustc() -> std::ffi::OsString {
+    std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into())
+}
+
+/// Builds the kernel and writes the image.
+pub fn build_kernel(release: bool) -> Result<BuiltImage, Error> {
+    ensure_target()?;
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(workspace_root()).args([
+        "build",
+        "-p",
+        "netoops-kernel",
+        "--target",
+        KERNEL_TARGET,
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    // A build started from inside `cargo test` inherits variables meant for the host build
+    // of the test crate; the kernel's flags come from .cargo/config.toml only.
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status()?;
+    if !status.success() {
+        return Err(Error::Command {
+            what: "cargo build -p netoops-kernel".into(),
+            status,
+        });
+    }
+    let kernel_elf = target_dir()
+        .join(KERNEL_TARGET)
+        .join(if release { "release" } else { "debug" })
+        .join("netoops-kernel");
+    let bytes = std::fs::read(&kernel_elf)?;
+    let image = elf::strip(&bytes)?;
+    let summary = elf::inspect(&image)?;
+    if summary.pvh_entry.is_none() {
+        return Err(Error::BadElf("no PVH (Xen type 18) note"));
+    }
+    if summary.multiboot2_offset.is_none() {
+        return Err(Error::BadElf("no multiboot2 header in the first 32 KiB"));
+    }
+    std::fs::create_dir_all(image_dir())?;
+    let path = image_dir().join(IMAGE_NAME);
+    // Write-then-rename so a QEMU reading the previous image never sees a partial file.
+    let tmp = path.with_extension(format!("elf.{}", std::process::id()));
+    std::fs::write(&tmp, &image)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(BuiltImage {
+        path,
+        kernel_elf,
+        size: image.len() as u64,
+        summary,
+    })
+}

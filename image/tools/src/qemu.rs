@@ -1,0 +1,482 @@
+//! QEMU command lines and guest runs.
+//!
+//! [`QemuCommand`] builds the argument list for booting the image: `-kernel` (PVH) or a GRUB
+//! ISO (multiboot2), always `-accel tcg` (the build machines' nested KVM mis-executes
+//! 16/32-bit code), `-nographic -serial stdio -monitor none`, `-no-reboot` (a triple fault
+//! ends QEMU instead of looping), `-vga none -nic none` (headless; devices are explicit) and
+//! isa-debug-exit at 0xf4 so the kernel can end the run
+//! with a status. [`run`] starts it, timestamps every console line against the spawn time,
+//! and kills it when a deadline passes, so a hung guest can never hang a test.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+/// How to install QEMU and the firmware on the build machines (Debian 12).
+pub const QEMU_INSTALL: &str = "apt-get install -y qemu-system-x86 ovmf";
+
+/// The kernel's isa-debug-exit codes (see `platform::EXIT_*` in the kernel).
+pub mod exit_code {
+    /// Self-test passed.
+    pub const SUCCESS: u32 = 0x10;
+    /// Self-test failed.
+    pub const FAILURE: u32 = 0x11;
+    /// CPU exception reported.
+    pub const FAULT: u32 = 0x12;
+    /// Kernel panic reported.
+    pub const PANIC: u32 = 0x13;
+}
+
+/// The QEMU machine type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Machine {
+    /// PCI Express chipset (ECAM via ACPI MCFG).
+    Q35,
+    /// i440FX (legacy PCI ports only).
+    Pc,
+    /// Minimal machine: no PCI unless asked, virtio-mmio devices.
+    Microvm,
+}
+
+impl Machine {
+    /// QEMU's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Machine::Q35 => "q35",
+            Machine::Pc => "pc",
+            Machine::Microvm => "microvm",
+        }
+    }
+}
+
+impl std::str::FromStr for Machine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "q35" => Ok(Machine::Q35),
+            "pc" | "i440fx" => Ok(Machine::Pc),
+            "microvm" => Ok(Machine::Microvm),
+            other => Err(format!("unknown machine {other:?} (q35, pc, microvm)")),
+        }
+    }
+}
+
+/// What to boot.
+#[derive(Clone, Debug)]
+enum BootMedium {
+    /// `-kernel` (PVH note) with an optional `-append`.
+    Kernel(PathBuf),
+    /// A bootable ISO (GRUB, multiboot2); the command line lives in its grub.cfg.
+    Iso(PathBuf),
+}
+
+/// A QEMU invocation under construction.
+#[derive(Clone, Debug)]
+pub struct QemuCommand {
+    binary: String,
+    machine: Machine,
+    machine_options: Vec<String>,
+    memory_mib: u32,
+    medium: Option<BootMedium>,
+    cmdline: String,
+    devices: Vec<String>,
+    netdevs: Vec<String>,
+    extra: Vec<String>,
+    debug_exit: bool,
+}
+
+impl QemuCommand {
+    /// A command for `machine` with 128 MiB, TCG, serial on stdio and isa-debug-exit.
+    pub fn new(machine: Machine) -> Self {
+        Self {
+            binary: QEMU.into(),
+            machine,
+            machine_options: Vec::new(),
+            memory_mib: 128,
+            medium: None,
+            cmdline: String::new(),
+            devices: Vec::new(),
+            netdevs: Vec::new(),
+            extra: Vec::new(),
+            debug_exit: true,
+        }
+    }
+
+    /// Boots `image` through `-kernel` (PVH).
+    pub fn kernel(mut self, image: impl AsRef<Path>) -> Self {
+        self.medium = Some(BootMedium::Kernel(image.as_ref().to_path_buf()));
+        self
+    }
+
+    /// Boots a CD image (GRUB ISO) instead of `-kernel`.
+    pub fn iso(mut self, iso: impl AsRef<Path>) -> Self {
+        self.medium = Some(BootMedium::Iso(iso.as_ref().to_path_buf()));
+        self
+    }
+
+    /// Kernel command line (`-append`; ignored for ISO boots, whose grub.cfg carries it).
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.cmdline = cmdline.into();
+        self
+    }
+
+    /// Guest RAM in MiB.
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Adds a `-machine` option (e.g. `pcie=on` for microvm).
+    pub fn machine_option(mut self, option: impl Into<String>) -> Self {
+        self.machine_options.push(option.into());
+        self
+    }
+
+    /// Adds a `-device` (e.g. `virtio-net-pci,romfile=,netdev=n0`).
+    pub fn device(mut self, device: impl Into<String>) -> Self {
+        self.devices.push(device.into());
+        self
+    }
+
+    /// Adds a `-netdev` (e.g. `dgram,id=n0,local.type=inet,...`).
+    pub fn netdev(mut self, netdev: impl Into<String>) -> Self {
+        self.netdevs.push(netdev.into());
+        self
+    }
+
+    /// Adds raw arguments at the end.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.extra.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Leaves out isa-debug-exit (the guest then cannot end QEMU itself).
+    pub fn without_debug_exit(mut self) -> Self {
+        self.debug_exit = false;
+        self
+    }
+
+    /// Uses another QEMU binary.
+    pub fn binary(mut self, binary: impl Into<String>) -> Self {
+        self.binary = binary.into();
+        self
+    }
+
+    /// The argument list (without the binary).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut machine = String::from(self.machine.name());
+        for option in &self.machine_options {
+            machine.push(',');
+            machine.push_str(option);
+        }
+        let mut a: Vec<String> = vec![
+            "-machine".into(),
+            machine,
+            "-accel".into(),
+            "tcg".into(),
+            "-m".into(),
+            format!("{}M", self.memory_mib),
+            "-nographic".into(),
+            "-serial".into(),
+            "stdio".into(),
+            "-monitor".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            // Headless appliance: no VGA (its option ROM slows SeaBIOS) and no default NIC
+            // (explicit -netdev/-device pairs are unaffected).
+            "-vga".into(),
+            "none".into(),
+            "-nic".into(),
+            "none".into(),
+        ];
+        if self.debug_exit {
+            a.extend([
+                "-device".into(),
+                "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
+            ]);
+        }
+        match &self.medium {
+            Some(BootMedium::Kernel(path)) => {
+                a.extend(["-kernel".into(), path.display().to_string()]);
+                if !self.cmdline.is_empty() {
+                    a.extend(["-append".into(), self.cmdline.clone()]);
+                }
+            }
+            Some(BootMedium::Iso(path)) => {
+                a.extend([
+                    "-cdrom".into(),
+                    path.display().to_string(),
+                    "-boot".into(),
+                    "d".into(),
+                ]);
+            }
+            None => {}
+        }
+        for netdev in &self.netdevs {
+            a.extend(["-netdev".into(), netdev.clone()]);
+        }
+        for device in &self.devices {
+            a.extend(["-device".into(), device.clone()]);
+        }
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+
+    /// A `std::process::Command` ready to spawn.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.args(self.to_args());
+        c
+    }
+
+    /// The command as a shell-like line, for logs.
+    pub fn display(&self) -> String {
+        let mut line = self.binary.clone();
+        for a in self.to_args() {
+            line.push(' ');
+            if a.is_empty() || a.contains(' ') {
+                line.push_str(&format!("'{a}'"));
+            } else {
+                line.push_str(&a);
+            }
+        }
+        line
+    }
+}
+
+/// How a guest run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest wrote `code` to isa-debug-exit (QEMU status `code * 2 + 1`).
+    DebugExit(u32),
+    /// QEMU exited by itself with this status (0: e.g. a triple fault under -no-reboot).
+    Exited(i32),
+    /// Killed by a signal.
+    Signalled,
+    /// Still running at the deadline; killed.
+    TimedOut,
+}
+
+impl Outcome {
+    /// Decodes QEMU's exit status: odd statuses come from isa-debug-exit.
+    pub fn from_status(status: std::process::ExitStatus) -> Self {
+        match status.code() {
+            Some(code) if code % 2 == 1 => Outcome::DebugExit((code as u32) >> 1),
+            Some(code) => Outcome::Exited(code),
+            None => Outcome::Signalled,
+        }
+    }
+}
+
+/// One console line with its arrival time after QEMU was spawned.
+#[derive(Clone, Debug)]
+pub struct ConsoleLine {
+    /// Time since spawn.
+    pub at: Duration,
+    /// The line, without the line ending and with terminal escapes left as they are.
+    pub text: String,
+}
+
+/// The result of [`run`].
+#[derive(Clone, Debug)]
+pub struct RunOutput {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Every console line, in order.
+    pub lines: Vec<ConsoleLine>,
+    /// QEMU's stderr.
+    pub stderr: String,
+    /// Wall time from spawn to exit.
+    pub elapsed: Duration,
+}
+
+impl RunOutput {
+    /// The first line containing `needle`.
+    pub fn line_with(&self, needle: &str) -> Option<&ConsoleLine> {
+        self.lines.iter().find(|l| l.text.contains(needle))
+    }
+
+    /// The whole console output.
+    pub fn console(&self) -> String {
+        let mut s = String::new();
+        for l in &self.lines {
+            s.push_str(&l.text);
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// Checks that QEMU is installed; with `install`, runs apt-get when it is not.
+pub fn ensure_qemu(install: bool) -> Result<(), crate::Error> {
+    if crate::have_program(QEMU) {
+        return Ok(());
+    }
+    if !install {
+        return Err(crate::Error::Missing {
+            program: QEMU,
+            install: QEMU_INSTALL,
+        });
+    }
+    for args in [
+        &["update"][..],
+        &["install", "-y", "qemu-system-x86", "ovmf"][..],
+    ] {
+        let status = Command::new("apt-get").args(args).status()?;
+        if !status.success() {
+            return Err(crate::Error::Command {
+                what: format!("apt-get {}", args.join(" ")),
+                status,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs `cmd` until it exits or `timeout` passes, collecting timestamped console lines.
+pub fn run(cmd: &QemuCommand, timeout: Duration) -> std::io::Result<RunOutput> {
+    run_command(cmd.command(), timeout)
+}
+
+/// [`run`] for any command (stdout is the console).
+pub fn run_command(mut command: Command, timeout: Duration) -> std::io::Result<RunOutput> {
+    let start = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("stdout was piped");
+    let mut stderr = child.stderr.take().expect("stderr was piped");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string();
+                    if tx
+                        .send(ConsoleLine {
+                            at: start.elapsed(),
+                            text,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let deadline = start + timeout;
+    let outcome = loop {
+        if let Some(status) = child.try_wait()? {
+            break Outcome::from_status(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Outcome::TimedOut;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = start.elapsed();
+    let _ = reader.join();
+    let lines = rx.try_iter().collect();
+    let stderr = err_reader.join().unwrap_or_default();
+    Ok(RunOutput {
+        outcome,
+        lines,
+        stderr,
+        elapsed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pvh_command_line_has_the_fixed_arguments() {
+        let cmd = QemuCommand::new(Machine::Q35)
+            .kernel("/tmp/k.elf")
+            .cmdline("selftest=exit")
+            .netdev("user,id=n0")
+            .device("virtio-net-pci,romfile=,netdev=n0")
+            .args(["-smp", "1"]);
+        let a = cmd.to_args();
+        let joined = a.join(" ");
+        assert!(joined.starts_with("-machine q35 -accel tcg -m 128M -nographic -serial stdio"));
+        assert!(joined.contains(
+            "-no-reboot -vga none -nic none -device isa-debug-exit,iobase=0xf4,iosize=0x04"
+        ));
+        assert!(joined.contains("-kernel /tmp/k.elf -append selftest=exit"));
+        assert!(
+            joined.ends_with("-netdev user,id=n0 -device virtio-net-pci,romfile=,netdev=n0 -smp 1")
+        );
+        assert!(cmd.display().contains("-append selftest=exit"));
+        let spaced = QemuCommand::new(Machine::Pc).kernel("k").cmdline("a b");
+        assert!(spaced.display().contains("-append 'a b'"));
+    }
+
+    #[test]
+    fn iso_and_machine_options() {
+        let a = QemuCommand::new(Machine::Microvm)
+            .machine_option("pit=on")
+            .iso("/tmp/r.iso")
+            .cmdline("ignored")
+            .without_debug_exit()
+            .memory_mib(256)
+            .to_args();
+        let joined = a.join(" ");
+        assert!(joined.starts_with("-machine microvm,pit=on -accel tcg -m 256M"));
+        assert!(joined.contains("-cdrom /tmp/r.iso -boot d"));
+        assert!(!joined.contains("isa-debug-exit"));
+        assert!(!joined.contains("-append"));
+    }
+
+    #[test]
+    fn machines_parse() {
+        assert_eq!("q35".parse::<Machine>(), Ok(Machine::Q35));
+        assert_eq!("i440fx".parse::<Machine>(), Ok(Machine::Pc));
+        assert!("virt".parse::<Machine>().is_err());
+    }
+
+    #[test]
+    fn run_collects_timestamped_lines_and_decodes_status() {
+        // `sh` stands in for QEMU: the runner is what is under test.
+        let sh = |script: &str| {
+            let mut c = Command::new("sh");
+            c.args(["-c", script]);
+            c
+        };
+        let out = run_command(sh("echo one; echo two; exit 33"), Duration::from_secs(5)).unwrap();
+        assert_eq!(out.outcome, Outcome::DebugExit(0x10));
+        assert_eq!(out.lines.len(), 2);
+        assert_eq!(out.line_with("two").unwrap().text, "two");
+        assert!(out.lines[0].at <= out.lines[1].at);
+        let slow = run_command(sh("echo start; exec sleep 5"), Duration::from_millis(300)).unwrap();
+        assert_eq!(slow.outcome, Outcome::TimedOut);
+        assert_eq!(slow.console(), "start\n");
+        let plain = run_command(sh("exit 0"), Duration::from_secs(5)).unwrap();
+        assert_eq!(plain.outcome, Outcome::Exited(0));
+    }
+}
