@@ -1,0 +1,17 @@
+//! netoops-collect: the upstream collector. It accepts relay sessions over TCP, stores every
+//! crash notice and dump durably, acknowledges only what is on disk, and recognises resends so
+//! that a crash reaches storage once, across relay and collector outages.
+//!
+//! - [`store`]: the storage layout, crash-safe writes and replay protection.
+//! - [`session`]: one relay connection (`Hello`/`Welcome`, records, `Ack`).
+//! - [`server`]: the listener and its connection threads.
+//! - [`catalog`]: reading a storage directory back (`list`, `show`).
+//! - [`wallclock`]: wall-clock ms and RFC 3339 formatting.
+//!
+//! The record format is [`netoops_core::upstream::record`].
+
+pub mod catalog;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod wallclock;

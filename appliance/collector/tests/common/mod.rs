@@ -1,0 +1,243 @@
+//! Shared test pieces: a relay-side driver that runs the real `UpstreamLink` over real std
+//! TCP sockets (the same thin loop the hosted relay runs), and record builders.
+#![allow(dead_code)]
+
+use netoops_core::time::Instant;
+use netoops_core::upstream::record::RegisterSet;
+use netoops_core::upstream::{
+    CloseReason, Cpu, CrashSeen, DumpIdentity, DumpMeta, LinkConfig, LinkEvent, Record, Source,
+    UpstreamLink,
+};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Drives an `UpstreamLink` over nonblocking std sockets.
+pub struct Driver {
+    pub link: UpstreamLink,
+    /// Upstream addresses by index; tests may change them (a restarted collector).
+    pub addrs: Vec<SocketAddr>,
+    stream: Option<(usize, TcpStream)>,
+    pending: Vec<u8>,
+    start: std::time::Instant,
+    pub events: Vec<LinkEvent>,
+}
+
+impl Driver {
+    pub fn new(config: LinkConfig, addrs: Vec<SocketAddr>) -> Self {
+        Driver {
+            link: UpstreamLink::new(config),
+            addrs,
+            stream: None,
+            pending: Vec::new(),
+            start: std::time::Instant::now(),
+            events: Vec::new(),
+        }
+    }
+
+    /// The relay clock: starts at 60 s, so record times like 100 ms lie in its past.
+    pub fn now(&self) -> Instant {
+        Instant::from_micros(60_000_000 + self.start.elapsed().as_micros() as u64)
+    }
+
+    pub fn enqueue(&mut self, record: &Record, text: &[u8]) -> u64 {
+        let now = self.now();
+        self.link
+            .enqueue(now, record, text.len() as u32, |w| {
+                for piece in text.chunks(1000) {
+                    w.write(piece);
+                }
+            })
+            .expect("enqueue")
+    }
+
+    /// One pass of the relay loop.
+    pub fn step(&mut self) {
+        let now = self.now();
+        let link = &mut self.link;
+        if self.stream.is_none() {
+            if let Some(i) = link.poll_connect(now) {
+                match TcpStream::connect_timeout(&self.addrs[i], Duration::from_millis(500)) {
+                    Ok(s) => {
+                        s.set_nonblocking(true).unwrap();
+                        s.set_nodelay(true).unwrap();
+                        self.stream = Some((i, s));
+                        self.pending.clear();
+                        link.handle_connected(now, i);
+                    }
+                    Err(_) => link.handle_closed(now, i, CloseReason::ConnectFailed),
+                }
+            }
+        }
+        if let Some((i, s)) = &mut self.stream {
+            let i = *i;
+            let mut closed = None;
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        closed = Some(CloseReason::PeerClosed);
+                        break;
+                    }
+                    Ok(n) => {
+                        let _ = link.handle_input(now, &buf[..n]);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        closed = Some(CloseReason::IoError);
+                        break;
+                    }
+                }
+            }
+            let mut out = vec![0u8; 64 * 1024];
+            while closed.is_none() {
+                if self.pending.is_empty() {
+                    let n = link.poll_transmit(now, &mut out);
+                    if n == 0 {
+                        break;
+                    }
+                    self.pending.extend_from_slice(&out[..n]);
+                }
+                match s.write(&self.pending) {
+                    Ok(n) => {
+                        self.pending.drain(..n);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => closed = Some(CloseReason::IoError),
+                }
+            }
+            if let Some(reason) = closed {
+                self.stream = None;
+                link.handle_closed(now, i, reason);
+            }
+        }
+        if let Some(i) = link.poll_close() {
+            self.stream = None;
+            link.handle_closed(now, i, CloseReason::PeerClosed);
+        }
+        if link.poll_timeout().is_some_and(|t| t <= now) {
+            link.handle_timeout(now);
+        }
+        while let Some(ev) = link.poll_event() {
+            self.events.push(ev);
+        }
+    }
+
+    /// Steps until `done` or the timeout; returns whether `done` became true.
+    pub fn run_until(&mut self, timeout: Duration, mut done: impl FnMut(&Driver) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            self.step();
+            if done(self) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        false
+    }
+
+    /// Steps until every spooled record is acknowledged.
+    pub fn drain(&mut self, timeout: Duration) -> bool {
+        self.run_until(timeout, |d| d.link.stats().spool_records == 0)
+    }
+}
+
+pub fn link_config(instance: u64) -> LinkConfig {
+    LinkConfig {
+        spool_bytes: 16 * 1024 * 1024,
+        spool_records: 4096,
+        connect_timeout: netoops_core::time::Duration::from_secs(1),
+        ack_timeout: netoops_core::time::Duration::from_secs(3),
+        backoff_min: netoops_core::time::Duration::from_millis(20),
+        backoff_max: netoops_core::time::Duration::from_millis(300),
+        ..LinkConfig::new(1, "test-relay", instance)
+    }
+}
+
+pub fn identity(source: &str, dump_id: u16) -> DumpIdentity {
+    DumpIdentity {
+        source: Source::from(source.parse::<SocketAddr>().unwrap()),
+        version: 3,
+        boot_id: 7,
+        dump_id,
+        dump_type: 1,
+    }
+}
+
+pub fn crash(source: &str, dump_id: u16, packet_no: u32) -> Record {
+    Record::CrashSeen(CrashSeen {
+        id: identity(source, dump_id),
+        generation: 0,
+        kernel_version: "6.1.0-13-amd64".into(),
+        packet_count: 12,
+        packet_no,
+        cpu: Some(Cpu {
+            vendor: 1,
+            family: 6,
+            model: 85,
+            stepping: 4,
+        }),
+        registers: Some(RegisterSet {
+            layout: "x86_64".into(),
+            names_values: vec![("ip".into(), 0xffff_ffff_8100_1234), ("sp".into(), 0x10)],
+        }),
+        seen_at_ms: 100,
+    })
+}
+
+pub fn dump(source: &str, dump_id: u16, revision: u32, complete: bool) -> Record {
+    Record::Dump(DumpMeta {
+        id: identity(source, dump_id),
+        generation: 0,
+        kernel_version: "6.1.0-13-amd64".into(),
+        packet_count: 12,
+        received: if complete { 12 } else { 9 },
+        missing: if complete {
+            vec![]
+        } else {
+            vec![(3, 4), (9, 9)]
+        },
+        zeroed: vec![11],
+        complete,
+        revision,
+        first_seen_ms: 100,
+        completed_ms: 1100,
+        cpu: Some(Cpu {
+            vendor: 1,
+            family: 6,
+            model: 85,
+            stepping: 4,
+        }),
+        registers: Some(RegisterSet {
+            layout: "x86_64".into(),
+            names_values: vec![("ip".into(), 0xffff_ffff_8100_1234)],
+        }),
+        user_blob: Some(vec![0xa5; 128]),
+    })
+}
+
+/// Deterministic dump text of `len` bytes, distinct per `seed`.
+pub fn text(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = format!("<0>[{seed}] Kernel panic - not syncing: test {seed}\n").into_bytes();
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    while out.len() < len {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.push(b' ' + (x >> 58) as u8);
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `bytes` and reads until the peer closes (or 5 s pass); returns what was read.
+pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    got
+}
