@@ -205,3 +205,19 @@ fn multiboot2_through_a_grub_iso() {
     assert_eq!(out.outcome, Outcome::DebugExit(exit_code::SUCCESS));
     eprintln!("grub: banner {} ms after QEMU start", at.as_millis());
 }
+
+#[test]
+fn stack_overflow_hits_the_guard_page_and_is_reported_as_a_double_fault() {
+    let out = boot(pvh(Machine::Pc, "selftest=stackoverflow"), BOOT_TIMEOUT);
+    assert_line(&out, "!!! EXCEPTION 8 (#DF double fault)");
+    assert_line(&out, "machine stopped");
+    assert_eq!(out.outcome, Outcome::DebugExit(exit_code::FAULT));
+}
+
+#[test]
+fn null_pointer_read_faults() {
+    let out = boot(pvh(Machine::Microvm, "selftest=nullread"), BOOT_TIMEOUT);
+    assert_line(&out, "!!! EXCEPTION 14 (#PF page fault)");
+    assert_line(&out, "cr2 0x0000000000000000");
+    assert_eq!(out.outcome, Outcome::DebugExit(exit_code::FAULT));
+}

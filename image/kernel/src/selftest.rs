@@ -6,6 +6,8 @@
 //! - `fault` (#UD) and `pagefault` (#PF on an unmapped address): prove that exceptions are
 //!   reported on the console and end the machine with `EXIT_FAULT` instead of a triple fault.
 //! - `panic`: proves the panic handler reports and exits with `EXIT_PANIC`.
+//! - `stackoverflow` and `nullread`: prove the guard pages (below the stack, page 0) turn
+//!   an overflow into a reported double fault and a null read into a reported page fault.
 
 use crate::platform::{self, EXIT_FAILURE, EXIT_SUCCESS};
 use crate::println;
@@ -43,6 +45,19 @@ pub fn run(name: &str) {
             platform::exit_qemu(EXIT_FAILURE)
         }
         "panic" => panic!("selftest panic"),
+        "stackoverflow" => {
+            println!("selftest: recursing until the stack guard page");
+            let depth = recurse(0);
+            println!("selftest: FAILED: recursion returned at depth {depth}");
+            platform::exit_qemu(EXIT_FAILURE)
+        }
+        "nullread" => {
+            println!("selftest: reading address 0");
+            // SAFETY: deliberately faults: page 0 is unmapped after bring-up.
+            let value = unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
+            println!("selftest: FAILED: read {value:#x} at address 0");
+            platform::exit_qemu(EXIT_FAILURE)
+        }
         other => println!("selftest: unknown {other:?}, ignored"),
     }
 }
@@ -130,4 +145,14 @@ fn high_bars() -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+/// Recurses with 4 KiB frames until the stack runs into its guard page.
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let frame = core::hint::black_box([depth as u8; 4096]);
+    if depth > 1_000_000 {
+        return depth;
+    }
+    recurse(depth + 1) + u64::from(frame[usize::try_from(depth % 4096).unwrap_or(0)])
 }

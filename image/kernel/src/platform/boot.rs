@@ -7,7 +7,8 @@
 //! and the boot information address in ebx. The trampoline records which one it was, zeroes
 //! .bss, identity-maps the first 4 GiB with 2 MiB pages (the tables are in .bss and
 //! [`super::paging`] extends them), enables PAE + long mode + paging, loads a 64-bit GDT and
-//! calls `kmain(protocol, info)` on a 256 KiB boot stack.
+//! calls `kmain(protocol, info)` on a 256 KiB boot stack. The page below the stack is a
+//! guard page that [`super::paging::install_guards`] unmaps once the platform is up.
 //!
 //! QEMU 7.2 reads the PVH note's descriptor as a pointer-sized value for an ELF64 file, and
 //! finds it at `12 + align_up(namesz, p_align)`: the note is 4-aligned with an 8-byte entry.
@@ -161,6 +162,9 @@ boot_pdpt:
 .global boot_pd
 boot_pd:
     .zero 16384
+.global boot_stack_guard
+boot_stack_guard:
+    .zero 4096
 .global boot_stack_bottom
 boot_stack_bottom:
     .zero {stack}

@@ -158,6 +158,7 @@ mod bring_up {
             PCI_DEVICES.call_once(|| devices.leak());
         }
 
+        let guarded = paging::install_guards();
         let platform = Platform {
             boot,
             entry_tsc,
@@ -167,6 +168,9 @@ mod bring_up {
             pci,
         };
         banner(&platform, hz, kernel_start, kernel_end);
+        if !guarded {
+            println!("paging: no guard pages (stack not in the first 2 MiB)");
+        }
         platform
     }
 

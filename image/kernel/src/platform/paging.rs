@@ -86,6 +86,59 @@ unsafe extern "C" {
 #[cfg(all(target_os = "none", not(test)))]
 static TABLES: spin::Mutex<()> = spin::Mutex::new(());
 
+#[cfg(all(target_os = "none", not(test)))]
+unsafe extern "C" {
+    /// The boot trampoline's four page directories (first 4 GiB).
+    static mut boot_pd: [u64; 2048];
+    /// The page below the boot stack.
+    static boot_stack_guard: u8;
+}
+
+/// A 4 KiB-aligned page table.
+#[repr(C, align(4096))]
+pub struct PageTable(pub [u64; 512]);
+
+/// The page table that replaces the first 2 MiB page when guards are installed.
+#[cfg(all(target_os = "none", not(test)))]
+static mut FIRST_2M: PageTable = PageTable([0; 512]);
+
+/// The 4 KiB entries for the first 2 MiB: identity mapped, write-back, except the pages in
+/// `holes` (page 0 so null pointers fault; the stack guard so an overflow faults).
+pub fn split_first_2m(table: &mut PageTable, holes: &[u64]) {
+    for (i, entry) in table.0.iter_mut().enumerate() {
+        let address = (i as u64) << 12;
+        *entry = if holes.contains(&address) {
+            0
+        } else {
+            address | PRESENT | WRITABLE
+        };
+    }
+}
+
+/// Unmaps page 0 and the page below the boot stack by splitting the first 2 MiB (which holds
+/// the kernel image) into 4 KiB pages. Call at the end of platform bring-up: the boot
+/// information and BIOS-area reads that need page 0 are done by then. A stack overflow then
+/// page-faults, which escalates to a double fault reported on the IST stack.
+#[cfg(all(target_os = "none", not(test)))]
+pub fn install_guards() -> bool {
+    let _guard = TABLES.lock();
+    let stack_guard = &raw const boot_stack_guard as u64;
+    if stack_guard >= PAGE_2M || stack_guard % 4096 != 0 {
+        return false;
+    }
+    // SAFETY: FIRST_2M is only touched here, under the table lock; the directory entry
+    // switch keeps every other page of the first 2 MiB mapped identically, and CR3 is
+    // reloaded to flush the old 2 MiB translation.
+    unsafe {
+        let table = &raw mut FIRST_2M;
+        split_first_2m(&mut *table, &[0, stack_guard]);
+        let pd = &raw mut boot_pd;
+        (*pd)[0] = table as u64 | PRESENT | WRITABLE;
+        core::arch::asm!("mov {0}, cr3", "mov cr3, {0}", out(reg) _, options(nostack, preserves_flags));
+    }
+    true
+}
+
 /// Maps `[phys, phys + len)` uncached (identity) and returns its virtual address (== `phys`).
 ///
 /// Call after the heap is up (new directory levels come from it). Panics when the range
@@ -186,6 +239,18 @@ mod tests {
             e,
             0xfea0_0000 | PRESENT | WRITABLE | HUGE | WRITE_THROUGH | CACHE_DISABLE
         );
+    }
+
+    #[test]
+    fn splitting_the_first_2m_leaves_exactly_the_holes_unmapped() {
+        let mut t = Box::new(PageTable([0xdead; 512]));
+        split_first_2m(&mut t, &[0, 0x14_9000]);
+        assert_eq!(t.0[0], 0);
+        assert_eq!(t.0[0x149], 0);
+        assert_eq!(t.0[1], 0x1000 | PRESENT | WRITABLE);
+        assert_eq!(t.0[0x100], 0x10_0000 | PRESENT | WRITABLE);
+        assert_eq!(t.0[511], 0x1f_f000 | PRESENT | WRITABLE);
+        assert_eq!(t.0.iter().filter(|&&e| e == 0).count(), 2);
     }
 
     #[test]
