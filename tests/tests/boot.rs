@@ -221,3 +221,15 @@ fn null_pointer_read_faults() {
     assert_line(&out, "cr2 0x0000000000000000");
     assert_eq!(out.outcome, Outcome::DebugExit(exit_code::FAULT));
 }
+
+#[test]
+fn microvm_without_acpi_announces_virtio_mmio_devices_on_the_command_line() {
+    let cmd = pvh(Machine::Microvm, "selftest=exit")
+        .machine_option("acpi=off")
+        .netdev("user,id=n0,restrict=on")
+        .device("virtio-net-device,netdev=n0");
+    let out = boot(cmd, BOOT_TIMEOUT);
+    banner(&out, "PVH");
+    assert_line(&out, "virtio-mmio: 0xfeb00e00+0x200 irq 12");
+    assert_eq!(out.outcome, Outcome::DebugExit(exit_code::SUCCESS));
+}

@@ -29,6 +29,9 @@ enum Cmd {
         /// Machine type: q35, pc or microvm.
         #[arg(long, default_value = "q35")]
         machine: qemu::Machine,
+        /// A -machine option (repeatable), e.g. acpi=off for microvm virtio-mmio devices.
+        #[arg(long)]
+        machine_option: Vec<String>,
         /// Kernel command line.
         #[arg(long, default_value = "")]
         cmdline: String,
@@ -105,6 +108,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
         }
         Cmd::Run {
             machine,
+            machine_option,
             cmdline,
             netdev,
             device,
@@ -125,6 +129,9 @@ fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
             } else {
                 cmd.kernel(&image.path)
             };
+            for o in machine_option {
+                cmd = cmd.machine_option(o);
+            }
             for n in netdev {
                 cmd = cmd.netdev(n);
             }

@@ -292,6 +292,35 @@ pub fn cmdline_param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
+/// A virtio-mmio device announced on the command line (`virtio_mmio.device=` in the Linux
+/// format `<size>@<base>:<irq>[:<id>]`). QEMU's microvm adds these for its virtio-mmio
+/// devices when ACPI is off (`-M microvm,acpi=off`); with ACPI on they are only in the DSDT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioMmioDevice {
+    /// Physical address of the register window.
+    pub base: u64,
+    /// Window size in bytes.
+    pub size: u64,
+    /// Interrupt line (unused: the appliance polls).
+    pub irq: u32,
+}
+
+/// Every well-formed `virtio_mmio.device=` on `cmdline`; malformed ones are skipped.
+pub fn virtio_mmio_devices(cmdline: &str) -> impl Iterator<Item = VirtioMmioDevice> + '_ {
+    cmdline.split_ascii_whitespace().filter_map(|word| {
+        let spec = word.strip_prefix("virtio_mmio.device=")?;
+        let (size, rest) = spec.split_once('@')?;
+        let (base, rest) = rest.split_once(':')?;
+        let irq = rest.split(':').next()?.parse().ok()?;
+        let size = super::memory::parse_size(size)?;
+        let base = match base.strip_prefix("0x").or_else(|| base.strip_prefix("0X")) {
+            Some(hex) => u64::from_str_radix(hex, 16).ok()?,
+            None => base.parse().ok()?,
+        };
+        (size > 0).then_some(VirtioMmioDevice { base, size, irq })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,6 +466,29 @@ mod tests {
         info.set_cmdline(&mem, 0x7000);
         assert_eq!(info.cmdline(), "aaa");
         assert_eq!(info.cmdline_len, CMDLINE_MAX);
+    }
+
+    #[test]
+    fn parses_virtio_mmio_devices_from_the_command_line() {
+        let line = "selftest=exit virtio_mmio.device=512@0xfeb00e00:12 \
+                    virtio_mmio.device=4K@0xfeb01000:13:2 virtio_mmio.device=bad@x:1 \
+                    virtio_mmio.device=512@0xfeb02000";
+        let devices: Vec<_> = virtio_mmio_devices(line).collect();
+        assert_eq!(
+            devices,
+            [
+                VirtioMmioDevice {
+                    base: 0xfeb0_0e00,
+                    size: 512,
+                    irq: 12
+                },
+                VirtioMmioDevice {
+                    base: 0xfeb0_1000,
+                    size: 4096,
+                    irq: 13
+                },
+            ]
+        );
     }
 
     #[test]

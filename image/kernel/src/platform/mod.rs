@@ -23,7 +23,9 @@ pub mod physmem;
 pub mod port;
 pub mod serial;
 
-pub use bootinfo::{BootInfo, BootProtocol, MemoryKind, MemoryRegion};
+pub use bootinfo::{
+    virtio_mmio_devices, BootInfo, BootProtocol, MemoryKind, MemoryRegion, VirtioMmioDevice,
+};
 pub use clock::{now_micros, tsc, tsc_hz};
 pub use memory::{dma_alloc, virt_to_phys};
 #[cfg(all(target_os = "none", not(test)))]
@@ -289,6 +291,9 @@ mod bring_up {
         }
         for d in pci_devices() {
             println!("pci: {d}");
+        }
+        for d in virtio_mmio_devices(p.boot.cmdline()) {
+            println!("virtio-mmio: {:#x}+{:#x} irq {}", d.base, d.size, d.irq);
         }
         println!("cmdline: {}", p.boot.cmdline());
     }
