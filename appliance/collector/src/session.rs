@@ -1,10 +1,11 @@
 //! One relay connection: `Hello` → `Welcome`, then records applied in order and acknowledged.
 //!
-//! Contract: a record is acknowledged only after [`Store::apply`] returned, i.e. after it is on
-//! disk. Acks are cumulative and sent once per read from the socket (after every frame that read
-//! completed), so a burst costs one Ack. Replays (seq at or below the instance's applied seq) are
-//! acknowledged without writing. Anything malformed (bad length, undecodable header, a second
-//! `Hello`), a missing `Hello` or an unknown protocol version ends this connection only: it is
+//! Contract: a record is acknowledged only after [`Store::apply`] returned (it is on disk) and
+//! [`Store::persist`] recorded the instance's progress. Acks are cumulative and sent once per
+//! read from the socket (after every frame that read completed), so a burst costs one Ack and
+//! one state write. Replays (seq at or below the instance's applied seq) are acknowledged
+//! without writing. Anything malformed (bad length, undecodable header, a second `Hello`), a
+//! missing `Hello` or an unknown protocol version ends this connection only: it is
 //! logged to stderr and counted; other connections are unaffected.
 
 use crate::store::{Applied, Origin, Store};
@@ -204,6 +205,11 @@ fn run(stream: &mut TcpStream, store: &Store, counters: &Counters, idle: Duratio
             }
         }
         if let Some(seq) = ack {
+            if let Some(o) = &origin {
+                if let Err(e) = store.persist(o) {
+                    return SessionEnd::Io(e);
+                }
+            }
             if let Err(e) = send(stream, &Reply::Ack { seq }) {
                 return SessionEnd::Io(e);
             }

@@ -21,8 +21,9 @@
 //! acknowledged.
 //!
 //! Replay protection: records of one relay instance are applied strictly in seq order under one
-//! lock, and `DIR/.relays/<instance>` is updated (fsynced) after each. If the collector dies
-//! between applying a record and updating that file, the record comes again: re-applying a dump
+//! lock, and `DIR/.relays/<instance>` is updated (fsynced) once per batch, before the batch is
+//! acknowledged ([`Store::persist`]). If the collector dies between applying a record and
+//! updating that file, the record may come again: re-applying a dump
 //! rewrites the same files (idempotent), and for crash lines every line carries its
 //! `(relay_instance, seq)`, so [`Store::open`] scans the `crashes.jsonl` files once and takes
 //! the highest seq found per instance as applied too (sound because application is in seq
@@ -181,9 +182,16 @@ impl Store {
                 }
             }
         };
-        self.write_relay_state(origin, header.seq)?;
         last.insert(origin.instance, header.seq);
         Ok(result)
+    }
+
+    /// Makes the instance's applied seq durable in `DIR/.relays/<instance>`. Called once per
+    /// batch, before the batch is acknowledged.
+    pub fn persist(&self, origin: &Origin) -> io::Result<()> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = last.get(&origin.instance).copied().unwrap_or(0);
+        self.write_relay_state(origin, seq)
     }
 
     fn source_dir(&self, ip_dir: &str) -> io::Result<PathBuf> {
@@ -202,8 +210,12 @@ impl Store {
         let mut text = serde_json::to_string(line).map_err(io::Error::other)?;
         text.push('\n');
         let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_data()?;
+        let before = f.metadata()?.len();
+        if let Err(e) = f.write_all(text.as_bytes()).and_then(|()| f.sync_data()) {
+            // Leave no partial line behind for the next append to run into.
+            let _ = f.set_len(before);
+            return Err(e);
+        }
         if created {
             sync_dir(&dir)?;
         }
@@ -520,6 +532,8 @@ mod tests {
         assert_eq!(key, "b1-d77-t1-v3-g0-o1");
         assert_eq!(put(3, dump(9, 100), b"x"), Applied::Replay);
         assert_eq!(store.last_applied(5), 3);
+        store.persist(&o).unwrap();
+        assert_eq!(Store::open(tmp.path()).unwrap().last_applied(5), 3);
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -245,6 +245,14 @@ fn collector_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
     child.wait().unwrap();
 
     let stats = d.link.stats();
+    eprintln!(
+        "delivered {} records ({} at the kill), resent {}, disconnects {}, sessions {}",
+        stats.delivered.total(),
+        at_kill,
+        stats.resent.total(),
+        stats.disconnects.total(),
+        stats.sessions
+    );
     assert_eq!(stats.dropped.total(), 0);
     assert_eq!(stats.delivered.total(), total);
     assert!(stats.disconnects.total() >= 1);
@@ -265,4 +273,35 @@ fn collector_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
             .join(format!("b7-d{i}-t1-v3-g0.log"));
         assert_eq!(std::fs::read(&log).unwrap(), t, "{}", log.display());
     }
+}
+
+/// A figure, not a check: records per second through link, loopback TCP and fsynced storage.
+/// Run with `cargo test -p netoops-collect --release --test delivery -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_figure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, _) = start_in_process(tmp.path());
+    let mut cfg = link_config(5);
+    cfg.spool_bytes = 128 * 1024 * 1024;
+    let mut d = Driver::new(cfg, vec![addr]);
+    let n = 2000u16;
+    let start = std::time::Instant::now();
+    for i in 0..n {
+        if i % 2 == 0 {
+            d.enqueue(&crash("10.7.0.1:2004", i, 0), &text(u64::from(i), 1024));
+        } else {
+            d.enqueue(
+                &dump("10.7.0.1:2004", i, 1, true),
+                &text(u64::from(i), 64 * 1024),
+            );
+        }
+    }
+    assert!(d.drain(Duration::from_secs(120)));
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(d.link.stats().delivered.total(), u64::from(n));
+    eprintln!(
+        "{n} records (half 1 KiB crash notices, half 64 KiB dumps) in {secs:.2} s: {:.0} records/s",
+        f64::from(n) / secs
+    );
 }
