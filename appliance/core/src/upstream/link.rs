@@ -505,7 +505,8 @@ impl UpstreamLink {
     /// through the [`SpoolWriter`] handed to `fill` (in as many pieces as convenient); the
     /// record is written straight into the spool, without an intermediate buffer. When the spool
     /// is full, older records are dropped by the overflow policy ([`Spool::make_room`]) and
-    /// reported as [`LinkEvent::Dropped`].
+    /// reported as [`LinkEvent::Dropped`]. `now` is accepted for symmetry with the other inputs;
+    /// the frame's `sent_at_ms` is stamped when it is transmitted.
     pub fn enqueue(
         &mut self,
         now: Instant,
@@ -884,18 +885,17 @@ impl UpstreamLink {
                     } else {
                         s.ack_deadline = None;
                     }
-                } else if let Some(at) = s.failback_at.filter(|&at| now >= at) {
-                    let preferred_ready = self.upstreams[..s.idx]
+                } else if s.failback_at.is_some_and(|at| now >= at) {
+                    // Only when a preferred upstream is out of backoff; otherwise poll_timeout
+                    // already points at the moment one will be.
+                    if self.upstreams[..s.idx]
                         .iter()
-                        .any(|u| u.next_attempt <= now);
-                    if preferred_ready {
+                        .any(|u| u.next_attempt <= now)
+                    {
                         s.failback_due = true;
                         if s.partial.is_none() {
                             self.closing = Some(CloseReason::Failback);
                         }
-                    } else {
-                        // Check again once the earliest preferred upstream is out of backoff.
-                        let _ = at;
                     }
                 }
             }
