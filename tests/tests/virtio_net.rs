@@ -324,7 +324,8 @@ fn assert_echo_of(sent: &[u8], reply: &[u8]) {
 // ---------------------------------------------------------------------------------------
 // UDP echo through the user network, one test per transport
 
-fn user_net_echo(machine: &str, extra: &[&str], device: &str, transport: &str) {
+/// `rx_ring` is the receive ring the driver must have taken from the device's maximum.
+fn user_net_echo(machine: &str, extra: &[&str], device: &str, transport: &str, rx_ring: u32) {
     let _vm = vm_lock();
     let port = free_udp_port();
     let vm = Qemu::boot(
@@ -340,6 +341,7 @@ fn user_net_echo(machine: &str, extra: &[&str], device: &str, transport: &str) {
         vm.log()
     );
     assert!(ready.contains("mac=52:54:00:12:34:56"), "{ready}");
+    assert!(ready.contains(&format!("rx_ring={rx_ring} ")), "{ready}");
 
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(500)))
@@ -370,18 +372,30 @@ fn user_net_echo(machine: &str, extra: &[&str], device: &str, transport: &str) {
 
 #[test]
 fn udp_echo_virtio_pci_q35() {
-    user_net_echo("q35", &[], "virtio-net-pci,romfile=", "pci");
+    user_net_echo(
+        "q35",
+        &[],
+        "virtio-net-pci,romfile=,rx_queue_size=1024",
+        "pci",
+        1024,
+    );
 }
 
 #[test]
 fn udp_echo_virtio_pci_pc() {
-    user_net_echo("pc", &[], "virtio-net-pci,romfile=", "pci");
+    user_net_echo("pc", &[], "virtio-net-pci,romfile=", "pci", 256);
 }
 
 /// microvm appends `virtio_mmio.device=` to the command line only with ACPI off.
 #[test]
 fn udp_echo_virtio_mmio_legacy_microvm() {
-    user_net_echo("microvm,acpi=off", &[], "virtio-net-device", "mmio-v1");
+    user_net_echo(
+        "microvm,acpi=off",
+        &[],
+        "virtio-net-device",
+        "mmio-v1",
+        1024,
+    );
 }
 
 #[test]
@@ -391,6 +405,7 @@ fn udp_echo_virtio_mmio_modern_microvm() {
         &["-global", "virtio-mmio.force-legacy=false"],
         "virtio-net-device",
         "mmio-v2",
+        1024,
     );
 }
 

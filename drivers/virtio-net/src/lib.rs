@@ -24,9 +24,9 @@
 //! - `VirtIONetRaw::receive_begin` adds one buffer and notifies the device per buffer
 //!   (when the device has not suppressed notifications); there is no way to post a batch
 //!   with one index update and one notification.
-//! - Every add and pop rewrites descriptors from a free list, calls `Hal::share`/`unshare`
-//!   and, on completion, compares the buffer the caller passes back, so in-place parsing
-//!   means juggling raw slices and tokens outside any lifetime.
+//! - Every add and pop rewrites descriptors from a free list and calls `Hal::share`/`unshare`,
+//!   and `pop_used` is `unsafe`: the caller must hand back the very buffers it added, so
+//!   in-place parsing means juggling raw slices and tokens outside any lifetime.
 //! - It brings in `log`, `zerocopy`, `bitflags`, `safe-mmio`, `enumn` and `thiserror` for
 //!   the few hundred lines we need.
 //!
