@@ -19,6 +19,9 @@ pub mod platform;
 mod board;
 #[cfg(all(target_os = "none", not(test)))]
 mod selftest;
+mod selftest_net;
+#[cfg(all(target_os = "none", not(test)))]
+mod virtio_hal;
 
 /// Host builds exist only for the unit tests; the kernel runs on `x86_64-unknown-none`.
 #[cfg(not(target_os = "none"))]
@@ -37,6 +40,9 @@ extern "C" fn kmain(protocol: u32, info: u32) -> ! {
     let entry_tsc = platform::tsc();
     let mut platform = platform::init(protocol, info, entry_tsc);
     let cmdline = platform.cmdline();
+    if platform::bootinfo::cmdline_param(cmdline, "selftest") == Some("virtio-echo") {
+        selftest_net::run(cmdline)
+    }
     if let Some(name) = platform::bootinfo::cmdline_param(cmdline, "selftest") {
         selftest::run(name);
     }
