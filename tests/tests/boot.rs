@@ -233,3 +233,16 @@ fn microvm_without_acpi_announces_virtio_mmio_devices_on_the_command_line() {
     assert_line(&out, "virtio-mmio: 0xfeb00e00+0x200 irq 12");
     assert_eq!(out.outcome, Outcome::DebugExit(exit_code::SUCCESS));
 }
+
+#[test]
+fn a_cpu_without_long_mode_is_told_so_and_stopped() {
+    let out = boot(
+        pvh(Machine::Pc, "selftest=exit").args(["-cpu", "qemu32"]),
+        BOOT_TIMEOUT,
+    );
+    assert_line(
+        &out,
+        "netoops-relay: this CPU has no 64-bit long mode; stopped",
+    );
+    assert_eq!(out.outcome, Outcome::DebugExit(exit_code::FAULT));
+}

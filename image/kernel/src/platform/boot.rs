@@ -64,6 +64,15 @@ _start_multiboot2:
 .Lcommon32:
     cli
     cld
+    /* A CPU without long mode cannot run us: say so on COM1 and stop, not triple fault. */
+    mov eax, 0x80000000
+    cpuid
+    cmp eax, 0x80000001
+    jb .Lno_long_mode
+    mov eax, 0x80000001
+    cpuid
+    test edx, 0x20000000
+    jz .Lno_long_mode
     /* zero .bss (page tables and stack included) */
     mov edi, offset __bss_start
     mov ecx, offset __bss_end
@@ -117,6 +126,24 @@ _start_multiboot2:
     push eax
     retf
 
+.Lno_long_mode:
+    mov esi, offset no_long_mode_msg
+.Lno_long_mode_char:
+    mov al, byte ptr [esi]
+    test al, al
+    jz .Lno_long_mode_halt
+    mov dx, 0x3f8
+    out dx, al
+    inc esi
+    jmp .Lno_long_mode_char
+.Lno_long_mode_halt:
+    mov dx, 0xf4            /* isa-debug-exit, when present: end the VM with EXIT_FAULT */
+    mov eax, {fault}
+    out dx, eax
+    cli
+    hlt
+    jmp .Lno_long_mode_halt
+
 .code64
 .Llong_mode:
     mov ax, 0x10
@@ -143,6 +170,9 @@ boot_gdt_end:
 boot_gdt_ptr:
     .short boot_gdt_end - boot_gdt - 1
     .long boot_gdt
+
+no_long_mode_msg:
+    .asciz "netoops-relay: this CPU has no 64-bit long mode; stopped\r\n"
 
 .section .data.boot, "aw"
 .p2align 2
@@ -174,4 +204,5 @@ boot_stack_top:
     pvh = const PROTOCOL_PVH,
     mb2 = const PROTOCOL_MULTIBOOT2,
     stack = const BOOT_STACK_SIZE,
+    fault = const super::EXIT_FAULT,
 );
