@@ -1,1 +1,92 @@
-fn main() {}
+//! `netoops-relay`: parse the configuration, bind, run the relay until SIGINT/SIGTERM.
+//! Exit status: 0 after a clean shutdown, 1 on a runtime error, 2 on a configuration error.
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::Parser;
+use netoops_core::relay::Relay;
+use netoops_relay::console::Console;
+use netoops_relay::driver::{Clock, Driver, Ending};
+use netoops_relay::settings::{Cli, Settings};
+use netoops_relay::udp::BatchSocket;
+
+const CONFIG_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::from_cli(&cli) {
+        Ok(s) => s,
+        Err(e) => return fail(CONFIG_ERROR, e),
+    };
+    let instance = settings.instance.unwrap_or_else(random_instance);
+    let clock = Clock::start();
+    let relay = match Relay::new(settings.config.clone(), instance) {
+        Ok(r) => r,
+        Err(e) => return fail(CONFIG_ERROR, e),
+    };
+    let udp = match BatchSocket::bind(settings.listen, settings.recv_buffer) {
+        Ok(u) => u,
+        Err(e) => return fail(1, format_args!("cannot listen on {}: {e}", settings.listen)),
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while shutting down exits at once (status 1).
+        let registered =
+            signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&shutdown))
+                .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&shutdown)));
+        if let Err(e) = registered {
+            return fail(1, format_args!("cannot install signal handlers: {e}"));
+        }
+    }
+
+    let mut console = Console::new(std::io::stdout());
+    let config = relay.config();
+    console.line(format_args!(
+        "netoops-relay {} instance {instance:016x} name {}",
+        env!("CARGO_PKG_VERSION"),
+        config.name
+    ));
+    for (i, addr) in config.upstreams.iter().enumerate() {
+        console.line(format_args!("upstream {i}: {addr}"));
+    }
+    let local = udp.local_addr().unwrap_or(settings.listen);
+    let rcvbuf = udp.kernel_counters().map(|k| k.rcvbuf).unwrap_or(0);
+    console.line(format_args!(
+        "listening on {local} (receive buffer {rcvbuf} bytes{})",
+        if udp.forced_buffer() { ", forced" } else { "" }
+    ));
+
+    let mut driver = match Driver::new(relay, udp, console, clock, settings.drain_timeout) {
+        Ok(d) => d,
+        Err(e) => return fail(1, format_args!("cannot set up polling: {e}")),
+    };
+    match driver.run(&shutdown) {
+        Ok(Ending::Delivered) | Ok(Ending::DrainTimedOut { .. }) => ExitCode::SUCCESS,
+        Err(e) => fail(1, format_args!("event loop failed: {e}")),
+    }
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("netoops-relay: error: {message}");
+    ExitCode::from(code)
+}
+
+/// A fresh instance id per start: collectors key replay protection on it.
+fn random_instance() -> u64 {
+    let mut bytes = [0u8; 8];
+    let from_urandom = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_ok();
+    if from_urandom && bytes != [0; 8] {
+        return u64::from_le_bytes(bytes);
+    }
+    // No /dev/urandom: the start time and process id still differ from one start to the next.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 32) | 1
+}

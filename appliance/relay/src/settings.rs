@@ -1,0 +1,576 @@
+//! Command-line flags and the TOML file, mapped onto the core [`Config`].
+//!
+//! The file's keys are exactly the core configuration keys a hosted relay uses
+//! ([`FILE_KEYS`]); every value goes through [`Config::set`], so the file, the flags and the
+//! appliance's `key=value` command line accept the same values and report the same errors,
+//! naming the key. Flags override the file. Appliance-only keys (`ip`, `gw`, `nic`,
+//! `upstream_nic`) are refused with a message saying so. Everything that is not a core key
+//! (`--listen`, `--instance`, `--drain-timeout`, `--recv-buffer`) is a flag only.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use netoops_core::config::{parse_duration, parse_size, Config, ConfigError};
+
+/// Keys the TOML file may hold.
+pub const FILE_KEYS: &[&str] = &[
+    "port",
+    "upstream",
+    "name",
+    "memory",
+    "spool",
+    "max_dumps",
+    "per_source",
+    "quiet",
+    "linger",
+    "allow",
+    "stats",
+];
+
+/// Core keys that only make sense on the appliance image.
+const APPLIANCE_KEYS: &[&str] = &["ip", "gw", "nic", "upstream_nic"];
+
+/// Default receive buffer asked of the kernel for the netoops socket.
+pub const DEFAULT_RECV_BUFFER: usize = 8 << 20;
+
+/// The hosted netoops relay: receives netoops crash dumps over UDP, reassembles them and
+/// forwards them to a collector over TCP.
+#[derive(Parser, Debug, Default, Clone, PartialEq, Eq)]
+#[command(
+    name = "netoops-relay",
+    version,
+    about = "Receive Linux netoops crash dumps over UDP, reassemble them and forward them to a collector",
+    after_help = "Configuration file (--config): TOML with the keys port, upstream (string or \
+array), name, memory, spool, max_dumps, per_source, quiet, linger, allow (string or array) and \
+stats, taking the same values as the flags. Flags override the file.\n\n\
+Output: one line per crash seen, dump queued and dump delivered, and a counters line every \
+`stats` interval, each prefixed with a UTC timestamp. SIGINT/SIGTERM emit the dumps still \
+assembling as partial, wait up to --drain-timeout for the collector to acknowledge everything, \
+print the final counters and exit 0; a second signal exits at once.\n\n\
+Exit status: 0 after a clean shutdown, 1 on a runtime error, 2 on a configuration error."
+)]
+pub struct Cli {
+    /// TOML configuration file (keys as described below); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// UDP address netoops senders target [default: 0.0.0.0:2004, or 0.0.0.0:<port> with
+    /// `port` from the file].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+
+    /// Collector, IP:PORT; repeat (or separate with commas) for fallbacks in order of
+    /// preference. Required, here or in the file (`upstream`).
+    #[arg(long = "upstream", value_name = "IP:PORT")]
+    pub upstreams: Vec<String>,
+
+    /// Name reported to collectors [default: netoops-relay].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Reassembly memory budget, bytes with optional K/M/G [default: 64M].
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+
+    /// Delivery spool: bytes of records kept until a collector acknowledges them [default: 16M].
+    #[arg(long, value_name = "SIZE")]
+    pub spool: Option<String>,
+
+    /// Emit a dump as partial after this long without packets (ms, s, m) [default: 3s].
+    #[arg(long, value_name = "DURATION")]
+    pub quiet: Option<String>,
+
+    /// Remember an emitted dump this long, to absorb the sender's later rounds [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub linger: Option<String>,
+
+    /// Allowed source network, CIDR; repeat (or separate with commas) for more
+    /// [default: everyone].
+    #[arg(long = "allow", value_name = "CIDR")]
+    pub allow: Vec<String>,
+
+    /// Dumps held at once [default: 4096].
+    #[arg(long, value_name = "COUNT")]
+    pub max_dumps: Option<String>,
+
+    /// Dumps one source address may hold at once [default: 8].
+    #[arg(long, value_name = "COUNT")]
+    pub per_source: Option<String>,
+
+    /// Interval between counter lines [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub stats: Option<String>,
+
+    /// Relay instance id (decimal or 0x-hex); must differ on every start, collectors key
+    /// replay protection on it [default: random, from /dev/urandom].
+    #[arg(long, value_name = "ID", value_parser = parse_instance)]
+    pub instance: Option<u64>,
+
+    /// After SIGINT/SIGTERM, longest wait for collectors to acknowledge everything (ms, s, m).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_std_duration)]
+    pub drain_timeout: Duration,
+
+    /// Receive buffer to ask the kernel for on the UDP socket (SO_RCVBUFFORCE when
+    /// permitted, else SO_RCVBUF, which net.core.rmem_max caps).
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size_arg)]
+    pub recv_buffer: usize,
+}
+
+fn parse_instance(v: &str) -> Result<u64, String> {
+    let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => v.parse(),
+    };
+    parsed.map_err(|_| format!("`{v}` is not a 64-bit number (decimal or 0x-hex)"))
+}
+
+fn parse_std_duration(v: &str) -> Result<Duration, String> {
+    parse_duration(v)
+        .map(Duration::from)
+        .ok_or_else(|| format!("`{v}` is not a duration like 5s or 500ms"))
+}
+
+fn parse_size_arg(v: &str) -> Result<usize, String> {
+    parse_size(v)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("`{v}` is not a size like 8M"))
+}
+
+/// Everything the hosted relay runs with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The core configuration (validated by `Relay::new`).
+    pub config: Config,
+    /// UDP address to bind.
+    pub listen: SocketAddr,
+    /// Relay instance, if given (else the caller draws a random one).
+    pub instance: Option<u64>,
+    /// Longest wait for delivery at shutdown.
+    pub drain_timeout: Duration,
+    /// Receive buffer to ask for.
+    pub recv_buffer: usize,
+}
+
+/// Where a configuration value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag.
+    Flag,
+    /// The TOML file at this path.
+    File(PathBuf),
+}
+
+/// A configuration the relay refuses to run with (exit status 2).
+#[derive(Debug)]
+pub enum SettingsError {
+    /// The file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key with a bad value, an unknown key or a missing required key.
+    Key {
+        /// Where the value came from (`None`: the combined configuration).
+        origin: Option<Origin>,
+        /// The key and what is wrong with it.
+        error: ConfigError,
+    },
+}
+
+impl SettingsError {
+    /// The configuration key at fault, if the problem is one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            SettingsError::Key { error, .. } => Some(&error.key),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingsError::Read { path, error } => {
+                write!(f, "cannot read {}: {error}", path.display())
+            }
+            SettingsError::Syntax { path, message } => {
+                write!(
+                    f,
+                    "{} is not valid TOML: {}",
+                    path.display(),
+                    message.trim()
+                )
+            }
+            SettingsError::Key { origin, error } => match origin {
+                Some(Origin::Flag) => write!(f, "--{}: {error}", error.key.replace('_', "-")),
+                Some(Origin::File(path)) => write!(f, "{}: {error}", path.display()),
+                None => write!(f, "{error}"),
+            },
+        }
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+fn key_error(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// Renders one TOML value as the core's `key=value` text: strings as they are, integers in
+/// decimal, arrays joined with commas.
+fn value_text(key: &str, value: &toml::Value) -> Result<String, ConfigError> {
+    let scalar = |v: &toml::Value| match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        _ => None,
+    };
+    let expected = "expected a string (or, for sizes and counts, an integer)";
+    match value {
+        toml::Value::Array(items) if matches!(key, "upstream" | "allow") => {
+            if items.is_empty() {
+                return Err(key_error(key, "empty array"));
+            }
+            let parts: Option<Vec<String>> = items.iter().map(scalar).collect();
+            parts
+                .map(|p| p.join(","))
+                .ok_or_else(|| key_error(key, "expected an array of strings"))
+        }
+        toml::Value::Array(_) => Err(key_error(key, format!("{expected}, not an array"))),
+        other => scalar(other).ok_or_else(|| key_error(key, expected)),
+    }
+}
+
+/// Applies a TOML document's keys to `config` through [`Config::set`].
+pub fn apply_toml(config: &mut Config, text: &str) -> Result<(), TomlError> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| TomlError::Syntax {
+            message: e.to_string(),
+        })?;
+    for (key, value) in &table {
+        let key = key.as_str();
+        if APPLIANCE_KEYS.contains(&key) {
+            return Err(TomlError::Key(key_error(
+                key,
+                "only used by the appliance image; the hosted relay takes --listen instead",
+            )));
+        }
+        if !FILE_KEYS.contains(&key) {
+            return Err(TomlError::Key(key_error(
+                key,
+                format!("unknown key (known keys: {})", FILE_KEYS.join(", ")),
+            )));
+        }
+        let text = value_text(key, value).map_err(TomlError::Key)?;
+        config.set(key, &text).map_err(TomlError::Key)?;
+    }
+    Ok(())
+}
+
+/// Why [`apply_toml`] failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TomlError {
+    /// Not TOML.
+    Syntax {
+        /// The parser's message.
+        message: String,
+    },
+    /// A key or value the core refuses.
+    Key(ConfigError),
+}
+
+impl Settings {
+    /// Combines the file named by `--config` (if any) and the flags, flags last. Does not
+    /// check that an upstream was given: `Relay::new` validates the result.
+    pub fn from_cli(cli: &Cli) -> Result<Settings, SettingsError> {
+        let mut config = Config::default();
+        if let Some(path) = &cli.config {
+            let text = std::fs::read_to_string(path).map_err(|error| SettingsError::Read {
+                path: path.clone(),
+                error,
+            })?;
+            Self::apply_file(&mut config, path, &text)?;
+        }
+        let flag = |error| SettingsError::Key {
+            origin: Some(Origin::Flag),
+            error,
+        };
+        let single = [
+            ("name", &cli.name),
+            ("memory", &cli.memory),
+            ("spool", &cli.spool),
+            ("quiet", &cli.quiet),
+            ("linger", &cli.linger),
+            ("max_dumps", &cli.max_dumps),
+            ("per_source", &cli.per_source),
+            ("stats", &cli.stats),
+        ];
+        for (key, value) in single {
+            if let Some(value) = value {
+                config.set(key, value).map_err(flag)?;
+            }
+        }
+        for (key, values) in [("upstream", &cli.upstreams), ("allow", &cli.allow)] {
+            if !values.is_empty() {
+                config.set(key, &values.join(",")).map_err(flag)?;
+            }
+        }
+        let listen = match cli.listen {
+            Some(addr) => {
+                // Port 0 (any free port) is for tests; `port` itself refuses it.
+                config.listen_port = addr.port();
+                addr
+            }
+            None => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), config.listen_port),
+        };
+        Ok(Settings {
+            config,
+            listen,
+            instance: cli.instance,
+            drain_timeout: cli.drain_timeout,
+            recv_buffer: cli.recv_buffer,
+        })
+    }
+
+    fn apply_file(config: &mut Config, path: &Path, text: &str) -> Result<(), SettingsError> {
+        apply_toml(config, text).map_err(|e| match e {
+            TomlError::Syntax { message } => SettingsError::Syntax {
+                path: path.to_path_buf(),
+                message,
+            },
+            TomlError::Key(error) => SettingsError::Key {
+                origin: Some(Origin::File(path.to_path_buf())),
+                error,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use netoops_core::time::Duration as CoreDuration;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("netoops-relay").chain(args.iter().copied())).unwrap()
+    }
+
+    fn file(text: &str) -> (tempdir::Dir, PathBuf) {
+        let dir = tempdir::Dir::new();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    /// A scratch directory removed on drop (std only, to keep the crate's dependencies small).
+    mod tempdir {
+        use std::path::{Path, PathBuf};
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        pub struct Dir(PathBuf);
+
+        impl Dir {
+            pub fn new() -> Dir {
+                static N: AtomicU32 = AtomicU32::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "netoops-relay-test-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::create_dir_all(&path).unwrap();
+                Dir(path)
+            }
+
+            pub fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn every_file_key_maps_onto_the_core_config() {
+        let mut config = Config::default();
+        apply_toml(
+            &mut config,
+            r#"
+            port = 6666
+            upstream = ["10.0.0.1:2005", "10.0.0.9:2005"]
+            name = "rack-7"
+            memory = "128M"
+            spool = 1048576
+            max_dumps = 100
+            per_source = 2
+            quiet = "500ms"
+            linger = "2m"
+            allow = "10.0.0.0/8"
+            stats = "1s"
+            "#,
+        )
+        .unwrap();
+        let expected = Config::parse(
+            "port=6666 upstream=10.0.0.1:2005,10.0.0.9:2005 name=rack-7 memory=128M \
+             spool=1M max_dumps=100 per_source=2 quiet=500ms linger=2m allow=10.0.0.0/8 stats=1s",
+        )
+        .unwrap();
+        assert_eq!(config, expected);
+        assert_eq!(
+            config.reassembly.quiet_timeout,
+            CoreDuration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        for (text, key) in [
+            ("memory = \"lots\"", "memory"),
+            ("port = 0", "port"),
+            ("port = -1", "port"),
+            ("upstream = []", "upstream"),
+            ("upstream = [1, [2]]", "upstream"),
+            ("allow = [\"10.0.0.0/40\"]", "allow"),
+            ("quiet = true", "quiet"),
+            ("name = [\"a\"]", "name"),
+            ("colour = \"blue\"", "colour"),
+            ("ip = \"10.0.0.2/24\"", "ip"),
+            ("virtio_mmio.device = \"x\"", "virtio_mmio"),
+        ] {
+            let err = apply_toml(&mut Config::default(), text).unwrap_err();
+            match err {
+                TomlError::Key(e) => {
+                    assert_eq!(e.key, key, "{text}");
+                    assert!(e.to_string().contains(key), "{e}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            apply_toml(&mut Config::default(), "port = "),
+            Err(TomlError::Syntax { .. })
+        ));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let (_dir, path) = file(
+            "upstream = \"10.0.0.1:2005\"\nname = \"from-file\"\nport = 7000\nmemory = \"32M\"\n",
+        );
+        let path_arg = path.to_str().unwrap();
+        let s = Settings::from_cli(&cli(&["--config", path_arg])).unwrap();
+        assert_eq!(s.config.name, "from-file");
+        assert_eq!(s.listen, "0.0.0.0:7000".parse().unwrap());
+        assert_eq!(s.config.reassembly.memory_budget, 32 << 20);
+
+        let s = Settings::from_cli(&cli(&[
+            "--config",
+            path_arg,
+            "--name",
+            "from-flag",
+            "--upstream",
+            "127.0.0.1:1",
+            "--upstream",
+            "127.0.0.1:2,127.0.0.1:3",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow",
+            "127.0.0.0/8",
+            "--allow",
+            "10.0.0.0/8",
+        ]))
+        .unwrap();
+        assert_eq!(s.config.name, "from-flag");
+        assert_eq!(s.config.upstreams.len(), 3);
+        assert_eq!(s.config.upstreams[0], "127.0.0.1:1".parse().unwrap());
+        assert_eq!(s.config.allow.len(), 2);
+        assert_eq!(s.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(
+            s.config.reassembly.memory_budget,
+            32 << 20,
+            "kept from the file"
+        );
+    }
+
+    #[test]
+    fn flag_errors_name_the_key_and_the_flag() {
+        let err = Settings::from_cli(&cli(&["--max-dumps", "0"])).unwrap_err();
+        assert_eq!(err.key(), Some("max_dumps"));
+        assert!(err.to_string().starts_with("--max-dumps: "), "{err}");
+        let err = Settings::from_cli(&cli(&["--upstream", "nowhere"])).unwrap_err();
+        assert_eq!(err.key(), Some("upstream"));
+
+        let (_dir, path) = file("linger = \"forever\"");
+        let err = Settings::from_cli(&cli(&["--config", path.to_str().unwrap()])).unwrap_err();
+        assert_eq!(err.key(), Some("linger"));
+        assert!(err.to_string().contains("relay.toml"), "{err}");
+
+        let err = Settings::from_cli(&cli(&["--config", "/nonexistent/relay.toml"])).unwrap_err();
+        assert!(matches!(err, SettingsError::Read { .. }));
+    }
+
+    #[test]
+    fn hosted_flags_parse() {
+        let c = cli(&[
+            "--instance",
+            "0x10",
+            "--drain-timeout",
+            "250ms",
+            "--recv-buffer",
+            "1M",
+        ]);
+        assert_eq!(c.instance, Some(16));
+        assert_eq!(c.drain_timeout, Duration::from_millis(250));
+        assert_eq!(c.recv_buffer, 1 << 20);
+        let c = cli(&[]);
+        assert_eq!(c.instance, None);
+        assert_eq!(c.drain_timeout, Duration::from_secs(5));
+        assert_eq!(c.recv_buffer, DEFAULT_RECV_BUFFER);
+        assert!(Cli::try_parse_from(["netoops-relay", "--instance", "x"]).is_err());
+    }
+
+    /// The defaults `--help` states are the core's.
+    #[test]
+    fn help_states_the_core_defaults() {
+        let help = Cli::command().render_long_help().to_string();
+        let d = Config::default();
+        let r = d.reassembly;
+        let mib = |n: usize| format!("[default: {}M]", n >> 20);
+        let secs = |d: CoreDuration| format!("[default: {}s]", d.total_millis() / 1000);
+        for needle in [
+            format!("[default: {}]", d.name),
+            mib(r.memory_budget),
+            mib(d.spool_bytes),
+            secs(r.quiet_timeout),
+            secs(r.linger),
+            format!("[default: {}]", r.max_dumps),
+            format!("[default: {}]", r.max_dumps_per_source),
+            secs(d.stats_interval),
+            format!("0.0.0.0:{}", d.listen_port),
+        ] {
+            assert!(help.contains(&needle), "help lacks {needle}:\n{help}");
+        }
+        for key in FILE_KEYS {
+            assert!(help.contains(key), "help lacks the file key {key}");
+        }
+    }
+}
