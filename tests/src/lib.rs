@@ -1,1 +1,3 @@
 //! End-to-end tests live in `tests/tests/`; shared helpers live here.
+
+pub mod hosted;
