@@ -1,0 +1,340 @@
+//! `netoops-gen`: simulates machines crashing and sending their kernel logs as netoops
+//! datagrams, with loss, duplication, reordering, storm timing and rate pacing, and can write
+//! what a correct receiver must report for every machine (`--expect DIR`).
+//!
+//! Exit status: 0 on success, 1 on an I/O error, 2 on bad arguments.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use netoops_bench::gen::output::udp::UdpOutput;
+use netoops_bench::gen::{
+    run, write_expectations, ExpectSummary, LossModel, Output, OutputSpec, Progress, RunOptions,
+    RunReport, Scenario, Schedule, SizeRange, Timing,
+};
+use netoops_wire::Variant;
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netoops-gen",
+    version,
+    about = "Simulates machines crashing and sending netoops dumps (UDP or raw frames)",
+    long_about = "Simulates N machines crashing: each sends its kernel log the way the netoops \
+                  sender does (three rounds, packet_no ascending), from its own source address, \
+                  with configurable loss, duplication, reordering, storm timing and send rate. \
+                  Everything derives from --seed: the same arguments send the same bytes. \
+                  With --expect DIR it writes DIR/<ip>/expected.json and expected.log per \
+                  machine: what a correct receiver reports, computed from what is actually sent."
+)]
+struct Args {
+    /// Destination of UDP output.
+    #[arg(long, default_value = "127.0.0.1:2004")]
+    target: SocketAddrV4,
+    /// Number of machines; each sends one dump.
+    #[arg(long, default_value_t = 1)]
+    machines: u32,
+    /// Log size per machine, SIZE or MIN-MAX (uniform), e.g. 64K, 1K-256K, 1500.
+    #[arg(long, default_value = "1K-256K")]
+    log_size: SizeRange,
+    /// Wire variants machines pick from (v2, v3, v3-blob, v3-i386).
+    #[arg(long, value_delimiter = ',', default_value = "v2,v3,v3-blob,v3-i386")]
+    variants: Vec<Variant>,
+    /// Probability a datagram is lost (independent loss model).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// "independent" (uses --loss) or "gilbert:p,r[,h[,k]]": Gilbert-Elliott bursty loss,
+    /// p = P(good->bad), r = P(bad->good), h / k = P(delivered) in bad / good (default 0 / 1).
+    #[arg(long, default_value = "independent")]
+    loss_model: String,
+    /// Probability a delivered datagram arrives twice.
+    #[arg(long, default_value_t = 0.0)]
+    dup: f64,
+    /// Probability a datagram is overtaken by later ones of the same machine.
+    #[arg(long, default_value_t = 0.0)]
+    reorder: f64,
+    /// How many datagrams a reordered one may fall behind.
+    #[arg(long, default_value_t = 8)]
+    reorder_distance: u32,
+    /// Datagrams per second, 0 = as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Seed of everything random.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Address of the first machine; the others count up, skipping .0 and .255 [default:
+    /// 127.1.0.1 for udp output, 10.1.0.1 for frame outputs].
+    #[arg(long)]
+    source_base: Option<Ipv4Addr>,
+    /// Source port of every machine (0 = any).
+    #[arg(long, default_value_t = 6666)]
+    source_port: u16,
+    /// All machines crash within this many milliseconds and send at 1 GbE line rate,
+    /// interleaved [default: one machine after another].
+    #[arg(long)]
+    storm_ms: Option<u64>,
+    /// Share of machines whose log pieces are exact multiples of 1024 bytes (the sender's
+    /// all-zero tail chunk bug).
+    #[arg(long, default_value_t = 0.02)]
+    zeroed_tail: f64,
+    /// Share of machines sending a soft dump (type 3) instead of an oops/panic (type 1).
+    #[arg(long, default_value_t = 0.05)]
+    soft_dump: f64,
+    /// Write DIR/<ip>/expected.json and expected.log per machine, and DIR/summary.json.
+    #[arg(long, value_name = "DIR")]
+    expect: Option<PathBuf>,
+    /// Compute (and with --expect, write) everything but send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// udp (to --target), dgram:HOST:PORT (raw frames, one per UDP datagram, as QEMU
+    /// -netdev dgram expects) or stream:HOST:PORT (raw frames with a 4-byte big-endian length,
+    /// to a QEMU -netdev stream server).
+    #[arg(long, default_value = "udp")]
+    output: OutputSpec,
+    /// Local address of the frame socket (dgram: where QEMU's remote= points, so the guest's
+    /// frames are drained).
+    #[arg(long)]
+    bind: Option<SocketAddrV4>,
+    /// Destination MAC of frames (the guest NIC).
+    #[arg(long, default_value = "52:54:00:12:34:56")]
+    dst_mac: String,
+    /// Source MAC of every frame [default: 02:00:<machine IPv4> per machine].
+    #[arg(long)]
+    src_mac: Option<String>,
+    /// Destination IPv4 address of frames (the appliance).
+    #[arg(long, default_value = "10.0.2.15")]
+    dst_ip: Ipv4Addr,
+    /// Destination UDP port of frames.
+    #[arg(long, default_value_t = netoops_wire::DEFAULT_PORT)]
+    dst_port: u16,
+    /// Send frames with UDP checksum 0 (none) instead of computing it.
+    #[arg(long)]
+    no_udp_checksum: bool,
+    /// Most datagrams per send call (1-64).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Show progress on stderr.
+    #[arg(long)]
+    progress: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn scenario(args: &Args) -> Result<Scenario, String> {
+    let loss = LossModel::parse(&args.loss_model, args.loss).map_err(|e| e.to_string())?;
+    if matches!(loss, LossModel::GilbertElliott { .. }) && args.loss > 0.0 {
+        return Err("--loss applies to the independent model; gilbert takes its own rates".into());
+    }
+    let default_base = if args.output.is_frames() {
+        Ipv4Addr::new(10, 1, 0, 1)
+    } else {
+        Ipv4Addr::new(127, 1, 0, 1)
+    };
+    let s = Scenario {
+        machines: args.machines,
+        log_size: args.log_size,
+        variants: args.variants.clone(),
+        seed: args.seed,
+        loss,
+        duplicate: args.dup,
+        reorder: args.reorder,
+        reorder_distance: args.reorder_distance,
+        zeroed_tail: args.zeroed_tail,
+        soft_dump: args.soft_dump,
+        timing: match args.storm_ms {
+            Some(ms) => Timing::Storm {
+                window: Duration::from_millis(ms),
+            },
+            None => Timing::Sequential,
+        },
+        source_base: args.source_base.unwrap_or(default_base),
+        source_port: args.source_port,
+    };
+    s.validate().map_err(|e| e.to_string())?;
+    if args.loss < 0.0 || args.loss > 1.0 {
+        return Err("loss must be a probability in [0, 1]".into());
+    }
+    Ok(s)
+}
+
+fn open_output(args: &Args, s: &Scenario) -> Result<Box<dyn Output>, String> {
+    match &args.output {
+        OutputSpec::Udp => UdpOutput::new(args.target, s.source_port)
+            .map(|o| Box::new(o) as Box<dyn Output>)
+            .map_err(|e| format!("udp socket on port {}: {e}", s.source_port)),
+        other => Err(format!("output {other} is not available yet")),
+    }
+}
+
+fn print_progress(p: &Progress) {
+    let s = &p.schedule;
+    let secs = p.elapsed.as_secs_f64().max(1e-9);
+    eprint!(
+        "\r{:>8.2} s  {:>10} datagrams  {:>9.0}/s  machines {}/{}   ",
+        secs,
+        s.datagrams,
+        s.datagrams as f64 / secs,
+        s.machines_done,
+        p.machines
+    );
+    let _ = std::io::stderr().flush();
+}
+
+fn summary(
+    args: &Args,
+    s: &Scenario,
+    report: Option<&RunReport>,
+    expect: Option<&ExpectSummary>,
+    output: &str,
+    received: (u64, u64),
+) {
+    if args.json {
+        let mut v = json!({
+            "machines": s.machines,
+            "seed": s.seed,
+            "output": output,
+            "loss_model": s.loss.to_string(),
+            "expected_loss": s.loss.mean_loss(),
+        });
+        if let Some(r) = report {
+            v["datagrams_sent"] = json!(r.schedule.datagrams);
+            v["bytes_sent"] = json!(r.schedule.bytes);
+            v["dropped_by_loss"] = json!(r.schedule.lost);
+            v["duplicates"] = json!(r.schedule.duplicated);
+            v["reordered"] = json!(r.schedule.reordered);
+            v["batches"] = json!(r.batches);
+            v["elapsed_s"] = json!(r.elapsed.as_secs_f64());
+            v["rate_pps"] = json!(r.rate());
+            v["rate_bps"] = json!(r.bits_per_second());
+            v["frames_received"] = json!(received.0);
+        }
+        if let Some(e) = expect {
+            v["expect"] = serde_json::to_value(e).unwrap_or_default();
+        }
+        println!("{v}");
+        return;
+    }
+    println!(
+        "netoops-gen: {} machines, seed {}, log size {}, loss {}, dup {}, reorder {}, {}",
+        s.machines,
+        s.seed,
+        s.log_size,
+        s.loss,
+        s.duplicate,
+        s.reorder,
+        match s.timing {
+            Timing::Sequential => "one after another".to_string(),
+            Timing::Storm { window } => format!("storm within {} ms", window.as_millis()),
+        }
+    );
+    if let Some(r) = report {
+        let st = &r.schedule;
+        println!(
+            "sent {} datagrams ({:.1} MB) in {} batches to {output}",
+            st.datagrams,
+            st.bytes as f64 / 1e6,
+            r.batches
+        );
+        println!(
+            "dropped by loss model {} ({:.2}%), duplicates {}, reordered {}",
+            st.lost,
+            100.0 * st.lost as f64 / (st.datagrams + st.lost - st.duplicated).max(1) as f64,
+            st.duplicated,
+            st.reordered
+        );
+        println!(
+            "elapsed {:.3} s, achieved {:.0} datagrams/s ({:.1} Mbit/s of datagrams){}",
+            r.elapsed.as_secs_f64(),
+            r.rate(),
+            r.bits_per_second() / 1e6,
+            if args.rate > 0 {
+                format!(", offered rate {} /s", args.rate)
+            } else {
+                String::new()
+            }
+        );
+        if received.0 > 0 {
+            println!(
+                "received {} frames ({} bytes) from the other side",
+                received.0, received.1
+            );
+        }
+    }
+    if let Some(e) = expect {
+        println!(
+            "expected: {} complete, {} partial, {} never heard (all datagrams lost)",
+            e.complete, e.partial, e.unheard
+        );
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let s = match scenario(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("netoops-gen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let expect = match &args.expect {
+        Some(dir) => match write_expectations(&s, dir) {
+            Ok(sum) => Some(sum),
+            Err(e) => {
+                eprintln!(
+                    "netoops-gen: writing expectations to {}: {e}",
+                    dir.display()
+                );
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+    if args.dry_run {
+        summary(&args, &s, None, expect.as_ref(), "none (dry run)", (0, 0));
+        return ExitCode::SUCCESS;
+    }
+    let mut output = match open_output(&args, &s) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("netoops-gen: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut schedule = Schedule::new(s.clone());
+    let options = RunOptions {
+        rate: args.rate,
+        batch: args.batch,
+    };
+    let show = args.progress;
+    let result = run(&mut schedule, output.as_mut(), options, &mut |p| {
+        if show {
+            print_progress(p);
+        }
+    });
+    if show {
+        eprintln!();
+    }
+    match result {
+        Ok(report) => {
+            summary(
+                &args,
+                &s,
+                Some(&report),
+                expect.as_ref(),
+                &output.describe(),
+                output.received(),
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("netoops-gen: sending: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

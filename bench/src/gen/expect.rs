@@ -1,0 +1,321 @@
+//! The expected-output mode: what a correct receiver reports for every machine.
+//!
+//! [`Expectation::of`] replays one machine's plan (the same one the schedule sends) and asks
+//! [`netoops_wire::model::expected`] for the text, missing ranges and zeroed packets given the
+//! packets that actually left the generator. [`write_expectations`] writes, per machine,
+//!
+//! ```text
+//! DIR/<ip>/expected.json   identity, counts, missing ranges, zeroed packets, complete, received
+//! DIR/<ip>/expected.log    the dump text a receiver must produce
+//! ```
+//!
+//! and `DIR/summary.json` with the scenario and totals. `<ip>` is the machine's source address,
+//! as in the collector's storage layout; `key` is the collector's dump key. A machine with
+//! `received == 0` lost every datagram: no receiver ever hears of it.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use netoops_wire::model::expected;
+use netoops_wire::SenderModel;
+use serde::{Deserialize, Serialize};
+
+use super::channel::MachinePlan;
+use super::scenario::{Scenario, Timing};
+
+/// One machine's expected dump, as written to `expected.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expectation {
+    pub machine: u32,
+    /// Source address without the port (the collector's directory name).
+    pub ip: String,
+    /// Source address and port.
+    pub source: String,
+    /// "v2", "v3", "v3-blob" or "v3-i386".
+    pub variant: String,
+    /// Header version, 2 or 3.
+    pub version: u16,
+    pub dump_id: u16,
+    /// 0 for v2.
+    pub boot_id: u32,
+    /// 1 (oops/panic) or 3 (soft dump).
+    #[serde(rename = "type")]
+    pub dump_type: u16,
+    /// Always 0: every machine sends one dump.
+    pub generation: u32,
+    /// The collector's dump key, `b<boot_id>-d<dump_id>-t<type>-v<version>-g<generation>`.
+    pub key: String,
+    /// Up to the first NUL.
+    pub kernel_version: String,
+    pub packet_count: u32,
+    /// Log length, s1 (older piece) and s2 (newer piece) lengths.
+    pub log_bytes: usize,
+    pub s1_bytes: usize,
+    pub s2_bytes: usize,
+    /// Distinct packets that arrive.
+    pub received: u32,
+    /// Runs of packet numbers that never arrive, ascending, inclusive.
+    pub missing: Vec<[u32; 2]>,
+    /// Packets that arrive all zero (the sender's exact-multiple bug), ascending.
+    pub zeroed: Vec<u32>,
+    pub complete: bool,
+    /// `packet_no` of the first datagram to arrive (the one a "crash seen" notice carries).
+    pub first_packet_no: Option<u32>,
+    /// Name of the text file next to this one.
+    pub text_file: String,
+    pub text_bytes: usize,
+    /// Datagrams sent for this machine (duplicates included), lost, extra copies, held back.
+    pub datagrams_sent: u32,
+    pub datagrams_lost: u32,
+    pub datagrams_duplicated: u32,
+    pub datagrams_reordered: u32,
+    /// Crash time from the start of the run (0 unless a storm).
+    pub crash_at_us: u64,
+    /// The expected text (in `expected.log`, not in the JSON).
+    #[serde(skip)]
+    pub text: Vec<u8>,
+}
+
+/// Name of the per-machine metadata file.
+pub const EXPECTED_JSON: &str = "expected.json";
+/// Name of the per-machine text file.
+pub const EXPECTED_LOG: &str = "expected.log";
+/// Name of the scenario summary file.
+pub const SUMMARY_JSON: &str = "summary.json";
+
+impl Expectation {
+    /// Machine `i` of a validated scenario.
+    pub fn of(scenario: &Scenario, i: u32) -> Self {
+        let m = scenario.machine(i);
+        let plan = MachinePlan::new(scenario, &m);
+        let log = m.log();
+        let (s1, s2) = log.split_at(m.split.min(log.len()));
+        let e = expected(&SenderModel::new(s1, s2), |p| plan.delivered(p));
+        let h = &m.header;
+        let kv_end = h.kernel_version.iter().position(|&b| b == 0).unwrap_or(64);
+        let version = h.variant.version() as u16;
+        let dump_type = h.dump_type as u16;
+        Self {
+            machine: i,
+            ip: m.source.ip().to_string(),
+            source: m.source.to_string(),
+            variant: h.variant.name().to_string(),
+            version,
+            dump_id: h.dump_id,
+            boot_id: h.boot_id,
+            dump_type,
+            generation: 0,
+            key: format!("b{}-d{}-t{dump_type}-v{version}-g0", h.boot_id, h.dump_id),
+            kernel_version: String::from_utf8_lossy(&h.kernel_version[..kv_end]).into_owned(),
+            packet_count: plan.packet_count,
+            log_bytes: m.log_len,
+            s1_bytes: s1.len(),
+            s2_bytes: s2.len(),
+            received: e.received,
+            missing: e.missing.iter().map(|&(a, b)| [a, b]).collect(),
+            zeroed: e.zeroed,
+            complete: e.complete,
+            first_packet_no: plan.first_delivered(),
+            text_file: EXPECTED_LOG.to_string(),
+            text_bytes: e.text.len(),
+            datagrams_sent: u32::try_from(plan.sends.len()).unwrap_or(u32::MAX),
+            datagrams_lost: plan.lost,
+            datagrams_duplicated: plan.duplicated,
+            datagrams_reordered: plan.reordered,
+            crash_at_us: u64::try_from(m.crash_at.as_micros()).unwrap_or(u64::MAX),
+            text: e.text,
+        }
+    }
+
+    /// Reads `DIR/<ip>/expected.json` and its text file.
+    pub fn read(machine_dir: &Path) -> io::Result<Self> {
+        let json = fs::read(machine_dir.join(EXPECTED_JSON))?;
+        let mut e: Self = serde_json::from_slice(&json).map_err(io::Error::other)?;
+        e.text = fs::read(machine_dir.join(&e.text_file))?;
+        Ok(e)
+    }
+}
+
+/// The scenario and totals, as written to `summary.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExpectSummary {
+    pub machines: u32,
+    pub seed: u64,
+    pub log_size: String,
+    pub variants: Vec<String>,
+    pub loss_model: String,
+    pub duplicate: f64,
+    pub reorder: f64,
+    pub storm_ms: Option<u64>,
+    /// Machines whose dump arrives complete / partial / not at all.
+    pub complete: u32,
+    pub partial: u32,
+    pub unheard: u32,
+    /// Datagrams that leave the generator (duplicates included) and datagrams lost.
+    pub datagrams_sent: u64,
+    pub datagrams_lost: u64,
+}
+
+/// Writes every machine's expectation under `dir` (created if missing) and the summary.
+pub fn write_expectations(scenario: &Scenario, dir: &Path) -> io::Result<ExpectSummary> {
+    fs::create_dir_all(dir)?;
+    let mut summary = ExpectSummary {
+        machines: scenario.machines,
+        seed: scenario.seed,
+        log_size: scenario.log_size.to_string(),
+        variants: scenario
+            .variants
+            .iter()
+            .map(|v| v.name().to_string())
+            .collect(),
+        loss_model: scenario.loss.to_string(),
+        duplicate: scenario.duplicate,
+        reorder: scenario.reorder,
+        storm_ms: match scenario.timing {
+            Timing::Sequential => None,
+            Timing::Storm { window } => Some(u64::try_from(window.as_millis()).unwrap_or(0)),
+        },
+        ..ExpectSummary::default()
+    };
+    for i in 0..scenario.machines {
+        let e = Expectation::of(scenario, i);
+        let mdir = dir.join(&e.ip);
+        fs::create_dir_all(&mdir)?;
+        fs::write(mdir.join(&e.text_file), &e.text)?;
+        let mut json = serde_json::to_vec_pretty(&e).map_err(io::Error::other)?;
+        json.push(b'\n');
+        fs::write(mdir.join(EXPECTED_JSON), json)?;
+        match (e.complete, e.received) {
+            (true, _) => summary.complete += 1,
+            (false, 0) => summary.unheard += 1,
+            (false, _) => summary.partial += 1,
+        }
+        summary.datagrams_sent += u64::from(e.datagrams_sent);
+        summary.datagrams_lost += u64::from(e.datagrams_lost);
+    }
+    let mut json = serde_json::to_vec_pretty(&summary).map_err(io::Error::other)?;
+    json.push(b'\n');
+    fs::write(dir.join(SUMMARY_JSON), json)?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::gen::channel::LossModel;
+    use crate::gen::schedule::Schedule;
+    use netoops_core::reassembly::{CrashSeen, DumpView, EventSink, Reassembler, ReassemblyConfig};
+    use netoops_core::time::Instant;
+    use netoops_wire::MAX_DATAGRAM_LEN;
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+
+    /// One dump as the reassembler reported it.
+    pub(crate) struct Got {
+        pub text: Vec<u8>,
+        pub missing: Vec<[u32; 2]>,
+        pub zeroed: Vec<u32>,
+        pub received: u32,
+        pub complete: bool,
+        pub dump_id: u16,
+    }
+
+    /// What the reassembler reported per source (the last dump of each).
+    #[derive(Default)]
+    pub(crate) struct Collected {
+        pub dumps: HashMap<SocketAddr, Got>,
+        pub first: HashMap<SocketAddr, u32>,
+    }
+
+    impl EventSink for Collected {
+        fn crash_seen(&mut self, crash: &CrashSeen<'_>) {
+            self.first.insert(crash.source, crash.datagram.packet_no());
+        }
+        fn dump(&mut self, d: &DumpView<'_>) {
+            let mut text = Vec::new();
+            d.write_text(|b| text.extend_from_slice(b));
+            let got = Got {
+                text,
+                missing: d.missing().map(|(a, b)| [a, b]).collect(),
+                zeroed: d.zeroed().collect(),
+                received: d.received(),
+                complete: d.complete(),
+                dump_id: d.dump_id(),
+            };
+            self.dumps.insert(d.source(), got);
+        }
+    }
+
+    #[test]
+    fn reassembling_the_schedule_gives_the_expectations() {
+        let s = Scenario {
+            machines: 40,
+            log_size: "1-40K".parse().unwrap(),
+            loss: LossModel::Independent { p: 0.2 },
+            duplicate: 0.05,
+            reorder: 0.05,
+            zeroed_tail: 0.2,
+            timing: Timing::Storm {
+                window: std::time::Duration::from_millis(2),
+            },
+            ..Scenario::default()
+        };
+        s.validate().unwrap();
+        let mut r = Reassembler::new(ReassemblyConfig::default()).unwrap();
+        let mut sink = Collected::default();
+        let mut sched = Schedule::new(s.clone());
+        let mut buf = [0u8; MAX_DATAGRAM_LEN];
+        while let Some(item) = sched.next_into(&mut buf).unwrap() {
+            let now = Instant::from_micros(item.not_before.as_micros() as u64);
+            r.handle_datagram(now, item.source.into(), &buf[..item.len], &mut sink)
+                .unwrap();
+        }
+        r.flush(Instant::from_millis(10_000), &mut sink);
+        let mut partial = 0;
+        for i in 0..s.machines {
+            let e = Expectation::of(&s, i);
+            let source: SocketAddr = e.source.parse().unwrap();
+            let Some(got) = sink.dumps.get(&source) else {
+                assert_eq!(e.received, 0, "machine {i} expected a dump");
+                continue;
+            };
+            assert_eq!(got.text, e.text, "machine {i} text");
+            assert_eq!(got.missing, e.missing, "machine {i}");
+            assert_eq!(got.zeroed, e.zeroed, "machine {i}");
+            assert_eq!(
+                (got.received, got.complete, got.dump_id),
+                (e.received, e.complete, e.dump_id)
+            );
+            assert_eq!(sink.first.get(&source).copied(), e.first_packet_no);
+            assert_eq!(e.text_bytes, e.text.len());
+            partial += u32::from(!e.complete);
+        }
+        assert!(partial > 0, "with 20% loss some small dumps stay partial");
+    }
+
+    #[test]
+    fn files_round_trip() {
+        let dir = std::env::temp_dir().join(format!("netoops-gen-expect-{}", std::process::id()));
+        let s = Scenario {
+            machines: 5,
+            log_size: "1K-8K".parse().unwrap(),
+            loss: LossModel::Independent { p: 0.3 },
+            ..Scenario::default()
+        };
+        let summary = write_expectations(&s, &dir).unwrap();
+        assert_eq!(summary.complete + summary.partial + summary.unheard, 5);
+        for i in 0..5 {
+            let want = Expectation::of(&s, i);
+            let got = Expectation::read(&dir.join(&want.ip)).unwrap();
+            assert_eq!(got, want);
+            assert!(got
+                .key
+                .starts_with(&format!("b{}-d{}-t", got.boot_id, got.dump_id)));
+        }
+        let back: ExpectSummary =
+            serde_json::from_slice(&fs::read(dir.join(SUMMARY_JSON)).unwrap()).unwrap();
+        assert_eq!(back, summary);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,33 @@
+//! `netoops-gen`: simulated machines crashing and sending netoops dumps.
+//!
+//! A [`Scenario`] describes the population (how many machines, log sizes, wire variants, the
+//! seed) and its network (loss model, duplication, reordering, storm timing). From it:
+//!
+//! - [`Scenario::machine`] derives one machine (identity, log, crash time) from the seed alone;
+//! - [`MachinePlan`] is the exact list of datagrams one machine's channel lets through, in
+//!   order: the sender's three rounds, minus losses, plus duplicates, with reordering;
+//! - [`Schedule`] merges all machines into one deterministic stream and encodes each datagram
+//!   into the caller's buffer;
+//! - [`run`] paces the schedule (token bucket) into an [`Output`]: real UDP datagrams from
+//!   127.x.y.z sources, or raw Ethernet frames for QEMU's dgram/stream netdevs;
+//! - [`Expectation`] is what a correct receiver must report for each machine, computed with
+//!   [`netoops_wire::model::expected`] from the packets the plan actually sends.
+//!
+//! Same scenario, same bytes: nothing depends on timing, so expectations can be written before,
+//! after or without sending.
+
+pub mod channel;
+pub mod expect;
+pub mod output;
+pub mod pacing;
+pub mod rng;
+pub mod run;
+pub mod scenario;
+pub mod schedule;
+
+pub use channel::{LossModel, MachinePlan, PlannedSend};
+pub use expect::{write_expectations, ExpectSummary, Expectation};
+pub use output::{Batch, Output, OutputSpec};
+pub use run::{run, Progress, RunOptions, RunReport};
+pub use scenario::{Machine, Scenario, ScenarioError, SizeRange, Timing};
+pub use schedule::{Schedule, ScheduleStats, Scheduled};
