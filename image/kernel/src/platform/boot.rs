@@ -1,5 +1,5 @@
 //! Entry from the loader: the multiboot2 header, the PVH ELF note and the 32-bit trampoline
-//! into long mode.
+//! into long mode, plus the 64-bit entry the UEFI stub (`image/uefi`) jumps to.
 //!
 //! Both boot protocols enter in 32-bit protected mode with paging off and flat segments:
 //! PVH (QEMU `-kernel`, microvm, other PVH VMMs) at the address in the Xen note with the
@@ -10,6 +10,14 @@
 //! calls `kmain(protocol, info)` on a 256 KiB boot stack. The page below the stack is a
 //! guard page that [`super::paging::install_guards`] unmaps once the platform is up.
 //!
+//! The UEFI stub copies this same ELF to its link address after ExitBootServices and enters
+//! at the address in a second note (owner "netoops", type [`NOTE_UEFI64_ENTRY`]) in 64-bit
+//! mode with the firmware's identity-mapped page tables still loaded and an `hvm_start_info`
+//! (the PVH format, so one parser serves both) below 4 GiB in edi. That entry records it,
+//! zeroes .bss, switches to the boot stack, builds the same 4 GiB identity map, loads CR3 and
+//! the boot GDT, and joins the long-mode path; firmware page tables, GDT and stack are never
+//! used again.
+//!
 //! QEMU 7.2 reads the PVH note's descriptor as a pointer-sized value for an ELF64 file, and
 //! finds it at `12 + align_up(namesz, p_align)`: the note is 4-aligned with an 8-byte entry.
 
@@ -17,6 +25,10 @@
 pub const PROTOCOL_PVH: u32 = 1;
 /// `protocol` argument of `kmain`: entered by a multiboot2 loader.
 pub const PROTOCOL_MULTIBOOT2: u32 = 2;
+/// `protocol` argument of `kmain`: entered from the UEFI stub through the 64-bit entry.
+pub const PROTOCOL_UEFI: u32 = 3;
+/// Type of the "netoops" ELF note whose 8-byte descriptor is the 64-bit UEFI-stub entry.
+pub const NOTE_UEFI64_ENTRY: u32 = 1;
 
 /// Size of the boot stack (also the kernel's only stack).
 pub const BOOT_STACK_SIZE: usize = 256 * 1024;
@@ -44,6 +56,14 @@ mb2_header_end:
     .long 18
     .asciz "Xen"
     .quad _start_pvh
+
+.section .note.netoops, "a", @note
+.p2align 2
+    .long 8
+    .long 8
+    .long {uefi_note}
+    .asciz "netoops"
+    .quad _start_uefi64
 
 .section .text.boot, "ax"
 .code32
@@ -145,6 +165,62 @@ _start_multiboot2:
     jmp .Lno_long_mode_halt
 
 .code64
+/* From the UEFI stub: long mode on the firmware's page tables, edi = hvm_start_info. */
+.global _start_uefi64
+_start_uefi64:
+    cli
+    cld
+    mov dword ptr [rip + boot_protocol], {uefi}
+    mov dword ptr [rip + boot_info_addr], edi
+    lea rdi, [rip + __bss_start]
+    lea rcx, [rip + __bss_end]
+    sub rcx, rdi
+    shr rcx, 3
+    xor eax, eax
+    rep stosq
+    lea rsp, [rip + boot_stack_top]
+
+    lea rax, [rip + boot_pdpt]
+    or rax, 3
+    mov qword ptr [rip + boot_pml4], rax
+    lea rax, [rip + boot_pd]
+    or rax, 3
+    lea rdx, [rip + boot_pdpt]
+    mov qword ptr [rdx], rax
+    add rax, 4096
+    mov qword ptr [rdx + 8], rax
+    add rax, 4096
+    mov qword ptr [rdx + 16], rax
+    add rax, 4096
+    mov qword ptr [rdx + 24], rax
+    lea rdx, [rip + boot_pd]
+    xor ecx, ecx
+.Lfill_pd64:
+    mov rax, rcx
+    shl rax, 21
+    or rax, 0x83
+    mov qword ptr [rdx + rcx * 8], rax
+    inc ecx
+    cmp ecx, 2048
+    jne .Lfill_pd64
+
+    lea rax, [rip + boot_pml4]
+    mov cr3, rax
+    /* Clearing PGE (and PCIDE, allowed now that CR3's low bits are 0) flushes every firmware
+       translation, global ones included; ours are all non-global. */
+    mov rax, cr4
+    and rax, ~0x20080
+    mov cr4, rax
+    mov rax, cr0
+    or rax, 0x10000         /* WP, as on the 32-bit path */
+    mov cr0, rax
+
+    lgdt [rip + boot_gdt_ptr64]
+    push 0x08
+    lea rax, [rip + .Llong_mode]
+    push rax
+    retfq
+
 .Llong_mode:
     mov ax, 0x10
     mov ds, ax
@@ -170,6 +246,10 @@ boot_gdt_end:
 boot_gdt_ptr:
     .short boot_gdt_end - boot_gdt - 1
     .long boot_gdt
+.p2align 3
+boot_gdt_ptr64:
+    .short boot_gdt_end - boot_gdt - 1
+    .quad boot_gdt
 
 no_long_mode_msg:
     .asciz "netoops-relay: this CPU has no 64-bit long mode; stopped\r\n"
@@ -203,6 +283,8 @@ boot_stack_top:
 "#,
     pvh = const PROTOCOL_PVH,
     mb2 = const PROTOCOL_MULTIBOOT2,
+    uefi = const PROTOCOL_UEFI,
+    uefi_note = const NOTE_UEFI64_ENTRY,
     stack = const BOOT_STACK_SIZE,
     fault = const super::EXIT_FAULT,
 );

@@ -1,9 +1,11 @@
 //! What the loader told us: command line, memory map, ACPI RSDP.
 //!
-//! Both protocols are reduced to one [`BootInfo`] that owns copies of everything (the
+//! Every protocol is reduced to one [`BootInfo`] that owns copies of everything (the
 //! loader's structures live in memory the heap may later take over): PVH `hvm_start_info`
 //! (magic 0x336ec578; cmdline_paddr, memmap_paddr/entries from version 1, rsdp_paddr) and
-//! multiboot2 tags (1 command line, 6 memory map, 14/15 ACPI RSDP copies). Malformed
+//! multiboot2 tags (1 command line, 6 memory map, 14/15 ACPI RSDP copies). The UEFI stub
+//! hands over an `hvm_start_info` too (relay.conf as the command line, the final UEFI memory
+//! map converted to E820 types, the RSDP from the configuration table). Malformed
 //! structures (bad magic, tags running past the declared size, zero-sized entries) end the
 //! parse with what was collected so far; nothing here panics.
 
@@ -30,6 +32,8 @@ pub enum BootProtocol {
     Pvh,
     /// multiboot2 (GRUB).
     Multiboot2,
+    /// UEFI, through the stub in `image/uefi` (boot information in the PVH format).
+    Uefi,
     /// Entered through the multiboot2 entry without the multiboot2 magic.
     Unknown,
 }
@@ -40,6 +44,7 @@ impl BootProtocol {
         match self {
             BootProtocol::Pvh => "PVH",
             BootProtocol::Multiboot2 => "multiboot2",
+            BootProtocol::Uefi => "UEFI",
             BootProtocol::Unknown => "unknown",
         }
     }

@@ -1,6 +1,7 @@
 //! The machine under the relay: boot, console, faults, memory, clock, ACPI and PCI.
 //!
-//! [`init`] brings the platform up in a fixed order (console, boot information, exception
+//! Entered through PVH, multiboot2 or the UEFI stub (see [`boot`]). [`init`] brings the
+//! platform up in a fixed order (console, boot information, exception
 //! handlers, clock, heap, ACPI, PCI) and prints the boot banner; afterwards drivers use the
 //! free functions below, which are the binding API between the kernel and its drivers:
 //!
@@ -180,10 +181,13 @@ mod bring_up {
         let mut boot = BootInfo::new(match protocol {
             boot::PROTOCOL_PVH => BootProtocol::Pvh,
             boot::PROTOCOL_MULTIBOOT2 => BootProtocol::Multiboot2,
+            boot::PROTOCOL_UEFI => BootProtocol::Uefi,
             _ => BootProtocol::Unknown,
         });
         let result = match boot.protocol() {
-            BootProtocol::Pvh => boot.parse_pvh(&IdentityMapped, u64::from(info)),
+            BootProtocol::Pvh | BootProtocol::Uefi => {
+                boot.parse_pvh(&IdentityMapped, u64::from(info))
+            }
             BootProtocol::Multiboot2 => boot.parse_multiboot2(&IdentityMapped, u64::from(info)),
             BootProtocol::Unknown => Ok(()),
         };
