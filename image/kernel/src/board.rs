@@ -1,15 +1,363 @@
-//! The board: wires the platform to the relay. Placeholder until the relay core, the
-//! network stack and the NIC driver are connected here (the lead replaces this file).
+//! The board: the whole appliance wired in one function, [`run`], and its loop.
+//!
+//! `run` reads the settings from the kernel command line (a bad or missing value stops the
+//! appliance with [`EXIT_BAD_CONFIG`] and a line naming the key), prints the effective
+//! configuration, brings up the NICs and picks the ingress (and optional upstream) NIC,
+//! builds the [`Relay`], starts one embassy-net stack per NIC (the ingress one with the
+//! netoops fast path in its driver), spawns the upstream task, and then loops forever:
+//! one executor turn (stacks, upstream connection, timers), then the relay's timers and the
+//! console ([`Monitor`]).
+//!
+//! Console lines, in order:
+//! - `config: key=value ...` (every key's effective value) and `nic N: ...` per NIC;
+//! - `ready: listening on udp/<port> at <ip>` when the loop starts;
+//! - `first datagram accepted at <N> ms` (TSC time since reset) once;
+//! - the relay's events (`crash seen: ...`, `dump queued: ...`, `dump delivered: ...`);
+//! - every `stats=` interval: the relay's `counters: ...` line, a `fastpath: ...` line with
+//!   drops and TSC cycles per datagram (ring to relay, over the interval and since boot),
+//!   and a `nic <role>: ...` line per NIC.
 
-use crate::platform::{self, Platform};
+use crate::net::driver::{FastPath, NicReport, StackDriver};
+use crate::net::executor::{spawn, Runtime};
+use crate::net::fastpath::Identity;
+use crate::net::nic::{self, FoundNic, Location};
+use crate::net::settings::{self, Interface, NicIdentity, Settings};
+use crate::net::upstream::{self, Upstream};
+use crate::platform::{self, clock, Platform};
 use crate::println;
+use alloc::boxed::Box;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
+use core::net::SocketAddr;
+use embassy_net::{Ipv4Cidr, Stack, StackResources, StaticConfigV4};
+use netoops_core::config::ConfigError;
+use netoops_core::relay::Relay;
+use netoops_core::time::Instant;
+use netoops_nic::Device;
+
+/// isa-debug-exit code for a refused configuration (QEMU status 41).
+pub const EXIT_BAD_CONFIG: u32 = 0x14;
+/// Heap kept free beyond the reassembly and spool budgets (event queues, stacks, buffers).
+const HEAP_RESERVE: usize = 4 << 20;
+/// Console events printed per loop turn, so a burst of crashes cannot stall the loop.
+const EVENTS_PER_TURN: usize = 16;
+
+/// Prints why the configuration is refused and stops the machine.
+fn stop_misconfigured(e: &ConfigError) -> ! {
+    println!("config error: {e}");
+    println!("relay stopped: fix `{}` on the kernel command line", e.key);
+    platform::exit_qemu(EXIT_BAD_CONFIG)
+}
+
+fn stop(why: core::fmt::Arguments<'_>) -> ! {
+    println!("relay stopped: {why}");
+    platform::exit_qemu(platform::EXIT_FAILURE)
+}
+
+fn leak<T>(value: T) -> &'static mut T {
+    Box::leak(Box::new(value))
+}
 
 /// Runs the appliance; never returns.
-pub fn run(platform: &mut Platform, config: &str) -> ! {
-    println!(
-        "board: no relay wired yet ({} PCI functions, config {:?}); idling",
-        platform.pci_devices().len(),
-        config
+pub fn run(_platform: &mut Platform, cmdline: &str) -> ! {
+    let settings = settings::parse(cmdline).unwrap_or_else(|e| stop_misconfigured(&e));
+    let mut line = alloc::string::String::from("config:");
+    for (key, value) in settings::effective(&settings) {
+        line.push(' ');
+        line.push_str(key);
+        line.push('=');
+        line.push_str(&value);
+    }
+    println!("{line}");
+
+    let found = nic::discover(cmdline, |msg| println!("nic: {msg}"));
+    let mut ids = Vec::with_capacity(found.len());
+    for (i, f) in found.iter().enumerate() {
+        let caps = f.nic.capabilities();
+        println!(
+            "nic {i}: {} at {} mac {} rx_ring {} tx_ring {}",
+            f.nic.kind(),
+            f.location,
+            f.nic.hardware_address(),
+            caps.rx_ring_len,
+            caps.tx_ring_len
+        );
+        ids.push(NicIdentity {
+            pci: match f.location {
+                Location::Pci(a) => Some((a.bus, a.dev, a.func)),
+                Location::Mmio(_) => None,
+            },
+            mac: f.nic.hardware_address().0,
+        });
+    }
+    let (ingress_idx, upstream_idx) =
+        settings::select_nics(&ids, &settings.config).unwrap_or_else(|e| stop_misconfigured(&e));
+    check_memory(&settings).unwrap_or_else(|e| stop_misconfigured(&e));
+
+    let mac = ids.get(ingress_idx).map_or([0; 6], |n| n.mac);
+    let nonce = boot_nonce(mac);
+    let relay =
+        Relay::new(settings.config.clone(), nonce).unwrap_or_else(|e| stop_misconfigured(&e));
+    let relay: &'static RefCell<Relay> = leak(RefCell::new(relay));
+
+    let mut nics: Vec<Option<FoundNic>> = found.into_iter().map(Some).collect();
+    let mut take = |i: usize| {
+        nics.get_mut(i)
+            .and_then(Option::take)
+            .unwrap_or_else(|| stop(format_args!("NIC {i} vanished")))
+    };
+    let runtime = Runtime::new();
+    let spawner = runtime.spawner();
+
+    let ingress = take(ingress_idx);
+    let ingress_report: &'static Cell<NicReport> = leak(Cell::new(NicReport::default()));
+    let identity = Identity::new(
+        settings.ingress.ip,
+        settings.ingress.prefix,
+        settings.config.listen_port,
     );
-    platform::halt_forever()
+    println!(
+        "nic {ingress_idx}: ingress {} (fast path on udp/{})",
+        settings.ingress, settings.config.listen_port
+    );
+    let fast = FastPath::new(identity, relay);
+    let ingress_stack = start_stack(
+        spawner,
+        StackDriver::new(ingress.nic, Some(fast), ingress_report),
+        &settings.ingress,
+        nonce,
+    );
+    let (upstream_stack, upstream_report) = match upstream_idx {
+        Some(i) => {
+            let nic = take(i);
+            let report: &'static Cell<NicReport> = leak(Cell::new(NicReport::default()));
+            println!("nic {i}: upstream {}", settings.upstream);
+            let stack = start_stack(
+                spawner,
+                StackDriver::new(nic.nic, None, report),
+                &settings.upstream,
+                nonce.rotate_left(17) ^ 0x5eed,
+            );
+            (stack, Some(report))
+        }
+        None => (ingress_stack, None),
+    };
+
+    let upstreams: &'static [SocketAddr] =
+        Box::leak(settings.config.upstreams.clone().into_boxed_slice());
+    let link = Upstream {
+        stack: upstream_stack,
+        relay,
+        upstreams,
+        rx: Box::leak(vec![0u8; upstream::RX_BUFFER].into_boxed_slice()),
+        tx: Box::leak(vec![0u8; upstream::TX_BUFFER].into_boxed_slice()),
+    };
+    if spawn(spawner, link.run()).is_err() {
+        stop(format_args!("cannot start the upstream task"));
+    }
+
+    let mut monitor = Monitor::new(relay, ingress_report, upstream_report, &settings);
+    println!(
+        "ready: listening on udp/{} at {}",
+        settings.config.listen_port, settings.ingress.ip
+    );
+    loop {
+        runtime.turn();
+        monitor.tick();
+    }
+}
+
+/// Starts an embassy-net stack on `driver` with a static address and spawns its runner.
+fn start_stack(
+    spawner: embassy_executor::Spawner,
+    driver: StackDriver,
+    iface: &Interface,
+    seed: u64,
+) -> Stack<'static> {
+    let config = embassy_net::Config::ipv4_static(StaticConfigV4 {
+        address: Ipv4Cidr::new(iface.ip, iface.prefix),
+        gateway: iface.gateway,
+        dns_servers: Default::default(),
+    });
+    let resources = leak(StackResources::<2>::new());
+    let (stack, mut runner) = embassy_net::new(driver, config, resources, seed);
+    if spawn(spawner, async move { runner.run().await }).is_err() {
+        stop(format_args!("cannot start the network stack"));
+    }
+    stack
+}
+
+/// Refuses budgets the heap cannot hold, before anything is allocated for them.
+fn check_memory(s: &Settings) -> Result<(), ConfigError> {
+    let (used, free) = platform::memory::heap_usage();
+    let needed = s.config.reassembly.memory_budget + s.config.spool_bytes + HEAP_RESERVE;
+    if needed <= free {
+        return Ok(());
+    }
+    Err(ConfigError {
+        key: "memory".into(),
+        problem: alloc::format!(
+            "reassembly {} MiB + spool {} MiB + {} MiB reserve do not fit the heap \
+             ({} MiB free of {} MiB); lower memory= or spool=, or give the machine more RAM",
+            s.config.reassembly.memory_budget >> 20,
+            s.config.spool_bytes >> 20,
+            HEAP_RESERVE >> 20,
+            free >> 20,
+            (used + free) >> 20
+        ),
+    })
+}
+
+/// A value that differs on every boot: the relay's instance id (collectors key replay
+/// protection on it) and the stack's random seed (TCP sequence numbers, ports).
+fn boot_nonce(mac: [u8; 6]) -> u64 {
+    let mut x = platform::tsc();
+    if let Some(r) = rdrand() {
+        x ^= r;
+    }
+    x ^= cmos_clock().rotate_left(24);
+    let mut m = [0u8; 8];
+    m[..6].copy_from_slice(&mac);
+    x ^= u64::from_le_bytes(m).rotate_left(40);
+    // splitmix64 finalizer: spreads every input bit over the result.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    let x = x ^ (x >> 31);
+    x.max(1)
+}
+
+fn rdrand() -> Option<u64> {
+    let has_rdrand = core::arch::x86_64::__cpuid(1).ecx & (1 << 30) != 0;
+    if !has_rdrand {
+        return None;
+    }
+    #[target_feature(enable = "rdrand")]
+    fn step() -> Option<u64> {
+        let mut value = 0u64;
+        (core::arch::x86_64::_rdrand64_step(&mut value) == 1).then_some(value)
+    }
+    // SAFETY: CPUID leaf 1 reports RDRAND, which is the only feature `step` enables.
+    unsafe { step() }
+}
+
+/// The CMOS real-time clock's seconds..year registers packed together (entropy only: no
+/// update-in-progress check, no BCD decoding). All ones where there is no RTC.
+fn cmos_clock() -> u64 {
+    let mut v = 0u64;
+    for reg in [0x00u8, 0x02, 0x04, 0x07, 0x08, 0x09] {
+        // SAFETY: ports 0x70/0x71 are the CMOS index/data pair, used by nothing else in the
+        // kernel; selecting a clock register and reading it has no side effect (bit 7 of the
+        // index, NMI disable, is left clear as firmware leaves it).
+        let byte = unsafe {
+            platform::port::outb(0x70, reg);
+            platform::port::inb(0x71)
+        };
+        v = (v << 8) | u64::from(byte);
+    }
+    v
+}
+
+/// The board loop's synchronous half: relay timers, console events and counters.
+struct Monitor {
+    relay: &'static RefCell<Relay>,
+    ingress: &'static Cell<NicReport>,
+    upstream: Option<&'static Cell<NicReport>>,
+    interval_us: u64,
+    next_stats_us: u64,
+    /// Fast-path (cycles, samples) at the previous counter line.
+    last_cycles: (u64, u64),
+    first_reported: bool,
+}
+
+impl Monitor {
+    fn new(
+        relay: &'static RefCell<Relay>,
+        ingress: &'static Cell<NicReport>,
+        upstream: Option<&'static Cell<NicReport>>,
+        s: &Settings,
+    ) -> Self {
+        let interval_us = s.config.stats_interval.total_micros().max(1);
+        Self {
+            relay,
+            ingress,
+            upstream,
+            interval_us,
+            next_stats_us: platform::now_micros() + interval_us,
+            last_cycles: (0, 0),
+            first_reported: false,
+        }
+    }
+
+    fn tick(&mut self) {
+        let now_us = platform::now_micros();
+        let now = Instant::from_micros(now_us);
+        if let Ok(mut relay) = self.relay.try_borrow_mut() {
+            if relay.poll_timeout().is_some_and(|t| t <= now) {
+                relay.handle_timeout(now);
+            }
+            for _ in 0..EVENTS_PER_TURN {
+                match relay.poll_event() {
+                    Some(ev) => println!("{ev}"),
+                    None => break,
+                }
+            }
+        }
+        if !self.first_reported {
+            let first = self.ingress.get().fast.first_accept_tsc;
+            if first != 0 {
+                self.first_reported = true;
+                println!(
+                    "first datagram accepted at {} ms",
+                    clock::ticks_to_micros_calibrated(first) / 1000
+                );
+            }
+        }
+        if now_us >= self.next_stats_us {
+            self.next_stats_us = now_us + self.interval_us;
+            self.print_counters();
+        }
+    }
+
+    fn print_counters(&mut self) {
+        if let Ok(relay) = self.relay.try_borrow() {
+            println!("{}", relay.counters());
+        }
+        let rep = self.ingress.get();
+        let f = rep.fast;
+        let (c0, s0) = self.last_cycles;
+        self.last_cycles = (f.cycles, f.cycles_samples);
+        let per = |cycles: u64, samples: u64| match samples {
+            0 => alloc::string::String::from("-"),
+            n => alloc::format!("{}", cycles / n),
+        };
+        println!(
+            "fastpath: frames {} datagrams {} accepted {} relay_dropped {} to_stack {} \
+             dropped {} (ip_checksum {} fragment {} wrong_dst {} malformed {} udp_checksum {}) \
+             cycles/datagram {} interval {} boot",
+            f.frames,
+            f.datagrams,
+            f.accepted,
+            f.relay_dropped,
+            f.to_stack,
+            f.drops(),
+            f.bad_ip_checksum,
+            f.fragments,
+            f.wrong_dst,
+            f.malformed,
+            f.bad_udp_checksum,
+            per(f.cycles.wrapping_sub(c0), f.cycles_samples - s0),
+            per(f.cycles, f.cycles_samples),
+        );
+        let nics = [("ingress", Some(self.ingress)), ("upstream", self.upstream)];
+        for (role, report) in nics {
+            if let Some(r) = report {
+                let n = r.get().nic;
+                println!(
+                    "nic {role}: rx {} tx {} rx_dropped {} tx_ring_full {}",
+                    n.rx_frames, n.tx_frames, n.rx_dropped, n.tx_ring_full
+                );
+            }
+        }
+    }
 }

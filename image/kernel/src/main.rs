@@ -17,6 +17,7 @@ pub mod platform;
 
 #[cfg(all(target_os = "none", not(test)))]
 mod board;
+mod net;
 #[cfg(all(target_os = "none", not(test)))]
 mod selftest;
 mod selftest_net;

@@ -22,15 +22,11 @@ pub use machine::run;
 #[cfg(all(target_os = "none", not(test)))]
 mod machine {
     use super::frame;
+    use crate::net::nic::{self, AnyNic};
     use crate::platform;
     use crate::println;
-    use crate::virtio_hal::{KernelPlatform, PciFunction};
     use netoops_nic::{Device, RxToken, TxToken};
-    use netoops_virtio_net::transport::mmio::WINDOW_LEN;
-    use netoops_virtio_net::{
-        cmdline_devices, is_virtio_net, Config, MmioTransport, PciTransport, Platform, Transport,
-        TransportError, VirtioNet,
-    };
+    use netoops_virtio_net::{Transport, VirtioNet};
 
     /// Address answered when the command line names none.
     pub const DEFAULT_IP: [u8; 4] = [10, 0, 2, 15];
@@ -39,48 +35,20 @@ mod machine {
     /// Microseconds between two counter lines.
     const REPORT_INTERVAL_US: u64 = 250_000;
 
-    /// Runs the self-test; never returns.
+    /// Runs the self-test on the first NIC the board's discovery brings up; never returns.
     pub fn run(cmdline: &str) -> ! {
         let ip = platform::bootinfo::cmdline_param(cmdline, "selftest.ip")
             .and_then(frame::parse_ipv4)
             .unwrap_or(DEFAULT_IP);
-
-        for dev in cmdline_devices(cmdline) {
-            let Some(regs) = KernelPlatform.map_mmio(dev.base, WINDOW_LEN) else {
-                continue;
-            };
-            match MmioTransport::new(regs) {
-                Ok(t) => {
-                    let name = if t.version() == 1 {
-                        "mmio-v1"
-                    } else {
-                        "mmio-v2"
-                    };
-                    bring_up(t, name, ip);
-                }
-                Err(TransportError::NotVirtioNet) => continue,
-                Err(e) => println!("virtio-echo: mmio {:#x}: {:?}", dev.base, e),
-            }
-        }
-        for dev in platform::pci_devices() {
-            if is_virtio_net(dev.vendor_id, dev.device_id) {
-                match PciTransport::new(&PciFunction(*dev), &KernelPlatform) {
-                    Ok(t) => bring_up(t, "pci", ip),
-                    Err(e) => println!("virtio-echo: pci {}: {:?}", dev.address, e),
-                }
-            }
-        }
-        println!("virtio-echo: no device");
-        platform::halt_forever()
-    }
-
-    fn bring_up<T: Transport>(transport: T, name: &str, ip: [u8; 4]) -> ! {
-        match VirtioNet::new(transport, &KernelPlatform, Config::default()) {
-            Ok(mut net) => serve(&mut net, name, ip),
-            Err(e) => {
-                println!("virtio-echo: bring-up failed: {e:?}");
-                platform::halt_forever()
-            }
+        let found = nic::discover(cmdline, |msg| println!("virtio-echo: {msg}"));
+        let Some(first) = found.into_iter().next() else {
+            println!("virtio-echo: no device");
+            platform::halt_forever()
+        };
+        let name = first.nic.transport_name();
+        match first.nic {
+            AnyNic::VirtioPci(mut net) => serve(&mut net, name, ip),
+            AnyNic::VirtioMmio(mut net) => serve(&mut net, name, ip),
         }
     }
 

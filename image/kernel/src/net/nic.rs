@@ -1,0 +1,205 @@
+//! The NICs the appliance drives, found and brought up at boot, behind one type.
+//!
+//! [`discover`] brings up every supported device: virtio-mmio devices announced on the
+//! command line (`virtio_mmio.device=`, which QEMU's microvm appends), then virtio-net PCI
+//! functions in enumeration order. [`AnyNic`] is an enum over the concrete drivers, so the
+//! board, the fast path and the stack adapter are written once against
+//! [`netoops_nic::Device`] and compiled once; a new driver (e1000) is one more variant here
+//! and in [`AnyNic::location`]'s match, nothing elsewhere.
+
+use crate::virtio_hal::{KernelPlatform, PciFunction};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use netoops_nic::{Capabilities, Device, DeviceStats, LinkState, MacAddress, RxToken, TxToken};
+use netoops_pci::PciAddress;
+use netoops_virtio_net::net::{VirtioRxToken, VirtioTxToken};
+use netoops_virtio_net::transport::mmio::WINDOW_LEN;
+use netoops_virtio_net::{
+    cmdline_devices, is_virtio_net, Config, MmioTransport, PciTransport, Platform, TransportError,
+    VirtioNet,
+};
+
+/// One brought-up NIC of any supported kind.
+pub enum AnyNic {
+    /// virtio-net over modern virtio-pci.
+    VirtioPci(VirtioNet<PciTransport>),
+    /// virtio-net over virtio-mmio (v1 legacy or v2).
+    VirtioMmio(VirtioNet<MmioTransport>),
+}
+
+/// Where a NIC sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A PCI function.
+    Pci(PciAddress),
+    /// A virtio-mmio register window at this physical address.
+    Mmio(u64),
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Pci(a) => write!(f, "pci {a}"),
+            Location::Mmio(base) => write!(f, "mmio {base:#x}"),
+        }
+    }
+}
+
+/// A NIC found at boot.
+pub struct FoundNic {
+    /// The driver.
+    pub nic: AnyNic,
+    /// Where it sits.
+    pub location: Location,
+}
+
+impl AnyNic {
+    /// The transport's short name: `pci`, `mmio-v1` or `mmio-v2`.
+    pub fn transport_name(&self) -> &'static str {
+        match self {
+            AnyNic::VirtioPci(_) => "pci",
+            AnyNic::VirtioMmio(n) if n.transport().version() == 1 => "mmio-v1",
+            AnyNic::VirtioMmio(_) => "mmio-v2",
+        }
+    }
+
+    /// The driver's name and transport, e.g. `virtio-net/pci`.
+    pub fn kind(&self) -> String {
+        format!("virtio-net/{}", self.transport_name())
+    }
+}
+
+/// Brings up every supported NIC; failures are reported through `report` and skipped.
+pub fn discover(cmdline: &str, mut report: impl FnMut(fmt::Arguments<'_>)) -> Vec<FoundNic> {
+    let mut found = Vec::new();
+    for dev in cmdline_devices(cmdline) {
+        let Some(regs) = KernelPlatform.map_mmio(dev.base, WINDOW_LEN) else {
+            report(format_args!("mmio {:#x}: cannot map", dev.base));
+            continue;
+        };
+        match MmioTransport::new(regs) {
+            Ok(t) => match VirtioNet::new(t, &KernelPlatform, Config::default()) {
+                Ok(n) => found.push(FoundNic {
+                    nic: AnyNic::VirtioMmio(n),
+                    location: Location::Mmio(dev.base),
+                }),
+                Err(e) => report(format_args!("mmio {:#x}: bring-up failed: {e:?}", dev.base)),
+            },
+            Err(TransportError::NotVirtioNet) => {}
+            Err(e) => report(format_args!("mmio {:#x}: {e:?}", dev.base)),
+        }
+    }
+    for dev in crate::platform::pci_devices() {
+        if !is_virtio_net(dev.vendor_id, dev.device_id) {
+            continue;
+        }
+        let transport = match PciTransport::new(&PciFunction(*dev), &KernelPlatform) {
+            Ok(t) => t,
+            Err(e) => {
+                report(format_args!("pci {}: {e:?}", dev.address));
+                continue;
+            }
+        };
+        match VirtioNet::new(transport, &KernelPlatform, Config::default()) {
+            Ok(n) => found.push(FoundNic {
+                nic: AnyNic::VirtioPci(n),
+                location: Location::Pci(dev.address),
+            }),
+            Err(e) => report(format_args!("pci {}: bring-up failed: {e:?}", dev.address)),
+        }
+    }
+    found
+}
+
+/// Receive token of any [`AnyNic`].
+pub enum AnyRx<'a> {
+    /// virtio-pci.
+    VirtioPci(VirtioRxToken<'a, PciTransport>),
+    /// virtio-mmio.
+    VirtioMmio(VirtioRxToken<'a, MmioTransport>),
+}
+
+/// Transmit token of any [`AnyNic`].
+pub enum AnyTx<'a> {
+    /// virtio-pci.
+    VirtioPci(VirtioTxToken<'a, PciTransport>),
+    /// virtio-mmio.
+    VirtioMmio(VirtioTxToken<'a, MmioTransport>),
+}
+
+impl RxToken for AnyRx<'_> {
+    #[inline]
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        match self {
+            AnyRx::VirtioPci(t) => t.consume(f),
+            AnyRx::VirtioMmio(t) => t.consume(f),
+        }
+    }
+}
+
+impl TxToken for AnyTx<'_> {
+    #[inline]
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        match self {
+            AnyTx::VirtioPci(t) => t.consume(len, f),
+            AnyTx::VirtioMmio(t) => t.consume(len, f),
+        }
+    }
+}
+
+/// Runs `$body` with `$n` bound to the concrete driver.
+macro_rules! each_driver {
+    ($nic:expr, $n:ident => $body:expr) => {
+        match $nic {
+            AnyNic::VirtioPci($n) => $body,
+            AnyNic::VirtioMmio($n) => $body,
+        }
+    };
+}
+
+impl Device for AnyNic {
+    type RxToken<'a> = AnyRx<'a>;
+    type TxToken<'a> = AnyTx<'a>;
+
+    #[inline]
+    fn receive(&mut self) -> Option<(AnyRx<'_>, AnyTx<'_>)> {
+        match self {
+            AnyNic::VirtioPci(n) => n
+                .receive()
+                .map(|(r, t)| (AnyRx::VirtioPci(r), AnyTx::VirtioPci(t))),
+            AnyNic::VirtioMmio(n) => n
+                .receive()
+                .map(|(r, t)| (AnyRx::VirtioMmio(r), AnyTx::VirtioMmio(t))),
+        }
+    }
+
+    #[inline]
+    fn transmit(&mut self) -> Option<AnyTx<'_>> {
+        match self {
+            AnyNic::VirtioPci(n) => n.transmit().map(AnyTx::VirtioPci),
+            AnyNic::VirtioMmio(n) => n.transmit().map(AnyTx::VirtioMmio),
+        }
+    }
+
+    fn poll(&mut self) {
+        each_driver!(self, n => n.poll())
+    }
+
+    fn hardware_address(&self) -> MacAddress {
+        each_driver!(self, n => n.hardware_address())
+    }
+
+    fn link_state(&mut self) -> LinkState {
+        each_driver!(self, n => n.link_state())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        each_driver!(self, n => n.capabilities())
+    }
+
+    fn stats(&self) -> DeviceStats {
+        each_driver!(self, n => n.stats())
+    }
+}
