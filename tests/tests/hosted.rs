@@ -410,3 +410,87 @@ fn garbage_datagrams_and_garbage_tcp_are_counted_and_refused() {
         check_stored(store.path(), m, w).unwrap();
     }
 }
+
+#[test]
+fn bad_configuration_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, "upstream = \"127.0.0.1:9\"\ncolour = \"blue\"\n").unwrap();
+    let file = file.to_str().unwrap();
+    for (args, key) in [
+        (
+            vec!["--upstream", "127.0.0.1:9", "--memory", "lots"],
+            "memory",
+        ),
+        (
+            vec!["--upstream", "127.0.0.1:9", "--memory", "1K"],
+            "memory",
+        ),
+        (vec!["--upstream", "127.0.0.1:9", "--quiet", "0s"], "quiet"),
+        (vec!["--upstream", "nowhere"], "upstream"),
+        (vec!["--listen", "127.0.0.1:0"], "upstream"),
+        (vec!["--config", file], "colour"),
+    ] {
+        let mut cmd = std::process::Command::new(&netoops_e2e::hosted::binaries().relay);
+        cmd.args(&args);
+        let mut p = netoops_e2e::hosted::Process::spawn("netoops-relay", cmd);
+        let status = p.wait_exit();
+        let stderr = p.stderr_lines().join("\n");
+        assert_eq!(status.code(), Some(2), "{args:?}\n{}", p.describe());
+        assert!(stderr.contains(&format!("`{key}`")), "{args:?}: {stderr}");
+    }
+}
+
+/// The relay reads its upstream and timings from a TOML file; at SIGTERM a dump still
+/// assembling is emitted as partial, and with no collector reachable the relay gives up after
+/// the drain timeout, says what it could not deliver and exits 0.
+#[test]
+fn shutdown_without_an_upstream_gives_up_after_the_drain_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "upstream = [\"{}\"]\nname = \"e2e-drain\"\nquiet = \"10m\"\nstats = \"1s\"\n",
+            free_tcp_addr()
+        ),
+    )
+    .unwrap();
+    let mut relay = Relay::start(
+        &[],
+        &["--config", file.to_str().unwrap(), "--drain-timeout", "1s"],
+    );
+    relay.process.wait_for_line("name e2e-drain");
+    let machine = &fleet(0xd7a1, 7, 1, 8192, 8192)[0];
+    let plan = Plan {
+        packets: vec![0, 1, 2, 5, 6, 7],
+        received: Vec::new(),
+    };
+    send_storm(relay.udp, std::slice::from_ref(machine), &[plan]);
+    relay.process.wait_for_line("crash seen: 127.7.0.1:");
+
+    let start = Instant::now();
+    let (status, c) = relay.shutdown();
+    let took = start.elapsed();
+    let context = relay.process.describe();
+    assert!(status.success(), "{context}");
+    assert!(took >= Duration::from_secs(1), "{took:?}\n{context}");
+    assert_eq!(
+        relay.process.count("dump queued: 127.7.0.1:"),
+        1,
+        "{context}"
+    );
+    let count = machine.sender().packet_count();
+    assert_eq!(
+        relay.process.count(&format!("PARTIAL 6/{count} packets")),
+        1,
+        "{context}"
+    );
+    assert_eq!(
+        relay.process.count("drain timeout: 2 records"),
+        1,
+        "{context}"
+    );
+    assert_eq!(c["partial"], 1);
+    assert_eq!(c["delivered"], 0);
+}

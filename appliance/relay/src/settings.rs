@@ -42,10 +42,12 @@ pub const DEFAULT_RECV_BUFFER: usize = 8 << 20;
 #[command(
     name = "netoops-relay",
     version,
+    args_override_self = true,
     about = "Receive Linux netoops crash dumps over UDP, reassemble them and forward them to a collector",
     after_help = "Configuration file (--config): TOML with the keys port, upstream (string or \
 array), name, memory, spool, max_dumps, per_source, quiet, linger, allow (string or array) and \
-stats, taking the same values as the flags. Flags override the file.\n\n\
+stats, taking the same values as the flags. Flags override the file; a flag given twice takes \
+its last value, except --upstream and --allow, which add to the list.\n\n\
 Output: one line per crash seen, dump queued and dump delivered, and a counters line every \
 `stats` interval, each prefixed with a UTC timestamp. SIGINT/SIGTERM emit the dumps still \
 assembling as partial, wait up to --drain-timeout for the collector to acknowledge everything, \
@@ -541,6 +543,8 @@ mod tests {
         assert_eq!(c.instance, Some(16));
         assert_eq!(c.drain_timeout, Duration::from_millis(250));
         assert_eq!(c.recv_buffer, 1 << 20);
+        let c = cli(&["--drain-timeout", "1s", "--name", "a", "--drain-timeout", "2s"]);
+        assert_eq!(c.drain_timeout, Duration::from_secs(2), "the last one wins");
         let c = cli(&[]);
         assert_eq!(c.instance, None);
         assert_eq!(c.drain_timeout, Duration::from_secs(5));
