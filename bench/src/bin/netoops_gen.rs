@@ -5,12 +5,14 @@
 //! Exit status: 0 on success, 1 on an I/O error, 2 on bad arguments.
 
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use netoops_bench::gen::output::frame::{FrameConfig, MacAddr};
+use netoops_bench::gen::output::qemu::{DgramOutput, StreamOutput};
 use netoops_bench::gen::output::udp::UdpOutput;
 use netoops_bench::gen::{
     run, write_expectations, ExpectSummary, LossModel, Output, OutputSpec, Progress, RunOptions,
@@ -90,9 +92,13 @@ struct Args {
     /// Compute (and with --expect, write) everything but send nothing.
     #[arg(long)]
     dry_run: bool,
-    /// udp (to --target), dgram:HOST:PORT (raw frames, one per UDP datagram, as QEMU
-    /// -netdev dgram expects) or stream:HOST:PORT (raw frames with a 4-byte big-endian length,
-    /// to a QEMU -netdev stream server).
+    /// udp (to --target); dgram:HOST:PORT (raw frames, one per UDP datagram, as QEMU
+    /// -netdev dgram expects); stream:HOST:PORT (raw frames with a 4-byte big-endian length,
+    /// to a QEMU -netdev stream server; retried for 10 s while QEMU starts); or
+    /// stream-listen:HOST:PORT (the same, but QEMU connects with -netdev stream,server=off:
+    /// prints "netoops-gen: listening on ADDR" on stderr, then waits up to 60 s). Prefer
+    /// stream-listen with QEMU 7.2: its stream server crashes if the guest transmits before
+    /// a client connects.
     #[arg(long, default_value = "udp")]
     output: OutputSpec,
     /// Local address of the frame socket (dgram: where QEMU's remote= points, so the guest's
@@ -101,10 +107,10 @@ struct Args {
     bind: Option<SocketAddrV4>,
     /// Destination MAC of frames (the guest NIC).
     #[arg(long, default_value = "52:54:00:12:34:56")]
-    dst_mac: String,
+    dst_mac: MacAddr,
     /// Source MAC of every frame [default: 02:00:<machine IPv4> per machine].
     #[arg(long)]
-    src_mac: Option<String>,
+    src_mac: Option<MacAddr>,
     /// Destination IPv4 address of frames (the appliance).
     #[arg(long, default_value = "10.0.2.15")]
     dst_ip: Ipv4Addr,
@@ -162,12 +168,43 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
     Ok(s)
 }
 
+/// How long to keep trying a stream netdev that refuses connections (QEMU starting up).
+const STREAM_PATIENCE: Duration = Duration::from_secs(10);
+/// How long `stream-listen` waits for QEMU to connect.
+const LISTEN_PATIENCE: Duration = Duration::from_secs(60);
+
+fn frame_config(args: &Args) -> FrameConfig {
+    FrameConfig {
+        dst_mac: args.dst_mac,
+        src_mac: args.src_mac,
+        dst: SocketAddrV4::new(args.dst_ip, args.dst_port),
+        udp_checksum: !args.no_udp_checksum,
+    }
+}
+
 fn open_output(args: &Args, s: &Scenario) -> Result<Box<dyn Output>, String> {
     match &args.output {
         OutputSpec::Udp => UdpOutput::new(args.target, s.source_port)
             .map(|o| Box::new(o) as Box<dyn Output>)
             .map_err(|e| format!("udp socket on port {}: {e}", s.source_port)),
-        other => Err(format!("output {other} is not available yet")),
+        OutputSpec::Dgram(remote) => DgramOutput::new(*remote, args.bind, frame_config(args))
+            .map(|o| Box::new(o) as Box<dyn Output>)
+            .map_err(|e| format!("dgram socket to {remote}: {e}")),
+        OutputSpec::Stream(remote) => {
+            StreamOutput::connect(*remote, frame_config(args), STREAM_PATIENCE)
+                .map(|o| Box::new(o) as Box<dyn Output>)
+                .map_err(|e| format!("connecting to the stream netdev at {remote}: {e}"))
+        }
+        OutputSpec::StreamListen(local) => {
+            let listener =
+                TcpListener::bind(local).map_err(|e| format!("listening on {local}: {e}"))?;
+            let bound = listener.local_addr().map_err(|e| e.to_string())?;
+            // A harness starts QEMU once it reads this line.
+            eprintln!("netoops-gen: listening on {bound}");
+            StreamOutput::accept(&listener, frame_config(args), LISTEN_PATIENCE)
+                .map(|o| Box::new(o) as Box<dyn Output>)
+                .map_err(|e| format!("waiting for a stream netdev on {bound}: {e}"))
+        }
     }
 }
 

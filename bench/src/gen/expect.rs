@@ -30,7 +30,7 @@ pub struct Expectation {
     pub machine: u32,
     /// Source address without the port (the collector's directory name).
     pub ip: String,
-    /// Source address and port.
+    /// Source address and port (port 0 when the generator let the OS choose).
     pub source: String,
     /// "v2", "v3", "v3-blob" or "v3-i386".
     pub variant: String,

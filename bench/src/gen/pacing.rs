@@ -54,10 +54,10 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// How much lateness the bucket makes up for.
-    pub const BURST_WINDOW: Duration = Duration::from_millis(4);
+    pub const BURST_WINDOW: Duration = Duration::from_millis(25);
 
     /// A bucket for `rate` datagrams per second (0 = unthrottled), starting with one token at
-    /// `start`. Bursts are capped at 4 ms worth of tokens, and at least `batch`.
+    /// `start`. Bursts are capped at 25 ms worth of tokens, and at least `batch`.
     pub fn new(rate: u64, batch: usize, start: Instant) -> Self {
         let rate = rate as f64;
         Self {
@@ -134,9 +134,9 @@ mod tests {
         let mut b = TokenBucket::new(1_000, 8, start);
         assert_eq!(b.take(8), 1);
         b.refund(1);
-        // After a long pause at most `burst` (8, as 4 ms at 1000/s is 4) pile up.
+        // After a long pause at most `burst` (25 ms at 1000/s) pile up.
         b.refill(start + Duration::from_secs(10));
-        assert_eq!(b.tokens, 8.0);
+        assert_eq!(b.tokens, 25.0);
     }
 
     #[test]

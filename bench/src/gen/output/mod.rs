@@ -9,12 +9,13 @@
 //! - [`qemu::DgramOutput`]: raw Ethernet frames, one per UDP datagram, to a QEMU
 //!   `-netdev dgram` socket.
 //! - [`qemu::StreamOutput`]: raw frames over TCP with a 4-byte big-endian length prefix, to a
-//!   QEMU `-netdev stream` server.
+//!   QEMU `-netdev stream` server, or to QEMU connecting as a stream client.
 //!
 //! A TAP back-end would be one more [`Output`] writing each frame to the TAP fd.
 
 pub mod frame;
 pub(crate) mod mmsg;
+pub mod qemu;
 pub mod udp;
 
 use std::fmt;
@@ -140,6 +141,9 @@ pub enum OutputSpec {
     Dgram(SocketAddrV4),
     /// Raw frames, length-prefixed, to a QEMU `-netdev stream` server.
     Stream(SocketAddrV4),
+    /// Raw frames, length-prefixed, to a QEMU `-netdev stream,server=off` client that
+    /// connects to this address.
+    StreamListen(SocketAddrV4),
 }
 
 impl OutputSpec {
@@ -186,6 +190,7 @@ impl FromStr for OutputSpec {
         match kind {
             "dgram" => Ok(Self::Dgram(addr)),
             "stream" => Ok(Self::Stream(addr)),
+            "stream-listen" => Ok(Self::StreamListen(addr)),
             _ => Err(bad()),
         }
     }
@@ -197,6 +202,7 @@ impl fmt::Display for OutputSpec {
             Self::Udp => f.write_str("udp"),
             Self::Dgram(a) => write!(f, "dgram:{a}"),
             Self::Stream(a) => write!(f, "stream:{a}"),
+            Self::StreamListen(a) => write!(f, "stream-listen:{a}"),
         }
     }
 }
@@ -227,8 +233,14 @@ mod tests {
         ] {
             assert!(bad.parse::<OutputSpec>().is_err(), "{bad}");
         }
-        let s: OutputSpec = "stream:127.0.0.1:7".parse().unwrap();
-        assert_eq!(s.to_string().parse(), Ok(s));
+        for s in [
+            "stream:127.0.0.1:7",
+            "stream-listen:127.0.0.1:8",
+            "dgram:127.0.0.1:9",
+        ] {
+            let spec: OutputSpec = s.parse().unwrap();
+            assert_eq!(spec.to_string(), s);
+        }
     }
 
     #[test]
