@@ -29,26 +29,32 @@ pub struct BuiltImage {
 /// Checks that the bare-metal target's standard library is installed, installing it with
 /// rustup when it is missing (rustup fetches it from the Rust distribution server).
 pub fn ensure_target() -> Result<(), Error> {
+    ensure_rust_target(KERNEL_TARGET)
+}
+
+/// Checks that `target`'s standard library is installed (x86_64-unknown-none for the
+/// kernel, x86_64-unknown-uefi for the UEFI stub), adding it with rustup when missing.
+pub fn ensure_rust_target(target: &'static str) -> Result<(), Error> {
     let sysroot = Command::new(rustc())
         .args(["--print", "sysroot"])
         .output()?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
-    if sysroot.join("lib/rustlib").join(KERNEL_TARGET).is_dir() {
+    if sysroot.join("lib/rustlib").join(target).is_dir() {
         return Ok(());
     }
     if !crate::have_program("rustup") {
         return Err(Error::Missing {
-            program: "the x86_64-unknown-none target",
-            install: "rustup target add x86_64-unknown-none",
+            program: target,
+            install: "rustup target add x86_64-unknown-none x86_64-unknown-uefi",
         });
     }
-    eprintln!("netoops-image: installing the {KERNEL_TARGET} target");
+    eprintln!("netoops-image: installing the {target} target");
     let status = Command::new("rustup")
-        .args(["target", "add", KERNEL_TARGET])
+        .args(["target", "add", target])
         .status()?;
     if !status.success() {
         return Err(Error::Command {
-            what: format!("rustup target add {KERNEL_TARGET}"),
+            what: format!("rustup target add {target}"),
             status,
         });
     }

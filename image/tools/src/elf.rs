@@ -14,6 +14,8 @@ pub struct ElfSummary {
     pub entry: u64,
     /// The PVH entry from the Xen note, if present.
     pub pvh_entry: Option<u64>,
+    /// The 64-bit entry the UEFI stub uses, from the "netoops" note, if present.
+    pub uefi_entry: Option<u64>,
     /// Bytes loaded from the file (sum of PT_LOAD file sizes).
     pub load_file_bytes: u64,
     /// Bytes occupied in memory (sum of PT_LOAD memory sizes).
@@ -43,6 +45,8 @@ fn u64_at(b: &[u8], off: usize) -> Result<u64, Error> {
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
 const MB2_MAGIC: u32 = 0xe852_50d6;
+/// Type of the "netoops" note that carries the 64-bit UEFI-stub entry.
+const UEFI64_ENTRY_NOTE: u32 = 1;
 
 /// Reads the headers of an x86_64 ELF64 executable.
 pub fn inspect(b: &[u8]) -> Result<ElfSummary, Error> {
@@ -62,6 +66,7 @@ pub fn inspect(b: &[u8]) -> Result<ElfSummary, Error> {
     let mut summary = ElfSummary {
         entry,
         pvh_entry: None,
+        uefi_entry: None,
         load_file_bytes: 0,
         load_mem_bytes: 0,
         segments_end: (phoff + phentsize * phnum) as u64,
@@ -86,9 +91,12 @@ pub fn inspect(b: &[u8]) -> Result<ElfSummary, Error> {
                 summary.load_mem_bytes += memsz;
             }
             PT_NOTE => {
-                summary.pvh_entry = summary
-                    .pvh_entry
-                    .or(find_pvh_note(&b[offset as usize..end as usize]))
+                let notes = &b[offset as usize..end as usize];
+                summary.pvh_entry = summary.pvh_entry.or(find_note(notes, b"Xen\0", 18));
+                summary.uefi_entry =
+                    summary
+                        .uefi_entry
+                        .or(find_note(notes, b"netoops\0", UEFI64_ENTRY_NOTE));
             }
             _ => {}
         }
@@ -109,8 +117,9 @@ pub fn inspect(b: &[u8]) -> Result<ElfSummary, Error> {
     Ok(summary)
 }
 
-/// The XEN_ELFNOTE_PHYS32_ENTRY (type 18, owner "Xen") descriptor in a note segment.
-fn find_pvh_note(notes: &[u8]) -> Option<u64> {
+/// The descriptor (an entry address) of the note of `owner` and `kind` in a note segment:
+/// XEN_ELFNOTE_PHYS32_ENTRY is owner "Xen" type 18, the UEFI entry owner "netoops" type 1.
+fn find_note(notes: &[u8], owner: &[u8], kind_wanted: u32) -> Option<u64> {
     let mut off = 0;
     while off + 12 <= notes.len() {
         let namesz = u32_at(notes, off).ok()? as usize;
@@ -118,7 +127,7 @@ fn find_pvh_note(notes: &[u8]) -> Option<u64> {
         let kind = u32_at(notes, off + 8).ok()?;
         let name_off = off + 12;
         let desc_off = name_off + namesz.next_multiple_of(4);
-        if kind == 18 && notes.get(name_off..name_off + namesz) == Some(b"Xen\0".as_slice()) {
+        if kind == kind_wanted && notes.get(name_off..name_off + namesz) == Some(owner) {
             return match descsz {
                 8 => u64_at(notes, desc_off).ok(),
                 4 => u32_at(notes, desc_off).ok().map(u64::from),
@@ -145,8 +154,8 @@ pub fn strip(b: &[u8]) -> Result<Vec<u8>, Error> {
 mod tests {
     use super::*;
 
-    /// A minimal ELF64 with one PT_LOAD, one PT_NOTE (Xen PVH) and trailing junk that
-    /// stands in for debug sections.
+    /// A minimal ELF64 with one PT_LOAD, one PT_NOTE (Xen PVH, then the netoops UEFI entry)
+    /// and trailing junk that stands in for debug sections.
     fn sample() -> Vec<u8> {
         let mut b = vec![0u8; 0x200];
         b[..4].copy_from_slice(b"\x7fELF");
@@ -165,17 +174,23 @@ mod tests {
         b[ph + 8..ph + 16].copy_from_slice(&0x100u64.to_le_bytes());
         b[ph + 32..ph + 40].copy_from_slice(&0x80u64.to_le_bytes());
         b[ph + 40..ph + 48].copy_from_slice(&0x1000u64.to_le_bytes());
-        // PT_NOTE at 0x180, 0x18 bytes.
+        // PT_NOTE at 0x180, 0x34 bytes.
         let ph = 64 + 56;
         b[ph..ph + 4].copy_from_slice(&4u32.to_le_bytes());
         b[ph + 8..ph + 16].copy_from_slice(&0x180u64.to_le_bytes());
-        b[ph + 32..ph + 40].copy_from_slice(&0x18u64.to_le_bytes());
+        b[ph + 32..ph + 40].copy_from_slice(&0x34u64.to_le_bytes());
         let note = 0x180;
         b[note..note + 4].copy_from_slice(&4u32.to_le_bytes());
         b[note + 4..note + 8].copy_from_slice(&8u32.to_le_bytes());
         b[note + 8..note + 12].copy_from_slice(&18u32.to_le_bytes());
         b[note + 12..note + 16].copy_from_slice(b"Xen\0");
         b[note + 16..note + 24].copy_from_slice(&0x100018u64.to_le_bytes());
+        let note = 0x198;
+        b[note..note + 4].copy_from_slice(&8u32.to_le_bytes());
+        b[note + 4..note + 8].copy_from_slice(&8u32.to_le_bytes());
+        b[note + 8..note + 12].copy_from_slice(&1u32.to_le_bytes());
+        b[note + 12..note + 20].copy_from_slice(b"netoops\0");
+        b[note + 20..note + 28].copy_from_slice(&0x100139u64.to_le_bytes());
         // multiboot2 header at 0x100.
         let mb = 0x100;
         let len = 24u32;
@@ -183,7 +198,7 @@ mod tests {
         b[mb + 8..mb + 12].copy_from_slice(&len.to_le_bytes());
         let sum = 0u32.wrapping_sub(MB2_MAGIC.wrapping_add(len));
         b[mb + 12..mb + 16].copy_from_slice(&sum.to_le_bytes());
-        b[0x1a0..].fill(0xdb);
+        b[0x1b4..].fill(0xdb);
         b
     }
 
@@ -192,9 +207,10 @@ mod tests {
         let s = inspect(&sample()).unwrap();
         assert_eq!(s.entry, 0x10002a);
         assert_eq!(s.pvh_entry, Some(0x100018));
+        assert_eq!(s.uefi_entry, Some(0x100139));
         assert_eq!(s.load_file_bytes, 0x80);
         assert_eq!(s.load_mem_bytes, 0x1000);
-        assert_eq!(s.segments_end, 0x198);
+        assert_eq!(s.segments_end, 0x1b4);
         assert_eq!(s.multiboot2_offset, Some(0x100));
     }
 
@@ -202,11 +218,12 @@ mod tests {
     fn strip_keeps_segments_and_drops_the_section_table() {
         let b = sample();
         let out = strip(&b).unwrap();
-        assert_eq!(out.len(), 0x198);
-        assert_eq!(&out[0x100..0x198], &b[0x100..0x198]);
+        assert_eq!(out.len(), 0x1b4);
+        assert_eq!(&out[0x100..0x1b4], &b[0x100..0x1b4]);
         assert_eq!(u64_at(&out, 40).unwrap(), 0);
         assert_eq!(u16_at(&out, 60).unwrap(), 0);
         assert_eq!(inspect(&out).unwrap().pvh_entry, Some(0x100018));
+        assert_eq!(inspect(&out).unwrap().uefi_entry, Some(0x100139));
     }
 
     #[test]

@@ -5,15 +5,19 @@
 //! `x86_64-unknown-none` and writes the loadable image (debug sections dropped) to
 //! `target/image/netoops-relay.elf`; [`qemu`] builds QEMU command lines ([`qemu::QemuCommand`])
 //! and runs a guest with a timeout while timestamping its console lines; [`iso`] wraps the
-//! image into a GRUB (multiboot2) ISO when grub-mkrescue and xorriso are installed.
+//! image into a GRUB (multiboot2) ISO when grub-mkrescue and xorriso are installed;
+//! [`uefi`] builds the UEFI stub (`BOOTX64.EFI`) around the same image and [`disk`] writes
+//! the flashable GPT disk with its EFI system partition (no external tools).
 //!
 //! Nothing here needs root or the network; the only processes started are cargo, rustup,
 //! grub-mkrescue and QEMU, each waited for or killed on timeout.
 
 pub mod build;
+pub mod disk;
 pub mod elf;
 pub mod iso;
 pub mod qemu;
+pub mod uefi;
 
 use std::path::PathBuf;
 

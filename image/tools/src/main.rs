@@ -1,9 +1,11 @@
-//! `netoops-image`: build the relay image, boot it under QEMU, wrap it in a GRUB ISO.
+//! `netoops-image`: build the relay image, boot it under QEMU, wrap it in a GRUB ISO or a
+//! flashable UEFI disk.
 //!
 //! A thin front end over the `netoops_image` library, which the end-to-end tests use too.
 
 use clap::{Parser, Subcommand};
-use netoops_image::{build, iso, qemu};
+use netoops_image::{build, disk, iso, qemu, uefi};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -50,12 +52,44 @@ enum Cmd {
         /// Boot the GRUB ISO (multiboot2) instead of -kernel (PVH).
         #[arg(long)]
         iso: bool,
+        /// Boot the UEFI disk under OVMF (q35); relay.conf is --conf, or --cmdline's text.
+        #[arg(long, conflicts_with = "iso")]
+        uefi: bool,
+        /// relay.conf for --uefi.
+        #[arg(long, requires = "uefi")]
+        conf: Option<PathBuf>,
         /// Install QEMU with apt-get when it is missing.
         #[arg(long)]
         install: bool,
         /// Extra QEMU arguments.
         #[arg(last = true)]
         extra: Vec<String>,
+    },
+    /// Build the UEFI stub (BOOTX64.EFI, the kernel inside) as target/image/netoops-relay.efi.
+    Uefi {
+        /// Debug (unoptimized) kernel and stub.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Build a disk image to flash with dd: GPT, one FAT32 EFI system partition holding
+    /// EFI/BOOT/BOOTX64.EFI and relay.conf.
+    Disk {
+        /// The configuration to put on the ESP (kernel command-line keys, one or more per
+        /// line, # comments); checked before anything is written.
+        #[arg(long)]
+        conf: PathBuf,
+        /// Output file.
+        #[arg(short, long, default_value = "target/image/netoops-relay.img")]
+        output: PathBuf,
+        /// Image size in MiB (40 and up; the ESP fills it).
+        #[arg(long, default_value_t = disk::DEFAULT_SIZE_MIB)]
+        size: u64,
+        /// Write relay.conf even if the checks fail (to test the appliance's own message).
+        #[arg(long)]
+        no_check: bool,
+        /// Debug (unoptimized) kernel and stub.
+        #[arg(long)]
+        debug: bool,
     },
     /// Build a GRUB rescue ISO that boots the image via multiboot2.
     Iso {
@@ -90,8 +124,77 @@ fn build_and_report(release: bool) -> Result<build::BuiltImage, netoops_image::E
     Ok(image)
 }
 
+fn build_efi_and_report(release: bool) -> Result<uefi::BuiltEfi, netoops_image::Error> {
+    let image = build_and_report(release)?;
+    let efi = uefi::build_efi(&image, release)?;
+    eprintln!(
+        "netoops-image: {} ({} KiB)",
+        efi.path.display(),
+        efi.size.div_ceil(1024)
+    );
+    Ok(efi)
+}
+
+/// Checks relay.conf the way the UEFI stub will at boot.
+fn check_conf(path: &Path, text: &[u8]) -> Result<(), netoops_image::Error> {
+    let checked = netoops_uefi::conf::to_cmdline(text)
+        .and_then(|_| netoops_uefi::conf::check(text))
+        .map_err(|e| {
+            netoops_image::Error::Io(std::io::Error::other(format!(
+                "{}: {e} (use --no-check to write it anyway)",
+                path.display()
+            )))
+        })?;
+    eprintln!(
+        "netoops-image: {}: {}",
+        path.display(),
+        netoops_uefi::conf::summary(&checked)
+    );
+    Ok(())
+}
+
+fn build_disk_and_report(
+    conf: &[u8],
+    size: u64,
+    output: &Path,
+    release: bool,
+) -> Result<(), netoops_image::Error> {
+    let efi = build_efi_and_report(release)?;
+    let layout = disk::build_disk(&std::fs::read(&efi.path)?, Some(conf), size, output)?;
+    eprintln!(
+        "netoops-image: {} ({} MiB, EFI system partition at {} MiB, {} MiB)",
+        output.display(),
+        layout.size >> 20,
+        layout.esp_offset >> 20,
+        layout.esp_size >> 20
+    );
+    Ok(())
+}
+
 fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
     match cli.command {
+        Cmd::Uefi { debug } => {
+            build_efi_and_report(!debug)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Disk {
+            conf,
+            output,
+            size,
+            no_check,
+            debug,
+        } => {
+            let text = std::fs::read(&conf)?;
+            if !no_check {
+                check_conf(&conf, &text)?;
+            }
+            build_disk_and_report(&text, size, &output, !debug)?;
+            eprintln!(
+                "netoops-image: flash it with: dd if={} of=/dev/sdX bs=4M conv=fsync",
+                output.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Build { release } => {
             build_and_report(release)?;
             Ok(ExitCode::SUCCESS)
@@ -115,19 +218,29 @@ fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
             memory,
             debug,
             iso: use_iso,
+            uefi: use_uefi,
+            conf,
             install,
             extra,
         } => {
             qemu::ensure_qemu(install)?;
-            let image = build_and_report(!debug)?;
             let mut cmd = qemu::QemuCommand::new(machine)
                 .memory_mib(memory)
                 .cmdline(cmdline.clone());
-            cmd = if use_iso {
+            cmd = if use_uefi {
+                let text = match &conf {
+                    Some(path) => std::fs::read(path)?,
+                    None => format!("{cmdline}\n").into_bytes(),
+                };
+                let path = netoops_image::image_dir().join("run-uefi.img");
+                build_disk_and_report(&text, disk::MIN_SIZE_MIB, &path, !debug)?;
+                cmd.uefi(&qemu::Ovmf::find()?).disk(&path)
+            } else if use_iso {
+                let image = build_and_report(!debug)?;
                 let path = netoops_image::image_dir().join("netoops-relay.iso");
                 cmd.iso(iso::build_iso(&image.path, &cmdline, &path)?)
             } else {
-                cmd.kernel(&image.path)
+                cmd.kernel(&build_and_report(!debug)?.path)
             };
             for o in machine_option {
                 cmd = cmd.machine_option(o);

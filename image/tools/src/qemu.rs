@@ -1,7 +1,7 @@
 //! QEMU command lines and guest runs.
 //!
-//! [`QemuCommand`] builds the argument list for booting the image: `-kernel` (PVH) or a GRUB
-//! ISO (multiboot2), always `-accel tcg` (the build machines' nested KVM mis-executes
+//! [`QemuCommand`] builds the argument list for booting the image: `-kernel` (PVH), a GRUB
+//! ISO (multiboot2) or the UEFI disk under OVMF ([`Ovmf`]), always `-accel tcg` (the build machines' nested KVM mis-executes
 //! 16/32-bit code), `-nographic -serial stdio -monitor none`, `-no-reboot` (a triple fault
 //! ends QEMU instead of looping), `-vga none -nic none` (headless; devices are explicit) and
 //! isa-debug-exit at 0xf4 so the kernel can end the run
@@ -72,6 +72,51 @@ enum BootMedium {
     Kernel(PathBuf),
     /// A bootable ISO (GRUB, multiboot2); the command line lives in its grub.cfg.
     Iso(PathBuf),
+    /// A raw disk image (the UEFI disk; relay.conf on its ESP is the configuration).
+    Disk(PathBuf),
+}
+
+/// The OVMF firmware (Debian's `ovmf` package): code and the variable-store template.
+///
+/// The variable store is attached with `snapshot=on`, so every guest starts from the
+/// pristine template and writes go to a temporary overlay QEMU deletes on exit: no copies
+/// to manage, no state carried from one boot to the next. OVMF works under TCG only here
+/// (it fails under the build machines' nested KVM), which is what [`QemuCommand`] uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ovmf {
+    /// Firmware code (read-only pflash).
+    pub code: PathBuf,
+    /// Variable store template.
+    pub vars: PathBuf,
+}
+
+impl Ovmf {
+    /// Candidate (code, vars) pairs, preferred first.
+    pub const CANDIDATES: [(&'static str, &'static str); 2] = [
+        (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        (
+            "/usr/share/OVMF/OVMF_CODE.fd",
+            "/usr/share/OVMF/OVMF_VARS.fd",
+        ),
+    ];
+
+    /// The installed OVMF, or how to install it.
+    pub fn find() -> Result<Ovmf, crate::Error> {
+        Self::CANDIDATES
+            .iter()
+            .map(|(code, vars)| Ovmf {
+                code: PathBuf::from(code),
+                vars: PathBuf::from(vars),
+            })
+            .find(|o| o.code.is_file() && o.vars.is_file())
+            .ok_or(crate::Error::Missing {
+                program: "OVMF (UEFI firmware for QEMU)",
+                install: "apt-get install -y ovmf",
+            })
+    }
 }
 
 /// A QEMU invocation under construction.
@@ -87,6 +132,7 @@ pub struct QemuCommand {
     netdevs: Vec<String>,
     extra: Vec<String>,
     debug_exit: bool,
+    firmware: Option<Ovmf>,
 }
 
 impl QemuCommand {
@@ -103,6 +149,7 @@ impl QemuCommand {
             netdevs: Vec::new(),
             extra: Vec::new(),
             debug_exit: true,
+            firmware: None,
         }
     }
 
@@ -118,7 +165,21 @@ impl QemuCommand {
         self
     }
 
-    /// Kernel command line (`-append`; ignored for ISO boots, whose grub.cfg carries it).
+    /// Boots a raw disk image (virtio-blk, first in the firmware's boot order); with
+    /// [`QemuCommand::uefi`] this is the UEFI disk.
+    pub fn disk(mut self, image: impl AsRef<Path>) -> Self {
+        self.medium = Some(BootMedium::Disk(image.as_ref().to_path_buf()));
+        self
+    }
+
+    /// Runs OVMF instead of SeaBIOS (q35 is the machine it is tested on).
+    pub fn uefi(mut self, ovmf: &Ovmf) -> Self {
+        self.firmware = Some(ovmf.clone());
+        self
+    }
+
+    /// Kernel command line (`-append`; ignored for ISO and disk boots, which carry their
+    /// own: grub.cfg, relay.conf).
     pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
         self.cmdline = cmdline.into();
         self
@@ -203,7 +264,29 @@ impl QemuCommand {
                 "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
             ]);
         }
+        if let Some(ovmf) = &self.firmware {
+            a.extend([
+                "-drive".into(),
+                format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    ovmf.code.display()
+                ),
+                "-drive".into(),
+                format!(
+                    "if=pflash,format=raw,unit=1,snapshot=on,file={}",
+                    ovmf.vars.display()
+                ),
+            ]);
+        }
         match &self.medium {
+            Some(BootMedium::Disk(path)) => {
+                a.extend([
+                    "-drive".into(),
+                    format!("if=none,format=raw,id=boot,file={}", path.display()),
+                    "-device".into(),
+                    "virtio-blk-pci,drive=boot,bootindex=1".into(),
+                ]);
+            }
             Some(BootMedium::Kernel(path)) => {
                 a.extend(["-kernel".into(), path.display().to_string()]);
                 if !self.cmdline.is_empty() {
@@ -451,6 +534,30 @@ mod tests {
         assert!(joined.contains("-cdrom /tmp/r.iso -boot d"));
         assert!(!joined.contains("isa-debug-exit"));
         assert!(!joined.contains("-append"));
+    }
+
+    #[test]
+    fn uefi_disk_boot_uses_pflash_and_a_snapshot_vars_store() {
+        let ovmf = Ovmf {
+            code: "/fw/CODE.fd".into(),
+            vars: "/fw/VARS.fd".into(),
+        };
+        let joined = QemuCommand::new(Machine::Q35)
+            .uefi(&ovmf)
+            .disk("/tmp/relay.img")
+            .cmdline("ignored")
+            .to_args()
+            .join(" ");
+        assert!(joined.contains(
+            "-drive if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd \
+             -drive if=pflash,format=raw,unit=1,snapshot=on,file=/fw/VARS.fd"
+        ));
+        assert!(joined.contains(
+            "-drive if=none,format=raw,id=boot,file=/tmp/relay.img \
+             -device virtio-blk-pci,drive=boot,bootindex=1"
+        ));
+        assert!(!joined.contains("-append"));
+        assert!(!joined.contains("-kernel"));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! encoding, size, every word a `key=value`) and joins the pairs with single spaces;
 //! [`check`] then runs every relay key through the core's parser and the appliance's
 //! validation, so a typo is reported on the screen before boot services end, with its line
-//! number, instead of only on the serial console after. Files written by Windows editors
+//! number, instead of only on the serial console after. (`netoops-image disk` runs the same
+//! checks before it writes an image.) Files written by Windows editors
 //! (a UTF-8 byte-order mark, CRLF line ends) are accepted; UTF-16 is refused with a hint.
 
 use alloc::string::{String, ToString};
@@ -21,9 +22,11 @@ pub const FILE_NAME: &str = "relay.conf";
 pub const FILE_MAX: usize = 64 * 1024;
 /// Longest command line the kernel keeps (`platform::bootinfo::CMDLINE_MAX`) less its NUL.
 pub const CMDLINE_MAX: usize = 2047;
-/// Keys the kernel platform itself reads (see `kmain`); the relay's parser does not know
-/// them. Keys containing a dot also belong to the platform.
-pub const PLATFORM_KEYS: &[&str] = &["selftest", "heap"];
+/// Keys the kernel platform itself reads (`kmain`, and the board's list in
+/// `image/kernel/src/net/settings.rs`); the relay's parser does not know them. Keys
+/// containing a dot also belong to the platform. The board checks the rest once it runs
+/// (e.g. that every collector is on-link or behind `gw=`) and reports on COM1.
+pub const PLATFORM_KEYS: &[&str] = &["selftest", "heap", "console"];
 
 /// Why `relay.conf` cannot be used. The `Display` form is the console message.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,22 +3,22 @@
 //! 1. Disable the boot watchdog (a stopped stub must stay on screen, not reset after five
 //!    minutes), program COM1, print the banner.
 //! 2. Read `\relay.conf` from the partition this image was loaded from, check its form and
-//!    its values ([`crate::conf`]); any problem is printed and the machine stops here, while
+//!    its values (`netoops_uefi::conf`); any problem is printed and the machine stops here, while
 //!    the firmware console (the screen) still works.
-//! 3. Check the embedded kernel ([`crate::kernel`]), claim its physical range (as
+//! 3. Check the embedded kernel (`netoops_uefi::kernel`), claim its physical range (as
 //!    LoaderCode, which firmware NX policies leave executable) and copy it there; claim the
 //!    handoff pages below 4 GiB; find the ACPI RSDP in the configuration table.
 //! 4. ExitBootServices, convert the final memory map and write the `hvm_start_info`
-//!    ([`crate::handoff`]), then jump to the kernel's 64-bit entry with its address in rdi.
+//!    (`netoops_uefi::handoff`), then jump to the kernel's 64-bit entry with its address in rdi.
 //!    From here on only COM1 exists; the kernel replaces page tables, GDT, IDT and stack.
 
 use crate::com1::{self, Com1};
-use crate::{conf, devpath, handoff, kernel};
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, Ordering};
+use netoops_uefi::{conf, devpath, handoff, kernel};
 use uefi::boot::{self, AllocateType, MemoryType};
 use uefi::mem::memory_map::MemoryMap as _;
 use uefi::proto::media::file::{File, FileAttribute, FileMode};
