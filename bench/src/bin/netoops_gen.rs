@@ -184,9 +184,12 @@ fn frame_config(args: &Args) -> FrameConfig {
 
 fn open_output(args: &Args, s: &Scenario) -> Result<Box<dyn Output>, String> {
     match &args.output {
-        OutputSpec::Udp => UdpOutput::new(args.target, s.source_port)
-            .map(|o| Box::new(o) as Box<dyn Output>)
-            .map_err(|e| format!("udp socket on port {}: {e}", s.source_port)),
+        OutputSpec::Udp => {
+            let bind = s.source_of(0).ok_or("no source address")?;
+            UdpOutput::new(args.target, bind)
+                .map(|o| Box::new(o) as Box<dyn Output>)
+                .map_err(|e| format!("udp socket on {bind}: {e}"))
+        }
         OutputSpec::Dgram(remote) => DgramOutput::new(*remote, args.bind, frame_config(args))
             .map(|o| Box::new(o) as Box<dyn Output>)
             .map_err(|e| format!("dgram socket to {remote}: {e}")),

@@ -202,7 +202,7 @@ mod tests {
             ..Scenario::default()
         };
         s.validate().unwrap();
-        let mut out = UdpOutput::new(target, 0).unwrap();
+        let mut out = UdpOutput::new(target, s.source_of(0).unwrap()).unwrap();
         let mut schedule = Schedule::new(s.clone());
         let mut calls = 0;
         let report = run(

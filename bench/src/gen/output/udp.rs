@@ -1,8 +1,10 @@
 //! UDP output: every datagram from its machine's own address, to one target.
 //!
-//! One socket bound to `0.0.0.0:<source port>` (with `SO_REUSEADDR`, so several generators can
-//! share the sender's fixed port 6666) sends every batch with one `sendmmsg` call; the source
-//! address of each datagram is the machine's, set per message. Source addresses must be local:
+//! One socket bound to the first machine's address and the fixed source port (6666 by default;
+//! `SO_REUSEADDR`, so several generators can share it) sends every batch with one `sendmmsg`
+//! call; the source address of each datagram is the machine's, set per message. Binding a
+//! 127.x.y.z address rather than `0.0.0.0` keeps the port free on every other address, so a
+//! receiver listening on port 6666 elsewhere is not disturbed. Source addresses must be local:
 //! any 127.x.y.z when the target is on loopback.
 
 use std::io;
@@ -19,13 +21,13 @@ pub struct UdpOutput {
 }
 
 impl UdpOutput {
-    /// A socket on `source_port` (0 = any) sending to `target`.
-    pub fn new(target: SocketAddrV4, source_port: u16) -> io::Result<Self> {
+    /// A socket bound to `bind` (a local address; port 0 = any) sending to `target`.
+    pub fn new(target: SocketAddrV4, bind: SocketAddrV4) -> io::Result<Self> {
         let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
         socket.set_reuse_address(true)?;
         // A deep send queue absorbs scheduling hiccups at high rates; the OS may cap it.
         let _ = socket.set_send_buffer_size(8 << 20);
-        socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, source_port)).into())?;
+        socket.bind(&SocketAddr::V4(bind).into())?;
         Ok(Self {
             socket: socket.into(),
             target,
