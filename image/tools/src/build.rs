@@ -1,6 +1,6 @@
 //! Building the kernel image.
 //!
-//! `cargo build -p netoops-kernel --target x86_64-unknown-none [--release]` from the
+//! `cargo build -p netoops-kernel --target x86_64-unknown-none [--profile kernel]` from the
 //! workspace root (so the root `.cargo/config.toml` supplies the static relocation model),
 //! then the loadable part of the ELF is written to `target/image/netoops-relay.elf`.
 
@@ -10,6 +10,8 @@ use std::process::Command;
 
 /// The kernel's target triple.
 pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
+/// The cargo profile of release images (`[profile.kernel]` in the root Cargo.toml).
+pub const KERNEL_PROFILE: &str = "kernel";
 /// The image file name.
 pub const IMAGE_NAME: &str = "netoops-relay.elf";
 
@@ -81,7 +83,8 @@ pub fn build_kernel(release: bool) -> Result<BuiltImage, Error> {
         KERNEL_TARGET,
     ]);
     if release {
-        cmd.arg("--release");
+        // The size-optimized release profile (root Cargo.toml).
+        cmd.args(["--profile", KERNEL_PROFILE]);
     }
     // A build started from inside `cargo test` inherits variables meant for the host build
     // of the test crate; the kernel's flags come from .cargo/config.toml only.
@@ -97,7 +100,7 @@ pub fn build_kernel(release: bool) -> Result<BuiltImage, Error> {
     }
     let kernel_elf = target_dir()
         .join(KERNEL_TARGET)
-        .join(if release { "release" } else { "debug" })
+        .join(if release { KERNEL_PROFILE } else { "debug" })
         .join("netoops-kernel");
     let bytes = std::fs::read(&kernel_elf)?;
     let image = elf::strip(&bytes)?;
