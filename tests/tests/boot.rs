@@ -206,6 +206,48 @@ fn multiboot2_through_a_grub_iso() {
     eprintln!("grub: banner {} ms after QEMU start", at.as_millis());
 }
 
+/// The BIOS-only boxes' path with the real board: GRUB passes the relay settings from
+/// grub.cfg and the relay comes up on a virtio-net NIC.
+#[test]
+fn grub_iso_runs_the_relay_with_the_settings_from_grub_cfg() {
+    use netoops_e2e::hosted::Process;
+    use netoops_image::iso;
+    if !iso::tools_available() {
+        if std::env::var_os("NETOOPS_ALLOW_NO_GRUB").is_some() {
+            eprintln!("GRUB tools missing; skipped because NETOOPS_ALLOW_NO_GRUB is set");
+            return;
+        }
+        panic!(
+            "GRUB tools missing: apt-get install -y {}",
+            iso::GRUB_PACKAGES
+        );
+    }
+    let path = netoops_image::image_dir().join("board-test.iso");
+    iso::build_iso(
+        &image().path,
+        "ip=10.0.2.15/24 gw=10.0.2.2 upstream=10.0.2.2:2005 name=grub-rack",
+        &path,
+    )
+    .expect("grub-mkrescue");
+    let cmd = QemuCommand::new(Machine::Pc)
+        .memory_mib(256)
+        .iso(&path)
+        .netdev("user,id=n0,restrict=on")
+        .device("virtio-net-pci,romfile=,netdev=n0");
+    let _slot = QEMU_SLOT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut guest = Process::spawn("qemu (grub relay)", cmd.command());
+    let banner = guest.wait_for_line(" booted via multiboot2 in ");
+    let config = guest.wait_for_line("config: ");
+    assert!(
+        config.contains("ip=10.0.2.15/24") && config.contains("name=grub-rack"),
+        "{config}"
+    );
+    guest.wait_for_line("ready: listening on udp/2004 at 10.0.2.15");
+    eprintln!("{banner}");
+}
+
 #[test]
 fn stack_overflow_hits_the_guard_page_and_is_reported_as_a_double_fault() {
     let out = boot(pvh(Machine::Pc, "selftest=stackoverflow"), BOOT_TIMEOUT);

@@ -21,10 +21,17 @@ pub fn tools_available() -> bool {
 }
 
 /// The grub.cfg for an image at `/boot/netoops-relay.elf` with `cmdline`.
+///
+/// Each word of the command line is its own single-quoted argument: GRUB joins the
+/// arguments with spaces but wraps any argument that contains a space in double quotes, so
+/// quoting the whole line would hand the kernel `"ip=... upstream=..."`, quotes included.
+/// Single quotes keep `$`, `;` and the like literal; the appliance's settings contain no
+/// quotes, and any are dropped.
 pub fn grub_cfg(cmdline: &str) -> String {
-    // GRUB treats `;`, `$` and quotes specially; the appliance's command line uses none,
-    // and single quotes keep it literal.
-    let quoted = cmdline.replace('\'', "");
+    let args: Vec<String> = cmdline
+        .split_whitespace()
+        .map(|word| format!("'{}'", word.replace('\'', "")))
+        .collect();
     format!(
         "set timeout=0\n\
          set default=0\n\
@@ -32,9 +39,10 @@ pub fn grub_cfg(cmdline: &str) -> String {
          terminal_input serial\n\
          terminal_output serial\n\
          menuentry \"netoops-relay\" {{\n\
-         \x20   multiboot2 /boot/netoops-relay.elf '{quoted}'\n\
+         \x20   multiboot2 /boot/netoops-relay.elf {}\n\
          \x20   boot\n\
-         }}\n"
+         }}\n",
+        args.join(" ")
     )
 }
 
@@ -78,8 +86,8 @@ mod tests {
 
     #[test]
     fn grub_cfg_boots_multiboot2_on_serial() {
-        let cfg = grub_cfg("selftest=exit heap=64M");
-        assert!(cfg.contains("multiboot2 /boot/netoops-relay.elf 'selftest=exit heap=64M'"));
+        let cfg = grub_cfg("selftest=exit  heap=64M");
+        assert!(cfg.contains("multiboot2 /boot/netoops-relay.elf 'selftest=exit' 'heap=64M'\n"));
         assert!(cfg.contains("terminal_output serial"));
         assert!(cfg.contains("set timeout=0"));
         assert!(!grub_cfg("a'b").contains("a'b"));
