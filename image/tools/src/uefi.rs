@@ -1,8 +1,8 @@
 //! Building the UEFI stub (`BOOTX64.EFI`) around a built kernel image.
 //!
-//! `cargo build -p netoops-uefi --target x86_64-unknown-uefi` with `NETOOPS_KERNEL_ELF`
-//! naming the kernel image (`target/image/netoops-relay.elf`), which the stub embeds; the
-//! result is copied to `target/image/netoops-relay.efi`.
+//! `cargo build -p netoops-uefi --target x86_64-unknown-uefi [--profile kernel]` with
+//! `NETOOPS_KERNEL_ELF` naming the kernel image (`target/image/netoops-relay.elf`), which
+//! the stub embeds; the result is copied to `target/image/netoops-relay.efi`.
 
 use crate::build::BuiltImage;
 use crate::{image_dir, target_dir, workspace_root, Error};
@@ -35,7 +35,8 @@ pub fn build_efi(kernel: &BuiltImage, release: bool) -> Result<BuiltEfi, Error> 
         .args(["build", "-p", "netoops-uefi", "--target", UEFI_TARGET])
         .env("NETOOPS_KERNEL_ELF", &kernel_path);
     if release {
-        cmd.arg("--release");
+        // The appliance's size-optimized profile, as for the kernel.
+        cmd.args(["--profile", crate::build::KERNEL_PROFILE]);
     }
     for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
         cmd.env_remove(var);
@@ -49,7 +50,11 @@ pub fn build_efi(kernel: &BuiltImage, release: bool) -> Result<BuiltEfi, Error> 
     }
     let built = target_dir()
         .join(UEFI_TARGET)
-        .join(if release { "release" } else { "debug" })
+        .join(if release {
+            crate::build::KERNEL_PROFILE
+        } else {
+            "debug"
+        })
         .join("netoops-uefi.efi");
     let bytes = std::fs::read(&built)?;
     if bytes.get(..2) != Some(b"MZ".as_slice()) {

@@ -275,10 +275,10 @@ mod tests {
 
     #[test]
     fn the_built_kernel_has_a_uefi_entry_when_present() {
-        // When the release kernel has been built in this tree, check the real thing.
+        // When the image has been built in this tree (`netoops-image build`), check it.
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../target/x86_64-unknown-none/release/netoops-kernel"
+            "/../../target/image/netoops-relay.elf"
         );
         let Ok(elf) = std::fs::read(path) else {
             return;
