@@ -113,10 +113,13 @@ pub fn build_kernel(release: bool) -> Result<BuiltImage, Error> {
     }
     std::fs::create_dir_all(image_dir())?;
     let path = image_dir().join(IMAGE_NAME);
-    // Write-then-rename so a QEMU reading the previous image never sees a partial file.
-    let tmp = path.with_extension(format!("elf.{}", std::process::id()));
-    std::fs::write(&tmp, &image)?;
-    std::fs::rename(&tmp, &path)?;
+    // Write-then-rename so a QEMU reading the previous image never sees a partial file. An
+    // unchanged image is left alone: the UEFI stub embeds it, and a new mtime rebuilds that.
+    if std::fs::read(&path).ok().as_deref() != Some(image.as_slice()) {
+        let tmp = path.with_extension(format!("elf.{}", std::process::id()));
+        std::fs::write(&tmp, &image)?;
+        std::fs::rename(&tmp, &path)?;
+    }
     Ok(BuiltImage {
         path,
         kernel_elf,

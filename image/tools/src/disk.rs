@@ -46,6 +46,74 @@ pub struct DiskLayout {
     pub esp_size: u64,
 }
 
+/// File times on the ESP: `SOURCE_DATE_EPOCH` when set (reproducible images), else now,
+/// in UTC. (fatfs without its chrono feature would write date 0, which is no valid date.)
+#[derive(Debug)]
+struct ImageClock;
+
+static IMAGE_CLOCK: ImageClock = ImageClock;
+
+impl ImageClock {
+    fn seconds() -> u64 {
+        std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            })
+    }
+}
+
+/// The proleptic Gregorian (year, month, day) of a day count since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u16, u16) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u16;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// A FAT timestamp for `seconds` since the Unix epoch, clamped to FAT's 1980..=2107.
+fn fat_date_time(seconds: u64) -> fatfs::DateTime {
+    let days = i64::try_from(seconds / 86_400).unwrap_or(i64::MAX / 2);
+    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = match year {
+        y if y < 1980 => (1980, 1, 1),
+        y if y > 2107 => (2107, 12, 31),
+        y => (y as u16, month, day),
+    };
+    let in_day = seconds % 86_400;
+    fatfs::DateTime {
+        date: fatfs::Date { year, month, day },
+        time: fatfs::Time {
+            hour: (in_day / 3600) as u16,
+            min: (in_day / 60 % 60) as u16,
+            sec: (in_day % 60) as u16,
+            millis: 0,
+        },
+    }
+}
+
+impl fatfs::TimeProvider for ImageClock {
+    fn get_current_date(&self) -> fatfs::Date {
+        fat_date_time(Self::seconds()).date
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        fat_date_time(Self::seconds())
+    }
+}
+
+fn fs_options() -> fatfs::FsOptions {
+    fatfs::FsOptions::new().time_provider(&IMAGE_CLOCK)
+}
+
 fn gpt_error(e: impl std::fmt::Display) -> Error {
     Error::Io(io::Error::other(format!("GPT: {e}")))
 }
@@ -134,7 +202,7 @@ fn write_image(
             .volume_label(*b"NETOOPS    "),
     )?;
     window.seek(SeekFrom::Start(0))?;
-    let fs = fatfs::FileSystem::new(window, fatfs::FsOptions::new())?;
+    let fs = fatfs::FileSystem::new(window, fs_options())?;
     {
         let root = fs.root_dir();
         root.create_dir("EFI")?;
@@ -263,10 +331,7 @@ fn find_esp(image: &Path) -> Result<(u64, u64), Error> {
 pub fn esp_read(image: &Path, path: &str) -> Result<Option<Vec<u8>>, Error> {
     let (offset, size) = find_esp(image)?;
     let mut file = File::open(image)?;
-    let fs = fatfs::FileSystem::new(
-        Window::new(&mut file, offset, size),
-        fatfs::FsOptions::new(),
-    )?;
+    let fs = fatfs::FileSystem::new(Window::new(&mut file, offset, size), fs_options())?;
     let mut bytes = Vec::new();
     let found = match fs.root_dir().open_file(path) {
         Ok(mut f) => {
@@ -284,10 +349,7 @@ pub fn esp_read(image: &Path, path: &str) -> Result<Option<Vec<u8>>, Error> {
 pub fn esp_write(image: &Path, path: &str, bytes: Option<&[u8]>) -> Result<(), Error> {
     let (offset, size) = find_esp(image)?;
     let mut file = OpenOptions::new().read(true).write(true).open(image)?;
-    let fs = fatfs::FileSystem::new(
-        Window::new(&mut file, offset, size),
-        fatfs::FsOptions::new(),
-    )?;
+    let fs = fatfs::FileSystem::new(Window::new(&mut file, offset, size), fs_options())?;
     {
         let root = fs.root_dir();
         match bytes {
@@ -475,6 +537,21 @@ mod tests {
         esp_write(out, CONF_PATH, None).unwrap();
         assert_eq!(esp_read(out, BOOT_PATH).unwrap().unwrap(), b"MZ-stub");
         assert_fsck_clean(out);
+    }
+
+    #[test]
+    fn file_times_are_valid_fat_dates() {
+        let t = fat_date_time(0);
+        assert_eq!((t.date.year, t.date.month, t.date.day), (1980, 1, 1));
+        // 2026-11-26 15:31:07 UTC.
+        let t = fat_date_time(1_795_707_067);
+        assert_eq!((t.date.year, t.date.month, t.date.day), (2026, 11, 26));
+        assert_eq!((t.time.hour, t.time.min, t.time.sec), (15, 31, 7));
+        // 2000-02-29 (a leap day) and the end of FAT's range.
+        let t = fat_date_time(951_782_400);
+        assert_eq!((t.date.year, t.date.month, t.date.day), (2000, 2, 29));
+        let t = fat_date_time(u64::MAX);
+        assert_eq!((t.date.year, t.date.month, t.date.day), (2107, 12, 31));
     }
 
     #[test]
