@@ -2,7 +2,7 @@
 //! ESP with `EFI/BOOT/BOOTX64.EFI` and `relay.conf`) booted by real OVMF under QEMU (TCG; OVMF
 //! fails under the build machines' nested KVM), q35 with 256 MiB.
 //!
-//! - a `selftest=exit` relay.conf: the stub hands over, the kernel reports `booted via UEFI`,
+//! - a `selftest=exit` relay.conf (on virtio-blk, and on a USB stick): the stub hands over, the kernel reports `booted via UEFI`,
 //!   finds ACPI and ECAM from the firmware's tables and maps the 64-bit BAR OVMF placed above
 //!   4 GiB, then exits with success;
 //! - a relay relay.conf written like a Windows user would (CRLF, comments): the board runs
@@ -120,6 +120,27 @@ fn uefi_disk_boots_the_kernel_which_finds_acpi_ecam_and_high_bars() {
         banner.at.as_millis(),
         out.elapsed.as_millis()
     );
+}
+
+/// The deployment path in the README: the same image `dd`'d to a USB stick, found by the
+/// firmware through its USB mass-storage driver (xHCI) rather than virtio.
+#[test]
+fn uefi_disk_boots_from_a_usb_stick() {
+    let disk = disk("usb", Some(b"selftest=exit\n"));
+    let cmd = QemuCommand::new(Machine::Q35)
+        .memory_mib(256)
+        .uefi(&built().ovmf)
+        .device("qemu-xhci")
+        .args([
+            "-drive".to_string(),
+            format!("if=none,format=raw,id=stick,file={}", disk.0.display()),
+            "-device".to_string(),
+            "usb-storage,drive=stick,bootindex=1".to_string(),
+        ]);
+    let out = boot(cmd);
+    line(&out, " booted via UEFI in ");
+    line(&out, "selftest: exit ok");
+    assert_eq!(out.outcome, Outcome::DebugExit(exit_code::SUCCESS));
 }
 
 #[test]
