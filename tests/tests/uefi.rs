@@ -2,9 +2,9 @@
 //! ESP with `EFI/BOOT/BOOTX64.EFI` and `relay.conf`) booted by real OVMF under QEMU (TCG; OVMF
 //! fails under the build machines' nested KVM), q35 with 256 MiB.
 //!
-//! - a `selftest=exit` relay.conf (on virtio-blk, and on a USB stick): the stub hands over, the kernel reports `booted via UEFI`,
-//!   finds ACPI and ECAM from the firmware's tables and maps the 64-bit BAR OVMF placed above
-//!   4 GiB, then exits with success;
+//! - a `selftest=exit` relay.conf (on virtio-blk, and on a USB stick): the stub hands over,
+//!   the kernel reports `booted via UEFI`, finds ACPI and ECAM from the firmware's tables and
+//!   maps the 64-bit BAR OVMF placed above 4 GiB, then exits with success;
 //! - a relay relay.conf written like a Windows user would (CRLF, comments): the board runs
 //!   with exactly those settings (`ready: listening ...`);
 //! - relay.conf missing, and relay.conf with a bad value: the stub prints what is wrong
