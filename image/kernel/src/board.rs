@@ -10,7 +10,8 @@
 //!
 //! Console lines, in order:
 //! - `config: key=value ...` (every key's effective value) and `nic N: ...` per NIC;
-//! - `ready: listening on udp/<port> at <ip>` when the loop starts;
+//! - `ready: listening on udp/<port> at <ip>` when the loop starts, then
+//!   `boot: ready <N> ms after reset (<M> ms in the board)`;
 //! - `first datagram accepted at <N> ms` (TSC time since reset) once;
 //! - the relay's events (`crash seen: ...`, `dump queued: ...`, `dump delivered: ...`);
 //! - every `stats=` interval: the relay's `counters: ...` line, a `fastpath: ...` line with
@@ -61,6 +62,7 @@ fn leak<T>(value: T) -> &'static mut T {
 
 /// Runs the appliance; never returns.
 pub fn run(_platform: &mut Platform, cmdline: &str) -> ! {
+    let board_start = platform::tsc();
     let settings = settings::parse(cmdline).unwrap_or_else(|e| stop_misconfigured(&e));
     let mut line = alloc::string::String::from("config:");
     for (key, value) in settings::effective(&settings) {
@@ -161,6 +163,12 @@ pub fn run(_platform: &mut Platform, cmdline: &str) -> ! {
     println!(
         "ready: listening on udp/{} at {}",
         settings.config.listen_port, settings.ingress.ip
+    );
+    let ready = platform::tsc();
+    println!(
+        "boot: ready {} ms after reset ({} ms in the board)",
+        clock::ticks_to_micros_calibrated(ready) / 1000,
+        clock::ticks_to_micros_calibrated(ready - board_start) / 1000
     );
     loop {
         runtime.turn();

@@ -7,11 +7,13 @@
 //! and runs a guest with a timeout while timestamping its console lines; [`iso`] wraps the
 //! image into a GRUB (multiboot2) ISO when grub-mkrescue and xorriso are installed;
 //! [`uefi`] builds the UEFI stub (`BOOTX64.EFI`) around the same image and [`disk`] writes
-//! the flashable GPT disk with its EFI system partition (no external tools).
+//! the flashable GPT disk with its EFI system partition (no external tools); [`appliance`]
+//! runs the image with user-mode networking next to a collector.
 //!
 //! Nothing here needs root or the network; the only processes started are cargo, rustup,
 //! grub-mkrescue and QEMU, each waited for or killed on timeout.
 
+pub mod appliance;
 pub mod build;
 pub mod disk;
 pub mod elf;

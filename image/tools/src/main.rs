@@ -4,7 +4,7 @@
 //! A thin front end over the `netoops_image` library, which the end-to-end tests use too.
 
 use clap::{Parser, Subcommand};
-use netoops_image::{build, disk, iso, qemu, uefi};
+use netoops_image::{appliance, build, disk, iso, qemu, uefi};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -64,6 +64,41 @@ enum Cmd {
         /// Extra QEMU arguments.
         #[arg(last = true)]
         extra: Vec<String>,
+    },
+    /// Run the relay as an appliance: the image under QEMU with user-mode networking (host
+    /// UDP --udp forwarded to the guest's netoops port) and a collector storing in --dir.
+    /// Ctrl-C stops both.
+    Appliance {
+        /// Machine type: q35, pc or microvm.
+        #[arg(long, default_value = "q35")]
+        machine: qemu::Machine,
+        /// Host UDP address where machines send netoops datagrams.
+        #[arg(long, default_value = "127.0.0.1:2004")]
+        udp: std::net::SocketAddrV4,
+        /// Collector address (started here unless --no-collector).
+        #[arg(long, default_value = "127.0.0.1:2005")]
+        collector: std::net::SocketAddr,
+        /// Collector storage directory.
+        #[arg(long, default_value = "netoops-dumps")]
+        dir: PathBuf,
+        /// Use a collector that is already running at --collector.
+        #[arg(long)]
+        no_collector: bool,
+        /// The netoops-collect binary [default: next to this program, else PATH].
+        #[arg(long)]
+        collector_bin: Option<PathBuf>,
+        /// More kernel command-line keys for the relay, e.g. "name=lab memory=32M stats=10s".
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 256)]
+        memory: u32,
+        /// Use KVM instead of TCG (opt-in: nested KVM is unreliable on some hosts).
+        #[arg(long)]
+        kvm: bool,
+        /// Debug (unoptimized) kernel.
+        #[arg(long)]
+        debug: bool,
     },
     /// Build the UEFI stub (BOOTX64.EFI, the kernel inside) as target/image/netoops-relay.efi.
     Uefi {
@@ -194,6 +229,32 @@ fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
                 output.display()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Appliance {
+            machine,
+            udp,
+            collector,
+            dir,
+            no_collector,
+            collector_bin,
+            cmdline,
+            memory,
+            kvm,
+            debug,
+        } => {
+            let code = appliance::run(&appliance::ApplianceOptions {
+                machine,
+                udp,
+                collector,
+                dir,
+                start_collector: !no_collector,
+                collector_bin,
+                extra_cmdline: cmdline,
+                memory_mib: memory,
+                kvm,
+                release: !debug,
+            })?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
         Cmd::Build { release } => {
             build_and_report(release)?;
