@@ -16,7 +16,8 @@
 //! - the relay's events (`crash seen: ...`, `dump queued: ...`, `dump delivered: ...`);
 //! - every `stats=` interval: the relay's `counters: ...` line, a `fastpath: ...` line with
 //!   drops and TSC cycles per datagram (ring to relay, over the interval and since boot),
-//!   and a `nic <role>: ...` line per NIC.
+//!   a `nic <role>: ...` line per NIC, and `memory: heap used U peak P total T bytes` (the
+//!   peak sampled every loop turn, for the benchmark's memory high-water mark).
 
 use crate::net::driver::{FastPath, NicReport, StackDriver};
 use crate::net::executor::{spawn, Runtime};
@@ -276,6 +277,8 @@ struct Monitor {
     /// Fast-path (cycles, samples) at the previous counter line.
     last_cycles: (u64, u64),
     first_reported: bool,
+    /// Highest heap use seen at a loop turn.
+    heap_peak: usize,
 }
 
 impl Monitor {
@@ -294,12 +297,14 @@ impl Monitor {
             next_stats_us: platform::now_micros() + interval_us,
             last_cycles: (0, 0),
             first_reported: false,
+            heap_peak: 0,
         }
     }
 
     fn tick(&mut self) {
         let now_us = platform::now_micros();
         let now = Instant::from_micros(now_us);
+        self.heap_peak = self.heap_peak.max(platform::memory::heap_usage().0);
         if let Ok(mut relay) = self.relay.try_borrow_mut() {
             if relay.poll_timeout().is_some_and(|t| t <= now) {
                 relay.handle_timeout(now);
@@ -356,6 +361,13 @@ impl Monitor {
             f.bad_udp_checksum,
             per(f.cycles.wrapping_sub(c0), f.cycles_samples - s0),
             per(f.cycles, f.cycles_samples),
+        );
+        let (used, free) = platform::memory::heap_usage();
+        self.heap_peak = self.heap_peak.max(used);
+        println!(
+            "memory: heap used {used} peak {} total {} bytes",
+            self.heap_peak,
+            used + free
         );
         let nics = [("ingress", Some(self.ingress)), ("upstream", self.upstream)];
         for (role, report) in nics {
