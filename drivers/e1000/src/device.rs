@@ -143,7 +143,7 @@ pub struct LinkStatus {
     pub full_duplex: bool,
 }
 
-/// Counters the device keeps (clear-on-read registers, accumulated here).
+/// Counters the device keeps (its statistics registers, accumulated here).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeviceCounters {
     /// MPC: frames the device dropped for lack of FIFO space or descriptors.
@@ -163,6 +163,23 @@ pub struct E1000Stats {
     pub tx: TxCounters,
     /// The device's own drop counters.
     pub device: DeviceCounters,
+}
+
+/// Where both rings stand (see [`E1000::ring_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingState {
+    /// Receive head (device).
+    pub rdh: u32,
+    /// Receive tail (last written by the driver).
+    pub rdt: u32,
+    /// Transmit head (device).
+    pub tdh: u32,
+    /// Transmit tail (last written by the driver).
+    pub tdt: u32,
+    /// Next receive descriptor the driver looks at.
+    pub rx_next: u16,
+    /// Its status dword (status, errors, special).
+    pub rx_next_status: u32,
 }
 
 /// Bounded waits, on a clock or counted in polls.
@@ -218,7 +235,7 @@ pub struct E1000<R: Registers = MmioRegion> {
     mac: MacAddress,
     mac_source: MacSource,
     waits: Waits,
-    device: Cell<DeviceCounters>,
+    device: Cell<StatCounters>,
 }
 
 impl E1000<MmioRegion> {
@@ -332,7 +349,7 @@ impl<R: Registers> E1000<R> {
             mac,
             mac_source,
             waits,
-            device: Cell::new(DeviceCounters::default()),
+            device: Cell::new(StatCounters::default()),
         })
     }
 
@@ -371,6 +388,20 @@ impl<R: Registers> E1000<R> {
         }
     }
 
+    /// Ring positions for diagnostics: the device's RDH/RDT/TDH/TDT and the receive
+    /// ring's next descriptor with its status dword.
+    pub fn ring_state(&self) -> RingState {
+        let (rx_next, rx_next_status) = self.rx.position();
+        RingState {
+            rdh: self.regs.read(regs::RDH),
+            rdt: self.regs.read(regs::RDT),
+            tdh: self.regs.read(regs::TDH),
+            tdt: self.regs.read(regs::TDT),
+            rx_next,
+            rx_next_status,
+        }
+    }
+
     /// Detailed counters; reads (and so clears) the device's count registers.
     pub fn driver_stats(&self) -> E1000Stats {
         E1000Stats {
@@ -381,14 +412,77 @@ impl<R: Registers> E1000<R> {
     }
 
     fn device_counters(&self) -> DeviceCounters {
-        let mut d = self.device.get();
-        d.missed += u64::from(self.regs.read(regs::MPC));
-        d.no_buffer += u64::from(self.regs.read(regs::RNBC));
-        d.oversize += u64::from(self.regs.read(regs::ROC));
-        self.device.set(d);
+        let mut c = self.device.get();
+        let [mpc, rnbc, roc] = &mut c.0;
+        let d = DeviceCounters {
+            missed: mpc.sample(&self.regs, regs::MPC),
+            no_buffer: rnbc.sample(&self.regs, regs::RNBC),
+            oversize: roc.sample(&self.regs, regs::ROC),
+        };
+        self.device.set(c);
         d
     }
 }
+
+/// How a statistics register counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum CountMode {
+    /// Not known until the register first reads non-zero.
+    #[default]
+    Unknown,
+    /// Each read returns the events since the previous read (the manuals' definition).
+    ClearOnRead,
+    /// The register keeps counting across reads (QEMU's 82540EM model).
+    Cumulative,
+}
+
+/// One of the device's statistics registers, accumulated into 64 bits.
+///
+/// The manuals define these registers as cleared by a read; QEMU's 82540EM model keeps
+/// counting instead and ignores writes. So the first time a register reads non-zero it is
+/// read again at once: a clearing register then shows only what happened in between (far
+/// less than the first value, normally nothing), a cumulative one at least the first value.
+/// The mode found sticks. Misjudging needs a clearing register to count as many events in
+/// the microsecond between the two reads as in the whole time before; the cost would be
+/// undercounting by the last value per read.
+#[derive(Clone, Copy, Debug, Default)]
+struct StatCounter {
+    mode: CountMode,
+    last_raw: u32,
+    total: u64,
+}
+
+impl StatCounter {
+    fn sample(&mut self, regs: &impl Registers, offset: u32) -> u64 {
+        let raw = regs.read(offset);
+        match self.mode {
+            CountMode::ClearOnRead => self.total += u64::from(raw),
+            CountMode::Cumulative => {
+                // Counters saturate rather than wrap; a smaller value means it was reset.
+                let delta = raw.checked_sub(self.last_raw).unwrap_or(raw);
+                self.total += u64::from(delta);
+                self.last_raw = raw;
+            }
+            CountMode::Unknown if raw != 0 => {
+                let again = regs.read(offset);
+                if again >= raw {
+                    self.mode = CountMode::Cumulative;
+                    self.last_raw = again;
+                    self.total += u64::from(again);
+                } else {
+                    self.mode = CountMode::ClearOnRead;
+                    self.total += u64::from(raw) + u64::from(again);
+                }
+            }
+            CountMode::Unknown => {}
+        }
+        self.total
+    }
+}
+
+/// MPC, RNBC and ROC.
+#[derive(Clone, Copy, Debug, Default)]
+struct StatCounters([StatCounter; 3]);
 
 /// Steps 1 and 2 of bring-up: quiesce and reset.
 fn reset(regs: &impl Registers, model: Model, waits: Waits) -> Result<(), Error> {
@@ -899,6 +993,27 @@ mod tests {
         let st = nic.stats();
         assert_eq!(st.rx_dropped, 1 + 1 + 1 + 4);
         assert_eq!(st.rx_frames, 1);
+        assert_eq!(
+            nic.driver_stats().device.missed,
+            4,
+            "reading again adds nothing"
+        );
+    }
+
+    #[test]
+    fn statistics_that_keep_counting_across_reads_are_not_added_twice() {
+        let mut nic = up(Model::I82540Em, 16, 4);
+        nic.registers().state.borrow_mut().stats_clear_on_read = false;
+        let missed = |nic: &mut E1000<DeviceModel>, n: u32| {
+            nic.registers().state.borrow_mut().missed += n;
+            nic.driver_stats().device.missed
+        };
+        assert_eq!(missed(&mut nic, 0), 0);
+        assert_eq!(missed(&mut nic, 38), 38);
+        assert_eq!(missed(&mut nic, 0), 38, "a cumulative register read again");
+        assert_eq!(missed(&mut nic, 0), 38);
+        assert_eq!(missed(&mut nic, 2), 40);
+        assert_eq!(nic.stats().rx_dropped, 40);
     }
 
     #[test]

@@ -35,7 +35,7 @@ mod model;
 
 pub use device::{
     Config, DeviceCounters, E1000RxToken, E1000Stats, E1000TxToken, Error, LinkStatus, MacSource,
-    E1000,
+    RingState, E1000,
 };
 pub use regs::Registers;
 pub use ring::{RxCounters, TxCounters, BUFFER_LEN};

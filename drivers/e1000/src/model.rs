@@ -103,10 +103,12 @@ pub(crate) struct State {
     /// Never finish an EEPROM read.
     pub eerd_broken: bool,
     pub link_up: bool,
-    /// Count registers (clear on read): MPC, RNBC, ROC.
+    /// Count registers: MPC, RNBC, ROC.
     pub missed: u32,
     pub no_buffer: u32,
     pub oversize: u32,
+    /// Whether reading a count register clears it (the manuals) or not (QEMU's e1000).
+    pub stats_clear_on_read: bool,
     pub resets: u32,
     /// CTRL value written with RST, to check what was disabled before the reset.
     pub ctrl_at_reset: u32,
@@ -143,6 +145,7 @@ impl DeviceModel {
                 missed: 0,
                 no_buffer: 0,
                 oversize: 0,
+                stats_clear_on_read: true,
                 resets: 0,
                 ctrl_at_reset: 0,
                 gio_busy_reads: 0,
@@ -322,9 +325,19 @@ impl Registers for DeviceModel {
                 out
             }
             regs::ICR => s.regs.remove(&regs::ICR).unwrap_or(0),
-            regs::MPC => core::mem::take(&mut s.missed),
-            regs::RNBC => core::mem::take(&mut s.no_buffer),
-            regs::ROC => core::mem::take(&mut s.oversize),
+            regs::MPC | regs::RNBC | regs::ROC => {
+                let clear = s.stats_clear_on_read;
+                let counter = match offset {
+                    regs::MPC => &mut s.missed,
+                    regs::RNBC => &mut s.no_buffer,
+                    _ => &mut s.oversize,
+                };
+                if clear {
+                    core::mem::take(counter)
+                } else {
+                    *counter
+                }
+            }
             _ => s.regs.get(&offset).copied().unwrap_or(0),
         }
     }

@@ -152,6 +152,12 @@ impl RxRing {
         self.counters
     }
 
+    /// The next descriptor the driver looks at and its status dword (diagnostics).
+    pub fn position(&self) -> (u16, u32) {
+        let off = usize::from(self.next) * rx_desc::LEN;
+        (self.next, self.descs.read_u32(off + rx_desc::STATUS_WORD))
+    }
+
     /// Takes the next good frame the device completed: `(descriptor, length)`. Bad frames
     /// on the way are counted and recycled. The descriptor stays the driver's until
     /// [`Self::recycle`].
