@@ -20,6 +20,7 @@ mod board;
 mod net;
 #[cfg(all(target_os = "none", not(test)))]
 mod selftest;
+mod selftest_e1000;
 mod selftest_net;
 #[cfg(all(target_os = "none", not(test)))]
 mod virtio_hal;
@@ -41,6 +42,9 @@ extern "C" fn kmain(protocol: u32, info: u32) -> ! {
     let entry_tsc = platform::tsc();
     let mut platform = platform::init(protocol, info, entry_tsc);
     let cmdline = platform.cmdline();
+    if platform::bootinfo::cmdline_param(cmdline, "selftest") == Some("e1000-echo") {
+        selftest_e1000::run(cmdline)
+    }
     if platform::bootinfo::cmdline_param(cmdline, "selftest") == Some("virtio-echo") {
         selftest_net::run(cmdline)
     }
