@@ -20,6 +20,11 @@
 //!   [`netoops_virtio_net::DmaRegion`]).
 //! - [`device`]: reset and bring-up, MAC address, link state, counters and the tokens.
 //!
+//! On the data path the driver touches device registers only for the batched tail writes.
+//! [`netoops_nic::Device::stats`], [`E1000::driver_stats`], [`E1000::link_status`] and
+//! [`E1000::ring_state`] read registers (a few uncached reads each): call them once per
+//! report, not once per frame.
+//!
 //! Both parts are driven the same way. The differences that matter here: the EEPROM read
 //! register's field positions, the 82574's bus-master quiesce before reset, its receive
 //! filter control (cleared to keep legacy descriptors), and TIPG (programmed on the
