@@ -142,7 +142,7 @@ impl RxRing {
     }
 
     /// The tail value that gives the device every descriptor the driver is done with: all
-    /// but the one before [`Self::next`], which marks the end.
+    /// but the one before the next descriptor to look at, which marks the end.
     pub fn tail(&self) -> u16 {
         (self.next + self.len - 1) % self.len
     }
@@ -203,7 +203,7 @@ impl RxRing {
         }
     }
 
-    /// Returns the descriptor at [`Self::next`] to the driver's pool of free ones: clears its
+    /// Returns the next descriptor (the one just looked at) to the driver's pool of free ones: clears its
     /// status and moves on; publishes when a batch is complete.
     pub fn recycle(&mut self, regs: &impl Registers) {
         let off = usize::from(self.next) * rx_desc::LEN;
