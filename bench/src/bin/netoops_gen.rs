@@ -16,7 +16,7 @@ use netoops_bench::gen::output::qemu::{DgramOutput, StreamOutput};
 use netoops_bench::gen::output::udp::UdpOutput;
 use netoops_bench::gen::{
     run, write_expectations, ExpectSummary, LossModel, Output, OutputSpec, Progress, RunOptions,
-    RunReport, Scenario, Schedule, SizeRange, Timing,
+    RunReport, Scenario, Schedule, SendLog, SizeRange, Timed, Timing,
 };
 use netoops_wire::Variant;
 use serde_json::json;
@@ -89,6 +89,11 @@ struct Args {
     /// Write DIR/<ip>/expected.json and expected.log per machine, and DIR/summary.json.
     #[arg(long, value_name = "DIR")]
     expect: Option<PathBuf>,
+    /// Write when each machine's first, completing (last new packet number) and last
+    /// datagram left, as CSV: machine,ip,first_ns,complete_ns,last_ns,datagrams (ns since the
+    /// Unix epoch).
+    #[arg(long, value_name = "FILE")]
+    send_log: Option<PathBuf>,
     /// Compute (and with --expect, write) everything but send nothing.
     #[arg(long)]
     dry_run: bool,
@@ -352,11 +357,24 @@ fn main() -> ExitCode {
         batch: args.batch,
     };
     let show = args.progress;
-    let result = run(&mut schedule, output.as_mut(), options, &mut |p| {
-        if show {
-            print_progress(p);
+    let mut send_log = SendLog::new(s.machines);
+    let result = {
+        let mut timed = Timed::new(output.as_mut(), &mut send_log);
+        run(&mut schedule, &mut timed, options, &mut |p| {
+            if show {
+                print_progress(p);
+            }
+        })
+    };
+    if let Some(path) = &args.send_log {
+        if let Err(e) = send_log.write_csv(&s, path) {
+            eprintln!(
+                "netoops-gen: writing the send log to {}: {e}",
+                path.display()
+            );
+            return ExitCode::from(1);
         }
-    });
+    }
     if show {
         eprintln!();
     }

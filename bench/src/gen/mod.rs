@@ -11,7 +11,9 @@
 //! - [`run`] paces the schedule (token bucket) into an [`Output`]: real UDP datagrams from
 //!   127.x.y.z sources, or raw Ethernet frames for QEMU's dgram/stream netdevs;
 //! - [`Expectation`] is what a correct receiver must report for each machine, computed with
-//!   [`netoops_wire::model::expected`] from the packets the plan actually sends.
+//!   [`netoops_wire::model::expected`] from the packets the plan actually sends;
+//! - [`SendLog`] (through the [`Timed`] output wrapper) records when each machine's first,
+//!   completing and last datagrams left, for latency measurements.
 //!
 //! Same scenario, same bytes: nothing depends on timing, so expectations can be written before,
 //! after or without sending.
@@ -24,6 +26,7 @@ pub mod rng;
 pub mod run;
 pub mod scenario;
 pub mod schedule;
+pub mod sendlog;
 
 pub use channel::{LossModel, MachinePlan, PlannedSend};
 pub use expect::{write_expectations, ExpectSummary, Expectation};
@@ -31,3 +34,4 @@ pub use output::{Batch, Output, OutputSpec};
 pub use run::{run, Progress, RunOptions, RunReport};
 pub use scenario::{Machine, Scenario, ScenarioError, SizeRange, Timing};
 pub use schedule::{Schedule, ScheduleStats, Scheduled};
+pub use sendlog::{SendLog, Timed};
