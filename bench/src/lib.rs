@@ -1,10 +1,15 @@
-//! Benchmark tooling for the netoops relay: the packet generator and what benches share.
+//! Benchmark tooling for the netoops relay: the packet generator and the benchmark harness.
 //!
 //! - [`gen`]: the `netoops-gen` library. Scenarios of crashing machines become a deterministic
 //!   schedule of netoops datagrams, sent over UDP or as raw Ethernet frames into QEMU, with the
-//!   exact text every dump must reassemble to.
+//!   exact text every dump must reassemble to and the time each machine's datagrams left.
+//! - [`harness`]: the `netoops-bench` suite. It starts the real targets (a counting baseline
+//!   receiver, the hosted relay, the appliance image in QEMU with each NIC) and the real
+//!   collector, searches each target's lossless rate, measures end-to-end latency, memory and
+//!   cycles per datagram, runs the crash storm, and writes JSON, Markdown and SVG results.
 //!
-//! This crate is host-only (std). Its only unsafe code is the `sendmmsg` call and a `prctl`
-//! for timer slack, each with its `SAFETY` note.
+//! This crate is host-only (std). Its only unsafe code is the `sendmmsg` call, a `prctl` for
+//! timer slack and a `kill` of a child process, each with its `SAFETY` note.
 
 pub mod gen;
+pub mod harness;

@@ -1,0 +1,276 @@
+//! `netoops-bench`: the benchmark suite in one command.
+//!
+//! - `suite` builds what it needs (relay, collector, the appliance image), runs the baseline
+//!   receiver, the hosted relay and the image with virtio-net and e1000e, searches each one's
+//!   lossless rate, measures latencies, memory and cycles per datagram, runs the crash storm,
+//!   and writes `results.json`, `results.md`, `throughput.svg` and `latency.svg`.
+//!   `--smoke` is the same suite, small (the test command runs it).
+//! - `baseline` is the counting receiver the suite runs as its baseline.
+//! - `render` rewrites the Markdown and plots from a `results.json`.
+//!
+//! Exit status: 0 on success, 1 when the run failed, 2 on bad arguments.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use netoops_bench::gen::SizeRange;
+use netoops_bench::harness::target::{Kind, Programs};
+use netoops_bench::harness::{baseline, report::Results, run_suite, write_outputs, SuiteConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "netoops-bench",
+    version,
+    about = "Benchmark the netoops relay: lossless rate, latency, memory, crash storm"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the benchmark suite.
+    Suite {
+        /// The short version (well under two minutes), as the test command runs it.
+        #[arg(long)]
+        smoke: bool,
+        /// Where results.json, results.md and the SVG plots go [default: bench/results, or
+        /// target/bench-smoke with --smoke].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Targets to run, in order [default: all: baseline, hosted-relay,
+        /// image-virtio-net, image-e1000e].
+        #[arg(long, value_delimiter = ',')]
+        targets: Vec<String>,
+        /// Machines per search trial.
+        #[arg(long)]
+        machines: Option<u32>,
+        /// Log size per machine in a search trial (e.g. 64K).
+        #[arg(long)]
+        log_size: Option<SizeRange>,
+        /// Trials per target, at most.
+        #[arg(long)]
+        trials: Option<usize>,
+        /// Machines in the crash storm (0: no storm).
+        #[arg(long)]
+        storm_machines: Option<u32>,
+        /// Log size per storm machine.
+        #[arg(long)]
+        storm_log_size: Option<SizeRange>,
+        /// The storm's crash window in milliseconds.
+        #[arg(long)]
+        storm_ms: Option<u64>,
+        /// Keep the scratch directory (collector storage, console transcripts).
+        #[arg(long)]
+        keep_work: bool,
+        /// Install QEMU with apt-get when it is missing.
+        #[arg(long)]
+        install: bool,
+    },
+    /// The baseline receiver: counts datagrams until SIGINT/SIGTERM.
+    Baseline {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:2004")]
+        listen: std::net::SocketAddr,
+        /// Receive buffer to ask for (the hosted relay's default).
+        #[arg(long, default_value_t = 8 << 20)]
+        recv_buffer: usize,
+    },
+    /// Rewrite results.md and the plots from a results.json.
+    Render {
+        /// The results.json.
+        results: PathBuf,
+        /// Output directory [default: the JSON's directory].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Cmd::Baseline {
+            listen,
+            recv_buffer,
+        } => {
+            let stop = match baseline::stop_on_signals() {
+                Ok(s) => s,
+                Err(e) => return fail(format_args!("signal handlers: {e}")),
+            };
+            let mut out = std::io::stdout();
+            match baseline::run(listen, recv_buffer, &stop, &mut out) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => fail(format_args!("baseline on {listen}: {e}")),
+            }
+        }
+        Cmd::Render { results, out } => {
+            let out =
+                out.unwrap_or_else(|| results.parent().map(Path::to_path_buf).unwrap_or_default());
+            let parsed = std::fs::read(&results)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Results>(&b).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(r) => match write_outputs(&r, &out) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(format_args!("writing to {}: {e}", out.display())),
+                },
+                Err(e) => fail(format_args!("reading {}: {e}", results.display())),
+            }
+        }
+        Cmd::Suite {
+            smoke,
+            out,
+            targets,
+            machines,
+            log_size,
+            trials,
+            storm_machines,
+            storm_log_size,
+            storm_ms,
+            keep_work,
+            install,
+        } => {
+            let root = workspace_root();
+            let work = netoops_image::target_dir()
+                .join("bench-work")
+                .join(format!("run-{}", std::process::id()));
+            let out = out.unwrap_or_else(|| {
+                if smoke {
+                    netoops_image::target_dir().join("bench-smoke")
+                } else {
+                    root.join("bench/results")
+                }
+            });
+            let mut cfg = if smoke {
+                SuiteConfig::smoke(out.clone(), work.clone())
+            } else {
+                SuiteConfig::full(out.clone(), work.clone())
+            };
+            if !targets.is_empty() {
+                let mut kinds = Vec::new();
+                for t in &targets {
+                    match Kind::parse(t) {
+                        Some(k) => kinds.push(k),
+                        None => {
+                            eprintln!("netoops-bench: unknown target {t:?}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                cfg.targets = kinds;
+            }
+            if let Some(m) = machines {
+                cfg.target.machines = m.max(1);
+            }
+            if let Some(l) = log_size {
+                cfg.target.log_size = l;
+            }
+            if let Some(t) = trials {
+                cfg.trials = t.max(1);
+            }
+            if let Some(storm) = cfg.storm.as_mut() {
+                if let Some(m) = storm_machines {
+                    storm.machines = m;
+                }
+                if let Some(l) = storm_log_size {
+                    storm.log_size = l;
+                }
+                if let Some(ms) = storm_ms {
+                    storm.window = Duration::from_millis(ms);
+                }
+            }
+            if cfg.storm.as_ref().is_some_and(|s| s.machines == 0) {
+                cfg.storm = None;
+            }
+            cfg.keep_work = keep_work;
+            cfg.command = std::iter::once("netoops-bench".to_string())
+                .chain(std::env::args().skip(1))
+                .collect::<Vec<_>>()
+                .join(" ");
+            suite(&cfg, install)
+        }
+    }
+}
+
+fn fail(why: std::fmt::Arguments<'_>) -> ExitCode {
+    eprintln!("netoops-bench: {why}");
+    ExitCode::from(1)
+}
+
+/// The workspace root (this crate sits one level below it).
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// Builds the relay and the collector in this binary's own profile, and the image.
+fn programs(work: &Path, install: bool) -> Result<Programs, String> {
+    netoops_image::qemu::ensure_qemu(install).map_err(|e| e.to_string())?;
+    let release = !cfg!(debug_assertions);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.current_dir(workspace_root()).args([
+        "build",
+        "--bins",
+        "-p",
+        "netoops-relay",
+        "-p",
+        "netoops-collect",
+    ]);
+    if release {
+        build.arg("--release");
+    }
+    // Started from `cargo test`, the environment may carry flags meant for that build.
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
+        build.env_remove(var);
+    }
+    let status = build.status().map_err(|e| format!("running cargo: {e}"))?;
+    if !status.success() {
+        return Err("cargo build of the relay and collector failed".into());
+    }
+    let bin_dir = netoops_image::target_dir().join(if release { "release" } else { "debug" });
+    let image = netoops_image::build::build_kernel(true).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(work).map_err(|e| e.to_string())?;
+    // A private copy: other builds may replace the shared image while the suite runs.
+    let private = work.join("netoops-relay.elf");
+    std::fs::copy(&image.path, &private).map_err(|e| format!("copying the image: {e}"))?;
+    Ok(Programs {
+        relay: bin_dir.join("netoops-relay"),
+        collector: bin_dir.join("netoops-collect"),
+        bench: std::env::current_exe().map_err(|e| e.to_string())?,
+        image: private,
+    })
+}
+
+fn suite(cfg: &SuiteConfig, install: bool) -> ExitCode {
+    let programs = match programs(&cfg.work, install) {
+        Ok(p) => p,
+        Err(e) => return fail(format_args!("{e}")),
+    };
+    let mut say = |line: &str| eprintln!("netoops-bench: {line}");
+    let results = run_suite(cfg, &programs, &mut say);
+    if !cfg.keep_work {
+        let _ = std::fs::remove_dir_all(&cfg.work);
+    } else {
+        say(&format!("scratch files kept in {}", cfg.work.display()));
+    }
+    let results = match results {
+        Ok(r) => r,
+        Err(e) => return fail(format_args!("{e}")),
+    };
+    if let Err(e) = write_outputs(&results, &cfg.out) {
+        return fail(format_args!(
+            "writing results to {}: {e}",
+            cfg.out.display()
+        ));
+    }
+    print!("{}", results.markdown());
+    say(&format!(
+        "results in {} ({:.0} s)",
+        cfg.out.display(),
+        results.duration_s
+    ));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,453 @@
+//! The results of a suite run: every figure in one serializable structure, written as
+//! `results.json`, and the Markdown table (`results.md`) made from it.
+//!
+//! Rates are datagrams per second as the generator achieved them (not as requested), Gbit/s
+//! counts netoops datagram bytes (UDP payload), latencies are milliseconds.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::stats::Summary;
+
+/// Version of this structure.
+pub const SCHEMA: u32 = 1;
+
+/// Everything a run measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Results {
+    pub schema: u32,
+    /// "full" or "smoke".
+    pub mode: String,
+    /// The command that produced this file.
+    pub command: String,
+    /// Start, UTC, RFC 3339.
+    pub started: String,
+    /// Wall time of the whole run.
+    pub duration_s: f64,
+    pub host: Host,
+    pub settings: Settings,
+    /// What the generator sent unthrottled into the baseline receiver.
+    pub generator_max_pps: f64,
+    pub targets: Vec<TargetResult>,
+    pub storm: Option<StormResult>,
+    /// Targets not run, with why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// The machine the run happened on.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Host {
+    pub hostname: String,
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub os: String,
+    pub kernel: String,
+    pub qemu: String,
+    pub rustc: String,
+    pub git_commit: String,
+    /// 1-minute load average when the run started (other work on the machine).
+    pub load_at_start: f64,
+    /// How the guests were run ("tcg").
+    pub accel: String,
+}
+
+/// The parameters of the run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Settings {
+    /// Machines per search trial.
+    pub trial_machines: u32,
+    /// Log size per machine in a search trial.
+    pub trial_log_bytes: usize,
+    /// Trials per target, at most.
+    pub trials: usize,
+    /// Guest RAM of the image targets, MiB.
+    pub vm_memory_mib: u32,
+    /// The image targets' command line (the ingress/upstream parts vary).
+    pub image_cmdline: String,
+    /// The hosted relay's flags.
+    pub relay_flags: String,
+    /// What "lossless" means for each kind of target.
+    pub lossless_rule: String,
+    /// The latency run: machines crashing one at a time, evenly over the window.
+    pub latency_machines: u32,
+    pub latency_window_ms: u64,
+}
+
+/// A target not run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Skipped {
+    pub target: String,
+    pub reason: String,
+}
+
+/// Counts of dumps at the collector after one trial.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpCounts {
+    pub expected: u32,
+    pub complete: u32,
+    pub partial: u32,
+    pub missing: u32,
+    /// Complete dumps whose stored text differs from what was sent.
+    pub wrong_text: u32,
+}
+
+impl DumpCounts {
+    /// Every expected dump arrived complete with the right text.
+    pub fn lossless(&self) -> bool {
+        self.complete == self.expected && self.wrong_text == 0
+    }
+}
+
+/// One trial at one offered rate.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Trial {
+    /// Requested rate (0 = as fast as possible).
+    pub offered_pps: u64,
+    /// What the generator achieved.
+    pub achieved_pps: f64,
+    pub achieved_gbps: f64,
+    /// Achieved within 2% of the requested rate (always true when unthrottled).
+    pub rate_held: bool,
+    pub datagrams_sent: u64,
+    pub elapsed_s: f64,
+    /// Datagrams the target counted (relay or fast-path counter, or the baseline's count).
+    pub received_datagrams: Option<u64>,
+    /// Received datagrams over the sending time.
+    pub received_pps: Option<f64>,
+    /// Dumps at the collector (relay targets).
+    pub dumps: Option<DumpCounts>,
+    pub lossless: bool,
+}
+
+/// End-to-end latencies of one run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Latency {
+    /// The run's achieved rate (averaged over the run, pauses included).
+    pub rate_pps: f64,
+    /// Each machine's datagrams were sent at no more than this rate (0: no limit).
+    pub offered_pps: u64,
+    /// From the dump's completing datagram leaving the generator to its `.json` being
+    /// durable at the collector.
+    pub durable: Summary,
+    /// From the dump's first datagram leaving the generator to its `crashes.jsonl` line.
+    pub crash_line: Summary,
+    /// CDF points (ms, share) of `durable`.
+    pub durable_cdf: Vec<(f64, f64)>,
+    /// CDF points (ms, share) of `crash_line`.
+    pub crash_line_cdf: Vec<(f64, f64)>,
+}
+
+/// One target's results.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TargetResult {
+    /// "baseline", "hosted-relay", "image-virtio-net", "image-e1000e".
+    pub name: String,
+    pub description: String,
+    /// Highest rate with nothing lost (achieved rate of that trial).
+    pub lossless_pps: Option<f64>,
+    pub lossless_gbps: Option<f64>,
+    /// `lossless_pps` over the baseline's.
+    pub ratio_to_baseline: Option<f64>,
+    /// The generator could not offer more: the true limit is at least this.
+    pub limited_by_generator: bool,
+    pub trials: Vec<Trial>,
+    /// Crashes one at a time (the latency run, relay targets).
+    pub latency: Option<Latency>,
+    /// At the highest lossless trial: dumps back to back at that rate, queueing included.
+    pub latency_at_lossless_rate: Option<Latency>,
+    /// Memory high-water mark in bytes, and what it measures.
+    pub memory_high_water_bytes: Option<u64>,
+    pub memory_measure: String,
+    /// TSC cycles per datagram in the guest's fast path, ring to relay (image targets).
+    pub cycles_per_datagram: Option<u64>,
+    /// From QEMU start to the guest's `ready:` line (image targets).
+    pub boot_to_ready_ms: Option<f64>,
+    pub notes: Vec<String>,
+}
+
+/// The crash storm.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StormResult {
+    pub target: String,
+    pub machines: u32,
+    pub log_bytes: usize,
+    /// All machines crash within this window.
+    pub window_ms: u64,
+    pub vm_memory_mib: u32,
+    /// The relay's reassembly budget (`memory=`) and spool (`spool=`), bytes.
+    pub reassembly_budget_bytes: u64,
+    pub spool_bytes: u64,
+    /// How frames reached the guest.
+    pub transport: String,
+    pub datagrams_sent: u64,
+    /// From the first datagram to the last one leaving the generator.
+    pub send_s: f64,
+    pub achieved_pps: f64,
+    /// Until the last dump was stored (or the wait gave up).
+    pub elapsed_s: f64,
+    pub dumps_complete: u32,
+    pub dumps_partial: u32,
+    pub dumps_missing: u32,
+    /// Stored dumps that lack packet 0, the newest 1024 bytes of the log.
+    pub newest_chunk_lost: u32,
+    /// A few of them, `ip/key`.
+    pub newest_chunk_lost_examples: Vec<String>,
+    /// Guest heap in use at its highest (sampled every loop turn) and the heap's size.
+    pub heap_peak_bytes: Option<u64>,
+    pub heap_total_bytes: Option<u64>,
+    /// Reassembly chunks in use at their highest (sampled per counter line) and the pool.
+    pub chunks_peak: Option<u64>,
+    pub chunks_capacity: Option<u64>,
+    pub within_budget: Option<bool>,
+    /// The relay's last counter line.
+    pub final_counters: String,
+    pub crash_line_latency: Option<Summary>,
+}
+
+fn rate(pps: Option<f64>) -> String {
+    pps.map_or_else(|| "none".into(), |r| format!("{:.0}", r))
+}
+
+fn ms(s: &Summary) -> String {
+    format!("{:.1} / {:.1} / {:.1}", s.median_ms, s.p99_ms, s.max_ms)
+}
+
+fn bytes(b: Option<u64>) -> String {
+    b.map_or_else(
+        || "-".into(),
+        |b| format!("{:.1} MiB", b as f64 / 1048576.0),
+    )
+}
+
+impl Results {
+    /// The Markdown report: machine, the table of targets, the storm, notes.
+    pub fn markdown(&self) -> String {
+        let mut m = String::new();
+        let h = &self.host;
+        let _ = writeln!(m, "# netoops relay benchmark ({})\n", self.mode);
+        let _ = writeln!(
+            m,
+            "Run {} on `{}`: {} ({} cores, {:.0} GiB), {}, Linux {}, {}, guests under {}; \
+             load average {:.2} at start; commit `{}`; {:.0} s in all. Reproduce with \
+             `{}`.\n",
+            self.started,
+            h.hostname,
+            h.cpu,
+            h.cores,
+            h.memory_gib,
+            h.os,
+            h.kernel,
+            h.qemu,
+            h.accel,
+            h.load_at_start,
+            h.git_commit,
+            self.duration_s,
+            self.command
+        );
+        let s = &self.settings;
+        let _ = writeln!(
+            m,
+            "Each trial: {} machines with {} KiB logs, one after another, three rounds each; \
+             up to {} trials per target. {} The generator's unthrottled rate into the \
+             baseline was {:.0} datagrams/s.\n",
+            s.trial_machines,
+            s.trial_log_bytes / 1024,
+            s.trials,
+            s.lossless_rule,
+            self.generator_max_pps
+        );
+        let _ = writeln!(
+            m,
+            "| target | lossless rate (datagrams/s) | Gbit/s | vs baseline | \
+             last packet to durable, ms (median / p99 / max) | first packet to crash line, ms \
+             (median / p99 / max) | memory high-water | cycles/datagram |"
+        );
+        let _ = writeln!(m, "|---|---:|---:|---:|---|---|---:|---:|");
+        for t in &self.targets {
+            let _ = writeln!(
+                m,
+                "| {} | {}{} | {} | {} | {} | {} | {} | {} |",
+                t.name,
+                rate(t.lossless_pps),
+                if t.limited_by_generator {
+                    " (≥, generator-bound)"
+                } else {
+                    ""
+                },
+                t.lossless_gbps
+                    .map_or_else(|| "-".into(), |g| format!("{g:.3}")),
+                t.ratio_to_baseline
+                    .map_or_else(|| "-".into(), |r| format!("{r:.3}")),
+                t.latency
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |l| ms(&l.durable)),
+                t.latency
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |l| ms(&l.crash_line)),
+                bytes(t.memory_high_water_bytes),
+                t.cycles_per_datagram
+                    .map_or_else(|| "-".into(), |c| c.to_string()),
+            );
+        }
+        for sk in &self.skipped {
+            let _ = writeln!(m, "| {} | not run: {} | | | | | | |", sk.target, sk.reason);
+        }
+        let _ = writeln!(m);
+        let _ = writeln!(
+            m,
+            "Latencies above: {} machines crashing one at a time over {} s, each sending at \
+             the target's lossless rate. Under load, at the lossless rate (dumps back to back, \
+             queueing in the relay and the collector's fsyncs included):\n",
+            s.latency_machines,
+            s.latency_window_ms as f64 / 1000.0
+        );
+        let _ = writeln!(
+            m,
+            "| target | rate (datagrams/s) | last packet to durable, ms (median / p99 / max) | \
+             first packet to crash line, ms (median / p99 / max) |"
+        );
+        let _ = writeln!(m, "|---|---:|---|---|");
+        for t in &self.targets {
+            if let Some(l) = &t.latency_at_lossless_rate {
+                let _ = writeln!(
+                    m,
+                    "| {} | {:.0} | {} | {} |",
+                    t.name,
+                    l.rate_pps,
+                    ms(&l.durable),
+                    ms(&l.crash_line)
+                );
+            }
+        }
+        let _ = writeln!(m);
+        for t in &self.targets {
+            let _ = writeln!(
+                m,
+                "- **{}**: {}; memory: {}.",
+                t.name, t.description, t.memory_measure
+            );
+            for n in &t.notes {
+                let _ = writeln!(m, "  {n}");
+            }
+        }
+        if let Some(st) = &self.storm {
+            let _ = writeln!(m, "\n## Crash storm\n");
+            let _ = writeln!(
+                m,
+                "{} machines with {} KiB logs crashing within {} ms into `{}` \
+                 ({} MiB VM, reassembly budget {}, spool {}), frames over {}: {} datagrams \
+                 in {:.1} s ({:.0}/s), all stored or given up after {:.1} s.\n",
+                st.machines,
+                st.log_bytes / 1024,
+                st.window_ms,
+                st.target,
+                st.vm_memory_mib,
+                bytes(Some(st.reassembly_budget_bytes)),
+                bytes(Some(st.spool_bytes)),
+                st.transport,
+                st.datagrams_sent,
+                st.send_s,
+                st.achieved_pps,
+                st.elapsed_s
+            );
+            let _ = writeln!(m, "| complete | partial | missing | lost newest chunk | heap peak / heap | chunks peak / pool | within budget |");
+            let _ = writeln!(m, "|---:|---:|---:|---:|---|---|---|");
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} / {} | {} / {} | {} |",
+                st.dumps_complete,
+                st.dumps_partial,
+                st.dumps_missing,
+                st.newest_chunk_lost,
+                bytes(st.heap_peak_bytes),
+                bytes(st.heap_total_bytes),
+                st.chunks_peak.map_or_else(|| "-".into(), |c| c.to_string()),
+                st.chunks_capacity
+                    .map_or_else(|| "-".into(), |c| c.to_string()),
+                st.within_budget
+                    .map_or("unknown", |w| if w { "yes" } else { "NO" }),
+            );
+            if let Some(l) = &st.crash_line_latency {
+                let _ = writeln!(
+                    m,
+                    "\nFirst packet to crash line during the storm, ms (median / p99 / max): {}.",
+                    ms(l)
+                );
+            }
+            let _ = writeln!(m, "\nFinal relay counters: `{}`", st.final_counters);
+        }
+        let _ = writeln!(
+            m,
+            "\nPlots: [throughput against offered load](throughput.svg), \
+             [latency CDF](latency.svg). All figures: [results.json](results.json)."
+        );
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_has_a_row_per_target_and_the_storm() {
+        let mut r = Results {
+            schema: SCHEMA,
+            mode: "smoke".into(),
+            ..Results::default()
+        };
+        r.targets.push(TargetResult {
+            name: "baseline".into(),
+            lossless_pps: Some(120_000.0),
+            ratio_to_baseline: Some(1.0),
+            limited_by_generator: true,
+            ..TargetResult::default()
+        });
+        let lat = Summary {
+            count: 3,
+            min_ms: 1.0,
+            median_ms: 2.0,
+            p99_ms: 3.0,
+            max_ms: 4.0,
+        };
+        r.targets.push(TargetResult {
+            name: "hosted-relay".into(),
+            lossless_pps: Some(60_000.0),
+            ratio_to_baseline: Some(0.5),
+            latency: Some(Latency {
+                durable: lat.clone(),
+                crash_line: lat.clone(),
+                ..Latency::default()
+            }),
+            memory_high_water_bytes: Some(3 << 20),
+            ..TargetResult::default()
+        });
+        r.skipped.push(Skipped {
+            target: "image-e1000e".into(),
+            reason: "no driver".into(),
+        });
+        r.storm = Some(StormResult {
+            machines: 10,
+            within_budget: Some(true),
+            ..StormResult::default()
+        });
+        let md = r.markdown();
+        assert!(
+            md.contains("| baseline | 120000 (≥, generator-bound) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| hosted-relay | 60000 | - | 0.500 | 2.0 / 3.0 / 4.0 |"),
+            "{md}"
+        );
+        assert!(md.contains("3.0 MiB"));
+        assert!(md.contains("| image-e1000e | not run: no driver |"));
+        assert!(md.contains("## Crash storm"));
+        assert!(md.contains("| yes |"));
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Results = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.targets.len(), 2);
+    }
+}

@@ -1,0 +1,144 @@
+//! Reading what the collector stored, with the times it became durable.
+//!
+//! The collector (`netoops-collect serve --dir DIR`) writes `DIR/<ip>/<key>.log`, then
+//! `DIR/<ip>/<key>.json` (temporary file, fsync, rename, directory fsync), and appends one
+//! fsynced line per crash notice to `DIR/<ip>/crashes.jsonl`. Times come from the file system,
+//! at nanosecond resolution, on the same `CLOCK_REALTIME` the generator stamps with:
+//!
+//! - a dump is durable at the `.json`'s ctime: `rename` sets it, after the file's data was
+//!   fsynced (only the directory fsync follows);
+//! - a crash line is written at `crashes.jsonl`'s mtime (each benchmark machine crashes
+//!   once, so the file holds one line; its fdatasync follows).
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// One dump as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredDump {
+    pub complete: bool,
+    /// Runs of packet numbers the collector never got, inclusive.
+    pub missing: Vec<[u32; 2]>,
+    pub received: u32,
+    pub packet_count: u32,
+    pub text_bytes: u64,
+    pub revision: u64,
+    /// When the `.json` was renamed into place, ns since the Unix epoch.
+    pub durable_ns: u64,
+}
+
+impl StoredDump {
+    /// Whether packet 0, the newest 1024 bytes of the log, is in the dump.
+    pub fn has_newest_chunk(&self) -> bool {
+        !self.missing.iter().any(|&[first, _]| first == 0)
+    }
+}
+
+fn ns(secs: i64, nanos: i64) -> u64 {
+    u64::try_from(secs)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(nanos).unwrap_or(0))
+}
+
+/// The collector's storage directory.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    dir: PathBuf,
+}
+
+impl Storage {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn json_path(&self, ip: &str, key: &str) -> PathBuf {
+        self.dir.join(ip).join(format!("{key}.json"))
+    }
+
+    /// The dump `key` from source `ip`, if its `.json` exists and parses.
+    pub fn dump(&self, ip: &str, key: &str) -> Option<StoredDump> {
+        let path = self.json_path(ip, key);
+        let meta = fs::metadata(&path).ok()?;
+        let v: Value = serde_json::from_slice(&fs::read(&path).ok()?).ok()?;
+        let u32_of = |k: &str| v[k].as_u64().and_then(|n| u32::try_from(n).ok());
+        let missing = v["missing"]
+            .as_array()?
+            .iter()
+            .filter_map(|r| {
+                let a = u32::try_from(r.get(0)?.as_u64()?).ok()?;
+                let b = u32::try_from(r.get(1)?.as_u64()?).ok()?;
+                Some([a, b])
+            })
+            .collect();
+        Some(StoredDump {
+            complete: v["complete"].as_bool()?,
+            missing,
+            received: u32_of("received")?,
+            packet_count: u32_of("packet_count")?,
+            text_bytes: v["text_bytes"].as_u64()?,
+            revision: v["revision"].as_u64().unwrap_or(0),
+            durable_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+
+    /// Whether the stored text of dump `key` from `ip` is exactly `expected`.
+    pub fn text_is(&self, ip: &str, key: &str, expected: &[u8]) -> io::Result<bool> {
+        let text = fs::read(self.dir.join(ip).join(format!("{key}.log")))?;
+        Ok(text == expected)
+    }
+
+    /// When `ip`'s crash notice line was written (mtime of its `crashes.jsonl`).
+    pub fn crash_line_ns(&self, ip: &str) -> Option<u64> {
+        let meta = fs::metadata(self.dir.join(ip).join("crashes.jsonl")).ok()?;
+        (meta.len() > 0).then(|| ns(meta.mtime(), meta.mtime_nsec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gen::sendlog::wall_ns;
+
+    #[test]
+    fn reads_dumps_times_and_text() {
+        let dir =
+            std::env::temp_dir().join(format!("netoops-bench-storage-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("10.1.0.1")).unwrap();
+        let before = wall_ns();
+        fs::write(dir.join("10.1.0.1/b0-d7-t1-v2-g0.log"), b"text").unwrap();
+        fs::write(
+            dir.join("10.1.0.1/b0-d7-t1-v2-g0.json"),
+            r#"{"complete": false, "missing": [[0, 0], [5, 9]], "received": 4,
+                "packet_count": 10, "text_bytes": 4, "revision": 2}"#,
+        )
+        .unwrap();
+        fs::write(dir.join("10.1.0.1/crashes.jsonl"), b"{}\n").unwrap();
+        let after = wall_ns();
+        let s = Storage::new(&dir);
+        let d = s.dump("10.1.0.1", "b0-d7-t1-v2-g0").unwrap();
+        assert_eq!(d.missing, vec![[0, 0], [5, 9]]);
+        assert!(!d.complete && !d.has_newest_chunk());
+        assert_eq!(
+            (d.received, d.packet_count, d.text_bytes, d.revision),
+            (4, 10, 4, 2)
+        );
+        // The file system's clock may be coarser than ours: allow one tick (10 ms).
+        assert!(d.durable_ns + 10_000_000 >= before && d.durable_ns <= after + 10_000_000);
+        assert!(s.crash_line_ns("10.1.0.1").is_some());
+        assert!(s.crash_line_ns("10.1.0.2").is_none());
+        assert!(s.dump("10.1.0.1", "b0-d8-t1-v2-g0").is_none());
+        assert!(s.text_is("10.1.0.1", "b0-d7-t1-v2-g0", b"text").unwrap());
+        assert!(!s.text_is("10.1.0.1", "b0-d7-t1-v2-g0", b"texT").unwrap());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

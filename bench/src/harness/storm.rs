@@ -1,0 +1,358 @@
+//! The crash storm: many machines crash within a short window and all send at once into the
+//! appliance image.
+//!
+//! Frames reach the guest over `-netdev stream` (QEMU connects to the generator): TCP carries
+//! them without loss and QEMU reads only as fast as the guest's receive ring drains, so the
+//! storm is offered as fast as the guest takes it and every dump that ends up partial was cut
+//! by the relay itself (its memory budget), never by the host. The questions answered: how
+//! many dumps complete, how many partial, whether any stored dump lacks its newest chunk
+//! (packet 0, which the relay must keep above all), and whether memory stayed within budget
+//! (heap peak within the heap, reassembly chunks within the pool, the guest still running).
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::process::{number_after, number_after_in, Process};
+use super::report::StormResult;
+use super::stats::Summary;
+use super::storage::{Storage, StoredDump};
+use super::target::{
+    frame_config, ms_between, start_collector, start_image, Nic, Programs, TargetSettings,
+};
+use crate::gen::output::qemu::StreamOutput;
+use crate::gen::{
+    run, Progress, RunOptions, Scenario, Schedule, SendLog, SizeRange, Timed, Timing,
+};
+
+/// What storm to run.
+#[derive(Clone, Debug)]
+pub struct StormSettings {
+    pub machines: u32,
+    pub log_size: SizeRange,
+    pub window: Duration,
+    pub nic: Nic,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// The collector's key of machine `i`'s dump (generation 0).
+pub fn dump_key(s: &Scenario, i: u32) -> String {
+    let h = s.machine(i).header;
+    format!(
+        "b{}-d{}-t{}-v{}-g0",
+        h.boot_id,
+        h.dump_id,
+        h.dump_type as u16,
+        h.variant.version() as u16
+    )
+}
+
+/// Every dump stored for source `ip` (a machine whose dump was flushed early and heard again
+/// can have a second occurrence, `<key>-o1`).
+fn stored_dumps(storage: &Storage, ip: &str) -> Vec<StoredDump> {
+    let Ok(entries) = fs::read_dir(storage.dir().join(ip)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let key = name.strip_suffix(".json")?;
+            storage.dump(ip, key)
+        })
+        .collect()
+}
+
+/// Renders a progress bar line for [`Progress`].
+pub fn progress_line(p: &Progress) -> String {
+    let total = p.machines.max(1);
+    let done = p.schedule.machines_done.min(total);
+    let share = f64::from(done) / f64::from(total);
+    let width = 30;
+    let filled = (share * width as f64).round() as usize;
+    let secs = p.elapsed.as_secs_f64();
+    let eta = if done > 0 && done < total {
+        format!("{:.0} s", secs / share - secs)
+    } else {
+        "-".into()
+    };
+    format!(
+        "[{}{}] {:>5.1}%  machines {done}/{total}  {} datagrams  {:.0}/s  ETA {eta}",
+        "#".repeat(filled),
+        ".".repeat(width - filled),
+        share * 100.0,
+        p.schedule.datagrams,
+        p.schedule.datagrams as f64 / secs.max(1e-9)
+    )
+}
+
+/// The highest `chunks X/Y` in the relay's counter lines, with the pool size.
+fn chunks_peak(qemu: &Process, from: usize) -> (Option<u64>, Option<u64>) {
+    let mut peak = None;
+    let mut capacity = None;
+    for line in qemu.lines_with(from, "counters:") {
+        let Some(used) = number_after_in(&line.text, "held", "chunks") else {
+            continue;
+        };
+        peak = Some(peak.map_or(used, |p: u64| p.max(used)));
+        let after = line.text.split("chunks ").nth(2).unwrap_or_default();
+        if let Some(cap) = after
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.split('/').nth(1))
+            .and_then(|c| c.parse().ok())
+        {
+            capacity = Some(cap);
+        }
+    }
+    (peak, capacity)
+}
+
+/// Runs the storm against the image; transcripts go to `work`.
+pub fn run_storm(
+    programs: &Programs,
+    target: &TargetSettings,
+    storm: &StormSettings,
+    work: &Path,
+) -> io::Result<StormResult> {
+    let dir = work.join("storm-collector");
+    let (mut collector, caddr) = start_collector(programs, &dir)?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let netdev =
+        format!("stream,id=in,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port={port}");
+    let (mut qemu, _boot) = start_image(programs, target, storm.nic, netdev, caddr.port())?;
+    let mut output = StreamOutput::accept(&listener, frame_config(), Duration::from_secs(30))?;
+    let scenario = Scenario {
+        machines: storm.machines,
+        log_size: storm.log_size,
+        seed: 7,
+        timing: Timing::Storm {
+            window: storm.window,
+        },
+        source_base: std::net::Ipv4Addr::new(10, 100, 0, 1),
+        ..Scenario::default()
+    };
+    scenario
+        .validate()
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mark = qemu.line_count();
+    let start = Instant::now();
+    let mut log = SendLog::new(scenario.machines);
+    let show = storm.progress;
+    let report = {
+        let mut timed = Timed::new(&mut output, &mut log);
+        run(
+            &mut Schedule::new(scenario.clone()),
+            &mut timed,
+            RunOptions::default(),
+            &mut |p: &Progress| {
+                if show {
+                    eprint!("\rstorm: {}   ", progress_line(p));
+                    let _ = io::stderr().flush();
+                }
+            },
+        )?
+    };
+    if show {
+        eprintln!();
+    }
+
+    // Wait for the collector: every machine stored complete, or nothing new for a while.
+    let storage = Storage::new(&dir);
+    let ips: Vec<String> = (0..scenario.machines)
+        .map(|i| {
+            scenario
+                .source_of(i)
+                .map(|s| s.ip().to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    let settle = Duration::from_millis(target.quiet_ms) + Duration::from_secs(5);
+    let mut pending: Vec<u32> = (0..scenario.machines).collect();
+    let mut stored_partial = 0usize;
+    let mut last_change = Instant::now();
+    loop {
+        let mut partial_now = 0;
+        let before = pending.len();
+        pending.retain(|&i| {
+            let dumps = stored_dumps(&storage, &ips[i as usize]);
+            if dumps.iter().any(|d| d.complete) {
+                return false;
+            }
+            partial_now += usize::from(!dumps.is_empty());
+            true
+        });
+        if pending.len() != before || partial_now != stored_partial {
+            stored_partial = partial_now;
+            last_change = Instant::now();
+        }
+        if pending.is_empty()
+            || last_change.elapsed() >= settle
+            || start.elapsed() >= target.patience * 4
+            || !qemu.running()
+        {
+            break;
+        }
+        if show {
+            eprint!(
+                "\rstorm: waiting for the collector: {} of {} machines stored complete   ",
+                scenario.machines as usize - pending.len(),
+                scenario.machines
+            );
+            let _ = io::stderr().flush();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if show {
+        eprintln!();
+    }
+    let elapsed = start.elapsed();
+
+    let mut result = StormResult {
+        target: format!(
+            "image-{}",
+            match storm.nic {
+                Nic::VirtioNet => "virtio-net",
+                Nic::E1000e => "e1000e",
+            }
+        ),
+        machines: scenario.machines,
+        log_bytes: storm.log_size.max,
+        window_ms: u64::try_from(storm.window.as_millis()).unwrap_or(u64::MAX),
+        vm_memory_mib: target.vm_memory_mib,
+        transport: "-netdev stream (TCP, no loss on the host; QEMU reads as fast as the guest \
+                    drains its ring)"
+            .into(),
+        datagrams_sent: report.schedule.datagrams,
+        send_s: report.elapsed.as_secs_f64(),
+        achieved_pps: report.rate(),
+        elapsed_s: elapsed.as_secs_f64(),
+        ..StormResult::default()
+    };
+    let mut crash_ms = Vec::new();
+    for i in 0..scenario.machines {
+        let ip = &ips[i as usize];
+        let dumps = stored_dumps(&storage, ip);
+        if dumps.is_empty() {
+            result.dumps_missing += 1;
+            continue;
+        }
+        if dumps.iter().any(|d| d.complete) {
+            result.dumps_complete += 1;
+        } else {
+            result.dumps_partial += 1;
+        }
+        if !dumps.iter().any(StoredDump::has_newest_chunk) {
+            result.newest_chunk_lost += 1;
+            if result.newest_chunk_lost_examples.len() < 5 {
+                result
+                    .newest_chunk_lost_examples
+                    .push(format!("{ip}/{}", dump_key(&scenario, i)));
+            }
+        }
+        if let (Some(c), Some(t)) = (storage.crash_line_ns(ip), log.machine(i)) {
+            crash_ms.push(ms_between(t.first_ns, c));
+        }
+    }
+    result.crash_line_latency = Summary::of(&crash_ms);
+
+    // Memory: the guest's own lines, read after one more counter interval.
+    let alive = qemu.running();
+    let _ = qemu.wait_for(qemu.line_count(), "memory: heap", Duration::from_secs(2));
+    if let Some(l) = qemu.last_line_with(mark, "memory: heap") {
+        result.heap_peak_bytes = number_after(&l.text, "peak");
+        result.heap_total_bytes = number_after(&l.text, "total");
+    }
+    (result.chunks_peak, result.chunks_capacity) = chunks_peak(&qemu, mark);
+    if let Some(l) = qemu.last_line_with(mark, "counters:") {
+        result.final_counters = l.text.trim().to_string();
+    }
+    if let Some(budget) = qemu
+        .last_line_with(0, "config:")
+        .and_then(|l| config_size(&l.text, "memory="))
+    {
+        result.reassembly_budget_bytes = budget;
+    }
+    if let Some(spool) = qemu
+        .last_line_with(0, "config:")
+        .and_then(|l| config_size(&l.text, "spool="))
+    {
+        result.spool_bytes = spool;
+    }
+    result.within_budget = match (
+        result.heap_peak_bytes,
+        result.heap_total_bytes,
+        result.chunks_peak,
+        result.chunks_capacity,
+    ) {
+        (Some(hp), Some(ht), Some(cp), Some(cc)) => Some(alive && hp <= ht && cp <= cc),
+        _ => None,
+    };
+
+    qemu.stop(Duration::from_secs(3));
+    collector.stop(Duration::from_secs(3));
+    let _ = fs::write(work.join("storm-qemu.log"), qemu.transcript());
+    let _ = fs::write(work.join("storm-collector.log"), collector.transcript());
+    let _ = fs::write(work.join("storm-send-log.csv"), log.to_csv(&scenario));
+    Ok(result)
+}
+
+/// A `key=SIZE` value of the guest's `config:` line, in bytes.
+fn config_size(line: &str, key: &str) -> Option<u64> {
+    let word = line.split_whitespace().find_map(|w| w.strip_prefix(key))?;
+    let (digits, mult) = match word.chars().last()? {
+        'K' => (&word[..word.len() - 1], 1u64 << 10),
+        'M' => (&word[..word.len() - 1], 1 << 20),
+        'G' => (&word[..word.len() - 1], 1 << 30),
+        _ => (word, 1),
+    };
+    digits.parse::<u64>().ok().map(|n| n * mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_match_the_expectations() {
+        let s = Scenario {
+            machines: 20,
+            log_size: "2K-8K".parse().unwrap(),
+            ..Scenario::default()
+        };
+        for i in 0..s.machines {
+            assert_eq!(dump_key(&s, i), crate::gen::Expectation::of(&s, i).key);
+        }
+    }
+
+    #[test]
+    fn config_sizes_and_progress() {
+        let line = "config: ip=10.0.3.15/24 memory=64M spool=16M max_dumps=4096";
+        assert_eq!(config_size(line, "memory="), Some(64 << 20));
+        assert_eq!(config_size(line, "spool="), Some(16 << 20));
+        assert_eq!(config_size(line, "max_dumps="), Some(4096));
+        assert_eq!(config_size(line, "quiet="), None);
+        let p = Progress {
+            elapsed: Duration::from_secs(10),
+            schedule: crate::gen::ScheduleStats {
+                machines_done: 25,
+                datagrams: 1000,
+                ..Default::default()
+            },
+            machines: 100,
+        };
+        let line = progress_line(&p);
+        assert!(
+            line.starts_with("[########......................]  25.0%"),
+            "{line}"
+        );
+        assert!(
+            line.contains("ETA 30 s") && line.contains("100/s"),
+            "{line}"
+        );
+    }
+}

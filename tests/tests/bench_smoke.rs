@@ -1,0 +1,175 @@
+//! The benchmark suite's smoke run, end to end: `netoops-bench suite --smoke` drives the real
+//! baseline receiver, hosted relay, collector and appliance image under QEMU (TCG), and this
+//! test checks that the JSON, Markdown and SVG outputs exist and hold sane numbers: every
+//! target measured or skipped with a reason, rates and latencies positive and bounded, the
+//! storm's dumps all accounted for with no newest chunk lost.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// Builds `netoops-bench` in this test's profile and returns its path.
+fn bench_binary() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let release = !cfg!(debug_assertions);
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root()).args([
+        "build",
+        "-p",
+        "netoops-bench",
+        "--bin",
+        "netoops-bench",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("running cargo build");
+    assert!(status.success(), "cargo build -p netoops-bench failed");
+    let path = target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("netoops-bench");
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+}
+
+fn target<'a>(results: &'a Value, name: &str) -> Option<&'a Value> {
+    results["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .find(|t| t["name"] == name)
+}
+
+fn check_latency(name: &str, l: &Value) {
+    for part in ["durable", "crash_line"] {
+        let s = &l[part];
+        let (median, p99, max) = (num(s, "median_ms"), num(s, "p99_ms"), num(s, "max_ms"));
+        assert!(num(s, "count") >= 1.0, "{name} {part}: {s}");
+        assert!(
+            0.0 < median && median <= p99 && p99 <= max && max < 60_000.0,
+            "{name} {part}: {s}"
+        );
+    }
+    assert!(!l["durable_cdf"].as_array().unwrap().is_empty());
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn smoke_suite_writes_sane_results() {
+    let bench = bench_binary();
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(&bench)
+        .args(["suite", "--smoke", "--out"])
+        .arg(out.path())
+        .output()
+        .expect("running netoops-bench");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "netoops-bench failed:\n{stderr}");
+    let dir = out.path();
+    let results: Value = serde_json::from_str(&read(dir, "results.json")).unwrap();
+    assert_eq!(results["mode"], "smoke");
+    assert!(num(&results["host"], "cores") >= 1.0);
+    assert!(!results["host"]["qemu"].as_str().unwrap().is_empty());
+
+    // The baseline takes whatever the generator sends.
+    let gen_max = num(&results, "generator_max_pps");
+    assert!(gen_max > 1000.0, "generator {gen_max}/s\n{stderr}");
+    let baseline = target(&results, "baseline").expect("baseline measured");
+    let base_rate = num(baseline, "lossless_pps");
+    assert!(base_rate > 1000.0 && num(baseline, "ratio_to_baseline") == 1.0);
+
+    // Every target ran, or says why not (e1000e needs its driver in the board).
+    for name in ["hosted-relay", "image-virtio-net", "image-e1000e"] {
+        let skipped = results["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["target"] == name);
+        match (target(&results, name), skipped) {
+            (Some(t), None) => {
+                let trials = t["trials"].as_array().unwrap();
+                assert!(!trials.is_empty(), "{name}");
+                for tr in trials {
+                    let d = &tr["dumps"];
+                    assert_eq!(
+                        num(d, "complete") + num(d, "partial") + num(d, "missing"),
+                        num(d, "expected"),
+                        "{name}: {tr}"
+                    );
+                    assert_eq!(num(d, "wrong_text"), 0.0, "{name}: {tr}");
+                    assert!(num(tr, "achieved_pps") > 0.0);
+                }
+                // A lossless rate, if found, is a measured trial and at most the baseline's
+                // (with a margin for a trial that ran faster than the baseline's).
+                if let Some(rate) = t["lossless_pps"].as_f64() {
+                    assert!(rate > 0.0 && rate < base_rate * 1.5, "{name} {rate}");
+                    assert!(trials.iter().any(|tr| tr["lossless"] == true));
+                }
+                check_latency(name, &t["latency"]);
+                if name.starts_with("image") {
+                    assert!(num(t, "boot_to_ready_ms") > 0.0);
+                    assert!(num(t, "cycles_per_datagram") > 0.0, "{name}: {t}");
+                } else {
+                    assert!(num(t, "memory_high_water_bytes") > 1e6, "{name}: {t}");
+                    assert!(t["lossless_pps"].as_f64().is_some(), "{name}: {t}");
+                }
+            }
+            (None, Some(s)) => {
+                assert_eq!(name, "image-e1000e", "only e1000e may be missing: {s}");
+                assert!(!s["reason"].as_str().unwrap().is_empty());
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    // The storm: every machine accounted for, every stored dump with its newest chunk.
+    let storm = &results["storm"];
+    let machines = num(storm, "machines");
+    let (complete, partial, missing) = (
+        num(storm, "dumps_complete"),
+        num(storm, "dumps_partial"),
+        num(storm, "dumps_missing"),
+    );
+    assert_eq!(complete + partial + missing, machines, "{storm}");
+    assert!(complete > 0.0, "{storm}");
+    assert_eq!(num(storm, "newest_chunk_lost"), 0.0, "{storm}");
+    assert!(num(storm, "datagrams_sent") > machines);
+
+    let md = read(dir, "results.md");
+    for needle in [
+        "| baseline |",
+        "| hosted-relay |",
+        "| image-virtio-net |",
+        "## Crash storm",
+    ] {
+        assert!(md.contains(needle), "results.md lacks {needle:?}:\n{md}");
+    }
+    for svg in ["throughput.svg", "latency.svg"] {
+        let text = read(dir, svg);
+        assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+        assert!(text.contains("<polyline"), "{svg} has no data");
+    }
+}
