@@ -203,6 +203,12 @@ pub struct StormResult {
     pub within_budget: Option<bool>,
     /// The relay's last counter line.
     pub final_counters: String,
+    /// Records (crash notices, dumps) the relay dropped because its spool was full, and
+    /// datagrams it dropped for want of reassembly memory (from that line).
+    pub relay_dropped_records: Option<u64>,
+    pub relay_no_memory: Option<u64>,
+    /// No machine's dump is missing and every stored dump has its newest chunk.
+    pub every_dump_kept_newest_chunk: bool,
     pub crash_line_latency: Option<Summary>,
 }
 
@@ -352,15 +358,22 @@ impl Results {
                 st.achieved_pps,
                 st.elapsed_s
             );
-            let _ = writeln!(m, "| complete | partial | missing | lost newest chunk | heap peak / heap | chunks peak / pool | within budget |");
-            let _ = writeln!(m, "|---:|---:|---:|---:|---|---|---|");
+            let _ = writeln!(m, "| complete | partial | missing | stored without newest chunk | every dump kept its newest chunk | records dropped (spool full) | heap peak / heap | chunks peak / pool | within budget |");
+            let _ = writeln!(m, "|---:|---:|---:|---:|---|---:|---|---|---|");
             let _ = writeln!(
                 m,
-                "| {} | {} | {} | {} | {} / {} | {} / {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} |",
                 st.dumps_complete,
                 st.dumps_partial,
                 st.dumps_missing,
                 st.newest_chunk_lost,
+                if st.every_dump_kept_newest_chunk {
+                    "yes"
+                } else {
+                    "NO"
+                },
+                st.relay_dropped_records
+                    .map_or_else(|| "-".into(), |d| d.to_string()),
                 bytes(st.heap_peak_bytes),
                 bytes(st.heap_total_bytes),
                 st.chunks_peak.map_or_else(|| "-".into(), |c| c.to_string()),
@@ -445,7 +458,7 @@ mod tests {
         assert!(md.contains("3.0 MiB"));
         assert!(md.contains("| image-e1000e | not run: no driver |"));
         assert!(md.contains("## Crash storm"));
-        assert!(md.contains("| yes |"));
+        assert!(md.contains("| yes |") && md.contains("| NO |"));
         let json = serde_json::to_string(&r).unwrap();
         let back: Results = serde_json::from_str(&json).unwrap();
         assert_eq!(back.targets.len(), 2);

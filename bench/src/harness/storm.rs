@@ -89,6 +89,46 @@ pub fn progress_line(p: &Progress) -> String {
     )
 }
 
+/// A progress line on stderr: redrawn in place on a terminal, else one line every few
+/// seconds (logs stay readable).
+struct Bar {
+    tty: bool,
+    last: Option<Instant>,
+    drawn: bool,
+}
+
+impl Bar {
+    const LOG_EVERY: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        Self {
+            tty: io::stderr().is_terminal(),
+            last: None,
+            drawn: false,
+        }
+    }
+
+    fn show(&mut self, text: &str) {
+        if self.tty {
+            eprint!("\r\x1b[2Kstorm: {text}");
+            let _ = io::stderr().flush();
+            self.drawn = true;
+        } else if self.last.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
+            eprintln!("storm: {text}");
+            self.last = Some(Instant::now());
+        }
+    }
+
+    fn done(&mut self) {
+        if self.drawn {
+            eprintln!();
+            self.drawn = false;
+        }
+        self.last = None;
+    }
+}
+
 /// The highest `chunks X/Y` in the relay's counter lines, with the pool size.
 fn chunks_peak(qemu: &Process, from: usize) -> (Option<u64>, Option<u64>) {
     let mut peak = None;
@@ -143,6 +183,7 @@ pub fn run_storm(
     let start = Instant::now();
     let mut log = SendLog::new(scenario.machines);
     let show = storm.progress;
+    let mut bar = Bar::new();
     let report = {
         let mut timed = Timed::new(&mut output, &mut log);
         run(
@@ -151,15 +192,12 @@ pub fn run_storm(
             RunOptions::default(),
             &mut |p: &Progress| {
                 if show {
-                    eprint!("\rstorm: {}   ", progress_line(p));
-                    let _ = io::stderr().flush();
+                    bar.show(&progress_line(p));
                 }
             },
         )?
     };
-    if show {
-        eprintln!();
-    }
+    bar.done();
 
     // Wait for the collector: every machine stored complete, or nothing new for a while.
     let storage = Storage::new(&dir);
@@ -198,18 +236,15 @@ pub fn run_storm(
             break;
         }
         if show {
-            eprint!(
-                "\rstorm: waiting for the collector: {} of {} machines stored complete   ",
+            bar.show(&format!(
+                "waiting for the collector: {} of {} machines stored complete",
                 scenario.machines as usize - pending.len(),
                 scenario.machines
-            );
-            let _ = io::stderr().flush();
+            ));
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    if show {
-        eprintln!();
-    }
+    bar.done();
     let elapsed = start.elapsed();
 
     let mut result = StormResult {
@@ -270,7 +305,11 @@ pub fn run_storm(
     (result.chunks_peak, result.chunks_capacity) = chunks_peak(&qemu, mark);
     if let Some(l) = qemu.last_line_with(mark, "counters:") {
         result.final_counters = l.text.trim().to_string();
+        result.relay_dropped_records = number_after(&l.text, "dropped");
+        result.relay_no_memory = number_after(&l.text, "no_memory");
     }
+    result.every_dump_kept_newest_chunk =
+        result.newest_chunk_lost == 0 && result.dumps_missing == 0;
     if let Some(budget) = qemu
         .last_line_with(0, "config:")
         .and_then(|l| config_size(&l.text, "memory="))
