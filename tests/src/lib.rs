@@ -1,3 +1,4 @@
 //! End-to-end tests live in `tests/tests/`; shared helpers live here.
 
+pub mod appliance;
 pub mod hosted;

@@ -15,7 +15,8 @@
 //! - `first datagram accepted at <N> ms` (TSC time since reset) once;
 //! - the relay's events (`crash seen: ...`, `dump queued: ...`, `dump delivered: ...`);
 //! - every `stats=` interval: the relay's `counters: ...` line, a `fastpath: ...` line with
-//!   drops and TSC cycles per datagram (ring to relay, over the interval and since boot),
+//!   drops by reason and TSC cycles per datagram from the receive ring to the relay
+//!   (`cycles/datagram interval <n> boot <n>`, `-` before the first),
 //!   a `nic <role>: ...` line per NIC, and `memory: heap used U peak P total T bytes` (the
 //!   peak sampled every loop turn, for the benchmark's memory high-water mark).
 
@@ -346,8 +347,8 @@ impl Monitor {
         };
         println!(
             "fastpath: frames {} datagrams {} accepted {} relay_dropped {} to_stack {} \
-             dropped {} (ip_checksum {} fragment {} wrong_dst {} malformed {} udp_checksum {}) \
-             cycles/datagram {} interval {} boot",
+             dropped {} ip_checksum {} fragment {} wrong_dst {} malformed {} udp_checksum {} \
+             | cycles/datagram interval {} boot {}",
             f.frames,
             f.datagrams,
             f.accepted,

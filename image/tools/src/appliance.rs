@@ -6,8 +6,8 @@
 //! forwarded (`hostfwd`) to the guest's netoops port 2004; the guest has 10.0.2.15/24 and
 //! gateway 10.0.2.2, which slirp maps to the host's loopback, so a collector listening on
 //! host 127.0.0.1:2005 is `upstream=10.0.2.2:2005` for the guest. A collector elsewhere is
-//! reached through slirp's NAT at its own address. Note that slirp rewrites the source of
-//! forwarded datagrams: every machine appears as 10.0.2.2 with its own source port.
+//! reached through slirp's NAT at its own address. Forwarded datagrams keep their source
+//! address, except that host loopback 127.0.0.1 appears as 10.0.2.2.
 //!
 //! TCG always; `--kvm` opts in to KVM (nested KVM on the build machines mis-executes the
 //! firmware, so it is never the default). Ctrl-C or SIGTERM stops QEMU and the collector;
