@@ -66,12 +66,14 @@ pub fn binaries() -> &'static Binaries {
                 "netoops-relay",
                 "-p",
                 "netoops-collect",
+                "-p",
+                "netoops-bench",
             ])
             .status()
             .expect("running cargo build");
         assert!(
             status.success(),
-            "cargo build of the relay and collector failed"
+            "cargo build of the relay, collector and generator failed"
         );
         let bin = |name: &str| {
             let path = target_dir().join("debug").join(name);

@@ -327,9 +327,26 @@ fn write_log(seed: u64, len: usize) -> Vec<u8> {
     tail.extend_from_slice(panic.as_bytes());
     tail.push(b'\n');
     out.extend_from_slice(&tail);
-    // Cut at the front so the log keeps its newest text, as a wrapped ring does.
+    // Cut at the front so the log keeps its newest text, as a wrapped ring does; a log that
+    // came out short gets older text in front, so it is always exactly `len` bytes (the
+    // packet count and the expectations are both derived from `len`).
     let excess = out.len().saturating_sub(len);
     out.drain(..excess);
+    let short = len - out.len();
+    if short > 0 {
+        const EARLIER: &[u8] = b"earlier text of the ring ";
+        let mut front: Vec<u8> = (0..short)
+            .map(|i| {
+                if i + 1 == short {
+                    b'\n'
+                } else {
+                    EARLIER[i % EARLIER.len()]
+                }
+            })
+            .collect();
+        front.extend_from_slice(&out);
+        out = front;
+    }
     out
 }
 
@@ -602,6 +619,7 @@ mod tests {
                 (again.log_len, again.split, again.crash_at)
             );
             assert_eq!(m.log(), again.log());
+            assert_eq!(m.log().len(), m.log_len, "machine {i}");
             assert!((1024..=65536).contains(&m.log_len));
             assert!(m.split <= m.log_len);
             assert!(m.crash_at < Duration::from_millis(100));
