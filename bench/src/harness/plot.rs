@@ -11,10 +11,10 @@ use std::fmt::Write as _;
 
 use super::report::Results;
 
-const WIDTH: f64 = 860.0;
+const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 520.0;
 const LEFT: f64 = 90.0;
-const RIGHT: f64 = 200.0;
+const RIGHT: f64 = 250.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
 const COLORS: [&str; 6] = [
@@ -206,11 +206,13 @@ impl Chart {
         );
     }
 
-    fn mark(&mut self, x: f64, y: f64, color: &str, filled: bool) {
+    /// A circle of radius `r` (series drawn later get smaller marks, so marks at the same
+    /// point stay visible as rings).
+    fn mark(&mut self, x: f64, y: f64, r: f64, color: &str, filled: bool) {
         let (px, py) = self.px(x, y);
         let _ = writeln!(
             self.svg,
-            r#"<circle cx="{px:.1}" cy="{py:.1}" r="4" stroke="{color}" stroke-width="1.5" fill="{}"/>"#,
+            r#"<circle cx="{px:.1}" cy="{py:.1}" r="{r:.1}" stroke="{color}" stroke-width="1.5" fill="{}"/>"#,
             if filled { color } else { "white" }
         );
     }
@@ -268,8 +270,9 @@ pub fn throughput(results: &Results) -> String {
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         let line: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1)).collect();
         c.polyline(&line, color, false);
+        let r = (7.0 - 1.5 * i as f64).max(2.5);
         for &(x, y, lossless) in &pts {
-            c.mark(x, y, color, lossless);
+            c.mark(x, y, r, color, lossless);
         }
         c.legend(&t.name, color, false);
     }
@@ -300,7 +303,7 @@ pub fn latency(results: &Results) -> String {
         log: false,
     };
     let mut c = Chart::new(
-        "End-to-end latency (CDF)",
+        "End-to-end latency, crashes one at a time (CDF)",
         x,
         y,
         "milliseconds",
@@ -320,8 +323,8 @@ pub fn latency(results: &Results) -> String {
         };
         c.polyline(&steps(&l.durable_cdf), color, false);
         c.polyline(&steps(&l.crash_line_cdf), color, true);
-        c.legend(&format!("{name}: to durable"), color, false);
-        c.legend(&format!("{name}: to crash line"), color, true);
+        c.legend(&format!("{name}, durable"), color, false);
+        c.legend(&format!("{name}, crash line"), color, true);
     }
     c.finish()
 }
@@ -380,7 +383,7 @@ mod tests {
         assert!(t.contains(">hosted-relay<"));
         let l = latency(&r);
         assert_eq!(l.matches("<polyline").count(), 2);
-        assert!(l.contains("hosted-relay: to durable"));
+        assert!(l.contains("hosted-relay, durable"));
         // 0.5 ms to 300 ms: a log axis with decade ticks.
         assert!(l.contains(">1k<") && l.contains(">0.1<"), "{l}");
     }

@@ -284,8 +284,14 @@ impl Results {
                 },
                 t.lossless_gbps
                     .map_or_else(|| "-".into(), |g| format!("{g:.3}")),
-                t.ratio_to_baseline
-                    .map_or_else(|| "-".into(), |r| format!("{r:.3}")),
+                t.ratio_to_baseline.map_or_else(
+                    || "-".into(),
+                    |r| if t.limited_by_generator && t.name != "baseline" {
+                        format!("≥ {r:.3}")
+                    } else {
+                        format!("{r:.3}")
+                    }
+                ),
                 t.latency
                     .as_ref()
                     .map_or_else(|| "-".into(), |l| ms(&l.durable)),
