@@ -17,8 +17,9 @@
 //! - every `stats=` interval: the relay's `counters: ...` line, a `fastpath: ...` line with
 //!   drops by reason and TSC cycles per datagram from the receive ring to the relay
 //!   (`cycles/datagram interval <n> boot <n>`, `-` before the first),
-//!   a `nic <role>: ...` line per NIC, and `memory: heap used U peak P total T bytes` (the
-//!   peak sampled every loop turn, for the benchmark's memory high-water mark).
+//!   a `nic <role>: ...` line per NIC, `memory: heap used U peak P total T bytes` (the
+//!   peak sampled every loop turn, for the benchmark's memory high-water mark), and
+//!   `loop: turns N per_second M` (turns of the board loop: its slack).
 
 use crate::net::driver::{FastPath, NicReport, StackDriver};
 use crate::net::executor::{spawn, Runtime};
@@ -280,6 +281,8 @@ struct Monitor {
     first_reported: bool,
     /// Highest heap use seen at a loop turn.
     heap_peak: usize,
+    /// Loop turns since boot and at the previous counter line (how much slack the loop has).
+    turns: (u64, u64),
 }
 
 impl Monitor {
@@ -299,10 +302,12 @@ impl Monitor {
             last_cycles: (0, 0),
             first_reported: false,
             heap_peak: 0,
+            turns: (0, 0),
         }
     }
 
     fn tick(&mut self) {
+        self.turns.0 += 1;
         let now_us = platform::now_micros();
         let now = Instant::from_micros(now_us);
         self.heap_peak = self.heap_peak.max(platform::memory::heap_usage().0);
@@ -370,6 +375,9 @@ impl Monitor {
             self.heap_peak,
             used + free
         );
+        let per_second = (self.turns.0 - self.turns.1).saturating_mul(1_000_000) / self.interval_us;
+        println!("loop: turns {} per_second {per_second}", self.turns.0);
+        self.turns.1 = self.turns.0;
         let nics = [("ingress", Some(self.ingress)), ("upstream", self.upstream)];
         for (role, report) in nics {
             if let Some(r) = report {

@@ -41,7 +41,10 @@ mod machine {
             .and_then(frame::parse_ipv4)
             .unwrap_or(DEFAULT_IP);
         let found = nic::discover(cmdline, |msg| println!("virtio-echo: {msg}"));
-        let Some(first) = found.into_iter().next() else {
+        let virtio = found
+            .into_iter()
+            .find(|f| !matches!(f.nic, AnyNic::E1000(_)));
+        let Some(first) = virtio else {
             println!("virtio-echo: no device");
             platform::halt_forever()
         };
@@ -49,6 +52,7 @@ mod machine {
         match first.nic {
             AnyNic::VirtioPci(mut net) => serve(&mut net, name, ip),
             AnyNic::VirtioMmio(mut net) => serve(&mut net, name, ip),
+            AnyNic::E1000(_) => platform::halt_forever(),
         }
     }
 

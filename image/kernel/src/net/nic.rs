@@ -1,8 +1,8 @@
 //! The NICs the appliance drives, found and brought up at boot, behind one type.
 //!
 //! [`discover`] brings up every supported device: virtio-mmio devices announced on the
-//! command line (`virtio_mmio.device=`, which QEMU's microvm appends), then virtio-net PCI
-//! functions in enumeration order. [`AnyNic`] is an enum over the concrete drivers, so the
+//! command line (`virtio_mmio.device=`, which QEMU's microvm appends), then virtio-net and
+//! Intel 82540EM/82574L (e1000/e1000e) PCI functions in enumeration order. [`AnyNic`] is an enum over the concrete drivers, so the
 //! board, the fast path and the stack adapter are written once against
 //! [`netoops_nic::Device`] and compiled once; a new driver (e1000) is one more variant here
 //! and in [`AnyNic::location`]'s match, nothing elsewhere.
@@ -12,13 +12,14 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
+use netoops_e1000::{E1000RxToken, E1000TxToken, E1000};
 use netoops_nic::{Capabilities, Device, DeviceStats, LinkState, MacAddress, RxToken, TxToken};
 use netoops_pci::PciAddress;
 use netoops_virtio_net::net::{VirtioRxToken, VirtioTxToken};
 use netoops_virtio_net::transport::mmio::WINDOW_LEN;
 use netoops_virtio_net::{
-    cmdline_devices, is_virtio_net, Config, MmioTransport, PciTransport, Platform, TransportError,
-    VirtioNet,
+    cmdline_devices, is_virtio_net, Config, MmioRegion, MmioTransport, PciTransport, Platform,
+    TransportError, VirtioNet,
 };
 
 /// One brought-up NIC of any supported kind.
@@ -27,6 +28,8 @@ pub enum AnyNic {
     VirtioPci(VirtioNet<PciTransport>),
     /// virtio-net over virtio-mmio (v1 legacy or v2).
     VirtioMmio(VirtioNet<MmioTransport>),
+    /// Intel 82540EM (QEMU `e1000`) or 82574L (`e1000e`).
+    E1000(E1000),
 }
 
 /// Where a NIC sits.
@@ -56,18 +59,21 @@ pub struct FoundNic {
 }
 
 impl AnyNic {
-    /// The transport's short name: `pci`, `mmio-v1` or `mmio-v2`.
+    /// The transport's short name: `pci`, `mmio-v1` or `mmio-v2` (`pci` for e1000).
     pub fn transport_name(&self) -> &'static str {
         match self {
-            AnyNic::VirtioPci(_) => "pci",
+            AnyNic::VirtioPci(_) | AnyNic::E1000(_) => "pci",
             AnyNic::VirtioMmio(n) if n.transport().version() == 1 => "mmio-v1",
             AnyNic::VirtioMmio(_) => "mmio-v2",
         }
     }
 
-    /// The driver's name and transport, e.g. `virtio-net/pci`.
+    /// The driver and its transport or model, e.g. `virtio-net/pci` or `e1000/82574l`.
     pub fn kind(&self) -> String {
-        format!("virtio-net/{}", self.transport_name())
+        match self {
+            AnyNic::E1000(n) => format!("e1000/{}", n.model().name()),
+            _ => format!("virtio-net/{}", self.transport_name()),
+        }
     }
 }
 
@@ -92,6 +98,21 @@ pub fn discover(cmdline: &str, mut report: impl FnMut(fmt::Arguments<'_>)) -> Ve
         }
     }
     for dev in crate::platform::pci_devices() {
+        if let Some(model) = netoops_e1000::is_supported(dev.vendor_id, dev.device_id) {
+            let config = netoops_e1000::Config::with_clock(crate::platform::now_micros);
+            match E1000::with_config(&PciFunction(*dev), &KernelPlatform, config) {
+                Ok(n) => found.push(FoundNic {
+                    nic: AnyNic::E1000(n),
+                    location: Location::Pci(dev.address),
+                }),
+                Err(e) => report(format_args!(
+                    "pci {} {}: bring-up failed: {e:?}",
+                    dev.address,
+                    model.name()
+                )),
+            }
+            continue;
+        }
         if !is_virtio_net(dev.vendor_id, dev.device_id) {
             continue;
         }
@@ -119,6 +140,8 @@ pub enum AnyRx<'a> {
     VirtioPci(VirtioRxToken<'a, PciTransport>),
     /// virtio-mmio.
     VirtioMmio(VirtioRxToken<'a, MmioTransport>),
+    /// e1000.
+    E1000(E1000RxToken<'a, MmioRegion>),
 }
 
 /// Transmit token of any [`AnyNic`].
@@ -127,6 +150,8 @@ pub enum AnyTx<'a> {
     VirtioPci(VirtioTxToken<'a, PciTransport>),
     /// virtio-mmio.
     VirtioMmio(VirtioTxToken<'a, MmioTransport>),
+    /// e1000.
+    E1000(E1000TxToken<'a, MmioRegion>),
 }
 
 impl RxToken for AnyRx<'_> {
@@ -135,6 +160,7 @@ impl RxToken for AnyRx<'_> {
         match self {
             AnyRx::VirtioPci(t) => t.consume(f),
             AnyRx::VirtioMmio(t) => t.consume(f),
+            AnyRx::E1000(t) => t.consume(f),
         }
     }
 }
@@ -145,6 +171,7 @@ impl TxToken for AnyTx<'_> {
         match self {
             AnyTx::VirtioPci(t) => t.consume(len, f),
             AnyTx::VirtioMmio(t) => t.consume(len, f),
+            AnyTx::E1000(t) => t.consume(len, f),
         }
     }
 }
@@ -155,6 +182,7 @@ macro_rules! each_driver {
         match $nic {
             AnyNic::VirtioPci($n) => $body,
             AnyNic::VirtioMmio($n) => $body,
+            AnyNic::E1000($n) => $body,
         }
     };
 }
@@ -172,6 +200,7 @@ impl Device for AnyNic {
             AnyNic::VirtioMmio(n) => n
                 .receive()
                 .map(|(r, t)| (AnyRx::VirtioMmio(r), AnyTx::VirtioMmio(t))),
+            AnyNic::E1000(n) => n.receive().map(|(r, t)| (AnyRx::E1000(r), AnyTx::E1000(t))),
         }
     }
 
@@ -180,6 +209,7 @@ impl Device for AnyNic {
         match self {
             AnyNic::VirtioPci(n) => n.transmit().map(AnyTx::VirtioPci),
             AnyNic::VirtioMmio(n) => n.transmit().map(AnyTx::VirtioMmio),
+            AnyNic::E1000(n) => n.transmit().map(AnyTx::E1000),
         }
     }
 
