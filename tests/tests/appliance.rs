@@ -11,6 +11,8 @@
 //!   relay), and a real dump sent afterwards is delivered intact.
 //! - With the collector down, dumps arriving over the single user-networking NIC (the way
 //!   `netoops-image appliance` runs) are kept and all delivered once a collector starts.
+//! - `netoops-image appliance` itself runs the relay next to a collector, delivers, and
+//!   stops both on SIGTERM.
 //!
 //! `measure_*` tests are ignored: they print figures (boot time to the first accepted
 //! datagram, the highest lossless rate through `-netdev dgram` against the hosted relay):
@@ -349,6 +351,76 @@ fn late_collector_still_receives_everything() {
     vm.wait_counters("counters:", "every record acknowledged", |c| {
         c.get("delivered").copied() == Some(16)
     });
+}
+
+#[test]
+fn appliance_command_runs_the_relay_with_a_collector_and_stops_both() {
+    let _one_vm = vm_lock();
+    require_qemu();
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let (expect_dir, store) = (tmp.path().join("expect"), tmp.path().join("dumps"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(netoops_e2e::hosted::workspace_root())
+        .args(["build", "-p", "netoops-image", "-p", "netoops-collect"])
+        .status()
+        .expect("cargo build");
+    assert!(
+        status.success(),
+        "building netoops-image and netoops-collect"
+    );
+    let bin_dir = binaries()
+        .collector
+        .parent()
+        .expect("target dir")
+        .to_path_buf();
+    let udp_port = free_udp_port();
+    let collector_port = free_tcp_port();
+    let mut cmd = Command::new(bin_dir.join("netoops-image"));
+    cmd.arg("appliance")
+        .args(["--udp", &format!("127.0.0.1:{udp_port}")])
+        .args(["--collector", &format!("127.0.0.1:{collector_port}")])
+        .arg("--dir")
+        .arg(&store)
+        .arg("--collector-bin")
+        .arg(bin_dir.join("netoops-collect"))
+        .args(["--cmdline", "memory=16M spool=4M stats=1s quiet=2s"]);
+    let mut tool = Process::spawn("netoops-image appliance", cmd);
+    tool.wait_for_line("ready: listening on udp/2004 at 10.0.2.15");
+    run_generator(&strings(&[
+        "--target",
+        &format!("127.0.0.1:{udp_port}"),
+        "--machines",
+        "3",
+        "--log-size",
+        "2K-20K",
+        "--rate",
+        "300",
+        "--seed",
+        "5",
+        "--expect",
+        &expect_dir.display().to_string(),
+    ]));
+    let exps = read_expectations(&expect_dir);
+    wait_expectations(&store, &exps, None, || tool.describe());
+
+    // SIGTERM to the tool stops QEMU and the collector: both ports are free again.
+    tool.signal("TERM");
+    tool.wait_exit();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let udp_free = UdpSocket::bind(("127.0.0.1", udp_port)).is_ok();
+        let tcp_free = TcpListener::bind(("127.0.0.1", collector_port)).is_ok();
+        if udp_free && tcp_free {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "QEMU (udp {udp_free}) or the collector (tcp {tcp_free}) outlived the tool\n{}",
+            tool.describe()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 // ---------------------------------------------------------------------------------------
