@@ -194,12 +194,9 @@ pub fn run_suite(
         .targets
         .iter()
         .find(|t| t.name == Kind::Baseline.name())
-        .and_then(|t| t.lossless_pps);
+        .and_then(|t| t.lossless_pps.map(|r| (r, t.limited_by_generator)));
     for t in &mut results.targets {
-        t.ratio_to_baseline = match (t.lossless_pps, baseline) {
-            (Some(x), Some(b)) if b > 0.0 => Some(x / b),
-            _ => None,
-        };
+        (t.ratio_to_baseline, t.ratio_bound) = ratio(t, baseline);
     }
     if let Some(storm) = &cfg.storm {
         say(&format!(
@@ -281,6 +278,7 @@ fn measure(
     // Every target first gets all the generator can send, unthrottled; the baseline's rate
     // there is the top of every search.
     let (trial, detail) = running.trial(0)?;
+    result.cpu_ns_per_datagram = trial.cpu_ns_per_datagram;
     let achieved = trial.achieved_pps.floor() as u64;
     let unthrottled_lossless = trial.lossless;
     record(trial, detail, &mut result, say);
@@ -355,6 +353,29 @@ fn measure(
         );
     }
     Ok(result)
+}
+
+/// `t`'s lossless rate over the baseline's, and what kind of bound that is. A rate measured
+/// while the generator could offer no more is only a lower bound of the true one: over a
+/// generator-bound baseline a target's ratio is an upper bound, a generator-bound target's a
+/// lower bound, and with both bound it says nothing.
+pub fn ratio(t: &TargetResult, baseline: Option<(f64, bool)>) -> (Option<f64>, String) {
+    let (Some(rate), Some((base, base_bound))) = (t.lossless_pps, baseline) else {
+        return (None, String::new());
+    };
+    if base <= 0.0 {
+        return (None, String::new());
+    }
+    if t.name == Kind::Baseline.name() {
+        return (Some(1.0), "exact".into());
+    }
+    let bound = match (t.limited_by_generator, base_bound) {
+        (false, false) => "exact",
+        (false, true) => "upper",
+        (true, false) => "lower",
+        (true, true) => return (None, "undetermined".into()),
+    };
+    (Some(rate / base), bound.into())
 }
 
 /// A trial at `rate`, run once more when it was lossless but the generator fell more than 5%
@@ -453,6 +474,42 @@ mod tests {
         assert_eq!(l.durable.median_ms, 2.0);
         assert_eq!(l.durable_cdf.len(), 3);
         assert!(latency(1.0, 0, &TrialDetail::default()).is_none());
+    }
+
+    #[test]
+    fn ratios_know_their_bounds() {
+        let t = |name: &str, rate, bound| TargetResult {
+            name: name.into(),
+            lossless_pps: Some(rate),
+            limited_by_generator: bound,
+            ..TargetResult::default()
+        };
+        let vm = t("image-virtio-net", 10_000.0, false);
+        let hosted = t("hosted-relay", 150_000.0, true);
+        assert_eq!(
+            ratio(&vm, Some((100_000.0, true))),
+            (Some(0.1), "upper".into())
+        );
+        assert_eq!(
+            ratio(&vm, Some((100_000.0, false))),
+            (Some(0.1), "exact".into())
+        );
+        assert_eq!(
+            ratio(&hosted, Some((100_000.0, false))),
+            (Some(1.5), "lower".into())
+        );
+        assert_eq!(
+            ratio(&hosted, Some((100_000.0, true))),
+            (None, "undetermined".into())
+        );
+        let base = t("baseline", 100_000.0, true);
+        assert_eq!(
+            ratio(&base, Some((100_000.0, true))),
+            (Some(1.0), "exact".into())
+        );
+        assert_eq!(ratio(&vm, None), (None, String::new()));
+        let none = TargetResult::default();
+        assert_eq!(ratio(&none, Some((1.0, false))), (None, String::new()));
     }
 
     #[test]

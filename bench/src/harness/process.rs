@@ -187,6 +187,18 @@ impl Process {
         })
     }
 
+    /// CPU time the child's threads have run, in ns (`/proc/<pid>/task/*/schedstat`, first
+    /// field), if readable.
+    pub fn cpu_ns(&self) -> Option<u64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()?;
+        let mut total = 0u64;
+        for task in tasks.filter_map(Result::ok) {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(total)
+    }
+
     /// Sends SIGTERM and waits up to `grace` for the child to exit, then kills it.
     pub fn stop(&mut self, grace: Duration) {
         if self.running() {
@@ -302,5 +314,21 @@ mod tests {
         assert_eq!(p.line_count(), 3);
         let err = p.wait_for(3, "four", Duration::from_secs(5)).unwrap_err();
         assert!(err.to_string().contains("exited"), "{err}");
+    }
+
+    #[test]
+    fn cpu_time_is_read_while_running() {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 30",
+        ]);
+        let mut p = Process::spawn("busy", cmd).unwrap();
+        let first = p.cpu_ns().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(p.cpu_ns().unwrap() >= first);
+        assert!(p.peak_rss_bytes().unwrap() > 0);
+        p.stop(Duration::from_secs(1));
+        assert!(p.cpu_ns().is_none());
     }
 }

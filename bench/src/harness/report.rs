@@ -118,6 +118,8 @@ pub struct Trial {
     pub received_pps: Option<f64>,
     /// Dumps at the collector (relay targets).
     pub dumps: Option<DumpCounts>,
+    /// CPU time of the receiving process per datagram it counted, ns (hosted targets).
+    pub cpu_ns_per_datagram: Option<f64>,
     pub lossless: bool,
 }
 
@@ -150,6 +152,9 @@ pub struct TargetResult {
     pub lossless_gbps: Option<f64>,
     /// `lossless_pps` over the baseline's.
     pub ratio_to_baseline: Option<f64>,
+    /// "exact", "upper" (the baseline was generator-bound, so the true ratio is at most
+    /// this), "lower" (this target was), or "undetermined" (both were; no ratio).
+    pub ratio_bound: String,
     /// The generator could not offer more: the true limit is at least this.
     pub limited_by_generator: bool,
     pub trials: Vec<Trial>,
@@ -162,6 +167,9 @@ pub struct TargetResult {
     pub memory_measure: String,
     /// TSC cycles per datagram in the guest's fast path, ring to relay (image targets).
     pub cycles_per_datagram: Option<u64>,
+    /// CPU time per datagram of the receiving process in the unthrottled trial, ns (hosted
+    /// targets): with one core each, the capacity ratio of two targets is the inverse ratio.
+    pub cpu_ns_per_datagram: Option<f64>,
     /// From QEMU start to the guest's `ready:` line (image targets).
     pub boot_to_ready_ms: Option<f64>,
     pub notes: Vec<String>,
@@ -210,6 +218,16 @@ pub struct StormResult {
     /// No machine's dump is missing and every stored dump has its newest chunk.
     pub every_dump_kept_newest_chunk: bool,
     pub crash_line_latency: Option<Summary>,
+}
+
+fn ratio_cell(t: &TargetResult) -> String {
+    match (t.ratio_to_baseline, t.ratio_bound.as_str()) {
+        (Some(r), "upper") => format!("≤ {r:.3}"),
+        (Some(r), "lower") => format!("≥ {r:.3}"),
+        (Some(r), _) => format!("{r:.3}"),
+        (None, "undetermined") => "n/a: both generator-bound".into(),
+        (None, _) => "-".into(),
+    }
 }
 
 fn rate(pps: Option<f64>) -> String {
@@ -284,14 +302,7 @@ impl Results {
                 },
                 t.lossless_gbps
                     .map_or_else(|| "-".into(), |g| format!("{g:.3}")),
-                t.ratio_to_baseline.map_or_else(
-                    || "-".into(),
-                    |r| if t.limited_by_generator && t.name != "baseline" {
-                        format!("≥ {r:.3}")
-                    } else {
-                        format!("{r:.3}")
-                    }
-                ),
+                ratio_cell(t),
                 t.latency
                     .as_ref()
                     .map_or_else(|| "-".into(), |l| ms(&l.durable)),
@@ -307,6 +318,34 @@ impl Results {
             let _ = writeln!(m, "| {} | not run: {} | | | | | | |", sk.target, sk.reason);
         }
         let _ = writeln!(m);
+        let _ = writeln!(
+            m,
+            "A rate marked \"generator-bound\" was lossless at everything one generator core \
+             offered, so the true limit is higher: a ratio over a generator-bound baseline is an \
+             upper bound (≤), a generator-bound target's a lower bound (≥), and with both bound \
+             there is no ratio.\n"
+        );
+        let base_cpu = self
+            .targets
+            .iter()
+            .find(|t| t.name == "baseline")
+            .and_then(|t| t.cpu_ns_per_datagram);
+        for t in &self.targets {
+            if let (Some(c), Some(b)) = (t.cpu_ns_per_datagram, base_cpu) {
+                let _ = writeln!(
+                    m,
+                    "- {}: {:.0} ns of CPU per datagram received (unthrottled trial); one core \
+                     would take about {:.0} datagrams/s, {:.3} of the baseline's by CPU time.",
+                    t.name,
+                    c,
+                    1e9 / c,
+                    b / c
+                );
+            }
+        }
+        if base_cpu.is_some() {
+            let _ = writeln!(m);
+        }
         let _ = writeln!(
             m,
             "Latencies above: {} machines crashing one at a time over {} s, each sending at \
@@ -435,6 +474,7 @@ mod tests {
             name: "hosted-relay".into(),
             lossless_pps: Some(60_000.0),
             ratio_to_baseline: Some(0.5),
+            ratio_bound: "upper".into(),
             latency: Some(Latency {
                 durable: lat.clone(),
                 crash_line: lat.clone(),
@@ -458,7 +498,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| hosted-relay | 60000 | - | 0.500 | 2.0 / 3.0 / 4.0 |"),
+            md.contains("| hosted-relay | 60000 | - | ≤ 0.500 | 2.0 / 3.0 / 4.0 |"),
             "{md}"
         );
         assert!(md.contains("3.0 MiB"));

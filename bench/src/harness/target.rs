@@ -424,6 +424,7 @@ impl Running {
         };
         let mark = self.receiver.line_count();
         let before = self.received_total().unwrap_or(0);
+        let cpu_before = self.receiver.cpu_ns();
         let mut log = SendLog::new(scenario.machines);
         let report = {
             let mut timed = Timed::new(self.output.as_mut(), &mut log);
@@ -453,6 +454,12 @@ impl Running {
         let received = self
             .received_after(mark.max(self.receiver.line_count()))
             .map(|t| t.saturating_sub(before));
+        let cpu = match (self.kind, cpu_before, self.receiver.cpu_ns(), received) {
+            (Kind::Baseline | Kind::HostedRelay, Some(a), Some(b), Some(n)) if n > 0 => {
+                Some(b.saturating_sub(a) as f64 / n as f64)
+            }
+            _ => None,
+        };
         let elapsed = report.elapsed.as_secs_f64();
         let achieved = report.rate();
         let lossless = match dumps {
@@ -471,6 +478,7 @@ impl Running {
                 .filter(|_| elapsed > 0.0)
                 .map(|r| r as f64 / elapsed),
             dumps,
+            cpu_ns_per_datagram: cpu,
             lossless,
         };
         Ok((trial, detail))
