@@ -8,8 +8,9 @@
 //!   collector, searches each target's lossless rate, measures end-to-end latency, memory and
 //!   cycles per datagram, runs the crash storm, and writes JSON, Markdown and SVG results.
 //!
-//! This crate is host-only (std). Its only unsafe code is the `sendmmsg` call, a `prctl` for
-//! timer slack and a `kill` of a child process, each with its `SAFETY` note.
+//! This crate is host-only (std). Its only unsafe code is the `sendmmsg` call, the `AF_PACKET`
+//! socket of the TAP output, a `prctl` for timer slack and a `kill` of a child process, each
+//! with its `SAFETY` note.
 
 pub mod gen;
 pub mod harness;

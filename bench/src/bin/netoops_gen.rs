@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use netoops_bench::gen::output::frame::{FrameConfig, MacAddr};
 use netoops_bench::gen::output::qemu::{DgramOutput, StreamOutput};
+use netoops_bench::gen::output::tap::TapOutput;
 use netoops_bench::gen::output::udp::UdpOutput;
 use netoops_bench::gen::{
     run, write_expectations, ExpectSummary, LossModel, Output, OutputSpec, Progress, RunOptions,
@@ -103,7 +104,9 @@ struct Args {
     /// stream-listen:HOST:PORT (the same, but QEMU connects with -netdev stream,server=off:
     /// prints "netoops-gen: listening on ADDR" on stderr, then waits up to 60 s). Prefer
     /// stream-listen with QEMU 7.2: its stream server crashes if the guest transmits before
-    /// a client connects.
+    /// a client connects. tap:IFNAME transmits raw frames on a TAP interface (AF_PACKET; the
+    /// interface must be up and in this network namespace: use `ip netns exec`), which a
+    /// QEMU `-netdev tap,ifname=IFNAME,script=no,downscript=no` hands to its guest.
     #[arg(long, default_value = "udp")]
     output: OutputSpec,
     /// Local address of the frame socket (dgram: where QEMU's remote= points, so the guest's
@@ -203,6 +206,9 @@ fn open_output(args: &Args, s: &Scenario) -> Result<Box<dyn Output>, String> {
                 .map(|o| Box::new(o) as Box<dyn Output>)
                 .map_err(|e| format!("connecting to the stream netdev at {remote}: {e}"))
         }
+        OutputSpec::Tap(ifname) => TapOutput::new(ifname, frame_config(args))
+            .map(|o| Box::new(o) as Box<dyn Output>)
+            .map_err(|e| format!("tap {ifname}: {e}")),
         OutputSpec::StreamListen(local) => {
             let listener =
                 TcpListener::bind(local).map_err(|e| format!("listening on {local}: {e}"))?;

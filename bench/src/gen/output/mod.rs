@@ -11,11 +11,13 @@
 //! - [`qemu::StreamOutput`]: raw frames over TCP with a 4-byte big-endian length prefix, to a
 //!   QEMU `-netdev stream` server, or to QEMU connecting as a stream client.
 //!
-//! A TAP back-end would be one more [`Output`] writing each frame to the TAP fd.
+//! - [`tap::TapOutput`]: raw frames transmitted on a TAP interface (`AF_PACKET`), which a
+//!   QEMU `-netdev tap` hands to its guest.
 
 pub mod frame;
 pub(crate) mod mmsg;
 pub mod qemu;
+pub mod tap;
 pub mod udp;
 
 use std::fmt;
@@ -26,7 +28,7 @@ use std::str::FromStr;
 use netoops_wire::MAX_DATAGRAM_LEN;
 
 use super::schedule::Scheduled;
-use frame::{ETHERNET_LEN, IPV4_LEN, UDP_LEN};
+use frame::{FrameWriter, ETHERNET_LEN, IPV4_LEN, UDP_LEN};
 
 /// Stream length prefix.
 pub const PREFIX_LEN: usize = 4;
@@ -144,6 +146,8 @@ pub enum OutputSpec {
     /// Raw frames, length-prefixed, to a QEMU `-netdev stream,server=off` client that
     /// connects to this address.
     StreamListen(SocketAddrV4),
+    /// Raw frames transmitted on this TAP interface (QEMU `-netdev tap,ifname=...`).
+    Tap(String),
 }
 
 impl OutputSpec {
@@ -162,7 +166,8 @@ impl fmt::Display for BadOutputSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "bad output {:?}: expected udp, dgram:HOST:PORT or stream:HOST:PORT (IPv4)",
+            "bad output {:?}: expected udp, dgram:HOST:PORT, stream:HOST:PORT, \
+             stream-listen:HOST:PORT (IPv4) or tap:IFNAME",
             self.0
         )
     }
@@ -186,6 +191,17 @@ impl FromStr for OutputSpec {
             return Ok(Self::Udp);
         }
         let (kind, addr) = s.split_once(':').ok_or_else(bad)?;
+        if kind == "tap" {
+            let ok = !addr.is_empty()
+                && addr.len() <= 15
+                && !addr.starts_with('.')
+                && !addr.contains(['/', ':', ' ']);
+            return if ok {
+                Ok(Self::Tap(addr.to_string()))
+            } else {
+                Err(bad())
+            };
+        }
         let addr = resolve_v4(addr).ok_or_else(bad)?;
         match kind {
             "dgram" => Ok(Self::Dgram(addr)),
@@ -203,8 +219,31 @@ impl fmt::Display for OutputSpec {
             Self::Dgram(a) => write!(f, "dgram:{a}"),
             Self::Stream(a) => write!(f, "stream:{a}"),
             Self::StreamListen(a) => write!(f, "stream-listen:{a}"),
+            Self::Tap(name) => write!(f, "tap:{name}"),
         }
     }
+}
+
+/// Writes the frame headers of every datagram in the batch; returns the frame lengths.
+pub(crate) fn write_frames(
+    frames: &mut FrameWriter,
+    batch: &mut Batch,
+) -> io::Result<[usize; MAX_BATCH]> {
+    let mut lens = [0usize; MAX_BATCH];
+    let items: [_; MAX_BATCH] = std::array::from_fn(|i| batch.items().get(i).copied());
+    for (i, item) in items.iter().enumerate() {
+        let Some(item) = item else { break };
+        let slot = batch.slot_mut(i);
+        // Headers go right before the datagram, which sits at HEADROOM.
+        let frame = slot.get_mut(PREFIX_LEN..).unwrap_or_default();
+        lens[i] = frames.write(frame, item.source, item.len).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "datagram too large for a frame",
+            )
+        })?;
+    }
+    Ok(lens)
 }
 
 #[cfg(test)]
@@ -233,10 +272,15 @@ mod tests {
         ] {
             assert!(bad.parse::<OutputSpec>().is_err(), "{bad}");
         }
+        assert_eq!("tap:nbtap0".parse(), Ok(OutputSpec::Tap("nbtap0".into())));
+        for bad in ["tap:", "tap:a/b", "tap:..", "tap:sixteen-chars-xx"] {
+            assert!(bad.parse::<OutputSpec>().is_err(), "{bad}");
+        }
         for s in [
             "stream:127.0.0.1:7",
             "stream-listen:127.0.0.1:8",
             "dgram:127.0.0.1:9",
+            "tap:nbtap0",
         ] {
             let spec: OutputSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);

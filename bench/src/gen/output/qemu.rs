@@ -20,7 +20,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::frame::{FrameConfig, FrameWriter};
-use super::{mmsg, Batch, Output, MAX_BATCH, PREFIX_LEN};
+use super::{mmsg, write_frames, Batch, Output, MAX_BATCH, PREFIX_LEN};
 
 /// Counts what the other side sends back, on a thread of its own.
 struct Drain {
@@ -86,25 +86,6 @@ fn is_timeout(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
     )
-}
-
-/// Writes the frame headers of every datagram in the batch; returns the frame lengths.
-fn write_frames(frames: &mut FrameWriter, batch: &mut Batch) -> io::Result<[usize; MAX_BATCH]> {
-    let mut lens = [0usize; MAX_BATCH];
-    let items: [_; MAX_BATCH] = std::array::from_fn(|i| batch.items().get(i).copied());
-    for (i, item) in items.iter().enumerate() {
-        let Some(item) = item else { break };
-        let slot = batch.slot_mut(i);
-        // Headers go right before the datagram, which sits at HEADROOM.
-        let frame = slot.get_mut(PREFIX_LEN..).unwrap_or_default();
-        lens[i] = frames.write(frame, item.source, item.len).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "datagram too large for a frame",
-            )
-        })?;
-    }
-    Ok(lens)
 }
 
 /// Frames to a QEMU `-netdev dgram` socket, one per UDP datagram.
