@@ -4,7 +4,9 @@
 //! `u32` per packet) when it starts: finding a chunk is then one array access, with no hashing
 //! on the per-packet path. Tables are carved from one index array by a bump pointer; when the
 //! pointer reaches the end, live tables slide down (compaction moves 4-byte indices, never
-//! chunks). Slots come from a free list. Everything is allocated once.
+//! chunks). Slots come from a free list, and slots never used yet from the pool's reserved
+//! capacity: the pool is allocated once but filled (and, in the kernel, touched) only as
+//! chunks arrive, so a large budget costs nothing at boot.
 //!
 //! Each slot also keeps a 64-bit XXH3 fingerprint of its 1024 bytes, so a later round's copy is
 //! recognised (or found to differ, meaning a new dump under the same identity) by hashing the
@@ -34,7 +36,9 @@ fn table_len(slots: usize, max_packets: usize) -> usize {
 
 /// Slot storage for received chunks.
 pub(crate) struct ChunkStore {
+    /// Slots in use or freed; grows up to `slots` within its reserved capacity.
     data: Vec<[u8; DATA_LEN]>,
+    slots: usize,
     /// Length of each slot's text once the sender's zero padding is cut off.
     text_len: Vec<u16>,
     fingerprint: Vec<u64>,
@@ -55,10 +59,11 @@ pub(crate) struct ChunkStore {
 impl ChunkStore {
     pub(crate) fn new(slots: usize, dumps: usize, max_packets: usize) -> Self {
         ChunkStore {
-            data: vec![[0u8; DATA_LEN]; slots],
+            data: Vec::with_capacity(slots),
+            slots,
             text_len: vec![0; slots],
             fingerprint: vec![0; slots],
-            free: (0..slots as u32).rev().collect(),
+            free: Vec::with_capacity(slots),
             table: vec![NO_SLOT; table_len(slots, max_packets)],
             base: vec![0; dumps],
             len: vec![0; dumps],
@@ -69,7 +74,7 @@ impl ChunkStore {
     }
 
     pub(crate) fn capacity(&self) -> usize {
-        self.data.len()
+        self.slots
     }
 
     pub(crate) fn used(&self) -> usize {
@@ -77,7 +82,7 @@ impl ChunkStore {
     }
 
     pub(crate) fn has_free_slot(&self) -> bool {
-        !self.free.is_empty()
+        !self.free.is_empty() || self.data.len() < self.slots
     }
 
     /// Whether a table of `count` entries can be reserved now.
@@ -144,11 +149,19 @@ impl ChunkStore {
         let Some(pos) = self.position(entry, packet_no) else {
             return false;
         };
-        let Some(slot) = self.free.pop() else {
-            return false;
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.data[slot as usize].copy_from_slice(data);
+                slot
+            }
+            None if self.data.len() < self.slots => {
+                // Within the reserved capacity: no allocation.
+                self.data.push(*data);
+                (self.data.len() - 1) as u32
+            }
+            None => return false,
         };
         let s = slot as usize;
-        self.data[s].copy_from_slice(data);
         self.text_len[s] = netoops_wire::text::chunk_text(data).len() as u16;
         self.fingerprint[s] = fingerprint;
         self.table[pos] = slot;
