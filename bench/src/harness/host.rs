@@ -31,6 +31,15 @@ fn field(text: &str, key: &str, sep: char) -> Option<String> {
     })
 }
 
+/// The 1-minute load average (0 if unreadable).
+pub fn load_average() -> f64 {
+    read("/proc/loadavg")
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Describes this machine; `git_dir` is where to ask git for the commit.
 pub fn describe(git_dir: &std::path::Path) -> Host {
     let cpuinfo = read("/proc/cpuinfo");
@@ -38,11 +47,7 @@ pub fn describe(git_dir: &std::path::Path) -> Host {
     let mem_kib: f64 = field(&meminfo, "MemTotal", ':')
         .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0);
-    let load = read("/proc/loadavg")
-        .split_whitespace()
-        .next()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(0.0);
+    let load = load_average();
     let git = Command::new("git")
         .arg("-C")
         .arg(git_dir)
@@ -62,6 +67,7 @@ pub fn describe(git_dir: &std::path::Path) -> Host {
         rustc: first_line_of("rustc", &["--version"]),
         git_commit: git,
         load_at_start: load,
+        load_at_end: 0.0,
         accel: "tcg".into(),
     }
 }

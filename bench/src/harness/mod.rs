@@ -228,6 +228,7 @@ pub fn run_suite(
         }
     }
     results.duration_s = started.elapsed().as_secs_f64();
+    results.host.load_at_end = host::load_average();
     Ok(results)
 }
 

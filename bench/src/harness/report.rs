@@ -47,8 +47,10 @@ pub struct Host {
     pub qemu: String,
     pub rustc: String,
     pub git_commit: String,
-    /// 1-minute load average when the run started (other work on the machine).
+    /// 1-minute load average when the run started and when it ended (other work on the
+    /// machine competes with the targets: compare runs at similar load).
     pub load_at_start: f64,
+    pub load_at_end: f64,
     /// How the guests were run ("tcg").
     pub accel: String,
 }
@@ -254,7 +256,8 @@ impl Results {
         let _ = writeln!(
             m,
             "Run {} on `{}`: {} ({} cores, {:.0} GiB), {}, Linux {}, {}, guests under {}; \
-             load average {:.2} at start; commit `{}`; {:.0} s in all. Reproduce with \
+             load average {:.2} at start, {:.2} at the end; commit `{}`; {:.0} s in all. \
+             Reproduce with \
              `{}`.\n",
             self.started,
             h.hostname,
@@ -266,6 +269,7 @@ impl Results {
             h.qemu,
             h.accel,
             h.load_at_start,
+            h.load_at_end,
             h.git_commit,
             self.duration_s,
             self.command
