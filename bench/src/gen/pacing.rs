@@ -114,18 +114,27 @@ mod tests {
     #[test]
     fn rate_holds_within_two_percent() {
         tighten_timer_slack();
-        // 20,000/s for 0.25 s: 5,000 grants, with the batches the bucket hands out.
-        let start = Instant::now();
-        let mut b = TokenBucket::new(20_000, 16, start);
-        let mut granted = 0;
-        while granted < 5_000 {
-            granted += b.take((5_000 - granted).min(16));
-        }
-        let secs = start.elapsed().as_secs_f64();
         // The first token is there at start: 4,999 intervals of 50 µs.
         let ideal = 4_999.0 / 20_000.0;
-        assert!(secs >= ideal * 0.98, "{secs} s, too fast");
-        assert!(secs <= ideal * 1.10, "{secs} s, too slow (loaded machine?)");
+        // Never early; late only when this loaded machine deschedules the thread for longer
+        // than the burst window, so up to three tries for that one.
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            // 20,000/s for 0.25 s: 5,000 grants, with the batches the bucket hands out.
+            let start = Instant::now();
+            let mut b = TokenBucket::new(20_000, 16, start);
+            let mut granted = 0;
+            while granted < 5_000 {
+                granted += b.take((5_000 - granted).min(16));
+            }
+            let secs = start.elapsed().as_secs_f64();
+            assert!(secs >= ideal * 0.98, "{secs} s, too fast");
+            times.push(secs);
+            if secs <= ideal * 1.10 {
+                return;
+            }
+        }
+        panic!("{times:?} s against {ideal} s: too slow three times (loaded machine?)");
     }
 
     #[test]

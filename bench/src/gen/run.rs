@@ -185,7 +185,6 @@ mod tests {
 
     #[test]
     fn udp_run_reassembles_to_the_expectations() {
-        let (target, stop, handle) = receiver();
         let s = Scenario {
             machines: 24,
             log_size: "1-24K".parse().unwrap(),
@@ -202,26 +201,36 @@ mod tests {
             ..Scenario::default()
         };
         s.validate().unwrap();
-        let mut out = UdpOutput::new(target, s.source_of(0).unwrap()).unwrap();
-        let mut schedule = Schedule::new(s.clone());
-        let mut calls = 0;
-        let report = run(
-            &mut schedule,
-            &mut out,
-            RunOptions {
-                rate: 10_000,
-                batch: 16,
-            },
-            &mut |_| calls += 1,
-        )
-        .unwrap();
-        stop.store(true, Ordering::Release);
-        let got = handle.join().unwrap();
+        // The kernel may drop datagrams when this loaded machine deschedules the receiver
+        // (its buffer is capped by rmem_max): the run is repeated until one arrives whole.
+        let mut attempts = 0;
+        let (report, got, calls) = loop {
+            attempts += 1;
+            let (target, stop, handle) = receiver();
+            let mut out = UdpOutput::new(target, s.source_of(0).unwrap()).unwrap();
+            let mut schedule = Schedule::new(s.clone());
+            let mut calls = 0;
+            let report = run(
+                &mut schedule,
+                &mut out,
+                RunOptions {
+                    rate: 10_000,
+                    batch: 16,
+                },
+                &mut |_| calls += 1,
+            )
+            .unwrap();
+            stop.store(true, Ordering::Release);
+            let got = handle.join().unwrap();
+            if got.len() as u64 == report.schedule.datagrams || attempts == 3 {
+                break (report, got, calls);
+            }
+        };
         assert!(calls >= 1);
         assert_eq!(
             got.len() as u64,
             report.schedule.datagrams,
-            "the receiver dropped datagrams (loaded machine?)"
+            "the receiver dropped datagrams in {attempts} runs (loaded machine?)"
         );
         assert_eq!(report.schedule.machines_done, s.machines);
         // 10,000/s, so roughly datagrams / 10,000 seconds (the storm window is shorter).

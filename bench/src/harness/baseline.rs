@@ -160,7 +160,19 @@ mod tests {
             tx.send_to(&[7u8; 1241][..1000 + (i as usize % 200)], addr)
                 .unwrap();
         }
-        std::thread::sleep(Duration::from_millis(300));
+        // Reports come every 100 ms; wait for the one that has everything.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            if text
+                .lines()
+                .filter_map(Counts::parse)
+                .any(|c| c.datagrams == 500)
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         stop.store(true, Ordering::Relaxed);
         let counts = receiver.join().unwrap().unwrap();
         assert_eq!(counts.datagrams, 500);
