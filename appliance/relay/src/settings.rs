@@ -543,7 +543,14 @@ mod tests {
         assert_eq!(c.instance, Some(16));
         assert_eq!(c.drain_timeout, Duration::from_millis(250));
         assert_eq!(c.recv_buffer, 1 << 20);
-        let c = cli(&["--drain-timeout", "1s", "--name", "a", "--drain-timeout", "2s"]);
+        let c = cli(&[
+            "--drain-timeout",
+            "1s",
+            "--name",
+            "a",
+            "--drain-timeout",
+            "2s",
+        ]);
         assert_eq!(c.drain_timeout, Duration::from_secs(2), "the last one wins");
         let c = cli(&[]);
         assert_eq!(c.instance, None);
