@@ -185,10 +185,12 @@ fn main() -> ExitCode {
                 cfg.storm = None;
             }
             cfg.keep_work = keep_work;
-            cfg.command = std::iter::once("netoops-bench".to_string())
-                .chain(std::env::args().skip(1))
-                .collect::<Vec<_>>()
-                .join(" ");
+            cfg.command = std::iter::once(
+                "cargo run --release -p netoops-bench --bin netoops-bench --".to_string(),
+            )
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" ");
             suite(&cfg, install)
         }
     }

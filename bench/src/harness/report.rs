@@ -334,7 +334,13 @@ impl Results {
             .iter()
             .find(|t| t.name == "baseline")
             .and_then(|t| t.cpu_ns_per_datagram);
-        for t in &self.targets {
+        if let Some(b) = base_cpu {
+            let _ = writeln!(
+                m,
+                "- baseline: {b:.0} ns of CPU per datagram received (unthrottled trial)."
+            );
+        }
+        for t in self.targets.iter().filter(|t| t.name != "baseline") {
             if let (Some(c), Some(b)) = (t.cpu_ns_per_datagram, base_cpu) {
                 let _ = writeln!(
                     m,
