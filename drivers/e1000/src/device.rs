@@ -34,6 +34,13 @@ use netoops_nic::{Capabilities, Device, DeviceStats, LinkState, MacAddress, RxTo
 use netoops_virtio_net::transport::pci::memory_bar_base;
 use netoops_virtio_net::{MmioRegion, PciConfig, Platform};
 
+/// Shortest time between two reads of the statistics registers by [`Device::stats`] when
+/// the driver has a clock ([`Config::clock`]). Callers may ask every poll (the kernel's
+/// stack adapter publishes after every receive burst), and each read is an uncached
+/// register access: a bus round trip on hardware, a VM exit or a trip through the device
+/// lock under QEMU. Between reads `stats` reports the ring counters, which are always
+/// current, with the device's drop counters as last read.
+pub const STATS_REFRESH_US: u64 = 100_000;
 /// Microseconds the 82574 gets to finish bus-master requests before the reset.
 const GIO_QUIESCE_US: u64 = 10_000;
 /// Microseconds to leave the device alone after setting CTRL.RST (only with a clock).
@@ -236,6 +243,8 @@ pub struct E1000<R: Registers = MmioRegion> {
     mac_source: MacSource,
     waits: Waits,
     device: Cell<StatCounters>,
+    /// The device counters as last read, and when (clock time; `None` before the first).
+    device_last: Cell<(DeviceCounters, Option<u64>)>,
 }
 
 impl E1000<MmioRegion> {
@@ -350,6 +359,7 @@ impl<R: Registers> E1000<R> {
             mac_source,
             waits,
             device: Cell::new(StatCounters::default()),
+            device_last: Cell::new((DeviceCounters::default(), None)),
         })
     }
 
@@ -420,7 +430,19 @@ impl<R: Registers> E1000<R> {
             oversize: roc.sample(&self.regs, regs::ROC),
         };
         self.device.set(c);
+        let at = self.waits.clock.map(|now| now());
+        self.device_last.set((d, at));
         d
+    }
+
+    /// The device counters for [`Device::stats`]: read again only when
+    /// [`STATS_REFRESH_US`] passed since the last read (always, without a clock).
+    fn device_counters_recent(&self) -> DeviceCounters {
+        let (last, at) = self.device_last.get();
+        match (self.waits.clock, at) {
+            (Some(now), Some(at)) if now().saturating_sub(at) < STATS_REFRESH_US => last,
+            _ => self.device_counters(),
+        }
     }
 }
 
@@ -660,9 +682,11 @@ impl<R: Registers> Device for E1000<R> {
         )
     }
 
+    /// Ring counters as of now; the device's drop counter (MPC) as of at most
+    /// [`STATS_REFRESH_US`] ago when the driver has a clock.
     fn stats(&self) -> DeviceStats {
         let rx = self.rx.counters();
-        let device = self.device_counters();
+        let device = self.device_counters_recent();
         DeviceStats {
             rx_frames: rx.frames,
             tx_frames: self.tx.counters().frames,
@@ -1014,6 +1038,43 @@ mod tests {
         assert_eq!(missed(&mut nic, 0), 38);
         assert_eq!(missed(&mut nic, 2), 40);
         assert_eq!(nic.stats().rx_dropped, 40);
+    }
+
+    #[test]
+    fn stats_read_the_device_registers_at_most_every_refresh_interval() {
+        use core::sync::atomic::{AtomicU64, Ordering};
+        // A clock that ticks one microsecond per reading, so bring-up's waits end.
+        static NOW: AtomicU64 = AtomicU64::new(0);
+        fn now() -> u64 {
+            NOW.fetch_add(1, Ordering::Relaxed)
+        }
+        let mut config = config(16, 4);
+        config.clock = Some(now);
+        let mut nic = E1000::from_registers(
+            Model::I82540Em,
+            DeviceModel::new(Model::I82540Em),
+            &HostPlatform,
+            config,
+        )
+        .unwrap();
+        nic.registers().state.borrow_mut().missed = 2;
+        assert_eq!(nic.stats().rx_dropped, 2, "the first call reads the device");
+        nic.registers().state.borrow_mut().missed = 3;
+        nic.registers().deliver(&frame(100, 1));
+        let (tok, _) = nic.receive().unwrap();
+        drop(tok);
+        let s = nic.stats();
+        assert_eq!(
+            (s.rx_frames, s.rx_dropped),
+            (1, 2),
+            "rings now, device as last read"
+        );
+        NOW.fetch_add(STATS_REFRESH_US, Ordering::Relaxed);
+        assert_eq!(nic.stats().rx_dropped, 2 + 3);
+        // The detailed counters always read the device.
+        nic.registers().state.borrow_mut().missed = 1;
+        assert_eq!(nic.driver_stats().device.missed, 6);
+        assert_eq!(nic.stats().rx_dropped, 6, "and refresh what stats reports");
     }
 
     #[test]

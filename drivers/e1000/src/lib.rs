@@ -21,9 +21,10 @@
 //! - [`device`]: reset and bring-up, MAC address, link state, counters and the tokens.
 //!
 //! On the data path the driver touches device registers only for the batched tail writes.
-//! [`netoops_nic::Device::stats`], [`E1000::driver_stats`], [`E1000::link_status`] and
-//! [`E1000::ring_state`] read registers (a few uncached reads each): call them once per
-//! report, not once per frame.
+//! [`E1000::driver_stats`], [`E1000::link_status`] and [`E1000::ring_state`] read registers
+//! (a few uncached reads each): call them once per report, not once per frame.
+//! [`netoops_nic::Device::stats`] may be called every poll: with a clock it reads the
+//! statistics registers at most every [`device::STATS_REFRESH_US`].
 //!
 //! Both parts are driven the same way. The differences that matter here: the EEPROM read
 //! register's field positions, the 82574's bus-master quiesce before reset, its receive
