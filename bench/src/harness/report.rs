@@ -204,7 +204,7 @@ pub struct StormResult {
     pub newest_chunk_lost: u32,
     /// A few of them, `ip/key`.
     pub newest_chunk_lost_examples: Vec<String>,
-    /// Guest heap in use at its highest (sampled every loop turn) and the heap's size.
+    /// Guest heap in use at its highest (the guest's `memory: heap` line) and the heap's size.
     pub heap_peak_bytes: Option<u64>,
     pub heap_total_bytes: Option<u64>,
     /// Reassembly chunks in use at their highest (sampled per counter line) and the pool.

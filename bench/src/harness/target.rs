@@ -367,8 +367,8 @@ impl Running {
             Kind::Image(_) => match self.receiver.last_line_with(0, "memory: heap") {
                 Some(l) => (
                     number_after(&l.text, "peak"),
-                    "guest heap peak (sampled every loop turn; reassembly and spool budgets are \
-                     allocated up front)"
+                    "guest heap peak from the guest's `memory: heap` counter line (the reassembly \
+                     and spool budgets are allocated up front)"
                         .into(),
                 ),
                 None => (None, "guest heap: no memory line on the console".into()),
