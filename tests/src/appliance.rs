@@ -7,7 +7,8 @@
 //!   on a second NIC through `-netdev stream` (QEMU connects to a listener of ours or the
 //!   generator's: lossless, flow-controlled) or `-netdev dgram` (for rate measurements).
 //!   The upstream connection always goes through user networking to a collector on host
-//!   loopback (10.0.2.2 from the guest).
+//!   loopback (10.0.2.2 from the guest). Each NIC is virtio-net unless the spec names an
+//!   Intel model ([`VmSpec::ingress_model`], [`VmSpec::upstream_model`]).
 //! - [`read_expectations`] / [`check_expectation`] compare what the collector stored with the
 //!   generator's `--expect` output.
 //! - [`udp_frame`] builds Ethernet/IPv4/UDP frames, well-formed or deliberately broken;
@@ -114,7 +115,15 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// A whole command line to use instead of [`VmSpec::cmdline`]'s.
     pub cmdline_override: Option<String>,
+    /// QEMU device model of the ingress NIC on PCI machines: [`VIRTIO_NET`] (the default),
+    /// `e1000` or `e1000e`. microvm always gets virtio-mmio.
+    pub ingress_model: String,
+    /// QEMU device model of the upstream NIC in two-NIC setups (as `ingress_model`).
+    pub upstream_model: String,
 }
+
+/// QEMU's virtio-net PCI device model.
+pub const VIRTIO_NET: &str = "virtio-net-pci";
 
 impl VmSpec {
     /// q35, 256 MiB, the given ingress and collector.
@@ -126,6 +135,8 @@ impl VmSpec {
             extra: String::new(),
             memory_mib: 256,
             cmdline_override: None,
+            ingress_model: VIRTIO_NET.into(),
+            upstream_model: VIRTIO_NET.into(),
         }
     }
 
@@ -154,13 +165,17 @@ impl VmSpec {
     /// QEMU's arguments.
     pub fn args(&self) -> Vec<String> {
         let mmio = self.machine.starts_with("microvm");
-        let nic = |netdev: &str, mac: &str, extra: &str| {
+        // `extra` is for virtio-net only (e1000 has no queue size); no model gets an option ROM.
+        let nic = |model: &str, netdev: &str, mac: &str, extra: &str| {
             if mmio {
                 format!("virtio-net-device,netdev={netdev},mac={mac}")
+            } else if model == VIRTIO_NET {
+                format!("{VIRTIO_NET},netdev={netdev},mac={mac},romfile={extra}")
             } else {
-                format!("virtio-net-pci,netdev={netdev},mac={mac},romfile={extra}")
+                format!("{model},netdev={netdev},mac={mac},romfile=")
             }
         };
+        let ingress_model = self.ingress_model.as_str();
         let ingress_mac = format_mac(&INGRESS_MAC);
         let mut a: Vec<String> = [
             "-M",
@@ -198,7 +213,7 @@ impl VmSpec {
                 a.push("-netdev".into());
                 a.push(format!("user,id=n0,hostfwd=udp:127.0.0.1:{udp_port}-:2004"));
                 a.push("-device".into());
-                a.push(nic("n0", &ingress_mac, ""));
+                a.push(nic(ingress_model, "n0", &ingress_mac, ""));
             }
             Some(Ingress::Stream { port }) => {
                 a.push("-netdev".into());
@@ -206,7 +221,12 @@ impl VmSpec {
                     "stream,id=in,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port={port}"
                 ));
                 a.push("-device".into());
-                a.push(nic("in", &ingress_mac, ",rx_queue_size=1024"));
+                a.push(nic(
+                    ingress_model,
+                    "in",
+                    &ingress_mac,
+                    ",rx_queue_size=1024",
+                ));
             }
             Some(Ingress::Dgram { port }) => {
                 a.push("-netdev".into());
@@ -216,7 +236,12 @@ impl VmSpec {
                     port + 1
                 ));
                 a.push("-device".into());
-                a.push(nic("in", &ingress_mac, ",rx_queue_size=1024"));
+                a.push(nic(
+                    ingress_model,
+                    "in",
+                    &ingress_mac,
+                    ",rx_queue_size=1024",
+                ));
             }
         }
         if matches!(
@@ -226,7 +251,7 @@ impl VmSpec {
             a.push("-netdev".into());
             a.push("user,id=up".into());
             a.push("-device".into());
-            a.push(nic("up", UPSTREAM_MAC, ""));
+            a.push(nic(&self.upstream_model, "up", UPSTREAM_MAC, ""));
         }
         a
     }
@@ -699,6 +724,27 @@ mod tests {
             },
         );
         assert_ne!(ones_complement(&bad[14..34]), 0);
+    }
+
+    #[test]
+    fn intel_models_replace_virtio_net_per_role() {
+        let mut spec = VmSpec::new(Ingress::Dgram { port: 7000 }, 7001);
+        spec.ingress_model = "e1000e".into();
+        let args = spec.args();
+        let has = |a: &str| args.iter().any(|x| x == a);
+        assert!(
+            has("e1000e,netdev=in,mac=52:54:00:12:34:56,romfile="),
+            "{args:?}"
+        );
+        assert!(
+            has("virtio-net-pci,netdev=up,mac=52:54:00:12:34:57,romfile="),
+            "{args:?}"
+        );
+        spec.upstream_model = "e1000".into();
+        spec.ingress = Some(Ingress::User { udp_port: 7002 });
+        let args = spec.args();
+        assert!(args.iter().any(|x| x.starts_with("e1000e,netdev=n0,")));
+        assert!(!args.iter().any(|x| x.contains("netdev=up")), "one NIC");
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! End-to-end tests live in `tests/tests/`; shared helpers live here.
 
 pub mod appliance;
+pub mod forward;
 pub mod hosted;
