@@ -8,8 +8,9 @@
 //! - Time: `embassy_time_driver` ticks are microseconds from [`platform::now_micros`], the
 //!   same clock the relay gets, so stack timeouts and relay timeouts agree.
 //! - Timers: [`TimerQueue`], a fixed table woken from [`Runtime::turn`].
-//! - Critical sections: the kernel is single-core and never enables interrupts, so there
-//!   is nothing to exclude; acquire and release do nothing.
+//! - Critical sections: the kernel is single-core and takes interrupts only in the idle
+//!   halt, whose handlers run no Rust code, so there is nothing to exclude; acquire and
+//!   release do nothing.
 
 use crate::platform;
 use alloc::boxed::Box;
@@ -40,14 +41,15 @@ embassy_time_driver::time_driver_impl!(static TIME_DRIVER: TscTimeDriver = TscTi
     queue: spin::Mutex::new(TimerQueue::new()),
 });
 
-/// Critical sections for a single core with interrupts off.
+/// Critical sections for a single core whose interrupts run no Rust code.
 struct SingleCore;
 
 critical_section::set_impl!(SingleCore);
 
-// SAFETY: the kernel runs on one CPU and never enables interrupts (platform module doc), so
-// code inside a critical section can never be preempted or run concurrently with another;
-// there is nothing to disable or restore.
+// SAFETY: the kernel runs on one CPU, and interrupts are enabled only inside the idle halt
+// between loop turns, where the entry stubs run no Rust code (platform module doc); so code
+// inside a critical section can never be preempted or run concurrently with another; there
+// is nothing to disable or restore.
 unsafe impl critical_section::Impl for SingleCore {
     unsafe fn acquire() -> critical_section::RawRestoreState {}
     unsafe fn release(_state: critical_section::RawRestoreState) {}

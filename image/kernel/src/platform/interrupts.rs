@@ -1,12 +1,13 @@
 //! GDT with a TSS, and an IDT whose 32 exception handlers report and stop.
 //!
-//! The appliance never enables interrupts (it polls), so the IDT exists for one reason: a
-//! fault must print what happened on the serial console and end the machine, never triple
+//! The appliance polls and takes interrupts only in its idle halt ([`super::apic`]), so the
+//! IDT exists mainly for one reason: a fault must print what happened on the serial console and end the machine, never triple
 //! fault silently. Each vector has a small assembly stub that pushes a uniform frame
 //! (a zero error code where the CPU pushes none, the vector, all general registers) and calls
 //! [`exception_report`]. Double fault, NMI and machine check run on their own IST stack so a
-//! kernel stack overflow still gets reported. Vectors 32..256 are left not-present: a stray
-//! one raises #GP whose error code names it.
+//! kernel stack overflow still gets reported. Vectors 32..256 stay not-present (a stray one
+//! raises #GP whose error code names it) until [`super::apic`] installs its entry stubs
+//! through [`set_interrupt_gate`] for the idle halt's timer.
 
 use super::serial::emergency_writer;
 use core::fmt::Write;
@@ -210,6 +211,21 @@ pub fn init() {
             base: idt as u64,
         };
         core::arch::asm!("lidt [{}]", in(reg) &idt_ptr, options(readonly, nostack, preserves_flags));
+    }
+}
+
+/// Points `vector` (32..=255) at `handler`, an interrupt gate on the current stack. Call with
+/// interrupts off, after [`init`].
+#[cfg(all(target_os = "none", not(test)))]
+pub fn set_interrupt_gate(vector: u8, handler: u64) {
+    if vector < 32 {
+        return; // the exception reporter's
+    }
+    // SAFETY: single CPU with interrupts off (the caller's contract), so no interrupt can
+    // read the entry while it is rewritten; the raw pointer avoids a `static mut` reference.
+    unsafe {
+        let idt = &raw mut IDT;
+        (*idt).0[usize::from(vector)] = IdtEntry::interrupt_gate(handler, 0);
     }
 }
 

@@ -10,13 +10,18 @@
 //! - [`now_micros`], [`tsc`], [`tsc_hz`]: the calibrated monotonic clock.
 //! - [`exit_qemu`]: ends the VM through isa-debug-exit (halts forever without it).
 //! - [`pci_devices`]: the PCI functions enumerated at boot.
+//! - [`idle::Idle`]: the board loop's halt on the local APIC timer when it has nothing to do.
 //!
-//! The kernel is single-core, never enables interrupts, and identity-maps all memory it uses.
+//! The kernel is single-core and identity-maps all memory it uses. Interrupts are enabled
+//! only inside the idle halt's `sti; hlt; cli`, where the APIC timer is the one source left
+//! unmasked.
 
 pub mod acpi;
+pub mod apic;
 pub mod boot;
 pub mod bootinfo;
 pub mod clock;
+pub mod idle;
 pub mod interrupts;
 pub mod memory;
 pub mod paging;
