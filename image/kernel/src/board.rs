@@ -6,10 +6,15 @@
 //! builds the [`Relay`], starts one embassy-net stack per NIC (the ingress one with the
 //! netoops fast path in its driver), spawns the upstream task, and then loops forever:
 //! one executor turn (stacks, upstream connection, timers), then the relay's timers and the
-//! console ([`Monitor`]).
+//! console ([`Monitor`]), then, when several turns in a row found nothing to do, a halt of at
+//! most `idle.halt=` on the local APIC timer ([`platform::idle`]) so the CPU (a vCPU thread
+//! under QEMU) sleeps instead of spinning. A turn found work when a NIC moved a frame or the
+//! relay ran a timer or reported an event; a halt never runs past the relay's next timeout or
+//! the next counter line.
 //!
 //! Console lines, in order:
 //! - `config: key=value ...` (every key's effective value) and `nic N: ...` per NIC;
+//! - `idle: halt <P>..<M> us on the local APIC timer (<apic>)` or `idle: spin (<why>)`;
 //! - `ready: listening on udp/<port> at <ip>` when the loop starts, then
 //!   `boot: ready <N> ms after reset (<M> ms in the board)`;
 //! - `first datagram accepted at <N> ms` (TSC time since reset) once;
@@ -18,8 +23,10 @@
 //!   drops by reason and TSC cycles per datagram from the receive ring to the relay
 //!   (`cycles/datagram interval <n> boot <n>`, `-` before the first),
 //!   a `nic <role>: ...` line per NIC, `memory: heap used U peak P total T bytes` (the
-//!   peak sampled every loop turn, for the benchmark's memory high-water mark), and
-//!   `loop: turns N per_second M` (turns of the board loop: its slack).
+//!   peak is the allocator's high-water mark, for the benchmark), and
+//!   `loop: turns N per_second M halts H halted_percent P stray_interrupts S` (turns of
+//!   the board loop, halts since boot and the share of the interval spent halted: its
+//!   slack; the last three only when the idle halt is on).
 
 use crate::net::driver::{FastPath, NicReport, StackDriver};
 use crate::net::executor::{spawn, Runtime};
@@ -27,6 +34,7 @@ use crate::net::fastpath::Identity;
 use crate::net::nic::{self, FoundNic, Location};
 use crate::net::settings::{self, Interface, NicIdentity, Settings};
 use crate::net::upstream::{self, Upstream};
+use crate::platform::idle::{self, HaltSetting, Idle};
 use crate::platform::{self, clock, Platform};
 use crate::println;
 use alloc::boxed::Box;
@@ -162,7 +170,8 @@ pub fn run(_platform: &mut Platform, cmdline: &str) -> ! {
         stop(format_args!("cannot start the upstream task"));
     }
 
-    let mut monitor = Monitor::new(relay, ingress_report, upstream_report, &settings);
+    let idle = start_idle(cmdline);
+    let mut monitor = Monitor::new(relay, ingress_report, upstream_report, &settings, idle);
     println!(
         "ready: listening on udp/{} at {}",
         settings.config.listen_port, settings.ingress.ip
@@ -176,6 +185,36 @@ pub fn run(_platform: &mut Platform, cmdline: &str) -> ! {
     loop {
         runtime.turn();
         monitor.tick();
+    }
+}
+
+/// The idle halt `idle.halt=` asks for, or `None` (spin) when it is off or there is no
+/// usable APIC timer.
+fn start_idle(cmdline: &str) -> Option<Idle> {
+    let value = platform::bootinfo::cmdline_param(cmdline, idle::KEY);
+    let setting = idle::parse_setting(value).unwrap_or_else(|problem| {
+        stop_misconfigured(&ConfigError {
+            key: idle::KEY.into(),
+            problem: problem.into(),
+        })
+    });
+    let HaltSetting::Micros(period) = setting else {
+        println!("idle: spin ({}=off)", idle::KEY);
+        return None;
+    };
+    match Idle::start(period) {
+        Ok(idle) => {
+            println!(
+                "idle: halt {period}..{} us on the local APIC timer ({})",
+                period * idle::BACKOFF,
+                idle.apic()
+            );
+            Some(idle)
+        }
+        Err(e) => {
+            println!("idle: spin (no APIC timer: {e:?})");
+            None
+        }
     }
 }
 
@@ -279,10 +318,14 @@ struct Monitor {
     /// Fast-path (cycles, samples) at the previous counter line.
     last_cycles: (u64, u64),
     first_reported: bool,
-    /// Highest heap use seen at a loop turn.
-    heap_peak: usize,
     /// Loop turns since boot and at the previous counter line (how much slack the loop has).
     turns: (u64, u64),
+    /// The idle halt, when on.
+    idle: Option<Idle>,
+    /// Frames the NICs had moved at the previous turn (a change means the turn did work).
+    frames: u64,
+    /// Microseconds halted at the previous counter line.
+    halted_us: u64,
 }
 
 impl Monitor {
@@ -291,6 +334,7 @@ impl Monitor {
         ingress: &'static Cell<NicReport>,
         upstream: Option<&'static Cell<NicReport>>,
         s: &Settings,
+        idle: Option<Idle>,
     ) -> Self {
         let interval_us = s.config.stats_interval.total_micros().max(1);
         Self {
@@ -301,8 +345,10 @@ impl Monitor {
             next_stats_us: platform::now_micros() + interval_us,
             last_cycles: (0, 0),
             first_reported: false,
-            heap_peak: 0,
             turns: (0, 0),
+            idle,
+            frames: 0,
+            halted_us: 0,
         }
     }
 
@@ -310,16 +356,24 @@ impl Monitor {
         self.turns.0 += 1;
         let now_us = platform::now_micros();
         let now = Instant::from_micros(now_us);
-        self.heap_peak = self.heap_peak.max(platform::memory::heap_usage().0);
+        let mut worked = false;
+        let mut deadline_us = self.next_stats_us;
         if let Ok(mut relay) = self.relay.try_borrow_mut() {
             if relay.poll_timeout().is_some_and(|t| t <= now) {
                 relay.handle_timeout(now);
+                worked = true;
             }
             for _ in 0..EVENTS_PER_TURN {
                 match relay.poll_event() {
-                    Some(ev) => println!("{ev}"),
+                    Some(ev) => {
+                        println!("{ev}");
+                        worked = true;
+                    }
                     None => break,
                 }
+            }
+            if let Some(t) = relay.poll_timeout() {
+                deadline_us = deadline_us.min(t.total_micros());
             }
         }
         if !self.first_reported {
@@ -336,6 +390,25 @@ impl Monitor {
             self.next_stats_us = now_us + self.interval_us;
             self.print_counters();
         }
+        if self.idle.is_some() {
+            let frames = self.frames_moved();
+            worked |= frames != self.frames;
+            self.frames = frames;
+            if let Some(idle) = self.idle.as_mut() {
+                idle.after_turn(worked, now_us, Some(deadline_us));
+            }
+        }
+    }
+
+    /// Frames received and sent by every NIC since boot.
+    fn frames_moved(&self) -> u64 {
+        let mut n = self.ingress.get().nic;
+        if let Some(up) = self.upstream {
+            let u = up.get().nic;
+            n.rx_frames += u.rx_frames;
+            n.tx_frames += u.tx_frames;
+        }
+        n.rx_frames.wrapping_add(n.tx_frames)
     }
 
     fn print_counters(&mut self) {
@@ -369,15 +442,25 @@ impl Monitor {
             per(f.cycles, f.cycles_samples),
         );
         let (used, free) = platform::memory::heap_usage();
-        self.heap_peak = self.heap_peak.max(used);
         println!(
             "memory: heap used {used} peak {} total {} bytes",
-            self.heap_peak,
+            platform::memory::heap_peak().max(used),
             used + free
         );
         let per_second = (self.turns.0 - self.turns.1).saturating_mul(1_000_000) / self.interval_us;
-        println!("loop: turns {} per_second {per_second}", self.turns.0);
         self.turns.1 = self.turns.0;
+        match self.idle.as_ref().map(Idle::report) {
+            Some(r) => {
+                let percent = (r.halted_us - self.halted_us).saturating_mul(100) / self.interval_us;
+                self.halted_us = r.halted_us;
+                println!(
+                    "loop: turns {} per_second {per_second} halts {} halted_percent {percent} \
+                     stray_interrupts {}",
+                    self.turns.0, r.halts, r.stray_interrupts
+                );
+            }
+            None => println!("loop: turns {} per_second {per_second}", self.turns.0),
+        }
         let nics = [("ingress", Some(self.ingress)), ("upstream", self.upstream)];
         for (role, report) in nics {
             if let Some(r) = report {

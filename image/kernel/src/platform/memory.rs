@@ -4,7 +4,8 @@
 //! usable RAM range the loader reported between the end of the kernel image and 4 GiB, so
 //! all of it is inside the identity map: physical == virtual, and DMA memory is simply
 //! zeroed heap memory that is never freed. A `heap=` command-line size (e.g. `heap=64M`)
-//! caps it; otherwise it takes the whole range.
+//! caps it; otherwise it takes the whole range. The allocator keeps the heap's high-water
+//! mark ([`heap_peak`]).
 
 use super::bootinfo::{MemoryKind, MemoryRegion};
 use core::ptr::NonNull;
@@ -56,9 +57,47 @@ pub fn parse_size(text: &str) -> Option<u64> {
     digits.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
+/// The heap allocator, recording the highest use it has ever reached on each allocation, so
+/// the peak is exact without anyone sampling it (allocation is not on the per-packet path).
+#[cfg(all(target_os = "none", not(test)))]
+struct PeakHeap {
+    heap: linked_list_allocator::LockedHeap,
+    peak: core::sync::atomic::AtomicUsize,
+}
+
+// SAFETY: allocation and deallocation are linked_list_allocator's, under its lock; only the
+// peak bookkeeping is added, which reads the heap under that same lock.
+#[cfg(all(target_os = "none", not(test)))]
+unsafe impl core::alloc::GlobalAlloc for PeakHeap {
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        let mut heap = self.heap.lock();
+        match heap.allocate_first_fit(layout) {
+            Ok(block) => {
+                self.peak
+                    .fetch_max(heap.used(), core::sync::atomic::Ordering::Relaxed);
+                block.as_ptr()
+            }
+            Err(()) => core::ptr::null_mut(),
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
+        // SAFETY: `ptr` came from `alloc` with this `layout` (GlobalAlloc's contract), so it
+        // is non-null and the heap's own.
+        unsafe {
+            self.heap
+                .lock()
+                .deallocate(NonNull::new_unchecked(ptr), layout)
+        }
+    }
+}
+
 #[cfg(all(target_os = "none", not(test)))]
 #[global_allocator]
-static ALLOCATOR: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+static ALLOCATOR: PeakHeap = PeakHeap {
+    heap: linked_list_allocator::LockedHeap::empty(),
+    peak: core::sync::atomic::AtomicUsize::new(0),
+};
 
 /// Hands `range` to the global allocator. Call once.
 #[cfg(all(target_os = "none", not(test)))]
@@ -67,6 +106,7 @@ pub fn init_heap(range: HeapRange) {
     // nothing else uses it (boot information was copied out before), and this runs once.
     unsafe {
         ALLOCATOR
+            .heap
             .lock()
             .init(range.start as *mut u8, range.len as usize);
     }
@@ -75,8 +115,14 @@ pub fn init_heap(range: HeapRange) {
 /// Bytes of heap in use and free.
 #[cfg(all(target_os = "none", not(test)))]
 pub fn heap_usage() -> (usize, usize) {
-    let heap = ALLOCATOR.lock();
+    let heap = ALLOCATOR.heap.lock();
     (heap.used(), heap.free())
+}
+
+/// The highest heap use since boot, in bytes (updated by every allocation).
+#[cfg(all(target_os = "none", not(test)))]
+pub fn heap_peak() -> usize {
+    ALLOCATOR.peak.load(core::sync::atomic::Ordering::Relaxed)
 }
 
 /// Zeroed memory for device rings and buffers: `size` bytes aligned to `align` (a power of
