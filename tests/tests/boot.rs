@@ -175,6 +175,30 @@ fn page_fault_is_reported_with_cr2_and_ends_qemu() {
 }
 
 #[test]
+fn the_apic_timer_wakes_idle_halts_on_every_machine() {
+    for machine in [Machine::Q35, Machine::Pc, Machine::Microvm] {
+        let out = boot(pvh(machine, "selftest=idle"), BOOT_TIMEOUT);
+        assert_line(&out, "selftest: xAPIC at 0xfee00000");
+        assert_line(&out, "200 timer interrupts, 0 stray");
+        assert_line(&out, "selftest: idle ok");
+        assert_eq!(
+            out.outcome,
+            Outcome::DebugExit(exit_code::SUCCESS),
+            "{machine:?}"
+        );
+    }
+}
+
+#[test]
+fn a_fault_with_the_apic_timer_on_is_still_reported() {
+    let out = boot(pvh(Machine::Q35, "selftest=idlefault"), BOOT_TIMEOUT);
+    assert_line(&out, "selftest: idle ok");
+    assert_line(&out, "!!! EXCEPTION 6 (#UD invalid opcode) error code 0x0");
+    assert_line(&out, "machine stopped");
+    assert_eq!(out.outcome, Outcome::DebugExit(exit_code::FAULT));
+}
+
+#[test]
 fn panic_is_reported_and_ends_qemu() {
     let out = boot(pvh(Machine::Microvm, "selftest=panic"), BOOT_TIMEOUT);
     assert_line(&out, "!!! PANIC: panicked at");

@@ -8,6 +8,10 @@
 //! - `panic`: proves the panic handler reports and exits with `EXIT_PANIC`.
 //! - `stackoverflow` and `nullread`: prove the guard pages (below the stack, page 0) turn
 //!   an overflow into a reported double fault and a null read into a reported page fault.
+//! - `idle`: enables the local APIC and halts 200 times for 100 us on its timer; each halt
+//!   must be woken by exactly one timer interrupt, take at least 100 us, and no other
+//!   interrupt may arrive (`selftest: idle ok ...`, `EXIT_SUCCESS`). `idlefault` then raises
+//!   #UD to prove faults are still reported with the APIC on.
 
 use crate::platform::{self, EXIT_FAILURE, EXIT_SUCCESS};
 use crate::println;
@@ -58,6 +62,20 @@ pub fn run(name: &str) {
             println!("selftest: FAILED: read {value:#x} at address 0");
             platform::exit_qemu(EXIT_FAILURE)
         }
+        "idle" | "idlefault" => {
+            match idle_halts() {
+                Ok(()) if name == "idlefault" => {
+                    println!("selftest: raising #UD with the APIC timer on");
+                    // SAFETY: as for `fault`.
+                    unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+                }
+                Ok(()) => platform::exit_qemu(EXIT_SUCCESS),
+                Err(what) => {
+                    println!("selftest: FAILED: {what}");
+                    platform::exit_qemu(EXIT_FAILURE)
+                }
+            }
+        }
         other => println!("selftest: unknown {other:?}, ignored"),
     }
 }
@@ -96,6 +114,46 @@ fn checks() -> Result<(), &'static str> {
         "selftest: heap, dma, clock ({elapsed} us per 1 ms), mmio above 4 GiB ok; {} PCI functions",
         platform::pci_devices().len()
     );
+    Ok(())
+}
+
+/// Halts on the APIC timer and checks what woke each halt and how long it took.
+fn idle_halts() -> Result<(), &'static str> {
+    use platform::apic::{self, TIMER_VECTOR};
+    const HALTS: u64 = 200;
+    const MICROS: u64 = 100;
+    let lapic = apic::init().map_err(|e| {
+        println!("selftest: no APIC timer: {e:?}");
+        "APIC init"
+    })?;
+    println!("selftest: {lapic}");
+    let (timer0, stray0) = (apic::interrupts_on(TIMER_VECTOR), apic::stray_interrupts());
+    let mut shortest = u64::MAX;
+    let start = platform::now_micros();
+    for _ in 0..HALTS {
+        let t0 = platform::now_micros();
+        let ticks = MICROS * platform::tsc_hz() / 1_000_000;
+        lapic.halt_until(MICROS, platform::tsc() + ticks);
+        shortest = shortest.min(platform::now_micros() - t0);
+    }
+    let total = platform::now_micros() - start;
+    let timer = apic::interrupts_on(TIMER_VECTOR) - timer0;
+    let stray = apic::stray_interrupts() - stray0;
+    println!(
+        "selftest: idle: {HALTS} halts of {MICROS} us: {timer} timer interrupts, {stray} \
+         stray, shortest {shortest} us, {} us on average",
+        total / HALTS
+    );
+    if timer != HALTS {
+        return Err("one timer interrupt per halt");
+    }
+    if stray != 0 {
+        return Err("stray interrupts");
+    }
+    if shortest < MICROS * 9 / 10 {
+        return Err("a halt ended before its timer");
+    }
+    println!("selftest: idle ok");
     Ok(())
 }
 
