@@ -22,13 +22,6 @@ use netoops_virtio_net::{
     TransportError, VirtioNet,
 };
 
-/// Receive descriptors per e1000/e1000e NIC (the driver's default is 256). A storm keeps
-/// arriving while the loop is busy elsewhere (console lines, the upstream connection; under
-/// QEMU TCG, translating code on its first use), and the device drops what its ring cannot
-/// hold (QEMU's 82540EM model under user networking as well). 1024 buffers (2 MiB) hold
-/// about 12 ms of netoops frames at 1 GbE line rate, 256 about 3 ms.
-pub const E1000_RX_RING: u16 = 1024;
-
 /// One brought-up NIC of any supported kind.
 pub enum AnyNic {
     /// virtio-net over modern virtio-pci.
@@ -106,8 +99,7 @@ pub fn discover(cmdline: &str, mut report: impl FnMut(fmt::Arguments<'_>)) -> Ve
     }
     for dev in crate::platform::pci_devices() {
         if let Some(model) = netoops_e1000::is_supported(dev.vendor_id, dev.device_id) {
-            let mut config = netoops_e1000::Config::with_clock(crate::platform::now_micros);
-            config.rx_ring_len = E1000_RX_RING;
+            let config = netoops_e1000::Config::with_clock(crate::platform::now_micros);
             match E1000::with_config(&PciFunction(*dev), &KernelPlatform, config) {
                 Ok(n) => found.push(FoundNic {
                     nic: AnyNic::E1000(n),
