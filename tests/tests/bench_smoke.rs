@@ -122,11 +122,17 @@ fn smoke_suite_writes_sane_results() {
                     assert_eq!(num(d, "wrong_text"), 0.0, "{name}: {tr}");
                     assert!(num(tr, "achieved_pps") > 0.0);
                 }
-                // A lossless rate, if found, is a measured trial and at most the baseline's
-                // (with a margin for a trial that ran faster than the baseline's).
+                // A lossless rate, if found, is the achieved rate of a lossless trial. (Its
+                // relation to the baseline is not checked: on a loaded machine both are
+                // bounded by the generator, whose speed varies from trial to trial.)
                 if let Some(rate) = t["lossless_pps"].as_f64() {
-                    assert!(rate > 0.0 && rate < base_rate * 1.5, "{name} {rate}");
-                    assert!(trials.iter().any(|tr| tr["lossless"] == true));
+                    assert!(rate > 0.0, "{name} {rate}");
+                    assert!(
+                        trials
+                            .iter()
+                            .any(|tr| tr["lossless"] == true && num(tr, "achieved_pps") == rate),
+                        "{name}: lossless rate {rate} is no lossless trial's"
+                    );
                 }
                 check_latency(name, &t["latency"]);
                 if name.starts_with("image") {
