@@ -88,14 +88,10 @@ impl LossyFleet {
             && line.contains(" malformed 0 ")
     }
 
-    /// Sends every plan to `to` through QEMU's forward; see [`send_paced`].
-    pub fn send_paced(&self, to: SocketAddr) {
-        send_paced(to, &self.machines, &self.plans, None);
-    }
-
-    /// As [`LossyFleet::send_paced`], at most `per_second` datagrams a second.
-    pub fn send_paced_at(&self, to: SocketAddr, per_second: u32) {
-        send_paced(to, &self.machines, &self.plans, Some(per_second));
+    /// Sends every plan to `to` through QEMU's forward at most `max_rate` datagrams a
+    /// second; `after_first` runs once the first datagram is out (see [`send_paced`]).
+    pub fn send_paced(&self, to: SocketAddr, max_rate: Option<u32>, after_first: impl FnOnce()) {
+        send_paced(to, &self.machines, &self.plans, max_rate, after_first);
     }
 }
 
@@ -116,14 +112,25 @@ fn udp_queue(port: u16) -> Option<u64> {
 /// Sends every machine's plan to `to` interleaved datagram by datagram (a storm), from each
 /// machine's own 127.x address, pausing while QEMU's forwarding socket holds more than
 /// 64 KiB, so nothing is lost before the guest, and keeping to `max_rate` datagrams a
-/// second when given.
+/// second when given. `after_first` runs once the first datagram is sent: the caller waits
+/// there until the guest has it (`first datagram accepted` on the console), so the storm
+/// starts on a receive path known to work.
 ///
-/// The socket check is all a NIC model with flow control needs (virtio-net, e1000e: QEMU
-/// keeps what the guest's ring has no room for). QEMU's e1000 (82540EM) model has none
-/// under user networking: it drains the socket into its queue and drops, as a real NIC
-/// does, whatever its receive ring has no room for when the queue is flushed. With it the
-/// sender must stay below what the guest absorbs, stalls included: hence `max_rate`.
-pub fn send_paced(to: SocketAddr, machines: &[Machine], plans: &[Plan], max_rate: Option<u32>) {
+/// That wait matters for QEMU's e1000 (82540EM) model: for a second after each write of
+/// its receive control register (driver bring-up) it takes no frame and queues them, then
+/// hands the whole queue to the receive ring at once and drops what does not fit. The model
+/// also has no flow control under user networking (it drops, like the hardware, what its
+/// ring cannot hold when the queue is flushed), so with it the sender must also stay below
+/// what the guest absorbs, stalls included: hence `max_rate`. The socket check alone is
+/// enough for virtio-net and e1000e, which keep what the ring has no room for.
+pub fn send_paced(
+    to: SocketAddr,
+    machines: &[Machine],
+    plans: &[Plan],
+    max_rate: Option<u32>,
+    after_first: impl FnOnce(),
+) {
+    let mut after_first = Some(after_first);
     let sockets: Vec<UdpSocket> = machines
         .iter()
         .map(|m| UdpSocket::bind((m.ip, 0)).unwrap_or_else(|e| panic!("binding {}: {e}", m.ip)))
@@ -131,8 +138,9 @@ pub fn send_paced(to: SocketAddr, machines: &[Machine], plans: &[Plan], max_rate
     let mut next = vec![0usize; machines.len()];
     let mut buf = [0u8; 2048];
     let mut chunk = [0u8; netoops_wire::DATA_LEN];
-    let started = Instant::now();
-    let deadline = started + PATIENCE;
+    let deadline = Instant::now() + PATIENCE;
+    // The rate counts from the second datagram, after `after_first`.
+    let mut started = Instant::now();
     let mut sent = 0u32;
     loop {
         let mut any = false;
@@ -147,8 +155,8 @@ pub fn send_paced(to: SocketAddr, machines: &[Machine], plans: &[Plan], max_rate
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
+                sent += 1;
             }
-            sent += 1;
             while udp_queue(to.port()).is_some_and(|q| q > MAX_QUEUED) {
                 assert!(Instant::now() < deadline, "QEMU stopped reading its socket");
                 std::thread::sleep(Duration::from_micros(200));
@@ -160,6 +168,10 @@ pub fn send_paced(to: SocketAddr, machines: &[Machine], plans: &[Plan], max_rate
             sockets[i]
                 .send_to(&buf[..n], to)
                 .expect("sending on loopback");
+            if let Some(f) = after_first.take() {
+                f();
+                started = Instant::now();
+            }
         }
         if !any {
             return;
