@@ -127,9 +127,52 @@ impl From<Duration> for core::time::Duration {
     }
 }
 
+/// Writes `unix_ms` (milliseconds since the Unix epoch) as fixed-width RFC 3339 UTC with
+/// milliseconds, `YYYY-MM-DDTHH:MM:SS.mmmZ`, so lexical order is time order. Shared by the
+/// collector's storage and the hosted relay's console.
+pub fn write_utc(out: &mut impl core::fmt::Write, unix_ms: u64) -> core::fmt::Result {
+    let secs = unix_ms / 1000;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        unix_ms % 1000
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_formatting_covers_leap_days_and_centuries() {
+        let utc = |ms| {
+            let mut s = alloc::string::String::new();
+            write_utc(&mut s, ms).unwrap();
+            s
+        };
+        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(utc(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+    }
 
     #[test]
     fn arithmetic_saturates_instead_of_panicking() {
