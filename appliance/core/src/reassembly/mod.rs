@@ -323,8 +323,7 @@ impl Reassembler {
     }
 
     fn has(&self, idx: u32, packet_no: u32) -> bool {
-        let w = idx as usize * self.words_per_dump + (packet_no / 64) as usize;
-        self.bits[w] & (1u64 << (packet_no % 64)) != 0
+        view::has_bit(self.bits_of(idx), packet_no)
     }
 
     fn set(&mut self, idx: u32, packet_no: u32) {

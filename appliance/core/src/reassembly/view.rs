@@ -47,9 +47,14 @@ pub struct DumpView<'a> {
     pub(crate) chunks: &'a ChunkStore,
 }
 
+/// Whether bit `packet_no` is set in one dump's received bitmap.
+pub(crate) fn has_bit(bits: &[u64], packet_no: u32) -> bool {
+    bits[(packet_no / 64) as usize] & (1u64 << (packet_no % 64)) != 0
+}
+
 impl<'a> DumpView<'a> {
     fn has(&self, packet_no: u32) -> bool {
-        self.bits[(packet_no / 64) as usize] & (1u64 << (packet_no % 64)) != 0
+        has_bit(self.bits, packet_no)
     }
 
     /// When the dump was emitted (completion or partial flush).
@@ -121,7 +126,7 @@ impl<'a> DumpView<'a> {
     pub fn missing(&self) -> impl Iterator<Item = (u32, u32)> + 'a {
         let bits = self.bits;
         let count = self.entry.packet_count;
-        let has = move |p: u32| bits[(p / 64) as usize] & (1u64 << (p % 64)) != 0;
+        let has = move |p: u32| has_bit(bits, p);
         let mut p = 0u32;
         core::iter::from_fn(move || {
             while p < count && has(p) {
@@ -149,7 +154,7 @@ impl<'a> DumpView<'a> {
         let bits = self.bits;
         let chunks = self.chunks;
         let idx = self.idx;
-        let has = move |p: u32| bits[(p / 64) as usize] & (1u64 << (p % 64)) != 0;
+        let has = move |p: u32| has_bit(bits, p);
         // Next packet number to look at, plus one (0 = done).
         let mut next = self.entry.packet_count;
         core::iter::from_fn(move || loop {
