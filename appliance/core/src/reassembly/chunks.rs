@@ -1,16 +1,22 @@
-//! Chunk storage: a fixed pool of 1 KiB slots, and per dump a table from packet_no to slot.
+//! Chunk storage: a fixed pool of 1 KiB slots, and per dump a table from packet_no to what is
+//! held for it.
 //!
-//! The sender announces packet_count in every datagram, so a dump reserves its table (one
-//! `u32` per packet) when it starts: finding a chunk is then one array access, with no hashing
-//! on the per-packet path. Tables are carved from one index array by a bump pointer; when the
-//! pointer reaches the end, live tables slide down (compaction moves 4-byte indices, never
-//! chunks). Slots come from a free list, and slots never used yet from the pool's reserved
-//! capacity: the pool is allocated once but filled (and, in the kernel, touched) only as
-//! chunks arrive, so a large budget costs nothing at boot.
+//! The sender announces packet_count in every datagram, so a dump reserves its table when it
+//! starts: finding a chunk is then one array access, with no hashing on the per-packet path.
+//! Tables are carved from one index array by a bump pointer; when the pointer reaches the end,
+//! live tables slide down (compaction moves table entries, never chunks).
 //!
-//! Each slot also keeps a 64-bit XXH3 fingerprint of its 1024 bytes, so a later round's copy is
-//! recognised (or found to differ, meaning a new dump under the same identity) by hashing the
-//! received bytes, which are hot in cache, instead of reading the stored chunk back from memory.
+//! A table entry holds the chunk's slot, its text length and a 64-bit XXH3 fingerprint of its
+//! 1024 bytes, so a later round's copy is recognised (or found to differ, meaning a new dump
+//! under the same identity) by hashing the received bytes, which are hot in cache, and
+//! reading one table entry: the stored chunk is never read back for it.
+//!
+//! Slots are handed out next-fit from a two-level free bitmap: consecutive chunks land in
+//! consecutive slots even after a storm's dumps were freed in any order, which keeps the
+//! copies sequential in memory (a LIFO free list scattered them 1 MiB apart, a TLB miss each).
+//! Slots never used yet come from the pool's reserved capacity: the pool is allocated once
+//! but filled (and, in the kernel, touched) only as chunks arrive, so a large budget costs
+//! nothing at boot.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -23,9 +29,29 @@ pub(crate) fn fingerprint(data: &[u8; DATA_LEN]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(data)
 }
 
+/// What a dump's table holds for one packet_no.
+#[derive(Clone, Copy)]
+struct Held {
+    slot: u32,
+    text_len: u16,
+    fingerprint: u64,
+}
+
+impl Held {
+    const NONE: Held = Held {
+        slot: NO_SLOT,
+        text_len: 0,
+        fingerprint: 0,
+    };
+}
+
 /// Bytes a store with `slots` slots, `dumps` tables and `max_packets` per table allocates.
 pub(crate) fn store_bytes(slots: usize, dumps: usize, max_packets: usize) -> usize {
-    slots * (DATA_LEN + 2 + 8 + 4) + table_len(slots, max_packets) * 4 + dumps * (4 + 4 + 4)
+    let words = slots.div_ceil(64);
+    slots * DATA_LEN
+        + (words + words.div_ceil(64)) * 8
+        + table_len(slots, max_packets) * core::mem::size_of::<Held>()
+        + dumps * (4 + 4)
 }
 
 /// Index array length: twice the slots (dumps reserve whole tables before their packets
@@ -34,17 +60,99 @@ fn table_len(slots: usize, max_packets: usize) -> usize {
     2 * slots + max_packets
 }
 
+/// Free slots as a bitmap (bit set = free) with a summary word per 64 words, searched
+/// next-fit from a cursor.
+struct FreeSlots {
+    bits: Vec<u64>,
+    summary: Vec<u64>,
+    slots: usize,
+    free: usize,
+    cursor: usize,
+}
+
+impl FreeSlots {
+    fn new(slots: usize) -> Self {
+        let words = slots.div_ceil(64);
+        let mut bits = vec![u64::MAX; words];
+        if slots % 64 != 0 {
+            if let Some(last) = bits.last_mut() {
+                *last = (1u64 << (slots % 64)) - 1;
+            }
+        }
+        let mut summary = vec![u64::MAX; words.div_ceil(64)];
+        if words % 64 != 0 {
+            if let Some(last) = summary.last_mut() {
+                *last = (1u64 << (words % 64)) - 1;
+            }
+        }
+        FreeSlots {
+            bits,
+            summary,
+            slots,
+            free: slots,
+            cursor: 0,
+        }
+    }
+
+    /// Takes the first free slot at or after the cursor, wrapping around.
+    fn take(&mut self) -> Option<usize> {
+        if self.free == 0 {
+            return None;
+        }
+        let start = self.cursor.min(self.slots - 1);
+        let w = start / 64;
+        let here = self.bits[w] & (u64::MAX << (start % 64));
+        let word = if here != 0 {
+            w
+        } else {
+            self.next_word(w + 1)
+                .or_else(|| self.next_word(0))
+                .unwrap_or(w)
+        };
+        let bit = self.bits[word].trailing_zeros() as usize;
+        if bit == 64 {
+            return None;
+        }
+        self.bits[word] &= !(1u64 << bit);
+        if self.bits[word] == 0 {
+            self.summary[word / 64] &= !(1u64 << (word % 64));
+        }
+        self.free -= 1;
+        let slot = word * 64 + bit;
+        self.cursor = slot + 1;
+        Some(slot)
+    }
+
+    /// The first word at or after `from` with a free slot.
+    fn next_word(&self, from: usize) -> Option<usize> {
+        let mut s = from / 64;
+        let mut mask = u64::MAX << (from % 64);
+        while s < self.summary.len() {
+            let hits = self.summary[s] & mask;
+            if hits != 0 {
+                return Some(s * 64 + hits.trailing_zeros() as usize);
+            }
+            s += 1;
+            mask = u64::MAX;
+        }
+        None
+    }
+
+    fn put(&mut self, slot: usize) {
+        let word = slot / 64;
+        self.bits[word] |= 1u64 << (slot % 64);
+        self.summary[word / 64] |= 1u64 << (word % 64);
+        self.free += 1;
+    }
+}
+
 /// Slot storage for received chunks.
 pub(crate) struct ChunkStore {
-    /// Slots in use or freed; grows up to `slots` within its reserved capacity.
+    /// Slots touched so far; grows up to `free.slots` within its reserved capacity.
     data: Vec<[u8; DATA_LEN]>,
-    slots: usize,
-    /// Length of each slot's text once the sender's zero padding is cut off.
-    text_len: Vec<u16>,
-    fingerprint: Vec<u64>,
-    free: Vec<u32>,
-    /// Slot of each (table base + packet_no), or `NO_SLOT`.
-    table: Vec<u32>,
+    free: FreeSlots,
+    /// What is held for each (table base + packet_no).
+    table: Vec<Held>,
     /// Per dump entry: where its table starts and how long it is (0 = no table).
     base: Vec<u32>,
     len: Vec<u32>,
@@ -60,11 +168,8 @@ impl ChunkStore {
     pub(crate) fn new(slots: usize, dumps: usize, max_packets: usize) -> Self {
         ChunkStore {
             data: Vec::with_capacity(slots),
-            slots,
-            text_len: vec![0; slots],
-            fingerprint: vec![0; slots],
-            free: Vec::with_capacity(slots),
-            table: vec![NO_SLOT; table_len(slots, max_packets)],
+            free: FreeSlots::new(slots),
+            table: vec![Held::NONE; table_len(slots, max_packets)],
             base: vec![0; dumps],
             len: vec![0; dumps],
             top: 0,
@@ -74,15 +179,15 @@ impl ChunkStore {
     }
 
     pub(crate) fn capacity(&self) -> usize {
-        self.slots
+        self.free.slots
     }
 
     pub(crate) fn used(&self) -> usize {
-        self.data.len() - self.free.len()
+        self.free.slots - self.free.free
     }
 
     pub(crate) fn has_free_slot(&self) -> bool {
-        !self.free.is_empty() || self.data.len() < self.slots
+        self.free.free > 0
     }
 
     /// Whether a table of `count` entries can be reserved now.
@@ -102,7 +207,7 @@ impl ChunkStore {
         let e = entry as usize;
         self.base[e] = self.top as u32;
         self.len[e] = count;
-        self.table[self.top..self.top + n].fill(NO_SLOT);
+        self.table[self.top..self.top + n].fill(Held::NONE);
         self.top += n;
         self.live += n;
         true
@@ -133,9 +238,9 @@ impl ChunkStore {
         (packet_no < self.len[e]).then(|| (self.base[e] + packet_no) as usize)
     }
 
-    fn slot(&self, entry: u32, packet_no: u32) -> Option<usize> {
-        let s = self.table[self.position(entry, packet_no)?];
-        (s != NO_SLOT).then_some(s as usize)
+    fn held(&self, entry: u32, packet_no: u32) -> Option<&Held> {
+        let h = &self.table[self.position(entry, packet_no)?];
+        (h.slot != NO_SLOT).then_some(h)
     }
 
     /// Stores `data` for (entry, packet_no) in a free slot; false when none is free.
@@ -149,34 +254,37 @@ impl ChunkStore {
         let Some(pos) = self.position(entry, packet_no) else {
             return false;
         };
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.data[slot as usize].copy_from_slice(data);
-                slot
-            }
-            None if self.data.len() < self.slots => {
-                // Within the reserved capacity: no allocation.
-                self.data.push(*data);
-                (self.data.len() - 1) as u32
-            }
-            None => return false,
+        let Some(slot) = self.free.take() else {
+            return false;
         };
-        let s = slot as usize;
-        self.text_len[s] = netoops_wire::text::chunk_text(data).len() as u16;
-        self.fingerprint[s] = fingerprint;
-        self.table[pos] = slot;
+        if slot < self.data.len() {
+            self.data[slot].copy_from_slice(data);
+        } else {
+            // Slots are taken in order the first time round, so this is the next one; it is
+            // within the reserved capacity: no allocation.
+            debug_assert_eq!(slot, self.data.len());
+            self.data.push(*data);
+        }
+        self.table[pos] = Held {
+            slot: slot as u32,
+            text_len: netoops_wire::text::chunk_text(data).len() as u16,
+            fingerprint,
+        };
         true
     }
 
     /// The fingerprint of the chunk held for (entry, packet_no).
     pub(crate) fn fingerprint_of(&self, entry: u32, packet_no: u32) -> Option<u64> {
-        self.slot(entry, packet_no).map(|s| self.fingerprint[s])
+        self.held(entry, packet_no).map(|h| h.fingerprint)
     }
 
     /// The text (padding removed) held for (entry, packet_no).
     pub(crate) fn text(&self, entry: u32, packet_no: u32) -> Option<&[u8]> {
-        self.slot(entry, packet_no)
-            .map(|s| &self.data[s][..usize::from(self.text_len[s])])
+        self.held(entry, packet_no).and_then(|h| {
+            self.data
+                .get(h.slot as usize)?
+                .get(..usize::from(h.text_len))
+        })
     }
 
     /// Frees every chunk of `entry` and its table.
@@ -184,10 +292,10 @@ impl ChunkStore {
         let e = entry as usize;
         let (b, n) = (self.base[e] as usize, self.len[e] as usize);
         for pos in b..b + n {
-            let s = self.table[pos];
+            let s = self.table[pos].slot;
             if s != NO_SLOT {
-                self.free.push(s);
-                self.table[pos] = NO_SLOT;
+                self.free.put(s as usize);
+                self.table[pos] = Held::NONE;
             }
         }
         self.len[e] = 0;
@@ -218,6 +326,37 @@ mod tests {
         assert_eq!(store.used(), 1);
         assert!(store.insert(3, 1, &[0; DATA_LEN], 3));
         assert_eq!(store.text(3, 1), Some(&b""[..]));
+    }
+
+    #[test]
+    fn slots_are_handed_out_next_fit_in_address_order() {
+        // 4100 slots: more than one summary word (64 x 64 slots) and a partial last word.
+        let n = 4100;
+        let mut free = FreeSlots::new(n);
+        assert_eq!(
+            (0..n).map(|_| free.take()).collect::<Vec<_>>(),
+            (0..n).map(Some).collect::<Vec<_>>()
+        );
+        assert_eq!(free.take(), None);
+        // Freed in a scattered order, as a storm's interleaved dumps free them.
+        let freed: Vec<usize> = (0..n).filter(|s| s % 7 == 3 || s % 64 == 0).collect();
+        for &s in freed.iter().rev() {
+            free.put(s);
+        }
+        assert_eq!(free.free, freed.len());
+        // The cursor is at the end, so the search wraps and then walks up in address order.
+        let taken: Vec<usize> = (0..freed.len()).filter_map(|_| free.take()).collect();
+        assert_eq!(taken, freed);
+        assert_eq!(free.take(), None);
+        // From a cursor in the middle: the slots above it first, then the ones below.
+        free.put(10);
+        free.put(4000);
+        free.put(2000);
+        free.cursor = 1500;
+        assert_eq!(
+            (free.take(), free.take(), free.take(), free.take()),
+            (Some(2000), Some(4000), Some(10), None)
+        );
     }
 
     #[test]

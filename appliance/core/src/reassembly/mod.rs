@@ -30,7 +30,8 @@ mod view;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::net::{IpAddr, SocketAddr};
-use hashbrown::HashMap;
+use core::hash::BuildHasher;
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use netoops_wire::netoops::{Datagram, Limits, WireErrorKind};
 use netoops_wire::DATA_LEN;
 
@@ -128,9 +129,12 @@ impl ReassemblyConfig {
     /// Bytes the dump table takes, independent of the chunk pool.
     pub fn table_bytes(&self) -> usize {
         let n = self.max_dumps;
-        let per_dump = core::mem::size_of::<DumpEntry>() + self.words_per_dump() * 8 + 12;
+        let per_dump = core::mem::size_of::<DumpEntry>()
+            + core::mem::size_of::<HeaderInfo>()
+            + self.words_per_dump() * 8
+            + 12;
         n * per_dump
-            + map_bytes::<DumpKey, u32>(map_capacity(n))
+            + map_bytes::<u32, ()>(map_capacity(n))
             + map_bytes::<IpAddr, u32>(map_capacity(n))
     }
 
@@ -257,9 +261,13 @@ pub struct Reassembler {
     limits: Limits,
     words_per_dump: usize,
     entries: Vec<DumpEntry>,
+    headers: Vec<HeaderInfo>,
     bits: Vec<u64>,
     lists: IndexLists,
-    by_key: HashMap<DumpKey, u32>,
+    /// Entry index by [`DumpKey`]; the keys live in the entries, so a bucket is 4 bytes and
+    /// the whole index stays in cache.
+    by_key: HashTable<u32>,
+    hasher: DefaultHashBuilder,
     per_source: HashMap<IpAddr, u32>,
     chunks: ChunkStore,
     stats: ReassemblyStats,
@@ -280,7 +288,9 @@ impl Reassembler {
             entries: vec![DumpEntry::VACANT; n],
             bits: vec![0; n * words_per_dump],
             lists: IndexLists::new(n),
-            by_key: HashMap::with_capacity(map_capacity(n)),
+            headers: vec![HeaderInfo::EMPTY; n],
+            by_key: HashTable::with_capacity(map_capacity(n)),
+            hasher: DefaultHashBuilder::default(),
             per_source: HashMap::with_capacity(map_capacity(n)),
             chunks: ChunkStore::new(slots, n, config.max_packet_count as usize),
             stats: ReassemblyStats::default(),
@@ -353,14 +363,13 @@ impl Reassembler {
         };
         let key = DumpKey::of(source, &d);
         let packet_no = d.packet_no();
-        let generation = match self.by_key.get(&key) {
+        let generation = match self.lookup(&key) {
             None => 0,
-            Some(&idx) => {
+            Some(idx) => {
                 let e = &self.entries[idx as usize];
                 if e.packet_count == d.packet_count() {
-                    if !self.has(idx, packet_no) {
-                        return self.add_chunk(now, idx, &d, sink);
-                    }
+                    // A held chunk answers from its table entry alone; the received bitmap
+                    // is only read for packets without one.
                     match self.chunks.fingerprint_of(idx, packet_no) {
                         Some(held) if held == chunks::fingerprint(d.data()) => {
                             self.stats.duplicates += 1;
@@ -368,6 +377,9 @@ impl Reassembler {
                             return Ok(Accepted::Duplicate);
                         }
                         Some(_) => {}
+                        None if !self.has(idx, packet_no) => {
+                            return self.add_chunk(now, idx, &d, sink);
+                        }
                         None => {
                             self.stats.duplicates_unverified += 1;
                             self.touch(now, idx);
@@ -426,6 +438,45 @@ impl Reassembler {
         }
     }
 
+    /// The entry `key` maps to.
+    fn lookup(&self, key: &DumpKey) -> Option<u32> {
+        let entries = &self.entries;
+        self.by_key
+            .find(self.hasher.hash_one(key), |&i| entries[i as usize].key == *key)
+            .copied()
+    }
+
+    /// Maps `key` to `idx` (whose entry already holds `key`); returns the entry it mapped to
+    /// before.
+    fn index(&mut self, key: DumpKey, idx: u32) -> Option<u32> {
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        let hash = hasher.hash_one(key);
+        match self
+            .by_key
+            .find_mut(hash, |&i| i != idx && entries[i as usize].key == key)
+        {
+            Some(old) => Some(core::mem::replace(old, idx)),
+            None => {
+                // Capacity is twice the entries, so this never grows (no allocation).
+                self.by_key.insert_unique(hash, idx, |&i| {
+                    hasher.hash_one(entries[i as usize].key)
+                });
+                None
+            }
+        }
+    }
+
+    /// Removes `key` from the index.
+    fn unindex(&mut self, key: &DumpKey) {
+        let entries = &self.entries;
+        if let Ok(found) = self
+            .by_key
+            .find_entry(self.hasher.hash_one(key), |&i| entries[i as usize].key == *key)
+        {
+            found.remove();
+        }
+    }
+
     /// Records activity on a dump without changing its state.
     fn touch(&mut self, now: Instant, idx: u32) {
         self.entries[idx as usize].last_packet = now;
@@ -459,8 +510,8 @@ impl Reassembler {
             indexed: true,
             first_seen: now,
             last_packet: now,
-            header: HeaderInfo::of(d),
         };
+        self.headers[idx as usize] = HeaderInfo::of(d);
         self.lists.move_to_back(idx, ListId::Assembling);
         if !self.make_room(now, idx, sink, d.packet_count(), false)
             || !self.chunks.reserve(idx, d.packet_count())
@@ -472,7 +523,7 @@ impl Reassembler {
             return Err(DropReason::NoMemory);
         }
         self.entries[idx as usize].has_chunks = true;
-        if let Some(old) = self.by_key.insert(key, idx) {
+        if let Some(old) = self.index(key, idx) {
             self.entries[old as usize].indexed = false;
         }
         *self.per_source.entry(ip).or_insert(0) += 1;
@@ -609,6 +660,7 @@ impl Reassembler {
             at: now,
             idx,
             entry: &self.entries[idx as usize],
+            header: &self.headers[idx as usize],
             bits: self.bits_of(idx),
             chunks: &self.chunks,
         };
@@ -635,7 +687,7 @@ impl Reassembler {
         self.bits[start..start + self.words_per_dump].fill(0);
         let e = self.entries[idx as usize];
         if e.indexed {
-            self.by_key.remove(&e.key);
+            self.unindex(&e.key);
         }
         let ip = e.key.source.ip();
         if let Some(n) = self.per_source.get_mut(&ip) {

@@ -6,7 +6,7 @@ use netoops_wire::netoops::{CpuId, Datagram, DumpType, Registers, Version};
 use netoops_wire::text::{self, Segment};
 
 use super::chunks::ChunkStore;
-use super::entry::DumpEntry;
+use super::entry::{DumpEntry, HeaderInfo};
 use crate::time::Instant;
 
 /// Receives the reassembler's output synchronously, while the data it points to is still held.
@@ -43,6 +43,7 @@ pub struct DumpView<'a> {
     pub(crate) at: Instant,
     pub(crate) idx: u32,
     pub(crate) entry: &'a DumpEntry,
+    pub(crate) header: &'a HeaderInfo,
     pub(crate) bits: &'a [u64],
     pub(crate) chunks: &'a ChunkStore,
 }
@@ -87,19 +88,19 @@ impl<'a> DumpView<'a> {
     }
     /// The sender's kernel release string.
     pub fn kernel_version(&self) -> &'a [u8] {
-        self.entry.header.kernel_version()
+        self.header.kernel_version()
     }
     /// CPU identification (v3).
     pub fn cpu(&self) -> Option<CpuId> {
-        self.entry.header.cpu
+        self.header.cpu
     }
     /// Registers at the crash (v3, when the dump had them).
     pub fn registers(&self) -> Option<Registers> {
-        self.entry.header.registers
+        self.header.registers
     }
     /// The user blob (v3 blob variant).
     pub fn user_blob(&self) -> Option<&'a [u8; 128]> {
-        self.entry.header.user_blob.as_ref()
+        self.header.user_blob.as_ref()
     }
     /// Packets in the dump.
     pub fn packet_count(&self) -> u32 {
