@@ -43,6 +43,12 @@ impl Bar {
         }
     }
 
+    /// Whether this is a memory BAR that decodes a size but has no address (firmware that
+    /// does not assign BARs leaves them so; see [`crate::assign_memory_bars`]).
+    pub fn is_unassigned_memory(&self) -> bool {
+        matches!(*self, Bar::Memory { address: 0, size, .. } if size != 0)
+    }
+
     /// Decodes from the original register values and the values read back after writing
     /// all ones (`probe_*`). `high`/`probe_high` are only used for 64-bit memory BARs.
     pub fn decode(low: u32, probe_low: u32, high: u32, probe_high: u32) -> Bar {

@@ -2,8 +2,9 @@
 //!
 //! Owns: the [`ConfigAccess`] seam with its two mechanisms ([`LegacyPorts`] through
 //! 0xCF8/0xCFC and [`Ecam`] through memory-mapped configuration space from ACPI MCFG), the
-//! bus walk ([`enumerate`]), BAR decoding ([`Bar`]) and the capability-list walk
-//! ([`PciDevice::capabilities`]).
+//! bus walk ([`enumerate`]), BAR decoding ([`Bar`]), the capability-list walk
+//! ([`PciDevice::capabilities`]) and addresses for memory BARs the firmware left unassigned
+//! ([`assign_memory_bars`]).
 //!
 //! Contract: this crate never allocates and never maps memory. The kernel hands it an access
 //! mechanism that lives for `'static` (ECAM needs the window already mapped uncached) and
@@ -15,11 +16,13 @@
 #[cfg(test)]
 extern crate std;
 
+mod assign;
 mod bar;
 mod capability;
 mod config;
 mod enumerate;
 
+pub use assign::{assign_memory_bars, BarReport, BarWindows, Unassigned};
 pub use bar::Bar;
 pub use capability::{
     Capabilities, Capability, CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_PCIE, CAP_ID_VENDOR,

@@ -2,7 +2,8 @@
 //!
 //! Entered through PVH, multiboot2 or the UEFI stub (see [`boot`]). [`init`] brings the
 //! platform up in a fixed order (console, boot information, exception
-//! handlers, clock, heap, ACPI, PCI) and prints the boot banner; afterwards drivers use the
+//! handlers, clock, heap, ACPI, PCI, addresses for BARs the firmware left unassigned
+//! ([`pci_bars`])) and prints the boot banner; afterwards drivers use the
 //! free functions below, which are the binding API between the kernel and its drivers:
 //!
 //! - [`dma_alloc`] / [`virt_to_phys`]: zeroed, never-freed DMA memory; physical == virtual.
@@ -25,6 +26,7 @@ pub mod idle;
 pub mod interrupts;
 pub mod memory;
 pub mod paging;
+pub mod pci_bars;
 pub mod physmem;
 pub mod port;
 pub mod serial;
@@ -99,6 +101,8 @@ pub struct Platform {
     pub acpi: Result<acpi::AcpiInfo, acpi::AcpiError>,
     /// How PCI was enumerated.
     pub pci: PciMechanism,
+    /// Memory BARs the platform assigned because the firmware did not (qboot), if any.
+    pub pci_bars: Option<pci_bars::Assignment>,
 }
 
 impl Platform {
@@ -160,9 +164,12 @@ mod bring_up {
             None => Err(acpi::AcpiError::NoRsdp),
         };
         let (pci, access) = pci_access(&acpi, heap.is_some());
+        let mut assigned_bars = None;
         if let Some(access) = access {
             let mut devices = Vec::new();
             netoops_pci::enumerate(access, |d| devices.push(d));
+            let ecam = acpi.as_ref().ok().and_then(|a| a.ecam);
+            assigned_bars = pci_bars::assign(&mut devices, boot.memory(), ecam);
             PCI_DEVICES.call_once(|| devices.leak());
         }
 
@@ -174,6 +181,7 @@ mod bring_up {
             heap,
             acpi,
             pci,
+            pci_bars: assigned_bars,
         };
         banner(&platform, hz, kernel_start, kernel_end);
         if !guarded {
@@ -300,6 +308,20 @@ mod bring_up {
         }
         for d in pci_devices() {
             println!("pci: {d}");
+        }
+        if let Some(a) = &p.pci_bars {
+            let w = &a.windows;
+            print!(
+                "pci: firmware left memory BARs unassigned; windows {:#x}..{:#x}",
+                w.below_4g.start, w.below_4g.end
+            );
+            match &w.above_4g {
+                Some(high) => println!(" and {:#x}..{:#x}", high.start, high.end),
+                None => println!(),
+            }
+            for r in &a.reports {
+                println!("pci: {r}");
+            }
         }
         for d in virtio_mmio_devices(p.boot.cmdline()) {
             println!("virtio-mmio: {:#x}+{:#x} irq {}", d.base, d.size, d.irq);
