@@ -29,8 +29,8 @@ mod view;
 
 use alloc::vec;
 use alloc::vec::Vec;
-use core::net::{IpAddr, SocketAddr};
 use core::hash::BuildHasher;
+use core::net::{IpAddr, SocketAddr};
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use netoops_wire::netoops::{Datagram, Limits, WireErrorKind};
 use netoops_wire::DATA_LEN;
@@ -286,9 +286,9 @@ impl Reassembler {
             },
             words_per_dump,
             entries: vec![DumpEntry::VACANT; n],
-            bits: vec![0; n * words_per_dump],
+            bits: Vec::with_capacity(n * words_per_dump),
             lists: IndexLists::new(n),
-            headers: vec![HeaderInfo::EMPTY; n],
+            headers: Vec::with_capacity(n),
             by_key: HashTable::with_capacity(map_capacity(n)),
             hasher: DefaultHashBuilder::default(),
             per_source: HashMap::with_capacity(map_capacity(n)),
@@ -327,9 +327,25 @@ impl Reassembler {
         self.config.table_bytes() + self.config.pool_bytes(self.chunks.capacity())
     }
 
+    /// Bitmaps and headers are filled up to the highest entry used so far, within the
+    /// capacity reserved in [`Reassembler::new`]: a large `max_dumps` costs no zeroing at boot
+    /// (megabytes of `memset` are tens of milliseconds under TCG) and no allocation later.
+    fn fill_storage(&mut self, idx: u32) {
+        let need = (idx as usize + 1) * self.words_per_dump;
+        if self.bits.len() < need {
+            self.bits.resize(need, 0);
+        }
+        if self.headers.len() <= idx as usize {
+            self.headers.resize(idx as usize + 1, HeaderInfo::EMPTY);
+        }
+    }
+
+    /// An entry's received bitmap (empty for an entry never used, which has none set).
     fn bits_of(&self, idx: u32) -> &[u64] {
         let start = idx as usize * self.words_per_dump;
-        &self.bits[start..start + self.words_per_dump]
+        self.bits
+            .get(start..start + self.words_per_dump)
+            .unwrap_or(&[])
     }
 
     fn has(&self, idx: u32, packet_no: u32) -> bool {
@@ -338,7 +354,9 @@ impl Reassembler {
 
     fn set(&mut self, idx: u32, packet_no: u32) {
         let w = idx as usize * self.words_per_dump + (packet_no / 64) as usize;
-        self.bits[w] |= 1u64 << (packet_no % 64);
+        if let Some(word) = self.bits.get_mut(w) {
+            *word |= 1u64 << (packet_no % 64);
+        }
     }
 
     /// Handles one received datagram from `source`.
@@ -442,7 +460,9 @@ impl Reassembler {
     fn lookup(&self, key: &DumpKey) -> Option<u32> {
         let entries = &self.entries;
         self.by_key
-            .find(self.hasher.hash_one(key), |&i| entries[i as usize].key == *key)
+            .find(self.hasher.hash_one(key), |&i| {
+                entries[i as usize].key == *key
+            })
             .copied()
     }
 
@@ -458,9 +478,8 @@ impl Reassembler {
             Some(old) => Some(core::mem::replace(old, idx)),
             None => {
                 // Capacity is twice the entries, so this never grows (no allocation).
-                self.by_key.insert_unique(hash, idx, |&i| {
-                    hasher.hash_one(entries[i as usize].key)
-                });
+                self.by_key
+                    .insert_unique(hash, idx, |&i| hasher.hash_one(entries[i as usize].key));
                 None
             }
         }
@@ -469,10 +488,9 @@ impl Reassembler {
     /// Removes `key` from the index.
     fn unindex(&mut self, key: &DumpKey) {
         let entries = &self.entries;
-        if let Ok(found) = self
-            .by_key
-            .find_entry(self.hasher.hash_one(key), |&i| entries[i as usize].key == *key)
-        {
+        if let Ok(found) = self.by_key.find_entry(self.hasher.hash_one(key), |&i| {
+            entries[i as usize].key == *key
+        }) {
             found.remove();
         }
     }
@@ -511,6 +529,7 @@ impl Reassembler {
             first_seen: now,
             last_packet: now,
         };
+        self.fill_storage(idx);
         self.headers[idx as usize] = HeaderInfo::of(d);
         self.lists.move_to_back(idx, ListId::Assembling);
         if !self.make_room(now, idx, sink, d.packet_count(), false)
@@ -660,7 +679,7 @@ impl Reassembler {
             at: now,
             idx,
             entry: &self.entries[idx as usize],
-            header: &self.headers[idx as usize],
+            header: self.headers.get(idx as usize).unwrap_or(&HeaderInfo::EMPTY),
             bits: self.bits_of(idx),
             chunks: &self.chunks,
         };
@@ -684,7 +703,9 @@ impl Reassembler {
     fn free_entry(&mut self, idx: u32) {
         self.release_chunks(idx);
         let start = idx as usize * self.words_per_dump;
-        self.bits[start..start + self.words_per_dump].fill(0);
+        if let Some(bits) = self.bits.get_mut(start..start + self.words_per_dump) {
+            bits.fill(0);
+        }
         let e = self.entries[idx as usize];
         if e.indexed {
             self.unindex(&e.key);

@@ -50,7 +50,8 @@ pub struct DumpView<'a> {
 
 /// Whether bit `packet_no` is set in one dump's received bitmap.
 pub(crate) fn has_bit(bits: &[u64], packet_no: u32) -> bool {
-    bits[(packet_no / 64) as usize] & (1u64 << (packet_no % 64)) != 0
+    bits.get((packet_no / 64) as usize)
+        .is_some_and(|w| w & (1u64 << (packet_no % 64)) != 0)
 }
 
 impl<'a> DumpView<'a> {
