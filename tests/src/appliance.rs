@@ -120,6 +120,8 @@ pub struct VmSpec {
     pub ingress_model: String,
     /// QEMU device model of the upstream NIC in two-NIC setups (as `ingress_model`).
     pub upstream_model: String,
+    /// BIOS on pc/q35 (what `netoops-image appliance` uses by default: qboot).
+    pub bios: netoops_image::qemu::Bios,
 }
 
 /// QEMU's virtio-net PCI device model.
@@ -137,6 +139,7 @@ impl VmSpec {
             cmdline_override: None,
             ingress_model: VIRTIO_NET.into(),
             upstream_model: VIRTIO_NET.into(),
+            bios: netoops_image::qemu::Bios::default(),
         }
     }
 
@@ -203,6 +206,9 @@ impl VmSpec {
         .collect();
         if !mmio {
             a.extend(["-vga".into(), "none".into()]);
+            if let Some(bios) = self.bios.file() {
+                a.extend(["-bios".into(), bios.display().to_string()]);
+            }
         }
         a.push("-kernel".into());
         a.push(image().display().to_string());

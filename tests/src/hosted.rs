@@ -89,8 +89,14 @@ pub fn binaries() -> &'static Binaries {
 }
 
 type Lines = Arc<Mutex<Vec<String>>>;
+/// When each stdout line was read, for timing measurements.
+type Arrivals = Arc<Mutex<Vec<Instant>>>;
 
-fn collect_lines(stream: impl Read + Send + 'static, lines: Lines) -> JoinHandle<()> {
+fn collect_lines(
+    stream: impl Read + Send + 'static,
+    lines: Lines,
+    arrivals: Option<Arrivals>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut line = Vec::new();
@@ -99,8 +105,14 @@ fn collect_lines(stream: impl Read + Send + 'static, lines: Lines) -> JoinHandle
             match reader.read_until(b'\n', &mut line) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {
+                    let at = Instant::now();
                     let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                    lines.lock().unwrap_or_else(|p| p.into_inner()).push(text);
+                    let mut lines = lines.lock().unwrap_or_else(|p| p.into_inner());
+                    // Under the lines' lock, so both vectors stay the same length.
+                    if let Some(arrivals) = &arrivals {
+                        arrivals.lock().unwrap_or_else(|p| p.into_inner()).push(at);
+                    }
+                    lines.push(text);
                 }
             }
         }
@@ -112,6 +124,7 @@ pub struct Process {
     name: String,
     child: Child,
     stdout: Lines,
+    stdout_arrivals: Arrivals,
     stderr: Lines,
     exit: Option<ExitStatus>,
 }
@@ -127,16 +140,18 @@ impl Process {
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         let stdout = Lines::default();
         let stderr = Lines::default();
+        let stdout_arrivals = Arrivals::default();
         if let Some(out) = child.stdout.take() {
-            collect_lines(out, Arc::clone(&stdout));
+            collect_lines(out, Arc::clone(&stdout), Some(Arc::clone(&stdout_arrivals)));
         }
         if let Some(err) = child.stderr.take() {
-            collect_lines(err, Arc::clone(&stderr));
+            collect_lines(err, Arc::clone(&stderr), None);
         }
         Process {
             name: name.to_string(),
             child,
             stdout,
+            stdout_arrivals,
             stderr,
             exit: None,
         }
@@ -148,6 +163,17 @@ impl Process {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// When the first stdout line containing `needle` was read from the pipe.
+    pub fn stdout_arrival(&self, needle: &str) -> Option<Instant> {
+        let lines = self.stdout.lock().unwrap_or_else(|p| p.into_inner());
+        let i = lines.iter().position(|l| l.contains(needle))?;
+        let arrivals = self
+            .stdout_arrivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        arrivals.get(i).copied()
     }
 
     /// Lines written to stderr so far.

@@ -448,34 +448,76 @@ fn keep_sending(port: u16, every: Duration, stop: std::sync::Arc<std::sync::atom
 #[test]
 #[ignore = "measurement: prints boot times"]
 fn measure_boot_to_first_datagram() {
+    use netoops_image::qemu::Bios;
     let _one_vm = vm_lock();
     let size = std::fs::metadata(image()).expect("image").len();
     eprintln!("image: {} bytes ({} KiB)", size, size.div_ceil(1024));
-    for machine in ["q35", "pc", "microvm,acpi=off"] {
+    // The first number after `after` in `line`.
+    let ms_after = |line: &str, after: &str| -> u64 {
+        line.split(after)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no number after {after:?} in {line:?}"))
+    };
+    let median = |mut v: Vec<u64>| -> String {
+        v.sort_unstable();
+        format!("{} ({}-{})", v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    const RUNS: usize = 5;
+    eprintln!(
+        "medians (min-max) over {RUNS} boots, ms | firmware (reset to kernel) | board | \
+         reset to first datagram accepted | QEMU spawn to first datagram accepted"
+    );
+    let configs = [
+        ("q35", Bios::Qboot),
+        ("q35", Bios::SeaBios),
+        ("pc", Bios::Qboot),
+        ("pc", Bios::SeaBios),
+        ("microvm,acpi=off", Bios::Qboot),
+    ];
+    for (machine, bios) in configs {
         for memory in ["memory=8M spool=2M", ""] {
-            let port = free_udp_port();
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            keep_sending(port, Duration::from_millis(1), stop.clone());
-            let mut spec = VmSpec::new(Ingress::Dgram { port }, 9);
-            spec.machine = machine.into();
-            spec.extra = memory.into();
-            let mut vm = Vm::boot(&spec);
-            let ready = vm.wait_for("boot: ready ");
-            let first = vm.wait_for("first datagram accepted at ");
-            let wall = vm.started.elapsed();
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let booted = vm.wait_for("booted via");
+            let (mut firmware, mut board, mut first, mut spawn) = (vec![], vec![], vec![], vec![]);
+            for _ in 0..RUNS {
+                let port = free_udp_port();
+                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                keep_sending(port, Duration::from_millis(1), stop.clone());
+                let mut spec = VmSpec::new(Ingress::Dgram { port }, 9);
+                spec.machine = machine.into();
+                spec.extra = memory.into();
+                spec.bios = bios;
+                let mut vm = Vm::boot(&spec);
+                let ready = vm.wait_for("boot: ready ");
+                let accepted = vm.wait_for("first datagram accepted at ");
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                // When the reader thread got the line, not when this loop polled for it.
+                let at = vm
+                    .process
+                    .stdout_arrival("first datagram accepted at ")
+                    .expect("line was read");
+                let booted = vm.wait_for("booted via");
+                firmware.push(ms_after(&booted, " in "));
+                board.push(ms_after(&ready, "reset ("));
+                first.push(ms_after(&accepted, "accepted at "));
+                spawn.push((at - vm.started).as_millis() as u64);
+            }
             eprintln!(
-                "{machine:18} {:20} | {} | {} | {} | wall (spawn to this line) {} ms",
+                "{machine:16} {:8} {:20} | {} | {} | {} | {}",
+                if machine.starts_with("microvm") {
+                    "(qboot)"
+                } else {
+                    bios.effective_name()
+                },
                 if memory.is_empty() {
                     "memory=64M spool=16M"
                 } else {
                     memory
                 },
-                booted.split(" booted ").nth(1).unwrap_or(""),
-                ready,
-                first,
-                wall.as_millis()
+                median(firmware),
+                median(board),
+                median(first),
+                median(spawn),
             );
         }
     }

@@ -50,6 +50,8 @@ pub struct ApplianceOptions {
     pub extra_cmdline: String,
     /// Guest memory in MiB.
     pub memory_mib: u32,
+    /// BIOS for pc/q35.
+    pub bios: qemu::Bios,
     /// Use KVM instead of TCG.
     pub kvm: bool,
     /// Optimized image.
@@ -67,6 +69,7 @@ impl Default for ApplianceOptions {
             collector_bin: None,
             extra_cmdline: String::new(),
             memory_mib: 256,
+            bios: qemu::Bios::default(),
             kvm: false,
             release: true,
         }
@@ -101,6 +104,7 @@ pub fn guest_cmdline(o: &ApplianceOptions) -> String {
 pub fn qemu_command(o: &ApplianceOptions, image: &Path) -> QemuCommand {
     let mut cmd = QemuCommand::new(o.machine)
         .memory_mib(o.memory_mib)
+        .bios(o.bios)
         .kernel(image)
         .cmdline(guest_cmdline(o))
         .netdev(format!(

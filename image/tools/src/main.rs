@@ -46,6 +46,10 @@ enum Cmd {
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 128)]
         memory: u32,
+        /// BIOS for -kernel boots on pc/q35: qboot (fast; the default when installed) or
+        /// seabios.
+        #[arg(long, default_value = "qboot")]
+        bios: qemu::Bios,
         /// Debug (unoptimized) kernel.
         #[arg(long)]
         debug: bool,
@@ -93,6 +97,10 @@ enum Cmd {
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 256)]
         memory: u32,
+        /// BIOS for -kernel boots on pc/q35: qboot (fast; the default when installed) or
+        /// seabios.
+        #[arg(long, default_value = "qboot")]
+        bios: qemu::Bios,
         /// Use KVM instead of TCG (opt-in: nested KVM is unreliable on some hosts).
         #[arg(long)]
         kvm: bool,
@@ -239,6 +247,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
             collector_bin,
             cmdline,
             memory,
+            bios,
             kvm,
             debug,
         } => {
@@ -251,6 +260,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
                 collector_bin,
                 extra_cmdline: cmdline,
                 memory_mib: memory,
+                bios,
                 kvm,
                 release: !debug,
             })?;
@@ -277,6 +287,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
             netdev,
             device,
             memory,
+            bios,
             debug,
             iso: use_iso,
             uefi: use_uefi,
@@ -287,6 +298,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
             qemu::ensure_qemu(install)?;
             let mut cmd = qemu::QemuCommand::new(machine)
                 .memory_mib(memory)
+                .bios(bios)
                 .cmdline(cmdline.clone());
             cmd = if use_uefi {
                 let text = match &conf {
