@@ -45,6 +45,13 @@ impl Held {
     };
 }
 
+/// Where one dump's table sits in the index array.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    base: u32,
+    len: u32,
+}
+
 /// Bytes a store with `slots` slots, `dumps` tables and `max_packets` per table allocates.
 pub(crate) fn store_bytes(slots: usize, dumps: usize, max_packets: usize) -> usize {
     let words = slots.div_ceil(64);
@@ -153,9 +160,9 @@ pub(crate) struct ChunkStore {
     free: FreeSlots,
     /// What is held for each (table base + packet_no).
     table: Vec<Held>,
-    /// Per dump entry: where its table starts and how long it is (0 = no table).
-    base: Vec<u32>,
-    len: Vec<u32>,
+    /// Per dump entry: where its table starts and how long it is (0 = no table), side by
+    /// side so a lookup reads one cache line for both.
+    tables: Vec<Span>,
     /// Next free position in `table`.
     top: usize,
     /// Sum of live table lengths.
@@ -170,8 +177,7 @@ impl ChunkStore {
             data: Vec::with_capacity(slots),
             free: FreeSlots::new(slots),
             table: vec![Held::NONE; table_len(slots, max_packets)],
-            base: vec![0; dumps],
-            len: vec![0; dumps],
+            tables: vec![Span::default(); dumps],
             top: 0,
             live: 0,
             order: Vec::with_capacity(dumps),
@@ -205,8 +211,10 @@ impl ChunkStore {
             self.compact();
         }
         let e = entry as usize;
-        self.base[e] = self.top as u32;
-        self.len[e] = count;
+        self.tables[e] = Span {
+            base: self.top as u32,
+            len: count,
+        };
         self.table[self.top..self.top + n].fill(Held::NONE);
         self.top += n;
         self.live += n;
@@ -217,17 +225,16 @@ impl ChunkStore {
     fn compact(&mut self) {
         self.order.clear();
         self.order
-            .extend((0..self.len.len() as u32).filter(|&e| self.len[e as usize] > 0));
-        let base = &self.base;
-        self.order.sort_unstable_by_key(|&e| base[e as usize]);
+            .extend((0..self.tables.len() as u32).filter(|&e| self.tables[e as usize].len > 0));
+        let tables = &self.tables;
+        self.order
+            .sort_unstable_by_key(|&e| tables[e as usize].base);
         let mut top = 0;
         for &e in &self.order {
-            let (b, n) = (
-                self.base[e as usize] as usize,
-                self.len[e as usize] as usize,
-            );
+            let span = &mut self.tables[e as usize];
+            let (b, n) = (span.base as usize, span.len as usize);
             self.table.copy_within(b..b + n, top);
-            self.base[e as usize] = top as u32;
+            span.base = top as u32;
             top += n;
         }
         self.top = top;
@@ -235,7 +242,8 @@ impl ChunkStore {
 
     fn position(&self, entry: u32, packet_no: u32) -> Option<usize> {
         let e = entry as usize;
-        (packet_no < self.len[e]).then(|| (self.base[e] + packet_no) as usize)
+        let span = self.tables[e];
+        (packet_no < span.len).then(|| (span.base + packet_no) as usize)
     }
 
     fn held(&self, entry: u32, packet_no: u32) -> Option<&Held> {
@@ -290,7 +298,7 @@ impl ChunkStore {
     /// Frees every chunk of `entry` and its table.
     pub(crate) fn release(&mut self, entry: u32) {
         let e = entry as usize;
-        let (b, n) = (self.base[e] as usize, self.len[e] as usize);
+        let (b, n) = (self.tables[e].base as usize, self.tables[e].len as usize);
         for pos in b..b + n {
             let s = self.table[pos].slot;
             if s != NO_SLOT {
@@ -298,7 +306,7 @@ impl ChunkStore {
                 self.table[pos] = Held::NONE;
             }
         }
-        self.len[e] = 0;
+        self.tables[e].len = 0;
         self.live -= n;
     }
 }

@@ -74,6 +74,10 @@ impl IndexLists {
 
     /// Moves `idx` to the back of `list` (also when it is already on it).
     pub(crate) fn move_to_back(&mut self, idx: u32, list: ListId) {
+        // A burst from one sender finds its dump at the back already: nothing to relink.
+        if self.links[idx as usize].list == list && self.tail[list as usize] == idx {
+            return;
+        }
         self.unlink(idx);
         self.link_back(idx, list);
     }
