@@ -186,6 +186,10 @@ impl RxRing {
             } else {
                 self.counters.frames += 1;
                 self.counters.bytes += len as u64;
+                // The device fills descriptors in order: the next frame lands in the next
+                // buffer, which the reassembler will read right after this one.
+                let after = (usize::from(self.next) + 1) % usize::from(self.len);
+                self.buffers.prefetch(after * BUFFER_LEN, BUFFER_LEN);
                 return Some((self.next, len));
             }
             self.recycle(regs);

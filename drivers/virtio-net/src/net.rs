@@ -245,6 +245,14 @@ impl RxQueue {
             let frame_len = len - self.hdr_len;
             self.frames += 1;
             self.bytes += frame_len as u64;
+            if let Some(next) = self.ring.peek_used_id() {
+                if next < u32::from(self.ring.size()) {
+                    self.slots.prefetch(
+                        next as usize * SLOT_LEN + self.hdr_len,
+                        SLOT_LEN - self.hdr_len,
+                    );
+                }
+            }
             return Some((id, frame_len));
         }
     }

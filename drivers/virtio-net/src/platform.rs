@@ -129,6 +129,28 @@ impl DmaRegion {
         }
     }
 
+    /// Asks the CPU to bring `len` bytes at `offset` (clamped to the region) into its caches:
+    /// receive loops call it for the next filled buffer while the current one is handled,
+    /// so the reassembler's first read of a frame the device wrote does not stall on memory.
+    /// A hint only; nothing is read or written.
+    pub fn prefetch(&self, offset: usize, len: usize) {
+        let end = offset.saturating_add(len).min(self.len);
+        for at in (offset..end).step_by(64) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: PREFETCHT0 neither faults nor changes memory or flags; the address is
+            // inside the region (`at < end <= len`).
+            unsafe {
+                core::arch::asm!(
+                    "prefetcht0 [{0}]",
+                    in(reg) self.virt.as_ptr().add(at),
+                    options(nostack, readonly, preserves_flags)
+                );
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = at;
+        }
+    }
+
     /// Zeroes the whole region.
     pub fn zero(&mut self) {
         // SAFETY: the region is `len` writable bytes (`new`).

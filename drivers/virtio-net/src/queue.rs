@@ -200,6 +200,17 @@ impl SplitQueue {
         Some(elem)
     }
 
+    /// The buffer id of the next used entry, if the device has published one, without
+    /// taking it.
+    pub fn peek_used_id(&mut self) -> Option<u32> {
+        if self.used_pending() == 0 {
+            return None;
+        }
+        fence(Ordering::Acquire);
+        let slot = usize::from(self.last_used & (self.size - 1));
+        Some(self.mem.read_u32(self.used_off + 4 + 8 * slot))
+    }
+
     /// Times the device's used index was implausible.
     pub fn bad_used_index(&self) -> u64 {
         self.bad_used_index
