@@ -9,7 +9,8 @@
 //! running relay.
 //!
 //! The baseline copies the same number of 1 KiB payloads out of the same datagram buffers into
-//! a pool as large as the reassembler's, so both walk the same working set.
+//! a pool as large as the reassembler's, so both walk the same working set. Both loops
+//! prefetch the next datagram while handling one, as the image's receive drivers do.
 //!
 //! After criterion's own report, the harness prints the medians side by side:
 //! packets/s, ns/packet and the ratio to the copy baseline.
@@ -92,6 +93,23 @@ impl Storm {
     }
 }
 
+/// What a poll-mode driver does while frame `i` is handled: ask for the next frame's cache
+/// lines, which the NIC wrote to memory (the image's virtio-net and e1000 drivers issue
+/// PREFETCHT0 for the next filled buffer). Both the engine and the copy baseline do it.
+fn prefetch_next(storm: &Storm, i: usize) {
+    if i + 1 < storm.packets_per_round() {
+        for line in storm.datagram(i + 1).chunks(64) {
+            // SAFETY: PREFETCHT0 only hints the cache: it reads nothing the program sees and
+            // cannot fault; the pointer is into a live slice.
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                    line.as_ptr().cast(),
+                )
+            };
+        }
+    }
+}
+
 /// Reads every byte the reassembler hands out, as the delivery spool would.
 #[derive(Default)]
 struct Sink {
@@ -127,6 +145,7 @@ fn run_storm(storm: &Storm, r: &mut Reassembler, now: Instant) -> Sink {
     let mut sink = Sink::default();
     for _ in 0..ROUNDS {
         for i in 0..storm.packets_per_round() {
+            prefetch_next(storm, i);
             let _ = r.handle_datagram(now, storm.sources[i], storm.datagram(i), &mut sink);
         }
     }
@@ -141,6 +160,7 @@ fn copy_baseline(storm: &Storm, pool: &mut [[u8; DATA_LEN]]) -> usize {
     let mut sum = 0;
     for round in 0..ROUNDS {
         for i in 0..n {
+            prefetch_next(storm, i);
             let d = storm.datagram(i);
             let slot = &mut pool[(i + round * n) % pool.len()];
             slot.copy_from_slice(&d[STRIDE - DATA_LEN..]);
