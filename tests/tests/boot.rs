@@ -134,9 +134,38 @@ fn pvh_on_microvm_boots_without_pci() {
 }
 
 #[test]
+fn the_kernel_assigns_the_bars_qboot_leaves_empty_and_keeps_seabios_ones() {
+    for machine in [Machine::Q35, Machine::Pc] {
+        let cmd = pvh(machine, "selftest=exit")
+            .netdev("user,id=n0")
+            .device("virtio-net-pci,netdev=n0,romfile=");
+        let out = boot(cmd.clone(), BOOT_TIMEOUT);
+        assert_eq!(out.outcome, Outcome::DebugExit(exit_code::SUCCESS));
+        assert_line(&out, "pci: firmware left memory BARs unassigned");
+        // virtio-net's modern registers live in BAR 4 (64-bit): above 4 GiB when assigned.
+        let bar4 = out
+            .line_with("bar4 assigned mem64:0x")
+            .unwrap_or_else(|| panic!("virtio-net BAR 4 not assigned:\n{}", out.console()));
+        let address = bar4
+            .text
+            .split("mem64:")
+            .nth(1)
+            .and_then(|a| a.split('+').next());
+        let address = u64::from_str_radix(address.unwrap().trim_start_matches("0x"), 16).unwrap();
+        assert!(address >= 1 << 32 && address % 0x4000 == 0, "{}", bar4.text);
+
+        let out = boot(cmd.bios(qemu::Bios::SeaBios), BOOT_TIMEOUT);
+        assert_eq!(out.outcome, Outcome::DebugExit(exit_code::SUCCESS));
+        assert!(out.line_with("SeaBIOS").is_some(), "{}", out.console());
+        assert!(out.line_with(" assigned ").is_none(), "{}", out.console());
+        assert_line(&out, "1af4:1000 class 02.00.00");
+    }
+}
+
+#[test]
 fn a_64bit_bar_above_4g_is_mapped_uncached() {
-    // SeaBIOS cannot fit a 1 GiB BAR under 4 GiB on q35, so it places it above; the memory
-    // backend is allocated lazily and only 4 KiB of it is touched.
+    // Neither SeaBIOS nor the kernel (under qboot) can fit a 1 GiB BAR under 4 GiB on q35, so
+    // it goes above; the memory backend is allocated lazily and only 4 KiB of it is touched.
     let cmd = pvh(Machine::Q35, "selftest=exit")
         .args(["-object", "memory-backend-ram,id=shm,size=1G"])
         .device("ivshmem-plain,memdev=shm");
