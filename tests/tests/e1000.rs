@@ -11,8 +11,8 @@
 //!   receive rate into the discard port and echo rate, figures on stderr
 //!   (`cargo test -p netoops-e2e --test e1000 -- --nocapture`).
 //!
-//! The kernel is built with `cargo build -p netoops-kernel --target x86_64-unknown-none
-//! --release` unless `NETOOPS_KERNEL` names an image. QEMU must be installed
+//! The kernel is the appliance image (`netoops-image build --release`) unless `NETOOPS_IMAGE`
+//! names another. QEMU must be installed
 //! (`apt-get install qemu-system-x86`). The tests take a lock so only one VM runs at a time:
 //! the build machine has two cores, and rates mean nothing when VMs compete.
 
@@ -20,7 +20,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -46,43 +46,10 @@ fn vm_lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The kernel image: `NETOOPS_KERNEL`, or a release build of `netoops-kernel`.
+/// The kernel image: the appliance image the other suites boot (`NETOOPS_IMAGE` overrides
+/// it), built once with the `kernel` profile.
 fn kernel() -> PathBuf {
-    static KERNEL: OnceLock<PathBuf> = OnceLock::new();
-    KERNEL
-        .get_or_init(|| {
-            if let Ok(path) = std::env::var("NETOOPS_KERNEL") {
-                return PathBuf::from(path);
-            }
-            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let out = Command::new(cargo)
-                .current_dir(&root)
-                .args([
-                    "build",
-                    "-p",
-                    "netoops-kernel",
-                    "--target",
-                    "x86_64-unknown-none",
-                    "--release",
-                    "--message-format=json",
-                ])
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("run cargo to build the kernel");
-            assert!(out.status.success(), "kernel build failed");
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            stdout
-                .lines()
-                .filter(|l| l.contains("\"name\":\"netoops-kernel\""))
-                .find_map(|l| {
-                    let start = l.find("\"executable\":\"")? + "\"executable\":\"".len();
-                    let end = start + l[start..].find('"')?;
-                    Some(PathBuf::from(&l[start..end]))
-                })
-                .expect("cargo reported the kernel executable")
-        })
-        .clone()
+    netoops_e2e::appliance::image().to_path_buf()
 }
 
 fn require_qemu() {
