@@ -30,9 +30,8 @@ use crate::regs::{self, ctrl, eerd, rctl, status, tctl, Registers};
 use crate::ring::{check_ring_len, RingError, RxCounters, RxRing, TxCounters, TxRing};
 use crate::Model;
 use core::cell::Cell;
+use netoops_driver_platform::{memory_bar_base, MmioRegion, PciConfig, Platform};
 use netoops_nic::{Capabilities, Device, DeviceStats, LinkState, MacAddress, RxToken, TxToken};
-use netoops_virtio_net::transport::pci::memory_bar_base;
-use netoops_virtio_net::{MmioRegion, PciConfig, Platform};
 
 /// Shortest time between two reads of the statistics registers by [`Device::stats`] when
 /// the driver has a clock ([`Config::clock`]). Callers may ask every poll (the kernel's

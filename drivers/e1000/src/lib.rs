@@ -7,8 +7,8 @@
 //! buffer, and the tail registers move once per batch rather than once per frame. It never
 //! enables an interrupt, never allocates after [`E1000::new`], never panics on device input
 //! (bad descriptors are counted and recycled), and reaches the machine only through the
-//! platform traits of `netoops-virtio-net` ([`netoops_virtio_net::Platform`],
-//! [`netoops_virtio_net::PciConfig`]), so it does not depend on the kernel.
+//! platform traits of `netoops-driver-platform` ([`netoops_driver_platform::Platform`],
+//! [`netoops_driver_platform::PciConfig`]), so it does not depend on the kernel.
 //!
 //! Written from Intel's public documents only: the "PCI/PCI-X Family of Gigabit Ethernet
 //! Controllers Software Developer's Manual" (8254x) and the "82574 GbE Controller Family
@@ -17,7 +17,7 @@
 //! Layers, bottom up:
 //! - [`regs`]: the register map, descriptor layouts, and the [`Registers`] access trait.
 //! - [`ring`]: receive and transmit descriptor bookkeeping (safe code over
-//!   [`netoops_virtio_net::DmaRegion`]).
+//!   [`netoops_driver_platform::DmaRegion`]).
 //! - [`device`]: reset and bring-up, MAC address, link state, counters and the tokens.
 //!
 //! On the data path the driver touches device registers only for the batched tail writes.

@@ -12,7 +12,7 @@ use crate::regs::{self, ctrl, eerd, rctl, rx_desc, tctl, tx_desc, Registers};
 use crate::Model;
 use core::cell::RefCell;
 use core::ptr::NonNull;
-use netoops_virtio_net::{DmaRegion, MmioRegion, Platform};
+use netoops_driver_platform::{DmaRegion, MmioRegion, Platform};
 use std::alloc::{alloc_zeroed, Layout};
 use std::collections::BTreeMap;
 use std::vec::Vec;

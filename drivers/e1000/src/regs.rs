@@ -9,7 +9,7 @@
 //!
 //! The register window is BAR0, 128 KiB, accessed as aligned 32-bit little-endian words.
 
-use netoops_virtio_net::MmioRegion;
+use netoops_driver_platform::MmioRegion;
 
 /// Length of the BAR0 register window on both parts.
 pub const WINDOW_LEN: usize = 128 * 1024;

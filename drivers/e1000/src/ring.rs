@@ -21,7 +21,7 @@
 
 use crate::regs::{self, rx_desc, tx_desc, Registers};
 use core::sync::atomic::{fence, Ordering};
-use netoops_virtio_net::{DmaRegion, Platform};
+use netoops_driver_platform::{DmaRegion, Platform};
 
 /// Bytes per receive and transmit buffer; the receive control register is programmed to
 /// match (`BSIZE` 2048), and every frame of a 1500-byte MTU fits one buffer.

@@ -5,11 +5,13 @@
 //! each received frame in place in its DMA slot and letting the caller write transmitted
 //! frames straight into theirs. It never allocates after start-up, never uses interrupts,
 //! never panics on device input (bad used entries are counted), and reaches the machine
-//! only through the [`platform`] traits, so it does not depend on the kernel.
+//! only through the [`netoops_driver_platform`] traits (shared with the e1000 driver), so
+//! it does not depend on the kernel.
 //!
 //! Layers, bottom up:
-//! - [`platform`]: what the kernel provides (DMA memory, MMIO mappings, PCI configuration
-//!   access) and the bounds-checked volatile accessors all other code goes through.
+//! - [`netoops_driver_platform`]: what the kernel provides (DMA memory, MMIO mappings, PCI
+//!   configuration access) and the bounds-checked volatile accessors all other code goes
+//!   through.
 //! - [`queue`]: one split virtqueue: descriptor table and rings, batched publishing.
 //! - [`transport`]: modern virtio-pci and virtio-mmio (v1 legacy and v2), plus the
 //!   `virtio_mmio.device=` command-line parser for QEMU's microvm machine.
@@ -33,7 +35,7 @@
 //! Here every descriptor owns one fixed 2 KiB slot for the life of the driver, so the data
 //! path only moves ring indices, buffers are reposted in batches, the device is notified
 //! only when it asked to be (`VIRTQ_USED_F_NO_NOTIFY`), and receive tokens borrow the slot
-//! directly. The ring code is about 200 lines of safe code over [`platform::DmaRegion`],
+//! directly. The ring code is about 200 lines of safe code over [`netoops_driver_platform::DmaRegion`],
 //! tested on the host against a device-side model of the ring written from the spec, and
 //! end to end under QEMU.
 //!
@@ -44,12 +46,10 @@
 #![no_std]
 
 pub mod net;
-pub mod platform;
 pub mod queue;
 pub mod transport;
 
 pub use net::{Config, Error, VirtioNet, VirtioNetStats};
-pub use platform::{DmaRegion, MmioRegion, PciConfig, Platform};
 pub use transport::mmio::{cmdline_devices, MmioDevice, MmioTransport};
 pub use transport::pci::{is_virtio_net, PciTransport};
 pub use transport::{Transport, TransportError};

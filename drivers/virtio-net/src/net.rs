@@ -21,9 +21,9 @@
 //! the slot. Frames shorter than an Ethernet header and frames that did not fit one slot
 //! (the device splits them with `MRG_RXBUF`) are dropped and counted.
 
-use crate::platform::{DmaRegion, Platform};
 use crate::queue::{QueueError, SplitQueue, DESC_F_WRITE, MAX_QUEUE_SIZE};
 use crate::transport::{status, Transport, TransportError};
+use netoops_driver_platform::{DmaRegion, Platform};
 use netoops_nic::{Capabilities, Device, DeviceStats, LinkState, MacAddress, RxToken, TxToken};
 
 /// Bytes per buffer slot: the 12-byte header plus a 1514-byte frame fit with room to spare
@@ -694,10 +694,10 @@ impl<T: Transport> Device for VirtioNet<T> {
 mod tests {
     extern crate std;
     use super::*;
-    use crate::platform::host::HostPlatform;
     use crate::queue::model::RingModel;
     use crate::queue::QueueAddresses;
     use core::cell::Cell;
+    use netoops_driver_platform::host::HostPlatform;
     use std::vec::Vec;
 
     /// Register state of a virtio-net device; the rings themselves are driven by

@@ -11,8 +11,8 @@
 //! visible to the device only at [`SplitQueue::publish`], which is how the driver posts a
 //! whole batch with one index store and at most one notification.
 
-use crate::platform::DmaRegion;
 use core::sync::atomic::{fence, Ordering};
+use netoops_driver_platform::DmaRegion;
 
 /// Descriptor flag: the device writes this buffer.
 pub const DESC_F_WRITE: u16 = 2;
@@ -328,8 +328,8 @@ pub(crate) mod model {
 mod tests {
     use super::model::RingModel;
     use super::*;
-    use crate::platform::host::HostPlatform;
-    use crate::platform::Platform;
+    use netoops_driver_platform::host::HostPlatform;
+    use netoops_driver_platform::Platform;
 
     fn queue(size: u16) -> SplitQueue {
         let mem = HostPlatform

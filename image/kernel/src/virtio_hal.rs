@@ -1,10 +1,10 @@
 //! The kernel side of the virtio-net driver's platform boundary.
 //!
-//! Implements [`netoops_virtio_net::Platform`] over the kernel's DMA allocator and MMIO
-//! mapper, and [`netoops_virtio_net::PciConfig`] over an enumerated [`netoops_pci::PciDevice`].
+//! Implements [`netoops_driver_platform::Platform`] over the kernel's DMA allocator and MMIO
+//! mapper, and [`netoops_driver_platform::PciConfig`] over an enumerated [`netoops_pci::PciDevice`].
 //! Nothing else: device discovery and the data path live with their callers.
 
-use netoops_virtio_net::{DmaRegion, MmioRegion, PciConfig, Platform};
+use netoops_driver_platform::{DmaRegion, MmioRegion, PciConfig, Platform};
 
 /// The kernel's memory services, as the driver needs them.
 #[derive(Clone, Copy, Debug, Default)]

@@ -5,8 +5,8 @@
 //! a kernel without ACPI or device tree learns where its devices are.
 
 use super::{Transport, TransportError};
-use crate::platform::MmioRegion;
 use crate::queue::QueueAddresses;
+use netoops_driver_platform::MmioRegion;
 
 const MAGIC: usize = 0x000;
 const VERSION: usize = 0x004;

@@ -6,8 +6,8 @@
 //! Needs only [`PciConfig`]: BAR sizing and enumeration stay in the kernel's PCI code.
 
 use super::{Transport, TransportError};
-use crate::platform::{MmioRegion, PciConfig, Platform};
 use crate::queue::QueueAddresses;
+use netoops_driver_platform::{memory_bar_base, MmioRegion, PciConfig, Platform};
 
 /// Red Hat / virtio PCI vendor id.
 pub const VIRTIO_VENDOR: u16 = 0x1af4;
@@ -106,25 +106,6 @@ pub fn find_caps(cfg: &impl PciConfig) -> [Option<VirtioCap>; 3] {
         ptr = cfg.read_u8(p + 1) & 0xfc;
     }
     found
-}
-
-/// Physical base address of memory BAR `index`, or `None` for I/O, unassigned or invalid
-/// BARs. Reads only: sizing is the enumerator's job and the capability gives the length.
-pub fn memory_bar_base(cfg: &impl PciConfig, index: u8) -> Option<u64> {
-    if index > 5 {
-        return None;
-    }
-    let off = 0x10 + 4 * u16::from(index);
-    let low = cfg.read_u32(off);
-    if low & 1 != 0 {
-        return None;
-    }
-    let base = match (low >> 1) & 3 {
-        0 => u64::from(low & !0xf),
-        2 if index < 5 => u64::from(low & !0xf) | (u64::from(cfg.read_u32(off + 4)) << 32),
-        _ => return None,
-    };
-    (base != 0).then_some(base)
 }
 
 /// A modern virtio-pci device with its structures mapped.

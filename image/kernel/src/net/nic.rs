@@ -12,14 +12,14 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
+use netoops_driver_platform::{MmioRegion, Platform};
 use netoops_e1000::{E1000RxToken, E1000TxToken, E1000};
 use netoops_nic::{Capabilities, Device, DeviceStats, LinkState, MacAddress, RxToken, TxToken};
 use netoops_pci::PciAddress;
 use netoops_virtio_net::net::{VirtioRxToken, VirtioTxToken};
 use netoops_virtio_net::transport::mmio::WINDOW_LEN;
 use netoops_virtio_net::{
-    cmdline_devices, is_virtio_net, Config, MmioRegion, MmioTransport, PciTransport, Platform,
-    TransportError, VirtioNet,
+    cmdline_devices, is_virtio_net, Config, MmioTransport, PciTransport, TransportError, VirtioNet,
 };
 
 /// One brought-up NIC of any supported kind.

@@ -1,13 +1,16 @@
-//! The platform boundary: DMA memory, MMIO mappings and PCI configuration access.
+//! The platform boundary of the poll-mode drivers (virtio-net, e1000): DMA memory, MMIO
+//! mappings and PCI configuration access.
 //!
-//! The driver never calls into the kernel. The kernel (or a host test) implements
-//! [`Platform`] and, for PCI devices, [`PciConfig`]; the driver only sees the two memory
-//! types defined here. All raw-pointer access of the crate lives in this file: [`DmaRegion`]
-//! and [`MmioRegion`] check every offset against the length they were created with, so the
-//! ring and transport code above them is safe code.
+//! Drivers never call into the kernel. The kernel (or a host test) implements [`Platform`]
+//! and, for PCI devices, [`PciConfig`]; drivers only see the two memory types defined here.
+//! All raw-pointer access of the drivers lives in this crate: [`DmaRegion`] and
+//! [`MmioRegion`] check every offset against the length they were created with, so the ring
+//! and transport code above them is safe code.
 //!
 //! Out-of-range accesses are driver bugs, not device input: they read as zero (DMA) or
 //! all-ones (MMIO, like an absent bus device), writes are ignored, and debug builds assert.
+
+#![no_std]
 
 use core::ptr::NonNull;
 
@@ -346,8 +349,27 @@ pub trait PciConfig {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod host {
+/// Physical base address of memory BAR `index`, or `None` for I/O, unassigned or invalid
+/// BARs. Reads only: sizing is the enumerator's job.
+pub fn memory_bar_base(cfg: &impl PciConfig, index: u8) -> Option<u64> {
+    if index > 5 {
+        return None;
+    }
+    let off = 0x10 + 4 * u16::from(index);
+    let low = cfg.read_u32(off);
+    if low & 1 != 0 {
+        return None;
+    }
+    let base = match (low >> 1) & 3 {
+        0 => u64::from(low & !0xf),
+        2 if index < 5 => u64::from(low & !0xf) | (u64::from(cfg.read_u32(off + 4)) << 32),
+        _ => return None,
+    };
+    (base != 0).then_some(base)
+}
+
+#[cfg(any(test, feature = "host"))]
+pub mod host {
     //! Host memory standing in for identity-mapped DMA memory in unit tests.
     extern crate std;
 
@@ -356,7 +378,7 @@ pub(crate) mod host {
 
     /// Leaks zeroed host memory and reports its address as the bus address, the way the
     /// kernel's identity map does.
-    pub(crate) struct HostPlatform;
+    pub struct HostPlatform;
 
     // SAFETY: the memory is fresh, leaked (valid forever), exclusively handed out, and
     // coherent because the "device" is test code on the same CPU.
