@@ -1,5 +1,5 @@
-//! Host-test stand-ins for the machine: identity-mapped host memory as DMA memory, a register
-//! recorder, and a model of the NIC written from the datasheet's description of what the
+//! Host-test stand-ins for the machine (DMA memory is the platform crate's `HostPlatform`): a
+//! register recorder, and a model of the NIC written from the datasheet's description of what the
 //! device does with its registers and descriptor rings.
 //!
 //! The model is deliberately strict where the driver could go wrong: it refuses to receive
@@ -11,31 +11,9 @@ extern crate std;
 use crate::regs::{self, ctrl, eerd, rctl, rx_desc, tctl, tx_desc, Registers};
 use crate::Model;
 use core::cell::RefCell;
-use core::ptr::NonNull;
-use netoops_driver_platform::{DmaRegion, MmioRegion, Platform};
-use std::alloc::{alloc_zeroed, Layout};
+pub(crate) use netoops_driver_platform::host::HostPlatform;
 use std::collections::BTreeMap;
 use std::vec::Vec;
-
-/// Leaks zeroed host memory and reports its address as the bus address, the way the
-/// kernel's identity map does.
-pub(crate) struct HostPlatform;
-
-// SAFETY: the memory is fresh, leaked (valid forever), exclusively handed out, and coherent
-// because the "device" is test code on the same CPU.
-unsafe impl Platform for HostPlatform {
-    fn dma_alloc(&self, size: usize, align: usize) -> Option<DmaRegion> {
-        let layout = Layout::from_size_align(size.max(1), align).ok()?;
-        // SAFETY: the layout has non-zero size.
-        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) })?;
-        // SAFETY: fresh allocation of `size` bytes, never freed.
-        Some(unsafe { DmaRegion::new(ptr, ptr.as_ptr() as u64, size) })
-    }
-
-    fn map_mmio(&self, _phys: u64, _len: usize) -> Option<MmioRegion> {
-        None
-    }
-}
 
 /// Records register writes; reads return zero.
 #[derive(Debug, Default)]
