@@ -165,7 +165,8 @@ pub(crate) struct ChunkStore {
     /// Slots touched so far; grows up to `free.slots` within its reserved capacity.
     data: Vec<[u8; DATA_LEN]>,
     free: FreeSlots,
-    /// What is held for each (table base + packet_no).
+    /// What is held for each (table base + packet_no). Its capacity is the index array's
+    /// size; its length grows to the highest position reserved so far.
     table: Vec<Held>,
     /// Per dump entry: where its table starts and how long it is (0 = no table), side by
     /// side so a lookup reads one cache line for both.
@@ -183,7 +184,7 @@ impl ChunkStore {
         ChunkStore {
             data: Vec::with_capacity(slots),
             free: FreeSlots::new(slots),
-            table: vec![Held::NONE; table_len(slots, max_packets)],
+            table: Vec::with_capacity(table_len(slots, max_packets)),
             tables: vec![Span::default(); dumps],
             top: 0,
             live: 0,
@@ -205,7 +206,7 @@ impl ChunkStore {
 
     /// Whether a table of `count` entries can be reserved now.
     pub(crate) fn has_table_room(&self, count: u32) -> bool {
-        self.table.len() - self.live >= count as usize
+        self.table.capacity() - self.live >= count as usize
     }
 
     /// Reserves the packet table of `entry`. The caller checked [`Self::has_table_room`].
@@ -214,7 +215,7 @@ impl ChunkStore {
         if !self.has_table_room(count) {
             return false;
         }
-        if self.top + n > self.table.len() {
+        if self.top + n > self.table.capacity() {
             self.compact();
         }
         let e = entry as usize;
@@ -222,6 +223,11 @@ impl ChunkStore {
             base: self.top as u32,
             len: count,
         };
+        // The index array is filled as the bump pointer first reaches each position (within
+        // its reserved capacity): at boot it costs nothing, and it never reallocates.
+        if self.table.len() < self.top + n {
+            self.table.resize(self.top + n, Held::NONE);
+        }
         self.table[self.top..self.top + n].fill(Held::NONE);
         self.top += n;
         self.live += n;
