@@ -430,27 +430,14 @@ pub fn write_outputs(results: &Results, out: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Now as RFC 3339 UTC (seconds).
+/// Now as RFC 3339 UTC (seconds): core's formatter, without its milliseconds.
 fn rfc3339_now() -> String {
-    let secs = crate::gen::sendlog::wall_ns() / 1_000_000_000;
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    let mut s = String::new();
+    let ms = crate::gen::sendlog::wall_ns() / 1_000_000;
+    let _ = netoops_core::time::write_utc(&mut s, ms);
+    s.truncate("YYYY-MM-DDTHH:MM:SS".len());
+    s.push('Z');
+    s
 }
 
 #[cfg(test)]
