@@ -14,279 +14,15 @@
 //! (`apt-get install qemu-system-x86`). The tests take a lock so only one VM runs at a time:
 //! the build machine has two cores, and the rates mean nothing when VMs compete.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use netoops_e2e::appliance::{free_udp_port, vm_lock};
+use netoops_e2e::echo::{
+    arp_request, assert_echo_of, udp_frame, Counters, EchoVm, DISCARD_PORT, ECHO_PORT, GUEST_IP,
+    GUEST_MAC, NETOOPS_V3_BLOB_LEN, PEER_MAC,
+};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
-
-/// QEMU's default MAC for the first NIC, and the address the self-test answers.
-const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-const GUEST_IP: [u8; 4] = [10, 0, 2, 15];
-const PEER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
-const PEER_IP: [u8; 4] = [10, 0, 2, 2];
-const ECHO_PORT: u16 = 7;
-const DISCARD_PORT: u16 = 9;
-/// netoops v3 datagram with the user blob: the largest the relay sees.
-const NETOOPS_V3_BLOB_LEN: usize = 1412;
-
-// ---------------------------------------------------------------------------------------
-// Harness
-
-fn vm_lock() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The kernel image: the appliance image the other suites boot (`NETOOPS_IMAGE` overrides
-/// it), built once with the `kernel` profile.
-fn kernel() -> PathBuf {
-    netoops_e2e::appliance::image().to_path_buf()
-}
-
-fn require_qemu() {
-    let ok = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "qemu-system-x86_64 not found: apt-get install -y qemu-system-x86"
-    );
-}
-
-/// A running VM whose console lines are collected as they arrive.
-struct Qemu {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Qemu {
-    /// Boots the kernel with `selftest=virtio-echo` on `machine` (e.g. `q35`,
-    /// `microvm,acpi=off`) with one NIC.
-    fn boot(machine: &str, extra: &[&str], netdev: &str, device: &str) -> Self {
-        require_qemu();
-        let kernel = kernel();
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-M", machine, "-accel", "tcg", "-m", "256", "-smp", "1"])
-            .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
-            .args(["-no-reboot", "-kernel"])
-            .arg(&kernel)
-            .args(["-append", "selftest=virtio-echo"])
-            .args(extra)
-            .args(["-netdev", netdev, "-device", device])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start qemu-system-x86_64");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        for pipe in [
-            Box::new(child.stdout.take().expect("piped stdout")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("piped stderr")),
-        ] {
-            let lines = Arc::clone(&lines);
-            thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line.trim_end().to_string());
-                }
-            });
-        }
-        Self { child, lines }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// Waits for a console line matching `pred`.
-    fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| pred(l)) {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; console:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits for the `ready` line and returns it; fails fast on any other outcome.
-    fn ready(&self) -> String {
-        let line = self.wait_for("virtio-echo ready", Duration::from_secs(30), |l| {
-            l.starts_with("virtio-echo: ")
-                || l.contains("PANIC")
-                || l.starts_with("selftest: unknown")
-                || l.starts_with("board:")
-        });
-        assert!(
-            line.starts_with("virtio-echo: ready"),
-            "the self-test did not start (a kernel without `selftest_net::run` wired into \
-             kmain says `selftest: unknown`); console:\n{}",
-            self.log()
-        );
-        line
-    }
-
-    /// Waits until the guest's counters satisfy `pred` and returns them.
-    fn counters(&self, timeout: Duration, pred: impl Fn(&Counters) -> bool) -> Counters {
-        let line = self.wait_for("counters", timeout, |l| {
-            Counters::parse(l).is_some_and(|c| pred(&c))
-        });
-        Counters::parse(&line).expect("parsed above")
-    }
-
-    /// Every counter line so far, in order.
-    fn all_counters(&self) -> Vec<Counters> {
-        let lines = self.lines.lock().unwrap();
-        lines.iter().filter_map(|l| Counters::parse(l)).collect()
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One `virtio-echo: t_us=... rx=...` line.
-#[derive(Clone, Debug, Default)]
-struct Counters {
-    t_us: u64,
-    rx: u64,
-    echo: u64,
-    discard: u64,
-    arp: u64,
-    tx: u64,
-    rx_runt: u64,
-    rx_oversize: u64,
-    dev_err: u64,
-    rx_notify: u64,
-    rx_batches: u64,
-    idle: u64,
-}
-
-impl Counters {
-    fn parse(line: &str) -> Option<Self> {
-        let rest = line.strip_prefix("virtio-echo: t_us=")?;
-        let mut c = Counters::default();
-        for (i, field) in rest.split_whitespace().enumerate() {
-            let (key, value) = if i == 0 {
-                ("t_us", field)
-            } else {
-                field.split_once('=')?
-            };
-            let v: u64 = value.parse().ok()?;
-            match key {
-                "t_us" => c.t_us = v,
-                "rx" => c.rx = v,
-                "echo" => c.echo = v,
-                "discard" => c.discard = v,
-                "arp" => c.arp = v,
-                "tx" => c.tx = v,
-                "rx_runt" => c.rx_runt = v,
-                "rx_oversize" => c.rx_oversize = v,
-                "dev_err" => c.dev_err = v,
-                "rx_notify" => c.rx_notify = v,
-                "rx_batches" => c.rx_batches = v,
-                "idle" => c.idle = v,
-                _ => {}
-            }
-        }
-        Some(c)
-    }
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("bind an ephemeral UDP port")
-        .port()
-}
-
-// ---------------------------------------------------------------------------------------
-// Frames
-
-fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum = 0u32;
-    for part in parts {
-        for c in part.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]));
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// An Ethernet/IPv4/UDP frame from the peer to the guest, checksums filled in.
-fn udp_frame(dst_port: u16, src_port: u16, payload: &[u8]) -> Vec<u8> {
-    let udp_len = 8 + payload.len();
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
-    ip.extend_from_slice(&PEER_IP);
-    ip.extend_from_slice(&GUEST_IP);
-    let c = checksum(&[&ip]);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut udp = Vec::with_capacity(udp_len);
-    udp.extend_from_slice(&src_port.to_be_bytes());
-    udp.extend_from_slice(&dst_port.to_be_bytes());
-    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(payload);
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&PEER_IP);
-    pseudo.extend_from_slice(&GUEST_IP);
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    let c = checksum(&[&pseudo, &udp]);
-    udp[6..8].copy_from_slice(&c.to_be_bytes());
-    let mut f = Vec::with_capacity(14 + 20 + udp_len);
-    f.extend_from_slice(&GUEST_MAC);
-    f.extend_from_slice(&PEER_MAC);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&udp);
-    f
-}
-
-fn arp_request() -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&PEER_MAC);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&PEER_MAC);
-    f.extend_from_slice(&PEER_IP);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&GUEST_IP);
-    f
-}
-
-/// Checks that `reply` is the guest's echo of `sent` (a frame from [`udp_frame`]).
-fn assert_echo_of(sent: &[u8], reply: &[u8]) {
-    assert_eq!(reply.len(), sent.len(), "echo length");
-    assert_eq!(&reply[0..6], &PEER_MAC, "destination MAC");
-    assert_eq!(&reply[6..12], &GUEST_MAC, "source MAC");
-    assert_eq!(&reply[26..30], &GUEST_IP, "source IP");
-    assert_eq!(&reply[30..34], &PEER_IP, "destination IP");
-    assert_eq!(&reply[34..36], &sent[36..38], "source port");
-    assert_eq!(&reply[36..38], &sent[34..36], "destination port");
-    assert_eq!(&reply[42..], &sent[42..], "payload");
-    assert_eq!(checksum(&[&reply[14..34]]), 0, "IP header checksum");
-    let udp = &reply[34..];
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&reply[26..34]);
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
-    assert_eq!(checksum(&[&pseudo, udp]), 0, "UDP checksum");
-}
 
 // ---------------------------------------------------------------------------------------
 // UDP echo through the user network, one test per transport
@@ -295,7 +31,8 @@ fn assert_echo_of(sent: &[u8], reply: &[u8]) {
 fn user_net_echo(machine: &str, extra: &[&str], device: &str, transport: &str, rx_ring: u32) {
     let _vm = vm_lock();
     let port = free_udp_port();
-    let vm = Qemu::boot(
+    let vm = EchoVm::boot(
+        "virtio-echo",
         machine,
         extra,
         &format!("user,id=n0,hostfwd=udp:127.0.0.1:{port}-:{ECHO_PORT}"),
@@ -385,7 +122,8 @@ fn raw_frames_arp_echo_every_size_and_counted_drops() {
     let host = UdpSocket::bind("127.0.0.1:0").unwrap();
     let host_port = host.local_addr().unwrap().port();
     let qemu_port = free_udp_port();
-    let vm = Qemu::boot(
+    let vm = EchoVm::boot(
+        "virtio-echo",
         "q35",
         &[],
         &format!(
@@ -456,10 +194,11 @@ fn stream_record(frame: &[u8]) -> Vec<u8> {
     r
 }
 
-fn boot_on_stream() -> (Qemu, TcpStream) {
+fn boot_on_stream() -> (EchoVm, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let vm = Qemu::boot(
+    let vm = EchoVm::boot(
+        "virtio-echo",
         "q35",
         &[],
         &format!("stream,id=n0,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port={port}"),
