@@ -27,16 +27,13 @@ mod machine {
     use crate::platform;
     use crate::println;
     use crate::selftest_net::frame;
+    use crate::selftest_net::machine::{echo_burst, Counters, REPORT_INTERVAL_US};
     use crate::virtio_hal::{KernelPlatform, PciFunction};
     use netoops_e1000::{is_supported, Config, E1000Stats, E1000};
-    use netoops_nic::{Device, LinkState, RxToken, TxToken};
+    use netoops_nic::{Device, LinkState};
 
     /// Address answered when the command line names none.
     const DEFAULT_IP: [u8; 4] = [10, 0, 2, 15];
-    /// Frames handled between two `Device::poll` calls.
-    const BURST: usize = 64;
-    /// Microseconds between two counter lines (and link checks).
-    const REPORT_INTERVAL_US: u64 = 250_000;
 
     /// Runs the self-test; never returns.
     pub fn run(cmdline: &str) -> ! {
@@ -68,16 +65,6 @@ mod machine {
         platform::halt_forever()
     }
 
-    /// What the echo loop has done.
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    struct Counters {
-        rx: u64,
-        echo: u64,
-        discard: u64,
-        arp: u64,
-        other: u64,
-    }
-
     fn serve(nic: &mut E1000, pci: &dyn core::fmt::Display, ip: [u8; 4], bringup_us: u64) -> ! {
         let me = frame::Identity {
             mac: nic.hardware_address().0,
@@ -106,31 +93,9 @@ mod machine {
         let mut c = Counters::default();
         let mut reported = (c, E1000Stats::default());
         let mut next_report = platform::now_micros() + REPORT_INTERVAL_US;
-        // Passes that found nothing: how much slack the guest had (a diagnostic only).
         let mut idle: u64 = 0;
         loop {
-            for i in 0..BURST {
-                let Some((rx, tx)) = nic.receive() else {
-                    idle += u64::from(i == 0);
-                    break;
-                };
-                c.rx += 1;
-                rx.consume(|f| match frame::classify(f, &me) {
-                    frame::Action::ArpReply => {
-                        c.arp += 1;
-                        tx.consume(frame::ARP_REPLY_LEN, |out| {
-                            frame::write_arp_reply(f, &me, out)
-                        });
-                    }
-                    frame::Action::Echo(len) => {
-                        c.echo += 1;
-                        tx.consume(len, |out| frame::write_udp_echo(f, &me, out));
-                    }
-                    frame::Action::Discard => c.discard += 1,
-                    frame::Action::Ignore => c.other += 1,
-                });
-            }
-            nic.poll();
+            echo_burst(nic, &me, &mut c, &mut idle);
             let now = platform::now_micros();
             if now < next_report {
                 continue;
