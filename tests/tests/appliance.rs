@@ -523,21 +523,11 @@ fn measure_boot_to_first_datagram() {
     }
 }
 
-/// Runs the generator at `rate` into a fresh appliance over `-netdev dgram`; returns
-/// (sent, accepted by the fast path, mean cycles per datagram).
-fn appliance_at_rate(rate: u64, machines: u32) -> (u64, u64, u64) {
-    let port = free_udp_port();
-    let tmp = tempfile::tempdir().expect("temporary directory");
-    let collector = start_collector(tmp.path());
-    let mut spec = VmSpec::new(Ingress::Dgram { port }, collector.addr.port());
-    spec.extra = "memory=64M spool=64M".into();
-    let mut vm = Vm::boot(&spec);
-    vm.wait_for("ready: ");
-    let out = run_generator(&strings(&[
-        "--output",
-        &format!("dgram:127.0.0.1:{port}"),
-        "--bind",
-        &format!("127.0.0.1:{}", port + 1),
+/// The generator's arguments for one rate trial: `output` (where to send), then `machines`
+/// machines with 64 KiB logs of the v3 blob variant at `rate` datagrams/s, JSON summary.
+fn rate_trial_args(output: &[&str], machines: u32, rate: u64) -> Vec<String> {
+    let mut args = strings(output);
+    args.extend(strings(&[
         "--machines",
         &machines.to_string(),
         "--log-size",
@@ -548,6 +538,29 @@ fn appliance_at_rate(rate: u64, machines: u32) -> (u64, u64, u64) {
         &rate.to_string(),
         "--json",
     ]));
+    args
+}
+
+/// Runs the generator at `rate` into a fresh appliance over `-netdev dgram`; returns
+/// (sent, accepted by the fast path, mean cycles per datagram).
+fn appliance_at_rate(rate: u64, machines: u32) -> (u64, u64, u64) {
+    let port = free_udp_port();
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let collector = start_collector(tmp.path());
+    let mut spec = VmSpec::new(Ingress::Dgram { port }, collector.addr.port());
+    spec.extra = "memory=64M spool=64M".into();
+    let mut vm = Vm::boot(&spec);
+    vm.wait_for("ready: ");
+    let out = run_generator(&rate_trial_args(
+        &[
+            "--output",
+            &format!("dgram:127.0.0.1:{port}"),
+            "--bind",
+            &format!("127.0.0.1:{}", port + 1),
+        ],
+        machines,
+        rate,
+    ));
     let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("generator JSON");
     let sent = summary["datagrams_sent"].as_u64().unwrap_or(0);
     // Counters come every second; wait for the count to settle.
@@ -596,19 +609,7 @@ fn hosted_at_rate(rate: u64, machines: u32) -> (u64, u64) {
         .and_then(|r| r.split_whitespace().next())
         .expect("address")
         .to_string();
-    let out = run_generator(&strings(&[
-        "--target",
-        &addr,
-        "--machines",
-        &machines.to_string(),
-        "--log-size",
-        "64K",
-        "--variants",
-        "v3-blob",
-        "--rate",
-        &rate.to_string(),
-        "--json",
-    ]));
+    let out = run_generator(&rate_trial_args(&["--target", &addr], machines, rate));
     let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("generator JSON");
     let sent = summary["datagrams_sent"].as_u64().unwrap_or(0);
     std::thread::sleep(Duration::from_secs(3));
