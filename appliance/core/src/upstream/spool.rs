@@ -48,11 +48,10 @@ pub enum RoomError {
 /// Bounded store of encoded records until acknowledged.
 #[derive(Debug)]
 pub struct Spool {
-    /// The ring's bytes: its capacity is the ring size, and its length grows up to it as the
-    /// tail first reaches new positions (every position below the length has been written).
+    /// The ring's bytes: its capacity is the ring size (`with_capacity` allocates exactly
+    /// that), and its length grows up to it as the tail first reaches new positions (every
+    /// position below the length has been written).
     ring: Vec<u8>,
-    /// Ring size in bytes.
-    cap: usize,
     head: usize,
     used: usize,
     entries: VecDeque<SpoolEntry>,
@@ -66,7 +65,6 @@ impl Spool {
         let max_entries = max_entries.max(1);
         Spool {
             ring: Vec::with_capacity(bytes),
-            cap: bytes,
             head: 0,
             used: 0,
             entries: VecDeque::with_capacity(max_entries),
@@ -77,7 +75,7 @@ impl Spool {
 
     /// Size of the ring in bytes.
     pub fn capacity(&self) -> usize {
-        self.cap
+        self.ring.capacity()
     }
 
     /// Bytes held by entries (doomed ones included).
@@ -123,7 +121,7 @@ impl Spool {
         if n == 0 {
             return 0;
         }
-        let cap = self.cap;
+        let cap = self.ring.capacity();
         let pos = (entry.start + offset) % cap;
         let first = n.min(cap - pos);
         out[..first].copy_from_slice(&self.ring[pos..pos + first]);
@@ -140,10 +138,10 @@ impl Spool {
         in_flight: Option<u64>,
         mut on_drop: impl FnMut(u64, RecordKind),
     ) -> Result<(), RoomError> {
-        if len > self.cap {
+        if len > self.ring.capacity() {
             return Err(RoomError::TooLarge);
         }
-        while self.used + len > self.cap || self.entries.len() >= self.max_entries {
+        while self.used + len > self.ring.capacity() || self.entries.len() >= self.max_entries {
             let Some((i, doom)) = self.pick_victim(in_flight) else {
                 return Err(RoomError::Busy);
             };
@@ -181,10 +179,10 @@ impl Spool {
     /// A writer for a new entry of at most `len` bytes at the tail, if it fits now (call
     /// [`Spool::make_room`] first). Nothing is kept until [`Spool::commit`].
     pub fn writer(&mut self, len: usize) -> Option<SpoolWriter<'_>> {
-        if self.used + len > self.cap || self.entries.len() >= self.max_entries {
+        if self.used + len > self.ring.capacity() || self.entries.len() >= self.max_entries {
             return None;
         }
-        let cap = self.cap;
+        let cap = self.ring.capacity();
         let pos = if cap == 0 {
             0
         } else {
@@ -192,7 +190,6 @@ impl Spool {
         };
         Some(SpoolWriter {
             ring: &mut self.ring,
-            cap,
             pos,
             written: 0,
             attempted: 0,
@@ -203,7 +200,7 @@ impl Spool {
     /// Keeps the `len` bytes last written by a [`SpoolWriter`] as entry `seq`. The caller
     /// guarantees `len` bytes were written and fit, and that `seq` is above every held seq.
     pub fn commit(&mut self, seq: u64, kind: RecordKind, len: usize) {
-        let cap = self.cap;
+        let cap = self.ring.capacity();
         let start = if cap == 0 {
             0
         } else {
@@ -254,7 +251,7 @@ impl Spool {
         let Some(e) = self.entries.get(i).copied() else {
             return;
         };
-        let cap = self.cap;
+        let cap = self.ring.capacity();
         let before = if cap == 0 {
             0
         } else {
@@ -344,7 +341,6 @@ fn ring_move(ring: &mut [u8], src: usize, dst: usize, len: usize, dst_ahead: boo
 #[derive(Debug)]
 pub struct SpoolWriter<'a> {
     ring: &'a mut Vec<u8>,
-    cap: usize,
     pos: usize,
     written: usize,
     attempted: usize,
@@ -357,7 +353,7 @@ impl SpoolWriter<'_> {
         let room = self.limit - self.written;
         self.attempted = self.attempted.saturating_add(bytes.len());
         let mut rest = &bytes[..bytes.len().min(room)];
-        let cap = self.cap;
+        let cap = self.ring.capacity();
         while !rest.is_empty() {
             let k = rest.len().min(cap - self.pos);
             // Below the filled length the ring is overwritten; at it, the ring grows within its
