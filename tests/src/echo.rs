@@ -4,6 +4,7 @@
 //! send it and check it sends back.
 
 use std::io::{BufRead, BufReader, Read};
+use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -305,4 +306,41 @@ pub fn assert_maybe_padded_echo_of(sent: &[u8], reply: &[u8]) {
         sent.len()
     );
     assert_echo_of(sent, &reply[..sent.len()]);
+}
+
+/// Asks the guest for its MAC address over the raw link `host` -> `to` and checks the reply.
+pub fn assert_arp_reply(host: &UdpSocket, to: (&str, u16)) {
+    let mut buf = [0u8; 4096];
+    host.send_to(&arp_request(), to).unwrap();
+    let n = host.recv(&mut buf).expect("ARP reply");
+    let r = &buf[..n];
+    assert_eq!(&r[0..6], &PEER_MAC);
+    assert_eq!(&r[12..14], &[0x08, 0x06]);
+    assert_eq!(&r[20..22], &[0, 2], "ARP reply opcode");
+    assert_eq!(&r[22..28], &GUEST_MAC);
+    assert_eq!(&r[28..32], &GUEST_IP);
+}
+
+/// Echo of every UDP payload size a 1514-byte frame can carry, 16 frames in flight at a
+/// time, each reply checked against its frame by `check` ([`assert_echo_of`] or
+/// [`assert_maybe_padded_echo_of`]).
+pub fn echo_every_payload_size(host: &UdpSocket, to: (&str, u16), check: fn(&[u8], &[u8])) {
+    let mut buf = [0u8; 4096];
+    let sizes: Vec<usize> = (0..=1472).collect();
+    for chunk in sizes.chunks(16) {
+        let frames: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|&len| {
+                let payload: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+                udp_frame(ECHO_PORT, 40000 + len as u16, &payload)
+            })
+            .collect();
+        for f in &frames {
+            host.send_to(f, to).unwrap();
+        }
+        for f in &frames {
+            let n = host.recv(&mut buf).expect("echo");
+            check(f, &buf[..n]);
+        }
+    }
 }

@@ -16,8 +16,8 @@
 
 use netoops_e2e::appliance::{free_udp_port, vm_lock};
 use netoops_e2e::echo::{
-    arp_request, assert_echo_of, udp_frame, Counters, EchoVm, DISCARD_PORT, ECHO_PORT, GUEST_IP,
-    GUEST_MAC, NETOOPS_V3_BLOB_LEN, PEER_MAC,
+    assert_arp_reply, assert_echo_of, echo_every_payload_size, udp_frame, Counters, EchoVm,
+    DISCARD_PORT, ECHO_PORT, NETOOPS_V3_BLOB_LEN,
 };
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -138,33 +138,8 @@ fn raw_frames_arp_echo_every_size_and_counted_drops() {
     let mut buf = [0u8; 4096];
 
     // ARP.
-    host.send_to(&arp_request(), to).unwrap();
-    let n = host.recv(&mut buf).expect("ARP reply");
-    let r = &buf[..n];
-    assert_eq!(&r[0..6], &PEER_MAC);
-    assert_eq!(&r[12..14], &[0x08, 0x06]);
-    assert_eq!(&r[20..22], &[0, 2], "ARP reply opcode");
-    assert_eq!(&r[22..28], &GUEST_MAC);
-    assert_eq!(&r[28..32], &GUEST_IP);
-
-    // Echo of every UDP payload size a 1514-byte frame can carry, a few at a time.
-    let sizes: Vec<usize> = (0..=1472).collect();
-    for chunk in sizes.chunks(16) {
-        let frames: Vec<Vec<u8>> = chunk
-            .iter()
-            .map(|&len| {
-                let payload: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
-                udp_frame(ECHO_PORT, 40000 + len as u16, &payload)
-            })
-            .collect();
-        for f in &frames {
-            host.send_to(f, to).unwrap();
-        }
-        for f in &frames {
-            let n = host.recv(&mut buf).expect("echo");
-            assert_echo_of(f, &buf[..n]);
-        }
-    }
+    assert_arp_reply(&host, to);
+    echo_every_payload_size(&host, to, assert_echo_of);
 
     // Too big for one 2 KiB slot: the device spreads it over several buffers, the driver
     // drops and counts it. Then a runt, then traffic must still flow.
