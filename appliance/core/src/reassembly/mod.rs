@@ -381,6 +381,9 @@ impl Reassembler {
         };
         let key = DumpKey::of(source, &d);
         let packet_no = d.packet_no();
+        // Computed at most once per packet: a chunk that differs from the held copy starts
+        // the new generation with the fingerprint already in hand.
+        let mut fingerprint = None;
         let generation = match self.lookup(&key) {
             None => 0,
             Some(idx) => {
@@ -389,14 +392,17 @@ impl Reassembler {
                     // A held chunk answers from its table entry alone; the received bitmap
                     // is only read for packets without one.
                     match self.chunks.fingerprint_of(idx, packet_no) {
-                        Some(held) if held == chunks::fingerprint(d.data()) => {
-                            self.stats.duplicates += 1;
-                            self.touch(now, idx);
-                            return Ok(Accepted::Duplicate);
+                        Some(held) => {
+                            let fp = chunks::fingerprint(d.data());
+                            if held == fp {
+                                self.stats.duplicates += 1;
+                                self.touch(now, idx);
+                                return Ok(Accepted::Duplicate);
+                            }
+                            fingerprint = Some(fp);
                         }
-                        Some(_) => {}
                         None if !self.has(idx, packet_no) => {
-                            return self.add_chunk(now, idx, &d, sink);
+                            return self.add_chunk(now, idx, &d, None, sink);
                         }
                         None => {
                             self.stats.duplicates_unverified += 1;
@@ -409,7 +415,7 @@ impl Reassembler {
                 e.generation + 1
             }
         };
-        self.start_dump(now, key, generation, &d, sink)
+        self.start_dump(now, key, generation, &d, fingerprint, sink)
     }
 
     /// Emits dumps that went quiet and forgets emitted dumps whose linger time is over.
@@ -508,6 +514,7 @@ impl Reassembler {
         key: DumpKey,
         generation: u32,
         d: &Datagram<'_>,
+        fingerprint: Option<u64>,
         sink: &mut S,
     ) -> Result<Accepted, DropReason> {
         let ip = key.source.ip();
@@ -554,15 +561,17 @@ impl Reassembler {
             generation,
             datagram: *d,
         });
-        self.add_chunk(now, idx, d, sink)?;
+        self.add_chunk(now, idx, d, fingerprint, sink)?;
         Ok(Accepted::NewDump)
     }
 
+    /// Stores the packet's chunk; `fingerprint` is the chunk's, when the caller already has it.
     fn add_chunk<S: EventSink>(
         &mut self,
         now: Instant,
         idx: u32,
         d: &Datagram<'_>,
+        fingerprint: Option<u64>,
         sink: &mut S,
     ) -> Result<Accepted, DropReason> {
         if !self.entries[idx as usize].has_chunks {
@@ -578,8 +587,8 @@ impl Reassembler {
             return Err(DropReason::NoMemory);
         }
         let packet_no = d.packet_no();
-        self.chunks
-            .insert(idx, packet_no, d.data(), chunks::fingerprint(d.data()));
+        let fingerprint = fingerprint.unwrap_or_else(|| chunks::fingerprint(d.data()));
+        self.chunks.insert(idx, packet_no, d.data(), fingerprint);
         self.set(idx, packet_no);
         self.stats.chunks_stored += 1;
         self.stats.chunks_high_water = self.stats.chunks_high_water.max(self.chunks.used());
