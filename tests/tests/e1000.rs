@@ -129,7 +129,7 @@ fn raw_frames((device, model): (&str, &str)) {
     let to = ("127.0.0.1", qemu_port);
     let mut buf = [0u8; 4096];
 
-    // ARP (a broadcast: RCTL.BAM).
+    // The ARP request is a broadcast: RCTL.BAM must be set.
     assert_arp_reply(&host, to);
     echo_every_payload_size(&host, to, assert_maybe_padded_echo_of);
 

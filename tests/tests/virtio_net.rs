@@ -137,7 +137,6 @@ fn raw_frames_arp_echo_every_size_and_counted_drops() {
     let to = ("127.0.0.1", qemu_port);
     let mut buf = [0u8; 4096];
 
-    // ARP.
     assert_arp_reply(&host, to);
     echo_every_payload_size(&host, to, assert_echo_of);
 
