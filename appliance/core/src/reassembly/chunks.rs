@@ -20,6 +20,7 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
+use netoops_driver_platform::streamed::StreamedSlots;
 use netoops_wire::DATA_LEN;
 
 const NO_SLOT: u32 = u32::MAX;
@@ -162,8 +163,9 @@ impl FreeSlots {
 
 /// Slot storage for received chunks.
 pub(crate) struct ChunkStore {
-    /// Slots touched so far; grows up to `free.slots` within its reserved capacity.
-    data: Vec<[u8; DATA_LEN]>,
+    /// The chunks. Written once and read once, at emission, so they go around the cache
+    /// rather than evict the tables every packet reads.
+    data: StreamedSlots<DATA_LEN>,
     free: FreeSlots,
     /// What is held for each (table base + packet_no). Its capacity is the index array's
     /// size; its length grows to the highest position reserved so far.
@@ -182,7 +184,7 @@ pub(crate) struct ChunkStore {
 impl ChunkStore {
     pub(crate) fn new(slots: usize, dumps: usize, max_packets: usize) -> Self {
         ChunkStore {
-            data: Vec::with_capacity(slots),
+            data: StreamedSlots::with_capacity(slots),
             free: FreeSlots::new(slots),
             table: Vec::with_capacity(table_len(slots, max_packets)),
             tables: vec![Span::default(); dumps],
@@ -278,13 +280,12 @@ impl ChunkStore {
         let Some(slot) = self.free.take() else {
             return false;
         };
-        if slot < self.data.len() {
-            self.data[slot].copy_from_slice(data);
-        } else {
-            // Slots are taken in order the first time round, so this is the next one; it is
-            // within the reserved capacity: no allocation.
-            debug_assert_eq!(slot, self.data.len());
-            self.data.push(*data);
+        // Slots are taken in order the first time round, so a slot never written is the
+        // next one, within the reserved capacity: no allocation.
+        if !self.data.put(slot, data) {
+            debug_assert!(false, "slot {slot} beyond the {} written", self.data.len());
+            self.free.put(slot);
+            return false;
         }
         self.table[pos] = Held {
             slot: slot as u32,
