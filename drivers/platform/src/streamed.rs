@@ -16,7 +16,6 @@
 use alloc::vec::Vec;
 use core::cell::Cell;
 
-#[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Slot<const N: usize>([u8; N]);
 
@@ -88,7 +87,8 @@ impl<const N: usize> StreamedSlots<N> {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     fn stream(&mut self, i: usize, data: &[u8; N]) {
         use core::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
-        if (self.unfenced.get().0..self.unfenced.get().1).contains(&i) {
+        let (lo, hi) = self.unfenced.get();
+        if (lo..hi).contains(&i) {
             self.fence();
         }
         let dst = self.slots[i].0.as_mut_ptr().cast::<__m128i>();
