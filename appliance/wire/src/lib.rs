@@ -1,9 +1,13 @@
-//! netoops wire formats: the bytes a crashing Linux kernel sends, and nothing else.
+//! Wire formats: the bytes a crashing Linux kernel sends (netoops and netconsole), and nothing
+//! else.
 //!
 //! - [`netoops`] validates one datagram (v2 or v3) once in [`Datagram::parse`]; after that every
 //!   accessor reads a fixed position with no failure path. Registers decode lazily.
 //! - [`mod@encode`] writes datagrams and models the original sender exactly ([`SenderModel`]):
 //!   the two log pieces, chunking, zero padding, the all-zero chunk bug and the send order.
+//! - [`netconsole`] classifies and validates netconsole datagrams (legacy and extended, with
+//!   `ncfrag` fragments), decodes `\xNN` escapes, spots crash lines, and encodes records as the
+//!   kernel sends them.
 //! - [`text`] turns received chunks and gaps into dump text without allocating.
 //! - [`model`] (feature `alloc`) is the reference answer: what a correct receiver produces for a
 //!   log given which packets arrived. Tests and benchmarks compare the real receiver with it.
@@ -22,6 +26,7 @@ extern crate std;
 pub mod encode;
 #[cfg(feature = "alloc")]
 pub mod model;
+pub mod netconsole;
 pub mod netoops;
 pub mod text;
 
