@@ -487,6 +487,7 @@ mod tests {
             cpu: None,
             registers: None,
             user_blob: None,
+            netconsole: None,
         }
     }
 
@@ -560,6 +561,7 @@ mod tests {
             cpu: None,
             registers: None,
             seen_at_ms: 400,
+            netconsole: None,
         };
         {
             let store = Store::open(tmp.path()).unwrap();
