@@ -922,7 +922,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(r.counters().to_string().contains("nc_datagrams 5 nc_malformed 1"));
+        assert!(r
+            .counters()
+            .to_string()
+            .contains("nc_datagrams 5 nc_malformed 1"));
         assert!(r.all_delivered());
     }
 
