@@ -8,7 +8,9 @@
 //!
 //! - each port is a UDP socket of ours with a large kernel receive buffer
 //!   (`SO_RCVBUFFORCE` when we may, else `SO_RCVBUF` up to `net.core.rmem_max`), read by its
-//!   own thread into one bounded in-memory queue of ready-made, length-prefixed frames;
+//!   own thread with `recvmmsg` (the hosted relay's [`BatchSocket`]: 64 datagrams a call, so
+//!   the reader keeps ahead of an unpaced sender on two shared cores) into one bounded
+//!   in-memory queue of ready-made, length-prefixed frames;
 //! - one writer thread writes that queue to the TCP connection QEMU makes to us
 //!   (`-netdev stream,server=off`): TCP is reliable and flow-controlled, and QEMU stops
 //!   reading it while the guest NIC has no free receive buffers, so nothing is lost between
@@ -21,15 +23,16 @@
 //!   on this NIC is read and discarded.
 //!
 //! Losses are counted where they happen, per port ([`PortStats`]): the kernel's receive
-//! buffer (the socket's `drops` in `/proc/net/udp`), a full queue, datagrams too large for
+//! buffer (the socket's drop counter, `SO_MEMINFO`), a full queue, datagrams too large for
 //! one 1500-byte frame (a real network would fragment them and the relay drops fragments),
 //! and frames still queued when the guest stopped. Upstream traffic does not pass here.
 
 use crate::frame::{FrameConfig, FrameWriter, MacAddr, HEADERS_LEN};
-use socket2::{Domain, Protocol, Socket, Type};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use netoops_relay::udp::{BatchSocket, KernelCounters};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -170,89 +173,61 @@ impl ForwarderStats {
     }
 }
 
-/// A `/proc/net/udp` row's receive-queue bytes and drop count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcUdp {
-    /// `rx_queue`: bytes in the receive buffer (hex in the file).
-    pub rx_queue: u64,
-    /// `drops`: datagrams the kernel dropped for this socket.
-    pub drops: u64,
+/// Binds `addr` with a `recv_buffer` receive buffer; the error names the address.
+fn bind_udp(addr: SocketAddrV4, recv_buffer: usize) -> io::Result<BatchSocket> {
+    BatchSocket::bind(SocketAddr::V4(addr), recv_buffer)
+        .map_err(|e| io::Error::new(e.kind(), format!("binding udp {addr}: {e}")))
 }
 
-/// The row of `/proc/net/udp` (or `udp6`) text `table` for the socket with `inode`.
-/// Columns: `sl local rem st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ref
-/// pointer drops`. Anything that does not parse is `None`.
-pub fn parse_proc_udp(table: &str, inode: u64) -> Option<ProcUdp> {
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 13 || f[9].parse::<u64>().ok()? != inode {
-            return None;
-        }
-        let (_, rx) = f[4].split_once(':')?;
-        Some(ProcUdp {
-            rx_queue: u64::from_str_radix(rx, 16).ok()?,
-            drops: f[12].parse().ok()?,
-        })
-    })
-}
-
-/// The inode number in a `/proc/self/fd/N` socket link (`socket:[12345]`).
-pub fn parse_socket_link(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
-/// What the kernel reports for `socket`, from `/proc/net/udp`.
-fn proc_udp(socket: &UdpSocket) -> Option<ProcUdp> {
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
-    let inode = parse_socket_link(link.to_str()?)?;
-    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
-    parse_proc_udp(&table, inode)
-}
-
-/// Asks for a `bytes` receive buffer: `SO_RCVBUFFORCE` (needs CAP_NET_ADMIN, ignores
-/// `net.core.rmem_max`), else `SO_RCVBUF` (capped at rmem_max). Returns what was granted.
-fn grow_recv_buffer(socket: &Socket, bytes: usize) -> io::Result<usize> {
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: setsockopt reads exactly `size_of::<c_int>()` bytes from `&value`, which lives
-    // for the call; the descriptor is a socket we own. Failure is reported, not undefined.
-    let forced = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
+/// Binds `host` and registers it for readiness: the socket, its poll and the bound address.
+fn open_port(
+    host: SocketAddrV4,
+    recv_buffer: usize,
+    index: usize,
+) -> io::Result<(BatchSocket, Poll, SocketAddrV4)> {
+    let socket = bind_udp(host, recv_buffer)?;
+    let bound = match socket.local_addr()? {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => host,
     };
-    if forced != 0 {
-        socket.set_recv_buffer_size(bytes)?;
-    }
-    socket.recv_buffer_size()
+    let poll = Poll::new()?;
+    poll.registry().register(
+        &mut SourceFd(&socket.raw_fd()),
+        Token(index),
+        Interest::READABLE,
+    )?;
+    Ok((socket, poll, bound))
 }
 
-/// Binds `addr` with a large receive buffer and a read timeout (so readers see the stop flag).
-fn bind_udp(addr: SocketAddrV4, recv_buffer: usize) -> io::Result<(UdpSocket, usize)> {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    // Grow the buffer before binding so no datagram meets the default one.
-    let granted = grow_recv_buffer(&socket, recv_buffer)?;
-    socket
-        .bind(&SocketAddr::V4(addr).into())
-        .map_err(|e| io::Error::new(e.kind(), format!("binding udp {addr}: {e}")))?;
-    let socket: UdpSocket = socket.into();
-    socket.set_read_timeout(Some(POLL))?;
-    Ok((socket, granted))
-}
-
-/// Per-port counters shared by reader and writer.
+/// Per-port counters shared by reader and writer; the kernel's figures are copied in by
+/// the reader, which owns the socket (`None` until the first read of them succeeds).
 #[derive(Default)]
 struct Counters {
     received: AtomicU64,
     forwarded: AtomicU64,
     queue_drops: AtomicU64,
     oversize: AtomicU64,
+    kernel_known: AtomicBool,
+    host_drops: AtomicU64,
+    host_queued: AtomicU64,
+    recv_buffer: AtomicU64,
+}
+
+impl Counters {
+    fn set_kernel(&self, k: KernelCounters) {
+        self.host_drops.store(u64::from(k.drops), Ordering::Relaxed);
+        self.host_queued
+            .store(u64::from(k.queued), Ordering::Relaxed);
+        self.recv_buffer
+            .store(u64::from(k.rcvbuf), Ordering::Relaxed);
+        self.kernel_known.store(true, Ordering::Relaxed);
+    }
+
+    fn kernel(&self, v: &AtomicU64) -> Option<u64> {
+        self.kernel_known
+            .load(Ordering::Relaxed)
+            .then(|| v.load(Ordering::Relaxed))
+    }
 }
 
 /// Length-prefixed frames waiting for QEMU, and how many of them came from each port.
@@ -290,21 +265,34 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues one length-prefixed frame from `port`, or counts it dropped when full.
-    fn push(&self, port: usize, frame: &[u8]) {
+    /// Queues the length-prefixed frames in `frames` from `port`; those that do not fit
+    /// under the limit are counted dropped.
+    fn push(&self, port: usize, frames: &[u8]) {
+        let mut dropped = 0;
         let mut q = self.lock();
-        if q.bytes.len() + frame.len() > self.limit {
-            drop(q);
+        let was_empty = q.bytes.is_empty();
+        let mut rest = frames;
+        while let Some(len) = rest.get(..4) {
+            let len = 4 + u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            let Some(frame) = rest.get(..len) else {
+                break;
+            };
+            rest = &rest[len..];
+            if q.bytes.len() + frame.len() > self.limit {
+                dropped += 1;
+                continue;
+            }
+            q.bytes.extend_from_slice(frame);
+            q.frames[port] += 1;
+        }
+        let filled = !q.bytes.is_empty();
+        drop(q);
+        if dropped > 0 {
             self.counters[port]
                 .queue_drops
-                .fetch_add(1, Ordering::Relaxed);
-            return;
+                .fetch_add(dropped, Ordering::Relaxed);
         }
-        let was_empty = q.bytes.is_empty();
-        q.bytes.extend_from_slice(frame);
-        q.frames[port] += 1;
-        drop(q);
-        if was_empty {
+        if was_empty && filled {
             self.ready.notify_one();
         }
     }
@@ -315,7 +303,7 @@ impl Shared {
 /// crashes when its stream peer closes while frames are buffered).
 pub struct Forwarder {
     shared: Arc<Shared>,
-    sockets: Vec<(PortForward, UdpSocket, usize)>,
+    ports: Vec<(PortForward, SocketAddrV4)>,
     qemu_port: u16,
     connection: Arc<Mutex<Option<TcpStream>>>,
     threads: Vec<JoinHandle<()>>,
@@ -327,23 +315,23 @@ impl Forwarder {
     pub fn start(config: &ForwarderConfig) -> io::Result<Forwarder> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let qemu_port = listener.local_addr()?.port();
-        let mut sockets = Vec::new();
-        for port in &config.ports {
-            let (socket, granted) = bind_udp(port.host, config.recv_buffer)?;
-            sockets.push((port.clone(), socket, granted));
-        }
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Batch::new(sockets.len())),
+            queue: Mutex::new(Batch::new(config.ports.len())),
             ready: Condvar::new(),
             limit: config.queue_limit,
             stop: AtomicBool::new(false),
             connected: AtomicBool::new(false),
-            counters: sockets.iter().map(|_| Counters::default()).collect(),
+            counters: config.ports.iter().map(|_| Counters::default()).collect(),
         });
+        // Each reader binds its own socket (a BatchSocket holds raw pointers into its batch
+        // and stays on one thread) and reports the bound address or the error back here,
+        // so a busy port fails the start, before QEMU runs.
         let mut threads = Vec::new();
-        for (index, (port, socket, _)) in sockets.iter().enumerate() {
-            let socket = socket.try_clone()?;
-            let shared = Arc::clone(&shared);
+        let mut ports = Vec::new();
+        for (index, port) in config.ports.iter().enumerate() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let shared_for_reader = Arc::clone(&shared);
+            let (host, recv_buffer) = (port.host, config.recv_buffer);
             let writer = FrameWriter::new(FrameConfig {
                 dst_mac: config.guest_mac,
                 src_mac: None,
@@ -351,8 +339,32 @@ impl Forwarder {
                 udp_checksum: true,
             });
             threads.push(std::thread::spawn(move || {
-                read_port(&shared, index, &socket, writer)
+                match open_port(host, recv_buffer, index) {
+                    Ok((socket, poll, bound)) => {
+                        if let Ok(k) = socket.kernel_counters() {
+                            shared_for_reader.counters[index].set_kernel(k);
+                        }
+                        let _ = tx.send(Ok(bound));
+                        read_port(&shared_for_reader, index, socket, poll, writer);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
             }));
+            let opened = rx
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("forwarder reader ended")));
+            match opened {
+                Ok(bound) => ports.push((port.clone(), bound)),
+                Err(e) => {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(e);
+                }
+            }
         }
         let connection = Arc::new(Mutex::new(None));
         {
@@ -364,7 +376,7 @@ impl Forwarder {
         }
         Ok(Forwarder {
             shared,
-            sockets,
+            ports,
             qemu_port,
             connection,
             threads,
@@ -390,25 +402,21 @@ impl Forwarder {
     /// The counters, with `queued` frames per port waiting (or, once `stopped`, unsent).
     fn collect(&self, queued: &[u64], stopped: bool) -> ForwarderStats {
         let ports = self
-            .sockets
+            .ports
             .iter()
             .enumerate()
-            .map(|(i, (port, socket, granted))| {
+            .map(|(i, (port, bound))| {
                 let c = &self.shared.counters[i];
-                let kernel = proc_udp(socket);
                 let waiting = queued.get(i).copied().unwrap_or(0);
                 PortStats {
                     name: port.name.clone(),
-                    host: socket.local_addr().ok().and_then(|a| match a {
-                        SocketAddr::V4(a) => Some(a),
-                        SocketAddr::V6(_) => None,
-                    }),
+                    host: Some(*bound),
                     guest_port: port.guest_port,
-                    recv_buffer: *granted as u64,
+                    recv_buffer: c.recv_buffer.load(Ordering::Relaxed),
                     received: c.received.load(Ordering::Relaxed),
                     forwarded: c.forwarded.load(Ordering::Relaxed),
-                    host_drops: kernel.map(|k| k.drops),
-                    host_queued: kernel.map(|k| k.rx_queue),
+                    host_drops: c.kernel(&c.host_drops),
+                    host_queued: c.kernel(&c.host_queued),
                     queue_drops: c.queue_drops.load(Ordering::Relaxed),
                     oversize: c.oversize.load(Ordering::Relaxed),
                     queued: if stopped { 0 } else { waiting },
@@ -450,43 +458,82 @@ pub fn stream_netdev(id: &str, port: u16) -> String {
     format!("stream,id={id},server=off,addr.type=inet,addr.host=127.0.0.1,addr.port={port}")
 }
 
-/// Reader thread of port `index`: datagram -> frame -> queue, until stopped.
-fn read_port(shared: &Shared, index: usize, socket: &UdpSocket, mut writer: FrameWriter) {
-    // 4-byte length prefix, headers, then the datagram received in place; one byte more
-    // than the largest payload we forward, so truncation shows as oversize.
-    let mut buf = vec![0u8; 4 + HEADERS_LEN + MAX_PAYLOAD + 1];
+/// Reader thread of port `index`: datagrams -> frames -> queue, a `recvmmsg` batch at a
+/// time, until stopped; the kernel's counters are copied out after every wake-up.
+fn read_port(
+    shared: &Shared,
+    index: usize,
+    mut socket: BatchSocket,
+    mut poll: Poll,
+    mut writer: FrameWriter,
+) {
     let counters = &shared.counters[index];
+    let mut events = Events::with_capacity(4);
+    let mut frames: Vec<u8> = Vec::new();
+    let mut failed = false;
     while !shared.stop.load(Ordering::Relaxed) {
-        let (n, src) = match socket.recv_from(&mut buf[4 + HEADERS_LEN..]) {
-            Ok((n, SocketAddr::V4(src))) => (n, src),
-            Ok((_, SocketAddr::V6(_))) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue
+        // mio is edge-triggered: drain the socket before waiting again.
+        loop {
+            frames.clear();
+            let mut oversize = 0;
+            let mut handed = 0;
+            let got = socket.recv_batch(|src, datagram| {
+                handed += 1;
+                let SocketAddr::V4(src) = src else {
+                    oversize += 1;
+                    return;
+                };
+                if datagram.len() > MAX_PAYLOAD {
+                    oversize += 1;
+                    return;
+                }
+                let start = frames.len();
+                frames.resize(start + 4 + HEADERS_LEN + datagram.len(), 0);
+                frames[start + 4 + HEADERS_LEN..].copy_from_slice(datagram);
+                match writer.write(&mut frames[start + 4..], src, datagram.len()) {
+                    Some(len) => {
+                        frames[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes())
+                    }
+                    None => {
+                        frames.truncate(start);
+                        oversize += 1;
+                    }
+                }
+            });
+            let n = match got {
+                Ok(n) => n as u64,
+                Err(e) => {
+                    if !failed {
+                        eprintln!("netoops-image: forwarder: reading udp: {e}");
+                    }
+                    failed = true;
+                    std::thread::sleep(POLL);
+                    0
+                }
+            };
+            if n == 0 {
+                break;
             }
-            Err(e) => {
-                eprintln!("netoops-image: forwarder: reading udp: {e}");
-                std::thread::sleep(POLL);
-                continue;
+            // Datagrams the batch received but did not hand over were longer than its buffers.
+            oversize += n.saturating_sub(handed);
+            counters.received.fetch_add(n, Ordering::Relaxed);
+            if oversize > 0 {
+                counters.oversize.fetch_add(oversize, Ordering::Relaxed);
             }
-        };
-        counters.received.fetch_add(1, Ordering::Relaxed);
-        if n > MAX_PAYLOAD {
-            counters.oversize.fetch_add(1, Ordering::Relaxed);
-            continue;
+            shared.push(index, &frames);
         }
-        let Some(len) = writer.write(&mut buf[4..], src, n) else {
-            counters.oversize.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
-        shared.push(index, &buf[..4 + len]);
+        if let Ok(k) = socket.kernel_counters() {
+            counters.set_kernel(k);
+        }
+        if let Err(e) = poll.poll(&mut events, Some(POLL)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                eprintln!("netoops-image: forwarder: waiting for udp: {e}");
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+    if let Ok(k) = socket.kernel_counters() {
+        counters.set_kernel(k);
     }
 }
 
@@ -561,37 +608,49 @@ fn accept(shared: &Shared, listener: &TcpListener) -> Option<TcpStream> {
 mod tests {
     use super::*;
     use crate::frame::parse_frame;
+    use std::net::UdpSocket;
     use std::time::Instant;
 
-    const TABLE: &str = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
-  123: 0100007F:07D4 00000000:0000 07 00000000:00000A80 00:00000000 00000000     0        0 4242 2 0000000000000000 17
-  124: 0100007F:1A0A 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4243 2 0000000000000000 0
-";
+    fn shared(limit: usize) -> Shared {
+        Shared {
+            queue: Mutex::new(Batch::new(2)),
+            ready: Condvar::new(),
+            limit,
+            stop: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+            counters: vec![Counters::default(), Counters::default()],
+        }
+    }
+
+    fn prefixed(lens: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &len in lens {
+            out.extend_from_slice(&(len as u32).to_be_bytes());
+            out.extend(std::iter::repeat_n(len as u8, len));
+        }
+        out
+    }
 
     #[test]
-    fn proc_udp_rows_are_found_by_inode() {
-        assert_eq!(
-            parse_proc_udp(TABLE, 4242),
-            Some(ProcUdp {
-                rx_queue: 0xa80,
-                drops: 17
-            })
-        );
-        assert_eq!(parse_proc_udp(TABLE, 4243).map(|r| r.drops), Some(0));
-        assert_eq!(parse_proc_udp(TABLE, 9), None);
-        // Garbage and short rows never panic.
-        for bad in [
-            "",
-            "header only",
-            "h\n1: a b c d e f g h 4242",
-            "h\n 1: a b c d:zz e f g h 4242 j k 3",
-        ] {
-            assert_eq!(parse_proc_udp(bad, 4242), None, "{bad:?}");
-        }
-        assert_eq!(parse_socket_link("socket:[4242]"), Some(4242));
-        for bad in ["pipe:[1]", "socket:[]", "socket:[x]", "socket:[1", ""] {
-            assert_eq!(parse_socket_link(bad), None, "{bad:?}");
-        }
+    fn the_queue_takes_what_fits_and_counts_the_rest() {
+        let s = shared(3 * 104);
+        s.push(0, &prefixed(&[100, 100]));
+        s.push(1, &prefixed(&[100, 100, 50]));
+        let q = s.lock();
+        assert_eq!(q.frames, [2, 1]);
+        assert_eq!(q.bytes.len(), 3 * 104);
+        assert_eq!(&q.bytes[..4], &100u32.to_be_bytes());
+        drop(q);
+        assert_eq!(s.counters[1].queue_drops.load(Ordering::Relaxed), 2);
+        assert_eq!(s.counters[0].queue_drops.load(Ordering::Relaxed), 0);
+        // A cut-off or lying prefix never panics; only whole frames are queued.
+        let s = shared(1 << 20);
+        let mut broken = prefixed(&[10]);
+        broken.extend_from_slice(&u32::MAX.to_be_bytes());
+        broken.extend_from_slice(&[1, 2, 3]);
+        s.push(0, &broken);
+        s.push(0, &[0, 0]);
+        assert_eq!(s.lock().frames, [1, 0]);
     }
 
     #[test]
