@@ -70,7 +70,8 @@ pub struct ForwarderConfig {
     pub guest_ip: Ipv4Addr,
     /// Receive buffer to ask for on each host socket, in bytes.
     pub recv_buffer: usize,
-    /// Most bytes of frames queued for QEMU before datagrams are dropped (and counted).
+    /// Most bytes of frames queued for QEMU before datagrams are dropped (and counted). The
+    /// writer holds one more batch of up to this size while it writes, and TCP buffers some.
     pub queue_limit: usize,
 }
 
@@ -83,14 +84,16 @@ pub struct PortStats {
     pub host: Option<SocketAddrV4>,
     /// The guest port.
     pub guest_port: u16,
-    /// The receive buffer the kernel granted (as `SO_RCVBUF` reports it: twice the request).
+    /// The receive buffer the kernel granted (`SO_MEMINFO`: twice the request, as the kernel
+    /// accounts it).
     pub recv_buffer: u64,
     /// Datagrams read from the socket.
     pub received: u64,
-    /// Frames written to QEMU.
+    /// Frames written to QEMU's connection (from there TCP and QEMU's flow control carry
+    /// them to the guest NIC; only QEMU ending can lose them).
     pub forwarded: u64,
     /// Datagrams dropped by the kernel because the socket's receive buffer was full
-    /// (`/proc/net/udp`; `None` where that file cannot be read).
+    /// (`SO_MEMINFO`'s drop counter; `None` until it could be read).
     pub host_drops: Option<u64>,
     /// Bytes waiting in the socket's receive buffer when read.
     pub host_queued: Option<u64>,
