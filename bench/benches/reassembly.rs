@@ -12,17 +12,29 @@
 //! a pool as large as the reassembler's, so both walk the same working set. Both loops
 //! prefetch the next datagram while handling one, as the image's receive drivers do.
 //!
+//! Netconsole (issue 12), in the same run: 1,000 machines chatter in extended format (records
+//! of 60-200 bytes, one in 25 long enough to be split into `ncfrag` fragments, userdata on
+//! every record, one in ten at warning level and so scanned for crash lines) and 50 of them crash, 300 records each, interleaved record by record, through
+//! `netconsole::Datagram::parse` and the `ConsoleTracker` with the appliance's default 16 MiB
+//! history pool (so healthy machines' history is reclaimed all along), then the quiet timeout
+//! renders the 50 dumps. Each iteration's machines have rebooted (their sequence numbers start
+//! again), as a relay that runs for a long time sees.
+//!
 //! After criterion's own report, the harness prints the medians side by side:
-//! packets/s, ns/packet and the ratio to the copy baseline.
+//! packets/s, ns/packet and the ratio to the copy baseline, for netoops and netconsole.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
+use netoops_core::netconsole::{
+    ConsoleConfig, ConsoleCrash, ConsoleDump, ConsoleSink, ConsoleTracker,
+};
 use netoops_core::reassembly::{CrashSeen, DumpView, EventSink, Reassembler, ReassemblyConfig};
 use netoops_core::time::Instant;
 use netoops_wire::encode::{encode, DumpHeader, SenderModel, Variant};
+use netoops_wire::netconsole::{encode_record, RecordSpec};
 use netoops_wire::DATA_LEN;
 
 const MACHINES: usize = 1000;
@@ -170,6 +182,102 @@ fn copy_baseline(storm: &Storm, pool: &mut [[u8; DATA_LEN]]) -> usize {
     sum
 }
 
+const NC_MACHINES: usize = 1000;
+const NC_CRASHING: usize = 50;
+const NC_RECORDS: usize = 300;
+
+/// The netconsole scenario, pre-encoded: datagrams back to back with their lengths.
+struct Chatter {
+    bytes: Vec<u8>,
+    spans: Vec<(u32, u16)>,
+    sources: Vec<SocketAddr>,
+}
+
+impl Chatter {
+    fn new() -> Self {
+        let mut bytes = Vec::new();
+        let mut spans = Vec::new();
+        let mut sources = Vec::new();
+        let mut scratch = [0u8; 8192];
+        let long: String = (0..1500).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+        for r in 0..NC_RECORDS {
+            for m in 0..NC_MACHINES {
+                let crash_at = NC_RECORDS - 20;
+                let text = if m < NC_CRASHING && r == crash_at {
+                    "BUG: kernel NULL pointer dereference, address: 0000000000000008".to_string()
+                } else if m < NC_CRASHING && r > crash_at {
+                    format!(" ? do_thing+0x{r:x}/0x40 [module_{m}]")
+                } else if (r + m) % 25 == 0 {
+                    format!("machine {m} record {r} {long}")
+                } else {
+                    let pad = "x".repeat((r * 7 + m) % 140);
+                    format!("machine {m} record {r}: eth0: link up, 1000 Mbps {pad}")
+                };
+                // Crash headers at alert, one record in ten a warning (scanned for crash
+                // lines), the rest info.
+                let level = if m < NC_CRASHING && r == crash_at {
+                    1
+                } else if (r + 3 * m) % 10 == 0 {
+                    4
+                } else {
+                    6
+                };
+                let spec = RecordSpec {
+                    release: None,
+                    level,
+                    seq: r as u64,
+                    usec: 1_000_000 + r as u64 * 1000,
+                    text: text.as_bytes(),
+                    fields: &[("cpu", "3"), ("taskname", "kworker/3:1")],
+                };
+                let source = SocketAddr::from(([10, 2, (m / 256) as u8, (m % 256) as u8], 6665));
+                encode_record(&spec, &mut scratch, |d| {
+                    spans.push((bytes.len() as u32, d.len() as u16));
+                    bytes.extend_from_slice(d);
+                    sources.push(source);
+                });
+            }
+        }
+        Chatter {
+            bytes,
+            spans,
+            sources,
+        }
+    }
+
+    fn datagram(&self, i: usize) -> &[u8] {
+        let (at, len) = self.spans[i];
+        &self.bytes[at as usize..at as usize + len as usize]
+    }
+}
+
+#[derive(Default)]
+struct ConsoleCount {
+    crashes: usize,
+    dumps: usize,
+    bytes: usize,
+}
+
+impl ConsoleSink for ConsoleCount {
+    fn crash_seen(&mut self, c: &ConsoleCrash<'_>) {
+        self.crashes += 1;
+        self.bytes += black_box(c.line).len();
+    }
+    fn dump(&mut self, d: &ConsoleDump<'_>) {
+        self.dumps += 1;
+        self.bytes += black_box(d.text).len();
+    }
+}
+
+fn run_chatter(chatter: &Chatter, t: &mut ConsoleTracker, now: Instant) -> ConsoleCount {
+    let mut sink = ConsoleCount::default();
+    for i in 0..chatter.spans.len() {
+        let _ = t.handle_datagram(now, chatter.sources[i], chatter.datagram(i), &mut sink);
+    }
+    t.handle_timeout(now + t.config().quiet_timeout, &mut sink);
+    sink
+}
+
 fn main() {
     let storm = Storm::new();
     let packets = (storm.packets_per_round() * ROUNDS) as u64;
@@ -202,19 +310,38 @@ fn main() {
         })
     });
     g.finish();
+
+    let chatter = Chatter::new();
+    let nc_datagrams = chatter.spans.len() as u64;
+    let mut t = ConsoleTracker::new(ConsoleConfig::default());
+    let checked = run_chatter(&chatter, &mut t, Instant::from_millis(1));
+    assert_eq!(checked.crashes, NC_CRASHING, "{:?}", t.stats());
+    assert_eq!(checked.dumps, NC_CRASHING, "{:?}", t.stats());
+    assert_eq!(t.stats().malformed_total(), 0);
+    let mut g = c.benchmark_group("netconsole_1000_chattering");
+    g.throughput(Throughput::Elements(nc_datagrams));
+    g.bench_function("netconsole_ingest", |b| {
+        let mut now = Instant::from_millis(1);
+        b.iter(|| {
+            now += netoops_core::time::Duration::from_secs(60);
+            black_box(run_chatter(&chatter, &mut t, now).bytes)
+        })
+    });
+    g.finish();
     c.final_summary();
 
     let median = |name: &str| -> Option<f64> {
-        let path = format!("target/criterion/storm_1000x128KiB/{name}/new/estimates.json");
+        let path = format!("target/criterion/{name}/new/estimates.json");
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("..")
             .join(path);
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
         v["median"]["point_estimate"].as_f64()
     };
-    if let (Some(copy), Some(engine)) =
-        (median("copy_1KiB_baseline"), median("codec_and_reassembly"))
-    {
+    if let (Some(copy), Some(engine)) = (
+        median("storm_1000x128KiB/copy_1KiB_baseline"),
+        median("storm_1000x128KiB/codec_and_reassembly"),
+    ) {
         let per = |ns: f64| ns / packets as f64;
         println!("\nmedians over {packets} packets per iteration:");
         println!(
@@ -228,5 +355,15 @@ fn main() {
             per(engine)
         );
         println!("  ratio to baseline     {:>12.2}x", engine / copy);
+        if let Some(nc) = median("netconsole_1000_chattering/netconsole_ingest") {
+            let nc_per = nc / nc_datagrams as f64;
+            println!(
+                "  netconsole ingest     {:>12.0} datagrams/s {:>6.1} ns/datagram \
+                 ({nc_datagrams} datagrams per iteration; {:.2}x netoops per datagram)",
+                nc_datagrams as f64 / (nc / 1e9),
+                nc_per,
+                nc_per / per(engine)
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! expected dumps are computed here, independently of the relay's code, from what was sent.
 
 use netoops_e2e::hosted::{dump_files, ip_dir, wait_until, Collector, Relay};
-use netoops_wire::netconsole::{encode_record, RecordSpec};
+use netoops_wire::netconsole::{encode_record, is_crash_line, RecordSpec};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -100,7 +100,12 @@ fn a_fleet_of_netconsole_machines_is_stored_as_sent() {
             }
             let spec = RecordSpec {
                 release,
-                level: 6,
+                // Crash headers come at warning or above, as the kernel prints them.
+                level: if is_crash_line(r.text.as_bytes()) {
+                    1
+                } else {
+                    6
+                },
                 seq: r.seq,
                 usec: r.usec,
                 text: r.text.as_bytes(),

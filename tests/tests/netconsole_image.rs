@@ -4,7 +4,7 @@
 
 use netoops_e2e::appliance::*;
 use netoops_e2e::hosted::{dump_files, ip_dir, wait_until, Collector};
-use netoops_wire::netconsole::{encode_record, RecordSpec};
+use netoops_wire::netconsole::{encode_record, is_crash_line, RecordSpec};
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::Path;
@@ -47,7 +47,8 @@ fn netconsole_through_the_image(model: &str) {
         }
         let spec = RecordSpec {
             release: Some("6.1.0-18-amd64"),
-            level: 6,
+            // Crash headers come at warning or above, as the kernel prints them.
+            level: if is_crash_line(text.as_bytes()) { 1 } else { 6 },
             seq,
             usec,
             text: text.as_bytes(),

@@ -450,7 +450,7 @@ impl fmt::Display for Counters<'_> {
             self.nc.dumps,
             self.nc_sources,
             self.nc.boots,
-            self.nc.entries_trimmed,
+            self.nc.blocks_trimmed,
             self.nc.dropped_no_memory + self.nc.dropped_crash_full + self.nc.dropped_no_source,
         )
     }

@@ -340,27 +340,82 @@ pub fn escape(text: &[u8], mut out: impl FnMut(&[u8])) {
     out(&text[start..]);
 }
 
+/// Markers of a crash line: a panic, an oops, `BUG:` (soft lockups and bad page faults too),
+/// a general protection fault, a hard lockup, an RCU stall or a hung task.
+const CRASH_MARKERS: [&[u8]; 10] = [
+    b"Kernel panic - not syncing",
+    b"BUG:",
+    b"kernel BUG at",
+    b"Oops:",
+    b"Oops ",
+    b"general protection fault",
+    b"Unable to handle kernel",
+    b"Watchdog detected hard LOCKUP",
+    b"detected stall",
+    b"blocked for more than",
+];
+
+/// For each byte, a bit per marker that starts with it.
+const CRASH_STARTS: [u16; 256] = {
+    let mut t = [0u16; 256];
+    let mut i = 0;
+    while i < CRASH_MARKERS.len() {
+        t[CRASH_MARKERS[i][0] as usize] |= 1 << i;
+        i += 1;
+    }
+    t
+};
+
+/// Scans `text` up to its first newline; returns that line and whether it holds a crash
+/// marker. One pass: only positions whose byte starts some marker are compared.
+fn scan_line(text: &[u8]) -> (&[u8], bool) {
+    let mut i = 0;
+    while i < text.len() {
+        let c = text[i];
+        if c == b'\n' {
+            return (&text[..i], false);
+        }
+        let mut bits = CRASH_STARTS[usize::from(c)];
+        while bits != 0 {
+            let m = CRASH_MARKERS[bits.trailing_zeros() as usize];
+            if text[i..].starts_with(m) {
+                let end = text[i..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(text.len(), |p| i + p);
+                return (&text[..end], true);
+            }
+            bits &= bits - 1;
+        }
+        i += 1;
+    }
+    (text, false)
+}
+
 /// Whether a line of kernel log text starts a crash: a panic, an oops, `BUG:`, a general
 /// protection fault, a soft or hard lockup, an RCU stall or a hung task.
 pub fn is_crash_line(line: &[u8]) -> bool {
-    const MARKERS: [&[u8]; 12] = [
-        b"Kernel panic - not syncing",
-        b"BUG:",
-        b"kernel BUG at",
-        b"Oops:",
-        b"Oops ",
-        b"general protection fault",
-        b"Unable to handle kernel",
-        b"Watchdog detected hard LOCKUP",
-        b"soft lockup - CPU",
-        b"detected stalls on CPU",
-        b"self-detected stall on CPU",
-        b"blocked for more than",
-    ];
-    line.len() >= 4
-        && MARKERS
-            .iter()
-            .any(|m| line.windows(m.len()).any(|w| w == *m))
+    let mut rest = line;
+    loop {
+        let (l, crash) = scan_line(rest);
+        if crash {
+            return true;
+        }
+        if l.len() >= rest.len() {
+            return false;
+        }
+        rest = &rest[l.len() + 1..];
+    }
+}
+
+/// The message text of an extended body (up to its first newline, still escaped), when it is
+/// a crash line. Escaping never touches the markers' bytes, so the escaped text holds a marker
+/// exactly when the unescaped text does.
+pub fn crash_text(body: &[u8]) -> Option<&[u8]> {
+    match scan_line(body) {
+        (text, true) => Some(text),
+        _ => None,
+    }
 }
 
 /// What [`encode_record`] writes: one extended record as the kernel would send it.
@@ -660,6 +715,19 @@ mod tests {
         let mut line = Vec::new();
         write_line(spec.usec, b"x\\x0ay", |b| line.extend_from_slice(b));
         assert_eq!(line, b"[   12.345678] x\ny\n");
+    }
+
+    #[test]
+    fn crash_text_is_found_in_the_escaped_body() {
+        assert_eq!(
+            crash_text(b"x\\x09BUG: soft lockup\n SUBSYSTEM=a\n"),
+            Some(&b"x\\x09BUG: soft lockup"[..])
+        );
+        assert_eq!(crash_text(b"fine\n BUG:=in a field\n"), None);
+        assert_eq!(
+            crash_text(b"no newline Oops: 0002"),
+            Some(&b"no newline Oops: 0002"[..])
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ const TEXTS: [&str; 6] = [
 
 fuzz_target!(|data: &[u8]| {
     let config = Config::parse(
-        "upstream=127.0.0.1:2005 quiet=2s spool=256K netconsole_history=2K \
+        "upstream=127.0.0.1:2005 memory=1M max_dumps=8 quiet=2s spool=256K netconsole_history=2K \
          netconsole_memory=16K netconsole_sources=3",
     )
     .expect("valid");

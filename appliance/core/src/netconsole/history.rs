@@ -2,9 +2,10 @@
 //!
 //! The pool is one allocation made at start ([`BlockPool::new`]); a source's history is a
 //! chain of blocks holding a byte stream of entries, each a fixed [`EntryHeader`] followed by
-//! the datagram's body. Entries may span blocks. History shrinks only from the front, one
-//! whole entry at a time, so a chain always starts at an entry boundary; a block is returned
-//! to the pool once no entry starts in or reaches into it any more.
+//! the datagram's body. Entries may span blocks. History shrinks only from the front, a whole
+//! block (and the entries that start in it) at a time: each block remembers where the first
+//! entry starting in it begins, so a chain always starts at an entry boundary and trimming
+//! touches no history bytes (a cold source's data stays out of the cache).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -12,6 +13,7 @@ use alloc::vec::Vec;
 /// Bytes per block.
 pub const BLOCK: usize = 1024;
 const NIL: u32 = u32::MAX;
+const NO_ENTRY: u16 = u16::MAX;
 
 /// What an entry holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +141,8 @@ impl Chain {
 pub struct BlockPool {
     data: Vec<u8>,
     next: Vec<u32>,
+    /// Offset of the first entry that starts in each block, or [`NO_ENTRY`].
+    first: Vec<u16>,
     free: u32,
     free_count: usize,
 }
@@ -152,6 +156,7 @@ impl BlockPool {
         BlockPool {
             data: vec![0u8; blocks * BLOCK],
             next,
+            first: vec![NO_ENTRY; blocks],
             free: 0,
             free_count: blocks,
         }
@@ -174,6 +179,7 @@ impl BlockPool {
         let b = self.free;
         self.free = self.next[b as usize];
         self.next[b as usize] = NIL;
+        self.first[b as usize] = NO_ENTRY;
         self.free_count -= 1;
         Some(b)
     }
@@ -202,7 +208,21 @@ impl BlockPool {
             return false;
         }
         let h = header.encode();
-        self.write(chain, &h);
+        // Where the entry starts: the tail, or a new block when the tail is full.
+        if chain.tail != NIL && (chain.tail_len as usize) < BLOCK {
+            let t = chain.tail as usize;
+            if self.first[t] == NO_ENTRY {
+                self.first[t] = chain.tail_len as u16;
+            }
+            self.write(chain, &h);
+        } else {
+            self.write(chain, &h[..1]);
+            let t = chain.tail as usize;
+            if self.first[t] == NO_ENTRY {
+                self.first[t] = chain.tail_len as u16 - 1;
+            }
+            self.write(chain, &h[1..]);
+        }
         self.write(chain, body);
         true
     }
@@ -268,34 +288,82 @@ impl BlockPool {
         );
     }
 
-    /// Every entry's position and header, oldest first.
+    /// Every entry's position and header, oldest first. Walks the chain once: each header is
+    /// read from a cursor that moves forward block by block.
     pub fn entries<'a>(
         &'a self,
         chain: &'a Chain,
     ) -> impl Iterator<Item = (u64, EntryHeader)> + 'a {
         let mut pos = chain.start;
+        let mut block = chain.head;
+        let mut off = chain.head_off as usize;
         core::iter::from_fn(move || {
-            if pos >= chain.end() {
+            if pos >= chain.end() || block == NIL {
                 return None;
             }
-            let h = self.header_at(chain, pos);
+            let mut h = [0u8; HEADER_LEN];
+            let (mut b, mut o, mut done) = (block, off, 0);
+            while done < HEADER_LEN && b != NIL {
+                let take = (BLOCK - o).min(HEADER_LEN - done);
+                let at = b as usize * BLOCK + o;
+                h[done..done + take].copy_from_slice(&self.data[at..at + take]);
+                done += take;
+                o += take;
+                if o == BLOCK {
+                    b = self.next[b as usize];
+                    o = 0;
+                }
+            }
+            let header = EntryHeader::decode(&h);
             let at = pos;
-            pos += u64::from(h.len.max(HEADER_LEN as u32));
-            Some((at, h))
+            let len = header.len.max(HEADER_LEN as u32) as usize;
+            pos += len as u64;
+            off += len;
+            while off >= BLOCK && block != NIL {
+                off -= BLOCK;
+                block = self.next[block as usize];
+            }
+            Some((at, header))
         })
     }
 
-    /// Drops the oldest entry; returns its length, or `None` when the chain is empty.
+    /// Where the chain would start after dropping its head block (and any following blocks in
+    /// which no entry starts): the new start position, or `None` when nothing would be left.
+    pub fn after_head_block(&self, chain: &Chain) -> Option<u64> {
+        if chain.head == NIL || chain.head == chain.tail {
+            return None;
+        }
+        let mut dropped = (BLOCK - chain.head_off as usize) as u64;
+        let mut b = self.next[chain.head as usize];
+        loop {
+            let f = self.first[b as usize];
+            if f != NO_ENTRY && (b != chain.tail || u32::from(f) < chain.tail_len) {
+                let pos = chain.start + dropped + u64::from(f);
+                return (pos < chain.end()).then_some(pos);
+            }
+            if b == chain.tail {
+                return None;
+            }
+            dropped += BLOCK as u64;
+            b = self.next[b as usize];
+        }
+    }
+
+    /// Drops the head block and the entries that start in it (and blocks they span into);
+    /// returns the bytes dropped, or `None` when the chain is empty. A chain whose entries all
+    /// start in its head block is emptied.
     pub fn pop_front(&mut self, chain: &mut Chain) -> Option<usize> {
         if chain.bytes == 0 {
             return None;
         }
-        let h = self.header_at(chain, chain.start);
-        let len = (h.len as usize).clamp(HEADER_LEN, chain.bytes as usize);
-        chain.bytes -= len as u32;
-        chain.start += len as u64;
-        let mut off = chain.head_off as usize + len;
-        while off >= BLOCK && chain.head != chain.tail {
+        let Some(new_start) = self.after_head_block(chain) else {
+            let n = chain.bytes as usize;
+            self.clear(chain);
+            return Some(n);
+        };
+        let dropped = (new_start - chain.start) as usize;
+        let mut off = chain.head_off as usize + dropped;
+        while off >= BLOCK {
             let b = chain.head;
             chain.head = self.next[b as usize];
             self.release(b);
@@ -303,10 +371,9 @@ impl BlockPool {
             off -= BLOCK;
         }
         chain.head_off = off as u32;
-        if chain.bytes == 0 {
-            self.clear(chain);
-        }
-        Some(len)
+        chain.bytes -= dropped as u32;
+        chain.start = new_start;
+        Some(dropped)
     }
 
     /// Returns every block of the chain to the pool; the chain keeps its logical position.
@@ -361,14 +428,16 @@ mod tests {
             pool.body_at(&chain, *pos, h, &mut out);
             assert_eq!(&out[..bodies[i].len()], &bodies[i][..]);
         }
-        // Dropping entries frees blocks; the rest stay readable.
+        // Dropping the head block frees it; the rest start at an entry and stay readable.
         let before = pool.free_blocks();
-        for _ in 0..6 {
-            pool.pop_front(&mut chain).unwrap();
-        }
-        assert!(pool.free_blocks() > before);
+        let blocks = chain.blocks();
+        pool.pop_front(&mut chain).unwrap();
+        assert_eq!(pool.free_blocks(), before + (blocks - chain.blocks()));
+        assert!(chain.blocks() < blocks);
         let seqs: Vec<u64> = pool.entries(&chain).map(|(_, h)| h.seq).collect();
-        assert_eq!(seqs, [6, 7, 8, 9]);
+        assert!(!seqs.is_empty() && seqs[0] > 0, "{seqs:?}");
+        assert_eq!(*seqs.last().unwrap(), 9);
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
         for (pos, h) in pool.entries(&chain) {
             let mut out = vec![0u8; 1024];
             pool.body_at(&chain, pos, &h, &mut out);

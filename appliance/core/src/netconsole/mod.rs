@@ -1,7 +1,8 @@
 //! Netconsole ingest: per-source log history, sequence tracking and crash detection.
 //!
 //! Healthy machines chatter: their records are absorbed into a bounded history per source and
-//! counted. When a record (extended) or a line (legacy) says the kernel crashed (see
+//! counted. When a record of severity warning or more urgent (extended; see
+//! [`CRASH_SEVERITY`]) or any line (legacy) says the kernel crashed (see
 //! [`netoops_wire::netconsole::is_crash_line`]), the source turns crashing: a
 //! [`ConsoleSink::crash_seen`] goes out at once with that line, and when the source goes quiet
 //! (the `quiet` timeout) or reboots, its whole history (what came before the crash line and
@@ -30,8 +31,8 @@ use core::net::SocketAddr;
 
 use hashbrown::HashMap;
 use netoops_wire::netconsole::{
-    is_crash_line, unescape, write_fragment_gap, write_gap, write_line, Body, Datagram, Extended,
-    NetconsoleError,
+    crash_text, is_crash_line, unescape, write_fragment_gap, write_gap, write_line, Body, Datagram,
+    Extended, NetconsoleError,
 };
 
 use crate::time::{Duration, Instant};
@@ -50,6 +51,10 @@ const LINE_LEN: usize = 512;
 pub const MAX_FIELDS: usize = 16;
 /// Most missing ranges reported (the text still marks every gap).
 pub const MAX_MISSING: usize = 256;
+/// Least urgent severity a crash line is looked for in (warning).
+pub const CRASH_SEVERITY: u8 = 4;
+/// Fragment offsets of the record being split remembered per source.
+const FRAG_TRACK: usize = 16;
 /// Largest extended body (all fragments) assembled; bigger ones are cut.
 const MAX_BODY: usize = 16 * 1024;
 
@@ -102,8 +107,9 @@ pub struct ConsoleStats {
     pub boots: u64,
     /// Sources forgotten to make room in the table.
     pub sources_evicted: u64,
-    /// History entries dropped to stay within a source's share or to free blocks.
-    pub entries_trimmed: u64,
+    /// History blocks dropped (with the entries starting in them) to stay within a source's
+    /// share or to free blocks for another source.
+    pub blocks_trimmed: u64,
     /// Datagrams dropped for want of memory (every source crashing).
     pub dropped_no_memory: u64,
     /// Datagrams dropped because a crashing source reached its cap.
@@ -227,6 +233,12 @@ struct Source {
     line_len: u16,
     release: [u8; RELEASE_LEN],
     release_len: u8,
+    /// The split record being received: its seq, timestamp and the fragment offsets seen, so
+    /// its later fragments need no search of the history.
+    frag_seq: u64,
+    frag_usec: u64,
+    frag_offsets: [u32; FRAG_TRACK],
+    frag_n: u8,
     last_heard: Instant,
     referenced: bool,
     trimmed: bool,
@@ -250,6 +262,10 @@ impl Source {
             line_len: 0,
             release: [0; RELEASE_LEN],
             release_len: 0,
+            frag_seq: u64::MAX,
+            frag_usec: 0,
+            frag_offsets: [0; FRAG_TRACK],
+            frag_n: 0,
             last_heard: now,
             referenced: true,
             trimmed: false,
@@ -305,6 +321,36 @@ impl Source {
 
     fn crashing(&self) -> bool {
         self.crash.is_some()
+    }
+
+    /// Answers [`ConsoleTracker::find_seq`] from the split record being received, when it is
+    /// that one.
+    fn recent_fragment(&self, e: &Extended<'_>) -> Option<Lookup> {
+        let f = e.fragment?;
+        if e.seq != self.frag_seq || self.frag_n as usize >= FRAG_TRACK {
+            return None;
+        }
+        if e.usec != self.frag_usec {
+            return Some(Lookup::OtherBoot);
+        }
+        let seen = self.frag_offsets[..self.frag_n as usize].contains(&f.offset);
+        Some(if seen {
+            Lookup::Duplicate
+        } else {
+            Lookup::NewPart
+        })
+    }
+
+    fn note_fragment(&mut self, seq: u64, usec: u64, offset: u32) {
+        if seq != self.frag_seq || usec != self.frag_usec {
+            self.frag_seq = seq;
+            self.frag_usec = usec;
+            self.frag_n = 0;
+        }
+        if (self.frag_n as usize) < FRAG_TRACK {
+            self.frag_offsets[self.frag_n as usize] = offset;
+            self.frag_n += 1;
+        }
     }
 
     fn set_release(&mut self, r: &[u8]) {
@@ -495,6 +541,8 @@ impl ConsoleTracker {
         s.legacy_last = 0;
         s.line_len = 0;
         s.trimmed = false;
+        s.frag_seq = u64::MAX;
+        s.frag_n = 0;
     }
 
     fn extended(
@@ -516,7 +564,10 @@ impl ConsoleTracker {
             if went_back || clock_back {
                 self.new_boot(now, idx, sink);
             } else if self.sources[idx].is_seen(e.seq) {
-                match self.find_seq(idx, e) {
+                match self.sources[idx]
+                    .recent_fragment(e)
+                    .unwrap_or_else(|| self.find_seq(idx, e))
+                {
                     Lookup::Duplicate => {
                         self.stats.duplicates += 1;
                         return;
@@ -544,18 +595,24 @@ impl ConsoleTracker {
         if !self.store(idx, &header, e.body) {
             return;
         }
-        self.sources[idx].mark_seen(e.seq, e.usec);
-        // Crash detection on the message text (the first fragment holds its start).
-        if offset == 0 && !self.sources[idx].crashing() {
-            let text = Body::split(e.body).text;
-            let mut line = [0u8; CRASH_LINE_LEN];
-            let mut n = 0;
-            unescape(text, |b| {
-                let take = b.len().min(CRASH_LINE_LEN - n);
-                line[n..n + take].copy_from_slice(&b[..take]);
-                n += take;
-            });
-            if is_crash_line(&line[..n]) {
+        let s = &mut self.sources[idx];
+        s.mark_seen(e.seq, e.usec);
+        if let Some(f) = e.fragment {
+            s.note_fragment(e.seq, e.usec, f.offset);
+        }
+        // Crash detection on the message text (the first fragment holds its start). The
+        // kernel prints every crash header at warning (4) or more urgent: `Oops` and GPFs at
+        // the default level 4, hung tasks and RCU stalls at 3, `BUG:` at 1, panics at 0, so
+        // the info and debug chatter that makes up most traffic is not scanned.
+        if offset == 0 && e.severity() <= CRASH_SEVERITY && !self.sources[idx].crashing() {
+            if let Some(text) = crash_text(e.body) {
+                let mut line = [0u8; CRASH_LINE_LEN];
+                let mut n = 0;
+                unescape(text, |b| {
+                    let take = b.len().min(CRASH_LINE_LEN - n);
+                    line[n..n + take].copy_from_slice(&b[..take]);
+                    n += take;
+                });
                 let pos = self.sources[idx].chain.end() - u64::from(header.len);
                 self.start_crash(now, idx, pos, &line[..n], sink);
             }
@@ -707,17 +764,18 @@ impl ConsoleTracker {
         self.pool.append(&mut s.chain, header, body)
     }
 
-    /// Drops a source's oldest entry unless it is (or follows) its crash line.
+    /// Drops a source's oldest block of history unless that would reach its crash line.
     fn trim_one(&mut self, idx: usize) -> bool {
         let s = &mut self.sources[idx];
         if let Some(c) = &s.crash {
-            if s.chain.start() >= c.pos {
-                return false;
+            match self.pool.after_head_block(&s.chain) {
+                Some(start) if start <= c.pos => {}
+                _ => return false,
             }
         }
         if self.pool.pop_front(&mut s.chain).is_some() {
             s.trimmed = true;
-            self.stats.entries_trimmed += 1;
+            self.stats.blocks_trimmed += 1;
             true
         } else {
             false
