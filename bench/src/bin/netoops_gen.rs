@@ -168,6 +168,7 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
         },
         source_base: args.source_base.unwrap_or(default_base),
         source_port: args.source_port,
+        ..Scenario::default()
     };
     s.validate().map_err(|e| e.to_string())?;
     if args.loss < 0.0 || args.loss > 1.0 {
@@ -363,7 +364,7 @@ fn main() -> ExitCode {
         batch: args.batch,
     };
     let show = args.progress;
-    let mut send_log = SendLog::new(s.machines);
+    let mut send_log = SendLog::new(s.senders());
     let result = {
         let mut timed = Timed::new(output.as_mut(), &mut send_log);
         run(&mut schedule, &mut timed, options, &mut |p| {
