@@ -554,8 +554,13 @@ fn crash_burst(rng: &mut Rng, m: &NcMachine) -> Vec<(u16, Vec<u8>)> {
             .into(),
     ));
     lines.push((4, "---[ end trace 0000000000000000 ]---".into()));
-    if rng.chance(0.85) {
-        lines.push((0, "Kernel panic - not syncing: Fatal exception".into()));
+    // A panic that started the burst ends it the same way; anything else usually panics.
+    let panicking = first.strip_prefix("Kernel panic - not syncing: ");
+    if panicking.is_some() || rng.chance(0.85) {
+        let why = panicking.unwrap_or("Fatal exception");
+        if panicking.is_none() {
+            lines.push((0, format!("Kernel panic - not syncing: {why}")));
+        }
         lines.push((
             0,
             format!(
@@ -565,7 +570,7 @@ fn crash_burst(rng: &mut Rng, m: &NcMachine) -> Vec<(u16, Vec<u8>)> {
         ));
         lines.push((
             0,
-            "---[ end Kernel panic - not syncing: Fatal exception ]---".into(),
+            format!("---[ end Kernel panic - not syncing: {why} ]---"),
         ));
     }
     lines
