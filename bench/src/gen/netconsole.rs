@@ -266,10 +266,8 @@ impl NcMachine {
         let mut msgid = rng.between(1, 1000);
         let mut records = Vec::new();
         let mut used = 0usize;
-        let mut line_no = 0u64;
-        for _ in 0..self.lines {
+        for line_no in 0..self.lines {
             let (level, text, dict) = ordinary_line(&mut rng, self.long_lines, line_no);
-            line_no += 1;
             let fields = self.fields(&mut rng, dict, msgid);
             let rec = Record {
                 level,

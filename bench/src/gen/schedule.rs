@@ -64,7 +64,7 @@ pub struct ScheduleStats {
 /// What an active machine sends from.
 enum Sender {
     /// A netoops machine and its log (chunks are cut from it per datagram).
-    Netoops { machine: Machine, log: Vec<u8> },
+    Netoops { machine: Box<Machine>, log: Vec<u8> },
     /// A netconsole machine's datagrams, by `packet_no`.
     Netconsole { datagrams: Vec<Vec<u8>> },
 }
@@ -160,7 +160,10 @@ impl Schedule {
                     machine.log()
                 };
                 (
-                    Sender::Netoops { machine, log },
+                    Sender::Netoops {
+                        machine: Box::new(machine),
+                        log,
+                    },
                     source,
                     crash_at,
                     plan,
