@@ -249,12 +249,15 @@ impl NcMachine {
         } else {
             Vec::new()
         };
-        // Room the burst needs, fields included (sysdata is at most about 150 bytes).
-        let extended = self.mode == NcMode::Extended;
-        let per_record_overhead = if extended { 1 + 160 } else { 16 };
+        // Room the burst needs: an upper bound of each record's size. Extended: escaped text,
+        // its newline and the userdata and sysdata lines (under 120 bytes). Legacy: the raw
+        // text, a `[sssssss.uuuuuu] ` stamp of at most 17 bytes and the newline.
         let reserve: usize = burst
             .iter()
-            .map(|(_, t)| escaped_len(t) + per_record_overhead)
+            .map(|(_, t)| match self.mode {
+                NcMode::Extended => escaped_len(t) + 1 + 160,
+                NcMode::Legacy => t.len() + 24,
+            })
             .sum();
         let budget = if self.crashing {
             HISTORY_BUDGET.saturating_sub(reserve)
@@ -872,6 +875,36 @@ mod tests {
             NcMachine::of(&other, 0).log().datagrams,
             NcMachine::of(&s, 0).log().datagrams
         );
+    }
+
+    #[test]
+    fn long_logs_stay_within_the_history_budget_and_crash_records_are_whole() {
+        let mut s = scenario(60, 0);
+        s.netconsole.chatter_lines = 3000;
+        for i in 0..s.machines {
+            let m = NcMachine::of(&s, i);
+            let log = m.log();
+            let actual: usize = log.records.iter().map(|r| m.history_size(r)).sum();
+            assert_eq!(actual, log.history_bytes);
+            assert!(
+                log.history_bytes <= HISTORY_BUDGET,
+                "machine {i}: {}",
+                log.history_bytes
+            );
+            assert!(
+                log.history_bytes > HISTORY_BUDGET * 3 / 4,
+                "machine {i} fills its budget: {}",
+                log.history_bytes
+            );
+            for d in &log.datagrams {
+                if let Some(r) = d.record.filter(|&r| log.records[r].crash) {
+                    let Ok(Datagram::Extended(e)) = Datagram::parse(&d.bytes) else {
+                        panic!("machine {i}");
+                    };
+                    assert_eq!(e.fragment, None, "crash record {r} of machine {i}");
+                }
+            }
+        }
     }
 
     #[test]
