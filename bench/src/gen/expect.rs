@@ -234,11 +234,11 @@ pub struct NcExpectation {
     /// The crash line (extended: the record's unescaped text; legacy: the console line
     /// without its newline).
     pub crash_line: Option<String>,
-    /// Records the machine printed, their seq range, and its history size (extended: encoded
-    /// bodies; legacy: console bytes).
+    /// Records the machine printed, their seq range (extended only: legacy text carries no
+    /// seq), and its history size (extended: encoded bodies; legacy: console bytes).
     pub records: u32,
-    pub first_seq: u64,
-    pub last_seq: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
     pub history_bytes: usize,
     /// Extended: distinct records received; legacy: datagrams kept. 0 without a dump.
     pub received: u32,
@@ -314,8 +314,8 @@ impl NcExpectation {
                 .as_deref()
                 .map(|l| String::from_utf8_lossy(l).into_owned()),
             records: u32::try_from(log.records.len()).unwrap_or(u32::MAX),
-            first_seq: log.records.first().map_or(0, |r| r.seq),
-            last_seq: log.records.last().map_or(0, |r| r.seq),
+            first_seq: log.records.first().filter(|_| extended).map(|r| r.seq),
+            last_seq: log.records.last().filter(|_| extended).map(|r| r.seq),
             history_bytes: log.history_bytes,
             received: view.received,
             received_seqs: if extended { view.seq_range } else { None },
