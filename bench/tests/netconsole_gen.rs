@@ -461,3 +461,54 @@ fn netconsole_same_seed_same_bytes_and_expectations() {
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
     }
 }
+
+#[test]
+fn netconsole_frames_use_netconsole_ports() {
+    // Frames to a plain UDP socket (what QEMU's -netdev dgram would receive).
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let remote = rx.local_addr().unwrap().to_string();
+    let dir = TempDir::new("frames");
+    let receiver = std::thread::spawn(move || {
+        rx.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok((n, _)) = rx.recv_from(&mut buf) {
+            got.push(buf[..n].to_vec());
+            rx.set_read_timeout(Some(Duration::from_millis(700)))
+                .unwrap();
+        }
+        got
+    });
+    let v = run_gen(&[
+        "--protocol",
+        "netconsole",
+        "--output",
+        &format!("dgram:{remote}"),
+        "--machines",
+        "6",
+        "--chatter",
+        "6",
+        "--long-lines",
+        "0.2",
+        "--loss",
+        "0.1",
+        "--rate",
+        "2000",
+        "--expect",
+        dir.0.to_str().unwrap(),
+    ]);
+    let frames = receiver.join().unwrap();
+    assert_eq!(frames.len() as u64, v["datagrams_sent"].as_u64().unwrap());
+    let datagrams: Vec<(IpAddr, Vec<u8>)> = frames
+        .iter()
+        .map(|f| {
+            let (_, _, src, dst, payload) =
+                netoops_bench::gen::output::frame::parse_frame(f).expect("a valid frame");
+            assert_eq!((src.port(), dst.port()), (6665, 6666));
+            assert!(src.ip().to_string().starts_with("10.1.0."));
+            (IpAddr::V4(*src.ip()), payload.to_vec())
+        })
+        .collect();
+    let (_, healthy) = check(&dir.0, &datagrams);
+    assert_eq!(healthy, 6);
+}
