@@ -348,10 +348,11 @@ fn netconsole_udp_cli_matches_an_independent_reassembler() {
         v["dropped_by_loss"].as_u64().unwrap()
     );
     assert!(summary.partial > 0 && summary.complete > 0);
-    // Paced like netoops: never faster than offered, and not far slower (a debug build makes
-    // each machine's datagrams when it starts, a few ms each, so the offer stays modest).
+    // Paced like netoops: never faster than offered. A debug build makes each machine's
+    // datagrams when it starts (a few ms each, more on a loaded machine), so only a loose
+    // lower bound; the pacing unit test checks the 2% target.
     let rate = v["rate_pps"].as_f64().unwrap();
-    assert!((2_000.0..3_100.0).contains(&rate), "rate {rate}");
+    assert!((1_000.0..3_100.0).contains(&rate), "rate {rate}");
 }
 
 #[test]
