@@ -128,7 +128,6 @@ fn reassemble_extended(datagrams: &[&[u8]]) -> Dump {
             dump.release = e.release.clone();
         }
         let (off, total) = e.frag.unwrap_or((0, e.body.len()));
-        let first = !recs.contains_key(&e.seq);
         let r = recs
             .entry(e.seq)
             .or_insert_with(|| (e.usec, vec![0; total], vec![false; total]));
@@ -137,13 +136,15 @@ fn reassemble_extended(datagrams: &[&[u8]]) -> Dump {
         }
         r.1[off..off + e.body.len()].copy_from_slice(&e.body);
         r.2[off..off + e.body.len()].fill(true);
-        if first && e.frag.is_none() && dump.crash_line.is_none() {
+        // The relay checks the first 240 unescaped bytes of the part holding the text's start.
+        if off == 0 && dump.crash_line.is_none() {
             let nl = e
                 .body
                 .iter()
                 .position(|&b| b == b'\n')
                 .unwrap_or(e.body.len());
-            let text = unescape(&e.body[..nl]);
+            let mut text = unescape(&e.body[..nl]);
+            text.truncate(240);
             if is_crash_line(&text) {
                 dump.crash_line = Some(text);
             }
@@ -206,15 +207,17 @@ fn reassemble_legacy(datagrams: &[&[u8]]) -> Dump {
         }
         last = Some(*d);
     }
+    // The relay keeps a line's first 512 bytes for crash detection and reports 240.
     let mut line = Vec::new();
     for &b in &dump.text {
         if b == b'\n' {
             if is_crash_line(&line) {
+                line.truncate(240);
                 dump.crash_line = Some(line);
                 break;
             }
             line.clear();
-        } else {
+        } else if line.len() < 512 {
             line.push(b);
         }
     }

@@ -38,6 +38,15 @@ pub const HISTORY_BUDGET: usize = 40 * 1024 - 1;
 /// Crash lines (and every line of a crash burst) are shorter than this: never fragmented.
 pub const MAX_CRASH_LINE: usize = 900;
 
+/// The relay reports at most this many bytes of a crash line, and an extended record's text
+/// is checked for a crash in its first this many (unescaped) bytes (netoops-core's
+/// `CRASH_LINE_LEN`).
+pub const CRASH_LINE_CAP: usize = 240;
+
+/// The relay checks a legacy line for a crash in its first this many bytes only (the rest of
+/// a longer line is not kept for detection; netoops-core's `LINE_LEN`).
+pub const LEGACY_LINE_CAP: usize = 512;
+
 /// Kernel releases machines run.
 const RELEASES: [&str; 5] = [
     "6.1.0-18-amd64",
@@ -670,7 +679,8 @@ impl RelayView {
     }
 
     /// Extended rules: records kept by seq (a duplicate record or fragment is dropped), the
-    /// crash is the first arriving record whose text is a crash line, the dump is every
+    /// crash is the first arriving record whose text is a crash line (checked on the first
+    /// [`CRASH_LINE_CAP`] unescaped bytes of the part holding the text's start), the dump is every
     /// received record in seq order with gap lines between, missing fragment bytes replaced
     /// by a marker.
     pub fn extended<'a>(arrivals: impl Iterator<Item = &'a [u8]>) -> Self {
@@ -684,7 +694,6 @@ impl RelayView {
                 Some(f) => (f.offset as usize, f.total as usize),
                 None => (0, e.body.len()),
             };
-            let new = !held.contains_key(&e.seq);
             let h = held.entry(e.seq).or_insert_with(|| Held {
                 usec: e.usec,
                 body: vec![0; total],
@@ -696,9 +705,12 @@ impl RelayView {
             let end = (offset + e.body.len()).min(h.body.len());
             h.body[offset..end].copy_from_slice(&e.body[..end - offset]);
             h.have[offset..end].iter_mut().for_each(|b| *b = true);
-            if new && crash_line.is_none() && e.fragment.is_none() {
+            // The part that holds the start of the text (a whole record, or the fragment at
+            // offset 0) is checked when it first arrives, on its first CRASH_LINE_CAP bytes.
+            if offset == 0 && crash_line.is_none() {
                 let mut text = Vec::new();
                 netconsole::unescape(Body::split(e.body).text, |b| text.extend_from_slice(b));
+                text.truncate(CRASH_LINE_CAP);
                 if is_crash_line(&text) {
                     crash_line = Some(text);
                 }
@@ -757,7 +769,7 @@ impl RelayView {
 
     /// Legacy rules: every arriving datagram's bytes in arrival order, except one
     /// byte-identical to the datagram that arrived just before it; the crash is the first
-    /// complete line of that text that is a crash line.
+    /// complete line of that text whose first [`LEGACY_LINE_CAP`] bytes are a crash line.
     pub fn legacy<'a>(arrivals: impl Iterator<Item = &'a [u8]>) -> Self {
         let mut text = Vec::new();
         let mut prev: Option<&[u8]> = None;
@@ -783,12 +795,14 @@ impl RelayView {
     }
 }
 
-/// The first `\n`-terminated line of `text` that is a crash line, without its `\n`.
+/// The first `\n`-terminated line of `text` whose first [`LEGACY_LINE_CAP`] bytes are a crash
+/// line: those bytes cut to [`CRASH_LINE_CAP`], without the `\n`.
 pub fn first_crash_line(text: &[u8]) -> Option<Vec<u8>> {
-    let mut lines = text.split_inclusive(|&b| b == b'\n');
-    lines
-        .find(|l| l.ends_with(b"\n") && is_crash_line(&l[..l.len() - 1]))
-        .map(|l| l[..l.len() - 1].to_vec())
+    text.split_inclusive(|&b| b == b'\n')
+        .filter(|l| l.ends_with(b"\n"))
+        .map(|l| &l[..(l.len() - 1).min(LEGACY_LINE_CAP)])
+        .find(|l| is_crash_line(l))
+        .map(|l| l[..l.len().min(CRASH_LINE_CAP)].to_vec())
 }
 
 #[cfg(test)]
@@ -999,6 +1013,21 @@ mod tests {
             RelayView::legacy([&a[..]].into_iter()),
             RelayView::default()
         );
+    }
+
+    #[test]
+    fn legacy_crash_lines_are_found_in_a_lines_first_512_bytes_and_cut_to_240() {
+        let filler = vec![b'x'; 600];
+        // A torn long line runs into a crash line past byte 512: not seen; the next one is.
+        let late = [&filler[..], b"BUG: late\n[ 2.000000] Oops: 0002 [#1]\n"].concat();
+        let v = RelayView::legacy([&late[..]].into_iter());
+        assert_eq!(
+            v.crash_line.as_deref(),
+            Some(&b"[ 2.000000] Oops: 0002 [#1]"[..])
+        );
+        let early = [b"BUG: early ", &filler[..], b"\n"].concat();
+        let v = RelayView::legacy([&early[..]].into_iter());
+        assert_eq!(v.crash_line.as_deref(), Some(&early[..CRASH_LINE_CAP]));
     }
 
     #[test]
