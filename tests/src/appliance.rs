@@ -11,7 +11,8 @@
 //!   Intel model ([`VmSpec::ingress_model`], [`VmSpec::upstream_model`]).
 //! - [`read_expectations`] / [`check_expectation`] compare what the collector stored with the
 //!   generator's `--expect` output.
-//! - [`udp_frame`] builds Ethernet/IPv4/UDP frames, well-formed or deliberately broken;
+//! - [`udp_frame`] builds Ethernet/IPv4/UDP frames (with `netoops_image::frame`), well-formed
+//!   or deliberately broken;
 //!   [`FrameLink`] sends them over the stream connection QEMU opened, and [`StreamProxy`]
 //!   passes the generator's frames on while keeping that connection open.
 //!
@@ -596,67 +597,52 @@ pub struct Damage {
     pub udp_length: bool,
 }
 
-fn ones_complement(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// An Ethernet/IPv4/UDP frame from `src` to `dst` carrying `payload`, addressed to the
-/// ingress NIC, with valid checksums unless `damage` says otherwise.
+/// ingress NIC, with valid checksums unless `damage` says otherwise. Built by the image
+/// tool's frame writer (what `netoops-image appliance` feeds the guest), then damaged.
 pub fn udp_frame(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8], damage: Damage) -> Vec<u8> {
-    let mut f = Vec::with_capacity(42 + payload.len());
-    f.extend_from_slice(&INGRESS_MAC);
-    let ip = src.ip().octets();
-    f.extend_from_slice(&[0x02, 0x00, ip[0], ip[1], ip[2], ip[3]]);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let udp_len = 8 + payload.len();
-    let total = (20 + udp_len) as u16;
-    let flags: u16 = if damage.fragment { 0x2000 } else { 0x4000 };
-    let mut h = vec![0x45, 0];
-    h.extend_from_slice(&total.to_be_bytes());
-    h.extend_from_slice(&[0x12, 0x34]);
-    h.extend_from_slice(&flags.to_be_bytes());
-    h.extend_from_slice(&[64, 17, 0, 0]);
-    h.extend_from_slice(&src.ip().octets());
-    h.extend_from_slice(&dst.ip().octets());
-    let mut c = ones_complement(&h);
-    if damage.ip_checksum {
-        c ^= 0x5a5a;
-    }
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    let claimed = if damage.udp_length {
-        udp_len + 64
-    } else {
-        udp_len
-    } as u16;
-    let mut u = Vec::with_capacity(udp_len);
-    u.extend_from_slice(&src.port().to_be_bytes());
-    u.extend_from_slice(&dst.port().to_be_bytes());
-    u.extend_from_slice(&claimed.to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(payload);
-    let mut pseudo = Vec::with_capacity(12 + u.len());
-    pseudo.extend_from_slice(&src.ip().octets());
-    pseudo.extend_from_slice(&dst.ip().octets());
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    pseudo.extend_from_slice(&u);
-    let mut c = match ones_complement(&pseudo) {
-        0 => 0xffff,
-        c => c,
+    use netoops_image::frame::{
+        internet_checksum, udp_checksum, FrameConfig, FrameWriter, MacAddr,
     };
-    if damage.udp_checksum {
-        c ^= 0x00ff;
+    const IP: usize = 14;
+    const UDP: usize = IP + 20;
+    let mut writer = FrameWriter::new(FrameConfig {
+        dst_mac: MacAddr(INGRESS_MAC),
+        src_mac: None,
+        dst,
+        udp_checksum: true,
+    });
+    let mut f = vec![0u8; UDP + 8 + payload.len()];
+    f[UDP + 8..].copy_from_slice(payload);
+    let len = writer
+        .write(&mut f, src, payload.len())
+        .expect("the payload fits one IPv4 packet");
+    f.truncate(len);
+    let refill_ip_checksum = |f: &mut Vec<u8>| {
+        f[IP + 10..IP + 12].fill(0);
+        let c = internet_checksum(&f[IP..UDP]);
+        f[IP + 10..IP + 12].copy_from_slice(&c.to_be_bytes());
+    };
+    if damage.fragment {
+        // More fragments, no DF: a first fragment, with a valid header checksum.
+        f[IP + 6..IP + 8].copy_from_slice(&0x2000u16.to_be_bytes());
+        refill_ip_checksum(&mut f);
     }
-    u[6..8].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&h);
-    f.extend_from_slice(&u);
+    if damage.udp_length {
+        // Claims 64 bytes more than there are; the checksum covers the claim.
+        let claimed = (len - UDP + 64) as u16;
+        f[UDP + 4..UDP + 6].copy_from_slice(&claimed.to_be_bytes());
+        f[UDP + 6..UDP + 8].fill(0);
+        let c = udp_checksum(*src.ip(), *dst.ip(), &f[UDP..]);
+        f[UDP + 6..UDP + 8].copy_from_slice(&c.to_be_bytes());
+    }
+    if damage.ip_checksum {
+        f[IP + 10] ^= 0x5a;
+        f[IP + 11] ^= 0x5a;
+    }
+    if damage.udp_checksum {
+        f[UDP + 7] ^= 0xff;
+    }
     f
 }
 
@@ -711,25 +697,39 @@ mod tests {
 
     #[test]
     fn frames_have_valid_checksums_unless_damaged() {
+        use netoops_image::frame::{internet_checksum, parse_frame};
         let src = SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 7), 6666);
         let dst = SocketAddrV4::new(GUEST_IP, 2004);
         let f = udp_frame(src, dst, b"hello", Damage::default());
         assert_eq!(f.len(), 14 + 20 + 8 + 5);
-        assert_eq!(ones_complement(&f[14..34]), 0);
-        let mut pseudo = f[26..34].to_vec();
-        pseudo.extend_from_slice(&[0, 17, 0, 13]);
-        pseudo.extend_from_slice(&f[34..]);
-        assert_eq!(ones_complement(&pseudo), 0);
-        let bad = udp_frame(
-            src,
-            dst,
-            b"hello",
-            Damage {
-                ip_checksum: true,
-                ..Damage::default()
-            },
+        let (dmac, _, s, d, p) = parse_frame(&f).expect("a valid frame");
+        assert_eq!((dmac.0, s, d, p), (INGRESS_MAC, src, dst, &b"hello"[..]));
+        let damaged = |d: Damage| udp_frame(src, dst, b"hello", d);
+        let ip_bad = damaged(Damage {
+            ip_checksum: true,
+            ..Damage::default()
+        });
+        assert_ne!(internet_checksum(&ip_bad[14..34]), 0);
+        let fragment = damaged(Damage {
+            fragment: true,
+            ..Damage::default()
+        });
+        assert_eq!(
+            internet_checksum(&fragment[14..34]),
+            0,
+            "header still valid"
         );
-        assert_ne!(ones_complement(&bad[14..34]), 0);
+        assert_eq!(fragment[20] & 0x20, 0x20, "more fragments");
+        let udp_bad = damaged(Damage {
+            udp_checksum: true,
+            ..Damage::default()
+        });
+        assert!(parse_frame(&udp_bad).is_none());
+        let long = damaged(Damage {
+            udp_length: true,
+            ..Damage::default()
+        });
+        assert_eq!(u16::from_be_bytes([long[38], long[39]]), 8 + 5 + 64);
     }
 
     #[test]

@@ -342,6 +342,8 @@ pub struct Relay {
     pub process: Process,
     /// Its UDP address.
     pub udp: SocketAddr,
+    /// Its netconsole UDP address.
+    pub netconsole: Option<SocketAddr>,
 }
 
 /// Counters from a relay's counters line, by name (first occurrence of `name <number>`).
@@ -377,7 +379,13 @@ impl Relay {
         let udp = word_after(&line, "listening on ")
             .and_then(|w| w.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Relay { process, udp }
+        let line = process.wait_for_line("netconsole ");
+        let netconsole = word_after(&line, "netconsole listening on ").and_then(|w| w.parse().ok());
+        Relay {
+            process,
+            udp,
+            netconsole,
+        }
     }
 
     /// SIGTERM, then the exit status and the final counters.

@@ -66,7 +66,8 @@ fn assert_line(out: &RunOutput, needle: &str) {
 #[test]
 fn image_is_small_and_bootable_by_both_protocols() {
     let image = image();
-    assert!(image.size <= 256 * 1024, "image is {} bytes", image.size);
+    // The budget with netconsole, authenticated sessions and the HTTP endpoints in (issue 18).
+    assert!(image.size <= 384 * 1024, "image is {} bytes", image.size);
     assert!(image.summary.pvh_entry.is_some(), "no PVH note");
     let mb2 = image
         .summary

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! `<ip>` is the source address without the port (IPv6 `:` become `_`); `<dump-key>` is
-//! `b<boot_id>-d<dump_id>-t<type>-v<version>-g<generation>`, with `-o<n>` appended when a
+//! `b<boot_id>-d<dump_id>-t<type>-v<version>-g<generation>` for netoops and
+//! `nc-b<boot>-c<crash>` for netconsole (metadata `"kind"` says which), with `-o<n>` appended when a
 //! different occurrence (another relay instance or first-seen time) already holds that key, so
 //! a machine that crashes again at the same uptime second after a reboot is not overwritten.
 //!
@@ -33,7 +34,9 @@
 
 use crate::wallclock::rfc3339;
 use netoops_core::upstream::record::{relay_to_wall_ms, RegisterSet};
-use netoops_core::upstream::{Cpu, CrashSeen, DumpMeta, Record, RecordHeader, Source, SourceIp};
+use netoops_core::upstream::{
+    ConsoleMeta, Cpu, CrashSeen, DumpMeta, Record, RecordHeader, Source, SourceIp,
+};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -351,8 +354,12 @@ pub fn ip_dir_name(ip: &SourceIp) -> String {
     IpAddr::from(*ip).to_string().replace(':', "_")
 }
 
-/// `b<boot_id>-d<dump_id>-t<type>-v<version>-g<generation>`.
+/// `b<boot_id>-d<dump_id>-t<type>-v<version>-g<generation>` for netoops;
+/// `nc-b<boot>-c<crash>` for netconsole.
 pub fn dump_key(d: &DumpMeta) -> String {
+    if let Some(nc) = &d.netconsole {
+        return format!("nc-b{}-c{}", nc.boot, nc.crash);
+    }
     format!(
         "b{}-d{}-t{}-v{}-g{}",
         d.id.boot_id, d.id.dump_id, d.id.dump_type, d.id.version, d.generation
@@ -373,6 +380,31 @@ fn registers_json(regs: &RegisterSet) -> Value {
         m.insert(name.clone(), Value::String(format!("{value:#018x}")));
     }
     Value::Object(m)
+}
+
+/// The netconsole part of a crash line or dump's metadata.
+fn console_json(obj: &mut Map<String, Value>, nc: &ConsoleMeta) {
+    let fields: Map<String, Value> = nc
+        .fields
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    obj.insert(
+        "netconsole".into(),
+        json!({
+            "format": if nc.extended { "extended" } else { "legacy" },
+            "boot": nc.boot,
+            "crash": nc.crash,
+            "crash_line": nc.crash_line,
+            "release": nc.release,
+            "missing_seq": nc.missing_seq.iter().map(|&(a, b)| [a, b]).collect::<Vec<_>>(),
+            "incomplete_seq": nc.incomplete_seq,
+            "seq_range": nc.seq_range.map(|(a, b)| [a, b]),
+            "records": nc.records,
+            "fields": fields,
+            "truncated": nc.truncated,
+        }),
+    );
 }
 
 fn common(
@@ -416,6 +448,10 @@ fn crash_line(
     });
     if let Value::Object(obj) = &mut v {
         common(obj, &c.id.source, &c.cpu, &c.registers);
+        obj.insert("kind".into(), Value::String(c.kind().as_str().into()));
+        if let Some(nc) = &c.netconsole {
+            console_json(obj, nc);
+        }
     }
     v
 }
@@ -456,6 +492,10 @@ fn dump_json(
         if let Some(blob) = &d.user_blob {
             obj.insert("user_blob".into(), Value::String(hex(blob)));
         }
+        obj.insert("kind".into(), Value::String(d.kind().as_str().into()));
+        if let Some(nc) = &d.netconsole {
+            console_json(obj, nc);
+        }
     }
     v
 }
@@ -487,6 +527,7 @@ mod tests {
             cpu: None,
             registers: None,
             user_blob: None,
+            netconsole: None,
         }
     }
 
@@ -560,6 +601,7 @@ mod tests {
             cpu: None,
             registers: None,
             seen_at_ms: 400,
+            netconsole: None,
         };
         {
             let store = Store::open(tmp.path()).unwrap();

@@ -22,6 +22,10 @@
 //! | `nic` | ingress NIC: PCI address `BB:DD.F` or MAC | the first supported NIC |
 //! | `upstream_nic` | a second NIC for upstream traffic | the ingress NIC |
 //! | `stats` | interval between counter lines on the console | `5s` |
+//! | `netconsole_port` | UDP port netconsole senders target; `0` turns netconsole off | 6666 |
+//! | `netconsole_history` | log history kept per healthy netconsole source | `64K` |
+//! | `netconsole_memory` | history all netconsole sources share | `16M` |
+//! | `netconsole_sources` | netconsole sources tracked at once | 4096 |
 //!
 //! Keys containing a dot (`virtio_mmio.device=...`, added by some VMMs) belong to the platform
 //! and are kept in [`Config::platform`] untouched.
@@ -32,6 +36,7 @@ use core::fmt;
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use core::str::FromStr;
 
+use crate::netconsole::ConsoleConfig;
 use crate::reassembly::ReassemblyConfig;
 use crate::time::Duration;
 
@@ -189,6 +194,10 @@ pub struct Config {
     pub upstream_nic: Option<NicSelector>,
     /// Interval between counter lines.
     pub stats_interval: Duration,
+    /// UDP port for netconsole datagrams; 0 = off.
+    pub netconsole_port: u16,
+    /// Netconsole history sizes (its quiet timeout is `quiet`).
+    pub netconsole: ConsoleConfig,
     /// Platform parameters (keys with a dot), passed through untouched.
     pub platform: Vec<(String, String)>,
 }
@@ -207,6 +216,8 @@ impl Default for Config {
             nic: None,
             upstream_nic: None,
             stats_interval: Duration::from_secs(5),
+            netconsole_port: netoops_wire::netconsole::DEFAULT_PORT,
+            netconsole: ConsoleConfig::default(),
             platform: Vec::new(),
         }
     }
@@ -229,6 +240,10 @@ pub const KEYS: &[&str] = &[
     "nic",
     "upstream_nic",
     "stats",
+    "netconsole_port",
+    "netconsole_history",
+    "netconsole_memory",
+    "netconsole_sources",
 ];
 
 /// Parses `123`, `64K`, `16M`, `1G` (powers of 1024).
@@ -367,6 +382,26 @@ impl Config {
                     .filter(|d| *d > Duration::ZERO)
                     .ok_or_else(|| bad("a duration like 5s"))?
             }
+            "netconsole_port" => {
+                self.netconsole_port = value
+                    .parse()
+                    .map_err(|_| bad("a UDP port 1-65535, or 0 for off"))?
+            }
+            "netconsole_history" => {
+                self.netconsole.history_bytes = parse_size(value)
+                    .filter(|&n| (1024..=16 << 20).contains(&n))
+                    .ok_or_else(|| bad("a size from 1K to 16M, like 64K"))?
+            }
+            "netconsole_memory" => {
+                self.netconsole.memory_budget = parse_size(value)
+                    .filter(|&n| n >= 16 << 10)
+                    .ok_or_else(|| bad("a size of at least 16K, like 16M"))?
+            }
+            "netconsole_sources" => {
+                self.netconsole.max_sources = positive(value.parse().ok())
+                    .filter(|&n| n <= 1 << 20)
+                    .ok_or_else(|| bad("a count 1-1048576"))?
+            }
             k if k.contains('.') => self.platform.push((k.to_string(), value.to_string())),
             _ => {
                 return Err(ConfigError {
@@ -403,6 +438,15 @@ impl Config {
             key: "memory".to_string(),
             problem: e.to_string(),
         })?;
+        if self.netconsole_port != 0 && self.netconsole_port == self.listen_port {
+            return Err(ConfigError {
+                key: "netconsole_port".to_string(),
+                problem: alloc::format!(
+                    "{} is also the netoops port; give each its own",
+                    self.netconsole_port
+                ),
+            });
+        }
         Ok(())
     }
 
@@ -423,6 +467,8 @@ mod tests {
              upstream=10.0.0.1:2005,10.0.0.9:2005 # two collectors\n\
              name=rack-7 memory=128M spool=1G max_dumps=100 per_source=2 quiet=500ms linger=2m\n\
              allow=10.0.0.0/8,fd00::/8 nic=00:03.0 upstream_nic=52:54:00:12:34:56 stats=1s\n\
+             netconsole_port=6667 netconsole_history=128K netconsole_memory=32M \
+             netconsole_sources=100\n\
              virtio_mmio.device=512@0xfeb00e00:12",
         )
         .unwrap();
@@ -444,7 +490,13 @@ mod tests {
         assert_eq!(c.upstream_nic.unwrap().to_string(), "52:54:00:12:34:56");
         assert_eq!(c.stats_interval, Duration::from_secs(1));
         assert_eq!(c.platform.len(), 1);
+        assert_eq!(c.netconsole_port, 6667);
+        assert_eq!(c.netconsole.history_bytes, 128 << 10);
+        assert_eq!(c.netconsole.memory_budget, 32 << 20);
+        assert_eq!(c.netconsole.max_sources, 100);
         c.validate_for_appliance().unwrap();
+        let off = Config::parse("netconsole_port=0").unwrap();
+        assert_eq!(off.netconsole_port, 0);
     }
 
     #[test]
@@ -468,6 +520,10 @@ mod tests {
             ("nic=00:32.0", "nic"),
             ("name=", "name"),
             ("colour=blue", "colour"),
+            ("netconsole_port=x", "netconsole_port"),
+            ("netconsole_history=10", "netconsole_history"),
+            ("netconsole_memory=1K", "netconsole_memory"),
+            ("netconsole_sources=0", "netconsole_sources"),
             ("justaword", "justaword"),
         ] {
             let err = Config::parse(text).unwrap_err();

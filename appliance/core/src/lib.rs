@@ -20,6 +20,7 @@
 extern crate alloc;
 
 pub mod config;
+pub mod netconsole;
 pub mod reassembly;
 pub mod relay;
 pub mod time;

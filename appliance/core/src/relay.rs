@@ -15,14 +15,16 @@ use core::net::SocketAddr;
 use netoops_wire::netoops::{RegisterLayout, Registers};
 
 use crate::config::{Config, ConfigError};
+use crate::netconsole::{ConsoleCrash, ConsoleDump, ConsoleSink, ConsoleStats, ConsoleTracker};
 use crate::reassembly::{
     Accepted, CrashSeen, DropReason, DumpView, EventSink, Reassembler, ReassemblyStats,
 };
 use crate::time::Instant;
 use crate::upstream::{
-    record, CloseReason, Cpu, DumpIdentity, DumpMeta, LinkConfig, LinkEvent, LinkStats, Record,
-    RecordKind, RegisterSet, Source, UpstreamLink,
+    record, CloseReason, ConsoleMeta, Cpu, DumpIdentity, DumpMeta, LinkConfig, LinkEvent,
+    LinkStats, Record, RecordKind, RegisterSet, Source, UpstreamLink,
 };
+use netoops_wire::netconsole::NetconsoleError;
 
 /// Events kept for [`Relay::poll_event`] before the oldest are dropped (and counted).
 const EVENT_CAPACITY: usize = 4096;
@@ -198,12 +200,15 @@ pub enum RelayDrop {
     NotAllowed,
     /// The reassembler dropped it.
     Reassembly(DropReason),
+    /// A malformed netconsole datagram.
+    Netconsole(NetconsoleError),
 }
 
 /// The relay. See the module documentation.
 pub struct Relay {
     config: Config,
     reassembler: Reassembler,
+    console: ConsoleTracker,
     link: UpstreamLink,
     events: VecDeque<RelayEvent>,
     pending: VecDeque<RecordSummary>,
@@ -225,9 +230,13 @@ impl Relay {
         // A record is at least a few hundred bytes; more entries than that cannot fit.
         link_config.spool_records = (config.spool_bytes / 256).clamp(64, 1 << 20);
         let link = UpstreamLink::new(link_config);
+        let mut console_config = config.netconsole;
+        console_config.quiet_timeout = config.reassembly.quiet_timeout;
+        let console = ConsoleTracker::new(console_config);
         Ok(Relay {
             config,
             reassembler,
+            console,
             link,
             events: VecDeque::with_capacity(EVENT_CAPACITY),
             pending: VecDeque::with_capacity(EVENT_CAPACITY),
@@ -243,6 +252,11 @@ impl Relay {
     /// The reassembler (for its counters and usage).
     pub fn reassembler(&self) -> &Reassembler {
         &self.reassembler
+    }
+
+    /// The netconsole tracker (for its counters and usage).
+    pub fn console(&self) -> &ConsoleTracker {
+        &self.console
     }
 
     /// The upstream link: the caller runs its TCP connection (connect, transmit, input, close).
@@ -278,7 +292,31 @@ impl Relay {
             .map_err(RelayDrop::Reassembly)
     }
 
-    /// Runs both timers: quiet dumps become partial, the link reconnects and detects stalls.
+    /// Handles one datagram received on the netconsole port.
+    pub fn handle_netconsole(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), RelayDrop> {
+        if !self.config.allows(source.ip()) {
+            self.stats.not_allowed += 1;
+            return Err(RelayDrop::NotAllowed);
+        }
+        let mut sink = Delivery {
+            now,
+            link: &mut self.link,
+            events: &mut self.events,
+            pending: &mut self.pending,
+            stats: &mut self.stats,
+        };
+        self.console
+            .handle_datagram(now, source, bytes, &mut sink)
+            .map_err(RelayDrop::Netconsole)
+    }
+
+    /// Runs the timers: quiet dumps become partial, quiet netconsole crashes are dumped, the
+    /// link reconnects and detects stalls.
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut sink = Delivery {
             now,
@@ -288,6 +326,7 @@ impl Relay {
             stats: &mut self.stats,
         };
         self.reassembler.handle_timeout(now, &mut sink);
+        self.console.handle_timeout(now, &mut sink);
         self.link.handle_timeout(now);
     }
 
@@ -301,15 +340,20 @@ impl Relay {
             stats: &mut self.stats,
         };
         self.reassembler.flush(now, &mut sink);
+        self.console.flush(now, &mut sink);
     }
 
     /// When [`Relay::handle_timeout`] next has work.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.reassembler.poll_timeout(), self.link.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.reassembler.poll_timeout(),
+            self.console.poll_timeout(),
+            self.link.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next console event, including the link's (deliveries, connections).
@@ -349,6 +393,8 @@ impl Relay {
     pub fn counters(&self) -> Counters<'_> {
         Counters {
             r: self.reassembler.stats(),
+            nc: self.console.stats(),
+            nc_sources: self.console.sources(),
             l: self.link.stats(),
             relay: &self.stats,
             chunks: self.reassembler.chunk_usage(),
@@ -361,6 +407,8 @@ impl Relay {
 /// Counters formatted as one console line.
 pub struct Counters<'a> {
     r: &'a ReassemblyStats,
+    nc: &'a ConsoleStats,
+    nc_sources: usize,
     l: LinkStats,
     relay: &'a RelayStats,
     chunks: (usize, usize),
@@ -375,7 +423,9 @@ impl fmt::Display for Counters<'_> {
             f,
             "counters: datagrams {} chunks {} dup {} malformed {} not_allowed {} \
              no_memory {} late {} | dumps started {} complete {} partial {} held {} \
-             chunks {}/{} | delivered {} dropped {} spool {}/{} bytes",
+             chunks {}/{} | delivered {} dropped {} spool {}/{} bytes | nc_datagrams {} \
+             nc_malformed {} nc_dup {} nc_crashes {} nc_dumps {} nc_sources {} nc_boots {} \
+             nc_trimmed {} nc_no_memory {}",
             r.datagrams,
             r.chunks_stored,
             r.duplicates + r.duplicates_unverified,
@@ -393,6 +443,15 @@ impl fmt::Display for Counters<'_> {
             self.l.dropped.total(),
             self.spool.0,
             self.spool.1,
+            self.nc.datagrams,
+            self.nc.malformed_total(),
+            self.nc.duplicates,
+            self.nc.crashes,
+            self.nc.dumps,
+            self.nc_sources,
+            self.nc.boots,
+            self.nc.entries_trimmed,
+            self.nc.dropped_no_memory + self.nc.dropped_crash_full + self.nc.dropped_no_source,
         )
     }
 }
@@ -512,6 +571,7 @@ impl EventSink for Delivery<'_> {
             cpu: cpu(d.cpu()),
             registers: registers(d.registers()),
             seen_at_ms: c.at.total_millis(),
+            netconsole: None,
         });
         let seq = self
             .link
@@ -559,6 +619,7 @@ impl EventSink for Delivery<'_> {
             cpu: cpu(d.cpu()),
             registers: registers(d.registers()),
             user_blob: d.user_blob().map(|b| Vec::from(&b[..])),
+            netconsole: None,
         });
         let seq = self
             .link
@@ -582,6 +643,116 @@ impl EventSink for Delivery<'_> {
             packet_count: d.packet_count(),
             revision: d.revision(),
             text_len,
+        };
+        self.queued(seq, summary, event);
+    }
+}
+
+fn console_identity(source: SocketAddr, boot: u32, crash: u32) -> DumpIdentity {
+    identity(source, 0, boot, crash as u16, 0)
+}
+
+impl ConsoleSink for Delivery<'_> {
+    fn crash_seen(&mut self, c: &ConsoleCrash<'_>) {
+        let record = Record::CrashSeen(record::CrashSeen {
+            id: console_identity(c.source, c.boot, c.crash),
+            generation: 0,
+            kernel_version: lossy(c.release),
+            packet_count: 0,
+            packet_no: 0,
+            cpu: None,
+            registers: None,
+            seen_at_ms: c.at.total_millis(),
+            netconsole: Some(ConsoleMeta {
+                extended: c.extended,
+                boot: c.boot,
+                crash: c.crash,
+                crash_line: lossy(c.line),
+                release: lossy(c.release),
+                missing_seq: Vec::new(),
+                incomplete_seq: Vec::new(),
+                seq_range: None,
+                records: 0,
+                fields: Vec::new(),
+                truncated: false,
+            }),
+        });
+        let seq = self
+            .link
+            .enqueue(self.now, &record, c.line.len() as u32, |w| w.write(c.line))
+            .ok();
+        let summary = RecordSummary {
+            seq: 0,
+            kind: RecordKind::CrashSeen,
+            source: c.source,
+            dump_id: c.crash as u16,
+            revision: 0,
+        };
+        let mut headline = lossy(&c.line[..c.line.len().min(HEADLINE_LEN)]);
+        headline.retain(|ch| !ch.is_control());
+        let event = RelayEvent::CrashSeen {
+            seq,
+            source: c.source,
+            dump_id: c.crash as u16,
+            generation: 0,
+            kernel: lossy(c.release),
+            packet_count: 0,
+            headline,
+        };
+        self.queued(seq, summary, event);
+    }
+
+    fn dump(&mut self, d: &ConsoleDump<'_>) {
+        let missing_records: u64 = d.missing.iter().map(|(a, b)| b - a + 1).sum();
+        let record = Record::Dump(DumpMeta {
+            id: console_identity(d.source, d.boot, d.crash),
+            generation: 0,
+            kernel_version: lossy(d.release),
+            packet_count: d.records.saturating_add(missing_records as u32),
+            received: d.records,
+            missing: Vec::new(),
+            zeroed: Vec::new(),
+            complete: d.complete(),
+            revision: 1,
+            first_seen_ms: d.crash_at.total_millis(),
+            completed_ms: d.emitted_at.total_millis(),
+            cpu: None,
+            registers: None,
+            user_blob: None,
+            netconsole: Some(ConsoleMeta {
+                extended: d.extended,
+                boot: d.boot,
+                crash: d.crash,
+                crash_line: lossy(d.line),
+                release: lossy(d.release),
+                missing_seq: d.missing.to_vec(),
+                incomplete_seq: d.incomplete.to_vec(),
+                seq_range: d.seq_range,
+                records: d.records,
+                fields: d.fields.iter().map(|(k, v)| (lossy(k), lossy(v))).collect(),
+                truncated: d.truncated,
+            }),
+        });
+        let seq = self
+            .link
+            .enqueue(self.now, &record, d.text.len() as u32, |w| w.write(d.text))
+            .ok();
+        let summary = RecordSummary {
+            seq: 0,
+            kind: RecordKind::Dump,
+            source: d.source,
+            dump_id: d.crash as u16,
+            revision: 1,
+        };
+        let event = RelayEvent::DumpQueued {
+            seq,
+            source: d.source,
+            dump_id: d.crash as u16,
+            complete: d.complete(),
+            received: d.records,
+            packet_count: d.records.saturating_add(missing_records as u32),
+            revision: 1,
+            text_len: d.text.len(),
         };
         self.queued(seq, summary, event);
     }
@@ -702,6 +873,59 @@ mod tests {
         assert!(lines
             .iter()
             .any(|l| l.starts_with("crash notice delivered")));
+        assert!(r.all_delivered());
+    }
+
+    #[test]
+    fn a_netconsole_crash_becomes_a_notice_and_a_dump_on_the_wire() {
+        let mut r = relay("");
+        let from = SocketAddr::from(([10, 0, 0, 9], 6665));
+        let lines = [
+            "6,10,5000000,-;marker one\n",
+            "6,11,5000100,-;marker two\n SUBSYSTEM=net\n",
+            "0,12,5000200,-;Kernel panic - not syncing: sysrq triggered crash\n cpu=0\n",
+            "4,14,5000300,-;Call Trace:\n",
+        ];
+        for l in lines {
+            r.handle_netconsole(Instant::from_millis(1), from, l.as_bytes())
+                .unwrap();
+        }
+        assert_eq!(
+            r.handle_netconsole(Instant::from_millis(1), from, b"6,1,x,-;bad"),
+            Err(RelayDrop::Netconsole(NetconsoleError::Usec))
+        );
+        assert_eq!(r.console().poll_timeout(), Some(Instant::from_millis(3001)));
+        r.handle_timeout(Instant::from_millis(3001));
+        let records = deliver(&mut r);
+        assert_eq!(records.len(), 2);
+        match &records[0] {
+            (Record::CrashSeen(c), text) => {
+                assert_eq!(c.kind(), crate::upstream::DumpKind::Netconsole);
+                assert_eq!(c.id.source, Source::from(from));
+                assert_eq!(text, b"Kernel panic - not syncing: sysrq triggered crash");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &records[1] {
+            (Record::Dump(d), text) => {
+                let nc = d.netconsole.as_ref().unwrap();
+                assert_eq!(nc.missing_seq, [(13, 13)]);
+                assert_eq!(nc.fields, [("cpu".to_string(), "0".to_string())]);
+                assert_eq!(nc.records, 4);
+                assert!(!d.complete);
+                assert_eq!(
+                    String::from_utf8_lossy(text),
+                    "[    5.000000] marker one\n[    5.000100] marker two\n\
+                     [    5.000200] Kernel panic - not syncing: sysrq triggered crash\n\
+                     [netconsole: records 13-13 missing]\n[    5.000300] Call Trace:\n"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(r
+            .counters()
+            .to_string()
+            .contains("nc_datagrams 5 nc_malformed 1"));
         assert!(r.all_delivered());
     }
 

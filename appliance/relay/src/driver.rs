@@ -26,6 +26,8 @@ use crate::upstream::{self, Upstream};
 
 /// Poll token of the UDP socket.
 const UDP_TOKEN: Token = Token(0);
+/// Poll token of the netconsole socket.
+const NETCONSOLE_TOKEN: Token = Token(2);
 /// Longest sleep in one wait, whatever the timers say.
 pub const MAX_WAIT: StdDuration = StdDuration::from_millis(50);
 /// UDP batches received per pass before the upstream and the timers get a turn.
@@ -70,6 +72,7 @@ pub enum Ending {
 pub struct Driver<W: Write> {
     relay: Relay,
     udp: BatchSocket,
+    netconsole: Option<BatchSocket>,
     upstream: Upstream,
     poll: Poll,
     events: Events,
@@ -83,6 +86,7 @@ impl<W: Write> Driver<W> {
     pub fn new(
         relay: Relay,
         udp: BatchSocket,
+        netconsole: Option<BatchSocket>,
         console: Console<W>,
         clock: Clock,
         drain_timeout: StdDuration,
@@ -90,10 +94,18 @@ impl<W: Write> Driver<W> {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut SourceFd(&udp.raw_fd()), UDP_TOKEN, Interest::READABLE)?;
+        if let Some(nc) = &netconsole {
+            poll.registry().register(
+                &mut SourceFd(&nc.raw_fd()),
+                NETCONSOLE_TOKEN,
+                Interest::READABLE,
+            )?;
+        }
         let upstream = Upstream::new(relay.config().upstreams.clone());
         Ok(Driver {
             relay,
             udp,
+            netconsole,
             upstream,
             poll,
             events: Events::with_capacity(64),
@@ -119,6 +131,7 @@ impl<W: Write> Driver<W> {
         let mut next_stats = self.clock.now() + stats_interval;
         // Anything queued before registration produces no edge: look once.
         let mut udp_ready = true;
+        let mut nc_ready = self.netconsole.is_some();
         let mut draining: Option<Instant> = None;
         loop {
             let mut now = self.clock.now();
@@ -136,6 +149,10 @@ impl<W: Write> Driver<W> {
             if udp_ready && draining.is_none() {
                 (udp_ready, now) = self.receive(now);
                 more |= udp_ready;
+            }
+            if nc_ready && draining.is_none() {
+                (nc_ready, now) = self.receive_netconsole(now);
+                more |= nc_ready;
             }
             if self.relay.poll_timeout().is_some_and(|t| t <= now) {
                 self.relay.handle_timeout(now);
@@ -180,7 +197,7 @@ impl<W: Write> Driver<W> {
                     .unwrap_or(MAX_WAIT)
                     .clamp(StdDuration::from_millis(1), MAX_WAIT)
             };
-            self.wait(wait, &mut udp_ready)?;
+            self.wait(wait, &mut udp_ready, &mut nc_ready)?;
         }
     }
 
@@ -208,7 +225,40 @@ impl<W: Write> Driver<W> {
         (true, now)
     }
 
-    fn wait(&mut self, timeout: StdDuration, udp_ready: &mut bool) -> io::Result<()> {
+    /// [`Driver::receive`] for the netconsole socket.
+    fn receive_netconsole(&mut self, mut now: Instant) -> (bool, Instant) {
+        let Some(nc) = self.netconsole.as_mut() else {
+            return (false, now);
+        };
+        for _ in 0..UDP_BATCHES_PER_PASS {
+            let relay = &mut self.relay;
+            match nc.recv_batch(|source, bytes| {
+                // Malformed datagrams are counted by the relay (nc_malformed).
+                let _ = relay.handle_netconsole(now, source, bytes);
+            }) {
+                Ok(0) => return (false, now),
+                Ok(_) => {
+                    while let Some(event) = self.relay.poll_event() {
+                        self.console.line(event);
+                    }
+                    now = self.clock.now();
+                }
+                Err(e) => {
+                    self.console
+                        .line(format_args!("netconsole receive error: {e}"));
+                    return (false, now);
+                }
+            }
+        }
+        (true, now)
+    }
+
+    fn wait(
+        &mut self,
+        timeout: StdDuration,
+        udp_ready: &mut bool,
+        nc_ready: &mut bool,
+    ) -> io::Result<()> {
         match self.poll.poll(&mut self.events, Some(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
@@ -217,6 +267,7 @@ impl<W: Write> Driver<W> {
         for event in self.events.iter() {
             match event.token() {
                 UDP_TOKEN => *udp_ready = true,
+                NETCONSOLE_TOKEN => *nc_ready = true,
                 upstream::TOKEN => self.upstream.handle_event(event),
                 _ => {}
             }
@@ -234,12 +285,17 @@ impl<W: Write> Driver<W> {
     fn print_counters(&mut self, label: &str) {
         let s = self.udp.stats();
         let k = self.udp.kernel_counters().unwrap_or_default();
+        let nk = self
+            .netconsole
+            .as_ref()
+            .and_then(|n| n.kernel_counters().ok())
+            .unwrap_or_default();
         let l = self.relay.link().stats();
         let r = self.relay.stats();
         let line = format!(
             "{label}{} | socket datagrams {} truncated {} kernel_drops {} queued {} | \
              upstream connects {} sessions {} failovers {} resent {} disconnects {} \
-             malformed_replies {} | spool_refused {} events_dropped {}",
+             malformed_replies {} | spool_refused {} events_dropped {} nc_kernel_drops {}",
             self.relay
                 .counters()
                 .to_string()
@@ -257,6 +313,7 @@ impl<W: Write> Driver<W> {
             l.malformed_replies,
             r.refused,
             r.events_dropped + l.events_dropped,
+            nk.drops,
         );
         self.console.line(line);
     }
@@ -329,6 +386,7 @@ mod tests {
             let mut driver = Driver::new(
                 relay,
                 udp,
+                None,
                 console,
                 Clock::start(),
                 StdDuration::from_secs(20),

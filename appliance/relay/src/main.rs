@@ -31,6 +31,18 @@ fn main() -> ExitCode {
         Ok(u) => u,
         Err(e) => return fail(1, format_args!("cannot listen on {}: {e}", settings.listen)),
     };
+    let netconsole = match settings.netconsole_listen {
+        Some(addr) => match BatchSocket::bind(addr, settings.recv_buffer) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                return fail(
+                    1,
+                    format_args!("cannot listen for netconsole on {addr}: {e}"),
+                )
+            }
+        },
+        None => None,
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while shutting down exits at once (status 1).
@@ -59,7 +71,25 @@ fn main() -> ExitCode {
         if udp.forced_buffer() { ", forced" } else { "" }
     ));
 
-    let mut driver = match Driver::new(relay, udp, console, clock, settings.drain_timeout) {
+    match &netconsole {
+        Some(nc) => {
+            let local = nc.local_addr().ok().or(settings.netconsole_listen);
+            console.line(format_args!(
+                "netconsole listening on {}",
+                local.map_or_else(|| "?".to_string(), |a| a.to_string())
+            ));
+        }
+        None => console.line("netconsole off"),
+    }
+
+    let mut driver = match Driver::new(
+        relay,
+        udp,
+        netconsole,
+        console,
+        clock,
+        settings.drain_timeout,
+    ) {
         Ok(d) => d,
         Err(e) => return fail(1, format_args!("cannot set up polling: {e}")),
     };

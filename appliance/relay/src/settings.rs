@@ -28,6 +28,10 @@ pub const FILE_KEYS: &[&str] = &[
     "linger",
     "allow",
     "stats",
+    "netconsole_port",
+    "netconsole_history",
+    "netconsole_memory",
+    "netconsole_sources",
 ];
 
 /// Core keys that only make sense on the appliance image.
@@ -45,8 +49,9 @@ pub const DEFAULT_RECV_BUFFER: usize = 8 << 20;
     args_override_self = true,
     about = "Receive Linux netoops crash dumps over UDP, reassemble them and forward them to a collector",
     after_help = "Configuration file (--config): TOML with the keys port, upstream (string or \
-array), name, memory, spool, max_dumps, per_source, quiet, linger, allow (string or array) and \
-stats, taking the same values as the flags. Flags override the file; a flag given twice takes \
+array), name, memory, spool, max_dumps, per_source, quiet, linger, allow (string or array), \
+stats, netconsole_port (0 = off), netconsole_history, netconsole_memory and netconsole_sources, \
+taking the same values as the flags and the appliance's keys. Flags override the file; a flag given twice takes \
 its last value, except --upstream and --allow, which add to the list.\n\n\
 Output: one line per crash seen, dump queued and dump delivered, and a counters line every \
 `stats` interval, each prefixed with a UTC timestamp. SIGINT/SIGTERM emit the dumps still \
@@ -106,6 +111,19 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION")]
     pub stats: Option<String>,
 
+    /// UDP address netconsole senders target [default: 0.0.0.0:6666, or 0.0.0.0:<port> with
+    /// `netconsole_port` from the file; with `--listen` on port 0, any free port on its IP].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub netconsole_listen: Option<SocketAddr>,
+
+    /// Do not listen for netconsole (the file's `netconsole_port = 0` does the same).
+    #[arg(long, conflicts_with = "netconsole_listen")]
+    pub no_netconsole: bool,
+
+    /// Log history kept per healthy netconsole source [default: 64K].
+    #[arg(long, value_name = "SIZE")]
+    pub netconsole_history: Option<String>,
+
     /// Relay instance id (decimal or 0x-hex); must differ on every start, collectors key
     /// replay protection on it [default: random, from /dev/urandom].
     #[arg(long, value_name = "ID", value_parser = parse_instance)]
@@ -148,6 +166,8 @@ pub struct Settings {
     pub config: Config,
     /// UDP address to bind.
     pub listen: SocketAddr,
+    /// UDP address to bind for netconsole, if on.
+    pub netconsole_listen: Option<SocketAddr>,
     /// Relay instance, if given (else the caller draws a random one).
     pub instance: Option<u64>,
     /// Longest wait for delivery at shutdown.
@@ -321,6 +341,7 @@ impl Settings {
             ("max_dumps", &cli.max_dumps),
             ("per_source", &cli.per_source),
             ("stats", &cli.stats),
+            ("netconsole_history", &cli.netconsole_history),
         ];
         for (key, value) in single {
             if let Some(value) = value {
@@ -340,9 +361,23 @@ impl Settings {
             }
             None => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), config.listen_port),
         };
+        if cli.no_netconsole {
+            config.netconsole_port = 0;
+        }
+        let netconsole_listen = match cli.netconsole_listen {
+            Some(addr) => {
+                config.netconsole_port = addr.port();
+                Some(addr)
+            }
+            None if config.netconsole_port == 0 => None,
+            // Tests ask for any free port; do not collide on the default netconsole port.
+            None if listen.port() == 0 => Some(SocketAddr::new(listen.ip(), 0)),
+            None => Some(SocketAddr::new(listen.ip(), config.netconsole_port)),
+        };
         Ok(Settings {
             config,
             listen,
+            netconsole_listen,
             instance: cli.instance,
             drain_timeout: cli.drain_timeout,
             recv_buffer: cli.recv_buffer,

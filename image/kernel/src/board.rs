@@ -129,10 +129,11 @@ pub fn run(_platform: &mut Platform, cmdline: &str) -> ! {
         settings.ingress.ip,
         settings.ingress.prefix,
         settings.config.listen_port,
-    );
+    )
+    .with_netconsole(settings.config.netconsole_port);
     println!(
-        "nic {ingress_idx}: ingress {} (fast path on udp/{})",
-        settings.ingress, settings.config.listen_port
+        "nic {ingress_idx}: ingress {} (fast path on udp/{}, netconsole udp/{})",
+        settings.ingress, settings.config.listen_port, settings.config.netconsole_port
     );
     let fast = FastPath::new(identity, relay);
     let ingress_stack = start_stack(

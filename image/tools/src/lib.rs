@@ -8,15 +8,19 @@
 //! image into a GRUB (multiboot2) ISO when grub-mkrescue and xorriso are installed;
 //! [`uefi`] builds the UEFI stub (`BOOTX64.EFI`) around the same image and [`disk`] writes
 //! the flashable GPT disk with its EFI system partition (no external tools); [`appliance`]
-//! runs the image with user-mode networking next to a collector.
+//! runs the image next to a collector, its netoops (and netconsole) ports fed by
+//! [`forward`], which hands host datagrams to the guest as raw frames ([`frame`]).
 //!
-//! Nothing here needs root or the network; the only processes started are cargo, rustup,
-//! grub-mkrescue and QEMU, each waited for or killed on timeout.
+//! Nothing here needs root or the network (the forwarder only binds loopback ports by
+//! default); the only processes started are cargo, rustup, grub-mkrescue, QEMU and the
+//! collector, each waited for or killed on timeout.
 
 pub mod appliance;
 pub mod build;
 pub mod disk;
 pub mod elf;
+pub mod forward;
+pub mod frame;
 pub mod iso;
 pub mod qemu;
 pub mod uefi;

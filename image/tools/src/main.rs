@@ -69,9 +69,11 @@ enum Cmd {
         #[arg(last = true)]
         extra: Vec<String>,
     },
-    /// Run the relay as an appliance: the image under QEMU with user-mode networking (host
-    /// UDP --udp forwarded to the guest's netoops port) and a collector storing in --dir.
-    /// Ctrl-C stops both.
+    /// Run the relay as an appliance: the image under QEMU and a collector storing in --dir.
+    /// This tool owns host UDP --udp (and --netconsole-udp) and hands every datagram to the
+    /// guest as a raw frame (-netdev stream: lossless up to a bounded queue, senders' source
+    /// addresses kept); upstream goes over a second NIC on user-mode networking. Host-side
+    /// losses are counted and printed next to the relay's counters. Ctrl-C stops everything.
     Appliance {
         /// Machine type: q35, pc or microvm.
         #[arg(long, default_value = "q35")]
@@ -79,6 +81,30 @@ enum Cmd {
         /// Host UDP address where machines send netoops datagrams.
         #[arg(long, default_value = "127.0.0.1:2004")]
         udp: std::net::SocketAddrV4,
+        /// Host UDP address where machines send netconsole, forwarded to the guest's port 6666.
+        #[arg(long, default_value = "127.0.0.1:6666")]
+        netconsole_udp: std::net::SocketAddrV4,
+        /// Do not open --netconsole-udp.
+        #[arg(long)]
+        no_netconsole: bool,
+        /// forward (this tool feeds the guest raw frames; lossless up to its queue) or slirp
+        /// (QEMU's user-mode hostfwd, which loses bursts; for comparison).
+        #[arg(long, default_value = "forward")]
+        ingress: appliance::Ingress,
+        /// Receive buffer asked for on each host UDP socket, in MiB.
+        #[arg(long, default_value_t = 64)]
+        recv_buffer_mib: usize,
+        /// Most MiB of frames queued for the guest before datagrams are dropped (and counted).
+        #[arg(long, default_value_t = 256)]
+        queue_mib: usize,
+        /// Seconds between the forwarder's counter lines (printed when they changed).
+        #[arg(long, default_value_t = 5)]
+        stats_every: u64,
+        /// Keep FILE holding the forwarder's counters as one JSON line (rewritten every
+        /// second and at exit): {"forwarder":{"connected":..,"ports":[{"name","received",
+        /// "forwarded","host_drops","queue_drops","oversize","unsent","lost",..}]}}.
+        #[arg(long, value_name = "FILE")]
+        stats_json: Option<PathBuf>,
         /// Collector address (started here unless --no-collector).
         #[arg(long, default_value = "127.0.0.1:2005")]
         collector: std::net::SocketAddr,
@@ -241,6 +267,13 @@ fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
         Cmd::Appliance {
             machine,
             udp,
+            netconsole_udp,
+            no_netconsole,
+            ingress,
+            recv_buffer_mib,
+            queue_mib,
+            stats_every,
+            stats_json,
             collector,
             dir,
             no_collector,
@@ -253,7 +286,13 @@ fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
         } => {
             let code = appliance::run(&appliance::ApplianceOptions {
                 machine,
+                ingress,
                 udp,
+                netconsole_udp: (!no_netconsole).then_some(netconsole_udp),
+                recv_buffer: recv_buffer_mib.saturating_mul(1 << 20),
+                queue_limit: queue_mib.saturating_mul(1 << 20),
+                stats_every: std::time::Duration::from_secs(stats_every),
+                stats_json,
                 collector,
                 dir,
                 start_collector: !no_collector,

@@ -184,6 +184,7 @@ pub fn crash(source: &str, dump_id: u16, packet_no: u32) -> Record {
             names_values: vec![("ip".into(), 0xffff_ffff_8100_1234), ("sp".into(), 0x10)],
         }),
         seen_at_ms: 100,
+        netconsole: None,
     })
 }
 
@@ -215,6 +216,7 @@ pub fn dump(source: &str, dump_id: u16, revision: u32, complete: bool) -> Record
             names_values: vec![("ip".into(), 0xffff_ffff_8100_1234)],
         }),
         user_blob: Some(vec![0xa5; 128]),
+        netconsole: None,
     })
 }
 

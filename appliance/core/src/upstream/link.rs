@@ -1039,6 +1039,7 @@ mod tests {
             cpu: None,
             registers: None,
             seen_at_ms: 5,
+            netconsole: None,
         })
     }
 
@@ -1058,6 +1059,7 @@ mod tests {
             cpu: None,
             registers: None,
             user_blob: None,
+            netconsole: None,
         })
     }
 

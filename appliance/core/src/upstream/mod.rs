@@ -16,7 +16,7 @@ pub use link::{
     LinkStats, UpstreamLink,
 };
 pub use record::{
-    Cpu, CrashSeen, DumpIdentity, DumpMeta, Record, RecordHeader, RecordKind, RegisterSet, Reply,
-    Source, SourceIp, PROTOCOL_VERSION,
+    ConsoleMeta, Cpu, CrashSeen, DumpIdentity, DumpKind, DumpMeta, Record, RecordHeader,
+    RecordKind, RegisterSet, Reply, Source, SourceIp, PROTOCOL_VERSION,
 };
 pub use spool::{Spool, SpoolWriter};

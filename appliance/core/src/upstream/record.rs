@@ -34,7 +34,10 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version carried in `Hello` and `Welcome`; a peer speaking another is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version rule: any change to the encoding of a record or reply (a field added, removed or
+/// reordered, a variant added) bumps it. 2 added [`ConsoleMeta`] to crash notices and dumps.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame body (bytes after the length prefix) either side accepts: 8 MiB.
 pub const MAX_FRAME_LEN: u32 = 8 * 1024 * 1024;
@@ -165,6 +168,56 @@ pub struct CrashSeen {
     pub registers: Option<RegisterSet>,
     /// Relay clock, ms.
     pub seen_at_ms: u64,
+    /// Netconsole details; `None` for a netoops crash.
+    pub netconsole: Option<ConsoleMeta>,
+}
+
+/// What a dump or crash notice is made from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DumpKind {
+    /// netoops datagrams (vendor kernels).
+    Netoops,
+    /// netconsole records (every mainline kernel).
+    Netconsole,
+}
+
+impl DumpKind {
+    /// `"netoops"` or `"netconsole"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DumpKind::Netoops => "netoops",
+            DumpKind::Netconsole => "netconsole",
+        }
+    }
+}
+
+/// The netconsole side of a crash notice or dump. For netconsole, the [`DumpIdentity`] carries
+/// version 0, `boot_id` = the source's boot as counted by the relay and `dump_id` = the crash
+/// number within that boot; `packet_count` / `received` count records.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleMeta {
+    /// Extended format (records with sequence numbers) rather than legacy text.
+    pub extended: bool,
+    /// The source's boot as counted by the relay (0 = the first it heard).
+    pub boot: u32,
+    /// Crash number within that boot.
+    pub crash: u32,
+    /// The line that started the crash.
+    pub crash_line: String,
+    /// The sender's kernel release (`r` prefix or `release=`), empty when unknown.
+    pub release: String,
+    /// Sequence ranges that never arrived, inclusive, ascending.
+    pub missing_seq: Vec<(u64, u64)>,
+    /// Records that arrived with some of their fragments lost.
+    pub incomplete_seq: Vec<u64>,
+    /// Lowest and highest sequence number in the dump (extended only).
+    pub seq_range: Option<(u64, u64)>,
+    /// Records in the dump.
+    pub records: u32,
+    /// Userdata and sysdata `key=value` pairs of the crash record.
+    pub fields: Vec<(String, String)>,
+    /// Older history was dropped for memory, or the crash window reached its cap.
+    pub truncated: bool,
 }
 
 /// A reassembled (complete or given-up-on) dump. Payload: the full text.
@@ -198,6 +251,30 @@ pub struct DumpMeta {
     pub registers: Option<RegisterSet>,
     /// The v3 128-byte user blob, when compiled into the sender.
     pub user_blob: Option<Vec<u8>>,
+    /// Netconsole details; `None` for a netoops dump.
+    pub netconsole: Option<ConsoleMeta>,
+}
+
+impl DumpMeta {
+    /// netoops or netconsole.
+    pub fn kind(&self) -> DumpKind {
+        if self.netconsole.is_some() {
+            DumpKind::Netconsole
+        } else {
+            DumpKind::Netoops
+        }
+    }
+}
+
+impl CrashSeen {
+    /// netoops or netconsole.
+    pub fn kind(&self) -> DumpKind {
+        if self.netconsole.is_some() {
+            DumpKind::Netconsole
+        } else {
+            DumpKind::Netoops
+        }
+    }
 }
 
 /// One record from relay to collector.
@@ -640,6 +717,7 @@ mod tests {
                 names_values: vec![("ip".to_string(), 0xffff_ffff_8100_0000)],
             }),
             user_blob: Some(vec![0xab; 128]),
+            netconsole: None,
         })
     }
 

@@ -65,27 +65,28 @@ impl FastPath {
         self.stats.frames += 1;
         match fastpath::classify(frame, &self.identity) {
             Classified::Netoops { source, payload } => {
-                let bytes = frame.get(payload).unwrap_or(&[]);
-                self.stats.datagrams += 1;
-                let accepted = match self.relay.try_borrow_mut() {
-                    Ok(mut relay) => relay
-                        .handle_datagram(now, SocketAddr::V4(source), bytes)
-                        .is_ok(),
-                    // Cannot happen (nothing else runs while the stack polls), but a
-                    // datagram lost that way is counted, not a panic.
-                    Err(_) => false,
-                };
-                let t1 = platform::tsc();
-                if accepted {
-                    self.stats.accepted += 1;
-                    if self.stats.first_accept_tsc == 0 {
-                        self.stats.first_accept_tsc = t1;
-                    }
-                } else {
-                    self.stats.relay_dropped += 1;
-                }
-                self.stats.cycles += t1.wrapping_sub(t0);
-                self.stats.cycles_samples += 1;
+                self.deliver(
+                    now,
+                    t0,
+                    frame.get(payload).unwrap_or(&[]),
+                    |relay, bytes| {
+                        relay
+                            .handle_datagram(now, SocketAddr::V4(source), bytes)
+                            .is_ok()
+                    },
+                );
+            }
+            Classified::Netconsole { source, payload } => {
+                self.deliver(
+                    now,
+                    t0,
+                    frame.get(payload).unwrap_or(&[]),
+                    |relay, bytes| {
+                        relay
+                            .handle_netconsole(now, SocketAddr::V4(source), bytes)
+                            .is_ok()
+                    },
+                );
             }
             Classified::Drop(reason) => self.stats.count_drop(reason),
             Classified::Stack => {
@@ -93,6 +94,37 @@ impl FastPath {
                 held.store(frame);
             }
         }
+    }
+}
+
+impl FastPath {
+    /// Hands one datagram, still in the receive buffer, to the relay and counts the result.
+    #[inline]
+    fn deliver(
+        &mut self,
+        _now: Instant,
+        t0: u64,
+        bytes: &[u8],
+        handle: impl FnOnce(&mut Relay, &[u8]) -> bool,
+    ) {
+        self.stats.datagrams += 1;
+        let accepted = match self.relay.try_borrow_mut() {
+            Ok(mut relay) => handle(&mut relay, bytes),
+            // Cannot happen (nothing else runs while the stack polls), but a datagram lost
+            // that way is counted, not a panic.
+            Err(_) => false,
+        };
+        let t1 = platform::tsc();
+        if accepted {
+            self.stats.accepted += 1;
+            if self.stats.first_accept_tsc == 0 {
+                self.stats.first_accept_tsc = t1;
+            }
+        } else {
+            self.stats.relay_dropped += 1;
+        }
+        self.stats.cycles += t1.wrapping_sub(t0);
+        self.stats.cycles_samples += 1;
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Identity {
     pub subnet_broadcast: Ipv4Addr,
     /// UDP port netoops senders target.
     pub port: u16,
+    /// UDP port netconsole senders target; 0 = off.
+    pub netconsole_port: u16,
 }
 
 impl Identity {
@@ -46,7 +48,21 @@ impl Identity {
             ip,
             subnet_broadcast,
             port,
+            netconsole_port: 0,
         }
+    }
+
+    /// The same identity, also listening for netconsole on `port` (0 = off).
+    pub fn with_netconsole(self, port: u16) -> Self {
+        Self {
+            netconsole_port: port,
+            ..self
+        }
+    }
+
+    /// Whether a UDP destination port is one of ours.
+    fn listens(&self, port: u16) -> bool {
+        port == self.port || (self.netconsole_port != 0 && port == self.netconsole_port)
     }
 
     fn accepts(&self, dst: Ipv4Addr) -> bool {
@@ -74,6 +90,13 @@ pub enum FastDrop {
 pub enum Classified {
     /// A UDP datagram to the listen port for us.
     Netoops {
+        /// Sender address and port.
+        source: SocketAddrV4,
+        /// Where the UDP payload lies in the frame.
+        payload: Range<usize>,
+    },
+    /// A UDP datagram to the netconsole port for us.
+    Netconsole {
         /// Sender address and port.
         source: SocketAddrV4,
         /// Where the UDP payload lies in the frame.
@@ -144,14 +167,15 @@ pub fn classify(frame: &[u8], me: &Identity) -> Classified {
     let total = usize::from(be16(header, 2));
     if total < ihl + UDP_HDR || total > ip.len() {
         // Cannot even read the port reliably: only ours if it names our port.
-        return if be16(ip, ihl + 2) == me.port {
+        return if me.listens(be16(ip, ihl + 2)) {
             Classified::Drop(FastDrop::Malformed)
         } else {
             Classified::Stack
         };
     }
     let udp = &ip[ihl..total];
-    if be16(udp, 2) != me.port {
+    let dst_port = be16(udp, 2);
+    if !me.listens(dst_port) {
         return Classified::Stack;
     }
     let dst = ipv4_at(header, 16);
@@ -172,9 +196,12 @@ pub fn classify(frame: &[u8], me: &Identity) -> Classified {
         }
     }
     let start = ETH_HDR + ihl + UDP_HDR;
-    Classified::Netoops {
-        source: SocketAddrV4::new(ipv4_at(header, 12), be16(udp, 0)),
-        payload: start..ETH_HDR + ihl + udp_len,
+    let source = SocketAddrV4::new(ipv4_at(header, 12), be16(udp, 0));
+    let payload = start..ETH_HDR + ihl + udp_len;
+    if dst_port == me.port {
+        Classified::Netoops { source, payload }
+    } else {
+        Classified::Netconsole { source, payload }
     }
 }
 
@@ -318,6 +345,24 @@ mod tests {
             let f = frame(dst, 2004, b"x", true);
             assert!(matches!(classify(&f, &me()), Classified::Netoops { .. }));
         }
+    }
+
+    #[test]
+    fn netconsole_datagrams_are_found_in_place_when_the_port_is_on() {
+        let payload = b"6,1,2,-;hello\n";
+        let f = frame(ME, 6666, payload, true);
+        assert_eq!(classify(&f, &me()), Classified::Stack);
+        let nc = me().with_netconsole(6666);
+        match classify(&f, &nc) {
+            Classified::Netconsole { source, payload: p } => {
+                assert_eq!(source.port(), 6666);
+                assert_eq!(&f[p], payload);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The netoops port still classifies as netoops.
+        let f = frame(ME, 2004, payload, true);
+        assert!(matches!(classify(&f, &nc), Classified::Netoops { .. }));
     }
 
     #[test]

@@ -250,6 +250,10 @@ pub fn effective(s: &Settings) -> Vec<(&'static str, String)> {
         ("nic", nic(c.nic, "first")),
         ("upstream_nic", nic(c.upstream_nic, "none")),
         ("stats", duration(c.stats_interval)),
+        ("netconsole_port", c.netconsole_port.to_string()),
+        ("netconsole_history", size(c.netconsole.history_bytes)),
+        ("netconsole_memory", size(c.netconsole.memory_budget)),
+        ("netconsole_sources", c.netconsole.max_sources.to_string()),
     ]);
     if c.upstream_nic.is_some() {
         out.push((

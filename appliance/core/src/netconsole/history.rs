@@ -1,0 +1,394 @@
+//! Per-source log history: entries in chains of fixed blocks drawn from one pool.
+//!
+//! The pool is one allocation made at start ([`BlockPool::new`]); a source's history is a
+//! chain of blocks holding a byte stream of entries, each a fixed [`EntryHeader`] followed by
+//! the datagram's body. Entries may span blocks. History shrinks only from the front, one
+//! whole entry at a time, so a chain always starts at an entry boundary; a block is returned
+//! to the pool once no entry starts in or reaches into it any more.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// Bytes per block.
+pub const BLOCK: usize = 1024;
+const NIL: u32 = u32::MAX;
+
+/// What an entry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A whole extended record.
+    Record,
+    /// One fragment (`ncfrag`) of an extended record.
+    Fragment,
+    /// Legacy console text.
+    Legacy,
+}
+
+/// The fixed part of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryHeader {
+    /// Total entry length, header included.
+    pub len: u32,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Record sequence number (legacy: arrival counter).
+    pub seq: u64,
+    /// Record timestamp, microseconds since the sender booted (legacy: 0).
+    pub usec: u64,
+    /// Fragment offset in the body (0 unless a fragment).
+    pub frag_offset: u32,
+    /// Whole body length (0 unless a fragment).
+    pub frag_total: u32,
+}
+
+/// Encoded size of [`EntryHeader`].
+pub const HEADER_LEN: usize = 32;
+
+impl EntryHeader {
+    fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..4].copy_from_slice(&self.len.to_le_bytes());
+        b[4] = match self.kind {
+            EntryKind::Record => 0,
+            EntryKind::Fragment => 1,
+            EntryKind::Legacy => 2,
+        };
+        b[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        b[16..24].copy_from_slice(&self.usec.to_le_bytes());
+        b[24..28].copy_from_slice(&self.frag_offset.to_le_bytes());
+        b[28..32].copy_from_slice(&self.frag_total.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8; HEADER_LEN]) -> EntryHeader {
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(w)
+        };
+        EntryHeader {
+            len: u32_at(0),
+            kind: match b[4] {
+                0 => EntryKind::Record,
+                1 => EntryKind::Fragment,
+                _ => EntryKind::Legacy,
+            },
+            seq: u64_at(8),
+            usec: u64_at(16),
+            frag_offset: u32_at(24),
+            frag_total: u32_at(28),
+        }
+    }
+}
+
+/// One source's history: a chain of blocks and where its bytes start and end.
+#[derive(Clone, Copy, Debug)]
+pub struct Chain {
+    head: u32,
+    tail: u32,
+    /// Offset of the first valid byte in the head block.
+    head_off: u32,
+    /// Bytes used in the tail block.
+    tail_len: u32,
+    /// Valid bytes in the chain.
+    bytes: u32,
+    /// Blocks in the chain.
+    blocks: u32,
+    /// Logical position of the first valid byte (grows for ever; entries are named by it).
+    start: u64,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain {
+            head: NIL,
+            tail: NIL,
+            head_off: 0,
+            tail_len: 0,
+            bytes: 0,
+            blocks: 0,
+            start: 0,
+        }
+    }
+}
+
+impl Chain {
+    /// Valid bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes as usize
+    }
+
+    /// Blocks held.
+    pub fn blocks(&self) -> usize {
+        self.blocks as usize
+    }
+
+    /// Logical position of the first entry.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Logical position just past the last entry.
+    pub fn end(&self) -> u64 {
+        self.start + u64::from(self.bytes)
+    }
+}
+
+/// The shared pool of blocks.
+pub struct BlockPool {
+    data: Vec<u8>,
+    next: Vec<u32>,
+    free: u32,
+    free_count: usize,
+}
+
+impl BlockPool {
+    /// A pool of `blocks` blocks, allocated now.
+    pub fn new(blocks: usize) -> BlockPool {
+        let blocks = blocks.clamp(1, NIL as usize - 1);
+        let mut next: Vec<u32> = (1..=blocks as u32).collect();
+        next[blocks - 1] = NIL;
+        BlockPool {
+            data: vec![0u8; blocks * BLOCK],
+            next,
+            free: 0,
+            free_count: blocks,
+        }
+    }
+
+    /// Blocks in the pool.
+    pub fn capacity(&self) -> usize {
+        self.next.len()
+    }
+
+    /// Blocks not in any chain.
+    pub fn free_blocks(&self) -> usize {
+        self.free_count
+    }
+
+    fn alloc(&mut self) -> Option<u32> {
+        if self.free == NIL {
+            return None;
+        }
+        let b = self.free;
+        self.free = self.next[b as usize];
+        self.next[b as usize] = NIL;
+        self.free_count -= 1;
+        Some(b)
+    }
+
+    fn release(&mut self, b: u32) {
+        self.next[b as usize] = self.free;
+        self.free = b;
+        self.free_count += 1;
+    }
+
+    /// Bytes `bytes.len()` more would need this many new blocks in `chain`.
+    pub fn blocks_needed(chain: &Chain, len: usize) -> usize {
+        let room = if chain.tail == NIL {
+            0
+        } else {
+            BLOCK - chain.tail_len as usize
+        };
+        len.saturating_sub(room).div_ceil(BLOCK)
+    }
+
+    /// Appends one entry. The caller has made sure [`BlockPool::blocks_needed`] blocks are
+    /// free; returns false (and appends nothing) otherwise.
+    pub fn append(&mut self, chain: &mut Chain, header: &EntryHeader, body: &[u8]) -> bool {
+        let len = HEADER_LEN + body.len();
+        if Self::blocks_needed(chain, len) > self.free_count {
+            return false;
+        }
+        let h = header.encode();
+        self.write(chain, &h);
+        self.write(chain, body);
+        true
+    }
+
+    fn write(&mut self, chain: &mut Chain, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if chain.tail == NIL || chain.tail_len as usize == BLOCK {
+                let Some(b) = self.alloc() else {
+                    return; // checked by the caller
+                };
+                if chain.tail == NIL {
+                    chain.head = b;
+                    chain.head_off = 0;
+                } else {
+                    self.next[chain.tail as usize] = b;
+                }
+                chain.tail = b;
+                chain.tail_len = 0;
+                chain.blocks += 1;
+            }
+            let at = chain.tail as usize * BLOCK + chain.tail_len as usize;
+            let take = bytes.len().min(BLOCK - chain.tail_len as usize);
+            self.data[at..at + take].copy_from_slice(&bytes[..take]);
+            chain.tail_len += take as u32;
+            chain.bytes += take as u32;
+            bytes = &bytes[take..];
+        }
+    }
+
+    /// Copies `out.len()` bytes starting `offset` bytes into the chain.
+    fn read(&self, chain: &Chain, offset: usize, out: &mut [u8]) {
+        let mut block = chain.head;
+        let mut skip = chain.head_off as usize + offset;
+        while skip >= BLOCK && block != NIL {
+            skip -= BLOCK;
+            block = self.next[block as usize];
+        }
+        let mut done = 0;
+        while done < out.len() && block != NIL {
+            let take = (BLOCK - skip).min(out.len() - done);
+            let at = block as usize * BLOCK + skip;
+            out[done..done + take].copy_from_slice(&self.data[at..at + take]);
+            done += take;
+            skip = 0;
+            block = self.next[block as usize];
+        }
+    }
+
+    /// The header of the entry at logical position `pos` (which must be an entry start).
+    pub fn header_at(&self, chain: &Chain, pos: u64) -> EntryHeader {
+        let mut h = [0u8; HEADER_LEN];
+        self.read(chain, (pos - chain.start) as usize, &mut h);
+        EntryHeader::decode(&h)
+    }
+
+    /// Copies the body of the entry at `pos` into `out` (which must be long enough).
+    pub fn body_at(&self, chain: &Chain, pos: u64, header: &EntryHeader, out: &mut [u8]) {
+        let len = header.len as usize - HEADER_LEN;
+        self.read(
+            chain,
+            (pos - chain.start) as usize + HEADER_LEN,
+            &mut out[..len],
+        );
+    }
+
+    /// Every entry's position and header, oldest first.
+    pub fn entries<'a>(
+        &'a self,
+        chain: &'a Chain,
+    ) -> impl Iterator<Item = (u64, EntryHeader)> + 'a {
+        let mut pos = chain.start;
+        core::iter::from_fn(move || {
+            if pos >= chain.end() {
+                return None;
+            }
+            let h = self.header_at(chain, pos);
+            let at = pos;
+            pos += u64::from(h.len.max(HEADER_LEN as u32));
+            Some((at, h))
+        })
+    }
+
+    /// Drops the oldest entry; returns its length, or `None` when the chain is empty.
+    pub fn pop_front(&mut self, chain: &mut Chain) -> Option<usize> {
+        if chain.bytes == 0 {
+            return None;
+        }
+        let h = self.header_at(chain, chain.start);
+        let len = (h.len as usize).clamp(HEADER_LEN, chain.bytes as usize);
+        chain.bytes -= len as u32;
+        chain.start += len as u64;
+        let mut off = chain.head_off as usize + len;
+        while off >= BLOCK && chain.head != chain.tail {
+            let b = chain.head;
+            chain.head = self.next[b as usize];
+            self.release(b);
+            chain.blocks -= 1;
+            off -= BLOCK;
+        }
+        chain.head_off = off as u32;
+        if chain.bytes == 0 {
+            self.clear(chain);
+        }
+        Some(len)
+    }
+
+    /// Returns every block of the chain to the pool; the chain keeps its logical position.
+    pub fn clear(&mut self, chain: &mut Chain) {
+        let mut b = chain.head;
+        while b != NIL {
+            let n = self.next[b as usize];
+            self.release(b);
+            if b == chain.tail {
+                break;
+            }
+            b = n;
+        }
+        let start = chain.end();
+        *chain = Chain {
+            start,
+            ..Chain::default()
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(seq: u64, body: &[u8]) -> EntryHeader {
+        EntryHeader {
+            len: (HEADER_LEN + body.len()) as u32,
+            kind: EntryKind::Record,
+            seq,
+            usec: seq * 10,
+            frag_offset: 0,
+            frag_total: 0,
+        }
+    }
+
+    #[test]
+    fn entries_span_blocks_and_come_back_in_order() {
+        let mut pool = BlockPool::new(8);
+        let mut chain = Chain::default();
+        let mut bodies = Vec::new();
+        for i in 0..10u64 {
+            let body: Vec<u8> = (0..(i as usize * 97 % 600)).map(|j| j as u8).collect();
+            assert!(pool.append(&mut chain, &header(i, &body), &body));
+            bodies.push(body);
+        }
+        let got: Vec<_> = pool.entries(&chain).collect();
+        assert_eq!(got.len(), 10);
+        for (i, (pos, h)) in got.iter().enumerate() {
+            assert_eq!(h.seq, i as u64);
+            let mut out = vec![0u8; 1024];
+            pool.body_at(&chain, *pos, h, &mut out);
+            assert_eq!(&out[..bodies[i].len()], &bodies[i][..]);
+        }
+        // Dropping entries frees blocks; the rest stay readable.
+        let before = pool.free_blocks();
+        for _ in 0..6 {
+            pool.pop_front(&mut chain).unwrap();
+        }
+        assert!(pool.free_blocks() > before);
+        let seqs: Vec<u64> = pool.entries(&chain).map(|(_, h)| h.seq).collect();
+        assert_eq!(seqs, [6, 7, 8, 9]);
+        for (pos, h) in pool.entries(&chain) {
+            let mut out = vec![0u8; 1024];
+            pool.body_at(&chain, pos, &h, &mut out);
+            let b = &bodies[h.seq as usize];
+            assert_eq!(&out[..b.len()], &b[..]);
+        }
+        pool.clear(&mut chain);
+        assert_eq!(pool.free_blocks(), 8);
+        assert_eq!(pool.entries(&chain).count(), 0);
+    }
+
+    #[test]
+    fn a_full_pool_refuses_without_writing() {
+        let mut pool = BlockPool::new(2);
+        let mut chain = Chain::default();
+        let body = [7u8; 1500];
+        assert!(pool.append(&mut chain, &header(1, &body), &body));
+        assert!(!pool.append(&mut chain, &header(2, &body), &body));
+        assert_eq!(pool.entries(&chain).count(), 1);
+        while pool.pop_front(&mut chain).is_some() {}
+        assert_eq!(pool.free_blocks(), 2);
+    }
+}

@@ -1,0 +1,238 @@
+//! Issue 12 on the hosted relay: netconsole from a fleet of machines (extended with fragments,
+//! release prefixes and userdata; legacy with lines split across datagrams; healthy machines
+//! that only chatter) through the real `netoops-relay` to the real `netoops-collect`. The
+//! expected dumps are computed here, independently of the relay's code, from what was sent.
+
+use netoops_e2e::hosted::{dump_files, ip_dir, wait_until, Collector, Relay};
+use netoops_wire::netconsole::{encode_record, RecordSpec};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// One record as the sender keeps it.
+struct Rec {
+    seq: u64,
+    usec: u64,
+    text: String,
+}
+
+/// `[SSSSS.UUUUUU] text` as dmesg prints it.
+fn stamp(usec: u64, text: &str) -> String {
+    format!("[{:5}.{:06}] {text}\n", usec / 1_000_000, usec % 1_000_000)
+}
+
+/// Chatter, then (when `crash`) a crash burst, for machine `m`.
+fn records(m: u32, crash: bool) -> Vec<Rec> {
+    let mut out = Vec::new();
+    let mut seq = 100 + u64::from(m) * 7;
+    let mut usec = 5_000_000 + u64::from(m) * 1000;
+    let mut push = |text: String| {
+        out.push(Rec { seq, usec, text });
+        seq += 1;
+        usec += 1234;
+    };
+    for i in 0..30 {
+        if i % 9 == 4 {
+            // Long enough to be split into ncfrag fragments.
+            let long: String = (0..1800).map(|j| (b'a' + (j % 26) as u8) as char).collect();
+            push(format!("machine {m} long line {i} {long}"));
+        } else {
+            push(format!("machine {m} ordinary line {i}: eth0 link up\tok"));
+        }
+    }
+    if crash {
+        push(format!(
+            "BUG: kernel NULL pointer dereference, address: {m:016x}"
+        ));
+        push("#PF: supervisor write access in kernel mode".into());
+        push("Call Trace:".into());
+        push(" <TASK>".into());
+        push(" sysrq_handle_crash+0x16/0x20".into());
+        push("Kernel panic - not syncing: Fatal exception".into());
+    }
+    out
+}
+
+#[test]
+fn a_fleet_of_netconsole_machines_is_stored_as_sent() {
+    let store = tempfile::tempdir().unwrap();
+    let collector = Collector::start(store.path(), any_port());
+    let mut relay = Relay::start(&[collector.addr], &[]);
+    let target = relay.netconsole.expect("the relay listens for netconsole");
+
+    let crashing = 12u32;
+    let healthy = 10u32;
+    let legacy = 4u32;
+    let mut expected: BTreeMap<Ipv4Addr, (String, Vec<[u64; 2]>, String)> = BTreeMap::new();
+    let mut healthy_ips = Vec::new();
+    let mut scratch = [0u8; 8192];
+    for m in 0..crashing + healthy {
+        let ip = Ipv4Addr::new(127, 12, 0, 1 + m as u8);
+        let sock = UdpSocket::bind((ip, 6665)).expect("binding a machine's source address");
+        let crash = m < crashing;
+        let recs = records(m, crash);
+        let release = (m % 2 == 0).then_some("6.1.0-18-amd64");
+        let userdata: &[(&str, &str)] = if m % 3 == 0 {
+            &[("cpu", "1"), ("taskname", "bash"), ("rack", "r7")]
+        } else {
+            &[]
+        };
+        // Machine m loses records m*3+1 and m*3+2 of its chatter (one gap), and sends one
+        // record twice.
+        let lost = |i: usize| crash && m % 4 == 1 && (i == 3 || i == 4);
+        let mut text = String::new();
+        let mut missing = Vec::new();
+        for (i, r) in recs.iter().enumerate() {
+            if lost(i) {
+                if i == 3 {
+                    missing.push([r.seq, r.seq + 1]);
+                    text.push_str(&format!(
+                        "[netconsole: records {}-{} missing]\n",
+                        r.seq,
+                        r.seq + 1
+                    ));
+                }
+                continue;
+            }
+            let spec = RecordSpec {
+                release,
+                level: 6,
+                seq: r.seq,
+                usec: r.usec,
+                text: r.text.as_bytes(),
+                fields: userdata,
+            };
+            let copies = if i == 7 { 2 } else { 1 };
+            for _ in 0..copies {
+                encode_record(&spec, &mut scratch, |d| {
+                    sock.send_to(d, target).expect("sending on loopback");
+                });
+            }
+            text.push_str(&stamp(r.usec, &r.text));
+        }
+        if crash {
+            let line = format!("BUG: kernel NULL pointer dereference, address: {m:016x}");
+            expected.insert(ip, (text, missing, line));
+        } else {
+            healthy_ips.push(ip);
+        }
+        // Keep the loopback socket buffer from overflowing in a debug-build run.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Legacy machines: console text, lines split across datagrams.
+    for m in 0..legacy {
+        let ip = Ipv4Addr::new(127, 13, 0, 1 + m as u8);
+        let sock = UdpSocket::bind((ip, 6665)).expect("binding a machine's source address");
+        let mut all = String::new();
+        for i in 0..20 {
+            all.push_str(&format!("[{:5}.000000] legacy machine {m} line {i}\n", i));
+        }
+        all.push_str("[   21.000000] general protection fault, probably for non-canonical address 0xdead: 0000 [#1] SMP\n");
+        all.push_str("[   21.000100] RIP: 0010:do_thing+0x1f/0x40\n");
+        all.push_str("[   21.000200] Kernel panic - not syncing: Fatal exception\n");
+        let bytes = all.as_bytes();
+        for chunk in bytes.chunks(173) {
+            sock.send_to(chunk, target).expect("sending on loopback");
+        }
+        expected.insert(
+            ip,
+            (
+                all.clone(),
+                Vec::new(),
+                "[   21.000000] general protection fault, probably for non-canonical address 0xdead: 0000 [#1] SMP".into(),
+            ),
+        );
+    }
+
+    let context = || relay_and_collector(&relay, &collector);
+    wait_until(
+        "every netconsole dump stored",
+        || {
+            expected
+                .keys()
+                .all(|ip| dump_files(store.path(), *ip).len() == 1)
+        },
+        context,
+    );
+    for (ip, (text, missing, line)) in &expected {
+        let dir = ip_dir(store.path(), *ip);
+        let stored = std::fs::read_to_string(dir.join("nc-b0-c0.log"))
+            .unwrap_or_else(|e| panic!("{ip}: no nc-b0-c0.log: {e}\n{}", context()));
+        assert_eq!(&stored, text, "{ip}: dump text");
+        let meta: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("nc-b0-c0.json")).unwrap())
+                .unwrap();
+        assert_eq!(meta["kind"], "netconsole", "{ip}");
+        let nc = &meta["netconsole"];
+        assert_eq!(nc["crash_line"], line.as_str(), "{ip}");
+        let got_missing: Vec<[u64; 2]> = serde_json::from_value(nc["missing_seq"].clone()).unwrap();
+        assert_eq!(&got_missing, missing, "{ip}");
+        assert_eq!(meta["complete"], missing.is_empty(), "{ip}");
+        let legacy_machine = ip.octets()[1] == 13;
+        assert_eq!(
+            nc["format"],
+            if legacy_machine { "legacy" } else { "extended" }
+        );
+        if !legacy_machine {
+            let m = u32::from(ip.octets()[3]) - 1;
+            let release = if m % 2 == 0 { "6.1.0-18-amd64" } else { "" };
+            assert_eq!(nc["release"], release, "{ip}");
+            if m % 3 == 0 {
+                assert_eq!(nc["fields"]["rack"], "r7", "{ip}");
+                assert_eq!(nc["fields"]["taskname"], "bash", "{ip}");
+            }
+        }
+        // The crash notice went up on its own, with the crash line.
+        let crashes = std::fs::read_to_string(dir.join("crashes.jsonl")).unwrap();
+        let notice: Value = serde_json::from_str(crashes.lines().next().unwrap()).unwrap();
+        assert_eq!(notice["kind"], "netconsole");
+        assert_eq!(notice["text"], line.as_str());
+    }
+    for ip in &healthy_ips {
+        assert!(
+            !ip_dir(store.path(), *ip).exists(),
+            "healthy machine {ip} got a dump"
+        );
+    }
+    let (status, counters) = relay.shutdown();
+    assert!(status.success());
+    assert_eq!(counters["nc_crashes"], expected.len() as u64);
+    assert_eq!(counters["nc_dumps"], expected.len() as u64);
+    assert_eq!(counters["nc_malformed"], 0);
+    assert!(counters["nc_dup"] >= u64::from(crashing + healthy));
+    assert_eq!(
+        counters["nc_sources"],
+        u64::from(crashing + healthy + legacy)
+    );
+}
+
+#[test]
+fn malformed_netconsole_is_counted_and_netconsole_can_be_turned_off() {
+    let store = tempfile::tempdir().unwrap();
+    let collector = Collector::start(store.path(), any_port());
+    let mut relay = Relay::start(&[collector.addr], &[]);
+    let target = relay.netconsole.unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for bad in [&b"6,1,x,-;a"[..], b"6,1,1,-,ncfrag=9/3;abc", b""] {
+        sock.send_to(bad, target).unwrap();
+    }
+    let (status, counters) = relay.shutdown();
+    assert!(status.success());
+    assert_eq!(counters["nc_malformed"], 3);
+    assert_eq!(counters["nc_crashes"], 0);
+
+    let mut off = Relay::start(&[collector.addr], &["--no-netconsole"]);
+    assert_eq!(off.netconsole, None);
+    assert!(off.process.count("netconsole off") == 1);
+    off.shutdown();
+}
+
+fn relay_and_collector(relay: &Relay, collector: &Collector) -> String {
+    let mut s = relay.process.describe();
+    s.push_str(&collector.process.describe());
+    s
+}
