@@ -1,7 +1,7 @@
 //! `netoops-gen --protocol netconsole` end to end: what it sends, decoded by a small netconsole
 //! reassembler written here from the relay's rules (independent of the generator's own
-//! `RelayView`), must be what its expectation files say; healthy machines never crash; the
-//! same seed sends the same bytes.
+//! `RelayView`), and by the relay core's own `ConsoleTracker`, must be what its expectation
+//! files say; healthy machines never crash; the same seed sends the same bytes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -9,10 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use netoops_bench::gen::expect::NcExpectation;
+use netoops_bench::gen::expect::{NcExpectation, NC_KEY};
 use netoops_bench::gen::{
     ExpectSummary, LossModel, NetconsoleParams, Protocol, Scenario, Schedule, Timing,
 };
+use netoops_core::netconsole::{
+    ConsoleConfig, ConsoleCrash, ConsoleDump, ConsoleSink, ConsoleTracker,
+};
+use netoops_core::time::Instant;
 use netoops_wire::netconsole::is_crash_line;
 
 const GEN: &str = env!("CARGO_BIN_EXE_netoops-gen");
@@ -515,4 +519,135 @@ fn netconsole_frames_use_netconsole_ports() {
         .collect();
     let (_, healthy) = check(&dir.0, &datagrams);
     assert_eq!(healthy, 6);
+}
+
+/// One dump as the relay core rendered it.
+struct CoreDump {
+    key: String,
+    line: Vec<u8>,
+    release: Vec<u8>,
+    text: Vec<u8>,
+    missing: Vec<[u64; 2]>,
+    incomplete: Vec<u64>,
+    complete: bool,
+}
+
+/// The relay core's dumps by source (the first of each), and crash notices.
+#[derive(Default)]
+struct CoreDumps {
+    dumps: HashMap<SocketAddr, CoreDump>,
+    crashes: HashMap<SocketAddr, Vec<u8>>,
+}
+
+impl ConsoleSink for CoreDumps {
+    fn crash_seen(&mut self, c: &ConsoleCrash<'_>) {
+        self.crashes
+            .entry(c.source)
+            .or_insert_with(|| c.line.to_vec());
+    }
+    fn dump(&mut self, d: &ConsoleDump<'_>) {
+        self.dumps.entry(d.source).or_insert_with(|| CoreDump {
+            key: format!("nc-b{}-c{}", d.boot, d.crash),
+            line: d.line.to_vec(),
+            release: d.release.to_vec(),
+            text: d.text.to_vec(),
+            missing: d.missing.iter().map(|&(a, b)| [a, b]).collect(),
+            incomplete: d.incomplete.to_vec(),
+            complete: d.complete(),
+        });
+    }
+}
+
+/// The generator's expectations are what the relay core (netoops-core's ConsoleTracker with
+/// its default budgets) makes of the datagrams the schedule sends: same dumps, same key, crash
+/// line, release, text, missing ranges and incomplete records; no dump for healthy machines.
+#[test]
+fn expectations_are_what_the_relay_core_dumps() {
+    for s in [
+        Scenario {
+            machines: 50,
+            protocol: Protocol::Netconsole,
+            netconsole: NetconsoleParams {
+                chatter: 400,
+                ..NetconsoleParams::default()
+            },
+            loss: LossModel::Independent { p: 0.1 },
+            seed: 1,
+            timing: Timing::Storm {
+                window: Duration::from_millis(200),
+            },
+            ..Scenario::default()
+        },
+        Scenario {
+            machines: 40,
+            protocol: Protocol::Netconsole,
+            netconsole: NetconsoleParams {
+                chatter: 40,
+                chatter_lines: 200,
+                long_lines: 0.15,
+                release: 0.5,
+                userdata: 0.5,
+                ..NetconsoleParams::default()
+            },
+            loss: LossModel::GilbertElliott {
+                p: 0.05,
+                r: 0.3,
+                h: 0.1,
+                k: 0.98,
+            },
+            duplicate: 0.15,
+            reorder: 0.2,
+            reorder_distance: 12,
+            seed: 77,
+            timing: Timing::Storm {
+                window: Duration::from_millis(20),
+            },
+            ..Scenario::default()
+        },
+    ] {
+        s.validate().unwrap();
+        let mut tracker = ConsoleTracker::new(ConsoleConfig::default());
+        let mut core = CoreDumps::default();
+        let mut sched = Schedule::new(s.clone());
+        let mut buf = [0u8; netoops_wire::MAX_DATAGRAM_LEN];
+        let mut n = 0;
+        while let Some(item) = sched.next_into(&mut buf).unwrap() {
+            n += 1;
+            tracker
+                .handle_datagram(
+                    Instant::from_micros(n),
+                    item.source.into(),
+                    &buf[..item.len],
+                    &mut core,
+                )
+                .unwrap();
+        }
+        tracker.flush(Instant::from_millis(1 << 30), &mut core);
+        let mut dumps = 0;
+        for i in 0..s.senders() {
+            let o = NcExpectation::of(&s, i);
+            let e = &o.expectation;
+            let source: SocketAddr = e.source.parse().unwrap();
+            let got = core.dumps.get(&source);
+            if !o.crashing || !e.dump {
+                assert!(got.is_none(), "{} dumped (crashing {})", e.ip, o.crashing);
+                assert!(!core.crashes.contains_key(&source), "{} crashed", e.ip);
+                continue;
+            }
+            dumps += 1;
+            let got = got.unwrap_or_else(|| panic!("{} ({}) made no dump", e.ip, e.mode));
+            assert_eq!(got.key, NC_KEY);
+            let line = String::from_utf8_lossy(&got.line).into_owned();
+            assert_eq!(Some(line), e.crash_line, "{} crash line", e.ip);
+            assert_eq!(core.crashes.get(&source), Some(&got.line));
+            assert_eq!(String::from_utf8_lossy(&got.release), e.release, "{}", e.ip);
+            assert!(got.text == e.text, "{} ({}) text differs", e.ip, e.mode);
+            assert_eq!(got.missing, e.missing, "{} missing", e.ip);
+            assert_eq!(got.incomplete, e.incomplete, "{} incomplete", e.ip);
+            assert_eq!(got.complete, e.complete, "{} complete", e.ip);
+        }
+        assert_eq!(core.dumps.len(), dumps);
+        assert!(dumps > 30);
+        assert_eq!(tracker.stats().dumps as usize, dumps);
+    }
 }
