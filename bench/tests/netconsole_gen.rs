@@ -530,6 +530,7 @@ struct CoreDump {
     missing: Vec<[u64; 2]>,
     incomplete: Vec<u64>,
     complete: bool,
+    fields: Vec<[String; 2]>,
 }
 
 /// The relay core's dumps by source (the first of each), and crash notices.
@@ -554,6 +555,16 @@ impl ConsoleSink for CoreDumps {
             missing: d.missing.iter().map(|&(a, b)| [a, b]).collect(),
             incomplete: d.incomplete.to_vec(),
             complete: d.complete(),
+            fields: d
+                .fields
+                .iter()
+                .map(|(k, v)| {
+                    [
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    ]
+                })
+                .collect(),
         });
     }
 }
@@ -623,7 +634,7 @@ fn expectations_are_what_the_relay_core_dumps() {
                 .unwrap();
         }
         tracker.flush(Instant::from_millis(1 << 30), &mut core);
-        let mut dumps = 0;
+        let (mut dumps, mut with_fields) = (0, 0);
         for i in 0..s.senders() {
             let o = NcExpectation::of(&s, i);
             let e = &o.expectation;
@@ -645,9 +656,12 @@ fn expectations_are_what_the_relay_core_dumps() {
             assert_eq!(got.missing, e.missing, "{} missing", e.ip);
             assert_eq!(got.incomplete, e.incomplete, "{} incomplete", e.ip);
             assert_eq!(got.complete, e.complete, "{} complete", e.ip);
+            assert_eq!(got.fields, e.crash_fields, "{} fields", e.ip);
+            with_fields += usize::from(!e.crash_fields.is_empty());
         }
         assert_eq!(core.dumps.len(), dumps);
         assert!(dumps > 30);
+        assert!(with_fields > 3, "some crash records carry userdata");
         assert_eq!(tracker.stats().dumps as usize, dumps);
     }
 }

@@ -227,6 +227,9 @@ pub struct NcExpectation {
     /// Its constant userdata keys (`host`, `role`), when it appends userdata; the sysdata
     /// (`cpu`, `taskname`, `release`, `msgid`) varies per record and is not listed.
     pub userdata: Vec<[String; 2]>,
+    /// Extended: the crash record's userdata and sysdata lines as the relay reports them
+    /// (dictionary keys left out), when that record arrived whole; empty otherwise.
+    pub crash_fields: Vec<[String; 2]>,
     /// The collector's dump key.
     pub key: String,
     /// A crash line arrives, so the relay makes a dump.
@@ -306,6 +309,16 @@ impl NcExpectation {
                 .user_fields
                 .iter()
                 .map(|(k, v)| [k.clone(), v.clone()])
+                .collect(),
+            crash_fields: view
+                .crash_fields
+                .iter()
+                .map(|(k, v)| {
+                    [
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    ]
+                })
                 .collect(),
             key: NC_KEY.to_string(),
             dump: view.dump,

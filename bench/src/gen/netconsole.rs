@@ -655,6 +655,10 @@ pub struct RelayView {
     pub incomplete: Vec<u64>,
     /// Lowest and highest seq received (extended).
     pub seq_range: Option<[u64; 2]>,
+    /// Extended: the crash record's `key=value` lines (userdata and sysdata; dictionary keys
+    /// `SUBSYSTEM`/`DEVICE` left out, first value of a repeated key kept), when that record
+    /// is whole.
+    pub crash_fields: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A record as the relay holds it: the body bytes that arrived.
@@ -686,6 +690,7 @@ impl RelayView {
     pub fn extended<'a>(arrivals: impl Iterator<Item = &'a [u8]>) -> Self {
         let mut held: BTreeMap<u64, Held> = BTreeMap::new();
         let mut crash_line: Option<Vec<u8>> = None;
+        let mut crash_seq = None;
         for bytes in arrivals {
             let Ok(Datagram::Extended(e)) = Datagram::parse(bytes) else {
                 continue;
@@ -713,6 +718,7 @@ impl RelayView {
                 text.truncate(CRASH_LINE_CAP);
                 if is_crash_line(&text) {
                     crash_line = Some(text);
+                    crash_seq = Some(e.seq);
                 }
             }
         }
@@ -761,8 +767,16 @@ impl RelayView {
                 }
                 body
             };
-            let text = Body::split(&body).text;
-            write_line(h.usec, text, |b| v.text.extend_from_slice(b));
+            let split = Body::split(&body);
+            write_line(h.usec, split.text, |b| v.text.extend_from_slice(b));
+            if Some(seq) == crash_seq && !v.incomplete.contains(&seq) {
+                for (k, val) in split.pairs() {
+                    let dict = k == b"SUBSYSTEM" || k == b"DEVICE";
+                    if !dict && !v.crash_fields.iter().any(|(have, _)| have == k) {
+                        v.crash_fields.push((k.to_vec(), val.to_vec()));
+                    }
+                }
+            }
         }
         v
     }
