@@ -16,8 +16,9 @@ use netoops_bench::gen::output::qemu::{DgramOutput, StreamOutput};
 use netoops_bench::gen::output::tap::TapOutput;
 use netoops_bench::gen::output::udp::UdpOutput;
 use netoops_bench::gen::{
-    run, write_expectations, ExpectSummary, LossModel, Output, OutputSpec, Progress, RunOptions,
-    RunReport, Scenario, Schedule, SendLog, SizeRange, Timed, Timing,
+    netconsole, run, write_expectations, ExpectSummary, LossModel, NcMode, NetconsoleParams,
+    Output, OutputSpec, Progress, Protocol, RunOptions, RunReport, Scenario, Schedule, SendLog,
+    SizeRange, Timed, Timing,
 };
 use netoops_wire::Variant;
 use serde_json::json;
@@ -26,21 +27,48 @@ use serde_json::json;
 #[command(
     name = "netoops-gen",
     version,
-    about = "Simulates machines crashing and sending netoops dumps (UDP or raw frames)",
+    about = "Simulates machines crashing and sending netoops dumps or netconsole logs (UDP or raw frames)",
     long_about = "Simulates N machines crashing: each sends its kernel log the way the netoops \
                   sender does (three rounds, packet_no ascending), from its own source address, \
                   with configurable loss, duplication, reordering, storm timing and send rate. \
                   Everything derives from --seed: the same arguments send the same bytes. \
                   With --expect DIR it writes DIR/<ip>/expected.json and expected.log per \
-                  machine: what a correct receiver reports, computed from what is actually sent."
+                  machine: what a correct receiver reports, computed from what is actually sent. \
+                  With --protocol netconsole, crashing machines send ordinary log lines then a \
+                  crash burst over netconsole (extended or legacy), and --chatter healthy \
+                  machines only log; expectations are written for the crashing ones."
 )]
 struct Args {
-    /// Destination of UDP output.
-    #[arg(long, default_value = "127.0.0.1:2004")]
-    target: SocketAddrV4,
-    /// Number of machines; each sends one dump.
+    /// Destination of UDP output [default: 127.0.0.1:2004, or 127.0.0.1:6666 for netconsole].
+    #[arg(long)]
+    target: Option<SocketAddrV4>,
+    /// What machines send: netoops dumps, or netconsole logs ending in a crash.
+    #[arg(long, default_value = "netoops")]
+    protocol: Protocol,
+    /// Number of crashing machines; each sends one dump (netconsole: its log then a crash).
     #[arg(long, default_value_t = 1)]
     machines: u32,
+    /// Netconsole formats machines pick from (extended, legacy).
+    #[arg(long, value_delimiter = ',', default_value = "extended,legacy")]
+    nc_mode: Vec<NcMode>,
+    /// Netconsole: share of extended machines that prepend the kernel release (`r`).
+    #[arg(long, default_value_t = 0.3)]
+    nc_release: f64,
+    /// Netconsole: share of extended machines that append userdata (host=, role=) and sysdata
+    /// (cpu=, taskname=, release=, msgid=) lines to every record.
+    #[arg(long, default_value_t = 0.3)]
+    nc_userdata: f64,
+    /// Netconsole: healthy machines that only log (after the crashing ones' addresses).
+    #[arg(long, default_value_t = 0)]
+    chatter: u32,
+    /// Netconsole: ordinary log lines per machine, each drawing N/2 to N (a crashing machine
+    /// stops early to keep its history under 40 KiB), before its crash burst.
+    #[arg(long, default_value_t = 40)]
+    chatter_lines: u32,
+    /// Netconsole: share of ordinary lines longer than one datagram (1100-3000 bytes; extended
+    /// machines fragment them with ncfrag).
+    #[arg(long, default_value_t = 0.03)]
+    long_lines: f64,
     /// Log size per machine, SIZE or MIN-MAX (uniform), e.g. 64K, 1K-256K, 1500.
     #[arg(long, default_value = "1K-256K")]
     log_size: SizeRange,
@@ -73,9 +101,9 @@ struct Args {
     /// 127.1.0.1 for udp output, 10.1.0.1 for frame outputs].
     #[arg(long)]
     source_base: Option<Ipv4Addr>,
-    /// Source port of every machine (0 = any).
-    #[arg(long, default_value_t = 6666)]
-    source_port: u16,
+    /// Source port of every machine (0 = any) [default: 6666, or 6665 for netconsole].
+    #[arg(long)]
+    source_port: Option<u16>,
     /// All machines crash within this many milliseconds and send at 1 GbE line rate,
     /// interleaved [default: one machine after another].
     #[arg(long)]
@@ -122,9 +150,9 @@ struct Args {
     /// Destination IPv4 address of frames (the appliance).
     #[arg(long, default_value = "10.0.2.15")]
     dst_ip: Ipv4Addr,
-    /// Destination UDP port of frames.
-    #[arg(long, default_value_t = netoops_wire::DEFAULT_PORT)]
-    dst_port: u16,
+    /// Destination UDP port of frames [default: 2004, or 6666 for netconsole].
+    #[arg(long)]
+    dst_port: Option<u16>,
     /// Send frames with UDP checksum 0 (none) instead of computing it.
     #[arg(long)]
     no_udp_checksum: bool,
@@ -149,6 +177,10 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
     } else {
         Ipv4Addr::new(127, 1, 0, 1)
     };
+    let netconsole = args.protocol == Protocol::Netconsole;
+    if !netconsole && args.chatter > 0 {
+        return Err("--chatter applies to --protocol netconsole".into());
+    }
     let s = Scenario {
         machines: args.machines,
         log_size: args.log_size,
@@ -167,7 +199,20 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
             None => Timing::Sequential,
         },
         source_base: args.source_base.unwrap_or(default_base),
-        source_port: args.source_port,
+        source_port: args.source_port.unwrap_or(if netconsole {
+            netconsole::SOURCE_PORT
+        } else {
+            6666
+        }),
+        protocol: args.protocol,
+        netconsole: NetconsoleParams {
+            modes: args.nc_mode.clone(),
+            release: args.nc_release,
+            userdata: args.nc_userdata,
+            chatter: args.chatter,
+            chatter_lines: args.chatter_lines,
+            long_lines: args.long_lines,
+        },
     };
     s.validate().map_err(|e| e.to_string())?;
     if args.loss < 0.0 || args.loss > 1.0 {
@@ -181,11 +226,19 @@ const STREAM_PATIENCE: Duration = Duration::from_secs(10);
 /// How long `stream-listen` waits for QEMU to connect.
 const LISTEN_PATIENCE: Duration = Duration::from_secs(60);
 
+/// The relay's port for the protocol.
+fn default_port(args: &Args) -> u16 {
+    match args.protocol {
+        Protocol::Netoops => netoops_wire::DEFAULT_PORT,
+        Protocol::Netconsole => netoops_wire::netconsole::DEFAULT_PORT,
+    }
+}
+
 fn frame_config(args: &Args) -> FrameConfig {
     FrameConfig {
         dst_mac: args.dst_mac,
         src_mac: args.src_mac,
-        dst: SocketAddrV4::new(args.dst_ip, args.dst_port),
+        dst: SocketAddrV4::new(args.dst_ip, args.dst_port.unwrap_or(default_port(args))),
         udp_checksum: !args.no_udp_checksum,
     }
 }
@@ -194,7 +247,10 @@ fn open_output(args: &Args, s: &Scenario) -> Result<Box<dyn Output>, String> {
     match &args.output {
         OutputSpec::Udp => {
             let bind = s.source_of(0).ok_or("no source address")?;
-            UdpOutput::new(args.target, bind)
+            let target = args
+                .target
+                .unwrap_or(SocketAddrV4::new(Ipv4Addr::LOCALHOST, default_port(args)));
+            UdpOutput::new(target, bind)
                 .map(|o| Box::new(o) as Box<dyn Output>)
                 .map_err(|e| format!("udp socket on {bind}: {e}"))
         }
@@ -247,6 +303,8 @@ fn summary(
     if args.json {
         let mut v = json!({
             "machines": s.machines,
+            "protocol": s.protocol.name(),
+            "senders": s.senders(),
             "seed": s.seed,
             "output": output,
             "loss_model": s.loss.to_string(),
@@ -270,11 +328,18 @@ fn summary(
         println!("{v}");
         return;
     }
+    let population = match s.protocol {
+        Protocol::Netoops => format!(
+            "{} machines, seed {}, log size {}",
+            s.machines, s.seed, s.log_size
+        ),
+        Protocol::Netconsole => format!(
+            "netconsole, {} crashing + {} healthy machines, seed {}, {} lines each",
+            s.machines, s.netconsole.chatter, s.seed, s.netconsole.chatter_lines
+        ),
+    };
     println!(
-        "netoops-gen: {} machines, seed {}, log size {}, loss {}, dup {}, reorder {}, {}",
-        s.machines,
-        s.seed,
-        s.log_size,
+        "netoops-gen: {population}, loss {}, dup {}, reorder {}, {}",
         s.loss,
         s.duplicate,
         s.reorder,
@@ -317,8 +382,12 @@ fn summary(
         }
     }
     if let Some(e) = expect {
+        let unheard = match s.protocol {
+            Protocol::Netoops => "never heard (all datagrams lost)",
+            Protocol::Netconsole => "without a dump (no crash line arrived)",
+        };
         println!(
-            "expected: {} complete, {} partial, {} never heard (all datagrams lost)",
+            "expected: {} complete, {} partial, {} {unheard}",
             e.complete, e.partial, e.unheard
         );
     }
@@ -363,7 +432,7 @@ fn main() -> ExitCode {
         batch: args.batch,
     };
     let show = args.progress;
-    let mut send_log = SendLog::new(s.machines);
+    let mut send_log = SendLog::new(s.senders());
     let result = {
         let mut timed = Timed::new(output.as_mut(), &mut send_log);
         run(&mut schedule, &mut timed, options, &mut |p| {

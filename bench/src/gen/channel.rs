@@ -201,10 +201,20 @@ pub struct MachinePlan {
 impl MachinePlan {
     /// The plan for `machine` under `scenario`'s channel parameters.
     pub fn new(scenario: &Scenario, machine: &Machine) -> Self {
-        let mut rng = Rng::derive(scenario.seed, Stream::Channel, u64::from(machine.index));
+        Self::of_sender(
+            scenario,
+            machine.index,
+            machine.packet_count(),
+            SenderModel::ROUNDS,
+        )
+    }
+
+    /// The plan of machine `index` when its sender sends `packet_count` distinct datagrams
+    /// (`packet_no` 0 up) `rounds` times over: netoops sends 3 rounds of its chunks, a
+    /// netconsole sender 1 round of its datagrams.
+    pub fn of_sender(scenario: &Scenario, index: u32, packet_count: u32, rounds: u32) -> Self {
+        let mut rng = Rng::derive(scenario.seed, Stream::Channel, u64::from(index));
         let mut channel = Channel::new(scenario.loss);
-        let packet_count = machine.packet_count();
-        let rounds = SenderModel::ROUNDS;
         let mut delivered = vec![0u64; (packet_count as usize).div_ceil(64)];
         // (order key, send): key 2*pos in place, 2*(pos+d)+1 when held back d places.
         let mut keyed: Vec<(u64, PlannedSend)> =

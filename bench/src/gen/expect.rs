@@ -12,6 +12,11 @@
 //! and `DIR/summary.json` with the scenario and totals. `<ip>` is the machine's source address,
 //! as in the collector's storage layout; `key` is the collector's dump key. A machine with
 //! `received == 0` lost every datagram: no receiver ever hears of it.
+//!
+//! A netconsole scenario writes [`NcExpectation`]s (`"kind": "netconsole"`) instead, from
+//! [`RelayView`], for its crashing machines only (with `dump: false` and `received: 0` when no
+//! crash line arrives); healthy machines appear only in `summary.json`'s `netconsole.senders`
+//! with their datagram counts.
 
 use std::fs;
 use std::io;
@@ -22,7 +27,8 @@ use netoops_wire::SenderModel;
 use serde::{Deserialize, Serialize};
 
 use super::channel::MachinePlan;
-use super::scenario::{Scenario, Timing};
+use super::netconsole::{NcMachine, RelayView};
+use super::scenario::{NcMode, Protocol, Scenario, Timing};
 
 /// One machine's expected dump, as written to `expected.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +161,262 @@ pub struct ExpectSummary {
     /// Datagrams that leave the generator (duplicates included) and datagrams lost.
     pub datagrams_sent: u64,
     pub datagrams_lost: u64,
+    /// Netconsole scenarios only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netconsole: Option<NcSummary>,
+}
+
+/// The netconsole part of `summary.json`. `complete`, `partial` and `unheard` above count the
+/// crashing machines (unheard: no crash line arrived, so no dump); `datagrams_sent` and
+/// `datagrams_lost` count every machine, healthy ones included.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NcSummary {
+    /// Crashing machines (`machines` above) and healthy ones.
+    pub crashing: u32,
+    pub chatter: u32,
+    pub modes: Vec<String>,
+    pub release: f64,
+    pub userdata: f64,
+    pub chatter_lines: u32,
+    pub long_lines: f64,
+    /// Dumps a relay must make (crashing machines whose crash line arrives).
+    pub dumps: u32,
+    /// Every machine's datagram counts.
+    pub datagrams_duplicated: u64,
+    pub datagrams_reordered: u64,
+    /// Per machine, healthy ones included.
+    pub senders: Vec<NcSenderCounts>,
+}
+
+/// One netconsole machine's datagrams in `summary.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NcSenderCounts {
+    pub machine: u32,
+    pub ip: String,
+    /// "crashing" or "healthy".
+    pub role: String,
+    /// "extended" or "legacy".
+    pub mode: String,
+    /// Distinct datagrams the kernel sent (before the channel).
+    pub datagrams: u32,
+    /// Datagrams that leave the generator (duplicates included), lost, extra copies, held back.
+    pub sent: u32,
+    pub lost: u32,
+    pub duplicated: u32,
+    pub reordered: u32,
+}
+
+/// The collector key of a netconsole machine's first crash (boot 0, crash 0).
+pub const NC_KEY: &str = "nc-b0-c0";
+
+/// One crashing netconsole machine's expected dump, as written to `expected.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NcExpectation {
+    /// Always "netconsole".
+    pub kind: String,
+    pub machine: u32,
+    /// Source address without the port (the collector's directory name).
+    pub ip: String,
+    pub source: String,
+    /// "extended" or "legacy".
+    pub mode: String,
+    /// The `r` prefix or `release=` value the relay reports; "" when the machine sends none.
+    pub release: String,
+    /// The machine prepends its release (`r`).
+    pub release_prefix: bool,
+    /// Its constant userdata keys (`host`, `role`), when it appends userdata; the sysdata
+    /// (`cpu`, `taskname`, `release`, `msgid`) varies per record and is not listed.
+    pub userdata: Vec<[String; 2]>,
+    /// Extended: the crash record's userdata and sysdata lines as the relay reports them
+    /// (dictionary keys left out), when that record arrived whole; empty otherwise.
+    pub crash_fields: Vec<[String; 2]>,
+    /// The collector's dump key.
+    pub key: String,
+    /// A crash line arrives, so the relay makes a dump.
+    pub dump: bool,
+    /// The crash line (extended: the record's unescaped text; legacy: the console line
+    /// without its newline).
+    pub crash_line: Option<String>,
+    /// Records the machine printed, their seq range (extended only: legacy text carries no
+    /// seq), and its history size (extended: encoded bodies; legacy: console bytes).
+    pub records: u32,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub history_bytes: usize,
+    /// Extended: distinct records received; legacy: datagrams kept. 0 without a dump.
+    pub received: u32,
+    /// Extended: lowest and highest seq received.
+    pub received_seqs: Option<[u64; 2]>,
+    /// Extended: seq runs shown as gap lines, ascending, inclusive.
+    pub missing: Vec<[u64; 2]>,
+    /// Extended: received records with missing fragments.
+    pub incomplete: Vec<u64>,
+    /// A dump with no missing ranges and no incomplete records.
+    pub complete: bool,
+    pub text_file: String,
+    pub text_bytes: usize,
+    /// Distinct datagrams the kernel sent.
+    pub datagram_count: u32,
+    /// Datagrams that leave the generator (duplicates included), lost, extra copies, held back.
+    pub datagrams_sent: u32,
+    pub datagrams_lost: u32,
+    pub datagrams_duplicated: u32,
+    pub datagrams_reordered: u32,
+    /// When it starts sending, from the start of the run (0 unless a storm).
+    pub crash_at_us: u64,
+    /// The expected text (in `expected.log`, not in the JSON).
+    #[serde(skip)]
+    pub text: Vec<u8>,
+}
+
+/// A netconsole machine's expectation and its datagram counts (healthy machines too).
+pub struct NcOutcome {
+    pub expectation: NcExpectation,
+    pub counts: NcSenderCounts,
+    pub crashing: bool,
+}
+
+impl NcExpectation {
+    /// Machine `i` of a validated netconsole scenario (crashing or healthy).
+    pub fn of(scenario: &Scenario, i: u32) -> NcOutcome {
+        let m = NcMachine::of(scenario, i);
+        let log = m.log();
+        let count = u32::try_from(log.datagrams.len()).unwrap_or(u32::MAX);
+        let plan = MachinePlan::of_sender(scenario, i, count, 1);
+        let view = RelayView::of(m.mode, &log, &plan);
+        let sent = u32::try_from(plan.sends.len()).unwrap_or(u32::MAX);
+        let counts = NcSenderCounts {
+            machine: i,
+            ip: m.source.ip().to_string(),
+            role: if m.crashing { "crashing" } else { "healthy" }.to_string(),
+            mode: m.mode.name().to_string(),
+            datagrams: count,
+            sent,
+            lost: plan.lost,
+            duplicated: plan.duplicated,
+            reordered: plan.reordered,
+        };
+        let extended = m.mode == NcMode::Extended;
+        let expectation = NcExpectation {
+            kind: "netconsole".to_string(),
+            machine: i,
+            ip: m.source.ip().to_string(),
+            source: m.source.to_string(),
+            mode: m.mode.name().to_string(),
+            release: m.reported_release().to_string(),
+            release_prefix: m.release_prefix,
+            userdata: m
+                .user_fields
+                .iter()
+                .map(|(k, v)| [k.clone(), v.clone()])
+                .collect(),
+            crash_fields: view
+                .crash_fields
+                .iter()
+                .map(|(k, v)| {
+                    [
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    ]
+                })
+                .collect(),
+            key: NC_KEY.to_string(),
+            dump: view.dump,
+            crash_line: view
+                .crash_line
+                .as_deref()
+                .map(|l| String::from_utf8_lossy(l).into_owned()),
+            records: u32::try_from(log.records.len()).unwrap_or(u32::MAX),
+            first_seq: log.records.first().filter(|_| extended).map(|r| r.seq),
+            last_seq: log.records.last().filter(|_| extended).map(|r| r.seq),
+            history_bytes: log.history_bytes,
+            received: view.received,
+            received_seqs: if extended { view.seq_range } else { None },
+            missing: view.missing.clone(),
+            incomplete: view.incomplete.clone(),
+            complete: view.dump && view.missing.is_empty() && view.incomplete.is_empty(),
+            text_file: EXPECTED_LOG.to_string(),
+            text_bytes: view.text.len(),
+            datagram_count: count,
+            datagrams_sent: sent,
+            datagrams_lost: plan.lost,
+            datagrams_duplicated: plan.duplicated,
+            datagrams_reordered: plan.reordered,
+            crash_at_us: u64::try_from(m.crash_at.as_micros()).unwrap_or(u64::MAX),
+            text: view.text,
+        };
+        NcOutcome {
+            expectation,
+            counts,
+            crashing: m.crashing,
+        }
+    }
+
+    /// Reads `DIR/<ip>/expected.json` and its text file.
+    pub fn read(machine_dir: &Path) -> io::Result<Self> {
+        let json = fs::read(machine_dir.join(EXPECTED_JSON))?;
+        let mut e: Self = serde_json::from_slice(&json).map_err(io::Error::other)?;
+        e.text = fs::read(machine_dir.join(&e.text_file))?;
+        Ok(e)
+    }
+}
+
+/// Writes one machine's `expected.json` (pretty, with a final newline) and text file.
+fn write_machine<T: Serialize>(
+    dir: &Path,
+    ip: &str,
+    text_file: &str,
+    text: &[u8],
+    e: &T,
+) -> io::Result<()> {
+    let mdir = dir.join(ip);
+    fs::create_dir_all(&mdir)?;
+    fs::write(mdir.join(text_file), text)?;
+    let mut json = serde_json::to_vec_pretty(e).map_err(io::Error::other)?;
+    json.push(b'\n');
+    fs::write(mdir.join(EXPECTED_JSON), json)
+}
+
+/// The netconsole part of [`write_expectations`]: files for crashing machines only.
+fn write_netconsole(
+    scenario: &Scenario,
+    dir: &Path,
+    summary: &mut ExpectSummary,
+) -> io::Result<()> {
+    let p = &scenario.netconsole;
+    let mut nc = NcSummary {
+        crashing: scenario.machines,
+        chatter: p.chatter,
+        modes: p.modes.iter().map(|m| m.name().to_string()).collect(),
+        release: p.release,
+        userdata: p.userdata,
+        chatter_lines: p.chatter_lines,
+        long_lines: p.long_lines,
+        ..NcSummary::default()
+    };
+    summary.log_size = String::new();
+    summary.variants = Vec::new();
+    for i in 0..scenario.senders() {
+        let o = NcExpectation::of(scenario, i);
+        summary.datagrams_sent += u64::from(o.counts.sent);
+        summary.datagrams_lost += u64::from(o.counts.lost);
+        nc.datagrams_duplicated += u64::from(o.counts.duplicated);
+        nc.datagrams_reordered += u64::from(o.counts.reordered);
+        nc.senders.push(o.counts);
+        if !o.crashing {
+            continue;
+        }
+        let e = o.expectation;
+        write_machine(dir, &e.ip, &e.text_file, &e.text, &e)?;
+        match (e.dump, e.complete) {
+            (false, _) => summary.unheard += 1,
+            (true, true) => summary.complete += 1,
+            (true, false) => summary.partial += 1,
+        }
+        nc.dumps += u32::from(e.dump);
+    }
+    summary.netconsole = Some(nc);
+    Ok(())
 }
 
 /// Writes every machine's expectation under `dir` (created if missing) and the summary.
@@ -178,14 +440,16 @@ pub fn write_expectations(scenario: &Scenario, dir: &Path) -> io::Result<ExpectS
         },
         ..ExpectSummary::default()
     };
+    if scenario.protocol == Protocol::Netconsole {
+        write_netconsole(scenario, dir, &mut summary)?;
+        let mut json = serde_json::to_vec_pretty(&summary).map_err(io::Error::other)?;
+        json.push(b'\n');
+        fs::write(dir.join(SUMMARY_JSON), json)?;
+        return Ok(summary);
+    }
     for i in 0..scenario.machines {
         let e = Expectation::of(scenario, i);
-        let mdir = dir.join(&e.ip);
-        fs::create_dir_all(&mdir)?;
-        fs::write(mdir.join(&e.text_file), &e.text)?;
-        let mut json = serde_json::to_vec_pretty(&e).map_err(io::Error::other)?;
-        json.push(b'\n');
-        fs::write(mdir.join(EXPECTED_JSON), json)?;
+        write_machine(dir, &e.ip, &e.text_file, &e.text, &e)?;
         match (e.complete, e.received) {
             (true, _) => summary.complete += 1,
             (false, 0) => summary.unheard += 1,
@@ -313,6 +577,64 @@ pub(crate) mod tests {
                 .key
                 .starts_with(&format!("b{}-d{}-t", got.boot_id, got.dump_id)));
         }
+        let back: ExpectSummary =
+            serde_json::from_slice(&fs::read(dir.join(SUMMARY_JSON)).unwrap()).unwrap();
+        assert_eq!(back, summary);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn netconsole_files_round_trip_and_count_every_sender() {
+        let dir =
+            std::env::temp_dir().join(format!("netoops-gen-nc-expect-{}", std::process::id()));
+        let s = Scenario {
+            machines: 12,
+            protocol: Protocol::Netconsole,
+            netconsole: crate::gen::NetconsoleParams {
+                chatter: 20,
+                ..Default::default()
+            },
+            loss: LossModel::Independent { p: 0.2 },
+            duplicate: 0.05,
+            reorder: 0.05,
+            ..Scenario::default()
+        };
+        s.validate().unwrap();
+        let summary = write_expectations(&s, &dir).unwrap();
+        assert_eq!(summary.complete + summary.partial + summary.unheard, 12);
+        let nc = summary.netconsole.clone().unwrap();
+        assert_eq!(nc.senders.len(), 32);
+        assert_eq!(nc.dumps, summary.complete + summary.partial);
+        // The schedule sends exactly what the summary counts.
+        let mut sched = Schedule::new(s.clone());
+        let mut buf = [0u8; MAX_DATAGRAM_LEN];
+        while sched.next_into(&mut buf).unwrap().is_some() {}
+        let st = sched.stats();
+        assert_eq!(st.datagrams, summary.datagrams_sent);
+        assert_eq!(st.lost, summary.datagrams_lost);
+        assert_eq!(st.duplicated, nc.datagrams_duplicated);
+        assert_eq!(st.reordered, nc.datagrams_reordered);
+        let mut files = 0;
+        for c in &nc.senders {
+            let path = dir.join(&c.ip);
+            if c.role == "healthy" {
+                assert!(!path.exists(), "no files for healthy {}", c.ip);
+                continue;
+            }
+            files += 1;
+            let got = NcExpectation::read(&path).unwrap();
+            let want = NcExpectation::of(&s, c.machine).expectation;
+            assert_eq!(got, want);
+            assert_eq!(got.kind, "netconsole");
+            assert_eq!(got.key, "nc-b0-c0");
+            assert_eq!(got.text_bytes, got.text.len());
+            assert_eq!(got.dump, got.crash_line.is_some());
+            if !got.dump {
+                assert_eq!((got.received, got.text_bytes), (0, 0));
+            }
+            assert_eq!((got.datagrams_sent, got.datagrams_lost), (c.sent, c.lost));
+        }
+        assert_eq!(files, 12);
         let back: ExpectSummary =
             serde_json::from_slice(&fs::read(dir.join(SUMMARY_JSON)).unwrap()).unwrap();
         assert_eq!(back, summary);

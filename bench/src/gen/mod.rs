@@ -15,11 +15,17 @@
 //! - [`SendLog`] (through the [`Timed`] output wrapper) records when each machine's first,
 //!   completing and last datagrams left, for latency measurements.
 //!
+//! With [`Protocol::Netconsole`] the machines are netconsole senders instead ([`NcMachine`]):
+//! crashing machines log ordinary lines then a crash burst, healthy ones (`chatter`) only log;
+//! their datagrams go through the same channel (one round), schedule and outputs, and
+//! [`RelayView`] is the reference answer for their dumps.
+//!
 //! Same scenario, same bytes: nothing depends on timing, so expectations can be written before,
 //! after or without sending.
 
 pub mod channel;
 pub mod expect;
+pub mod netconsole;
 pub mod output;
 pub mod pacing;
 pub mod rng;
@@ -30,8 +36,11 @@ pub mod sendlog;
 
 pub use channel::{LossModel, MachinePlan, PlannedSend};
 pub use expect::{write_expectations, ExpectSummary, Expectation};
+pub use netconsole::{NcLog, NcMachine, RelayView};
 pub use output::{Batch, Output, OutputSpec};
 pub use run::{run, Progress, RunOptions, RunReport};
-pub use scenario::{Machine, Scenario, ScenarioError, SizeRange, Timing};
+pub use scenario::{
+    Machine, NcMode, NetconsoleParams, Protocol, Scenario, ScenarioError, SizeRange, Timing,
+};
 pub use schedule::{Schedule, ScheduleStats, Scheduled};
 pub use sendlog::{SendLog, Timed};

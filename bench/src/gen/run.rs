@@ -82,7 +82,7 @@ pub fn run(
     progress: &mut dyn FnMut(&Progress),
 ) -> io::Result<RunReport> {
     tighten_timer_slack();
-    let machines = schedule.scenario().machines;
+    let machines = schedule.scenario().senders();
     let mut batch = Batch::new(options.batch);
     let start = Instant::now();
     let mut bucket = TokenBucket::new(options.rate, batch.capacity(), start);

@@ -135,6 +135,103 @@ pub struct Scenario {
     pub source_base: Ipv4Addr,
     /// Source port of every machine (the sender's netpoll port; 0 lets the OS pick one).
     pub source_port: u16,
+    /// What the machines send: netoops dumps or netconsole logs.
+    pub protocol: Protocol,
+    /// Netconsole population (used when `protocol` is [`Protocol::Netconsole`]).
+    pub netconsole: NetconsoleParams,
+}
+
+/// The wire protocol of a scenario.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// netoops dumps (three rounds of 1024-byte chunks).
+    #[default]
+    Netoops,
+    /// netconsole: ordinary log records, then a crash burst for crashing machines.
+    Netconsole,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Netoops => "netoops",
+            Self::Netconsole => "netconsole",
+        }
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "netoops" => Ok(Self::Netoops),
+            "netconsole" => Ok(Self::Netconsole),
+            _ => Err(format!("unknown protocol {s:?}: netoops or netconsole")),
+        }
+    }
+}
+
+/// The two netconsole formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NcMode {
+    /// `+`: one record per datagram with level, seq and usec; fragments with `ncfrag`.
+    Extended,
+    /// Plain console text.
+    Legacy,
+}
+
+impl NcMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Extended => "extended",
+            Self::Legacy => "legacy",
+        }
+    }
+}
+
+impl FromStr for NcMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "extended" => Ok(Self::Extended),
+            "legacy" => Ok(Self::Legacy),
+            _ => Err(format!("unknown netconsole mode {s:?}: extended or legacy")),
+        }
+    }
+}
+
+/// The netconsole side of a scenario. Machines `0..machines` crash; machines
+/// `machines..machines + chatter` are healthy and only log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetconsoleParams {
+    /// Formats machines pick from, uniformly.
+    pub modes: Vec<NcMode>,
+    /// Share of extended machines that prepend the kernel release (`r`).
+    pub release: f64,
+    /// Share of extended machines that append userdata and sysdata lines to every record.
+    pub userdata: f64,
+    /// Healthy machines that only chatter.
+    pub chatter: u32,
+    /// Ordinary log lines per machine: each draws between half of this and this many (a
+    /// crashing machine stops earlier if its history would pass its size budget).
+    pub chatter_lines: u32,
+    /// Share of ordinary lines longer than one datagram (extended: fragmented with `ncfrag`).
+    pub long_lines: f64,
+}
+
+impl Default for NetconsoleParams {
+    fn default() -> Self {
+        Self {
+            modes: vec![NcMode::Extended, NcMode::Legacy],
+            release: 0.3,
+            userdata: 0.3,
+            chatter: 0,
+            chatter_lines: 40,
+            long_lines: 0.03,
+        }
+    }
 }
 
 impl Default for Scenario {
@@ -156,6 +253,8 @@ impl Default for Scenario {
             timing: Timing::Sequential,
             source_base: Ipv4Addr::new(127, 1, 0, 1),
             source_port: 6666,
+            protocol: Protocol::Netoops,
+            netconsole: NetconsoleParams::default(),
         }
     }
 }
@@ -174,6 +273,8 @@ pub enum ScenarioError {
     },
     /// `reorder_distance` is zero.
     ReorderDistance,
+    /// Netconsole with no format to pick from.
+    NoModes,
 }
 
 impl fmt::Display for ScenarioError {
@@ -188,6 +289,7 @@ impl fmt::Display for ScenarioError {
                 base.octets()[0]
             ),
             Self::ReorderDistance => f.write_str("reorder distance must be at least 1"),
+            Self::NoModes => f.write_str("at least one netconsole mode is needed"),
         }
     }
 }
@@ -370,10 +472,10 @@ fn nth_address(base: Ipv4Addr, i: u32) -> Option<Ipv4Addr> {
 impl Scenario {
     /// Checks every parameter once, so generation cannot fail later.
     pub fn validate(&self) -> Result<(), ScenarioError> {
-        if self.machines == 0 {
+        if self.senders() == 0 {
             return Err(ScenarioError::NoMachines);
         }
-        if self.variants.is_empty() {
+        if self.protocol == Protocol::Netoops && self.variants.is_empty() {
             return Err(ScenarioError::NoVariants);
         }
         let probability = |p: f64| (0.0..=1.0).contains(&p);
@@ -391,13 +493,38 @@ impl Scenario {
         if self.reorder_distance == 0 {
             return Err(ScenarioError::ReorderDistance);
         }
-        if nth_address(self.source_base, self.machines - 1).is_none() {
+        if self.protocol == Protocol::Netconsole {
+            let nc = &self.netconsole;
+            if nc.modes.is_empty() {
+                return Err(ScenarioError::NoModes);
+            }
+            for (name, p) in [
+                ("nc-release", nc.release),
+                ("nc-userdata", nc.userdata),
+                ("long-lines", nc.long_lines),
+            ] {
+                if !probability(p) {
+                    return Err(ScenarioError::Probability(name));
+                }
+            }
+        }
+        let senders = self.senders();
+        if senders == 0 || nth_address(self.source_base, senders - 1).is_none() {
             return Err(ScenarioError::AddressSpace {
                 base: self.source_base,
-                machines: self.machines,
+                machines: senders,
             });
         }
         Ok(())
+    }
+
+    /// Every machine that sends: the crashing ones, plus the healthy chatter of a netconsole
+    /// scenario (indices `machines..`).
+    pub fn senders(&self) -> u32 {
+        match self.protocol {
+            Protocol::Netoops => self.machines,
+            Protocol::Netconsole => self.machines.saturating_add(self.netconsole.chatter),
+        }
     }
 
     /// Source address of machine `i` (`None` past the base's /8; see [`Scenario::validate`]).

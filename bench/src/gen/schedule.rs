@@ -6,6 +6,9 @@
 //! from its crash time, and machines interleave. A machine's log is generated when it becomes
 //! active and dropped when it is done, so memory follows the machines sending at once.
 //!
+//! A netconsole machine's datagrams are made when it becomes active ([`NcMachine::log`]) and
+//! copied out by `packet_no`; its plan is one round of them.
+//!
 //! [`Schedule::next_into`] writes the next datagram into the caller's buffer (no allocation on
 //! that path; activating a machine allocates its log and plan) and says who sends it and when
 //! it may leave. The same scenario always yields the same bytes in the same order.
@@ -18,7 +21,8 @@ use std::time::Duration;
 use netoops_wire::{encode, BufferTooSmall, SenderModel, DATA_LEN, MAX_DATAGRAM_LEN};
 
 use super::channel::MachinePlan;
-use super::scenario::{Machine, Scenario, Timing};
+use super::netconsole::NcMachine;
+use super::scenario::{Machine, Protocol, Scenario, Timing};
 
 /// One datagram of the schedule, written into the caller's buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,10 +61,19 @@ pub struct ScheduleStats {
     pub reordered: u64,
 }
 
+/// What an active machine sends from.
+enum Sender {
+    /// A netoops machine and its log (chunks are cut from it per datagram).
+    Netoops { machine: Box<Machine>, log: Vec<u8> },
+    /// A netconsole machine's datagrams, by `packet_no`.
+    Netconsole { datagrams: Vec<Vec<u8>> },
+}
+
 /// A machine that is sending.
 struct Active {
-    machine: Machine,
-    log: Vec<u8>,
+    sender: Sender,
+    source: SocketAddrV4,
+    crash_at: Duration,
     plan: MachinePlan,
     next: usize,
     gap: Duration,
@@ -68,7 +81,7 @@ struct Active {
 
 impl Active {
     fn due(&self) -> Duration {
-        self.machine.crash_at + self.gap * u32::try_from(self.next).unwrap_or(u32::MAX)
+        self.crash_at + self.gap * u32::try_from(self.next).unwrap_or(u32::MAX)
     }
 }
 
@@ -87,7 +100,7 @@ pub struct Schedule {
 impl Schedule {
     /// The schedule of a validated scenario.
     pub fn new(scenario: Scenario) -> Self {
-        let mut pending: Vec<(Duration, u32)> = (0..scenario.machines)
+        let mut pending: Vec<(Duration, u32)> = (0..scenario.senders())
             .map(|i| (scenario.crash_at(i), i))
             .collect();
         pending.sort_unstable();
@@ -130,8 +143,57 @@ impl Schedule {
     }
 
     fn activate(&mut self, i: u32) {
-        let machine = self.scenario.machine(i);
-        let plan = MachinePlan::new(&self.scenario, &machine);
+        let storm = matches!(self.scenario.timing, Timing::Storm { .. });
+        let (sender, source, crash_at, plan, gap) = match self.scenario.protocol {
+            Protocol::Netoops => {
+                let machine = self.scenario.machine(i);
+                let plan = MachinePlan::new(&self.scenario, &machine);
+                let gap = if storm {
+                    machine.line_gap()
+                } else {
+                    Duration::ZERO
+                };
+                let (source, crash_at) = (machine.source, machine.crash_at);
+                let log = if plan.sends.is_empty() {
+                    Vec::new()
+                } else {
+                    machine.log()
+                };
+                (
+                    Sender::Netoops {
+                        machine: Box::new(machine),
+                        log,
+                    },
+                    source,
+                    crash_at,
+                    plan,
+                    gap,
+                )
+            }
+            Protocol::Netconsole => {
+                let machine = NcMachine::of(&self.scenario, i);
+                let datagrams: Vec<Vec<u8>> = machine
+                    .log()
+                    .datagrams
+                    .into_iter()
+                    .map(|d| d.bytes)
+                    .collect();
+                let count = u32::try_from(datagrams.len()).unwrap_or(u32::MAX);
+                let plan = MachinePlan::of_sender(&self.scenario, i, count, 1);
+                let gap = if storm {
+                    machine.line_gap()
+                } else {
+                    Duration::ZERO
+                };
+                (
+                    Sender::Netconsole { datagrams },
+                    machine.source,
+                    machine.crash_at,
+                    plan,
+                    gap,
+                )
+            }
+        };
         self.stats.machines_started += 1;
         self.stats.lost += u64::from(plan.lost);
         self.stats.duplicated += u64::from(plan.duplicated);
@@ -140,13 +202,10 @@ impl Schedule {
             self.stats.machines_done += 1;
             return;
         }
-        let gap = match self.scenario.timing {
-            Timing::Sequential => Duration::ZERO,
-            Timing::Storm { .. } => machine.line_gap(),
-        };
         let active = Active {
-            log: machine.log(),
-            machine,
+            sender,
+            source,
+            crash_at,
             plan,
             next: 0,
             gap,
@@ -177,20 +236,33 @@ impl Schedule {
         let Some(&send) = a.plan.sends.get(a.next) else {
             return Ok(None);
         };
-        let (s1, s2) = a.log.split_at(a.machine.split.min(a.log.len()));
-        let sender = SenderModel::new(s1, s2);
-        let mut chunk = [0u8; DATA_LEN];
-        sender.chunk_into(send.packet_no, &mut chunk);
-        let len = encode(
-            &a.machine.header,
-            a.plan.packet_count,
-            send.packet_no,
-            &chunk,
-            out,
-        )?;
+        let len = match &a.sender {
+            Sender::Netoops { machine, log } => {
+                let (s1, s2) = log.split_at(machine.split.min(log.len()));
+                let sender = SenderModel::new(s1, s2);
+                let mut chunk = [0u8; DATA_LEN];
+                sender.chunk_into(send.packet_no, &mut chunk);
+                encode(
+                    &machine.header,
+                    a.plan.packet_count,
+                    send.packet_no,
+                    &chunk,
+                    out,
+                )?
+            }
+            Sender::Netconsole { datagrams } => {
+                let d = datagrams
+                    .get(send.packet_no as usize)
+                    .map_or(&[][..], Vec::as_slice);
+                out.get_mut(..d.len())
+                    .ok_or(BufferTooSmall)?
+                    .copy_from_slice(d);
+                d.len()
+            }
+        };
         let scheduled = Scheduled {
             machine: i,
-            source: a.machine.source,
+            source: a.source,
             packet_no: send.packet_no,
             round: send.round,
             duplicate: send.duplicate,
