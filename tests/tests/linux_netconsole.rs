@@ -1,0 +1,277 @@
+//! A real Linux kernel (Debian 12's packaged 6.1, fetched with `apt-get download` and cached
+//! outside the repository) boots under QEMU TCG with netconsole pointed at a UDP socket on
+//! host loopback (through QEMU user networking), writes marker lines to `/dev/kmsg` and
+//! panics with sysrq. The tests check what actually arrived: every marker, the panic line and
+//! the call trace, in order; fragments (`ncfrag`) in extended mode.
+//!
+//! If the kernel cannot be fetched the tests fail with the harness's message; they never skip.
+//! `NETOOPS_WRITE_FIXTURES=1` also writes the captured datagrams of the extended and legacy
+//! virtio runs to `appliance/wire/tests/fixtures/` (see the README there).
+
+use netoops_e2e::appliance::vm_lock;
+use netoops_e2e::hosted::workspace_root;
+use netoops_e2e::linux::{
+    encode_fixture, kernel, parse_extended, reassemble, Datagram, ExtRecord, Format, LinuxExit,
+    LinuxNet, LinuxSpec, LinuxVm, Nic, UdpCapture, KMSG_LINE_MAX,
+};
+use std::time::Duration;
+
+/// What one boot produced.
+struct Run {
+    datagrams: Vec<Datagram>,
+    exit: LinuxExit,
+    markers: Vec<String>,
+    /// The serial console's log.
+    serial: String,
+    /// QEMU start to the first datagram and to the one carrying the panic line.
+    first: Option<Duration>,
+    panic_at: Option<Duration>,
+}
+
+/// Short markers plus one long enough that its extended record exceeds netconsole's
+/// 1000-byte chunk (header + text), so it has to be fragmented.
+fn markers(tag: &str) -> Vec<String> {
+    let mut m: Vec<String> = (0..3)
+        .map(|i| format!("netoops-marker {tag} line {i} of 3"))
+        .collect();
+    let head = format!("netoops-marker {tag} long ");
+    // The longest line /dev/kmsg takes: 991 bytes and the newline; with the header
+    // (`12,351,2808741,-;`) the record is over 1000 bytes.
+    let fill = KMSG_LINE_MAX - 1 - head.len();
+    let body: String = (0..fill)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    m.push(format!("{head}{body}"));
+    m
+}
+
+fn boot(nic: Nic, format: Format, tag: &str) -> Run {
+    let _lock = vm_lock();
+    let capture = UdpCapture::bind(16 << 20).expect("binding the loopback listener");
+    let markers = markers(tag);
+    let mut spec = LinuxSpec::new(
+        nic,
+        format,
+        LinuxNet::User {
+            host_port: capture.port(),
+        },
+    );
+    spec.markers = markers.clone();
+    let mut vm = LinuxVm::boot(&spec).unwrap_or_else(|e| panic!("{e}"));
+    let exit = vm.wait().unwrap_or_else(|e| panic!("{e}"));
+    let datagrams = capture.finish();
+    assert!(
+        exit.panicked,
+        "the guest exited ({:?}) without a panic\n{}",
+        exit.status,
+        vm.describe()
+    );
+    assert!(
+        !datagrams.is_empty(),
+        "no datagram reached 127.0.0.1 (receive buffer asked 16 MiB)\n{}",
+        vm.describe()
+    );
+    let first = datagrams.first().map(|d| d.at - vm.started);
+    let panic_at = datagrams
+        .iter()
+        .find(|d| contains(&d.bytes, b"Kernel panic - not syncing"))
+        .map(|d| d.at - vm.started);
+    eprintln!(
+        "{tag}: {} datagrams ({} bytes); QEMU start to first datagram {first:?}, to the panic \
+         line {panic_at:?}, to exit {:?}",
+        datagrams.len(),
+        datagrams.iter().map(|d| d.bytes.len()).sum::<usize>(),
+        exit.elapsed
+    );
+    Run {
+        datagrams,
+        exit,
+        markers,
+        serial: vm.serial_log(),
+        first,
+        panic_at,
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn bytes(run: &Run) -> Vec<Vec<u8>> {
+    run.datagrams.iter().map(|d| d.bytes.clone()).collect()
+}
+
+/// Index of the first record whose text contains `needle`.
+fn find(records: &[ExtRecord], needle: &str) -> usize {
+    records
+        .iter()
+        .position(|r| r.text.contains(needle))
+        .unwrap_or_else(|| {
+            panic!(
+                "no record contains {needle:?}; {} records, last ones:\n{}",
+                records.len(),
+                records[records.len().saturating_sub(30)..]
+                    .iter()
+                    .map(|r| format!("{} {}", r.seq, r.text))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })
+}
+
+fn check_extended(run: &Run, release: Option<&str>) -> Vec<ExtRecord> {
+    let all = bytes(run);
+    let unparsed: Vec<&Vec<u8>> = all
+        .iter()
+        .filter(|d| parse_extended(d, release.is_some()).is_none())
+        .collect();
+    assert!(
+        unparsed.is_empty(),
+        "{} datagrams are not extended records, e.g. {:?}",
+        unparsed.len(),
+        String::from_utf8_lossy(unparsed[0])
+    );
+    if let Some(release) = release {
+        for d in &all {
+            let p = parse_extended(d, true).expect("parsed");
+            assert_eq!(p.release.as_deref(), Some(release));
+        }
+    }
+    let frags = all
+        .iter()
+        .filter(|d| parse_extended(d, release.is_some()).is_some_and(|p| p.frag.is_some()))
+        .count();
+    let records = reassemble(&all, release.is_some());
+    let incomplete = records.iter().filter(|r| !r.complete).count();
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    let gaps = seqs.windows(2).filter(|w| w[1] != w[0] + 1).count();
+    let with_dict = records.iter().filter(|r| !r.dict.is_empty()).count();
+    eprintln!(
+        "  {} records (seq {}..={}, {gaps} gaps), {frags} ncfrag datagrams, {incomplete} \
+         incomplete, {with_dict} with dictionary lines",
+        records.len(),
+        seqs.first().unwrap_or(&0),
+        seqs.last().unwrap_or(&0)
+    );
+    for d in all.iter().filter(|d| contains(d, b"netoops-marker")) {
+        eprintln!(
+            "  marker datagram: {} bytes: {:?}",
+            d.len(),
+            String::from_utf8_lossy(&d[..d.len().min(100)])
+        );
+    }
+    for l in run
+        .serial
+        .lines()
+        .filter(|l| l.contains("netoops-init") || l.contains("kmsg"))
+    {
+        eprintln!("  serial: {l}");
+    }
+    assert_eq!(incomplete, 0, "records with missing fragments");
+    assert!(frags > 0, "no ncfrag fragment although a marker needs one");
+    // Every marker, in the order written, then the panic line, then the call trace.
+    let mut last = None;
+    for m in &run.markers {
+        let i = records
+            .iter()
+            .position(|r| r.text == *m)
+            .unwrap_or_else(|| panic!("marker {:?}... missing", &m[..m.len().min(60)]));
+        assert!(last.is_none_or(|l| l < i), "marker {m:?} out of order");
+        last = Some(i);
+    }
+    let long = run.markers.last().expect("markers");
+    let long_record = records.iter().find(|r| r.text == *long).expect("long");
+    assert!(
+        long_record.datagrams > 1,
+        "the long marker came in one datagram"
+    );
+    let panic = find(&records, "Kernel panic - not syncing");
+    let trace = find(&records, "Call Trace");
+    assert!(
+        last.expect("markers") < panic && panic < trace,
+        "order: last marker {last:?}, panic {panic}, call trace {trace}"
+    );
+    records
+}
+
+fn check_legacy(run: &Run) {
+    let text: Vec<u8> = run
+        .datagrams
+        .iter()
+        .flat_map(|d| d.bytes.iter().copied())
+        .collect();
+    let text = String::from_utf8_lossy(&text);
+    let mut from = 0;
+    for m in &run.markers {
+        let at = text[from..]
+            .find(m.as_str())
+            .unwrap_or_else(|| panic!("marker {:?}... missing or out of order", &m[..60]));
+        from += at + m.len();
+    }
+    let panic = text[from..]
+        .find("Kernel panic - not syncing")
+        .expect("no panic line after the markers");
+    assert!(
+        text[from + panic..].contains("Call Trace"),
+        "no call trace after the panic line"
+    );
+    let ext = bytes(run)
+        .iter()
+        .filter(|d| parse_extended(d, false).is_some())
+        .count();
+    eprintln!(
+        "  legacy: {} bytes of text, {ext} datagrams that look extended",
+        text.len()
+    );
+}
+
+fn write_fixture(name: &str, run: &Run) {
+    if std::env::var_os("NETOOPS_WRITE_FIXTURES").is_none() {
+        return;
+    }
+    let dir = workspace_root().join("appliance/wire/tests/fixtures");
+    std::fs::create_dir_all(&dir).expect("creating the fixtures folder");
+    let path = dir.join(name);
+    std::fs::write(&path, encode_fixture(&bytes(run))).expect("writing the fixture");
+    eprintln!("  wrote {}", path.display());
+}
+
+fn show_first(run: &Run, n: usize) {
+    for d in run.datagrams.iter().take(n) {
+        let s = String::from_utf8_lossy(&d.bytes);
+        eprintln!("  | {:?}", &s[..s.len().min(200)]);
+    }
+}
+
+#[test]
+fn extended_virtio() {
+    let run = boot(Nic::Virtio, Format::Extended, "ext-virtio");
+    show_first(&run, 4);
+    let records = check_extended(&run, None);
+    for r in records.iter().filter(|r| !r.dict.is_empty()).take(2) {
+        eprintln!("  dict: {} {:?} {:?}", r.seq, r.text, r.dict);
+    }
+    let k = kernel().expect("kernel");
+    write_fixture(&format!("linux-{}-extended.bin", short(&k.release)), &run);
+    let _ = (run.first, run.panic_at, &run.exit);
+}
+
+#[test]
+fn extended_e1000() {
+    let run = boot(Nic::E1000, Format::Extended, "ext-e1000");
+    check_extended(&run, None);
+}
+
+#[test]
+fn legacy_virtio() {
+    let run = boot(Nic::Virtio, Format::Legacy, "legacy-virtio");
+    show_first(&run, 4);
+    check_legacy(&run);
+    let k = kernel().expect("kernel");
+    write_fixture(&format!("linux-{}-legacy.bin", short(&k.release)), &run);
+}
+
+/// `6.1.0-57-amd64` → `6.1`.
+fn short(release: &str) -> String {
+    release.split('.').take(2).collect::<Vec<_>>().join(".")
+}
