@@ -1384,6 +1384,59 @@ fn set_recv_buffer(socket: &UdpSocket, bytes: usize) -> io::Result<usize> {
     Ok(usize::try_from(granted).unwrap_or(0))
 }
 
+/// An IPv4/UDP frame as a raw-frame netdev carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UdpFrame {
+    /// Destination MAC.
+    pub dst_mac: [u8; 6],
+    /// Source MAC.
+    pub src_mac: [u8; 6],
+    /// Source address.
+    pub src_ip: Ipv4Addr,
+    /// Destination address.
+    pub dst_ip: Ipv4Addr,
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// The UDP payload.
+    pub payload: Vec<u8>,
+}
+
+/// Parses an Ethernet II / IPv4 / UDP frame (unfragmented); `None` for anything else (ARP,
+/// IPv6 neighbour discovery, ...).
+pub fn parse_udp_frame(f: &[u8]) -> Option<UdpFrame> {
+    let mac = |o: usize| -> Option<[u8; 6]> { f.get(o..o + 6)?.try_into().ok() };
+    if f.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ip = f.get(14..)?;
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ihl < 20 || *ip.get(9)? != 17 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    let udp = ip.get(ihl..total)?;
+    let len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
+    let addr = |o: usize| -> Option<Ipv4Addr> {
+        Some(Ipv4Addr::new(
+            *ip.get(o)?,
+            *ip.get(o + 1)?,
+            *ip.get(o + 2)?,
+            *ip.get(o + 3)?,
+        ))
+    };
+    Some(UdpFrame {
+        dst_mac: mac(0)?,
+        src_mac: mac(6)?,
+        src_ip: addr(12)?,
+        dst_ip: addr(16)?,
+        src_port: u16::from_be_bytes([udp[0], udp[1]]),
+        dst_port: u16::from_be_bytes([udp[2], udp[3]]),
+        payload: udp.get(8..len)?.to_vec(),
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // Reading extended records back (a small independent reader for the tests)
 

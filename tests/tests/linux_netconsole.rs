@@ -11,9 +11,13 @@
 use netoops_e2e::appliance::vm_lock;
 use netoops_e2e::hosted::workspace_root;
 use netoops_e2e::linux::{
-    encode_fixture, kernel, parse_extended, reassemble, Datagram, ExtRecord, Format, LinuxExit,
-    LinuxNet, LinuxSpec, LinuxVm, Nic, UdpCapture, KMSG_LINE_MAX,
+    encode_fixture, kernel, parse_extended, parse_udp_frame, reassemble, Datagram, ExtRecord,
+    Format, LinuxExit, LinuxNet, LinuxSpec, LinuxVm, Nic, UdpCapture, KMSG_LINE_MAX, LINUX_MAC,
+    LINUX_RAW_IP, SOURCE_PORT,
 };
+
+/// netconsole's default target port, as a relay would listen on it.
+const NETCONSOLE_PORT: u16 = 6666;
 use std::time::Duration;
 
 /// What one boot produced.
@@ -45,27 +49,70 @@ fn markers(tag: &str) -> Vec<String> {
     m
 }
 
+/// How the datagrams leave the guest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// User networking to a host port.
+    User,
+    /// Raw frames over `-netdev dgram`, as to a relay VM's ingress NIC.
+    RawDgram,
+}
+
 fn boot(nic: Nic, format: Format, tag: &str) -> Run {
+    boot_with(nic, format, tag, Link::User, true)
+}
+
+/// Boots one guest and returns what arrived, checking only that it panicked.
+fn boot_with(nic: Nic, format: Format, tag: &str, link: Link, pvh: bool) -> Run {
     let _lock = vm_lock();
     let capture = UdpCapture::bind(16 << 20).expect("binding the loopback listener");
-    let markers = markers(tag);
-    let mut spec = LinuxSpec::new(
-        nic,
-        format,
-        LinuxNet::User {
+    let net = match link {
+        Link::User => LinuxNet::User {
             host_port: capture.port(),
         },
-    );
+        // The capture stands where a relay VM's `Ingress::Dgram { port }` QEMU would: it
+        // reads frames on `port`, and this QEMU reads on `port + 1`.
+        Link::RawDgram => LinuxNet::to_relay_dgram(capture.port(), NETCONSOLE_PORT),
+    };
+    let markers = markers(tag);
+    let mut spec = LinuxSpec::new(nic, format, net);
     spec.markers = markers.clone();
+    spec.pvh = pvh;
     let mut vm = LinuxVm::boot(&spec).unwrap_or_else(|e| panic!("{e}"));
     let exit = vm.wait().unwrap_or_else(|e| panic!("{e}"));
-    let datagrams = capture.finish();
+    let received = capture.finish();
     assert!(
         exit.panicked,
         "the guest exited ({:?}) without a panic\n{}",
         exit.status,
         vm.describe()
     );
+    let datagrams: Vec<Datagram> = match link {
+        Link::User => received,
+        Link::RawDgram => {
+            let target = spec.net.target();
+            let mut out = Vec::new();
+            let mut other = 0;
+            for d in received {
+                match parse_udp_frame(&d.bytes) {
+                    Some(f) if f.dst_port == target.port => {
+                        assert_eq!(f.dst_ip, target.ip, "destination address");
+                        assert_eq!(f.src_ip, LINUX_RAW_IP, "source address");
+                        assert_eq!(f.src_port, SOURCE_PORT, "source port");
+                        assert_eq!(format_mac(&f.dst_mac), target.mac, "destination MAC");
+                        assert_eq!(format_mac(&f.src_mac), LINUX_MAC, "source MAC");
+                        out.push(Datagram {
+                            bytes: f.payload,
+                            ..d
+                        });
+                    }
+                    _ => other += 1,
+                }
+            }
+            eprintln!("{tag}: {other} frames that are not netconsole datagrams");
+            out
+        }
+    };
     assert!(
         !datagrams.is_empty(),
         "no datagram reached 127.0.0.1 (receive buffer asked 16 MiB)\n{}",
@@ -91,6 +138,13 @@ fn boot(nic: Nic, format: Format, tag: &str) -> Run {
         first,
         panic_at,
     }
+}
+
+fn format_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -274,4 +328,78 @@ fn legacy_virtio() {
 /// `6.1.0-57-amd64` → `6.1`.
 fn short(release: &str) -> String {
     release.split('.').take(2).collect::<Vec<_>>().join(".")
+}
+
+/// Legacy on e1000, booted from the packaged bzImage (firmware, decompressor and all) rather
+/// than the PVH entry: the path a real machine takes.
+#[test]
+fn legacy_e1000_bzimage() {
+    let run = boot_with(
+        Nic::E1000,
+        Format::Legacy,
+        "legacy-e1000",
+        Link::User,
+        false,
+    );
+    check_legacy(&run);
+}
+
+/// The raw-frame link a relay VM's ingress NIC gets (`LinuxNet::to_relay_dgram`), with the
+/// capture in the relay's place: frames addressed to the relay's MAC, IP and port 6666.
+#[test]
+fn extended_virtio_raw_frames() {
+    let run = boot_with(
+        Nic::Virtio,
+        Format::Extended,
+        "raw-virtio",
+        Link::RawDgram,
+        true,
+    );
+    check_extended(&run, None);
+}
+
+/// `+r` (release prefix) exists from Linux 6.5. On 6.1 netconsole refuses the parameter, the
+/// guest still panics and nothing is sent; on a newer kernel (`NETOOPS_LINUX_PACKAGE`, e.g.
+/// `linux-image-6.12-amd64`) every datagram starts with the release.
+#[test]
+fn release_prefix() {
+    let k = kernel().unwrap_or_else(|e| panic!("{e}"));
+    let mut v = k
+        .release
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let version = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    if version >= (6, 5) {
+        let run = boot(Nic::Virtio, Format::ExtendedRelease, "release");
+        show_first(&run, 2);
+        check_extended(&run, Some(&k.release));
+        return;
+    }
+    let _lock = vm_lock();
+    let capture = UdpCapture::bind(16 << 20).expect("binding the loopback listener");
+    let mut spec = LinuxSpec::new(
+        Nic::Virtio,
+        Format::ExtendedRelease,
+        LinuxNet::User {
+            host_port: capture.port(),
+        },
+    );
+    spec.markers = markers("release");
+    let mut vm = LinuxVm::boot(&spec).unwrap_or_else(|e| panic!("{e}"));
+    let exit = vm.wait().unwrap_or_else(|e| panic!("{e}"));
+    let received = capture.finish();
+    let log = vm.serial_log();
+    assert!(exit.panicked, "no panic\n{}", vm.describe());
+    assert!(
+        log.contains("netoops-init: netconsole refused"),
+        "{} took `+r`\n{}",
+        k.release,
+        vm.describe()
+    );
+    assert!(received.is_empty(), "{} datagrams arrived", received.len());
+    let why = log
+        .lines()
+        .find(|l| l.contains("netconsole") && l.contains("parse"))
+        .unwrap_or("(no message)");
+    eprintln!("release prefix on {}: refused: {why}", k.release);
 }
