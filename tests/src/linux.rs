@@ -406,6 +406,9 @@ pub struct LinuxKernel {
     pub vmlinux: Option<PathBuf>,
     /// The kept modules by name.
     pub modules: BTreeMap<String, Module>,
+    /// Modules the kernel has built in (`modules.builtin`) among those wanted: nothing to
+    /// load (6.12 builds virtio_pci in, 6.1 has it as a module).
+    pub builtin: BTreeSet<String>,
     /// `busybox-static`'s version.
     pub busybox_version: String,
     /// The static busybox binary.
@@ -620,7 +623,13 @@ impl LinuxKernel {
                 },
             );
         }
+        let builtin = fs::read_to_string(kernel_dir.join("builtin.txt"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
         Ok(LinuxKernel {
+            builtin,
             package: read(kernel_dir.join("package"))?,
             version: read(kernel_dir.join("version"))?,
             release: read(kernel_dir.join("release"))?,
@@ -649,7 +658,7 @@ impl LinuxKernel {
             seen: &mut BTreeSet<String>,
             out: &mut Vec<&'a Module>,
         ) -> Result<(), String> {
-            if !seen.insert(name.to_string()) {
+            if !seen.insert(name.to_string()) || k.builtin.contains(name) {
                 return Ok(());
             }
             let m = k
@@ -704,10 +713,22 @@ fn fetch_kernel(cache: &Path, dir: &Path, r: &Resolved) -> Result<(), String> {
         let _ = fs::remove_dir_all(&staging);
         fs::create_dir_all(staging.join("modules"))
             .map_err(|e| format!("creating {}: {e}", staging.display()))?;
+        let builtin: BTreeSet<String> =
+            fs::read_to_string(modules_root.join(&release).join("modules.builtin"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.rsplit('/').next()?.strip_suffix(".ko"))
+                .map(|n| n.replace('-', "_"))
+                .collect();
         let mut wanted: Vec<String> = KEPT_MODULES.iter().map(|s| s.to_string()).collect();
         let mut done = BTreeMap::<String, Vec<String>>::new();
+        let mut builtin_wanted = BTreeSet::new();
         while let Some(name) = wanted.pop() {
             if done.contains_key(&name) {
+                continue;
+            }
+            if builtin.contains(&name) {
+                builtin_wanted.insert(name);
                 continue;
             }
             let file = files
@@ -728,6 +749,8 @@ fn fetch_kernel(cache: &Path, dir: &Path, r: &Resolved) -> Result<(), String> {
             fs::write(staging.join(name), text).map_err(|e| format!("writing {name}: {e}"))
         };
         write("modules.txt", &list)?;
+        let builtin_list: Vec<String> = builtin_wanted.into_iter().collect();
+        write("builtin.txt", &builtin_list.join("\n"))?;
         write("package", &r.package)?;
         write("version", &r.version)?;
         write("release", &release)?;

@@ -11,9 +11,9 @@
 use netoops_e2e::appliance::vm_lock;
 use netoops_e2e::hosted::workspace_root;
 use netoops_e2e::linux::{
-    encode_fixture, kernel, parse_extended, parse_udp_frame, reassemble, Datagram, ExtRecord,
-    Format, LinuxExit, LinuxNet, LinuxSpec, LinuxVm, Nic, UdpCapture, KMSG_LINE_MAX, LINUX_MAC,
-    LINUX_RAW_IP, SOURCE_PORT,
+    decode_fixture, encode_fixture, kernel, parse_extended, parse_udp_frame, reassemble, Datagram,
+    ExtRecord, Format, LinuxExit, LinuxNet, LinuxSpec, LinuxVm, Nic, UdpCapture, KMSG_LINE_MAX,
+    LINUX_MAC, LINUX_RAW_IP, SOURCE_PORT,
 };
 
 /// netconsole's default target port, as a relay would listen on it.
@@ -373,6 +373,10 @@ fn release_prefix() {
         let run = boot(Nic::Virtio, Format::ExtendedRelease, "release");
         show_first(&run, 2);
         check_extended(&run, Some(&k.release));
+        write_fixture(
+            &format!("linux-{}-extended-release.bin", short(&k.release)),
+            &run,
+        );
         return;
     }
     let _lock = vm_lock();
@@ -402,4 +406,37 @@ fn release_prefix() {
         .find(|l| l.contains("netconsole") && l.contains("parse"))
         .unwrap_or("(no message)");
     eprintln!("release prefix on {}: refused: {why}", k.release);
+}
+
+/// The committed captures still read back as what they were (no VM needed).
+#[test]
+fn fixtures_read_back() {
+    let dir = workspace_root().join("appliance/wire/tests/fixtures");
+    let read = |name: &str| {
+        let bytes = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        decode_fixture(&bytes).unwrap_or_else(|| panic!("{name} is truncated"))
+    };
+    for (name, release) in [
+        ("linux-6.1-extended.bin", false),
+        ("linux-6.12-extended-release.bin", true),
+    ] {
+        let all = read(name);
+        assert!(
+            all.iter().all(|d| parse_extended(d, release).is_some()),
+            "{name}"
+        );
+        let records = reassemble(&all, release);
+        assert!(records.iter().all(|r| r.complete), "{name}");
+        let long = records
+            .iter()
+            .find(|r| r.text.starts_with("netoops-marker ") && r.text.contains(" long "))
+            .unwrap_or_else(|| panic!("{name}: no long marker"));
+        assert_eq!(long.text.len(), KMSG_LINE_MAX - 1, "{name}");
+        assert_eq!(long.datagrams, 2, "{name}");
+        let panic = find(&records, "Kernel panic - not syncing");
+        assert!(panic < find(&records, "Call Trace"), "{name}");
+    }
+    let text: Vec<u8> = read("linux-6.1-legacy.bin").concat();
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("] Kernel panic - not syncing: sysrq triggered crash\n"));
 }
