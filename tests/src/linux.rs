@@ -709,7 +709,7 @@ fn fetch_kernel(cache: &Path, dir: &Path, r: &Resolved) -> Result<(), String> {
         // Every module file by name.
         let mut files = BTreeMap::new();
         index_modules(&modules_root.join(&release).join("kernel"), &mut files)?;
-        let staging = dir.with_extension("partial");
+        let staging = staging_dir(dir);
         let _ = fs::remove_dir_all(&staging);
         fs::create_dir_all(staging.join("modules"))
             .map_err(|e| format!("creating {}: {e}", staging.display()))?;
@@ -762,11 +762,34 @@ fn fetch_kernel(cache: &Path, dir: &Path, r: &Resolved) -> Result<(), String> {
                 .map_err(|e| format!("copying {}: {e}", config.display()))?;
         }
         write("ready", "")?;
-        let _ = fs::remove_dir_all(dir);
-        fs::rename(&staging, dir).map_err(|e| format!("renaming into {}: {e}", dir.display()))
+        publish(&staging, dir)
     })();
     let _ = fs::remove_dir_all(&download_dir);
     result
+}
+
+/// A staging directory next to `dir`, private to this process.
+fn staging_dir(dir: &Path) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(format!(".partial-{}", std::process::id()));
+    PathBuf::from(name)
+}
+
+/// Moves a complete `staging` into place; another process that got there first wins.
+fn publish(staging: &Path, dir: &Path) -> Result<(), String> {
+    if dir.join("ready").is_file() {
+        let _ = fs::remove_dir_all(staging);
+        return Ok(());
+    }
+    let _ = fs::remove_dir_all(dir);
+    match fs::rename(staging, dir) {
+        Ok(()) => Ok(()),
+        Err(_) if dir.join("ready").is_file() => {
+            let _ = fs::remove_dir_all(staging);
+            Ok(())
+        }
+        Err(e) => Err(format!("renaming into {}: {e}", dir.display())),
+    }
 }
 
 fn fetch_busybox(cache: &Path, dir: &Path, r: &Resolved) -> Result<(), String> {
@@ -786,14 +809,13 @@ fn fetch_busybox(cache: &Path, dir: &Path, r: &Resolved) -> Result<(), String> {
             .map(|p| tree.join(p))
             .find(|p| p.is_file())
             .ok_or_else(|| format!("no bin/busybox in {}", deb.display()))?;
-        let staging = dir.with_extension("partial");
+        let staging = staging_dir(dir);
         let _ = fs::remove_dir_all(&staging);
         fs::create_dir_all(&staging).map_err(|e| format!("creating {}: {e}", staging.display()))?;
         fs::copy(&binary, staging.join("busybox")).map_err(|e| format!("copying busybox: {e}"))?;
         fs::write(staging.join("version"), &r.version).map_err(|e| e.to_string())?;
         fs::write(staging.join("ready"), "").map_err(|e| e.to_string())?;
-        let _ = fs::remove_dir_all(dir);
-        fs::rename(&staging, dir).map_err(|e| format!("renaming into {}: {e}", dir.display()))
+        publish(&staging, dir)
     })();
     let _ = fs::remove_dir_all(&download_dir);
     result
@@ -812,7 +834,7 @@ fn pvh_vmlinux(kernel_dir: &Path) -> Option<PathBuf> {
     }
     match extract_vmlinux(&kernel_dir.join("vmlinuz")) {
         Ok(elf) => {
-            let partial = kernel_dir.join("vmlinux.partial");
+            let partial = kernel_dir.join(format!("vmlinux.partial-{}", std::process::id()));
             fs::write(&partial, elf).ok()?;
             fs::rename(&partial, &path).ok()?;
             Some(path)
@@ -1600,4 +1622,102 @@ pub fn decode_fixture(mut bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
         bytes = &bytes[2 + len..];
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn cpio_newc_layout() {
+        let mut c = Cpio::default();
+        c.file("init", 0o755, b"abc");
+        let a = c.finish();
+        assert!(a.starts_with(b"070701"));
+        // ino 1, mode 100755, ..., filesize 3, ..., namesize 5 ("init\0").
+        assert_eq!(&a[6..14], b"00000001");
+        assert_eq!(&a[14..22], b"000081ed");
+        assert_eq!(&a[54..62], b"00000003");
+        assert_eq!(&a[94..102], b"00000005");
+        assert_eq!(&a[110..115], b"init\0");
+        // Header + name padded to 4 (116), data padded to 4 (120), then the trailer.
+        assert_eq!(&a[116..119], b"abc");
+        assert_eq!(&a[120..126], b"070701");
+        assert_eq!(&a[230..241], b"TRAILER!!!\0");
+        assert_eq!(a.len() % 4, 0);
+    }
+
+    #[test]
+    fn modinfo_depends_reads_the_list() {
+        let ko = b"\x7fELF...\0license=GPL\0depends=virtio_ring,virtio,net-failover\0name=x\0";
+        assert_eq!(
+            modinfo_depends(ko),
+            vec!["virtio_ring", "virtio", "net_failover"]
+        );
+        assert!(modinfo_depends(b"\0depends=\0").is_empty());
+        assert!(modinfo_depends(b"nothing").is_empty());
+    }
+
+    #[test]
+    fn extended_headers_parse() {
+        let p = parse_extended(b"12,351,3609798,-,ncfrag=970/992;defg", false).expect("frag");
+        assert_eq!((p.prefix, p.seq, p.usec), (12, 351, 3609798));
+        assert_eq!(p.frag, Some((970, 992)));
+        assert_eq!(p.body, b"defg");
+        let r = parse_extended(b"6.12.118+deb12-amd64,0,357,5487228,-;Kernel panic", true)
+            .expect("release");
+        assert_eq!(r.release.as_deref(), Some("6.12.118+deb12-amd64"));
+        assert_eq!(r.seq, 357);
+        assert!(parse_extended(b"[    4.05] Kernel panic", false).is_none());
+    }
+
+    #[test]
+    fn fragments_reassemble_in_any_order() {
+        let all = vec![
+            b"4,7,10,-,ncfrag=3/6;def\n".to_vec(),
+            b"4,7,10,-,ncfrag=0/6;abc".to_vec(),
+            b"4,6,9,-;x\n SUBSYSTEM=acpi\n".to_vec(),
+        ];
+        let r = reassemble(&all, false);
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].seq, r[0].text.as_str()), (6, "x"));
+        assert_eq!(r[0].dict, vec!["SUBSYSTEM=acpi"]);
+        assert_eq!(
+            (r[1].text.as_str(), r[1].datagrams, r[1].complete),
+            ("abcdef", 2, true)
+        );
+        let partial = reassemble(&all[1..], false);
+        assert!(!partial[1].complete);
+    }
+
+    #[test]
+    fn fixture_format_round_trips() {
+        let d = vec![b"a".to_vec(), Vec::new(), vec![7u8; 1000]];
+        assert_eq!(decode_fixture(&encode_fixture(&d)), Some(d));
+        assert_eq!(decode_fixture(&[5, 0, 1]), None);
+    }
+
+    #[test]
+    fn netconsole_parameters() {
+        let spec = LinuxSpec::new(
+            Nic::E1000,
+            Format::Extended,
+            LinuxNet::User { host_port: 4000 },
+        );
+        assert_eq!(
+            spec.netconsole_param(),
+            "+6665@10.0.2.15/eth0,4000@10.0.2.2/52:55:0a:00:02:02"
+        );
+        let raw = LinuxSpec::new(
+            Nic::Virtio,
+            Format::Legacy,
+            LinuxNet::to_relay_dgram(5000, 6666),
+        );
+        assert_eq!(
+            raw.netconsole_param(),
+            "6665@10.0.2.20/eth0,6666@10.0.2.15/52:54:00:12:34:56"
+        );
+        assert!(raw.net.netdev().contains("local.port=5001"));
+        assert!(raw.net.netdev().contains("remote.port=5000"));
+    }
 }

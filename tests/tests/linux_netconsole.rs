@@ -18,7 +18,8 @@ use netoops_e2e::linux::{
 
 /// netconsole's default target port, as a relay would listen on it.
 const NETCONSOLE_PORT: u16 = 6666;
-use std::time::Duration;
+use netoops_e2e::appliance::free_tcp_port;
+use std::time::{Duration, Instant};
 
 /// What one boot produced.
 struct Run {
@@ -56,6 +57,9 @@ enum Link {
     User,
     /// Raw frames over `-netdev dgram`, as to a relay VM's ingress NIC.
     RawDgram,
+    /// Raw frames over `-netdev stream` with this QEMU listening, as a relay VM's
+    /// `Ingress::Stream` QEMU would connect to it.
+    RawStream,
 }
 
 fn boot(nic: Nic, format: Format, tag: &str) -> Run {
@@ -73,14 +77,24 @@ fn boot_with(nic: Nic, format: Format, tag: &str, link: Link, pvh: bool) -> Run 
         // The capture stands where a relay VM's `Ingress::Dgram { port }` QEMU would: it
         // reads frames on `port`, and this QEMU reads on `port + 1`.
         Link::RawDgram => LinuxNet::to_relay_dgram(capture.port(), NETCONSOLE_PORT),
+        Link::RawStream => LinuxNet::to_relay_stream(free_tcp_port(), NETCONSOLE_PORT),
     };
     let markers = markers(tag);
     let mut spec = LinuxSpec::new(nic, format, net);
     spec.markers = markers.clone();
     spec.pvh = pvh;
     let mut vm = LinuxVm::boot(&spec).unwrap_or_else(|e| panic!("{e}"));
+    // In the relay VM's place on a stream link: connect and read QEMU's length-prefixed
+    // frames until it exits.
+    let reader = match &spec.net {
+        LinuxNet::Stream { port, .. } => Some(stream_reader(*port)),
+        _ => None,
+    };
     let exit = vm.wait().unwrap_or_else(|e| panic!("{e}"));
-    let received = capture.finish();
+    let mut received = capture.finish();
+    if let Some(reader) = reader {
+        received = reader.join().expect("stream reader");
+    }
     assert!(
         exit.panicked,
         "the guest exited ({:?}) without a panic\n{}",
@@ -89,7 +103,7 @@ fn boot_with(nic: Nic, format: Format, tag: &str, link: Link, pvh: bool) -> Run 
     );
     let datagrams: Vec<Datagram> = match link {
         Link::User => received,
-        Link::RawDgram => {
+        Link::RawDgram | Link::RawStream => {
             let target = spec.net.target();
             let mut out = Vec::new();
             let mut other = 0;
@@ -138,6 +152,42 @@ fn boot_with(nic: Nic, format: Format, tag: &str, link: Link, pvh: bool) -> Run 
         first,
         panic_at,
     }
+}
+
+/// Connects to a listening `-netdev stream` (retrying while QEMU starts) and collects its
+/// frames (4-byte big-endian length, then the frame) until QEMU closes the connection.
+fn stream_reader(port: u16) -> std::thread::JoinHandle<Vec<Datagram>> {
+    use std::io::Read;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("connecting to the Linux guest's stream netdev: {e}"),
+        }
+    };
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let from = stream.peer_addr().expect("peer");
+        loop {
+            let mut len = [0u8; 4];
+            if stream.read_exact(&mut len).is_err() {
+                return out;
+            }
+            let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+            if stream.read_exact(&mut frame).is_err() {
+                return out;
+            }
+            out.push(Datagram {
+                at: Instant::now(),
+                from,
+                bytes: frame,
+            });
+        }
+    })
 }
 
 fn format_mac(m: &[u8; 6]) -> String {
@@ -439,4 +489,18 @@ fn fixtures_read_back() {
     let text: Vec<u8> = read("linux-6.1-legacy.bin").concat();
     let text = String::from_utf8_lossy(&text);
     assert!(text.contains("] Kernel panic - not syncing: sysrq triggered crash\n"));
+}
+
+/// The stream link a relay VM's `Ingress::Stream` QEMU connects to
+/// (`LinuxNet::to_relay_stream`), with the test connecting in the relay's place.
+#[test]
+fn extended_e1000_raw_stream() {
+    let run = boot_with(
+        Nic::E1000,
+        Format::Extended,
+        "stream-e1000",
+        Link::RawStream,
+        true,
+    );
+    check_extended(&run, None);
 }
