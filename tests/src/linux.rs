@@ -3,27 +3,34 @@
 //! panics with sysrq, so tests see exactly what a crashing mainline machine sends.
 //!
 //! - [`kernel`] / [`LinuxKernel::fetch`] download the kernel and `busybox-static` packages with
-//!   `apt-get download` into a cache outside the repository ([`cache_dir`]), keyed by package
-//!   and version, and keep only `vmlinuz`, the modules the NICs and netconsole need (with their
-//!   dependencies, read from each module's `.modinfo`) and the busybox binary. A second run
-//!   downloads nothing. When a package cannot be fetched the error says so (tests fail, they do
-//!   not skip).
+//!   `apt-get download` (running `apt-get update` once when apt cannot resolve or download)
+//!   into a cache outside the repository ([`cache_dir`]), keyed by package and version, and
+//!   keep only `vmlinuz` (plus the `vmlinux` ELF inside it, for PVH boots), the kernel config,
+//!   the modules the NICs and netconsole need (dependencies read from each module's
+//!   `.modinfo`, built-ins from `modules.builtin`, `.ko.xz`/`.zst`/`.gz` decompressed) and
+//!   the busybox binary. A second run downloads nothing. When a package cannot be fetched the
+//!   error says `could not fetch the Linux kernel package: ...; run apt-get update` (tests
+//!   fail, they do not skip). `NETOOPS_LINUX_PACKAGE` picks another kernel, e.g.
+//!   `linux-image-6.12-amd64` (Debian 12's 6.12 backport, which knows the `r` option).
 //! - [`initramfs`] writes a newc cpio archive (uncompressed: the kernel takes it as is) with
 //!   busybox, the modules, the markers and [`INIT_SCRIPT`].
 //! - [`LinuxSpec`] says how to boot: NIC model ([`Nic`]), netconsole format ([`Format`]),
 //!   where the datagrams go ([`LinuxNet`]: user networking to a host port, or raw frames over
 //!   `-netdev dgram`/`stream` straight to another VM such as the relay image), the markers.
 //!   [`LinuxVm::boot`] starts QEMU; [`LinuxVm::wait`] waits for it to exit after the panic.
-//! - [`UdpCapture`] is a loopback listener with a large receive buffer; [`parse_extended`] and
-//!   [`reassemble`] read extended-format datagrams back into records.
+//! - [`UdpCapture`] is a loopback listener with a large receive buffer; [`parse_udp_frame`]
+//!   unwraps raw frames; [`parse_extended`] and [`reassemble`] read extended-format datagrams
+//!   back into records; [`encode_fixture`]/[`decode_fixture`] are the fixtures' format.
 //!
 //! Netconsole facts this relies on (Linux 6.1, `drivers/net/netconsole.c`, `net/core/netpoll.c`):
 //! the target is an insmod parameter `[+][src-port]@[src-ip]/[dev],[tgt-port]@<tgt-ip>/[tgt-mac]`;
 //! netconsole never ARPs, so the target MAC must be given (QEMU user networking's gateway is
-//! [`SLIRP_GATEWAY_MAC`]); registering the console replays the whole log buffer; extended
-//! records longer than 1000 bytes are sent as `ncfrag=<offset>/<total>` fragments. The `r`
-//! (release prefix) option exists only from Linux 6.5: 6.1 refuses the parameter (`couldn't
-//! parse config`), so [`Format::ExtendedRelease`] needs a newer kernel package.
+//! [`SLIRP_GATEWAY_MAC`]); registering the console replays the whole log buffer (only records
+//! whose level is numerically below the console log level, 7 by default: debug records leave
+//! `seq` gaps); extended records
+//! longer than 1000 bytes are sent as `ncfrag=<offset>/<total>` fragments. The `r` (release
+//! prefix) option exists only from Linux 6.5: 6.1 refuses the parameter (`couldn't parse
+//! config at 'r6665'`), so [`Format::ExtendedRelease`] needs a newer kernel package.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
