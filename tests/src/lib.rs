@@ -4,3 +4,4 @@ pub mod appliance;
 pub mod echo;
 pub mod forward;
 pub mod hosted;
+pub mod linux;
