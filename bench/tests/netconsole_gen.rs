@@ -50,6 +50,7 @@ fn run_gen(args: &[&str]) -> serde_json::Value {
 
 /// One parsed extended datagram.
 struct Ext {
+    level: u64,
     seq: u64,
     usec: u64,
     /// (offset, total) for a fragment.
@@ -71,7 +72,7 @@ fn parse_ext(d: &[u8]) -> Option<Ext> {
         return None;
     }
     let num = |s: &str| s.parse::<u64>().ok();
-    let (_level, seq, usec) = (
+    let (level, seq, usec) = (
         num(fields[flags - 3])?,
         num(fields[flags - 2])?,
         num(fields[flags - 1])?,
@@ -85,6 +86,7 @@ fn parse_ext(d: &[u8]) -> Option<Ext> {
         }
     }
     Some(Ext {
+        level,
         seq,
         usec,
         frag,
@@ -140,16 +142,17 @@ fn reassemble_extended(datagrams: &[&[u8]]) -> Dump {
         }
         r.1[off..off + e.body.len()].copy_from_slice(&e.body);
         r.2[off..off + e.body.len()].fill(true);
-        // The relay checks the first 240 unescaped bytes of the part holding the text's start.
-        if off == 0 && dump.crash_line.is_none() {
+        // The relay checks the text of records at warning or above (in the part holding the
+        // text's start) and reports the crash line cut to 240 bytes.
+        if off == 0 && dump.crash_line.is_none() && e.level & 7 <= 4 {
             let nl = e
                 .body
                 .iter()
                 .position(|&b| b == b'\n')
                 .unwrap_or(e.body.len());
             let mut text = unescape(&e.body[..nl]);
-            text.truncate(240);
             if is_crash_line(&text) {
+                text.truncate(240);
                 dump.crash_line = Some(text);
             }
         }

@@ -683,8 +683,8 @@ impl RelayView {
     }
 
     /// Extended rules: records kept by seq (a duplicate record or fragment is dropped), the
-    /// crash is the first arriving record whose text is a crash line (checked on the first
-    /// [`CRASH_LINE_CAP`] unescaped bytes of the part holding the text's start), the dump is every
+    /// crash is the first arriving record of severity warning or above whose text (in the part
+    /// holding its start) is a crash line, reported cut to [`CRASH_LINE_CAP`] bytes; the dump is every
     /// received record in seq order with gap lines between, missing fragment bytes replaced
     /// by a marker.
     pub fn extended<'a>(arrivals: impl Iterator<Item = &'a [u8]>) -> Self {
@@ -711,12 +711,13 @@ impl RelayView {
             h.body[offset..end].copy_from_slice(&e.body[..end - offset]);
             h.have[offset..end].iter_mut().for_each(|b| *b = true);
             // The part that holds the start of the text (a whole record, or the fragment at
-            // offset 0) is checked when it first arrives, on its first CRASH_LINE_CAP bytes.
-            if offset == 0 && crash_line.is_none() {
-                let mut text = Vec::new();
-                netconsole::unescape(Body::split(e.body).text, |b| text.extend_from_slice(b));
-                text.truncate(CRASH_LINE_CAP);
-                if is_crash_line(&text) {
+            // offset 0) of a record at warning or above is checked when it first arrives; the
+            // crash line reported is its text cut to CRASH_LINE_CAP bytes.
+            if offset == 0 && crash_line.is_none() && e.severity() <= 4 {
+                if let Some(escaped) = netconsole::crash_text(e.body) {
+                    let mut text = Vec::new();
+                    netconsole::unescape(escaped, |b| text.extend_from_slice(b));
+                    text.truncate(CRASH_LINE_CAP);
                     crash_line = Some(text);
                     crash_seq = Some(e.seq);
                 }
