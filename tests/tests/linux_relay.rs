@@ -49,8 +49,8 @@ fn the_dump(store: &Path, ip: Ipv4Addr) -> (Value, String) {
     let dir = ip_dir(store, ip);
     let meta = serde_json::from_str(&std::fs::read_to_string(dir.join(&files[0])).unwrap())
         .expect("metadata JSON");
-    let text = String::from_utf8_lossy(&std::fs::read(dir.join("nc-b0-c0.log")).unwrap())
-        .into_owned();
+    let text =
+        String::from_utf8_lossy(&std::fs::read(dir.join("nc-b0-c0.log")).unwrap()).into_owned();
     (meta, text)
 }
 
@@ -70,7 +70,9 @@ fn check(meta: &Value, text: &str, markers: &[String], format: Format) {
     assert_eq!(meta["kind"], "netconsole");
     let nc = &meta["netconsole"];
     assert_eq!(
-        nc["crash_line"].as_str().map(|l| l.contains("Kernel panic - not syncing")),
+        nc["crash_line"]
+            .as_str()
+            .map(|l| l.contains("Kernel panic - not syncing")),
         Some(true),
         "{nc}"
     );
@@ -82,6 +84,13 @@ fn check(meta: &Value, text: &str, markers: &[String], format: Format) {
             assert_eq!(nc["incomplete_seq"], serde_json::json!([]), "{nc}");
             assert_eq!(meta["complete"], true);
             assert!(!text.contains("[netconsole: records"), "{text}");
+            // No `r` prefix on 6.1: the release comes from the kernel's own boot line.
+            assert!(
+                nc["release"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("6.1.0-")),
+                "{nc}"
+            );
             // Every record since the kernel started: from seq 0.
             assert_eq!(nc["seq_range"][0], 0, "{nc}");
             assert!(text.starts_with("[    0.000000] Linux version"), "{text}");
@@ -171,5 +180,10 @@ fn linux_extended_e1000_to_the_image() {
 
 #[test]
 fn linux_legacy_virtio_to_the_image() {
-    through_the_image(VIRTIO_NET, Nic::Virtio, Format::Legacy, "image-legacy-virtio");
+    through_the_image(
+        VIRTIO_NET,
+        Nic::Virtio,
+        Format::Legacy,
+        "image-legacy-virtio",
+    );
 }

@@ -3,6 +3,7 @@
 //! that only chatter) through the real `netoops-relay` to the real `netoops-collect`. The
 //! expected dumps are computed here, independently of the relay's code, from what was sent.
 
+use netoops_e2e::appliance::run_generator;
 use netoops_e2e::hosted::{dump_files, ip_dir, wait_until, Collector, Relay};
 use netoops_wire::netconsole::{encode_record, is_crash_line, RecordSpec};
 use serde_json::Value;
@@ -234,6 +235,112 @@ fn malformed_netconsole_is_counted_and_netconsole_can_be_turned_off() {
     assert_eq!(off.netconsole, None);
     assert!(off.process.count("netconsole off") == 1);
     off.shutdown();
+}
+
+/// The scenario with the real generator: 1,000 healthy machines chatter while 50
+/// crash, 10% of datagrams lost; every crash dump the collector holds matches the generator's
+/// `--expect` output exactly (text, missing ranges, crash line, release, completeness), and no
+/// healthy machine gets a dump.
+#[test]
+fn the_generators_chattering_fleet_with_fifty_crashes_is_stored_as_it_expects() {
+    let store = tempfile::tempdir().unwrap();
+    let expect = tempfile::tempdir().unwrap();
+    let collector = Collector::start(store.path(), any_port());
+    let mut relay = Relay::start(&[collector.addr], &["--recv-buffer", "64M"]);
+    let target = relay.netconsole.unwrap();
+    let summary = run_generator(&[
+        "--protocol".into(),
+        "netconsole".into(),
+        "--target".into(),
+        target.to_string(),
+        "--machines".into(),
+        "50".into(),
+        "--chatter".into(),
+        "1000".into(),
+        "--chatter-lines".into(),
+        "30".into(),
+        "--loss".into(),
+        "0.1".into(),
+        "--storm-ms".into(),
+        "3000".into(),
+        "--seed".into(),
+        "12".into(),
+        "--expect".into(),
+        expect.path().display().to_string(),
+        "--json".into(),
+    ]);
+    let summary: Value = serde_json::from_str(summary.trim()).expect("generator JSON");
+    let mut wants = Vec::new();
+    for entry in std::fs::read_dir(expect.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.join("expected.json");
+        if !file.exists() {
+            continue;
+        }
+        let e: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let text = std::fs::read_to_string(path.join("expected.log")).unwrap();
+        wants.push((e, text));
+    }
+    assert_eq!(wants.len(), 50, "{summary}");
+    let dumps: Vec<&(Value, String)> = wants.iter().filter(|(e, _)| e["dump"] == true).collect();
+    assert!(dumps.len() >= 45, "most crash lines arrive");
+    let ip = |e: &Value| -> Ipv4Addr { e["ip"].as_str().unwrap().parse().unwrap() };
+    let context = || relay_and_collector(&relay, &collector);
+    wait_until(
+        "every expected netconsole dump stored",
+        || {
+            dumps
+                .iter()
+                .all(|(e, _)| !dump_files(store.path(), ip(e)).is_empty())
+        },
+        context,
+    );
+    for (e, text) in &wants {
+        let dir = ip_dir(store.path(), ip(e));
+        if e["dump"] != true {
+            assert!(
+                !dir.exists(),
+                "{}: no crash line arrived, yet a dump",
+                e["ip"]
+            );
+            continue;
+        }
+        let key = e["key"].as_str().unwrap();
+        assert_eq!(dump_files(store.path(), ip(e)), [format!("{key}.json")]);
+        let stored = std::fs::read_to_string(dir.join(format!("{key}.log"))).unwrap();
+        assert_eq!(&stored, text, "{}: dump text", e["ip"]);
+        let meta: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{key}.json"))).unwrap(),
+        )
+        .unwrap();
+        let nc = &meta["netconsole"];
+        assert_eq!(nc["missing_seq"], e["missing"], "{}", e["ip"]);
+        assert_eq!(nc["incomplete_seq"], e["incomplete"], "{}", e["ip"]);
+        assert_eq!(nc["crash_line"], e["crash_line"], "{}", e["ip"]);
+        assert_eq!(nc["release"], e["release"], "{}", e["ip"]);
+        assert_eq!(nc["format"], e["mode"], "{}", e["ip"]);
+        assert_eq!(meta["complete"], e["complete"], "{}", e["ip"]);
+    }
+    let (status, counters) = relay.shutdown();
+    assert!(status.success());
+    assert_eq!(
+        counters["nc_kernel_drops"], 0,
+        "the relay's socket overflowed"
+    );
+    assert_eq!(counters["nc_dumps"], dumps.len() as u64);
+    assert_eq!(counters["nc_sources"], 1050);
+    // Nothing else in the store: healthy machines never become dumps.
+    let dirs = std::fs::read_dir(store.path())
+        .unwrap()
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .count();
+    assert_eq!(dirs, dumps.len());
 }
 
 fn relay_and_collector(relay: &Relay, collector: &Collector) -> String {

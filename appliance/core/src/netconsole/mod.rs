@@ -370,6 +370,9 @@ struct Render {
     incomplete: Vec<u64>,
     fields: Vec<(u16, u16, u16, u16)>,
     field_bytes: Vec<u8>,
+    /// The release from a `Linux version <release> ...` boot line, for senders without `r`.
+    boot_release: [u8; RELEASE_LEN],
+    boot_release_len: usize,
 }
 
 /// The netconsole tracker. See the module documentation.
@@ -419,6 +422,8 @@ impl ConsoleTracker {
                 incomplete: Vec::with_capacity(MAX_MISSING),
                 fields: Vec::with_capacity(MAX_FIELDS),
                 field_bytes: Vec::with_capacity(MAX_FIELDS * 256),
+                boot_release: [0; RELEASE_LEN],
+                boot_release_len: 0,
             },
             stats: ConsoleStats::default(),
         }
@@ -851,13 +856,14 @@ impl ConsoleTracker {
             boot: s.boot,
             crash: crash.number,
             line: &crash.line[..crash.line_len as usize],
+            // The `r` prefix, else a `release=` field, else the kernel's own boot line.
             release: if s.release_len > 0 {
                 &s.release[..s.release_len as usize]
             } else {
                 fields[..r.fields.len()]
                     .iter()
                     .find(|(k, _)| *k == b"release")
-                    .map_or(&[][..], |(_, v)| v)
+                    .map_or(&r.boot_release[..r.boot_release_len], |(_, v)| v)
             },
             extended: s.mode == Mode::Extended,
             text: &r.text,
@@ -894,6 +900,7 @@ fn render(
     r.fields.clear();
     r.field_bytes.clear();
     r.index.clear();
+    r.boot_release_len = 0;
     let text_cap = r.text.capacity();
     let push = |text: &mut Vec<u8>, b: &[u8]| {
         let take = b.len().min(text_cap - text.len());
@@ -992,6 +999,14 @@ fn render(
             r.incomplete.push(seq);
         }
         let body = Body::split(&r.body[..body_len]);
+        if r.boot_release_len == 0 {
+            if let Some(rest) = body.text.strip_prefix(b"Linux version ") {
+                let release = rest.split(|&b| b == b' ').next().unwrap_or(&[]);
+                let n = release.len().min(RELEASE_LEN);
+                r.boot_release[..n].copy_from_slice(&release[..n]);
+                r.boot_release_len = n;
+            }
+        }
         stats.bad_escapes += u64::from(write_line(usec, body.text, |b| push(&mut r.text, b)));
         if !incomplete && Some(seq) == crash_seq {
             for (k, v) in body.pairs() {

@@ -110,7 +110,11 @@ fn chatter_then_a_crash_becomes_a_notice_and_then_a_dump() {
     let mut sink = Collected::default();
     let mut expected = String::new();
     for seq in 0..20u64 {
-        let text = format!("chatter line {seq}");
+        let text = if seq == 0 {
+            "Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org) #1 SMP".to_string()
+        } else {
+            format!("chatter line {seq}")
+        };
         for d in record(None, seq, &text, &[("SUBSYSTEM", "pci")]) {
             feed(&mut t, &mut sink, src(1), seq, &d);
         }
@@ -479,4 +483,23 @@ proptest! {
         prop_assert_eq!(String::from_utf8_lossy(&sink.dumps[0].text).into_owned(), want);
         prop_assert_eq!(&sink.dumps[0].missing, &missing);
     }
+}
+
+#[test]
+fn the_release_comes_from_the_boot_line_without_a_prefix() {
+    let mut t = tracker();
+    let mut sink = Collected::default();
+    let lines = [
+        "Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org) (gcc-12) #1 SMP",
+        "Command line: console=ttyS0",
+        "Kernel panic - not syncing: sysrq triggered crash",
+    ];
+    for (seq, text) in lines.iter().enumerate() {
+        for d in record(None, seq as u64, text, &[]) {
+            feed(&mut t, &mut sink, src(11), 0, &d);
+        }
+    }
+    t.flush(at(1), &mut sink);
+    assert_eq!(sink.dumps[0].release.as_slice(), b"6.1.0-57-amd64");
+    assert!(sink.dumps[0].complete);
 }
