@@ -208,9 +208,45 @@ struct Crash {
     pos: u64,
     at: Instant,
     number: u32,
-    line: [u8; CRASH_LINE_LEN],
-    line_len: u16,
     truncated: bool,
+}
+
+/// A source's text buffers, kept apart from [`Source`] so the per-datagram state of a
+/// thousand sources stays small and close together in the cache.
+struct SourceText {
+    /// Legacy: the line being received (for crash detection).
+    line: [u8; LINE_LEN],
+    line_len: u16,
+    release: [u8; RELEASE_LEN],
+    release_len: u8,
+    /// The line that started the crash in progress.
+    crash_line: [u8; CRASH_LINE_LEN],
+    crash_line_len: u16,
+}
+
+impl SourceText {
+    const EMPTY: SourceText = SourceText {
+        line: [0; LINE_LEN],
+        line_len: 0,
+        release: [0; RELEASE_LEN],
+        release_len: 0,
+        crash_line: [0; CRASH_LINE_LEN],
+        crash_line_len: 0,
+    };
+
+    fn set_release(&mut self, r: &[u8]) {
+        let n = r.len().min(RELEASE_LEN);
+        self.release[..n].copy_from_slice(&r[..n]);
+        self.release_len = n as u8;
+    }
+
+    fn release(&self) -> &[u8] {
+        &self.release[..self.release_len as usize]
+    }
+
+    fn crash_line(&self) -> &[u8] {
+        &self.crash_line[..self.crash_line_len as usize]
+    }
 }
 
 /// One sender.
@@ -228,11 +264,6 @@ struct Source {
     /// Legacy: arrival counter and a hash of the last datagram (duplicates).
     legacy_count: u64,
     legacy_last: u64,
-    /// Legacy: the line being received (for crash detection).
-    line: [u8; LINE_LEN],
-    line_len: u16,
-    release: [u8; RELEASE_LEN],
-    release_len: u8,
     /// The split record being received: its seq, timestamp and the fragment offsets seen, so
     /// its later fragments need no search of the history.
     frag_seq: u64,
@@ -258,10 +289,6 @@ impl Source {
             seen: [0; (SEQ_WINDOW / 64) as usize],
             legacy_count: 0,
             legacy_last: 0,
-            line: [0; LINE_LEN],
-            line_len: 0,
-            release: [0; RELEASE_LEN],
-            release_len: 0,
             frag_seq: u64::MAX,
             frag_usec: 0,
             frag_offsets: [0; FRAG_TRACK],
@@ -352,12 +379,6 @@ impl Source {
             self.frag_n += 1;
         }
     }
-
-    fn set_release(&mut self, r: &[u8]) {
-        let n = r.len().min(RELEASE_LEN);
-        self.release[..n].copy_from_slice(&r[..n]);
-        self.release_len = n as u8;
-    }
 }
 
 /// Scratch space for rendering a dump, allocated once.
@@ -380,6 +401,7 @@ pub struct ConsoleTracker {
     config: ConsoleConfig,
     pool: BlockPool,
     sources: Vec<Source>,
+    texts: Vec<SourceText>,
     by_addr: HashMap<SocketAddr, u32>,
     crashing: Vec<u32>,
     hand: usize,
@@ -393,13 +415,6 @@ fn hash_bytes(b: &[u8]) -> u64 {
     h.finish()
 }
 
-fn crash_line_of(line: &[u8]) -> [u8; CRASH_LINE_LEN] {
-    let mut out = [0u8; CRASH_LINE_LEN];
-    let n = line.len().min(CRASH_LINE_LEN);
-    out[..n].copy_from_slice(&line[..n]);
-    out
-}
-
 impl ConsoleTracker {
     /// Allocates the pool and the source table.
     pub fn new(config: ConsoleConfig) -> ConsoleTracker {
@@ -410,6 +425,7 @@ impl ConsoleTracker {
             config,
             pool: BlockPool::new(blocks),
             sources: Vec::with_capacity(max_sources),
+            texts: Vec::with_capacity(max_sources),
             by_addr: HashMap::with_capacity(max_sources),
             crashing: Vec::with_capacity(max_sources),
             hand: 0,
@@ -503,6 +519,7 @@ impl ConsoleTracker {
         let max = self.config.max_sources.max(1);
         if self.sources.len() < max {
             self.sources.push(Source::new(addr, now));
+            self.texts.push(SourceText::EMPTY);
             let i = self.sources.len() - 1;
             self.by_addr.insert(addr, i as u32);
             return Some(i);
@@ -525,6 +542,7 @@ impl ConsoleTracker {
             let old = self.sources[i].addr;
             self.by_addr.remove(&old);
             self.sources[i] = Source::new(addr, now);
+            self.texts[i] = SourceText::EMPTY;
             self.by_addr.insert(addr, i as u32);
             return Some(i);
         }
@@ -544,8 +562,8 @@ impl ConsoleTracker {
         s.max_usec = 0;
         s.seen = [0; (SEQ_WINDOW / 64) as usize];
         s.legacy_last = 0;
-        s.line_len = 0;
         s.trimmed = false;
+        self.texts[idx].line_len = 0;
         s.frag_seq = u64::MAX;
         s.frag_n = 0;
     }
@@ -583,7 +601,7 @@ impl ConsoleTracker {
             }
         }
         if let Some(r) = e.release {
-            self.sources[idx].set_release(r);
+            self.texts[idx].set_release(r);
         }
         let (kind, offset, total) = match e.fragment {
             Some(f) => (EntryKind::Fragment, f.offset, f.total),
@@ -677,21 +695,21 @@ impl ConsoleTracker {
         // Crash detection line by line, across datagrams.
         let mut rest = text;
         while !rest.is_empty() {
-            let s = &mut self.sources[idx];
+            let t = &mut self.texts[idx];
             let (part, done) = match rest.iter().position(|&b| b == b'\n') {
                 Some(nl) => (&rest[..nl], true),
                 None => (rest, false),
             };
-            let have = s.line_len as usize;
+            let have = t.line_len as usize;
             let take = part.len().min(LINE_LEN - have);
-            s.line[have..have + take].copy_from_slice(&part[..take]);
-            s.line_len = (have + take) as u16;
+            t.line[have..have + take].copy_from_slice(&part[..take]);
+            t.line_len = (have + take) as u16;
             rest = if done { &rest[part.len() + 1..] } else { &[] };
             if done {
-                let n = s.line_len as usize;
-                s.line_len = 0;
-                if !s.crashing() && is_crash_line(&s.line[..n]) {
-                    let line = s.line;
+                let n = t.line_len as usize;
+                t.line_len = 0;
+                if !self.sources[idx].crashing() && is_crash_line(&t.line[..n]) {
+                    let line = t.line;
                     self.start_crash(now, idx, pos, &line[..n], sink);
                 }
             }
@@ -716,20 +734,21 @@ impl ConsoleTracker {
             pos,
             at: now,
             number,
-            line: crash_line_of(line),
-            line_len: line.len().min(CRASH_LINE_LEN) as u16,
             truncated: false,
         });
+        let t = &mut self.texts[idx];
+        let n = line.len().min(CRASH_LINE_LEN);
+        t.crash_line[..n].copy_from_slice(&line[..n]);
+        t.crash_line_len = n as u16;
         self.crashing.push(idx as u32);
         let s = &self.sources[idx];
-        let c = s.crash.as_ref().map(|c| (c.line, c.line_len));
-        let (buf, len) = c.unwrap_or(([0; CRASH_LINE_LEN], 0));
+        let t = &self.texts[idx];
         sink.crash_seen(&ConsoleCrash {
             source: s.addr,
             boot: s.boot,
             crash: number,
-            line: &buf[..len as usize],
-            release: &s.release[..s.release_len as usize],
+            line: t.crash_line(),
+            release: t.release(),
             extended: s.mode == Mode::Extended,
             at: now,
         });
@@ -855,10 +874,10 @@ impl ConsoleTracker {
             source: s.addr,
             boot: s.boot,
             crash: crash.number,
-            line: &crash.line[..crash.line_len as usize],
+            line: self.texts[idx].crash_line(),
             // The `r` prefix, else a `release=` field, else the kernel's own boot line.
-            release: if s.release_len > 0 {
-                &s.release[..s.release_len as usize]
+            release: if self.texts[idx].release_len > 0 {
+                self.texts[idx].release()
             } else {
                 fields[..r.fields.len()]
                     .iter()
