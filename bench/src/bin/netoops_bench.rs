@@ -70,6 +70,20 @@ enum Cmd {
         #[arg(long)]
         install: bool,
     },
+    /// Netconsole next to netoops on the hosted relay, same run: datagrams/s and the relay's
+    /// CPU per datagram for each, and their ratio. Writes ingest.json and ingest.md.
+    Ingest {
+        /// A few thousand datagrams of each (the test command's version).
+        #[arg(long)]
+        smoke: bool,
+        /// Offered datagrams per second for both fleets [default: 40000, smoke 10000].
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Where ingest.json and ingest.md go [default: bench/results, or
+        /// target/bench-smoke with --smoke].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The baseline receiver: counts datagrams until SIGINT/SIGTERM.
     Baseline {
         /// Address to listen on.
@@ -105,6 +119,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(format_args!("baseline on {listen}: {e}")),
             }
         }
+        Cmd::Ingest { smoke, rate, out } => ingest(smoke, rate, out),
         Cmd::Render { results, out } => {
             let out =
                 out.unwrap_or_else(|| results.parent().map(Path::to_path_buf).unwrap_or_default());
@@ -244,6 +259,49 @@ fn programs(work: &Path, install: bool) -> Result<Programs, String> {
         bench: std::env::current_exe().map_err(|e| e.to_string())?,
         image: private,
     })
+}
+
+fn ingest(smoke: bool, rate: Option<u64>, out: Option<PathBuf>) -> ExitCode {
+    use netoops_bench::harness::ingest::{run_ingest, IngestSettings};
+    let root = workspace_root();
+    let out = out.unwrap_or_else(|| {
+        if smoke {
+            root.join("target/bench-smoke")
+        } else {
+            root.join("bench/results")
+        }
+    });
+    let work = root.join("target/bench-work/ingest");
+    let programs = match programs(&work, false) {
+        Ok(p) => p,
+        Err(e) => return fail(format_args!("{e}")),
+    };
+    let mut settings = if smoke {
+        IngestSettings::smoke()
+    } else {
+        IngestSettings::full()
+    };
+    if let Some(r) = rate {
+        settings.rate = r;
+    }
+    let mut say = |line: &str| eprintln!("netoops-bench: {line}");
+    let result = run_ingest(&programs, &work, &settings, &mut say);
+    let _ = std::fs::remove_dir_all(&work);
+    let cmp = match result {
+        Ok(c) => c,
+        Err(e) => return fail(format_args!("{e}")),
+    };
+    let written = std::fs::create_dir_all(&out)
+        .and_then(|()| {
+            let json = serde_json::to_string_pretty(&cmp).map_err(std::io::Error::other)?;
+            std::fs::write(out.join("ingest.json"), json + "\n")
+        })
+        .and_then(|()| std::fs::write(out.join("ingest.md"), cmp.markdown()));
+    if let Err(e) = written {
+        return fail(format_args!("writing to {}: {e}", out.display()));
+    }
+    print!("{}", cmp.markdown());
+    ExitCode::SUCCESS
 }
 
 fn suite(cfg: &SuiteConfig, install: bool) -> ExitCode {

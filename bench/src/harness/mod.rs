@@ -14,6 +14,7 @@
 
 pub mod baseline;
 pub mod host;
+pub mod ingest;
 pub mod plot;
 pub mod process;
 pub mod report;

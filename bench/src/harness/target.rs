@@ -162,9 +162,15 @@ pub fn free_udp_port() -> io::Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// `listening on ADDR` in a process's output.
-fn listening_addr(p: &mut Process, needle: &str, patience: Duration) -> io::Result<SocketAddr> {
-    let line = p.wait_for(0, needle, patience)?;
+/// `listening on ADDR` in a process's output: the first line that says it (the hosted relay
+/// prints its netoops socket before `netconsole listening on ...`).
+pub fn listening_addr(p: &mut Process, needle: &str, patience: Duration) -> io::Result<SocketAddr> {
+    p.wait_for(0, needle, patience)?;
+    let line = p
+        .lines_with(0, needle)
+        .into_iter()
+        .next()
+        .ok_or_else(|| io::Error::other(format!("no line with {needle:?}")))?;
     let rest = &line.text[line.text.find(needle).unwrap_or(0) + needle.len()..];
     rest.split_whitespace()
         .next()
