@@ -290,6 +290,7 @@ code,pre,.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5p
 pre{background:#fff;border:1px solid #ddd;padding:.6em;overflow-x:auto;white-space:pre}
 mark.crash{background:#ffd6d6;color:#900;font-weight:700;display:inline-block;width:100%}
 .missing{background:#fff0c2;color:#7a5600;font-style:italic;display:inline-block;width:100%}
+td.t,.kind{white-space:nowrap}
 .kind{display:inline-block;padding:0 .45em;border-radius:.6em;background:#e8eefc;color:#1a3d8f;font-size:12px}
 nav{margin-bottom:.6em;color:#666}a{color:#0645ad}svg.spark{vertical-align:middle}
 ";
@@ -371,10 +372,10 @@ fn groups_page(index: &Index) -> io::Result<Response> {
         let times = index.group_times(&g.signature)?;
         let _ = writeln!(
             body,
-            "<tr class=\"group\" data-signature=\"{sig}\"><td class=\"mono\">{last}</td>\
+            "<tr class=\"group\" data-signature=\"{sig}\"><td class=\"mono t\">{last}</td>\
              <td><a class=\"group-link\" href=\"{href}\">{title}</a><br><span class=\"mono\">{sig}</span></td>\
              <td><span class=\"kind\">{kind}</span></td><td class=\"n count\">{count}</td>\
-             <td class=\"n machines\">{machines}</td><td class=\"mono\">{first}</td>\
+             <td class=\"n machines\">{machines}</td><td class=\"mono t\">{first}</td>\
              <td class=\"mono\">{kernels}</td><td>{spark}</td></tr>",
             sig = esc(&g.signature),
             last = esc(&g.last_seen),
