@@ -384,33 +384,13 @@ impl Index {
     pub fn dumps(&self, signature: Option<&str>) -> io::Result<Vec<IndexedDump>> {
         let mut q = self
             .conn
-            .prepare(
-                "SELECT name, ip_dir, key, dump_kind, source, relay, completed, completed_ms,
-                        kernel, complete, signature, title, crash_kind, crash_line
-                 FROM dumps WHERE ?1 IS NULL OR substr(signature, 1, length(?1)) = ?1
-                 ORDER BY completed_ms DESC, name",
-            )
+            .prepare(&format!(
+                "SELECT {DUMP_COLUMNS} FROM dumps
+                 WHERE ?1 IS NULL OR substr(signature, 1, length(?1)) = ?1
+                 ORDER BY completed_ms DESC, name"
+            ))
             .map_err(sql_err)?;
-        let rows = q
-            .query_map(params![signature], |r| {
-                Ok(IndexedDump {
-                    name: r.get(0)?,
-                    ip_dir: r.get(1)?,
-                    key: r.get(2)?,
-                    dump_kind: r.get(3)?,
-                    source: r.get(4)?,
-                    relay: r.get(5)?,
-                    completed: r.get(6)?,
-                    completed_ms: r.get(7)?,
-                    kernel: r.get(8)?,
-                    complete: r.get(9)?,
-                    signature: r.get(10)?,
-                    title: r.get(11)?,
-                    crash_kind: r.get(12)?,
-                    crash_line: r.get(13)?,
-                })
-            })
-            .map_err(sql_err)?;
+        let rows = q.query_map(params![signature], dump_row).map_err(sql_err)?;
         rows.collect::<Result<_, _>>().map_err(sql_err)
     }
 
@@ -450,20 +430,37 @@ impl Index {
 
     /// One dump by name.
     pub fn dump(&self, name: &str) -> io::Result<Option<IndexedDump>> {
-        let exists: Option<String> = self
-            .conn
+        self.conn
             .query_row(
-                "SELECT signature FROM dumps WHERE name = ?1",
+                &format!("SELECT {DUMP_COLUMNS} FROM dumps WHERE name = ?1"),
                 params![name],
-                |r| r.get(0),
+                dump_row,
             )
             .optional()
-            .map_err(sql_err)?;
-        if exists.is_none() {
-            return Ok(None);
-        }
-        Ok(self.dumps(None)?.into_iter().find(|d| d.name == name))
+            .map_err(sql_err)
     }
+}
+
+const DUMP_COLUMNS: &str = "name, ip_dir, key, dump_kind, source, relay, completed, completed_ms,
+    kernel, complete, signature, title, crash_kind, crash_line";
+
+fn dump_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IndexedDump> {
+    Ok(IndexedDump {
+        name: r.get(0)?,
+        ip_dir: r.get(1)?,
+        key: r.get(2)?,
+        dump_kind: r.get(3)?,
+        source: r.get(4)?,
+        relay: r.get(5)?,
+        completed: r.get(6)?,
+        completed_ms: r.get(7)?,
+        kernel: r.get(8)?,
+        complete: r.get(9)?,
+        signature: r.get(10)?,
+        title: r.get(11)?,
+        crash_kind: r.get(12)?,
+        crash_line: r.get(13)?,
+    })
 }
 
 enum Skip {

@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::crashes::{crash_text, dump_record, store_fleet, store_record, BUILDS};
+use common::crashes::{
+    crash_text, dump_record, netconsole_record, store_fleet, store_record, BUILDS,
+};
 use netoops_collect::store::Store;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -31,8 +33,8 @@ impl Drop for Reaper {
     }
 }
 
-/// A storage directory: a fleet of 30 machines, one partial dump with a missing range, and a
-/// dump whose text and relay name are hostile HTML.
+/// A storage directory: a fleet of 30 machines, one partial dump with a missing range, a
+/// netconsole dump, and a dump whose text and relay name are hostile HTML.
 fn fill(dir: &Path) {
     let store = Store::open(dir).unwrap();
     store_fleet(&store, 30);
@@ -41,11 +43,22 @@ fn fill(dir: &Path) {
     partial.insert_str(cut, "[netoops: packets 2-3 missing]\n");
     let rec = dump_record("10.9.0.77", 77, BUILDS[1], &[(2, 3)], 40_000);
     store_record(&store, "rack-9", 31, rec, partial.as_bytes());
+    // A netconsole dump of the fleet's soft lockup, on the third build, two records lost.
+    let mut nc = crash_text(3, 2, 55);
+    let cut = nc.find("Call Trace:").unwrap();
+    nc.insert_str(cut, "[netconsole: records 40-41 missing]\n");
+    let crash_line = nc
+        .lines()
+        .find(|l| l.contains("soft lockup"))
+        .unwrap()
+        .to_string();
+    let rec = netconsole_record("10.9.0.55", BUILDS[2], &crash_line, &[(40, 41)], 39_000);
+    store_record(&store, "rack-9", 32, rec, nc.as_bytes());
     let hostile = crash_text(5, 0, 66).replace("Comm: bash", &format!("Comm: {HOSTILE_COMM}"))
         + "</pre><script>alert('text')</script>\n";
     let rec = dump_record("10.9.0.66", 66, BUILDS[0], &[], 41_000);
     let origin_relay = HOSTILE_RELAY;
-    store_record(&store, origin_relay, 32, rec, hostile.as_bytes());
+    store_record(&store, origin_relay, 33, rec, hostile.as_bytes());
 }
 
 /// Starts the collector with the web view; returns it and the web address.
@@ -159,7 +172,7 @@ fn json_endpoints_status_codes_and_escaping() {
     let groups = groups["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 6);
     let total: u64 = groups.iter().map(|g| g["count"].as_u64().unwrap()).sum();
-    assert_eq!(total, 32);
+    assert_eq!(total, 33);
     // The hostile sysrq dump (relay time 41 s) is the newest.
     assert_eq!(groups[0]["crash_kind"], "sysrq-crash");
 
@@ -186,6 +199,27 @@ fn json_endpoints_status_codes_and_escaping() {
     assert_eq!(dump["analysis"]["missing"][0]["first"], 2);
     assert_eq!(dump["meta"]["missing"], json!([[2, 3]]));
     assert_eq!(dump["analysis"]["rip"]["function"], "mlx5e_poll_rx_cq");
+
+    // The netconsole dump joins the netoops soft lockups of the same bug.
+    let lockup = groups
+        .iter()
+        .find(|g| g["crash_kind"] == "soft-lockup")
+        .unwrap();
+    assert_eq!(lockup["count"], 6);
+    let (status, body) = http(web, "GET", "/api/dumps/10.9.0.55/nc-b0-c1", None);
+    assert_eq!(status, 200, "{body}");
+    let nc: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(nc["meta"]["kind"], "netconsole");
+    assert_eq!(nc["group"], lockup["signature"]);
+    assert_eq!(nc["analysis"]["missing"][0]["unit"], "records");
+    assert_eq!(nc["analysis"]["release"], BUILDS[2]);
+    let (_, page) = http(web, "GET", "/dump/10.9.0.55/nc-b0-c1", None);
+    assert!(
+        page.contains("<li class=\"missing-range\">records 40-41</li>"),
+        "{page}"
+    );
+    assert!(page.contains("<mark class=\"crash\" id=\"crash-line\">"));
+    assert!(page.contains("netconsole.release"));
 
     for bad in [
         "/dump/../etc/passwd",
@@ -366,7 +400,7 @@ fn browser_follows_a_group_to_a_dump() {
     assert_eq!(wd.title(), "Crash groups - netoops");
     let rows = wd.find_all("#groups tr.group");
     assert_eq!(rows.len(), 6);
-    assert!(wd.text_of("#summary").starts_with("6 groups, 32 dumps."));
+    assert!(wd.text_of("#summary").starts_with("6 groups, 33 dumps."));
     // Newest first: the first row is the (hostile) sysrq dump's group, shown as text.
     assert!(wd.text(&rows[0]).contains("sysrq-crash"));
     assert_eq!(wd.find_all("svg.spark").len(), 6);

@@ -2,7 +2,8 @@
 //! kinds, each printable by three kernel builds (other releases, offsets, addresses), with
 //! per-machine details (timestamps, PIDs, CPUs, addresses) that must not split a group.
 
-use netoops_collect::store::{Origin, Store};
+use netoops_collect::store::{Applied, Origin, Store};
+use netoops_core::upstream::record::ConsoleMeta;
 use netoops_core::upstream::record::RegisterSet;
 use netoops_core::upstream::{Cpu, DumpIdentity, DumpMeta, Record, RecordHeader, Source};
 use std::net::SocketAddr;
@@ -251,6 +252,53 @@ pub fn dump_record(
     })
 }
 
+/// A netconsole dump record from `ip` (port 6666): extended format, `release` from the
+/// sender, the given sequence ranges missing.
+pub fn netconsole_record(
+    ip: &str,
+    release: &str,
+    crash_line: &str,
+    missing_seq: &[(u64, u64)],
+    completed_ms: u64,
+) -> Record {
+    let source: SocketAddr = format!("{ip}:6666").parse().unwrap();
+    Record::Dump(DumpMeta {
+        id: DumpIdentity {
+            source: Source::from(source),
+            version: 0,
+            boot_id: 0,
+            dump_id: 0,
+            dump_type: 0,
+        },
+        generation: 0,
+        kernel_version: String::new(),
+        packet_count: 60,
+        received: 58,
+        missing: vec![],
+        zeroed: vec![],
+        complete: missing_seq.is_empty(),
+        revision: 1,
+        first_seen_ms: completed_ms.saturating_sub(400),
+        completed_ms,
+        cpu: None,
+        registers: None,
+        user_blob: None,
+        netconsole: Some(ConsoleMeta {
+            extended: true,
+            boot: 0,
+            crash: 1,
+            crash_line: crash_line.into(),
+            release: release.into(),
+            missing_seq: missing_seq.to_vec(),
+            incomplete_seq: vec![],
+            seq_range: Some((1, 60)),
+            records: 58,
+            fields: vec![("taskname".into(), "qemu-kvm".into())],
+            truncated: false,
+        }),
+    })
+}
+
 /// Stores one record through the collector's own record API.
 pub fn store_record(store: &Store, relay: &str, seq: u64, record: Record, text: &[u8]) {
     let origin = Origin {
@@ -263,9 +311,13 @@ pub fn store_record(store: &Store, relay: &str, seq: u64, record: Record, text: 
         record,
         payload_len: text.len() as u32,
     };
-    store
+    let applied = store
         .apply(&origin, &header, text, 1_764_000_000_000)
         .unwrap();
+    assert!(
+        matches!(applied, Applied::Dump { written: true, .. }),
+        "seq {seq}: {applied:?}"
+    );
 }
 
 /// A fleet: `machines` machines, machine `m` crashing with kind `m % 6` on build `(m / 6) % 3`,
