@@ -290,7 +290,7 @@ code,pre,.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5p
 pre{background:#fff;border:1px solid #ddd;padding:.6em;overflow-x:auto;white-space:pre}
 mark.crash{background:#ffd6d6;color:#900;font-weight:700;display:inline-block;width:100%}
 .missing{background:#fff0c2;color:#7a5600;font-style:italic;display:inline-block;width:100%}
-td.t,.kind{white-space:nowrap}
+td.t,.kind{white-space:nowrap}#analysis td{white-space:pre-line}
 .kind{display:inline-block;padding:0 .45em;border-radius:.6em;background:#e8eefc;color:#1a3d8f;font-size:12px}
 nav{margin-bottom:.6em;color:#666}a{color:#0645ad}svg.spark{vertical-align:middle}
 ";
@@ -605,28 +605,17 @@ fn dump_page(dir: &Path, index: &Index, ip: &str, key: &str) -> io::Result<Respo
             })
             .unwrap_or_default(),
     );
-    row(&mut body, "taint", a.taint.as_deref().unwrap_or(""));
+    let taint = match a.taint.as_deref() {
+        Some("") => "none (Not tainted)",
+        Some(t) => t,
+        None => "",
+    };
+    row(&mut body, "taint", taint);
     row(&mut body, "release", a.release.as_deref().unwrap_or(""));
     row(&mut body, "hardware", a.hardware.as_deref().unwrap_or(""));
     row(&mut body, "signature", &a.signature);
     let frames: Vec<String> = a.frames.iter().map(ToString::to_string).collect();
     row(&mut body, "call trace", &frames.join("\n"));
-    body.push_str("</table>\n<h2>Metadata</h2><table id=\"meta\">");
-    if let Value::Object(m) = meta {
-        for (k, v) in m {
-            if matches!(k.as_str(), "registers" | "netconsole" | "missing") {
-                continue;
-            }
-            row(&mut body, k, &value_text(v));
-        }
-        if let Value::Object(nc) = &meta["netconsole"] {
-            for (k, v) in nc {
-                if k != "missing_seq" {
-                    row(&mut body, &format!("netconsole.{k}"), &value_text(v));
-                }
-            }
-        }
-    }
     body.push_str("</table>\n");
     if let Value::Object(regs) = &meta["registers"] {
         body.push_str("<h2>Registers</h2><table id=\"registers\"><tr>");
@@ -684,6 +673,23 @@ fn dump_page(dir: &Path, index: &Index, ip: &str, key: &str) -> io::Result<Respo
             body.push_str("</pre>");
         }
     }
+    body.push_str("<h2>Metadata</h2><table id=\"meta\">");
+    if let Value::Object(m) = meta {
+        for (k, v) in m {
+            if matches!(k.as_str(), "registers" | "netconsole" | "missing") {
+                continue;
+            }
+            row(&mut body, k, &value_text(v));
+        }
+        if let Value::Object(nc) = &meta["netconsole"] {
+            for (k, v) in nc {
+                if k != "missing_seq" {
+                    row(&mut body, &format!("netconsole.{k}"), &value_text(v));
+                }
+            }
+        }
+    }
+    body.push_str("</table>\n");
     Ok(Response::html(200, page(&name, &body)))
 }
 

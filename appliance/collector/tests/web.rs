@@ -345,7 +345,6 @@ fn chromium_args(profile: &Path) -> Vec<String> {
         "--disable-sync".into(),
         "--no-first-run".into(),
         "--disable-dev-shm-usage".into(),
-        "--window-size=1400,900".into(),
         format!("--user-data-dir={}", profile.display()),
     ]
 }
@@ -395,6 +394,11 @@ fn browser_follows_a_group_to_a_dump() {
     let (_collector, web) = start_collector(tmp.path());
     let base = format!("http://{web}");
     let (_driver, wd) = start_browser(profile.path());
+    wd.call(
+        "POST",
+        "/window/rect",
+        Some(json!({"width": 1400, "height": 900})),
+    );
 
     wd.goto(&format!("{base}/"));
     assert_eq!(wd.title(), "Crash groups - netoops");
@@ -478,15 +482,23 @@ fn browser_follows_a_group_to_a_dump() {
     wd.call("DELETE", "", None);
 
     if let Ok(shot) = std::env::var("NETOOPS_SCREENSHOT") {
-        let shot_profile = tempfile::tempdir().unwrap();
-        let status = Command::new(CHROMIUM)
-            .args(chromium_args(shot_profile.path()))
-            .arg("--hide-scrollbars")
-            .arg(format!("--screenshot={shot}"))
-            .arg(format!("{base}/"))
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success() && Path::new(&shot).is_file());
+        // The groups page at `shot`, the partial dump's page beside it (`...-dump.png`).
+        let dump_shot = shot.replace(".png", "-dump.png");
+        for (path, file, height) in [
+            ("/", shot.as_str(), 620),
+            ("/dump/10.9.0.77/b0-d77-t1-v3-g0", dump_shot.as_str(), 1500),
+        ] {
+            let shot_profile = tempfile::tempdir().unwrap();
+            let status = Command::new(CHROMIUM)
+                .args(chromium_args(shot_profile.path()))
+                .arg("--hide-scrollbars")
+                .arg(format!("--window-size=1400,{height}"))
+                .arg(format!("--screenshot={file}"))
+                .arg(format!("{base}{path}"))
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success() && Path::new(file).is_file());
+        }
     }
 }
