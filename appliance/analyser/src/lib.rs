@@ -161,6 +161,10 @@ pub struct Analysis {
     pub title: String,
 }
 
+/// The analysis rules' version: bumped whenever signatures or fields would come out
+/// differently for the same text, so stored indexes know to re-analyse.
+pub const VERSION: u32 = 1;
+
 /// How many frames (after the faulting function) the signature covers.
 pub const SIGNATURE_FRAMES: usize = 3;
 
@@ -513,11 +517,24 @@ pub fn signature(kind: CrashKind, rip: Option<&Frame>, frames: &[Frame]) -> (Str
     (format!("{:016x}", fnv1a(key.as_bytes())), title)
 }
 
-fn weak(kind: CrashKind) -> bool {
-    matches!(
-        kind,
-        CrashKind::Warning | CrashKind::OtherBug | CrashKind::Panic | CrashKind::Oops
-    )
+/// How much a crash marker says about why the machine went down: 2 for faults that kill the
+/// task or the machine (null dereference, page fault, BUG, GPF, sysrq crash), 1 for reports
+/// that are fatal only when configured so (lockups, hung tasks, RCU stalls, OOM), 0 for
+/// generic lines (warnings, other `BUG:`, `Oops`, a bare panic).
+fn tier(kind: CrashKind) -> u8 {
+    match kind {
+        CrashKind::NullDeref
+        | CrashKind::PageFault
+        | CrashKind::Bug
+        | CrashKind::Gpf
+        | CrashKind::SysrqCrash => 2,
+        CrashKind::SoftLockup
+        | CrashKind::HardLockup
+        | CrashKind::HungTask
+        | CrashKind::RcuStall
+        | CrashKind::Oom => 1,
+        _ => 0,
+    }
 }
 
 /// `Not tainted 6.1.0 #1 ...` or `Tainted: G   OE   6.1.0 #1 ...`: flags and release.
@@ -562,12 +579,11 @@ pub fn analyse(text: &str) -> Analysis {
         signature: String::new(),
         title: String::new(),
     };
-    // The crash line: the first line naming a specific crash (null dereference, BUG_ON,
-    // lockup, ...); failing that, the first warning, other `BUG:`, `Oops` or panic line. So a
-    // warning earlier in the log does not hide the oops after it, and the `Kernel panic` that
-    // follows an oops does not replace it.
+    // The crash line: the first line of the most telling tier (see `tier`). So a warning, an
+    // OOM kill or a hung task report earlier in the log does not hide the oops after it, and
+    // the `Kernel panic` that follows an oops does not replace it.
     let mut banner_release = None;
-    let mut first_weak = None;
+    let mut best: [Option<(usize, CrashKind)>; 3] = [None; 3];
     for (i, line) in lines.iter().enumerate() {
         if let Some(m) = missing_marker(line, i) {
             a.missing.push(m);
@@ -578,22 +594,47 @@ pub fn analyse(text: &str) -> Analysis {
                 banner_release = rest.split_whitespace().next().map(str::to_string);
             }
         }
-        if a.crash_line_index.is_some() {
-            continue;
-        }
         if let Some(k) = kind_of(line) {
-            if !weak(k) {
-                a.kind = k;
-                a.crash_line_index = Some(i);
-            } else if first_weak.is_none() {
-                first_weak = Some((i, k));
+            let t = usize::from(tier(k));
+            if best[t].is_none() {
+                best[t] = Some((i, k));
             }
         }
     }
-    if a.crash_line_index.is_none() {
-        if let Some((i, k)) = first_weak {
-            a.kind = k;
-            a.crash_line_index = Some(i);
+    if let Some((i, k)) = best.iter().rev().flatten().next() {
+        a.kind = *k;
+        a.crash_line_index = Some(*i);
+    }
+    // With no fault, a panic that names its reason (`hung_task: blocked tasks`, `softlockup`,
+    // `Out of memory`) picks the last report of that kind before it, not an older one.
+    if best[2].is_none() {
+        let panic = lines.iter().enumerate().find_map(|(i, l)| {
+            let reason = l.split_once("Kernel panic - not syncing:")?.1;
+            let kind = if reason.contains("hung_task") {
+                CrashKind::HungTask
+            } else if reason.contains("softlockup") {
+                CrashKind::SoftLockup
+            } else if reason.contains("LOCKUP") {
+                CrashKind::HardLockup
+            } else if reason.contains("RCU") {
+                CrashKind::RcuStall
+            } else {
+                kind_of(reason).filter(|k| tier(*k) == 1)?
+            };
+            Some((i, kind))
+        });
+        if let Some((p, kind)) = panic {
+            // An OOM episode starts at `invoked oom-killer`; its `Out of memory` lines follow.
+            let starts = |i: usize| {
+                kind_of(lines[i]) == Some(kind)
+                    && (kind != CrashKind::Oom || lines[i].contains("invoked oom-killer"))
+            };
+            let report = (0..=p)
+                .rev()
+                .find(|&i| starts(i))
+                .or_else(|| (0..=p).rev().find(|&i| kind_of(lines[i]) == Some(kind)));
+            a.kind = kind;
+            a.crash_line_index = Some(report.unwrap_or(p));
         }
     }
     if let Some(i) = a.crash_line_index {

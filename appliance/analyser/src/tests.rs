@@ -552,3 +552,26 @@ fn prefixes_are_stripped() {
     );
     assert_eq!(strip_prefix("[not a stamp] x"), "[not a stamp] x");
 }
+
+#[test]
+fn earlier_reports_do_not_hide_a_fatal_oops() {
+    let history =
+        "Out of memory: Killed process 4242 (java) total-vm:8123456kB, anon-rss:4012345kB\n\
+        java invoked oom-killer: gfp_mask=0x140cca(GFP_HIGHUSER_MOVABLE|__GFP_COMP), order=0\n\
+        INFO: task jbd2/sda1-8:312 blocked for more than 120 seconds.\n";
+    let a = analyse(&format!("{history}{NULL_DEREF}"));
+    assert_eq!(a.kind, CrashKind::NullDeref);
+    assert_eq!(a.signature, analyse(NULL_DEREF).signature);
+    // Without a fault, the report the panic names is the crash, not an older one.
+    let b = analyse(&format!("{history}{HUNG_TASK}"));
+    assert_eq!(b.kind, CrashKind::HungTask);
+    assert_eq!(b.signature, analyse(HUNG_TASK).signature);
+    let c = analyse(&format!("{history}{OOM}"));
+    assert_eq!(c.kind, CrashKind::Oom);
+    assert!(c
+        .crash_line
+        .unwrap()
+        .starts_with("stress invoked oom-killer"));
+    assert_eq!(c.signature, analyse(OOM).signature);
+    assert_eq!(analyse(HUNG_TASK).kind, CrashKind::HungTask);
+}

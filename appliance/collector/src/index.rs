@@ -6,7 +6,7 @@
 //! sizes and modification times are unchanged is not read again; a new or rewritten one is
 //! analysed ([`netoops_analyser::analyse`]); rows of vanished dumps are removed. A missing
 //! database is rebuilt from the files, and so is one that cannot be opened or has another
-//! schema version. Bad files (unparsable `.json`, a missing `.log`) are counted, logged and
+//! schema or analyser version. Bad files (unparsable `.json`, a missing `.log`) are counted, logged and
 //! skipped: they never stop the index.
 
 use crate::store::RELAYS_DIR;
@@ -24,7 +24,9 @@ use std::time::UNIX_EPOCH;
 pub const INDEX_FILE: &str = ".index.sqlite3";
 /// At most this much of a dump's text is analysed (dumps are far smaller).
 pub const MAX_TEXT: u64 = 16 * 1024 * 1024;
-const SCHEMA_VERSION: i64 = 1;
+/// `PRAGMA user_version`: the table layout and the analyser's rules; either changing
+/// re-analyses every dump.
+const SCHEMA_VERSION: i64 = 1000 + netoops_analyser::VERSION as i64;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS dumps (
@@ -167,6 +169,8 @@ pub struct GroupMachine {
 pub struct Index {
     conn: Connection,
     dir: PathBuf,
+    /// Bad files already reported (name, reason, stamp): a long-running view logs each once.
+    reported: HashSet<(String, &'static str, String)>,
 }
 
 fn sql_err(e: rusqlite::Error) -> io::Error {
@@ -223,6 +227,7 @@ impl Index {
         Ok(Index {
             conn,
             dir: dir.to_path_buf(),
+            reported: HashSet::new(),
         })
     }
 
@@ -251,6 +256,7 @@ impl Index {
             }
         }
         let mut seen = HashSet::new();
+        let reported = &mut self.reported;
         let tx = self.conn.transaction().map_err(sql_err)?;
         let sources = fs::read_dir(&self.dir)?;
         for source in sources {
@@ -290,10 +296,12 @@ impl Index {
                 };
                 let Ok(lm) = lm else {
                     stats.missing_log += 1;
-                    eprintln!(
-                        "netoops-collect: index: {} has no .log; skipped",
-                        json_path.display()
-                    );
+                    if reported.insert((name, "no-log", stamp(&jm))) {
+                        eprintln!(
+                            "netoops-collect: index: {} has no .log; skipped",
+                            json_path.display()
+                        );
+                    }
                     continue;
                 };
                 let stamps = (stamp(&jm), stamp(&lm));
@@ -309,15 +317,19 @@ impl Index {
                     Err(Skip::BadMeta) => {
                         seen.remove(&name);
                         stats.bad_meta += 1;
-                        eprintln!(
-                            "netoops-collect: index: {} is not valid dump metadata; skipped",
-                            json_path.display()
-                        );
+                        if reported.insert((name, "bad-meta", stamps.0)) {
+                            eprintln!(
+                                "netoops-collect: index: {} is not valid dump metadata; skipped",
+                                json_path.display()
+                            );
+                        }
                     }
                     Err(Skip::Io(e)) => {
                         seen.remove(&name);
                         stats.unreadable += 1;
-                        eprintln!("netoops-collect: index: {name}: {e}; skipped");
+                        if reported.insert((name.clone(), "io", stamps.0)) {
+                            eprintln!("netoops-collect: index: {name}: {e}; skipped");
+                        }
                     }
                 }
             }

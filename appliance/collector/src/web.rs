@@ -26,12 +26,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Connections served at once; more are closed.
 pub const MAX_CONNECTIONS: usize = 64;
 /// Largest request head read.
 const MAX_REQUEST: usize = 16 * 1024;
+/// The index is synced with the stored files at most this often.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Sparkline buckets.
 pub const SPARK_BUCKETS: usize = 24;
 
@@ -45,7 +47,8 @@ pub struct WebServer {
 #[derive(Debug)]
 struct State {
     dir: PathBuf,
-    index: Mutex<Option<Index>>,
+    /// The index and when it was last synced.
+    index: Mutex<Option<(Index, Option<Instant>)>>,
 }
 
 /// A response: status, content type, body.
@@ -244,10 +247,21 @@ fn route(state: &State, path: &str) -> io::Result<Response> {
         .collect();
     let mut guard = state.index.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_none() {
-        *guard = Some(Index::open(&state.dir)?);
+        *guard = Some((Index::open(&state.dir)?, None));
     }
-    let index = guard.as_mut().ok_or_else(|| io::Error::other("no index"))?;
-    index.sync()?;
+    let (index, synced) = guard.as_mut().ok_or_else(|| io::Error::other("no index"))?;
+    // Bring the index up to date with what the collector stored, at most once a second (a
+    // sync stats every dump's files).
+    if synced.is_none_or(|t: Instant| t.elapsed() >= SYNC_EVERY) {
+        let stats = index.sync()?;
+        let skipped = stats.bad_meta + stats.missing_log + stats.unreadable;
+        if skipped > 0 && stats.indexed > 0 {
+            eprintln!(
+                "netoops-collect: web: {skipped} dumps skipped (bad metadata or missing text)"
+            );
+        }
+        *synced = Some(Instant::now());
+    }
     let index = &*index;
     match segs.as_slice() {
         [] => groups_page(index),
