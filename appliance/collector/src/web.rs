@@ -522,12 +522,21 @@ struct LoadedDump {
     analysis: Analysis,
 }
 
+/// Loads `DIR/<ip>/<key>.json` and its text. Only inside the storage directory (the segments
+/// are checked by the router); `None` when the metadata is missing or is not a JSON object.
 fn load_dump(dir: &Path, ip: &str, key: &str) -> Option<LoadedDump> {
-    let stored = catalog::find(dir, &format!("{ip}/{key}")).ok()?;
-    // `find` also accepts paths; make sure it resolved inside the storage directory.
-    if stored.ip_dir != ip || stored.key != key {
+    let sdir = dir.join(ip);
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(sdir.join(format!("{key}.json"))).ok()?).ok()?;
+    if !meta.is_object() {
         return None;
     }
+    let stored = catalog::StoredDump {
+        ip_dir: ip.to_string(),
+        key: key.to_string(),
+        meta,
+        log_path: sdir.join(format!("{key}.log")),
+    };
     let text = read_text_capped(&stored.log_path)
         .ok()
         .map(|b| String::from_utf8_lossy(&b).into_owned());

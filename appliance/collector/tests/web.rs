@@ -164,6 +164,13 @@ fn dechunk(mut s: &str) -> String {
 fn json_endpoints_status_codes_and_escaping() {
     let tmp = tempfile::tempdir().unwrap();
     fill(tmp.path());
+    // Bad files beside the good: a truncated .json, a .json without its .log.
+    let bad = tmp.path().join("10.9.0.99");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("b0-d1-t1-v3-g0.json"), b"{\"kind\": \"netoo").unwrap();
+    std::fs::write(bad.join("b0-d1-t1-v3-g0.log"), b"BUG: x\n").unwrap();
+    let good = std::fs::read(tmp.path().join("10.9.0.77/b0-d77-t1-v3-g0.json")).unwrap();
+    std::fs::write(bad.join("b0-d2-t1-v3-g0.json"), good).unwrap();
     let (_collector, web) = start_collector(tmp.path());
 
     let (status, body) = http(web, "GET", "/api/groups", None);
@@ -238,6 +245,15 @@ fn json_endpoints_status_codes_and_escaping() {
     }
     let (status, _) = http(web, "POST", "/", None);
     assert_eq!(status, 405);
+    // The bad files: skipped by the index (the totals above), and their pages do not fail.
+    let (status, _) = http(web, "GET", "/dump/10.9.0.99/b0-d1-t1-v3-g0", None);
+    assert_eq!(status, 404);
+    let (status, page) = http(web, "GET", "/dump/10.9.0.99/b0-d2-t1-v3-g0", None);
+    assert_eq!(status, 200);
+    assert!(page.contains("id=\"text-missing\""));
+    assert!(page.contains("This dump is not in the index."));
+    let (status, _) = http(web, "GET", "/api/groups", None);
+    assert_eq!(status, 200, "the view still serves after the bad files");
 
     // Hostile text and relay name come back escaped, never as markup.
     let (status, page) = http(web, "GET", "/dump/10.9.0.66/b0-d66-t1-v3-g0", None);
