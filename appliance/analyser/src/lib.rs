@@ -445,6 +445,27 @@ fn cpu_line(line: &str) -> Option<(Process, Option<String>, Option<String>)> {
     ))
 }
 
+/// `Pid: 2347, comm: bash Not tainted 2.6.32-431.el6.x86_64 #1 ...` (2.6.x kernels).
+fn old_pid_line(line: &str) -> Option<(Process, Option<String>, Option<String>)> {
+    let rest = line.strip_prefix("Pid: ")?;
+    let (pid_s, rest) = rest.split_once(", comm: ")?;
+    let i = rest
+        .find(" Not tainted")
+        .or_else(|| rest.find(" Tainted: "))
+        .unwrap_or(rest.len());
+    let (comm, tail) = rest.split_at(i);
+    let (taint, release) = match taint_release(tail) {
+        Some((f, r)) => (Some(f), r),
+        None => (None, None),
+    };
+    let process = Process {
+        comm: comm.trim().to_string(),
+        pid: pid_s.trim().parse().ok(),
+        cpu: None,
+    };
+    Some((process, taint, release))
+}
+
 /// `... [comm:pid]` at the end of a soft lockup line.
 fn lockup_process(line: &str) -> Option<Process> {
     let open = line.rfind('[')?;
@@ -658,7 +679,7 @@ pub fn analyse(text: &str) -> Analysis {
         if missing_marker(line, 0).is_some() {
             continue;
         }
-        if let Some((proc_, taint, release)) = cpu_line(line) {
+        if let Some((proc_, taint, release)) = cpu_line(line).or_else(|| old_pid_line(line)) {
             if a.process.is_none() {
                 a.process = Some(proc_);
             }

@@ -575,3 +575,47 @@ fn earlier_reports_do_not_hide_a_fatal_oops() {
     assert_eq!(c.signature, analyse(OOM).signature);
     assert_eq!(analyse(HUNG_TASK).kind, CrashKind::HungTask);
 }
+
+/// A 2.6.32-era sysrq crash, the kernels netoops ships in: `SysRq :`, `IP:` and `[<address>]`.
+const SYSRQ_OLD: &str = "\
+SysRq : Trigger a crash
+BUG: unable to handle kernel NULL pointer dereference at (null)
+IP: [<ffffffff8132ad86>] sysrq_handle_crash+0x16/0x20
+PGD 1b8a7b067 PUD 1b5e6a067 PMD 0
+Oops: 0002 [#1] SMP
+last sysfs file: /sys/devices/system/cpu/cpu1/cache/index2/shared_cpu_map
+CPU 1
+Modules linked in: netoops nfs lockd fscache auth_rpcgss nfs_acl sunrpc ipv6 e1000
+Pid: 2347, comm: bash Not tainted 2.6.32-431.el6.x86_64 #1 Red Hat KVM
+RIP: 0010:[<ffffffff8132ad86>]  [<ffffffff8132ad86>] sysrq_handle_crash+0x16/0x20
+Process bash (pid: 2347, threadinfo ffff8801b8c3c000, task ffff8801b8e8c040)
+Call Trace:
+ [<ffffffff8132b042>] __handle_sysrq+0x132/0x1a0
+ [<ffffffff8132b0fe>] write_sysrq_trigger+0x4e/0x50
+ [<ffffffff811f060e>] proc_reg_write+0x7e/0xc0
+ [<ffffffff81188c38>] vfs_write+0xb8/0x1a0
+ [<ffffffff81189531>] sys_write+0x51/0x90
+Code: d0 88 81 a3 d0 bf 81 c9 c3 0f 1f 80 00 00 00 00 55 48 89 e5 0f 1f 44 00 00 c7 05 <c6> 04 25
+RIP  [<ffffffff8132ad86>] sysrq_handle_crash+0x16/0x20
+ RSP <ffff8801b8c3de88>
+CR2: 0000000000000000
+";
+
+#[test]
+fn sysrq_crash_on_an_old_kernel() {
+    let a = analyse(SYSRQ_OLD);
+    assert_eq!(a.kind, CrashKind::SysrqCrash);
+    assert_eq!(a.crash_line.as_deref(), Some("SysRq : Trigger a crash"));
+    assert_eq!(a.rip.as_ref().unwrap().function, "sysrq_handle_crash");
+    assert_eq!(a.frames.len(), 5);
+    assert_eq!(a.process.as_ref().unwrap().comm, "bash");
+    assert_eq!(a.process.as_ref().unwrap().pid, Some(2347));
+    assert_eq!(a.release.as_deref(), Some("2.6.32-431.el6.x86_64"));
+    assert_eq!(a.taint.as_deref(), Some(""));
+    assert_eq!(
+        a.title,
+        "sysrq-crash: sysrq_handle_crash < __handle_sysrq < write_sysrq_trigger < proc_reg_write"
+    );
+    // The same crash as a 6.1 kernel reports it groups with it.
+    assert_eq!(a.signature, analyse(SYSRQ).signature);
+}
