@@ -6,12 +6,16 @@
 //! - [`session`]: one relay connection (`Hello`/`Welcome`, records, `Ack`).
 //! - [`server`]: the listener and its connection threads.
 //! - [`catalog`]: reading a storage directory back (`list`, `show`).
+//! - [`index`]: the SQLite index of dumps by crash signature, source, time and kernel.
+//! - [`web`]: the HTTP view of crash groups, machines and dumps.
 //! - [`wallclock`]: wall-clock ms and RFC 3339 formatting.
 //!
 //! The record format is [`netoops_core::upstream::record`].
 
 pub mod catalog;
+pub mod index;
 pub mod server;
 pub mod session;
 pub mod store;
 pub mod wallclock;
+pub mod web;

@@ -1,9 +1,11 @@
-//! `netoops-collect`: `serve` relay sessions into a storage directory, `list` and `show` what
-//! it holds.
+//! `netoops-collect`: `serve` relay sessions into a storage directory (and, with `--http`, a
+//! web view of it), `list` and `show` what it holds, `groups` its crashes by signature.
 
 use clap::{Parser, Subcommand};
 use netoops_collect::catalog;
+use netoops_collect::index::{self, Index, SyncStats};
 use netoops_collect::server::{Server, ServerConfig};
+use netoops_collect::web::WebServer;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,9 +39,23 @@ enum Command {
         /// Connections served at once.
         #[arg(long, default_value_t = 256)]
         max_connections: usize,
+        /// Also serve the web view (crash groups, machines, dumps; JSON under /api/) here.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<SocketAddr>,
     },
     /// List stored dumps, newest first.
     List {
+        /// Storage directory.
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only dumps of this crash signature (or a prefix of it; see `groups`).
+        #[arg(long)]
+        signature: Option<String>,
+    },
+    /// Crash groups: dumps by signature, with counts, machines, first and last seen.
+    Groups {
         /// Storage directory.
         dir: PathBuf,
         /// Print JSON instead of a table.
@@ -63,13 +79,32 @@ fn main() -> ExitCode {
             dir,
             idle_timeout,
             max_connections,
-        } => serve(ServerConfig {
-            listen,
+            http,
+        } => serve(
+            ServerConfig {
+                listen,
+                dir,
+                idle_timeout: Duration::from_secs(idle_timeout.max(1)),
+                max_connections,
+            },
+            http,
+        ),
+        Command::List {
             dir,
-            idle_timeout: Duration::from_secs(idle_timeout.max(1)),
-            max_connections,
+            json,
+            signature: Some(sig),
+        } => list_signature(&dir, &sig, json),
+        Command::Groups { dir, json } => synced(&dir).and_then(|index| {
+            let groups = index.groups().map_err(|e| e.to_string())?;
+            let text = if json {
+                index::format_groups_json(&groups)
+            } else {
+                index::format_groups(&groups)
+            };
+            print_out(text.as_bytes());
+            Ok(())
         }),
-        Command::List { dir, json } => catalog::list(&dir)
+        Command::List { dir, json, .. } => catalog::list(&dir)
             .map(|dumps| {
                 let text = if json {
                     catalog::format_json(&dumps)
@@ -104,11 +139,54 @@ fn print_out(bytes: &[u8]) {
     let _ = out.flush();
 }
 
-fn serve(config: ServerConfig) -> Result<(), String> {
+fn serve(config: ServerConfig, http: Option<SocketAddr>) -> Result<(), String> {
     let dir = config.dir.clone();
     let server = Server::bind(config.clone())
         .map_err(|e| format!("cannot serve {} on {}: {e}", dir.display(), config.listen))?;
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     print_out(format!("listening on {addr} storing in {}\n", dir.display()).as_bytes());
+    if let Some(http) = http {
+        let web = WebServer::bind(http, &dir)
+            .map_err(|e| format!("cannot serve the web view on {http}: {e}"))?;
+        let addr = web.local_addr().map_err(|e| e.to_string())?;
+        print_out(format!("web view on http://{addr}/\n").as_bytes());
+        web.spawn();
+    }
     server.run().map_err(|e| e.to_string())
+}
+
+/// Opens and syncs the index, reporting skipped files on stderr.
+fn synced(dir: &std::path::Path) -> Result<Index, String> {
+    let (index, stats) = Index::open_synced(dir).map_err(|e| e.to_string())?;
+    report_skipped(&stats);
+    Ok(index)
+}
+
+fn report_skipped(stats: &SyncStats) {
+    let skipped = stats.bad_meta + stats.missing_log + stats.unreadable;
+    if skipped > 0 {
+        eprintln!(
+            "netoops-collect: {skipped} dumps skipped ({} bad metadata, {} without text, {} unreadable)",
+            stats.bad_meta, stats.missing_log, stats.unreadable
+        );
+    }
+}
+
+fn list_signature(dir: &std::path::Path, sig: &str, json: bool) -> Result<(), String> {
+    let index = synced(dir)?;
+    let names = index.dumps(Some(sig)).map_err(|e| e.to_string())?;
+    let mut dumps = Vec::with_capacity(names.len());
+    for d in &names {
+        match catalog::find(dir, &d.name) {
+            Ok(sd) => dumps.push(sd),
+            Err(e) => eprintln!("netoops-collect: {e}; skipped"),
+        }
+    }
+    let text = if json {
+        catalog::format_json(&dumps)
+    } else {
+        catalog::format_table(&dumps)
+    };
+    print_out(text.as_bytes());
+    Ok(())
 }

@@ -2,6 +2,8 @@
 //! TCP sockets (the same thin loop the hosted relay runs), and record builders.
 #![allow(dead_code)]
 
+pub mod crashes;
+
 use netoops_core::time::Instant;
 use netoops_core::upstream::record::RegisterSet;
 use netoops_core::upstream::{
