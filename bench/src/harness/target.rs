@@ -163,8 +163,11 @@ pub fn free_udp_port() -> io::Result<u16> {
 }
 
 /// `listening on ADDR` in a process's output.
+/// The address on the first line with `needle`: the hosted relay prints its netoops socket's
+/// `listening on` line before its netconsole socket's (`netconsole listening on`).
 fn listening_addr(p: &mut Process, needle: &str, patience: Duration) -> io::Result<SocketAddr> {
-    let line = p.wait_for(0, needle, patience)?;
+    let last = p.wait_for(0, needle, patience)?;
+    let line = p.lines_with(0, needle).into_iter().next().unwrap_or(last);
     let rest = &line.text[line.text.find(needle).unwrap_or(0) + needle.len()..];
     rest.split_whitespace()
         .next()
