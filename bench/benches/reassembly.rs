@@ -297,7 +297,9 @@ fn main() {
     let packets = (storm.packets_per_round() * ROUNDS) as u64;
 
     // One checked run: every machine's dump complete, nothing dropped.
-    let mut r = Reassembler::new(config()).expect("budget fits");
+    // The hosted relay's store: chunks written with non-temporal stores.
+    let mut r =
+        Reassembler::with_slots(config(), netoops_streamed_slots::boxed).expect("budget fits");
     let sink = run_storm(&storm, &mut r, Instant::from_millis(1));
     assert_eq!(sink.complete, MACHINES, "{:?}", r.stats());
     assert_eq!(sink.crashes, MACHINES);

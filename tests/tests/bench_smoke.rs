@@ -73,6 +73,56 @@ fn check_latency(name: &str, l: &Value) {
     assert!(!l["durable_cdf"].as_array().unwrap().is_empty());
 }
 
+/// The reason the harness gives, and bench/README.md documents, for the one skip it allows:
+/// `netoops_bench::harness::target::E1000E_SKIP_REASON`.
+const E1000E_SKIP_REASON: &str = "qemu-system-x86_64 has no e1000e device model";
+
+/// Whether this host's QEMU offers the `e1000e` device model.
+fn qemu_has_e1000e() -> bool {
+    Command::new(netoops_image::qemu::QEMU)
+        .args(["-device", "help"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("name \"e1000e\""))
+        })
+        .unwrap_or(false)
+}
+
+/// An `image-e1000e` skip passes only for the documented reason, and only when it is true:
+/// the board drives the 82574L, so any other failure to start is a broken target.
+fn check_e1000e_skip(s: &Value) {
+    assert_eq!(
+        s["reason"].as_str(),
+        Some(E1000E_SKIP_REASON),
+        "image-e1000e skipped for an undocumented reason: {s}"
+    );
+    assert!(
+        !qemu_has_e1000e(),
+        "image-e1000e skipped as if QEMU had no e1000e, but it has: {s}"
+    );
+}
+
+#[test]
+fn e1000e_skip_rule() {
+    let documented = serde_json::json!({"target": "image-e1000e", "reason": E1000E_SKIP_REASON});
+    let other =
+        serde_json::json!({"target": "image-e1000e", "reason": "config error: no NIC matches"});
+    let refused = |v: Value| std::panic::catch_unwind(move || check_e1000e_skip(&v)).is_err();
+    assert!(refused(other), "an undocumented reason must fail");
+    // The harness gives this reason and bench/README.md documents it.
+    let root = workspace_root();
+    for doc in ["bench/README.md", "bench/src/harness/target.rs"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        assert!(
+            text.replace("\n", " ").contains(E1000E_SKIP_REASON),
+            "{doc} does not state the e1000e skip reason {E1000E_SKIP_REASON:?}"
+        );
+    }
+    assert_eq!(refused(documented), qemu_has_e1000e());
+}
+
 fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
@@ -145,7 +195,7 @@ fn smoke_suite_writes_sane_results() {
             }
             (None, Some(s)) => {
                 assert_eq!(name, "image-e1000e", "only e1000e may be missing: {s}");
-                assert!(!s["reason"].as_str().unwrap().is_empty());
+                check_e1000e_skip(s);
             }
             other => panic!("{name}: {other:?}"),
         }

@@ -5,27 +5,10 @@
 //! the hosted relay maps its TOML file and flags onto the same keys through [`Config::set`].
 //! A bad value is an error naming the key; the appliance refuses to run misconfigured.
 //!
-//! | key | value | default |
-//! |---|---|---|
-//! | `ip` | `A.B.C.D/PREFIX`, the appliance's address | required on the appliance |
-//! | `gw` | `A.B.C.D` | none (upstreams on-link) |
-//! | `port` | UDP port netoops senders target | 2004 |
-//! | `upstream` | `IP:PORT[,IP:PORT...]` in order of preference | required |
-//! | `name` | relay name reported to collectors | `netoops-relay` |
-//! | `memory` | reassembly budget, bytes with optional `K`/`M`/`G` | `64M` |
-//! | `spool` | delivery spool budget | `16M` |
-//! | `max_dumps` | dumps held at once | 4096 |
-//! | `per_source` | dumps one source may hold | 8 |
-//! | `quiet` | emit a partial dump after this long without packets (`ms`, `s`, `m`) | `3s` |
-//! | `linger` | remember emitted dumps this long | `30s` |
-//! | `allow` | source allowlist, `CIDR[,CIDR...]` | everyone |
-//! | `nic` | ingress NIC: PCI address `BB:DD.F` or MAC | the first supported NIC |
-//! | `upstream_nic` | a second NIC for upstream traffic | the ingress NIC |
-//! | `stats` | interval between counter lines on the console | `5s` |
-//! | `netconsole_port` | UDP port netconsole senders target; `0` turns netconsole off | 6666 |
-//! | `netconsole_history` | log history kept per healthy netconsole source | `64K` |
-//! | `netconsole_memory` | history all netconsole sources share | `16M` |
-//! | `netconsole_sources` | netconsole sources tracked at once | 4096 |
+//! The keys, their values and defaults are one table, [`KEY_TABLE`]: [`KEYS`] (what
+//! [`Config::set`] accepts) and [`HOSTED_KEYS`] (what the hosted relay's file takes) are
+//! derived from it, and tests check that the README's configuration table, the hosted
+//! relay's keys and the appliance's effective-configuration line agree with it.
 //!
 //! Keys containing a dot (`virtio_mmio.device=...`, added by some VMMs) belong to the platform
 //! and are kept in [`Config::platform`] untouched.
@@ -223,28 +206,133 @@ impl Default for Config {
     }
 }
 
-/// Every key [`Config::set`] accepts.
-pub const KEYS: &[&str] = &[
-    "ip",
-    "gw",
-    "port",
-    "upstream",
-    "name",
-    "memory",
-    "spool",
-    "max_dumps",
-    "per_source",
-    "quiet",
-    "linger",
-    "allow",
-    "nic",
-    "upstream_nic",
-    "stats",
-    "netconsole_port",
-    "netconsole_history",
-    "netconsole_memory",
-    "netconsole_sources",
-];
+/// Where a configuration key is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyScope {
+    /// [`Config::set`], everywhere: the kernel command line, `relay.conf` and the hosted
+    /// relay's TOML file and flags.
+    Everywhere,
+    /// [`Config::set`], but meaningful only on the appliance (its addresses and NICs); the
+    /// hosted relay refuses it.
+    Appliance,
+    /// Read by the appliance kernel itself (a dotted key, which [`Config::set`] keeps in
+    /// [`Config::platform`]).
+    Kernel,
+}
+
+/// One configuration key, as the README's table documents it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyDoc {
+    /// The key.
+    pub key: &'static str,
+    /// Where it is read.
+    pub scope: KeyScope,
+    /// Its value (Markdown).
+    pub value: &'static str,
+    /// Its default (Markdown).
+    pub default: &'static str,
+}
+
+const fn key(
+    key: &'static str,
+    scope: KeyScope,
+    value: &'static str,
+    default: &'static str,
+) -> KeyDoc {
+    KeyDoc {
+        key,
+        scope,
+        value,
+        default,
+    }
+}
+
+/// Every configuration key, in the order the README and the appliance's `config:` line list
+/// them. Adding a key starts here.
+pub const KEY_TABLE: &[KeyDoc] = {
+    use KeyScope::{Appliance, Everywhere, Kernel};
+    &[
+        key("ip", Appliance, "`A.B.C.D/PREFIX`, the appliance's address", "required on the appliance"),
+        key("gw", Appliance, "gateway `A.B.C.D`", "none (upstreams on-link)"),
+        key("port", Everywhere, "UDP port netoops senders target", "2004"),
+        key("upstream", Everywhere, "`IP:PORT[,IP:PORT...]`, collectors in order of preference", "required"),
+        key("name", Everywhere, "relay name reported to collectors", "`netoops-relay`"),
+        key("memory", Everywhere, "reassembly budget (`K`/`M`/`G`)", "`64M`"),
+        key("spool", Everywhere, "delivery spool budget", "`16M`"),
+        key("max_dumps", Everywhere, "dumps held at once", "4096"),
+        key("per_source", Everywhere, "dumps one source address may hold", "8"),
+        key("quiet", Everywhere, "emit a partial dump after this long without packets (`ms`, `s`, `m`)", "`3s`"),
+        key("linger", Everywhere, "remember emitted dumps this long (absorbs later rounds)", "`30s`"),
+        key("allow", Everywhere, "source allowlist `CIDR[,CIDR...]`", "everyone"),
+        key("nic", Appliance, "ingress NIC, PCI `BB:DD.F` or MAC", "first supported NIC"),
+        key("upstream_nic", Appliance, "a second NIC for upstream traffic", "the ingress NIC"),
+        key("stats", Everywhere, "interval between counter lines", "`5s`"),
+        key("netconsole_port", Everywhere, "UDP port netconsole senders target; `0` turns netconsole off", "6666"),
+        key("netconsole_history", Everywhere, "log history kept per healthy netconsole source", "`64K`"),
+        key("netconsole_memory", Everywhere, "history all netconsole sources share", "`16M`"),
+        key("netconsole_sources", Everywhere, "netconsole sources tracked at once", "4096"),
+        key("upstream_nic.ip", Kernel, "address `A.B.C.D/PREFIX` of the upstream NIC in two-NIC mode", "-"),
+        key("upstream_nic.gw", Kernel, "gateway of the upstream NIC in two-NIC mode", "none"),
+        key(
+            "idle.halt",
+            Kernel,
+            "`off`, or the shortest halt when idle (`10us`-`1ms`): the appliance sleeps on the local APIC timer instead of spinning",
+            "`100us`",
+        ),
+    ]
+};
+
+const fn count_keys(a: KeyScope, b: KeyScope) -> usize {
+    let (mut i, mut n) = (0, 0);
+    while i < KEY_TABLE.len() {
+        let s = KEY_TABLE[i].scope as u8;
+        if s == a as u8 || s == b as u8 {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+const fn select_keys<const N: usize>(a: KeyScope, b: KeyScope) -> [&'static str; N] {
+    let mut out = [""; N];
+    let (mut i, mut n) = (0, 0);
+    while i < KEY_TABLE.len() {
+        let s = KEY_TABLE[i].scope as u8;
+        if s == a as u8 || s == b as u8 {
+            out[n] = KEY_TABLE[i].key;
+            n += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Every key [`Config::set`] accepts (scopes `Everywhere` and `Appliance` of [`KEY_TABLE`]).
+pub const KEYS: &[&str] = &select_keys::<{ count_keys(KeyScope::Everywhere, KeyScope::Appliance) }>(
+    KeyScope::Everywhere,
+    KeyScope::Appliance,
+);
+
+/// The keys the hosted relay takes (scope `Everywhere` of [`KEY_TABLE`]).
+pub const HOSTED_KEYS: &[&str] = &select_keys::<
+    { count_keys(KeyScope::Everywhere, KeyScope::Everywhere) },
+>(KeyScope::Everywhere, KeyScope::Everywhere);
+
+/// The README's configuration table, generated from [`KEY_TABLE`] (a test keeps the README
+/// equal to it).
+pub fn key_table_markdown() -> String {
+    let mut out = String::from("| key | value | default |\n|---|---|---|\n");
+    for k in KEY_TABLE {
+        out.push_str(&alloc::format!(
+            "| `{}` | {} | {} |\n",
+            k.key,
+            k.value,
+            k.default
+        ));
+    }
+    out
+}
 
 /// Parses `123`, `64K`, `16M`, `1G` (powers of 1024).
 pub fn parse_size(v: &str) -> Option<usize> {
@@ -458,6 +546,45 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_key_set_accepts_is_in_the_table_and_no_other() {
+        for key in KEYS {
+            let r = Config::default().set(key, "");
+            assert!(
+                !matches!(&r, Err(e) if e.problem.starts_with("unknown key")),
+                "{key}: {r:?}"
+            );
+        }
+        assert!(Config::default().set("no_such_key", "1").is_err());
+        assert_eq!(KEYS.len() + 3, KEY_TABLE.len());
+        for k in KEY_TABLE {
+            assert_eq!(
+                k.scope == KeyScope::Kernel,
+                k.key.contains('.'),
+                "{}",
+                k.key
+            );
+            assert_eq!(KEYS.contains(&k.key), k.scope != KeyScope::Kernel);
+            assert_eq!(
+                HOSTED_KEYS.contains(&k.key),
+                k.scope == KeyScope::Everywhere
+            );
+        }
+    }
+
+    /// The README's configuration table is [`key_table_markdown`], exactly.
+    #[test]
+    fn the_readme_table_is_the_key_table() {
+        extern crate std;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+        let readme = std::fs::read_to_string(&path).unwrap();
+        let want = key_table_markdown();
+        assert!(
+            readme.contains(&want),
+            "README.md's configuration table differs from KEY_TABLE; it should read:\n{want}"
+        );
+    }
+
     use super::*;
 
     #[test]

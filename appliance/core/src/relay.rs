@@ -17,7 +17,8 @@ use netoops_wire::netoops::{RegisterLayout, Registers};
 use crate::config::{Config, ConfigError};
 use crate::netconsole::{ConsoleCrash, ConsoleDump, ConsoleSink, ConsoleStats, ConsoleTracker};
 use crate::reassembly::{
-    Accepted, CrashSeen, DropReason, DumpView, EventSink, Reassembler, ReassemblyStats,
+    Accepted, CrashSeen, DropReason, DumpView, EventSink, NewSlots, PlainSlots, Reassembler,
+    ReassemblyStats,
 };
 use crate::time::Instant;
 use crate::upstream::{
@@ -219,11 +220,22 @@ impl Relay {
     /// Builds the relay from a validated configuration. `instance` must differ on every boot
     /// (collectors key replay protection on it).
     pub fn new(config: Config, instance: u64) -> Result<Relay, ConfigError> {
+        Self::with_slots(config, instance, PlainSlots::boxed)
+    }
+
+    /// Like [`Self::new`], with reassembled chunks in the store `new_slots` builds (see
+    /// [`crate::reassembly::slots`]; the hosted relay plugs in non-temporal stores).
+    pub fn with_slots(
+        config: Config,
+        instance: u64,
+        new_slots: NewSlots,
+    ) -> Result<Relay, ConfigError> {
         config.validate()?;
-        let reassembler = Reassembler::new(config.reassembly).map_err(|e| ConfigError {
-            key: "memory".to_string(),
-            problem: e.to_string(),
-        })?;
+        let reassembler =
+            Reassembler::with_slots(config.reassembly, new_slots).map_err(|e| ConfigError {
+                key: "memory".to_string(),
+                problem: e.to_string(),
+            })?;
         let mut link_config =
             LinkConfig::new(config.upstreams.len(), config.name.clone(), instance);
         link_config.spool_bytes = config.spool_bytes;

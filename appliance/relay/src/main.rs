@@ -23,7 +23,12 @@ fn main() -> ExitCode {
     };
     let instance = settings.instance.unwrap_or_else(random_instance);
     let clock = Clock::start();
-    let relay = match Relay::new(settings.config.clone(), instance) {
+    // Chunks written once and read once go around the cache (non-temporal stores).
+    let relay = match Relay::with_slots(
+        settings.config.clone(),
+        instance,
+        netoops_streamed_slots::boxed,
+    ) {
         Ok(r) => r,
         Err(e) => return fail(CONFIG_ERROR, e),
     };

@@ -15,27 +15,15 @@ use std::time::Duration;
 use clap::Parser;
 use netoops_core::config::{parse_duration, parse_size, Config, ConfigError};
 
-/// Keys the TOML file may hold.
-pub const FILE_KEYS: &[&str] = &[
-    "port",
-    "upstream",
-    "name",
-    "memory",
-    "spool",
-    "max_dumps",
-    "per_source",
-    "quiet",
-    "linger",
-    "allow",
-    "stats",
-    "netconsole_port",
-    "netconsole_history",
-    "netconsole_memory",
-    "netconsole_sources",
-];
+/// Keys the TOML file may hold: the core's keys read everywhere
+/// ([`netoops_core::config::HOSTED_KEYS`], from its `KEY_TABLE`).
+pub const FILE_KEYS: &[&str] = netoops_core::config::HOSTED_KEYS;
 
-/// Core keys that only make sense on the appliance image.
-const APPLIANCE_KEYS: &[&str] = &["ip", "gw", "nic", "upstream_nic"];
+/// Whether a core key only makes sense on the appliance image (scope `Appliance` in the
+/// core's `KEY_TABLE`: its addresses and NICs).
+fn appliance_only(key: &str) -> bool {
+    netoops_core::config::KEYS.contains(&key) && !FILE_KEYS.contains(&key)
+}
 
 /// Default receive buffer asked of the kernel for the netoops socket.
 pub const DEFAULT_RECV_BUFFER: usize = 8 << 20;
@@ -286,7 +274,7 @@ pub fn apply_toml(config: &mut Config, text: &str) -> Result<(), TomlError> {
         })?;
     for (key, value) in &table {
         let key = key.as_str();
-        if APPLIANCE_KEYS.contains(&key) {
+        if appliance_only(key) {
             return Err(TomlError::Key(key_error(
                 key,
                 "only used by the appliance image; the hosted relay takes --listen instead",

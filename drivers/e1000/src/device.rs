@@ -27,7 +27,9 @@
 //! a fallback MAC address, never a hang.
 
 use crate::regs::{self, ctrl, eerd, rctl, status, tctl, Registers};
-use crate::ring::{check_ring_len, RingError, RxCounters, RxRing, TxCounters, TxRing};
+use crate::ring::{
+    check_ring_len, RingError, RxCounters, RxFrame, RxRing, TxCounters, TxRing, TxSlot,
+};
 use crate::Model;
 use core::cell::Cell;
 use netoops_driver_platform::{memory_bar_base, MmioRegion, PciConfig, Platform};
@@ -579,37 +581,28 @@ fn read_eeprom_word(regs: &impl Registers, model: Model, waits: Waits, word: u32
     finished.then_some((value >> eerd::DATA_SHIFT) as u16)
 }
 
-/// A received frame, lent in its receive buffer.
+/// A received frame, lent in its receive buffer; dropping it gives the descriptor back.
 #[derive(Debug)]
 pub struct E1000RxToken<'a, R: Registers> {
-    rx: &'a mut RxRing,
-    regs: &'a R,
-    index: u16,
-    len: usize,
+    frame: RxFrame<'a, R>,
 }
 
 impl<R: Registers> RxToken for E1000RxToken<'_, R> {
     fn consume<T, F: FnOnce(&[u8]) -> T>(self, f: F) -> T {
-        f(self.rx.frame(self.index, self.len))
-    }
-}
-
-impl<R: Registers> Drop for E1000RxToken<'_, R> {
-    fn drop(&mut self) {
-        self.rx.recycle(self.regs);
+        f(self.frame.bytes())
     }
 }
 
 /// Room for one frame in the transmit ring.
 #[derive(Debug)]
 pub struct E1000TxToken<'a, R: Registers> {
-    tx: &'a mut TxRing,
+    slot: TxSlot<'a>,
     regs: &'a R,
 }
 
 impl<R: Registers> TxToken for E1000TxToken<'_, R> {
     fn consume<T, F: FnOnce(&mut [u8]) -> T>(self, len: usize, f: F) -> T {
-        self.tx.send(self.regs, len, f)
+        self.slot.send(self.regs, len, f)
     }
 }
 
@@ -629,16 +622,12 @@ impl<R: Registers> Device for E1000<R> {
             self.tx.publish(&self.regs);
             return None;
         }
-        let (index, len) = self.rx.next_frame(&self.regs)?;
+        let slot = self.tx.reserve()?;
+        let frame = self.rx.next_frame(&self.regs)?;
         Some((
-            E1000RxToken {
-                rx: &mut self.rx,
-                regs: &self.regs,
-                index,
-                len,
-            },
+            E1000RxToken { frame },
             E1000TxToken {
-                tx: &mut self.tx,
+                slot,
                 regs: &self.regs,
             },
         ))
@@ -651,7 +640,7 @@ impl<R: Registers> Device for E1000<R> {
             return None;
         }
         Some(E1000TxToken {
-            tx: &mut self.tx,
+            slot: self.tx.reserve()?,
             regs: &self.regs,
         })
     }

@@ -14,10 +14,17 @@
 //! - [`TxRing`]: the driver fills descriptors at its tail, publishes them with one tail write
 //!   per batch, and reclaims them in order when the device has written `DD` back.
 //!
-//! All code here is safe: descriptor and buffer memory is reached through
-//! [`DmaRegion`]'s bounds-checked accessors, registers through [`Registers`]. Device input
-//! is not trusted: a completed descriptor with an impossible length or error bits is
-//! counted and recycled, never handed up.
+//! Buffers are reached only through tokens that borrow their ring mutably, so misuse does
+//! not compile: [`RxRing::next_frame`] returns an [`RxFrame`], the only way to read a
+//! received buffer, which gives its descriptor back to the device when dropped (after that
+//! no reference to the buffer can remain); [`TxRing::reserve`] returns a [`TxSlot`] only
+//! when a descriptor is free, the only way to write a transmit buffer, so nothing writes a
+//! buffer the device may still be reading, and a full ring refuses.
+//!
+//! Code here is safe but for the two buffer borrows the tokens justify: descriptor and
+//! buffer memory is reached through [`DmaRegion`]'s bounds-checked accessors, registers
+//! through [`Registers`]. Device input is not trusted: a completed descriptor with an
+//! impossible length or error bits is counted and recycled, never handed up.
 
 use crate::regs::{self, rx_desc, tx_desc, Registers};
 use core::sync::atomic::{fence, Ordering};
@@ -158,10 +165,10 @@ impl RxRing {
         (self.next, self.descs.read_u32(off + rx_desc::STATUS_WORD))
     }
 
-    /// Takes the next good frame the device completed: `(descriptor, length)`. Bad frames
-    /// on the way are counted and recycled. The descriptor stays the driver's until
-    /// [`Self::recycle`].
-    pub fn next_frame(&mut self, regs: &impl Registers) -> Option<(u16, usize)> {
+    /// Takes the next good frame the device completed. Bad frames on the way are counted
+    /// and recycled. The descriptor stays the driver's while the [`RxFrame`] lives; dropping
+    /// it gives the descriptor back (published with the batch).
+    pub fn next_frame<'a, R: Registers>(&'a mut self, regs: &'a R) -> Option<RxFrame<'a, R>> {
         loop {
             let off = usize::from(self.next) * rx_desc::LEN;
             let word = self.descs.read_u32(off + rx_desc::STATUS_WORD);
@@ -190,26 +197,20 @@ impl RxRing {
                 // buffer, which the reassembler will read right after this one.
                 let after = (usize::from(self.next) + 1) % usize::from(self.len);
                 self.buffers.prefetch(after * BUFFER_LEN, BUFFER_LEN);
-                return Some((self.next, len));
+                return Some(RxFrame {
+                    ring: self,
+                    regs,
+                    len,
+                });
             }
             self.recycle(regs);
         }
     }
 
-    /// The frame in descriptor `index` (from [`Self::next_frame`], not yet recycled).
-    pub fn frame(&self, index: u16, len: usize) -> &[u8] {
-        // SAFETY: `index` is the descriptor `next_frame` returned; it lies between the tail
-        // last written and the device's head, so the device does not write its buffer until
-        // `recycle` hands it back, which needs `&mut self`.
-        unsafe {
-            self.buffers
-                .bytes(usize::from(index) * BUFFER_LEN, len.min(BUFFER_LEN))
-        }
-    }
-
-    /// Returns the next descriptor (the one just looked at) to the driver's pool of free ones: clears its
-    /// status and moves on; publishes when a batch is complete.
-    pub fn recycle(&mut self, regs: &impl Registers) {
+    /// Returns the next descriptor (the one just looked at) to the driver's pool of free
+    /// ones: clears its status and moves on; publishes when a batch is complete. Private:
+    /// outside this module a descriptor is recycled by dropping its [`RxFrame`].
+    fn recycle(&mut self, regs: &impl Registers) {
         let off = usize::from(self.next) * rx_desc::LEN;
         // Length, checksum, status, errors and special: the device rewrites them all.
         self.descs.write_u64(off + rx_desc::LENGTH, 0);
@@ -230,6 +231,52 @@ impl RxRing {
         regs.write(regs::RDT, u32::from(self.tail()));
         self.unposted = 0;
         self.counters.tail_writes += 1;
+    }
+}
+
+/// A received frame in its buffer, from [`RxRing::next_frame`]: the descriptor at the ring's
+/// `next`, owned by the driver for as long as this lives. Dropping it recycles the
+/// descriptor.
+#[derive(Debug)]
+pub struct RxFrame<'a, R: Registers> {
+    ring: &'a mut RxRing,
+    regs: &'a R,
+    /// At most [`BUFFER_LEN`] (checked by `next_frame`).
+    len: usize,
+}
+
+impl<R: Registers> RxFrame<'_, R> {
+    /// The descriptor holding the frame.
+    pub fn index(&self) -> u16 {
+        self.ring.next
+    }
+
+    /// The frame's length (Ethernet header included, FCS stripped).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the frame is empty (never: runts are not handed up).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The frame's bytes, in the receive buffer.
+    pub fn bytes(&self) -> &[u8] {
+        let index = usize::from(self.ring.next);
+        // SAFETY: descriptor `next` completed (DD seen by `next_frame`) and is not recycled
+        // until this frame drops: it lies outside the tail..head range the device owns, so
+        // the device does not write its buffer while the returned borrow (tied to `&self`,
+        // which the drop outlives) exists. `self.ring` is borrowed mutably by this frame, so
+        // no other ring method runs meanwhile; `len <= BUFFER_LEN` keeps the range inside the
+        // descriptor's own buffer.
+        unsafe { self.ring.buffers.bytes(index * BUFFER_LEN, self.len) }
+    }
+}
+
+impl<R: Registers> Drop for RxFrame<'_, R> {
+    fn drop(&mut self) {
+        self.ring.recycle(self.regs);
     }
 }
 
@@ -314,6 +361,13 @@ impl TxRing {
         self.in_flight() < self.len - 1
     }
 
+    /// The free descriptor at the tail, reclaiming finished ones if none is free; `None`
+    /// when every descriptor is in flight (the caller counts it with [`Self::note_full`]).
+    /// The only way to write a transmit buffer.
+    pub fn reserve(&mut self) -> Option<TxSlot<'_>> {
+        self.has_room().then_some(TxSlot { ring: self })
+    }
+
     /// Counts a refused request.
     pub fn note_full(&mut self) {
         self.counters.ring_full += 1;
@@ -332,21 +386,24 @@ impl TxRing {
     }
 
     /// Lets `f` write a frame of up to `len` bytes into the buffer at the tail and queues
-    /// it; frames longer than a buffer are cut and counted. The caller checked
-    /// [`Self::has_room`]. A zero-length frame is not queued.
-    pub fn send<R>(
-        &mut self,
-        regs: &impl Registers,
-        len: usize,
-        f: impl FnOnce(&mut [u8]) -> R,
-    ) -> R {
+    /// it; frames longer than a buffer are cut and counted. A zero-length frame is not
+    /// queued. Private: [`TxSlot::send`] calls it, and a slot exists only while the tail
+    /// descriptor is free.
+    fn send<R>(&mut self, regs: &impl Registers, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        debug_assert!(
+            self.in_flight() < self.len - 1,
+            "send without a free descriptor"
+        );
         if len > BUFFER_LEN {
             self.counters.truncated += 1;
         }
         let len = len.min(BUFFER_LEN);
         let index = usize::from(self.tail);
-        // SAFETY: the tail descriptor is free (`has_room`) and not yet published, so the
-        // device does not read its buffer while `f` writes it.
+        // SAFETY: only `TxSlot::send` calls this, and a `TxSlot` is made only by `reserve`
+        // when a descriptor is free; it borrows the ring mutably, so the tail cannot move
+        // in between. The tail descriptor is therefore neither in flight nor published, so
+        // the device does not read its buffer while `f` writes it; `len <= BUFFER_LEN`
+        // keeps the range inside that descriptor's buffer.
         let r = f(unsafe { self.buffers.bytes_mut(index * BUFFER_LEN, len) });
         if len == 0 {
             return r;
@@ -376,6 +433,21 @@ impl TxRing {
         regs.write(regs::TDT, u32::from(self.tail));
         self.published = self.tail;
         self.counters.tail_writes += 1;
+    }
+}
+
+/// A free transmit descriptor at the tail, from [`TxRing::reserve`].
+#[derive(Debug)]
+pub struct TxSlot<'a> {
+    ring: &'a mut TxRing,
+}
+
+impl TxSlot<'_> {
+    /// Lets `f` write a frame of up to `len` bytes into the slot's buffer and queues it;
+    /// frames longer than a buffer are cut and counted; a zero-length frame is not queued.
+    /// Publishes when a batch is complete.
+    pub fn send<R>(self, regs: &impl Registers, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        self.ring.send(regs, len, f)
     }
 }
 
@@ -443,10 +515,10 @@ mod tests {
             complete_rx(&rx, i, &f, rx_desc::STA_DD | rx_desc::STA_EOP);
         }
         for i in 0..6u16 {
-            let (idx, len) = rx.next_frame(&regs).unwrap();
-            assert_eq!((idx, len), (i, 60));
-            assert_eq!(rx.frame(idx, len)[1], 1 ^ i as u8);
-            rx.recycle(&regs);
+            let frame = rx.next_frame(&regs).unwrap();
+            assert_eq!((frame.index(), frame.len()), (i, 60));
+            assert_eq!(frame.bytes()[1], 1 ^ i as u8);
+            // Dropping the frame recycles its descriptor.
         }
         assert!(rx.next_frame(&regs).is_none());
         assert_eq!(regs.writes_to(regs::RDT), [3], "one write after 4 recycled");
@@ -473,9 +545,8 @@ mod tests {
                     &[round as u8; 64],
                     rx_desc::STA_DD | rx_desc::STA_EOP,
                 );
-                let (idx, len) = rx.next_frame(&regs).unwrap();
-                assert_eq!(rx.frame(idx, len)[0], round as u8);
-                rx.recycle(&regs);
+                let frame = rx.next_frame(&regs).unwrap();
+                assert_eq!(frame.bytes()[0], round as u8);
             }
         }
         assert_eq!(rx.counters().frames, 35);
@@ -496,9 +567,9 @@ mod tests {
         complete_rx(&rx, 3, &[4; 100], rx_desc::STA_DD);
         complete_rx(&rx, 4, &[5; 100], ok); // last of the oversize frame
         complete_rx(&rx, 5, &[6; 100], ok | (1 << 13)); // TCPE only: still good
-        let (idx, len) = rx.next_frame(&regs).unwrap();
-        assert_eq!((idx, len), (5, 100));
-        rx.recycle(&regs);
+        let frame = rx.next_frame(&regs).unwrap();
+        assert_eq!((frame.index(), frame.len()), (5, 100));
+        drop(frame);
         // A length beyond the buffer, written by a broken device.
         complete_rx(&rx, 6, &[7; 20], ok);
         // SAFETY: descriptor 6 of the live ring; the test plays the device.
@@ -523,9 +594,10 @@ mod tests {
         let mut tx = TxRing::new(&HostPlatform, 8, 3).unwrap();
         for i in 0..7u8 {
             assert!(tx.has_room());
-            tx.send(&regs, 60, |b| b.fill(i));
+            tx.reserve().unwrap().send(&regs, 60, |b| b.fill(i));
         }
         assert!(!tx.has_room(), "n - 1 in flight");
+        assert!(tx.reserve().is_none(), "a full ring gives no slot");
         assert_eq!(regs.writes_to(regs::TDT), [3, 6]);
         tx.publish(&regs);
         assert_eq!(regs.writes_to(regs::TDT), [3, 6, 7]);
@@ -551,7 +623,7 @@ mod tests {
         assert_eq!(tx.in_flight(), 4);
         // Wrap: fill to the end and beyond.
         for _ in 0..3 {
-            tx.send(&regs, 100, |b| b.fill(9));
+            tx.reserve().unwrap().send(&regs, 100, |b| b.fill(9));
         }
         assert_eq!(tx.tail, 2);
         assert!(!tx.has_room());
@@ -561,7 +633,7 @@ mod tests {
     fn unpublished_descriptors_are_never_reclaimed() {
         let regs = RecordingRegisters::default();
         let mut tx = TxRing::new(&HostPlatform, 8, 8).unwrap();
-        tx.send(&regs, 60, |b| b.fill(1));
+        tx.reserve().unwrap().send(&regs, 60, |b| b.fill(1));
         // A stale DD on an unpublished descriptor must not free it.
         tx.descs.write_u32(tx_desc::STATUS_WORD, tx_desc::STA_DD);
         tx.reclaim();
@@ -573,12 +645,50 @@ mod tests {
     fn oversized_and_empty_transmits() {
         let regs = RecordingRegisters::default();
         let mut tx = TxRing::new(&HostPlatform, 8, 1).unwrap();
-        let n = tx.send(&regs, 5000, |b| b.len());
+        let n = tx.reserve().unwrap().send(&regs, 5000, |b| b.len());
         assert_eq!(n, BUFFER_LEN);
         assert_eq!(tx.counters().truncated, 1);
-        let n = tx.send(&regs, 0, |b| b.len());
+        let n = tx.reserve().unwrap().send(&regs, 0, |b| b.len());
         assert_eq!(n, 0);
         assert_eq!(tx.counters().frames, 1, "an empty frame is not queued");
         assert_eq!(tx.in_flight(), 1);
+    }
+
+    /// The device still reads every published, unfinished descriptor's buffer: a full ring
+    /// refuses to hand out a slot, so no send can overwrite one, and the buffers keep
+    /// their frames until the device reports them done.
+    #[test]
+    fn send_on_a_full_ring_is_refused() {
+        let regs = RecordingRegisters::default();
+        let mut tx = TxRing::new(&HostPlatform, 8, 1).unwrap();
+        for i in 0..7u8 {
+            tx.reserve().unwrap().send(&regs, 60, |b| b.fill(i));
+        }
+        assert_eq!(tx.in_flight(), 7);
+        for _ in 0..3 {
+            assert!(tx.reserve().is_none(), "full: no slot to send into");
+        }
+        for i in 0..7usize {
+            // SAFETY: the buffers are not borrowed elsewhere; the test plays the device.
+            let b = unsafe { tx.buffers.bytes(i * BUFFER_LEN, 60) };
+            assert!(b.iter().all(|&x| usize::from(x) == i), "buffer {i} intact");
+        }
+        assert_eq!(tx.counters().frames, 7);
+        // Once the device finishes the oldest, exactly one slot comes back.
+        tx.descs.write_u32(tx_desc::STATUS_WORD, tx_desc::STA_DD);
+        tx.reserve().unwrap().send(&regs, 60, |b| b.fill(7));
+        assert!(tx.reserve().is_none());
+    }
+
+    #[test]
+    fn a_received_frame_keeps_its_descriptor_until_dropped() {
+        let regs = RecordingRegisters::default();
+        let mut rx = RxRing::new(&HostPlatform, 8, 1).unwrap();
+        complete_rx(&rx, 0, &[5; 60], rx_desc::STA_DD | rx_desc::STA_EOP);
+        let frame = rx.next_frame(&regs).unwrap();
+        assert_eq!(frame.bytes(), &[5; 60][..]);
+        drop(frame);
+        assert_eq!(regs.writes_to(regs::RDT), [0], "given back on drop");
+        assert!(rx.next_frame(&regs).is_none());
     }
 }

@@ -9,15 +9,8 @@
 //!
 //! Out-of-range accesses are driver bugs, not device input: they read as zero (DMA) or
 //! all-ones (MMIO, like an absent bus device), writes are ignored, and debug builds assert.
-//!
-//! The relay core, which has no unsafe code, gets one thing from here as well:
-//! [`streamed::StreamedSlots`], chunk memory written with non-temporal stores.
 
 #![no_std]
-
-extern crate alloc;
-
-pub mod streamed;
 
 use core::ptr::NonNull;
 

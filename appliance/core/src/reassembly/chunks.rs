@@ -18,9 +18,10 @@
 //! but filled (and, in the kernel, touched) only as chunks arrive, so a large budget costs
 //! nothing at boot.
 
+use super::slots::{ChunkSlots, NewSlots};
+use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
-use netoops_driver_platform::streamed::StreamedSlots;
 use netoops_wire::DATA_LEN;
 
 const NO_SLOT: u32 = u32::MAX;
@@ -163,9 +164,10 @@ impl FreeSlots {
 
 /// Slot storage for received chunks.
 pub(crate) struct ChunkStore {
-    /// The chunks. Written once and read once, at emission, so they go around the cache
-    /// rather than evict the tables every packet reads.
-    data: StreamedSlots<DATA_LEN>,
+    /// The chunks, in the store the platform plugged in ([`super::slots`]): written once
+    /// and read once, at emission, so a store may send them around the cache rather than
+    /// evict the tables every packet reads.
+    data: Box<dyn ChunkSlots>,
     free: FreeSlots,
     /// What is held for each (table base + packet_no). Its capacity is the index array's
     /// size; its length grows to the highest position reserved so far.
@@ -182,9 +184,9 @@ pub(crate) struct ChunkStore {
 }
 
 impl ChunkStore {
-    pub(crate) fn new(slots: usize, dumps: usize, max_packets: usize) -> Self {
+    pub(crate) fn new(slots: usize, dumps: usize, max_packets: usize, new_slots: NewSlots) -> Self {
         ChunkStore {
-            data: StreamedSlots::with_capacity(slots),
+            data: new_slots(slots),
             free: FreeSlots::new(slots),
             table: Vec::with_capacity(table_len(slots, max_packets)),
             tables: vec![Span::default(); dumps],
@@ -328,10 +330,11 @@ impl ChunkStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reassembly::slots::PlainSlots;
 
     #[test]
     fn slots_are_reused_and_padding_is_cut() {
-        let mut store = ChunkStore::new(2, 4, 16);
+        let mut store = ChunkStore::new(2, 4, 16, PlainSlots::boxed);
         let mut a = [0u8; DATA_LEN];
         a[..5].copy_from_slice(b"hello");
         assert!(store.reserve(0, 8) && store.reserve(1, 1) && store.reserve(3, 2));
@@ -384,7 +387,7 @@ mod tests {
     #[test]
     fn tables_are_compacted_when_the_bump_pointer_reaches_the_end() {
         // 4 slots -> 8 + 16 = 24 table entries.
-        let mut store = ChunkStore::new(4, 4, 16);
+        let mut store = ChunkStore::new(4, 4, 16, PlainSlots::boxed);
         assert!(store.reserve(0, 10));
         assert!(store.reserve(1, 10));
         assert!(store.insert(1, 9, &[b'b'; DATA_LEN], 0));

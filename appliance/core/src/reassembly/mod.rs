@@ -25,6 +25,7 @@
 mod chunks;
 mod entry;
 mod lists;
+pub mod slots;
 mod view;
 
 use alloc::vec;
@@ -36,6 +37,7 @@ use netoops_wire::netoops::{Datagram, Limits, WireErrorKind};
 use netoops_wire::DATA_LEN;
 
 pub use entry::DumpKey;
+pub use slots::{ChunkSlots, NewSlots, PlainSlots};
 pub use view::{CrashSeen, DumpView, EventSink};
 
 use crate::time::{Duration, Instant};
@@ -274,8 +276,17 @@ pub struct Reassembler {
 }
 
 impl Reassembler {
-    /// Builds a reassembler, allocating everything it will ever use.
+    /// Builds a reassembler, allocating everything it will ever use; chunks go to
+    /// [`PlainSlots`].
     pub fn new(config: ReassemblyConfig) -> Result<Self, ReassemblyConfigError> {
+        Self::with_slots(config, PlainSlots::boxed)
+    }
+
+    /// Like [`Self::new`], with chunks in the store `new_slots` builds ([`slots`]).
+    pub fn with_slots(
+        config: ReassemblyConfig,
+        new_slots: NewSlots,
+    ) -> Result<Self, ReassemblyConfigError> {
         let slots = config.chunk_slots()?;
         let words_per_dump = config.words_per_dump();
         let n = config.max_dumps;
@@ -292,7 +303,7 @@ impl Reassembler {
             by_key: HashTable::with_capacity(map_capacity(n)),
             hasher: DefaultHashBuilder::default(),
             per_source: HashMap::with_capacity(map_capacity(n)),
-            chunks: ChunkStore::new(slots, n, config.max_packet_count as usize),
+            chunks: ChunkStore::new(slots, n, config.max_packet_count as usize, new_slots),
             stats: ReassemblyStats::default(),
         })
     }

@@ -390,6 +390,31 @@ mod tests {
         assert!(keys.contains(&UPSTREAM_IP_KEY));
     }
 
+    /// The `config:` line lists the core's keys in `KEY_TABLE` order, then the kernel's own
+    /// keys of that table it reads here; every kernel key in the table is one the kernel reads.
+    #[test]
+    fn effective_keys_follow_the_key_table() {
+        use netoops_core::config::{KeyScope, KEYS, KEY_TABLE};
+        let s = parse(&format!(
+            "{BASE} upstream_nic=52:54:00:00:00:02 upstream_nic.ip=10.1.0.2/16 \
+             upstream_nic.gw=10.1.0.1"
+        ))
+        .unwrap();
+        let keys: Vec<&str> = effective(&s).iter().map(|(k, _)| *k).collect();
+        let mut want: Vec<&str> = KEYS.to_vec();
+        want.extend([UPSTREAM_IP_KEY, UPSTREAM_GW_KEY]);
+        assert_eq!(keys, want);
+        let kernel: Vec<&str> = KEY_TABLE
+            .iter()
+            .filter(|k| k.scope == KeyScope::Kernel)
+            .map(|k| k.key)
+            .collect();
+        assert_eq!(
+            kernel,
+            [UPSTREAM_IP_KEY, UPSTREAM_GW_KEY, crate::platform::idle::KEY]
+        );
+    }
+
     #[test]
     fn effective_configuration_names_every_key() {
         let s = parse(&format!("{BASE} memory=32M quiet=500ms allow=10.0.0.0/8")).unwrap();

@@ -12,9 +12,20 @@
 //!
 //! Where SSE2 is not enabled (the kernel's soft-float target) the slots are plain memory
 //! written with ordinary copies, and nothing needs a fence.
+//!
+//! The relay core's chunk pool takes any [`ChunkSlots`] store; this crate is the one that
+//! streams, and holds the unsafe code that needs (the core has none). Plug it in with
+//! [`netoops_core::relay::Relay::with_slots`]`(config, instance, `[`boxed`]`)`.
 
+#![no_std]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::cell::Cell;
+use netoops_core::reassembly::ChunkSlots;
+use netoops_wire::DATA_LEN;
 
 #[repr(C, align(64))]
 struct Slot<const N: usize>([u8; N]);
@@ -129,6 +140,30 @@ impl<const N: usize> StreamedSlots<N> {
     }
 }
 
+impl ChunkSlots for StreamedSlots<DATA_LEN> {
+    fn capacity(&self) -> usize {
+        StreamedSlots::capacity(self)
+    }
+
+    fn len(&self) -> usize {
+        StreamedSlots::len(self)
+    }
+
+    fn put(&mut self, i: usize, data: &[u8; DATA_LEN]) -> bool {
+        StreamedSlots::put(self, i, data)
+    }
+
+    fn get(&self, i: usize) -> Option<&[u8; DATA_LEN]> {
+        StreamedSlots::get(self, i)
+    }
+}
+
+/// A boxed store of `capacity` streamed chunk slots: a [`netoops_core::reassembly::NewSlots`].
+#[must_use]
+pub fn boxed(capacity: usize) -> Box<dyn ChunkSlots> {
+    Box::new(StreamedSlots::<DATA_LEN>::with_capacity(capacity))
+}
+
 impl<const N: usize> Drop for StreamedSlots<N> {
     /// The allocator may hand the memory out again at once: let the stores land first.
     fn drop(&mut self) {
@@ -178,6 +213,20 @@ mod tests {
             }
         }
         assert_eq!(s.get(3), Some(&chunk(100)), "round 99 wrote slot 3 last");
+    }
+
+    #[test]
+    fn the_chunk_store_keeps_the_core_contract() {
+        netoops_core::reassembly::slots::check_contract(boxed);
+    }
+
+    #[test]
+    fn a_relay_runs_on_streamed_slots() {
+        let config = netoops_core::config::Config {
+            upstreams: alloc::vec!["127.0.0.1:2005".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(netoops_core::relay::Relay::with_slots(config, 1, boxed).is_ok());
     }
 
     #[test]
