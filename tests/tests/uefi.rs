@@ -394,7 +394,8 @@ fn fifty_dumps_with_loss_through_the_uefi_relay_on_two_e1000e() {
     let mut guest = Process::spawn("qemu (uefi relay, two e1000e)", cmd.command());
     proxy.run();
     guest.wait_for_line(" booted via UEFI in ");
-    let ingress = guest.wait_for_line(": ingress 192.168.77.2/24 (fast path on udp/2004)");
+    let ingress = guest
+        .wait_for_line(": ingress 192.168.77.2/24 (fast path on udp/2004, netconsole udp/6666)");
     let upstream = guest.wait_for_line(": upstream 10.0.2.15/24 via 10.0.2.2");
     for (role, line) in [("ingress", &ingress), ("upstream", &upstream)] {
         let index = line.split(':').next().unwrap_or_default();
