@@ -162,6 +162,19 @@ impl<'a> Datagram<'a> {
         if bytes.is_empty() {
             return Err(NetconsoleError::Empty);
         }
+        // The common header, `<level>,<seq>,<usec>,<flags>;` with at most `caller=`/`ncfrag=`
+        // fields after the flags, is read in one pass with no field table.
+        if let Some(d) = Self::parse_plain(bytes) {
+            return d;
+        }
+        Self::parse_general(bytes)
+    }
+
+    /// [`Datagram::parse`] for any header.
+    fn parse_general(bytes: &'a [u8]) -> Result<Datagram<'a>, NetconsoleError> {
+        if bytes.is_empty() {
+            return Err(NetconsoleError::Empty);
+        }
         // One pass to the `;` ending the header, noting the commas on the way.
         let limit = bytes.len().min(MAX_HEADER_LEN + 1);
         let mut commas = [0usize; 11];
@@ -270,6 +283,83 @@ impl<'a> Datagram<'a> {
             caller,
             body,
         }))
+    }
+}
+
+impl<'a> Datagram<'a> {
+    /// The fast path of [`Datagram::parse`] for a header that starts with the level: `None`
+    /// sends anything else (a release prefix, legacy text, odd fields) to the general parser,
+    /// which gives the same answer for these headers.
+    fn parse_plain(bytes: &'a [u8]) -> Option<Result<Datagram<'a>, NetconsoleError>> {
+        /// A decimal number ending at `,`: the value and the index after the comma.
+        fn number(b: &[u8], mut i: usize) -> Option<(u64, usize)> {
+            let start = i;
+            let mut v: u64 = 0;
+            while let Some(&c) = b.get(i) {
+                match c {
+                    b'0'..=b'9' => {
+                        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+                        i += 1;
+                    }
+                    b',' if i > start && i - start <= 20 => return Some((v, i + 1)),
+                    _ => return None,
+                }
+            }
+            None
+        }
+        let (level, i) = number(bytes, 0)?;
+        let (seq, i) = number(bytes, i)?;
+        let (usec, i) = number(bytes, i)?;
+        if level >= 1 << 13 {
+            return None;
+        }
+        let cont = match bytes.get(i)? {
+            b'-' => false,
+            b'c' => true,
+            _ => return None,
+        };
+        let mut i = i + 1;
+        let mut fragment = None;
+        let mut caller = None;
+        loop {
+            match bytes.get(i)? {
+                b';' => break,
+                b',' => {
+                    let rest = &bytes[i + 1..bytes.len().min(MAX_HEADER_LEN + 1)];
+                    let end = rest.iter().position(|&b| b == b',' || b == b';')?;
+                    let field = &rest[..end];
+                    if let Some(v) = field.strip_prefix(b"ncfrag=") {
+                        let slash = v.iter().position(|&b| b == b'/')?;
+                        let offset = u32::try_from(decimal(&v[..slash])?).ok()?;
+                        let total = u32::try_from(decimal(&v[slash + 1..])?).ok()?;
+                        fragment = Some(Fragment { offset, total });
+                    } else if let Some(v) = field.strip_prefix(b"caller=") {
+                        caller = Some(v);
+                    } else {
+                        return None;
+                    }
+                    i += 1 + end;
+                }
+                _ => return None,
+            }
+        }
+        let body = &bytes[i + 1..];
+        if let Some(fr) = fragment {
+            let end = u64::from(fr.offset) + body.len() as u64;
+            if fr.total == 0 || end > u64::from(fr.total) || body.is_empty() {
+                return Some(Err(NetconsoleError::Fragment));
+            }
+        }
+        Some(Ok(Datagram::Extended(Extended {
+            release: None,
+            level: level as u16,
+            seq,
+            usec,
+            cont,
+            fragment,
+            caller,
+            body,
+        })))
     }
 }
 
@@ -595,6 +685,7 @@ pub fn write_fragment_gap(first: u32, last: u32, mut out: impl FnMut(&[u8])) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::format;
     use std::vec::Vec;
 
     fn ext(b: &[u8]) -> Extended<'_> {
@@ -796,6 +887,30 @@ mod tests {
             proptest::prop_assert_eq!(plain, text);
         }
 
+        /// The fast path and the general parser agree on every header the fast path takes.
+        #[test]
+        fn the_fast_path_agrees_with_the_general_parser(
+            level in 0u64..10_000, seq in proptest::prelude::any::<u64>(),
+            usec in proptest::prelude::any::<u64>(), cont in proptest::prelude::any::<bool>(),
+            frag in proptest::option::of((0u32..5000, 0u32..5000)),
+            caller in proptest::option::of("[TC][0-9]{1,5}"),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let mut d = format!("{level},{seq},{usec},{}", if cont { 'c' } else { '-' });
+            if let Some(c) = &caller {
+                d.push_str(&format!(",caller={c}"));
+            }
+            if let Some((o, t)) = frag {
+                d.push_str(&format!(",ncfrag={o}/{t}"));
+            }
+            d.push(';');
+            let mut bytes = d.into_bytes();
+            bytes.extend_from_slice(&body);
+            if let Some(fast) = Datagram::parse_plain(&bytes) {
+                proptest::prop_assert_eq!(fast, Datagram::parse_general(&bytes));
+            }
+        }
+
         /// Arbitrary bytes never panic and a body is always a suffix of the datagram.
         #[test]
         fn arbitrary_bytes_parse_or_refuse(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1500)) {
@@ -803,6 +918,9 @@ mod tests {
                 Ok(Datagram::Extended(e)) => proptest::prop_assert!(bytes.ends_with(e.body)),
                 Ok(Datagram::Legacy(t)) => proptest::prop_assert_eq!(t, &bytes[..]),
                 Err(e) => { let _ = e.reason(); }
+            }
+            if let Some(fast) = Datagram::parse_plain(&bytes) {
+                proptest::prop_assert_eq!(fast, Datagram::parse_general(&bytes));
             }
         }
     }

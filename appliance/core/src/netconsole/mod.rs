@@ -402,11 +402,21 @@ pub struct ConsoleTracker {
     pool: BlockPool,
     sources: Vec<Source>,
     texts: Vec<SourceText>,
-    by_addr: HashMap<SocketAddr, u32>,
+    by_addr: HashMap<(u128, u16), u32>,
     crashing: Vec<u32>,
     hand: usize,
     render: Render,
     stats: ConsoleStats,
+}
+
+/// A source address as a table key: IPv4 as its mapped IPv6 form, so hashing and comparing
+/// are two plain integers.
+fn key(addr: SocketAddr) -> (u128, u16) {
+    let ip = match addr.ip() {
+        core::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        core::net::IpAddr::V6(v6) => v6,
+    };
+    (u128::from(ip), addr.port())
 }
 
 fn hash_bytes(b: &[u8]) -> u64 {
@@ -513,7 +523,7 @@ impl ConsoleTracker {
     }
 
     fn source_index(&mut self, now: Instant, addr: SocketAddr) -> Option<usize> {
-        if let Some(&i) = self.by_addr.get(&addr) {
+        if let Some(&i) = self.by_addr.get(&key(addr)) {
             return Some(i as usize);
         }
         let max = self.config.max_sources.max(1);
@@ -521,7 +531,7 @@ impl ConsoleTracker {
             self.sources.push(Source::new(addr, now));
             self.texts.push(SourceText::EMPTY);
             let i = self.sources.len() - 1;
-            self.by_addr.insert(addr, i as u32);
+            self.by_addr.insert(key(addr), i as u32);
             return Some(i);
         }
         // Full: forget a healthy source not heard from since the hand last passed (clock).
@@ -540,10 +550,10 @@ impl ConsoleTracker {
             self.stats.sources_evicted += 1;
             self.pool.clear(&mut self.sources[i].chain);
             let old = self.sources[i].addr;
-            self.by_addr.remove(&old);
+            self.by_addr.remove(&key(old));
             self.sources[i] = Source::new(addr, now);
             self.texts[i] = SourceText::EMPTY;
-            self.by_addr.insert(addr, i as u32);
+            self.by_addr.insert(key(addr), i as u32);
             return Some(i);
         }
         None
