@@ -208,6 +208,22 @@ impl BlockPool {
             return false;
         }
         let h = header.encode();
+        // Most entries fit in the tail block: two straight copies, the header's of fixed size.
+        if chain.tail != NIL && chain.tail_len as usize + len <= BLOCK {
+            let t = chain.tail as usize;
+            let off = chain.tail_len as usize;
+            if self.first[t] == NO_ENTRY {
+                self.first[t] = off as u16;
+            }
+            let at = t * BLOCK + off;
+            let dst = &mut self.data[at..at + len];
+            let (head, rest) = dst.split_at_mut(HEADER_LEN);
+            head.copy_from_slice(&h);
+            rest.copy_from_slice(body);
+            chain.tail_len += len as u32;
+            chain.bytes += len as u32;
+            return true;
+        }
         // Where the entry starts: the tail, or a new block when the tail is full.
         if chain.tail != NIL && (chain.tail_len as usize) < BLOCK {
             let t = chain.tail as usize;
