@@ -76,7 +76,7 @@ enum Cmd {
         /// A few thousand datagrams of each (the test command's version).
         #[arg(long)]
         smoke: bool,
-        /// Offered datagrams per second for both fleets [default: 40000, smoke 10000].
+        /// Offered datagrams per second for both fleets [default: 80000, smoke 10000].
         #[arg(long)]
         rate: Option<u64>,
         /// Where ingest.json and ingest.md go [default: bench/results, or
