@@ -4,7 +4,7 @@
 //! expected dumps are computed here, independently of the relay's code, from what was sent.
 
 use netoops_e2e::appliance::run_generator;
-use netoops_e2e::hosted::{dump_files, ip_dir, wait_until, Collector, Relay};
+use netoops_e2e::hosted::{binaries, dump_files, ip_dir, wait_until, Collector, Relay};
 use netoops_wire::netconsole::{encode_record, is_crash_line, RecordSpec};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -341,6 +341,69 @@ fn the_generators_chattering_fleet_with_fifty_crashes_is_stored_as_it_expects() 
         })
         .count();
     assert_eq!(dirs, dumps.len());
+}
+
+/// Issue 17's grouping check with the real generator: 200 machines crash with 6 distinct crash
+/// kinds across 3 kernel builds (each build moves the functions' offsets), through the relay
+/// into the collector; `netoops-collect groups` finds exactly 6 groups, each with every machine
+/// of its kind and all three builds.
+#[test]
+fn two_hundred_machines_of_six_crash_kinds_on_three_builds_make_six_groups() {
+    let store = tempfile::tempdir().unwrap();
+    let collector = Collector::start(store.path(), any_port());
+    let mut relay = Relay::start(&[collector.addr], &["--recv-buffer", "64M"]);
+    let target = relay.netconsole.unwrap();
+    run_generator(&[
+        "--protocol".into(),
+        "netconsole".into(),
+        "--nc-mode".into(),
+        "extended".into(),
+        "--target".into(),
+        target.to_string(),
+        "--machines".into(),
+        "200".into(),
+        "--crash-kinds".into(),
+        "6".into(),
+        "--kernels".into(),
+        "3".into(),
+        "--chatter-lines".into(),
+        "10".into(),
+        "--rate".into(),
+        "20000".into(),
+    ]);
+    let context = || relay_and_collector(&relay, &collector);
+    let stored = || {
+        std::fs::read_dir(store.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join("nc-b0-c0.json").exists())
+            .count()
+    };
+    wait_until("200 dumps stored", || stored() == 200, context);
+    let out = std::process::Command::new(&binaries().collector)
+        .args(["groups", "--json"])
+        .arg(store.path())
+        .output()
+        .expect("running netoops-collect groups");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let groups: Vec<Value> = serde_json::from_slice(&out.stdout).expect("groups JSON");
+    assert_eq!(groups.len(), 6, "{groups:#?}");
+    let mut total = 0;
+    for g in &groups {
+        let count = g["count"].as_u64().unwrap();
+        // Machine i has kind (i / 3) % 6: 35 machines of kind 0, 33 of each other kind.
+        assert!(count == 33 || count == 35, "{g}");
+        assert_eq!(g["kernels"].as_array().map(Vec::len), Some(3), "{g}");
+        total += count;
+    }
+    assert_eq!(total, 200);
+    assert_eq!(groups.iter().filter(|g| g["count"] == 35).count(), 1);
+    let (status, _) = relay.shutdown();
+    assert!(status.success());
 }
 
 fn relay_and_collector(relay: &Relay, collector: &Collector) -> String {

@@ -58,6 +58,14 @@ struct Args {
     /// (cpu=, taskname=, release=, msgid=) lines to every record.
     #[arg(long, default_value_t = 0.3)]
     nc_userdata: f64,
+    /// Netconsole: crash kinds the crashing machines share (0: each burst drawn at random);
+    /// machines of a kind crash with the same line, faulting function and call trace.
+    #[arg(long, default_value_t = 0)]
+    crash_kinds: u32,
+    /// Netconsole: kernel builds machines run (0: drawn from all five); each build moves the
+    /// functions' offsets.
+    #[arg(long, default_value_t = 0)]
+    kernels: u32,
     /// Netconsole: healthy machines that only log (after the crashing ones' addresses).
     #[arg(long, default_value_t = 0)]
     chatter: u32,
@@ -212,6 +220,8 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
             chatter: args.chatter,
             chatter_lines: args.chatter_lines,
             long_lines: args.long_lines,
+            crash_kinds: args.crash_kinds,
+            kernels: args.kernels,
         },
     };
     s.validate().map_err(|e| e.to_string())?;

@@ -142,6 +142,9 @@ pub struct NcMachine {
     pub mode: NcMode,
     /// The kernel release it runs.
     pub kernel: &'static str,
+    /// The crash kind shared with other machines (`--crash-kinds`), or `None` for a burst
+    /// drawn at random.
+    pub kind: Option<u32>,
     /// Extended only: it prepends the release (`r`).
     pub release_prefix: bool,
     /// Extended only: it appends userdata and sysdata lines to every record.
@@ -195,7 +198,15 @@ impl NcMachine {
         let nc = &scenario.netconsole;
         let mut rng = Rng::derive(scenario.seed, Stream::Content, u64::from(i));
         let mode = *rng.pick(&nc.modes).unwrap_or(&NcMode::Extended);
-        let kernel = *rng.pick(&RELEASES).unwrap_or(&RELEASES[0]);
+        let drawn = *rng.pick(&RELEASES).unwrap_or(&RELEASES[0]);
+        let builds = (nc.kernels as usize).min(RELEASES.len());
+        let kernel = if builds > 0 {
+            RELEASES[i as usize % builds]
+        } else {
+            drawn
+        };
+        let kind = (nc.crash_kinds > 0)
+            .then(|| (i / nc.kernels.max(1)) % nc.crash_kinds.min(CRASH_LINES.len() as u32));
         // Drawn whatever the mode, so later draws do not depend on it.
         let release = rng.chance(nc.release);
         let userdata = rng.chance(nc.userdata);
@@ -232,6 +243,7 @@ impl NcMachine {
             log_seed,
             lines,
             long_lines: nc.long_lines,
+            kind,
         }
     }
 
@@ -477,8 +489,22 @@ fn ordinary_line(
 }
 
 /// A crash burst: (level, text) per record, every text shorter than [`MAX_CRASH_LINE`].
+/// A call-trace frame as kernel build `build` has it: the same function, its offset moved.
+fn in_build(frame: &str, build: usize) -> String {
+    match frame.split_once("+0x") {
+        Some((name, rest)) => {
+            let (off, size) = rest.split_once('/').unwrap_or((rest, "0x100"));
+            let off = u64::from_str_radix(off, 16).unwrap_or(0) + 4 * build as u64;
+            format!("{name}+0x{off:x}/{size}")
+        }
+        None => frame.to_string(),
+    }
+}
+
 fn crash_burst(rng: &mut Rng, m: &NcMachine) -> Vec<(u16, Vec<u8>)> {
-    let first = *rng.pick(&CRASH_LINES).unwrap_or(&CRASH_LINES[0]);
+    let drawn = *rng.pick(&CRASH_LINES).unwrap_or(&CRASH_LINES[0]);
+    let first = m.kind.map_or(drawn, |k| CRASH_LINES[k as usize]);
+    let build = RELEASES.iter().position(|r| *r == m.kernel).unwrap_or(0);
     let mut lines: Vec<(u16, String)> = vec![(1, first.to_string())];
     let task = *rng.pick(&TASKS).unwrap_or(&TASKS[0]);
     let pid = rng.between(1, 40_000);
@@ -501,7 +527,11 @@ fn crash_burst(rng: &mut Rng, m: &NcMachine) -> Vec<(u16, Vec<u8>)> {
         "Hardware name: QEMU Standard PC (i440FX + PIIX, 1996), BIOS 1.16.2-debian-1.16.2-1 04/01/2014"
             .into(),
     ));
-    let rip = *rng.pick(&TRACE).unwrap_or(&TRACE[0]);
+    let drawn_rip = *rng.pick(&TRACE).unwrap_or(&TRACE[0]);
+    let rip = match m.kind {
+        Some(k) => in_build(TRACE[(2 * k as usize) % TRACE.len()], build),
+        None => drawn_rip.to_string(),
+    };
     lines.push((4, format!("RIP: 0010:{rip}")));
     let mut code = String::from("Code:");
     for k in 0..42 {
@@ -550,11 +580,28 @@ fn crash_burst(rng: &mut Rng, m: &NcMachine) -> Vec<(u16, Vec<u8>)> {
     ));
     lines.push((4, "Call Trace:".into()));
     lines.push((4, " <TASK>".into()));
-    let depth = rng.between(4, 10) as usize;
-    let start = rng.below((TRACE.len() - 3) as u64) as usize;
+    let mut depth = rng.between(4, 10) as usize;
+    let mut start = rng.below((TRACE.len() - 3) as u64) as usize;
+    if let Some(k) = m.kind {
+        // A kind's trace: fixed frames after its faulting function; unreliable `?` frames
+        // still come and go, as they do.
+        depth = 6;
+        start = 2 * k as usize + 1;
+    }
     for k in 0..depth {
-        let f = TRACE[(start + k) % TRACE.len()];
+        let f = in_build(TRACE[(start + k) % TRACE.len()], build);
         let maybe = if rng.chance(0.3) { "? " } else { "" };
+        if m.kind.is_some() && !maybe.is_empty() {
+            // An extra unreliable frame beside the real one, as stack scans print them.
+            lines.push((
+                4,
+                format!(
+                    " ? {}",
+                    in_build(TRACE[(start + k + 5) % TRACE.len()], build)
+                ),
+            ));
+        }
+        let maybe = if m.kind.is_some() { "" } else { maybe };
         lines.push((4, format!(" {maybe}{f}")));
     }
     lines.push((4, " </TASK>".into()));

@@ -219,6 +219,13 @@ pub struct NetconsoleParams {
     pub chatter_lines: u32,
     /// Share of ordinary lines longer than one datagram (extended: fragmented with `ncfrag`).
     pub long_lines: f64,
+    /// Crash kinds the crashing machines share (0: every burst drawn at random). Machine `i`
+    /// gets kind `(i / kernels) % crash_kinds`: the same first line, faulting function and
+    /// call trace for every machine of a kind, so a crash analyser can group them.
+    pub crash_kinds: u32,
+    /// Kernel builds machines run (0: drawn from all). Machine `i` runs build `i % kernels`;
+    /// each build has its own function offsets, as separate builds of a kernel do.
+    pub kernels: u32,
 }
 
 impl Default for NetconsoleParams {
@@ -230,6 +237,8 @@ impl Default for NetconsoleParams {
             chatter: 0,
             chatter_lines: 40,
             long_lines: 0.03,
+            crash_kinds: 0,
+            kernels: 0,
         }
     }
 }
