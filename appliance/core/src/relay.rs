@@ -205,6 +205,21 @@ pub enum RelayDrop {
     Netconsole(NetconsoleError),
 }
 
+/// The sink that encodes what the reassembler and the netconsole tracker emit into this
+/// relay's spool. A macro rather than a method: it borrows the delivery fields only, so the
+/// reassembler and the tracker stay free to be borrowed beside it.
+macro_rules! delivery {
+    ($relay:ident, $now:expr) => {
+        Delivery {
+            now: $now,
+            link: &mut $relay.link,
+            events: &mut $relay.events,
+            pending: &mut $relay.pending,
+            stats: &mut $relay.stats,
+        }
+    };
+}
+
 /// The relay. See the module documentation.
 pub struct Relay {
     config: Config,
@@ -292,13 +307,7 @@ impl Relay {
             self.stats.not_allowed += 1;
             return Err(RelayDrop::NotAllowed);
         }
-        let mut sink = Delivery {
-            now,
-            link: &mut self.link,
-            events: &mut self.events,
-            pending: &mut self.pending,
-            stats: &mut self.stats,
-        };
+        let mut sink = delivery!(self, now);
         self.reassembler
             .handle_datagram(now, source, bytes, &mut sink)
             .map_err(RelayDrop::Reassembly)
@@ -315,13 +324,7 @@ impl Relay {
             self.stats.not_allowed += 1;
             return Err(RelayDrop::NotAllowed);
         }
-        let mut sink = Delivery {
-            now,
-            link: &mut self.link,
-            events: &mut self.events,
-            pending: &mut self.pending,
-            stats: &mut self.stats,
-        };
+        let mut sink = delivery!(self, now);
         self.console
             .handle_datagram(now, source, bytes, &mut sink)
             .map_err(RelayDrop::Netconsole)
@@ -330,13 +333,7 @@ impl Relay {
     /// Runs the timers: quiet dumps become partial, quiet netconsole crashes are dumped, the
     /// link reconnects and detects stalls.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let mut sink = Delivery {
-            now,
-            link: &mut self.link,
-            events: &mut self.events,
-            pending: &mut self.pending,
-            stats: &mut self.stats,
-        };
+        let mut sink = delivery!(self, now);
         self.reassembler.handle_timeout(now, &mut sink);
         self.console.handle_timeout(now, &mut sink);
         self.link.handle_timeout(now);
@@ -344,13 +341,7 @@ impl Relay {
 
     /// Emits every dump still assembling as partial (shutdown).
     pub fn flush(&mut self, now: Instant) {
-        let mut sink = Delivery {
-            now,
-            link: &mut self.link,
-            events: &mut self.events,
-            pending: &mut self.pending,
-            stats: &mut self.stats,
-        };
+        let mut sink = delivery!(self, now);
         self.reassembler.flush(now, &mut sink);
         self.console.flush(now, &mut sink);
     }
