@@ -99,6 +99,14 @@ pub struct Fragment {
     pub total: u32,
 }
 
+impl Fragment {
+    /// Whether `body` can be this fragment: not empty, and inside a record that has bytes.
+    fn holds(self, body: &[u8]) -> bool {
+        let end = u64::from(self.offset) + body.len() as u64;
+        self.total > 0 && !body.is_empty() && end <= u64::from(self.total)
+    }
+}
+
 /// One extended record (or a fragment of one), borrowed from the datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extended<'a> {
@@ -267,11 +275,8 @@ impl<'a> Datagram<'a> {
             // Other key=value header fields from newer kernels are ignored.
         }
         let body = &bytes[semi + 1..];
-        if let Some(fr) = fragment {
-            let end = u64::from(fr.offset) + body.len() as u64;
-            if fr.total == 0 || end > u64::from(fr.total) || body.is_empty() {
-                return Err(NetconsoleError::Fragment);
-            }
+        if !fragment.is_none_or(|f| f.holds(body)) {
+            return Err(NetconsoleError::Fragment);
         }
         Ok(Datagram::Extended(Extended {
             release,
@@ -344,11 +349,8 @@ impl<'a> Datagram<'a> {
             }
         }
         let body = &bytes[i + 1..];
-        if let Some(fr) = fragment {
-            let end = u64::from(fr.offset) + body.len() as u64;
-            if fr.total == 0 || end > u64::from(fr.total) || body.is_empty() {
-                return Some(Err(NetconsoleError::Fragment));
-            }
+        if !fragment.is_none_or(|f| f.holds(body)) {
+            return Some(Err(NetconsoleError::Fragment));
         }
         Some(Ok(Datagram::Extended(Extended {
             release: None,
@@ -564,20 +566,16 @@ pub fn encode_record(
     mut datagram: impl FnMut(&[u8]),
 ) -> usize {
     use core::fmt::Write;
-    let mut body_len = 0usize;
-    let mut overflow = false;
-    encode_body(spec, &mut |b: &[u8]| {
-        let end = body_len + b.len();
-        if end > scratch.len() {
-            overflow = true;
-            return;
-        }
-        scratch[body_len..end].copy_from_slice(b);
-        body_len = end;
-    });
     // A body longer than the scratch is cut there. The kernel's bodies are at most about
     // 4 KiB (1 KiB of text, escaped), and so are the generator's.
-    let _ = overflow;
+    let mut body_len = 0usize;
+    encode_body(spec, &mut |b: &[u8]| {
+        let end = body_len + b.len();
+        if end <= scratch.len() {
+            scratch[body_len..end].copy_from_slice(b);
+            body_len = end;
+        }
+    });
     let mut head = Small::default();
     if let Some(r) = spec.release {
         let _ = write!(head, "{r},");

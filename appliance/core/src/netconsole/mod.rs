@@ -990,6 +990,7 @@ fn render(
         let mut whole = false;
         let mut covered = 0u32; // fragments: body bytes known up to here
         let mut total = 0u32;
+        let mut holes = false;
         for k in i..j {
             let pos = r.index[k].2;
             let h = pool.header_at(&s.chain, pos);
@@ -1010,13 +1011,8 @@ fn render(
             }
             pool.body_at(&s.chain, pos, &h, &mut r.entry[..len]);
             if off > covered {
-                let mut gap = [0u8; 64];
-                let mut g = 0;
-                write_fragment_gap(covered, off - 1, |b| {
-                    gap[g..g + b.len()].copy_from_slice(b);
-                    g += b.len();
-                });
-                append(&mut r.body, &mut body_len, &gap[..g]);
+                append_fragment_gap(&mut r.body, &mut body_len, covered, off - 1);
+                holes = true;
                 covered = off;
             }
             let skip = (covered - off) as usize;
@@ -1024,18 +1020,10 @@ fn render(
             covered = end;
         }
         if !whole && covered < total {
-            let mut gap = [0u8; 64];
-            let mut g = 0;
-            write_fragment_gap(covered, total - 1, |b| {
-                gap[g..g + b.len()].copy_from_slice(b);
-                g += b.len();
-            });
-            append(&mut r.body, &mut body_len, &gap[..g]);
+            append_fragment_gap(&mut r.body, &mut body_len, covered, total - 1);
+            holes = true;
         }
-        let incomplete = !whole
-            && (covered < total
-                || r.index[i].1 != 0
-                || fragments_have_holes(pool, s, &r.index[i..j]));
+        let incomplete = !whole && holes;
         if incomplete && r.incomplete.len() < MAX_MISSING {
             r.incomplete.push(seq);
         }
@@ -1062,17 +1050,9 @@ fn render(
     (records, first.zip(prev))
 }
 
-/// Whether sorted fragments leave a hole between them.
-fn fragments_have_holes(pool: &BlockPool, s: &Source, frags: &[(u64, u32, u64)]) -> bool {
-    let mut covered = 0u32;
-    for &(_, off, pos) in frags {
-        if off > covered {
-            return true;
-        }
-        let h = pool.header_at(&s.chain, pos);
-        covered = covered.max(off + (h.len - HEADER_LEN as u32));
-    }
-    false
+/// Appends the marker for body bytes `first..=last` of a split record that never arrived.
+fn append_fragment_gap(buf: &mut [u8], len: &mut usize, first: u32, last: u32) {
+    write_fragment_gap(first, last, |b| append(buf, len, b));
 }
 
 fn append(buf: &mut [u8], len: &mut usize, bytes: &[u8]) {

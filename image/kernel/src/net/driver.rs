@@ -65,28 +65,18 @@ impl FastPath {
         self.stats.frames += 1;
         match fastpath::classify(frame, &self.identity) {
             Classified::Netoops { source, payload } => {
-                self.deliver(
-                    now,
-                    t0,
-                    frame.get(payload).unwrap_or(&[]),
-                    |relay, bytes| {
-                        relay
-                            .handle_datagram(now, SocketAddr::V4(source), bytes)
-                            .is_ok()
-                    },
-                );
+                self.deliver(t0, frame.get(payload).unwrap_or(&[]), |relay, bytes| {
+                    relay
+                        .handle_datagram(now, SocketAddr::V4(source), bytes)
+                        .is_ok()
+                });
             }
             Classified::Netconsole { source, payload } => {
-                self.deliver(
-                    now,
-                    t0,
-                    frame.get(payload).unwrap_or(&[]),
-                    |relay, bytes| {
-                        relay
-                            .handle_netconsole(now, SocketAddr::V4(source), bytes)
-                            .is_ok()
-                    },
-                );
+                self.deliver(t0, frame.get(payload).unwrap_or(&[]), |relay, bytes| {
+                    relay
+                        .handle_netconsole(now, SocketAddr::V4(source), bytes)
+                        .is_ok()
+                });
             }
             Classified::Drop(reason) => self.stats.count_drop(reason),
             Classified::Stack => {
@@ -100,13 +90,7 @@ impl FastPath {
 impl FastPath {
     /// Hands one datagram, still in the receive buffer, to the relay and counts the result.
     #[inline]
-    fn deliver(
-        &mut self,
-        _now: Instant,
-        t0: u64,
-        bytes: &[u8],
-        handle: impl FnOnce(&mut Relay, &[u8]) -> bool,
-    ) {
+    fn deliver(&mut self, t0: u64, bytes: &[u8], handle: impl FnOnce(&mut Relay, &[u8]) -> bool) {
         self.stats.datagrams += 1;
         let accepted = match self.relay.try_borrow_mut() {
             Ok(mut relay) => handle(&mut relay, bytes),
