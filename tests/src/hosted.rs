@@ -708,7 +708,8 @@ pub fn dump_files(dir: &Path, ip: Ipv4Addr) -> Vec<String> {
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".json"))
+        // Hidden names are the collector's files in flight, not stored dumps.
+        .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
         .collect();
     names.sort();
     names

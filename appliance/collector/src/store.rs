@@ -310,6 +310,13 @@ fn scan_crash_log(path: &Path) -> io::Result<HashMap<u64, u64>> {
     Ok(max)
 }
 
+/// A temp file's name: hidden, and ending in `.part` so that nothing listing `*.json` or
+/// `*.log` (the catalog, the index, a user's shell glob) sees a file that is still being written.
+fn temp_name(name: &str) -> String {
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{TMP_PREFIX}{}-{n}-{name}.part", std::process::id())
+}
+
 fn remove_temp_files(dir: &Path) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -330,8 +337,7 @@ fn read_json(path: &Path) -> io::Result<Option<Value>> {
 
 /// Temp file in the same directory, write, fsync, rename over `name`, fsync the directory.
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}-{name}", std::process::id()));
+    let tmp = dir.join(temp_name(name));
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -583,6 +589,15 @@ mod tests {
             names.iter().all(|n| !n.starts_with(TMP_PREFIX)),
             "{names:?}"
         );
+    }
+
+    #[test]
+    fn temp_files_never_look_like_dumps() {
+        for name in ["b1-d1-t1-v3-g0.json", "nc-b0-c0.log", "crashes.jsonl"] {
+            let t = temp_name(name);
+            assert!(t.starts_with(TMP_PREFIX), "{t}");
+            assert!(!t.ends_with(".json") && !t.ends_with(".log"), "{t}");
+        }
     }
 
     #[test]
