@@ -35,8 +35,8 @@ const HEADLINE_LEN: usize = 160;
 /// What a record in the spool is about, kept to report its delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordSummary {
-    /// Record seq.
-    pub seq: u64,
+    /// Spool record id (enqueue order).
+    pub id: u64,
     /// Crash notice or dump.
     pub kind: RecordKind,
     /// Sender.
@@ -52,8 +52,8 @@ pub struct RecordSummary {
 pub enum RelayEvent {
     /// A machine crashed: the first packet of a new dump arrived.
     CrashSeen {
-        /// Record seq, or `None` if the spool refused it.
-        seq: Option<u64>,
+        /// Spool record id (enqueue order), or `None` if the spool refused it.
+        id: Option<u64>,
         /// Sender.
         source: SocketAddr,
         /// Sender's dump id.
@@ -69,8 +69,8 @@ pub enum RelayEvent {
     },
     /// A dump was reassembled and queued for delivery.
     DumpQueued {
-        /// Record seq, or `None` if the spool refused it.
-        seq: Option<u64>,
+        /// Spool record id (enqueue order), or `None` if the spool refused it.
+        id: Option<u64>,
         /// Sender.
         source: SocketAddr,
         /// Sender's dump id.
@@ -113,13 +113,13 @@ pub enum RelayEvent {
 
 impl fmt::Display for RelayEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let seq = |s: &Option<u64>| match s {
-            Some(s) => alloc::format!("seq {s}"),
+        let id = |s: &Option<u64>| match s {
+            Some(s) => alloc::format!("record {s}"),
             None => "NOT SPOOLED".to_string(),
         };
         match self {
             RelayEvent::CrashSeen {
-                seq: s,
+                id: s,
                 source,
                 dump_id,
                 generation,
@@ -130,10 +130,10 @@ impl fmt::Display for RelayEvent {
                 f,
                 "crash seen: {source} dump {dump_id}.{generation} kernel {kernel} \
                  ({packet_count} packets, {}): {headline}",
-                seq(s)
+                id(s)
             ),
             RelayEvent::DumpQueued {
-                seq: s,
+                id: s,
                 source,
                 dump_id,
                 complete,
@@ -146,24 +146,24 @@ impl fmt::Display for RelayEvent {
                 "dump queued: {source} dump {dump_id} {} {received}/{packet_count} packets, \
                  {text_len} bytes, revision {revision} ({})",
                 if *complete { "complete" } else { "PARTIAL" },
-                seq(s)
+                id(s)
             ),
             RelayEvent::Delivered(r) => write!(
                 f,
-                "{} delivered: {} dump {} revision {} (seq {})",
+                "{} delivered: {} dump {} revision {} (record {})",
                 kind_name(r.kind),
                 r.source,
                 r.dump_id,
                 r.revision,
-                r.seq
+                r.id
             ),
             RelayEvent::Dropped(r) => write!(
                 f,
-                "{} DROPPED (spool full): {} dump {} (seq {})",
+                "{} DROPPED (spool full): {} dump {} (record {})",
                 kind_name(r.kind),
                 r.source,
                 r.dump_id,
-                r.seq
+                r.id
             ),
             RelayEvent::Connected { upstream } => write!(f, "upstream {upstream} connected"),
             RelayEvent::Disconnected { upstream, reason } => {
@@ -363,10 +363,8 @@ impl Relay {
     pub fn poll_event(&mut self) -> Option<RelayEvent> {
         while let Some(ev) = self.link.poll_event() {
             let mapped = match ev {
-                LinkEvent::Delivered { seq, .. } => {
-                    self.take_pending(seq).map(RelayEvent::Delivered)
-                }
-                LinkEvent::Dropped { seq, .. } => self.take_pending(seq).map(RelayEvent::Dropped),
+                LinkEvent::Delivered { id, .. } => self.take_pending(id).map(RelayEvent::Delivered),
+                LinkEvent::Dropped { id, .. } => self.take_pending(id).map(RelayEvent::Dropped),
                 LinkEvent::Connected { idx } => Some(RelayEvent::Connected { upstream: idx }),
                 LinkEvent::Disconnected { idx, reason } => Some(RelayEvent::Disconnected {
                     upstream: idx,
@@ -386,9 +384,9 @@ impl Relay {
         self.link.spool().is_empty()
     }
 
-    fn take_pending(&mut self, seq: u64) -> Option<RecordSummary> {
-        // Acknowledgements come in seq order, so the match is almost always at the front.
-        let pos = self.pending.iter().position(|p| p.seq == seq)?;
+    fn take_pending(&mut self, id: u64) -> Option<RecordSummary> {
+        // Notices and dumps are acknowledged in about enqueue order, so the match is almost always at the front.
+        let pos = self.pending.iter().position(|p| p.id == id)?;
         self.pending.remove(pos)
     }
 
@@ -540,14 +538,14 @@ fn headline(text: &[u8]) -> String {
 }
 
 impl Delivery<'_> {
-    fn queued(&mut self, seq: Option<u64>, summary: RecordSummary, event: RelayEvent) {
-        match seq {
-            Some(seq) => {
+    fn queued(&mut self, id: Option<u64>, summary: RecordSummary, event: RelayEvent) {
+        match id {
+            Some(id) => {
                 if self.pending.len() >= self.pending.capacity() {
                     // The spool holds far fewer records than this; keep the newest summaries.
                     self.pending.pop_front();
                 }
-                self.pending.push_back(RecordSummary { seq, ..summary });
+                self.pending.push_back(RecordSummary { id, ..summary });
             }
             None => self.stats.refused += 1,
         }
@@ -576,19 +574,19 @@ impl EventSink for Delivery<'_> {
             seen_at_ms: c.at.total_millis(),
             netconsole: None,
         });
-        let seq = self
+        let id = self
             .link
             .enqueue(self.now, &record, text.len() as u32, |w| w.write(text))
             .ok();
         let summary = RecordSummary {
-            seq: 0,
+            id: 0,
             kind: RecordKind::CrashSeen,
             source: c.source,
             dump_id: d.dump_id(),
             revision: 0,
         };
         let event = RelayEvent::CrashSeen {
-            seq,
+            id,
             source: c.source,
             dump_id: d.dump_id(),
             generation: c.generation,
@@ -596,7 +594,7 @@ impl EventSink for Delivery<'_> {
             packet_count: d.packet_count(),
             headline: headline(text),
         };
-        self.queued(seq, summary, event);
+        self.queued(id, summary, event);
     }
 
     fn dump(&mut self, d: &DumpView<'_>) {
@@ -624,21 +622,21 @@ impl EventSink for Delivery<'_> {
             user_blob: d.user_blob().map(|b| Vec::from(&b[..])),
             netconsole: None,
         });
-        let seq = self
+        let id = self
             .link
             .enqueue(self.now, &record, text_len as u32, |w| {
                 d.write_text(|b| w.write(b))
             })
             .ok();
         let summary = RecordSummary {
-            seq: 0,
+            id: 0,
             kind: RecordKind::Dump,
             source: d.source(),
             dump_id: d.dump_id(),
             revision: d.revision(),
         };
         let event = RelayEvent::DumpQueued {
-            seq,
+            id,
             source: d.source(),
             dump_id: d.dump_id(),
             complete: d.complete(),
@@ -647,7 +645,7 @@ impl EventSink for Delivery<'_> {
             revision: d.revision(),
             text_len,
         };
-        self.queued(seq, summary, event);
+        self.queued(id, summary, event);
     }
 }
 
@@ -680,12 +678,12 @@ impl ConsoleSink for Delivery<'_> {
                 truncated: false,
             }),
         });
-        let seq = self
+        let id = self
             .link
             .enqueue(self.now, &record, c.line.len() as u32, |w| w.write(c.line))
             .ok();
         let summary = RecordSummary {
-            seq: 0,
+            id: 0,
             kind: RecordKind::CrashSeen,
             source: c.source,
             dump_id: c.crash as u16,
@@ -694,7 +692,7 @@ impl ConsoleSink for Delivery<'_> {
         let mut headline = lossy(&c.line[..c.line.len().min(HEADLINE_LEN)]);
         headline.retain(|ch| !ch.is_control());
         let event = RelayEvent::CrashSeen {
-            seq,
+            id,
             source: c.source,
             dump_id: c.crash as u16,
             generation: 0,
@@ -702,7 +700,7 @@ impl ConsoleSink for Delivery<'_> {
             packet_count: 0,
             headline,
         };
-        self.queued(seq, summary, event);
+        self.queued(id, summary, event);
     }
 
     fn dump(&mut self, d: &ConsoleDump<'_>) {
@@ -736,19 +734,19 @@ impl ConsoleSink for Delivery<'_> {
                 truncated: d.truncated,
             }),
         });
-        let seq = self
+        let id = self
             .link
             .enqueue(self.now, &record, d.text.len() as u32, |w| w.write(d.text))
             .ok();
         let summary = RecordSummary {
-            seq: 0,
+            id: 0,
             kind: RecordKind::Dump,
             source: d.source,
             dump_id: d.crash as u16,
             revision: 1,
         };
         let event = RelayEvent::DumpQueued {
-            seq,
+            id,
             source: d.source,
             dump_id: d.crash as u16,
             complete: d.complete(),
@@ -757,7 +755,7 @@ impl ConsoleSink for Delivery<'_> {
             revision: 1,
             text_len: d.text.len(),
         };
-        self.queued(seq, summary, event);
+        self.queued(id, summary, event);
     }
 }
 

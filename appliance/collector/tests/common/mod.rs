@@ -23,6 +23,9 @@ pub struct Driver {
     pending: Vec<u8>,
     start: std::time::Instant,
     pub events: Vec<LinkEvent>,
+    /// False: replies are left unread (the relay looks like it never got the collector's
+    /// Acks, though the collector stored and acknowledged).
+    pub reading: bool,
 }
 
 impl Driver {
@@ -34,6 +37,7 @@ impl Driver {
             pending: Vec::new(),
             start: std::time::Instant::now(),
             events: Vec::new(),
+            reading: true,
         }
     }
 
@@ -75,7 +79,7 @@ impl Driver {
             let i = *i;
             let mut closed = None;
             let mut buf = [0u8; 4096];
-            loop {
+            while self.reading {
                 match s.read(&mut buf) {
                     Ok(0) => {
                         closed = Some(CloseReason::PeerClosed);

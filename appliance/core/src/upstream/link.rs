@@ -18,7 +18,11 @@
 //!
 //! Session: `Hello`, then nothing until the collector's `Welcome` (so records it already applied
 //! are never resent), then every spooled record above `Welcome.last_seq` in seq order, then new
-//! records as they are enqueued. Records leave the spool only when acknowledged (or dropped by the
+//! records as they are enqueued: crash notices before dumps (the spool's two lanes), and a new
+//! dump only while less than [`LinkConfig::dump_window`] bytes of dumps await acknowledgement,
+//! so a crash notice is never queued behind more than that on the wire (the socket's buffer and
+//! the collector's backlog) nor behind more than the one frame being written. Seqs are given
+//! when a frame first starts, so they increase on the wire whatever overtook what. Records leave the spool only when acknowledged (or dropped by the
 //! overflow policy, which is counted and reported). After a disconnect the next session resends
 //! everything unacknowledged; the collector's `last_seq` makes that idempotent.
 //!
@@ -58,6 +62,9 @@ pub struct LinkConfig {
     pub spool_bytes: usize,
     /// Most records the spool holds, allocated at construction.
     pub spool_records: usize,
+    /// Bytes of dump frames written and not yet acknowledged before another dump may start:
+    /// bounds what a crash notice can find ahead of it on the wire. One dump always may go.
+    pub dump_window: usize,
     /// Longest wait for a TCP connect.
     pub connect_timeout: Duration,
     /// Longest wait for `Welcome`, and for the next `Ack` while records are outstanding: a peer
@@ -75,7 +82,7 @@ pub struct LinkConfig {
 
 impl LinkConfig {
     /// Defaults for everything but the upstream count and the relay's identity: an 8 MiB spool
-    /// of at most 16384 records, 3 s connect timeout, 10 s ack timeout, backoff 100 ms to 30 s,
+    /// of at most 16384 records, a 1 MiB dump window, 3 s connect timeout, 10 s ack timeout, backoff 100 ms to 30 s,
     /// failback every 60 s, 1024 events.
     pub fn new(upstreams: usize, relay: impl Into<String>, instance: u64) -> Self {
         LinkConfig {
@@ -84,6 +91,7 @@ impl LinkConfig {
             instance,
             spool_bytes: 8 * 1024 * 1024,
             spool_records: 16 * 1024,
+            dump_window: 1 << 20,
             connect_timeout: Duration::from_secs(3),
             ack_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
@@ -177,8 +185,8 @@ impl fmt::Display for CloseReason {
 pub enum LinkEvent {
     /// A collector acknowledged the record: it is durable there.
     Delivered {
-        /// Record seq.
-        seq: u64,
+        /// The id [`UpstreamLink::enqueue`] returned.
+        id: u64,
         /// Record kind.
         kind: RecordKind,
     },
@@ -202,10 +210,10 @@ pub enum LinkEvent {
         /// Upstream of this session.
         to: usize,
     },
-    /// The spool overflow policy dropped a record; it may never reach a collector.
+    /// The spool overflow policy dropped a record before it was ever sent: it is not stored.
     Dropped {
-        /// Record seq.
-        seq: u64,
+        /// The id [`UpstreamLink::enqueue`] returned.
+        id: u64,
         /// Record kind.
         kind: RecordKind,
     },
@@ -221,7 +229,8 @@ pub enum EnqueueError {
         /// Record body bytes (header and payload).
         len: usize,
     },
-    /// The only thing left to drop is the frame being written; retry after it completes.
+    /// Every record of this kind in the spool has been sent and awaits its acknowledgement
+    /// (such records are never dropped: the collector may hold them); retry after an `Ack`.
     Busy,
     /// The fill closure wrote a different number of bytes than `payload_len`.
     PayloadLength {
@@ -237,7 +246,9 @@ impl fmt::Display for EnqueueError {
         match self {
             EnqueueError::NotSpoolable => f.write_str("Hello records are not spooled"),
             EnqueueError::TooLarge { len } => write!(f, "record of {len} bytes does not fit"),
-            EnqueueError::Busy => f.write_str("spool busy with a partly written frame"),
+            EnqueueError::Busy => {
+                f.write_str("spool lane full of records awaiting acknowledgement")
+            }
             EnqueueError::PayloadLength { declared, written } => {
                 write!(f, "payload_len {declared} but {written} bytes written")
             }
@@ -382,6 +393,8 @@ pub struct LinkStats {
 /// The frame being written: its prefix (length, seq, sent_at) and how far we are.
 #[derive(Clone, Copy, Debug)]
 struct Partial {
+    kind: RecordKind,
+    id: u64,
     seq: u64,
     prefix: [u8; SPOOLED_PREFIX_MAX],
     prefix_len: usize,
@@ -398,6 +411,8 @@ struct Session {
     sent_through: u64,
     /// Highest seq the collector has confirmed on this session (Welcome or Ack).
     acked_through: u64,
+    /// Bytes of dump frames started on this session and not yet acknowledged.
+    dump_bytes_unacked: usize,
     partial: Option<Partial>,
     handshake_deadline: Instant,
     ack_deadline: Option<Instant>,
@@ -435,6 +450,9 @@ pub struct UpstreamLink {
     closing: Option<CloseReason>,
     hello: Vec<u8>,
     decoder: FrameDecoder,
+    /// Id of the next enqueued record.
+    next_id: u64,
+    /// Seq of the next frame to start for the first time.
     next_seq: u64,
     /// Highest seq ever fully written on any session.
     max_written: u64,
@@ -482,6 +500,7 @@ impl UpstreamLink {
             closing: None,
             hello,
             decoder: FrameDecoder::new(MAX_REPLY_LEN),
+            next_id: 1,
             next_seq: 1,
             max_written: 0,
             last_session_idx: None,
@@ -501,7 +520,7 @@ impl UpstreamLink {
         &self.spool
     }
 
-    /// Spools a record and returns its seq. `payload_len` bytes of payload must be written
+    /// Spools a record and returns its id (enqueue order; events name records by it). `payload_len` bytes of payload must be written
     /// through the [`SpoolWriter`] handed to `fill` (in as many pieces as convenient); the
     /// record is written straight into the spool, without an intermediate buffer. When the spool
     /// is full, older records are dropped by the overflow policy ([`Spool::make_room`]) and
@@ -528,16 +547,16 @@ impl UpstreamLink {
         if len.saturating_add(SPOOLED_PREFIX_MAX - record::LEN_PREFIX) > MAX_FRAME_LEN as usize {
             return refuse(&mut self.stats, EnqueueError::TooLarge { len });
         }
-        let in_flight = match &self.state {
-            State::Open(s) => s.partial.map(|p| p.seq),
-            _ => None,
-        };
         let events = &mut self.events;
         let stats = &mut self.stats;
         let cap = self.config.event_capacity.max(1);
-        let room = self.spool.make_room(len, in_flight, |seq, kind| {
-            stats.dropped.bump(kind);
-            push_event(events, cap, stats, LinkEvent::Dropped { seq, kind });
+        let room = self.spool.make_room(kind, len, |e| {
+            stats.dropped.bump(e.kind);
+            let event = LinkEvent::Dropped {
+                id: e.id,
+                kind: e.kind,
+            };
+            push_event(events, cap, stats, event);
         });
         match room {
             Ok(()) => {}
@@ -546,7 +565,7 @@ impl UpstreamLink {
             }
             Err(RoomError::Busy) => return refuse(&mut self.stats, EnqueueError::Busy),
         }
-        let Some(mut writer) = self.spool.writer(len) else {
+        let Some(mut writer) = self.spool.writer(kind, len) else {
             return refuse(&mut self.stats, EnqueueError::Busy);
         };
         if postcard::serialize_with_flavor(&body_header, &mut writer).is_err() {
@@ -560,11 +579,11 @@ impl UpstreamLink {
             };
             return refuse(&mut self.stats, e);
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.spool.commit(seq, kind, len);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.spool.commit(kind, id, len);
         self.stats.queued.bump(kind);
-        Ok(seq)
+        Ok(id)
     }
 
     /// Which upstream to open a TCP connection to now, if any: the lowest index out of
@@ -595,6 +614,7 @@ impl UpstreamLink {
             welcomed: false,
             sent_through: 0,
             acked_through: 0,
+            dump_bytes_unacked: 0,
             partial: None,
             handshake_deadline: now + self.config.ack_timeout,
             ack_deadline: None,
@@ -617,7 +637,6 @@ impl UpstreamLink {
         let welcomed = matches!(&self.state, State::Open(s) if s.welcomed);
         let reason = self.closing.take().unwrap_or(reason);
         self.state = State::Idle;
-        self.spool.remove_doomed();
         self.decoder.reset();
         self.stats.disconnects.0[reason.index()] += 1;
         if let Some(u) = self.upstreams.get_mut(idx) {
@@ -720,20 +739,22 @@ impl UpstreamLink {
         let events = &mut self.events;
         let stats = &mut self.stats;
         let cap = self.config.event_capacity.max(1);
+        let mut dump_bytes = 0usize;
         self.spool.remove_through(through, |e| {
-            if !e.doomed {
-                stats.delivered.bump(e.kind);
-                push_event(
-                    events,
-                    cap,
-                    stats,
-                    LinkEvent::Delivered {
-                        seq: e.seq,
-                        kind: e.kind,
-                    },
-                );
+            stats.delivered.bump(e.kind);
+            if e.kind == RecordKind::Dump {
+                dump_bytes += e.len;
             }
+            let event = LinkEvent::Delivered {
+                id: e.id,
+                kind: e.kind,
+            };
+            push_event(events, cap, stats, event);
         });
+        if let State::Open(s) = &mut self.state {
+            // Welcome removes before anything is sent on the session; only Acks subtract.
+            s.dump_bytes_unacked = s.dump_bytes_unacked.saturating_sub(dump_bytes);
+        }
     }
 
     /// The upstream whose connection the caller should close now (the link gave up on it),
@@ -778,22 +799,37 @@ impl UpstreamLink {
                         self.closing = Some(CloseReason::Failback);
                         break;
                     }
-                    let Some(e) = self.spool.first_after(session.sent_through) else {
+                    let dumps_open = session.dump_bytes_unacked < self.config.dump_window;
+                    let Some(&e) = self.spool.next_to_send(session.sent_through, dumps_open) else {
                         break;
+                    };
+                    let seq = match e.seq() {
+                        Some(seq) => seq,
+                        None => {
+                            let seq = self.next_seq;
+                            self.next_seq += 1;
+                            self.spool.assign(e.kind, e.id, seq);
+                            seq
+                        }
                     };
                     let mut prefix = [0u8; SPOOLED_PREFIX_MAX];
                     let Ok(prefix_len) =
-                        encode_spooled_prefix(e.seq, now.total_millis(), e.len, &mut prefix)
+                        encode_spooled_prefix(seq, now.total_millis(), e.len, &mut prefix)
                     else {
                         // Cannot happen: enqueue checked the size. Skip rather than wedge.
-                        session.sent_through = e.seq;
+                        session.sent_through = seq;
                         continue;
                     };
-                    if e.seq <= self.max_written {
+                    if seq <= self.max_written {
                         self.stats.resent.bump(e.kind);
                     }
+                    if e.kind == RecordKind::Dump {
+                        session.dump_bytes_unacked += e.len;
+                    }
                     Partial {
-                        seq: e.seq,
+                        kind: e.kind,
+                        id: e.id,
+                        seq,
                         prefix,
                         prefix_len,
                         frame_len: prefix_len + e.len,
@@ -808,7 +844,7 @@ impl UpstreamLink {
                 n += k;
             }
             if p.offset >= p.prefix_len && n < buf.len() {
-                if let Some(e) = self.spool.get(p.seq) {
+                if let Some(e) = self.spool.get(p.kind, p.id) {
                     let k = self.spool.read(e, p.offset - p.prefix_len, &mut buf[n..]);
                     p.offset += k;
                     n += k;
@@ -821,9 +857,6 @@ impl UpstreamLink {
                 session.partial = None;
                 session.sent_through = p.seq;
                 self.max_written = self.max_written.max(p.seq);
-                if self.spool.get(p.seq).is_some_and(|e| e.doomed) {
-                    self.spool.remove(p.seq);
-                }
             } else {
                 session.partial = Some(p);
             }
@@ -917,9 +950,9 @@ impl UpstreamLink {
         s
     }
 
-    /// Seq the next enqueued record will get.
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
+    /// Id the next enqueued record will get.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
     }
 
     /// The upstream of the current connection or attempt.
@@ -1151,11 +1184,11 @@ mod tests {
             vec![
                 LinkEvent::Connected { idx: 0 },
                 LinkEvent::Delivered {
-                    seq: 1,
+                    id: 1,
                     kind: RecordKind::CrashSeen
                 },
                 LinkEvent::Delivered {
-                    seq: 2,
+                    id: 2,
                     kind: RecordKind::Dump
                 },
             ]
@@ -1226,47 +1259,61 @@ mod tests {
         assert_eq!(link.stats().spool_records, 0);
     }
 
+    /// Fills `kind`'s lane with records of `text` until the spool drops one; returns the ids
+    /// enqueued and the drop events.
+    fn fill_until_drop(
+        link: &mut UpstreamLink,
+        t: Instant,
+        record: &Record,
+        text: &[u8],
+    ) -> (Vec<u64>, Vec<LinkEvent>) {
+        let mut ids = Vec::new();
+        for _ in 0..100 {
+            ids.push(put(link, t, record, text));
+            let ev = events(link);
+            if !ev.is_empty() {
+                return (ids, ev);
+            }
+        }
+        panic!("the lane never filled");
+    }
+
     #[test]
-    fn overflow_drops_dumps_before_crash_notices() {
+    fn overflow_drops_the_oldest_unsent_dump_and_dumps_never_evict_notices() {
         let mut cfg = config(1);
-        cfg.spool_bytes = 600;
+        cfg.spool_bytes = 2400;
         let mut link = UpstreamLink::new(cfg);
         let t = Instant::from_millis(1);
         let text = [b'x'; 100];
         let c1 = put(&mut link, t, &crash(1), &text);
-        let d1 = put(&mut link, t, &dump(1), &text);
         let c2 = put(&mut link, t, &crash(2), &text);
-        let d2 = put(&mut link, t, &dump(2), &text);
-        assert!(link.stats().spool_bytes_used > 450);
-        let c3 = put(&mut link, t, &crash(3), &text);
+        let (dumps, ev) = fill_until_drop(&mut link, t, &dump(1), &text);
         assert_eq!(
-            events(&mut link),
+            ev,
             vec![LinkEvent::Dropped {
-                seq: d1,
+                id: dumps[0],
                 kind: RecordKind::Dump
             }]
         );
-        let seqs: Vec<u64> = link.spool().entries().map(|e| e.seq).collect();
-        assert_eq!(seqs, vec![c1, c2, d2, c3]);
-        put(&mut link, t, &crash(4), &text);
-        put(&mut link, t, &crash(5), &text);
+        let notices: Vec<u64> = link
+            .spool()
+            .entries(RecordKind::CrashSeen)
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(notices, vec![c1, c2], "dumps never take a notice's room");
+        let (more, ev) = fill_until_drop(&mut link, t, &crash(3), &text);
         assert_eq!(
-            events(&mut link),
-            vec![
-                LinkEvent::Dropped {
-                    seq: d2,
-                    kind: RecordKind::Dump
-                },
-                LinkEvent::Dropped {
-                    seq: c1,
-                    kind: RecordKind::CrashSeen
-                },
-            ]
+            ev,
+            vec![LinkEvent::Dropped {
+                id: c1,
+                kind: RecordKind::CrashSeen
+            }]
         );
+        assert!(more.len() >= 2);
         let s = link.stats();
-        assert_eq!((s.dropped.dump, s.dropped.crash_seen), (2, 1));
+        assert_eq!((s.dropped.dump, s.dropped.crash_seen), (1, 1));
         assert!(matches!(
-            link.enqueue(t, &dump(7), 1000, |_| {}),
+            link.enqueue(t, &dump(7), 2000, |_| {}),
             Err(EnqueueError::TooLarge { .. })
         ));
         assert_eq!(link.stats().refused.dump, 1);
@@ -1289,13 +1336,13 @@ mod tests {
     }
 
     #[test]
-    fn a_partly_written_frame_is_finished_even_when_dropped() {
+    fn a_sent_record_is_never_counted_dropped() {
         let mut cfg = config(1);
-        cfg.spool_bytes = 400;
+        cfg.spool_bytes = 1000;
         let mut link = UpstreamLink::new(cfg);
         let mut c = Collector::new();
         let t = Instant::from_millis(1);
-        let d1 = put(&mut link, t, &dump(1), &[b'a'; 300]);
+        let d1 = put(&mut link, t, &dump(1), &[b'a'; 400]);
         connect(&mut link, &mut c, t);
         let mut buf = [0u8; 200];
         let n = link.poll_transmit(t, &mut buf);
@@ -1306,27 +1353,95 @@ mod tests {
         let n = link.poll_transmit(t, &mut buf[..50]);
         assert_eq!(n, 50);
         c.receive(&buf[..n]);
-        // The dump is half on the wire; a new crash notice needs its space.
+        // The dump is half on the wire (the collector may store it): a new dump that needs its
+        // room is refused instead of dropping it.
         assert_eq!(
-            link.enqueue(t, &crash(2), 250, |w| w.write(&[b'c'; 250])),
+            link.enqueue(t, &dump(2), 400, |w| w.write(&[b'c'; 400])),
             Err(EnqueueError::Busy)
         );
-        assert_eq!(
-            events(&mut link).last(),
-            Some(&LinkEvent::Dropped {
-                seq: d1,
-                kind: RecordKind::Dump
-            })
-        );
-        // The frame is completed on the stream, then its space is free.
+        assert_eq!(link.stats().dropped.total(), 0);
+        // The frame is completed and acknowledged: it was delivered, as counted.
         c.acking = true;
         pump(&mut link, &mut c, t, 64);
-        assert_eq!(stored_seqs(&c), vec![d1]);
-        assert_eq!(link.stats().spool_records, 0);
-        let c2 = put(&mut link, t, &crash(2), &[b'c'; 250]);
+        assert_eq!(stored_seqs(&c), vec![1]);
+        assert!(events(&mut link).contains(&LinkEvent::Delivered {
+            id: d1,
+            kind: RecordKind::Dump
+        }));
+        let d2 = put(&mut link, t, &dump(2), &[b'c'; 400]);
         pump(&mut link, &mut c, t, 64);
-        assert_eq!(stored_seqs(&c), vec![d1, c2]);
-        assert_eq!(link.stats().delivered.total(), 1, "d1 was counted dropped");
+        assert_eq!(stored_seqs(&c), vec![1, 2]);
+        assert_eq!(d2, 2, "a refused record takes no id");
+        let s = link.stats();
+        assert_eq!(
+            (s.delivered.total(), s.dropped.total(), s.refused.dump),
+            (2, 0, 1)
+        );
+    }
+
+    #[test]
+    fn a_crash_notice_overtakes_queued_dumps_and_the_dump_window() {
+        let mut cfg = config(1);
+        cfg.spool_bytes = 1 << 20;
+        cfg.dump_window = 3000;
+        let mut link = UpstreamLink::new(cfg);
+        let mut c = Collector::new();
+        let t = Instant::from_millis(1);
+        connect(&mut link, &mut c, t);
+        pump(&mut link, &mut c, t, 4096);
+        c.acking = false;
+        let dumps: Vec<u64> = (0..10)
+            .map(|i| put(&mut link, t, &dump(i), &[b'd'; 1000]))
+            .collect();
+        // Three dumps fill the window; the rest wait in the spool, not in the socket.
+        pump(&mut link, &mut c, t, 1 << 16);
+        assert_eq!(stored_seqs(&c), vec![1, 2, 3]);
+        let notice = put(&mut link, t, &crash(1), b"BUG: unable to handle page fault");
+        pump(&mut link, &mut c, t, 1 << 16);
+        // The notice went next, with the next seq, ahead of seven older dumps.
+        assert_eq!(stored_seqs(&c), vec![1, 2, 3, 4]);
+        assert_eq!(c.stored[3].1, RecordKind::CrashSeen);
+        // Acks open the window again; the dumps follow in their order.
+        c.acking = true;
+        let (h, _) = (c.applied, ());
+        link.handle_input(t, &encode_reply_frame(&Reply::Ack { seq: h }).unwrap())
+            .unwrap();
+        pump(&mut link, &mut c, t, 1 << 16);
+        assert_eq!(stored_seqs(&c), (1..=11).collect::<Vec<_>>());
+        let delivered: Vec<u64> = events(&mut link)
+            .into_iter()
+            .filter_map(|e| match e {
+                LinkEvent::Delivered { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect();
+        let mut want = vec![dumps[0], dumps[1], dumps[2], notice];
+        want.extend(&dumps[3..]);
+        assert_eq!(delivered, want);
+    }
+
+    #[test]
+    fn a_notice_waits_for_at_most_the_frame_being_written() {
+        let mut cfg = config(1);
+        cfg.spool_bytes = 1 << 20;
+        let mut link = UpstreamLink::new(cfg);
+        let mut c = Collector::new();
+        let t = Instant::from_millis(1);
+        connect(&mut link, &mut c, t);
+        pump(&mut link, &mut c, t, 4096);
+        put(&mut link, t, &dump(1), &[b'd'; 50_000]);
+        put(&mut link, t, &dump(2), &[b'd'; 50_000]);
+        let mut buf = [0u8; 1000];
+        let n = link.poll_transmit(t, &mut buf);
+        c.receive(&buf[..n]);
+        put(&mut link, t, &crash(1), b"Kernel panic");
+        // The first dump's frame is finished, then the notice, then the second dump.
+        pump(&mut link, &mut c, t, 1000);
+        let kinds: Vec<RecordKind> = c.stored.iter().map(|s| s.1).collect();
+        assert_eq!(
+            kinds,
+            vec![RecordKind::Dump, RecordKind::CrashSeen, RecordKind::Dump]
+        );
     }
 
     #[test]
@@ -1583,8 +1698,8 @@ mod tests {
             let drain = |link: &mut UpstreamLink, dropped: &mut Vec<u64>, delivered: &mut Vec<u64>| {
                 while let Some(ev) = link.poll_event() {
                     match ev {
-                        LinkEvent::Dropped { seq, .. } => dropped.push(seq),
-                        LinkEvent::Delivered { seq, .. } => delivered.push(seq),
+                        LinkEvent::Dropped { id, .. } => dropped.push(id),
+                        LinkEvent::Delivered { id, .. } => delivered.push(id),
                         _ => {}
                     }
                 }
@@ -1602,10 +1717,13 @@ mod tests {
                 step(&mut link, &mut c, t);
                 match op {
                     Op::Enqueue { dump: d, len } => {
-                        let text: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+                        // The payload starts with the id the record will get, so what the
+                        // collector stored can be told apart from what the link reported.
+                        let mut text = link.next_id().to_le_bytes().to_vec();
+                        text.extend((0..len).map(|i| (i % 251) as u8));
                         let rec = if d { dump(1) } else { crash(1) };
-                        if let Ok(seq) = link.enqueue(t, &rec, len as u32, |w| w.write(&text)) {
-                            enqueued.push(seq);
+                        if let Ok(id) = link.enqueue(t, &rec, text.len() as u32, |w| w.write(&text)) {
+                            enqueued.push(id);
                         }
                     }
                     Op::Transmit { chunk, deliver } => {
@@ -1652,17 +1770,26 @@ mod tests {
                 link.handle_timeout(t);
             }
             prop_assert_eq!(link.stats().spool_records, 0);
-            let stored = stored_seqs(&c);
-            let mut sorted = stored.clone();
+            let seqs = stored_seqs(&c);
+            let mut sorted = seqs.clone();
             sorted.sort_unstable();
             sorted.dedup();
-            prop_assert_eq!(&sorted, &stored, "in order, no duplicates");
-            for seq in &enqueued {
-                prop_assert!(stored.contains(seq) || dropped.contains(seq), "seq {} lost", seq);
+            prop_assert_eq!(&sorted, &seqs, "in seq order, no duplicates");
+            let stored: Vec<u64> = c
+                .stored
+                .iter()
+                .map(|s| u64::from_le_bytes(s.2[..8].try_into().unwrap()))
+                .collect();
+            for id in &enqueued {
+                // Truthful accounting: each record is stored or dropped, never both.
+                prop_assert!(stored.contains(id) != dropped.contains(id), "id {}", id);
             }
-            for seq in &delivered {
-                prop_assert!(stored.contains(seq));
-                prop_assert!(!dropped.contains(seq));
+            let mut unique = stored.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            prop_assert_eq!(unique.len(), stored.len(), "a record stored twice");
+            for id in &delivered {
+                prop_assert!(stored.contains(id));
             }
             let s = link.stats();
             prop_assert_eq!(s.queued.total(), enqueued.len() as u64);
