@@ -2,9 +2,11 @@
 //! upstream collector, as sans-IO state machines.
 //!
 //! Contract: bytes and time go in, events and bytes come out. Nothing here reads a clock,
-//! touches a socket or a device, or allocates on the per-packet path; pools are sized from
-//! the configuration when a component is built. The same code runs in the kernel, in the
-//! hosted relay and in tests.
+//! touches a socket or a device, or allocates on the per-packet path (datagram in, crash
+//! notice and dump encoded into the spool, frames out, acknowledgements, console events); pools
+//! are sized from the configuration when a component is built. `tests/no_alloc.rs` counts
+//! allocations over the reassembler alone and over the whole [`relay::Relay`]. The same code
+//! runs in the kernel, in the hosted relay and in tests.
 //!
 //! - [`time`]: the caller-supplied clock ([`time::Instant`], [`time::Duration`]).
 //! - [`reassembly`]: the [`reassembly::Reassembler`], turning datagrams into crash

@@ -7,12 +7,9 @@
 //! TCP stack, and print [`RelayEvent`]s.
 
 use alloc::collections::VecDeque;
-use alloc::string::{String, ToString};
-use alloc::vec::Vec;
+use alloc::string::ToString;
 use core::fmt;
 use core::net::SocketAddr;
-
-use netoops_wire::netoops::{RegisterLayout, Registers};
 
 use crate::config::{Config, ConfigError};
 use crate::netconsole::{ConsoleCrash, ConsoleDump, ConsoleSink, ConsoleStats, ConsoleTracker};
@@ -22,8 +19,7 @@ use crate::reassembly::{
 };
 use crate::time::Instant;
 use crate::upstream::{
-    record, CloseReason, ConsoleMeta, Cpu, DumpIdentity, DumpMeta, LinkConfig, LinkEvent,
-    LinkStats, Record, RecordKind, RegisterSet, Source, UpstreamLink,
+    CloseReason, CrashOut, DumpOut, LinkConfig, LinkEvent, LinkStats, RecordKind, UpstreamLink,
 };
 use netoops_wire::netconsole::NetconsoleError;
 
@@ -31,6 +27,11 @@ use netoops_wire::netconsole::NetconsoleError;
 const EVENT_CAPACITY: usize = 4096;
 /// Longest headline kept from a crash's first chunk.
 const HEADLINE_LEN: usize = 160;
+
+/// A crash's headline for the console, bounded (no allocation per crash).
+pub type Headline = heapless::String<HEADLINE_LEN>;
+/// A kernel release for the console: the netoops header's 64 bytes, lossily decoded.
+pub type KernelRelease = heapless::String<96>;
 
 /// What a record in the spool is about, kept to report its delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,11 +44,17 @@ pub struct RecordSummary {
     pub source: SocketAddr,
     /// Sender's dump id.
     pub dump_id: u16,
+    /// Generation under the same identity.
+    pub generation: u32,
     /// Dump revision (0 for crash notices).
     pub revision: u32,
 }
 
 /// A line's worth of news for the console.
+///
+/// Inline strings (no allocation per crash) make `CrashSeen` the large variant; the event queue
+/// is allocated once, so boxing it would only add an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RelayEvent {
     /// A machine crashed: the first packet of a new dump arrived.
@@ -61,11 +68,11 @@ pub enum RelayEvent {
         /// Generation under the same identity.
         generation: u32,
         /// Kernel release.
-        kernel: String,
+        kernel: KernelRelease,
         /// Packets in the dump.
         packet_count: u32,
         /// The most telling line of the newest text.
-        headline: String,
+        headline: Headline,
     },
     /// A dump was reassembled and queued for delivery.
     DumpQueued {
@@ -75,6 +82,8 @@ pub enum RelayEvent {
         source: SocketAddr,
         /// Sender's dump id.
         dump_id: u16,
+        /// Generation under the same identity.
+        generation: u32,
         /// Every packet arrived.
         complete: bool,
         /// Packets received.
@@ -111,12 +120,22 @@ pub enum RelayEvent {
     },
 }
 
+/// `record N`, or `NOT SPOOLED` when the spool refused it.
+struct SpoolId(Option<u64>);
+
+impl fmt::Display for SpoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "record {id}"),
+            None => f.write_str("NOT SPOOLED"),
+        }
+    }
+}
+
+/// One line each; a dump is named `<dump id>.<generation>` everywhere.
 impl fmt::Display for RelayEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let id = |s: &Option<u64>| match s {
-            Some(s) => alloc::format!("record {s}"),
-            None => "NOT SPOOLED".to_string(),
-        };
+        let id = |s: &Option<u64>| SpoolId(*s);
         match self {
             RelayEvent::CrashSeen {
                 id: s,
@@ -136,6 +155,7 @@ impl fmt::Display for RelayEvent {
                 id: s,
                 source,
                 dump_id,
+                generation,
                 complete,
                 received,
                 packet_count,
@@ -143,26 +163,28 @@ impl fmt::Display for RelayEvent {
                 text_len,
             } => write!(
                 f,
-                "dump queued: {source} dump {dump_id} {} {received}/{packet_count} packets, \
+                "dump queued: {source} dump {dump_id}.{generation} {} {received}/{packet_count} packets, \
                  {text_len} bytes, revision {revision} ({})",
                 if *complete { "complete" } else { "PARTIAL" },
                 id(s)
             ),
             RelayEvent::Delivered(r) => write!(
                 f,
-                "{} delivered: {} dump {} revision {} (record {})",
+                "{} delivered: {} dump {}.{} revision {} (record {})",
                 kind_name(r.kind),
                 r.source,
                 r.dump_id,
+                r.generation,
                 r.revision,
                 r.id
             ),
             RelayEvent::Dropped(r) => write!(
                 f,
-                "{} DROPPED (spool full): {} dump {} (record {})",
+                "{} DROPPED (spool full): {} dump {}.{} (record {})",
                 kind_name(r.kind),
                 r.source,
                 r.dump_id,
+                r.generation,
                 r.id
             ),
             RelayEvent::Connected { upstream } => write!(f, "upstream {upstream} connected"),
@@ -474,50 +496,26 @@ struct Delivery<'a> {
     stats: &'a mut RelayStats,
 }
 
-fn identity(
-    source: SocketAddr,
-    version: u16,
-    boot_id: u32,
-    dump_id: u16,
-    dump_type: u16,
-) -> DumpIdentity {
-    DumpIdentity {
-        source: Source::from(source),
-        version,
-        boot_id,
-        dump_id,
-        dump_type,
-    }
-}
-
-fn cpu(c: Option<netoops_wire::netoops::CpuId>) -> Option<Cpu> {
-    c.map(|c| Cpu {
-        vendor: c.vendor,
-        family: c.family,
-        model: c.model,
-        stepping: c.stepping,
-    })
-}
-
-fn registers(r: Option<Registers>) -> Option<RegisterSet> {
-    r.map(|r| RegisterSet {
-        layout: match r.layout {
-            RegisterLayout::X86_64 => "x86_64",
-            RegisterLayout::I386 => "i386",
-            RegisterLayout::I386NoGs => "i386-no-gs",
-            RegisterLayout::I386NoStack => "i386-no-stack",
+/// Console text: lossy UTF-8 without control characters (a sender's bytes must not move the
+/// operator's cursor), cut at the capacity.
+fn console_text<const N: usize>(bytes: &[u8]) -> heapless::String<N> {
+    let mut out = heapless::String::new();
+    for chunk in bytes.utf8_chunks() {
+        let replacement = (!chunk.invalid().is_empty()).then_some(char::REPLACEMENT_CHARACTER);
+        for c in chunk.valid().chars().chain(replacement) {
+            if c.is_control() {
+                continue;
+            }
+            if out.push(c).is_err() {
+                return out;
+            }
         }
-        .to_string(),
-        names_values: r.iter().map(|(n, v)| (n.to_string(), v)).collect(),
-    })
-}
-
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    }
+    out
 }
 
 /// The line of the newest text most likely to say what happened.
-fn headline(text: &[u8]) -> String {
+fn headline(text: &[u8]) -> Headline {
     const MARKERS: [&[u8]; 6] = [
         b"Kernel panic",
         b"BUG:",
@@ -532,9 +530,7 @@ fn headline(text: &[u8]) -> String {
         .find_map(|m| lines().find(|l| l.windows(m.len()).any(|w| w == *m)))
         .or_else(|| lines().next_back())
         .unwrap_or(b"");
-    let mut s = lossy(&pick[..pick.len().min(HEADLINE_LEN)]);
-    s.retain(|c| !c.is_control());
-    s
+    console_text(&pick[..pick.len().min(HEADLINE_LEN)])
 }
 
 impl Delivery<'_> {
@@ -557,32 +553,18 @@ impl EventSink for Delivery<'_> {
     fn crash_seen(&mut self, c: &CrashSeen<'_>) {
         let d = &c.datagram;
         let text = c.text();
-        let record = Record::CrashSeen(record::CrashSeen {
-            id: identity(
-                c.source,
-                d.version() as u16,
-                d.boot_id(),
-                d.dump_id(),
-                d.dump_type() as u16,
-            ),
-            generation: c.generation,
-            kernel_version: lossy(d.kernel_version()),
-            packet_count: d.packet_count(),
-            packet_no: d.packet_no(),
-            cpu: cpu(d.cpu()),
-            registers: registers(d.registers()),
-            seen_at_ms: c.at.total_millis(),
-            netconsole: None,
-        });
         let id = self
             .link
-            .enqueue(self.now, &record, text.len() as u32, |w| w.write(text))
+            .enqueue(self.now, &CrashOut::netoops(c), text.len() as u32, |w| {
+                w.write(text)
+            })
             .ok();
         let summary = RecordSummary {
             id: 0,
             kind: RecordKind::CrashSeen,
             source: c.source,
             dump_id: d.dump_id(),
+            generation: c.generation,
             revision: 0,
         };
         let event = RelayEvent::CrashSeen {
@@ -590,7 +572,7 @@ impl EventSink for Delivery<'_> {
             source: c.source,
             dump_id: d.dump_id(),
             generation: c.generation,
-            kernel: lossy(d.kernel_version()),
+            kernel: console_text(d.kernel_version()),
             packet_count: d.packet_count(),
             headline: headline(text),
         };
@@ -599,32 +581,9 @@ impl EventSink for Delivery<'_> {
 
     fn dump(&mut self, d: &DumpView<'_>) {
         let text_len = d.text_len();
-        let record = Record::Dump(DumpMeta {
-            id: identity(
-                d.source(),
-                d.version() as u16,
-                d.boot_id(),
-                d.dump_id(),
-                d.dump_type() as u16,
-            ),
-            generation: d.generation(),
-            kernel_version: lossy(d.kernel_version()),
-            packet_count: d.packet_count(),
-            received: d.received(),
-            missing: d.missing().collect(),
-            zeroed: d.zeroed().collect(),
-            complete: d.complete(),
-            revision: d.revision(),
-            first_seen_ms: d.first_seen().total_millis(),
-            completed_ms: d.emitted_at().total_millis(),
-            cpu: cpu(d.cpu()),
-            registers: registers(d.registers()),
-            user_blob: d.user_blob().map(|b| Vec::from(&b[..])),
-            netconsole: None,
-        });
         let id = self
             .link
-            .enqueue(self.now, &record, text_len as u32, |w| {
+            .enqueue(self.now, &DumpOut::Netoops(d), text_len as u32, |w| {
                 d.write_text(|b| w.write(b))
             })
             .ok();
@@ -633,12 +592,14 @@ impl EventSink for Delivery<'_> {
             kind: RecordKind::Dump,
             source: d.source(),
             dump_id: d.dump_id(),
+            generation: d.generation(),
             revision: d.revision(),
         };
         let event = RelayEvent::DumpQueued {
             id,
             source: d.source(),
             dump_id: d.dump_id(),
+            generation: d.generation(),
             complete: d.complete(),
             received: d.received(),
             packet_count: d.packet_count(),
@@ -649,109 +610,59 @@ impl EventSink for Delivery<'_> {
     }
 }
 
-fn console_identity(source: SocketAddr, boot: u32, crash: u32) -> DumpIdentity {
-    identity(source, 0, boot, crash as u16, 0)
-}
-
 impl ConsoleSink for Delivery<'_> {
     fn crash_seen(&mut self, c: &ConsoleCrash<'_>) {
-        let record = Record::CrashSeen(record::CrashSeen {
-            id: console_identity(c.source, c.boot, c.crash),
-            generation: 0,
-            kernel_version: lossy(c.release),
-            packet_count: 0,
-            packet_no: 0,
-            cpu: None,
-            registers: None,
-            seen_at_ms: c.at.total_millis(),
-            netconsole: Some(ConsoleMeta {
-                extended: c.extended,
-                boot: c.boot,
-                crash: c.crash,
-                crash_line: lossy(c.line),
-                release: lossy(c.release),
-                missing_seq: Vec::new(),
-                incomplete_seq: Vec::new(),
-                seq_range: None,
-                records: 0,
-                fields: Vec::new(),
-                truncated: false,
-            }),
-        });
         let id = self
             .link
-            .enqueue(self.now, &record, c.line.len() as u32, |w| w.write(c.line))
+            .enqueue(
+                self.now,
+                &CrashOut::netconsole(c),
+                c.line.len() as u32,
+                |w| w.write(c.line),
+            )
             .ok();
         let summary = RecordSummary {
             id: 0,
             kind: RecordKind::CrashSeen,
             source: c.source,
             dump_id: c.crash as u16,
+            generation: 0,
             revision: 0,
         };
-        let mut headline = lossy(&c.line[..c.line.len().min(HEADLINE_LEN)]);
-        headline.retain(|ch| !ch.is_control());
         let event = RelayEvent::CrashSeen {
             id,
             source: c.source,
             dump_id: c.crash as u16,
             generation: 0,
-            kernel: lossy(c.release),
+            kernel: console_text(c.release),
             packet_count: 0,
-            headline,
+            headline: console_text(&c.line[..c.line.len().min(HEADLINE_LEN)]),
         };
         self.queued(id, summary, event);
     }
 
     fn dump(&mut self, d: &ConsoleDump<'_>) {
-        let missing_records: u64 = d.missing.iter().map(|(a, b)| b - a + 1).sum();
-        let record = Record::Dump(DumpMeta {
-            id: console_identity(d.source, d.boot, d.crash),
-            generation: 0,
-            kernel_version: lossy(d.release),
-            packet_count: d.records.saturating_add(missing_records as u32),
-            received: d.records,
-            missing: Vec::new(),
-            zeroed: Vec::new(),
-            complete: d.complete(),
-            revision: 1,
-            first_seen_ms: d.crash_at.total_millis(),
-            completed_ms: d.emitted_at.total_millis(),
-            cpu: None,
-            registers: None,
-            user_blob: None,
-            netconsole: Some(ConsoleMeta {
-                extended: d.extended,
-                boot: d.boot,
-                crash: d.crash,
-                crash_line: lossy(d.line),
-                release: lossy(d.release),
-                missing_seq: d.missing.to_vec(),
-                incomplete_seq: d.incomplete.to_vec(),
-                seq_range: d.seq_range,
-                records: d.records,
-                fields: d.fields.iter().map(|(k, v)| (lossy(k), lossy(v))).collect(),
-                truncated: d.truncated,
-            }),
-        });
+        let out = DumpOut::Netconsole(d);
         let id = self
             .link
-            .enqueue(self.now, &record, d.text.len() as u32, |w| w.write(d.text))
+            .enqueue(self.now, &out, d.text.len() as u32, |w| w.write(d.text))
             .ok();
         let summary = RecordSummary {
             id: 0,
             kind: RecordKind::Dump,
             source: d.source,
             dump_id: d.crash as u16,
+            generation: 0,
             revision: 1,
         };
         let event = RelayEvent::DumpQueued {
             id,
             source: d.source,
             dump_id: d.crash as u16,
+            generation: 0,
             complete: d.complete(),
             received: d.records,
-            packet_count: d.records.saturating_add(missing_records as u32),
+            packet_count: out.packet_count(),
             revision: 1,
             text_len: d.text.len(),
         };
@@ -762,7 +673,10 @@ impl ConsoleSink for Delivery<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::record::{decode_record, encode_reply_frame, FrameDecoder, Reply};
+    use crate::upstream::record::{self, decode_record, encode_reply_frame, FrameDecoder, Reply};
+    use crate::upstream::{Record, Source};
+    use alloc::string::String;
+    use alloc::vec::Vec;
     use netoops_wire::encode::{encode, DumpHeader, SenderModel, Variant};
 
     fn relay(extra: &str) -> Relay {
@@ -867,10 +781,10 @@ mod tests {
         );
         assert!(lines
             .iter()
-            .any(|l| l.starts_with("dump queued: 10.0.0.5:6666 dump 11 complete")));
+            .any(|l| l.starts_with("dump queued: 10.0.0.5:6666 dump 11.0 complete")));
         assert!(lines
             .iter()
-            .any(|l| l.starts_with("dump delivered: 10.0.0.5:6666 dump 11")));
+            .any(|l| l.starts_with("dump delivered: 10.0.0.5:6666 dump 11.0 revision 1")));
         assert!(lines
             .iter()
             .any(|l| l.starts_with("crash notice delivered")));

@@ -39,6 +39,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counter is process-wide: the tests take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Reads every byte of what it is given, as a delivery queue would, without allocating.
 #[derive(Default)]
 struct Reader {
@@ -61,6 +64,8 @@ impl EventSink for Reader {
 
 #[test]
 fn reassembly_does_not_allocate_per_packet() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    ALLOCATIONS.store(0, Ordering::SeqCst);
     const MACHINES: usize = 300;
     let logs: Vec<Vec<u8>> = (0..MACHINES)
         .map(|i| vec![b'a' + (i % 26) as u8; 20_000 + i * 37])
@@ -118,4 +123,168 @@ fn reassembly_does_not_allocate_per_packet() {
     assert_eq!(sink.crashes as u64, s.dumps_started);
     assert!(sink.dumps >= MACHINES);
     assert!(r.footprint() <= config.memory_budget);
+}
+
+/// The whole `Relay`: netoops and netconsole datagrams in, crash notices and dumps encoded into
+/// the spool, written to the stream, acknowledged, and their console lines formatted. The
+/// replies the collector would send are encoded before counting starts.
+#[test]
+fn the_relay_does_not_allocate_per_packet_notice_or_dump() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    use core::fmt::Write as _;
+    use netoops_core::config::Config;
+    use netoops_core::relay::Relay;
+    use netoops_core::upstream::record::{encode_reply, Reply};
+    use netoops_core::upstream::PROTOCOL_VERSION;
+    use netoops_wire::netconsole::{encode_record, RecordSpec};
+
+    const MACHINES: usize = 40;
+    let config = Config::parse("upstream=127.0.0.1:2005 memory=8M max_dumps=64 spool=4M").unwrap();
+    let mut relay = Relay::new(config, 7).unwrap();
+
+    // netoops: every machine's whole log, three rounds.
+    let logs: Vec<Vec<u8>> = (0..MACHINES)
+        .map(|i| {
+            let mut l = format!("[    1.000000] machine {i}\n").into_bytes();
+            l.resize(6_000 + i * 101, b'x');
+            l.extend_from_slice(b"\n[    9.000000] Kernel panic - not syncing: Fatal exception\n");
+            l
+        })
+        .collect();
+    let mut netoops: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    for (i, log) in logs.iter().enumerate() {
+        let m = SenderModel::new(&[], log);
+        let h = DumpHeader::new(Variant::ALL[i % 4], i as u16, "6.1.0-\u{fffd}bad");
+        for (_, p) in m.schedule() {
+            let mut buf = vec![0u8; 2048];
+            let n = encode(&h, m.packet_count(), p, &m.chunk(p), &mut buf).unwrap();
+            buf.truncate(n);
+            netoops.push((SocketAddr::from(([10, 3, 0, i as u8], 6666)), buf));
+        }
+    }
+    // netconsole: chatter, then a crash at warning level and more lines (a dump at quiet).
+    let mut console: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let mut scratch = [0u8; 8192];
+    for i in 0..MACHINES {
+        for seq in 0..30u64 {
+            let text = match seq {
+                20 => "BUG: kernel NULL pointer dereference, address: 0000000000000008".to_string(),
+                _ => format!("machine {i} line {seq} \u{7}bell"),
+            };
+            let spec = RecordSpec {
+                release: Some("6.1.0-18-amd64"),
+                level: if seq == 20 { 1 } else { 6 },
+                seq,
+                usec: 1_000_000 + seq * 1000,
+                text: text.as_bytes(),
+                fields: &[("cpu", "3"), ("taskname", "bash")],
+            };
+            let source = SocketAddr::from(([10, 4, 0, i as u8], 6665));
+            encode_record(&spec, &mut scratch, |d| console.push((source, d.to_vec())));
+        }
+    }
+    let mut welcome = vec![0u8; 64];
+    let n = encode_reply(
+        &Reply::Welcome {
+            protocol: PROTOCOL_VERSION,
+            last_seq: 0,
+        },
+        &mut welcome,
+    )
+    .unwrap();
+    welcome.truncate(n);
+    let acks: Vec<Vec<u8>> = (1..=4 * MACHINES as u64)
+        .map(|seq| {
+            let mut b = vec![0u8; 32];
+            let n = encode_reply(&Reply::Ack { seq }, &mut b).unwrap();
+            b.truncate(n);
+            b
+        })
+        .collect();
+    let mut wire = vec![0u8; 1 << 20];
+    let mut line: heapless::String<512> = heapless::String::new();
+    let mut lines = 0usize;
+    let mut acked = 0usize;
+
+    let now = Instant::from_millis(1000);
+    let idx = relay.link().poll_connect(now).unwrap();
+    relay.link().handle_connected(now, idx);
+    let _ = relay.link().poll_transmit(now, &mut wire);
+
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    relay.link().handle_input(now, &welcome).unwrap();
+    let mut t = now;
+    // Frames are counted as they complete on the "stream" (a u32 length prefix, then the
+    // body); seqs are given in transmit order from 1, so frame k is acknowledged as seq k.
+    let mut prefix = [0u8; 4];
+    let mut prefix_have = 0usize;
+    let mut body_left = 0usize;
+    let mut frames = 0usize;
+    let mut step = |relay: &mut Relay, t: Instant| {
+        loop {
+            let n = relay.link().poll_transmit(t, &mut wire);
+            if n == 0 {
+                break;
+            }
+            let mut rest = &wire[..n];
+            while !rest.is_empty() {
+                if prefix_have < 4 {
+                    let k = (4 - prefix_have).min(rest.len());
+                    prefix[prefix_have..prefix_have + k].copy_from_slice(&rest[..k]);
+                    prefix_have += k;
+                    rest = &rest[k..];
+                    body_left = u32::from_le_bytes(prefix) as usize;
+                    continue;
+                }
+                let k = body_left.min(rest.len());
+                body_left -= k;
+                rest = &rest[k..];
+                if body_left == 0 {
+                    prefix_have = 0;
+                    frames += 1;
+                }
+            }
+        }
+        while acked < frames {
+            relay.link().handle_input(t, &acks[acked]).unwrap();
+            acked += 1;
+        }
+        while let Some(ev) = relay.poll_event() {
+            line.clear();
+            let _ = write!(line, "{ev}");
+            lines += 1;
+        }
+    };
+    for (i, (src, bytes)) in netoops.iter().enumerate() {
+        t = now + netoops_core::time::Duration::from_micros(i as u64 * 20);
+        let _ = relay.handle_datagram(t, *src, bytes);
+        step(&mut relay, t);
+    }
+    for (i, (src, bytes)) in console.iter().enumerate() {
+        t += netoops_core::time::Duration::from_micros(i as u64 % 7);
+        let _ = relay.handle_netconsole(t, *src, bytes);
+        step(&mut relay, t);
+    }
+    let later = t + netoops_core::time::Duration::from_secs(600);
+    relay.handle_timeout(later);
+    for _ in 0..50 {
+        step(&mut relay, later);
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+
+    assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), 0);
+    let r = relay.reassembler().stats();
+    assert_eq!(r.dumps_complete as usize, MACHINES, "{r:?}");
+    let nc = relay.console().stats();
+    assert_eq!(
+        (nc.crashes as usize, nc.dumps as usize),
+        (MACHINES, MACHINES),
+        "{nc:?}"
+    );
+    let l = relay.link().stats();
+    assert_eq!(l.queued.crash_seen as usize, 2 * MACHINES);
+    assert_eq!(l.queued.dump as usize, 2 * MACHINES);
+    assert_eq!(l.delivered.total(), l.queued.total(), "{l:?}");
+    assert!(lines >= 8 * MACHINES, "{lines} console lines");
 }

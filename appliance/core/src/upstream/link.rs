@@ -35,6 +35,7 @@
 //!
 //! `sent_at_ms` is stamped when a frame starts on the stream (see [`super::record`]).
 
+use super::emit::SpoolRecord;
 use super::record::{
     self, decode_reply, encode_spooled_prefix, DecodeError, FrameDecoder, FrameError, Record,
     RecordHeaderRef, RecordKind, Reply, MAX_FRAME_LEN, MAX_REPLY_LEN, PROTOCOL_VERSION,
@@ -526,10 +527,10 @@ impl UpstreamLink {
     /// is full, older records are dropped by the overflow policy ([`Spool::make_room`]) and
     /// reported as [`LinkEvent::Dropped`]. `now` is accepted for symmetry with the other inputs;
     /// the frame's `sent_at_ms` is stamped when it is transmitted.
-    pub fn enqueue(
+    pub fn enqueue<R: SpoolRecord + ?Sized>(
         &mut self,
         now: Instant,
-        record: &Record,
+        record: &R,
         payload_len: u32,
         fill: impl FnOnce(&mut SpoolWriter<'_>),
     ) -> Result<u64, EnqueueError> {

@@ -3,14 +3,18 @@
 //!
 //! - [`record`]: the framed record format spoken to collectors (binding for relay and
 //!   collector alike).
+//! - [`emit`]: the relay's records serialized straight from its views, without allocating.
 //! - [`spool`]: the bounded store of encoded records kept until a collector acknowledges them,
-//!   with its overflow policy (dumps are dropped before crash notices, every drop counted).
+//!   in two lanes (crash notices before dumps), with its overflow policy (never-sent records
+//!   only, every drop counted).
 //! - [`link`]: [`UpstreamLink`], the sans-IO session and failover state machine over one TCP
 //!   connection at a time; time and bytes come in, bytes and events come out.
+pub mod emit;
 pub mod link;
 pub mod record;
 pub mod spool;
 
+pub use emit::{CrashOut, DumpOut, SpoolRecord};
 pub use link::{
     CloseReason, DisconnectCounts, EnqueueError, KindCounts, LinkConfig, LinkError, LinkEvent,
     LinkStats, UpstreamLink,
