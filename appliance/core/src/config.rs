@@ -215,9 +215,11 @@ pub enum KeyScope {
     /// [`Config::set`], but meaningful only on the appliance (its addresses and NICs); the
     /// hosted relay refuses it.
     Appliance,
-    /// Read by the appliance kernel itself (a dotted key, which [`Config::set`] keeps in
-    /// [`Config::platform`]).
+    /// Read by the appliance kernel itself: a dotted key, which [`Config::set`] keeps in
+    /// [`Config::platform`], or one of the platform's own words ([`PLATFORM_KEYS`]).
     Kernel,
+    /// Read by the kernel for the end-to-end tests only; not in the README's table.
+    Test,
 }
 
 /// One configuration key, as the README's table documents it.
@@ -231,6 +233,8 @@ pub struct KeyDoc {
     pub value: &'static str,
     /// Its default (Markdown).
     pub default: &'static str,
+    /// Takes a comma-separated list (a repeated flag or a TOML array adds to it).
+    pub list: bool,
 }
 
 const fn key(
@@ -244,18 +248,30 @@ const fn key(
         scope,
         value,
         default,
+        list: false,
+    }
+}
+
+const fn list(k: KeyDoc) -> KeyDoc {
+    KeyDoc { list: true, ..k }
+}
+
+impl KeyDoc {
+    /// The hosted relay's flag for it: `--max-dumps` for `max_dumps`.
+    pub fn flag(&self) -> String {
+        alloc::format!("--{}", self.key.replace('_', "-"))
     }
 }
 
 /// Every configuration key, in the order the README and the appliance's `config:` line list
 /// them. Adding a key starts here.
 pub const KEY_TABLE: &[KeyDoc] = {
-    use KeyScope::{Appliance, Everywhere, Kernel};
+    use KeyScope::{Appliance, Everywhere, Kernel, Test};
     &[
         key("ip", Appliance, "`A.B.C.D/PREFIX`, the appliance's address", "required on the appliance"),
         key("gw", Appliance, "gateway `A.B.C.D`", "none (upstreams on-link)"),
         key("port", Everywhere, "UDP port netoops senders target", "2004"),
-        key("upstream", Everywhere, "`IP:PORT[,IP:PORT...]`, collectors in order of preference", "required"),
+        list(key("upstream", Everywhere, "`IP:PORT[,IP:PORT...]`, collectors in order of preference", "required")),
         key("name", Everywhere, "relay name reported to collectors", "`netoops-relay`"),
         key("memory", Everywhere, "reassembly budget (`K`/`M`/`G`)", "`64M`"),
         key("spool", Everywhere, "delivery spool budget", "`16M`"),
@@ -263,7 +279,7 @@ pub const KEY_TABLE: &[KeyDoc] = {
         key("per_source", Everywhere, "dumps one source address may hold", "8"),
         key("quiet", Everywhere, "emit a partial dump after this long without packets (`ms`, `s`, `m`)", "`3s`"),
         key("linger", Everywhere, "remember emitted dumps this long (absorbs later rounds)", "`30s`"),
-        key("allow", Everywhere, "source allowlist `CIDR[,CIDR...]`", "everyone"),
+        list(key("allow", Everywhere, "source allowlist `CIDR[,CIDR...]`", "everyone")),
         key("nic", Appliance, "ingress NIC, PCI `BB:DD.F` or MAC", "first supported NIC"),
         key("upstream_nic", Appliance, "a second NIC for upstream traffic", "the ingress NIC"),
         key("stats", Everywhere, "interval between counter lines", "`5s`"),
@@ -279,6 +295,9 @@ pub const KEY_TABLE: &[KeyDoc] = {
             "`off`, or the shortest halt when idle (`10us`-`1ms`): the appliance sleeps on the local APIC timer instead of spinning",
             "`100us`",
         ),
+        key("heap", Kernel, "cap on the appliance's heap (`K`/`M`/`G`)", "the largest free RAM region"),
+        key("console", Kernel, "accepted and ignored (GRUB's `console=ttyS0`): the console is always COM1", "-"),
+        key("selftest", Test, "boot self-tests for the end-to-end tests", "-"),
     ]
 };
 
@@ -314,6 +333,54 @@ pub const KEYS: &[&str] = &select_keys::<{ count_keys(KeyScope::Everywhere, KeyS
     KeyScope::Appliance,
 );
 
+const fn is_platform_word(k: &KeyDoc) -> bool {
+    let s = k.scope as u8;
+    if s != KeyScope::Kernel as u8 && s != KeyScope::Test as u8 {
+        return false;
+    }
+    let b = k.key.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'.' {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+const fn platform_words<const N: usize>() -> [&'static str; N] {
+    let mut out = [""; N];
+    let (mut i, mut n) = (0, 0);
+    while i < KEY_TABLE.len() {
+        if is_platform_word(&KEY_TABLE[i]) {
+            if n < N {
+                out[n] = KEY_TABLE[i].key;
+            }
+            n += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+const fn count_platform_words() -> usize {
+    let (mut i, mut n) = (0, 0);
+    while i < KEY_TABLE.len() {
+        if is_platform_word(&KEY_TABLE[i]) {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+/// The undotted keys the appliance platform reads itself (scopes `Kernel` and `Test` of
+/// [`KEY_TABLE`]): the kernel takes them off the command line before the relay's parser sees
+/// it, and the UEFI stub lets them through. (Dotted keys are the platform's too, by their
+/// form: [`Config::set`] keeps them in [`Config::platform`].)
+pub const PLATFORM_KEYS: &[&str] = &platform_words::<{ count_platform_words() }>();
+
 /// The keys the hosted relay takes (scope `Everywhere` of [`KEY_TABLE`]).
 pub const HOSTED_KEYS: &[&str] = &select_keys::<
     { count_keys(KeyScope::Everywhere, KeyScope::Everywhere) },
@@ -323,7 +390,7 @@ pub const HOSTED_KEYS: &[&str] = &select_keys::<
 /// equal to it).
 pub fn key_table_markdown() -> String {
     let mut out = String::from("| key | value | default |\n|---|---|---|\n");
-    for k in KEY_TABLE {
+    for k in KEY_TABLE.iter().filter(|k| k.scope != KeyScope::Test) {
         out.push_str(&alloc::format!(
             "| `{}` | {} | {} |\n",
             k.key,
@@ -556,15 +623,18 @@ mod tests {
             );
         }
         assert!(Config::default().set("no_such_key", "1").is_err());
-        assert_eq!(KEYS.len() + 3, KEY_TABLE.len());
+        assert_eq!(KEYS.len() + 3 + PLATFORM_KEYS.len(), KEY_TABLE.len());
+        assert_eq!(PLATFORM_KEYS, ["heap", "console", "selftest"]);
         for k in KEY_TABLE {
+            let platform = matches!(k.scope, KeyScope::Kernel | KeyScope::Test);
             assert_eq!(
-                k.scope == KeyScope::Kernel,
-                k.key.contains('.'),
+                platform,
+                k.key.contains('.') || PLATFORM_KEYS.contains(&k.key),
                 "{}",
                 k.key
             );
-            assert_eq!(KEYS.contains(&k.key), k.scope != KeyScope::Kernel);
+            assert_eq!(KEYS.contains(&k.key), !platform);
+            assert_eq!(k.list, matches!(k.key, "upstream" | "allow"), "{}", k.key);
             assert_eq!(
                 HOSTED_KEYS.contains(&k.key),
                 k.scope == KeyScope::Everywhere

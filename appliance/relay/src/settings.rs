@@ -36,11 +36,12 @@ pub const DEFAULT_RECV_BUFFER: usize = 8 << 20;
     version,
     args_override_self = true,
     about = "Receive Linux netoops crash dumps over UDP, reassemble them and forward them to a collector",
-    after_help = "Configuration file (--config): TOML with the keys port, upstream (string or \
-array), name, memory, spool, max_dumps, per_source, quiet, linger, allow (string or array), \
-stats, netconsole_port (0 = off), netconsole_history, netconsole_memory and netconsole_sources, \
-taking the same values as the flags and the appliance's keys. Flags override the file; a flag given twice takes \
-its last value, except --upstream and --allow, which add to the list.\n\n\
+    after_help = "Configuration file (--config): TOML whose keys are the flags above without the \
+dashes (max_dumps for --max-dumps), plus port and netconsole_port (0 = off), which --listen and \
+--netconsole-listen set here; strings, or integers for sizes and counts; upstream and allow may \
+be arrays. They take the same values as the flags and the appliance's keys (README: \
+Configuration). Flags override the file; a flag given twice takes its last value, except \
+--upstream and --allow, which add to the list.\n\n\
 Output: one line per crash seen, dump queued and dump delivered, and a counters line every \
 `stats` interval, each prefixed with a UTC timestamp. SIGINT/SIGTERM emit the dumps still \
 assembling as partial, wait up to --drain-timeout for the collector to acknowledge everything, \
@@ -57,48 +58,6 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
 
-    /// Collector, IP:PORT; repeat (or separate with commas) for fallbacks in order of
-    /// preference. Required, here or in the file (`upstream`).
-    #[arg(long = "upstream", value_name = "IP:PORT")]
-    pub upstreams: Vec<String>,
-
-    /// Name reported to collectors [default: netoops-relay].
-    #[arg(long, value_name = "NAME")]
-    pub name: Option<String>,
-
-    /// Reassembly memory budget, bytes with optional K/M/G [default: 64M].
-    #[arg(long, value_name = "SIZE")]
-    pub memory: Option<String>,
-
-    /// Delivery spool: bytes of records kept until a collector acknowledges them [default: 16M].
-    #[arg(long, value_name = "SIZE")]
-    pub spool: Option<String>,
-
-    /// Emit a dump as partial after this long without packets (ms, s, m) [default: 3s].
-    #[arg(long, value_name = "DURATION")]
-    pub quiet: Option<String>,
-
-    /// Remember an emitted dump this long, to absorb the sender's later rounds [default: 30s].
-    #[arg(long, value_name = "DURATION")]
-    pub linger: Option<String>,
-
-    /// Allowed source network, CIDR; repeat (or separate with commas) for more
-    /// [default: everyone].
-    #[arg(long = "allow", value_name = "CIDR")]
-    pub allow: Vec<String>,
-
-    /// Dumps held at once [default: 4096].
-    #[arg(long, value_name = "COUNT")]
-    pub max_dumps: Option<String>,
-
-    /// Dumps one source address may hold at once [default: 8].
-    #[arg(long, value_name = "COUNT")]
-    pub per_source: Option<String>,
-
-    /// Interval between counter lines [default: 5s].
-    #[arg(long, value_name = "DURATION")]
-    pub stats: Option<String>,
-
     /// UDP address netconsole senders target [default: 0.0.0.0:6666, or 0.0.0.0:<port> with
     /// `netconsole_port` from the file; with `--listen` on port 0, any free port on its IP].
     #[arg(long, value_name = "ADDR:PORT")]
@@ -107,10 +66,6 @@ pub struct Cli {
     /// Do not listen for netconsole (the file's `netconsole_port = 0` does the same).
     #[arg(long, conflicts_with = "netconsole_listen")]
     pub no_netconsole: bool,
-
-    /// Log history kept per healthy netconsole source [default: 64K].
-    #[arg(long, value_name = "SIZE")]
-    pub netconsole_history: Option<String>,
 
     /// Relay instance id (decimal or 0x-hex); must differ on every start, collectors key
     /// replay protection on it [default: random, from /dev/urandom].
@@ -125,6 +80,85 @@ pub struct Cli {
     /// permitted, else SO_RCVBUF, which net.core.rmem_max caps).
     #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size_arg)]
     pub recv_buffer: usize,
+
+    /// The core configuration keys, one flag each.
+    #[command(flatten)]
+    pub keys: KeyFlags,
+}
+
+/// Keys set by flags of their own: the ports are part of `--listen` and `--netconsole-listen`.
+const ADDRESS_KEYS: &[&str] = &["port", "netconsole_port"];
+
+/// The core configuration keys a hosted relay reads, as flags (`--max-dumps` for `max_dumps`),
+/// built from the core's `KEY_TABLE` when the command line is parsed: a new key needs no code
+/// here. Values are kept as given, in key order, for [`Config::set`] to check.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeyFlags {
+    /// `(key, values)` for every key given; a list key keeps every value, others the last.
+    pub given: Vec<(&'static str, Vec<String>)>,
+}
+
+impl KeyFlags {
+    fn docs() -> impl Iterator<Item = &'static netoops_core::config::KeyDoc> {
+        netoops_core::config::KEY_TABLE
+            .iter()
+            .filter(|k| FILE_KEYS.contains(&k.key) && !ADDRESS_KEYS.contains(&k.key))
+    }
+}
+
+impl clap::FromArgMatches for KeyFlags {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = KeyFlags::default();
+        flags.update_from_arg_matches(m)?;
+        Ok(flags)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        for doc in Self::docs() {
+            if let Some(values) = m.get_many::<String>(doc.key) {
+                let values: Vec<String> = values.cloned().collect();
+                self.given.retain(|(k, _)| *k != doc.key);
+                self.given.push((doc.key, values));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl clap::Args for KeyFlags {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        for doc in Self::docs() {
+            let plain = |t: &str| t.replace('`', "");
+            let default = match doc.default {
+                "required" => " Required, here or in the file.".to_string(),
+                d => format!(" [default: {}]", plain(d)),
+            };
+            let repeat = if doc.list {
+                " Repeat the flag (or separate with commas) for more."
+            } else {
+                ""
+            };
+            let mut help = plain(doc.value);
+            if let Some(first) = help.get(..1) {
+                help = first.to_uppercase() + &help[1..];
+            }
+            let arg = clap::Arg::new(doc.key)
+                .long(doc.key.replace('_', "-"))
+                .value_name("VALUE")
+                .help(format!("{help}.{repeat}{default}"))
+                .action(if doc.list {
+                    clap::ArgAction::Append
+                } else {
+                    clap::ArgAction::Set
+                });
+            cmd = cmd.arg(arg);
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 fn parse_instance(v: &str) -> Result<u64, String> {
@@ -241,6 +275,12 @@ fn key_error(key: &str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+fn is_list(key: &str) -> bool {
+    netoops_core::config::KEY_TABLE
+        .iter()
+        .any(|k| k.key == key && k.list)
+}
+
 /// Renders one TOML value as the core's `key=value` text: strings as they are, integers in
 /// decimal, arrays joined with commas.
 fn value_text(key: &str, value: &toml::Value) -> Result<String, ConfigError> {
@@ -251,7 +291,7 @@ fn value_text(key: &str, value: &toml::Value) -> Result<String, ConfigError> {
     };
     let expected = "expected a string (or, for sizes and counts, an integer)";
     match value {
-        toml::Value::Array(items) if matches!(key, "upstream" | "allow") => {
+        toml::Value::Array(items) if is_list(key) => {
             if items.is_empty() {
                 return Err(key_error(key, "empty array"));
             }
@@ -320,26 +360,14 @@ impl Settings {
             origin: Some(Origin::Flag),
             error,
         };
-        let single = [
-            ("name", &cli.name),
-            ("memory", &cli.memory),
-            ("spool", &cli.spool),
-            ("quiet", &cli.quiet),
-            ("linger", &cli.linger),
-            ("max_dumps", &cli.max_dumps),
-            ("per_source", &cli.per_source),
-            ("stats", &cli.stats),
-            ("netconsole_history", &cli.netconsole_history),
-        ];
-        for (key, value) in single {
-            if let Some(value) = value {
-                config.set(key, value).map_err(flag)?;
-            }
-        }
-        for (key, values) in [("upstream", &cli.upstreams), ("allow", &cli.allow)] {
-            if !values.is_empty() {
-                config.set(key, &values.join(",")).map_err(flag)?;
-            }
+        for (key, values) in &cli.keys.given {
+            // A list key takes every value given; any other key its last.
+            let value = if is_list(key) {
+                values.join(",")
+            } else {
+                values.last().cloned().unwrap_or_default()
+            };
+            config.set(key, &value).map_err(flag)?;
         }
         let listen = match cli.listen {
             Some(addr) => {
@@ -604,7 +632,36 @@ mod tests {
             assert!(help.contains(&needle), "help lacks {needle}:\n{help}");
         }
         for key in FILE_KEYS {
-            assert!(help.contains(key), "help lacks the file key {key}");
+            let flag = format!("--{} <VALUE>", key.replace('_', "-"));
+            let named = if ADDRESS_KEYS.contains(key) {
+                help.contains(key)
+            } else {
+                help.contains(&flag)
+            };
+            assert!(named, "help lacks the file key {key}");
         }
+    }
+
+    /// Every key the hosted relay reads from the table is a flag, with the table's list rule.
+    #[test]
+    fn every_hosted_key_is_a_flag_from_the_table() {
+        for key in FILE_KEYS.iter().filter(|k| !ADDRESS_KEYS.contains(k)) {
+            let flag = format!("--{}", key.replace('_', "-"));
+            let c = Cli::try_parse_from(["netoops-relay", &flag, "1", &flag, "2"]).unwrap();
+            let want = if is_list(key) {
+                vec!["1", "2"]
+            } else {
+                vec!["2"]
+            };
+            let got = &c.keys.given.iter().find(|(k, _)| k == key).unwrap().1;
+            if is_list(key) {
+                assert_eq!(got, &want, "{flag}");
+            } else {
+                assert_eq!(got.last().map(String::as_str), Some("2"), "{flag}");
+            }
+        }
+        let s = Settings::from_cli(&cli(&["--netconsole-sources", "17", "--spool", "3M"])).unwrap();
+        assert_eq!(s.config.netconsole.max_sources, 17);
+        assert_eq!(s.config.spool_bytes, 3 << 20);
     }
 }

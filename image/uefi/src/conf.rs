@@ -22,11 +22,11 @@ pub const FILE_NAME: &str = "relay.conf";
 pub const FILE_MAX: usize = 64 * 1024;
 /// Longest command line the kernel keeps (`platform::bootinfo::CMDLINE_MAX`) less its NUL.
 pub const CMDLINE_MAX: usize = 2047;
-/// Keys the kernel platform itself reads (`kmain`, and the board's list in
-/// `image/kernel/src/net/settings.rs`); the relay's parser does not know them. Keys
-/// containing a dot also belong to the platform. The board checks the rest once it runs
-/// (e.g. that every collector is on-link or behind `gw=`) and reports on COM1.
-pub const PLATFORM_KEYS: &[&str] = &["selftest", "heap", "console"];
+/// Keys the kernel platform itself reads (scopes `Kernel` and `Test` of the core's
+/// `KEY_TABLE`); the relay's parser does not know them. Keys containing a dot also belong to
+/// the platform. The board checks the rest once it runs (e.g. that every collector is on-link
+/// or behind `gw=`) and reports on COM1.
+pub use netoops_core::config::PLATFORM_KEYS;
 
 /// Why `relay.conf` cannot be used. The `Display` form is the console message.
 #[derive(Clone, Debug, PartialEq, Eq)]

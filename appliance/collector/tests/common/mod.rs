@@ -79,7 +79,12 @@ impl Driver {
             let i = *i;
             let mut closed = None;
             let mut buf = [0u8; 4096];
-            while self.reading {
+            // Not reading: replies stay in the socket.
+            let reading = self.reading;
+            loop {
+                if !reading {
+                    break;
+                }
                 match s.read(&mut buf) {
                     Ok(0) => {
                         closed = Some(CloseReason::PeerClosed);

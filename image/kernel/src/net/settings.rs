@@ -21,8 +21,9 @@ use core::net::{IpAddr, Ipv4Addr};
 use netoops_core::config::{Config, ConfigError, NicSelector};
 use netoops_core::time::Duration;
 
-/// Command-line keys the platform consumes; the relay never sees them.
-pub const PLATFORM_KEYS: &[&str] = &["heap", "selftest", "console"];
+/// Command-line keys the platform consumes (scopes `Kernel` and `Test` of the core's
+/// `KEY_TABLE`); the relay never sees them.
+pub use netoops_core::config::PLATFORM_KEYS;
 
 /// Platform-style keys (with a dot) the board reads for the upstream NIC.
 pub const UPSTREAM_IP_KEY: &str = "upstream_nic.ip";
@@ -406,12 +407,19 @@ mod tests {
         assert_eq!(keys, want);
         let kernel: Vec<&str> = KEY_TABLE
             .iter()
-            .filter(|k| k.scope == KeyScope::Kernel)
+            .filter(|k| matches!(k.scope, KeyScope::Kernel | KeyScope::Test))
             .map(|k| k.key)
             .collect();
         assert_eq!(
             kernel,
-            [UPSTREAM_IP_KEY, UPSTREAM_GW_KEY, crate::platform::idle::KEY]
+            [
+                UPSTREAM_IP_KEY,
+                UPSTREAM_GW_KEY,
+                crate::platform::idle::KEY,
+                "heap",
+                "console",
+                "selftest"
+            ]
         );
     }
 
