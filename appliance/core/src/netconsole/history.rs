@@ -92,7 +92,11 @@ pub struct Chain {
     /// Offset of the first valid byte in the head block.
     head_off: u32,
     /// Bytes used in the tail block.
-    tail_len: u32,
+    tail_len: u16,
+    /// Offset of the first entry that starts in the tail block, or [`NO_ENTRY`]: the pool's
+    /// `first` entry for it, kept here too so an append reads no line outside the chain and
+    /// the block (a cache miss per datagram with a thousand sources).
+    tail_first: u16,
     /// Valid bytes in the chain.
     bytes: u32,
     /// Blocks in the chain.
@@ -108,6 +112,7 @@ impl Default for Chain {
             tail: NIL,
             head_off: 0,
             tail_len: 0,
+            tail_first: NO_ENTRY,
             bytes: 0,
             blocks: 0,
             start: 0,
@@ -212,7 +217,8 @@ impl BlockPool {
         if chain.tail != NIL && chain.tail_len as usize + len <= BLOCK {
             let t = chain.tail as usize;
             let off = chain.tail_len as usize;
-            if self.first[t] == NO_ENTRY {
+            if chain.tail_first == NO_ENTRY {
+                chain.tail_first = off as u16;
                 self.first[t] = off as u16;
             }
             let at = t * BLOCK + off;
@@ -220,22 +226,24 @@ impl BlockPool {
             let (head, rest) = dst.split_at_mut(HEADER_LEN);
             head.copy_from_slice(&h);
             rest.copy_from_slice(body);
-            chain.tail_len += len as u32;
+            chain.tail_len += len as u16;
             chain.bytes += len as u32;
             return true;
         }
         // Where the entry starts: the tail, or a new block when the tail is full.
         if chain.tail != NIL && (chain.tail_len as usize) < BLOCK {
             let t = chain.tail as usize;
-            if self.first[t] == NO_ENTRY {
-                self.first[t] = chain.tail_len as u16;
+            if chain.tail_first == NO_ENTRY {
+                chain.tail_first = chain.tail_len;
+                self.first[t] = chain.tail_len;
             }
             self.write(chain, &h);
         } else {
             self.write(chain, &h[..1]);
             let t = chain.tail as usize;
-            if self.first[t] == NO_ENTRY {
-                self.first[t] = chain.tail_len as u16 - 1;
+            if chain.tail_first == NO_ENTRY {
+                chain.tail_first = chain.tail_len - 1;
+                self.first[t] = chain.tail_len - 1;
             }
             self.write(chain, &h[1..]);
         }
@@ -257,12 +265,13 @@ impl BlockPool {
                 }
                 chain.tail = b;
                 chain.tail_len = 0;
+                chain.tail_first = NO_ENTRY;
                 chain.blocks += 1;
             }
             let at = chain.tail as usize * BLOCK + chain.tail_len as usize;
             let take = bytes.len().min(BLOCK - chain.tail_len as usize);
             self.data[at..at + take].copy_from_slice(&bytes[..take]);
-            chain.tail_len += take as u32;
+            chain.tail_len += take as u16;
             chain.bytes += take as u32;
             bytes = &bytes[take..];
         }
@@ -353,7 +362,7 @@ impl BlockPool {
         let mut b = self.next[chain.head as usize];
         loop {
             let f = self.first[b as usize];
-            if f != NO_ENTRY && (b != chain.tail || u32::from(f) < chain.tail_len) {
+            if f != NO_ENTRY && (b != chain.tail || f < chain.tail_len) {
                 let pos = chain.start + dropped + u64::from(f);
                 return (pos < chain.end()).then_some(pos);
             }
