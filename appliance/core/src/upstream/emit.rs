@@ -143,6 +143,17 @@ fn identity(
     }
 }
 
+/// The identity a netoops datagram's header gives its dump.
+fn datagram_identity(source: SocketAddr, d: &netoops_wire::netoops::Datagram<'_>) -> DumpIdentity {
+    identity(
+        source,
+        d.version() as u16,
+        d.boot_id(),
+        d.dump_id(),
+        d.dump_type() as u16,
+    )
+}
+
 /// A netconsole identity: version 0, the relay-counted boot, the crash number.
 pub fn console_identity(source: SocketAddr, boot: u32, crash: u32) -> DumpIdentity {
     identity(source, 0, boot, crash as u16, 0)
@@ -221,13 +232,7 @@ impl<'a> CrashOut<'a> {
     pub fn netoops(c: &CrashSeen<'a>) -> Self {
         let d = &c.datagram;
         CrashOut(CrashFields {
-            id: identity(
-                c.source,
-                d.version() as u16,
-                d.boot_id(),
-                d.dump_id(),
-                d.dump_type() as u16,
-            ),
+            id: datagram_identity(c.source, d),
             generation: c.generation,
             kernel_version: d.kernel_version(),
             packet_count: d.packet_count(),
@@ -510,13 +515,7 @@ mod tests {
         fn crash_seen(&mut self, c: &CrashSeen<'_>) {
             let d = &c.datagram;
             let owned = Record::CrashSeen(OwnedCrash {
-                id: identity(
-                    c.source,
-                    d.version() as u16,
-                    d.boot_id(),
-                    d.dump_id(),
-                    d.dump_type() as u16,
-                ),
+                id: datagram_identity(c.source, d),
                 generation: c.generation,
                 kernel_version: lossy(d.kernel_version()),
                 packet_count: d.packet_count(),
