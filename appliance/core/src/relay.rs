@@ -43,6 +43,9 @@ pub struct RecordSummary {
     pub source: SocketAddr,
     /// Sender's dump id.
     pub dump_id: u16,
+    /// Generation under the same identity (a dump id the sender reused), so every console
+    /// line about a dump names it as `dump <id>.<generation>`, as `crash seen` does.
+    pub generation: u32,
     /// Dump revision (0 for crash notices).
     pub revision: u32,
 }
@@ -75,6 +78,8 @@ pub enum RelayEvent {
         source: SocketAddr,
         /// Sender's dump id.
         dump_id: u16,
+        /// Generation under the same identity.
+        generation: u32,
         /// Every packet arrived.
         complete: bool,
         /// Packets received.
@@ -136,6 +141,7 @@ impl fmt::Display for RelayEvent {
                 id: s,
                 source,
                 dump_id,
+                generation,
                 complete,
                 received,
                 packet_count,
@@ -143,26 +149,28 @@ impl fmt::Display for RelayEvent {
                 text_len,
             } => write!(
                 f,
-                "dump queued: {source} dump {dump_id} {} {received}/{packet_count} packets, \
+                "dump queued: {source} dump {dump_id}.{generation} {} {received}/{packet_count} packets, \
                  {text_len} bytes, revision {revision} ({})",
                 if *complete { "complete" } else { "PARTIAL" },
                 id(s)
             ),
             RelayEvent::Delivered(r) => write!(
                 f,
-                "{} delivered: {} dump {} revision {} (record {})",
+                "{} delivered: {} dump {}.{} revision {} (record {})",
                 kind_name(r.kind),
                 r.source,
                 r.dump_id,
+                r.generation,
                 r.revision,
                 r.id
             ),
             RelayEvent::Dropped(r) => write!(
                 f,
-                "{} DROPPED (spool full): {} dump {} (record {})",
+                "{} DROPPED (spool full): {} dump {}.{} (record {})",
                 kind_name(r.kind),
                 r.source,
                 r.dump_id,
+                r.generation,
                 r.id
             ),
             RelayEvent::Connected { upstream } => write!(f, "upstream {upstream} connected"),
@@ -583,6 +591,7 @@ impl EventSink for Delivery<'_> {
             kind: RecordKind::CrashSeen,
             source: c.source,
             dump_id: d.dump_id(),
+            generation: c.generation,
             revision: 0,
         };
         let event = RelayEvent::CrashSeen {
@@ -633,12 +642,14 @@ impl EventSink for Delivery<'_> {
             kind: RecordKind::Dump,
             source: d.source(),
             dump_id: d.dump_id(),
+            generation: d.generation(),
             revision: d.revision(),
         };
         let event = RelayEvent::DumpQueued {
             id,
             source: d.source(),
             dump_id: d.dump_id(),
+            generation: d.generation(),
             complete: d.complete(),
             received: d.received(),
             packet_count: d.packet_count(),
@@ -687,6 +698,7 @@ impl ConsoleSink for Delivery<'_> {
             kind: RecordKind::CrashSeen,
             source: c.source,
             dump_id: c.crash as u16,
+            generation: 0,
             revision: 0,
         };
         let mut headline = lossy(&c.line[..c.line.len().min(HEADLINE_LEN)]);
@@ -743,12 +755,14 @@ impl ConsoleSink for Delivery<'_> {
             kind: RecordKind::Dump,
             source: d.source,
             dump_id: d.crash as u16,
+            generation: 0,
             revision: 1,
         };
         let event = RelayEvent::DumpQueued {
             id,
             source: d.source,
             dump_id: d.crash as u16,
+            generation: 0,
             complete: d.complete(),
             received: d.records,
             packet_count: d.records.saturating_add(missing_records as u32),
@@ -867,14 +881,50 @@ mod tests {
         );
         assert!(lines
             .iter()
-            .any(|l| l.starts_with("dump queued: 10.0.0.5:6666 dump 11 complete")));
+            .any(|l| l.starts_with("dump queued: 10.0.0.5:6666 dump 11.0 complete")));
         assert!(lines
             .iter()
-            .any(|l| l.starts_with("dump delivered: 10.0.0.5:6666 dump 11")));
+            .any(|l| l.starts_with("dump delivered: 10.0.0.5:6666 dump 11.0 revision 1")));
         assert!(lines
             .iter()
-            .any(|l| l.starts_with("crash notice delivered")));
+            .any(|l| l.starts_with("crash notice delivered: 10.0.0.5:6666 dump 11.0 ")));
         assert!(r.all_delivered());
+    }
+
+    #[test]
+    fn every_line_about_a_reused_dump_id_names_its_generation() {
+        let mut r = relay("");
+        let from = SocketAddr::from(([10, 0, 0, 6], 6666));
+        let oops: Vec<u8> = (0..40)
+            .flat_map(|i| alloc::format!("[{i:5}.000000] oops line {i}\n").into_bytes())
+            .collect();
+        // The panic in the same second: same dump id and packet count, a new newest chunk.
+        let mut panic = oops.clone();
+        panic.truncate(oops.len() - 40);
+        panic.extend_from_slice(b"Kernel panic - not syncing: again\n");
+        send(&mut r, from, &oops);
+        send(&mut r, from, &panic);
+        assert_eq!(deliver(&mut r).len(), 4);
+        let lines: Vec<String> = core::iter::from_fn(|| r.poll_event())
+            .map(|e| e.to_string())
+            .collect();
+        for (prefix, generation) in [
+            ("crash seen: 10.0.0.6:6666 dump 11.", "0 "),
+            ("crash seen: 10.0.0.6:6666 dump 11.", "1 "),
+            ("dump queued: 10.0.0.6:6666 dump 11.", "0 complete"),
+            ("dump queued: 10.0.0.6:6666 dump 11.", "1 complete"),
+            ("crash notice delivered: 10.0.0.6:6666 dump 11.", "0 "),
+            ("crash notice delivered: 10.0.0.6:6666 dump 11.", "1 "),
+            ("dump delivered: 10.0.0.6:6666 dump 11.", "0 "),
+            ("dump delivered: 10.0.0.6:6666 dump 11.", "1 "),
+        ] {
+            let want = alloc::format!("{prefix}{generation}");
+            assert_eq!(
+                lines.iter().filter(|l| l.starts_with(&want)).count(),
+                1,
+                "{want:?} in {lines:#?}"
+            );
+        }
     }
 
     #[test]
