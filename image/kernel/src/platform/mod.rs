@@ -21,6 +21,7 @@ pub mod acpi;
 pub mod apic;
 pub mod boot;
 pub mod bootinfo;
+pub mod boottime;
 pub mod clock;
 pub mod idle;
 pub mod interrupts;
@@ -91,8 +92,9 @@ pub enum PciMechanism {
 /// The platform after boot; the board loop owns it.
 pub struct Platform {
     boot: &'static BootInfo,
-    /// TSC value at `kmain` entry.
-    pub entry_tsc: u64,
+    /// The TSC at kernel entry, its rate and whether it also counts from reset: every boot
+    /// time the kernel prints is taken from it.
+    pub boot_clock: boottime::BootClock,
     /// TSC frequency and where it came from.
     pub tsc_source: clock::TscSource,
     /// The heap range.
@@ -176,14 +178,18 @@ mod bring_up {
         let guarded = paging::install_guards();
         let platform = Platform {
             boot,
-            entry_tsc,
+            boot_clock: boottime::BootClock {
+                entry_tsc,
+                hz,
+                origin: boottime::TscOrigin::detect(),
+            },
             tsc_source,
             heap,
             acpi,
             pci,
             pci_bars: assigned_bars,
         };
-        banner(&platform, hz, kernel_start, kernel_end);
+        banner(&platform, kernel_start, kernel_end);
         if !guarded {
             println!("paging: no guard pages (stack not in the first 2 MiB)");
         }
@@ -239,22 +245,23 @@ mod bring_up {
         (PciMechanism::None, None)
     }
 
-    fn banner(p: &Platform, hz: u64, kernel_start: u64, kernel_end: u64) {
+    fn banner(p: &Platform, kernel_start: u64, kernel_end: u64) {
         let now = tsc();
-        // The TSC starts at zero at CPU reset under QEMU, so its value is time since reset.
-        let since_reset_ms = clock::ticks_to_micros_calibrated(now) / 1000;
-        let init_us = clock::ticks_to_micros_calibrated(now - p.entry_tsc);
+        let c = &p.boot_clock;
         println!(
-            "netoops-relay {} booted via {} in {} ms (tsc {} MHz)",
+            "netoops-relay {} booted via {} in {} ms from kernel entry (reset to entry {}, \
+             tsc {} MHz)",
             env!("CARGO_PKG_VERSION"),
             p.boot.protocol().name(),
-            since_reset_ms,
-            hz / 1_000_000
+            c.entry_to_us(now) / 1000,
+            c.reset_to(c.entry_tsc),
+            c.hz / 1_000_000
         );
         println!(
-            "platform: init {} us, tsc source {:?}, kernel {:#x}..{:#x} ({} KiB)",
-            init_us,
+            "platform: init {} us, tsc source {:?}, tsc {}, kernel {:#x}..{:#x} ({} KiB)",
+            c.entry_to_us(now),
             p.tsc_source,
+            c.origin,
             kernel_start,
             kernel_end,
             (kernel_end - kernel_start) / 1024
