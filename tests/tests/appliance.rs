@@ -11,6 +11,7 @@
 //!   relay), and a real dump sent afterwards is delivered intact.
 //! - With the collector down, dumps arriving over the single user-networking NIC (the way
 //!   `netoops-image appliance` runs) are kept and all delivered once a collector starts.
+//! - microvm with its default ACPI (virtio-mmio NIC described only in the DSDT) relays dumps.
 //! - `netoops-image appliance` itself runs the relay next to a collector, delivers, and
 //!   stops both on SIGTERM.
 //! - The README's example (20 machines, generator defaults, unpaced) through
@@ -354,6 +355,50 @@ fn late_collector_still_receives_everything() {
     wait_expectations(&store, &exps, None, || context(&vm, Some(&collector)));
     vm.wait_counters("counters:", "every record acknowledged", |c| {
         c.get("delivered").copied() == Some(16)
+    });
+}
+
+/// microvm with its default ACPI names its virtio-mmio NIC only in the DSDT (no
+/// `virtio_mmio.device=` on the command line): the relay finds it there and relays dumps.
+#[test]
+fn microvm_with_acpi_finds_its_nic_in_the_dsdt_and_relays_dumps() {
+    let _one_vm = vm_lock();
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let (expect_dir, store) = (tmp.path().join("expect"), tmp.path().join("store"));
+    let collector = start_collector(&store);
+    let udp_port = free_udp_port();
+    let mut spec = VmSpec::new(Ingress::User { udp_port }, collector.addr.port());
+    spec.machine = "microvm".into();
+    spec.extra = "memory=16M quiet=2s".into();
+    let mut vm = Vm::boot(&spec);
+    vm.wait_for("virtio-mmio: 0xfeb02e00+0x200 irq 47 (acpi dsdt)");
+    let cmdline = vm.wait_for("cmdline: ");
+    assert!(!cmdline.contains("virtio_mmio.device="), "{cmdline}");
+    vm.wait_for("nic 0: virtio-net/mmio-v1 at mmio 0xfeb02e00");
+    vm.wait_for("ready: listening on udp/2004 at 10.0.2.15");
+    vm.wait_for("upstream 0 connected");
+    run_generator(&strings(&[
+        "--target",
+        &format!("127.0.0.1:{udp_port}"),
+        "--machines",
+        "4",
+        "--log-size",
+        "1K-24K",
+        "--rate",
+        "400",
+        "--seed",
+        "15",
+        "--expect",
+        &expect_dir.display().to_string(),
+    ]));
+    let exps = read_expectations(&expect_dir);
+    assert_eq!(exps.len(), 4);
+    wait_expectations(&store, &exps, None, || context(&vm, Some(&collector)));
+    // A crash notice and a dump per machine heard.
+    let records = 2 * exps.iter().filter(|e| e.heard()).count() as u64;
+    assert!(records > 0);
+    vm.wait_counters("counters:", "every record acknowledged", |c| {
+        c.get("delivered").copied() == Some(records)
     });
 }
 

@@ -18,6 +18,7 @@
 //! unmasked.
 
 pub mod acpi;
+pub mod aml;
 pub mod apic;
 pub mod boot;
 pub mod bootinfo;
@@ -72,6 +73,13 @@ pub fn halt_forever() -> ! {
 }
 
 static PCI_DEVICES: spin::Once<&'static [PciDevice]> = spin::Once::new();
+static ACPI_VIRTIO_MMIO: spin::Once<&'static [VirtioMmioDevice]> = spin::Once::new();
+
+/// The virtio-mmio devices the DSDT describes (QEMU's microvm with ACPI on, where the command
+/// line has no `virtio_mmio.device=`); empty before [`init`] or without them.
+pub fn acpi_virtio_mmio_devices() -> &'static [VirtioMmioDevice] {
+    ACPI_VIRTIO_MMIO.get().copied().unwrap_or(&[])
+}
 
 /// The PCI functions found at boot (empty before [`init`] or on machines without PCI).
 pub fn pci_devices() -> &'static [PciDevice] {
@@ -165,6 +173,16 @@ mod bring_up {
             Some(rsdp) => acpi::parse(&IdentityMapped, rsdp),
             None => Err(acpi::AcpiError::NoRsdp),
         };
+        if let (
+            Ok(acpi::AcpiInfo {
+                dsdt: Some(dsdt), ..
+            }),
+            Some(_),
+        ) = (&acpi, heap)
+        {
+            let devices = acpi::virtio_mmio_in_dsdt(&IdentityMapped, *dsdt);
+            ACPI_VIRTIO_MMIO.call_once(|| devices.leak());
+        }
         let (pci, access) = pci_access(&acpi, heap.is_some());
         let mut assigned_bars = None;
         if let Some(access) = access {
@@ -332,6 +350,12 @@ mod bring_up {
         }
         for d in virtio_mmio_devices(p.boot.cmdline()) {
             println!("virtio-mmio: {:#x}+{:#x} irq {}", d.base, d.size, d.irq);
+        }
+        for d in acpi_virtio_mmio_devices() {
+            println!(
+                "virtio-mmio: {:#x}+{:#x} irq {} (acpi dsdt)",
+                d.base, d.size, d.irq
+            );
         }
         println!("cmdline: {}", p.boot.cmdline());
     }
