@@ -184,8 +184,9 @@ mod tests {
     use std::vec;
 
     /// The DSDT of `qemu-system-x86_64 -M microvm` (QEMU 7.2, ACPI on by default) with two
-    /// `virtio-net-device`s, dumped from guest memory with the monitor's `pmemsave` and cut
-    /// out at the address the FADT gives (see the README's microvm section).
+    /// `virtio-net-device`s: the relay image booted with `-monitor unix:<socket>`, guest RAM
+    /// saved with the monitor's `pmemsave 0 0x4000000 "ram.bin"`, and the table cut out of
+    /// it at the address and length the RSDP -> XSDT -> FADT (X_DSDT) chain gives.
     const MICROVM_DSDT: &[u8] = include_bytes!("testdata/microvm-dsdt.aml");
 
     #[test]
