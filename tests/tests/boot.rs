@@ -330,6 +330,23 @@ fn microvm_without_acpi_announces_virtio_mmio_devices_on_the_command_line() {
     assert_eq!(out.outcome, Outcome::DebugExit(exit_code::SUCCESS));
 }
 
+/// With ACPI on (microvm's default) the command line lists nothing: the DSDT does.
+#[test]
+fn microvm_with_acpi_describes_virtio_mmio_devices_in_the_dsdt() {
+    let cmd = pvh(Machine::Microvm, "selftest=exit")
+        .netdev("user,id=n0,restrict=on")
+        .device("virtio-net-device,netdev=n0");
+    let out = boot(cmd, BOOT_TIMEOUT);
+    banner(&out, "PVH");
+    assert!(
+        !out.console().contains("virtio_mmio.device="),
+        "{}",
+        out.console()
+    );
+    assert_line(&out, "virtio-mmio: 0xfeb02e00+0x200 irq 47 (acpi dsdt)");
+    assert_eq!(out.outcome, Outcome::DebugExit(exit_code::SUCCESS));
+}
+
 #[test]
 fn a_cpu_without_long_mode_is_told_so_and_stopped() {
     let out = boot(

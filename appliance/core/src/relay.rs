@@ -44,7 +44,8 @@ pub struct RecordSummary {
     pub source: SocketAddr,
     /// Sender's dump id.
     pub dump_id: u16,
-    /// Generation under the same identity.
+    /// Generation under the same identity (a dump id the sender reused), so every console
+    /// line about a dump names it as `dump <id>.<generation>`, as `crash seen` does.
     pub generation: u32,
     /// Dump revision (0 for crash notices).
     pub revision: u32,
@@ -787,8 +788,44 @@ mod tests {
             .any(|l| l.starts_with("dump delivered: 10.0.0.5:6666 dump 11.0 revision 1")));
         assert!(lines
             .iter()
-            .any(|l| l.starts_with("crash notice delivered")));
+            .any(|l| l.starts_with("crash notice delivered: 10.0.0.5:6666 dump 11.0 ")));
         assert!(r.all_delivered());
+    }
+
+    #[test]
+    fn every_line_about_a_reused_dump_id_names_its_generation() {
+        let mut r = relay("");
+        let from = SocketAddr::from(([10, 0, 0, 6], 6666));
+        let oops: Vec<u8> = (0..40)
+            .flat_map(|i| alloc::format!("[{i:5}.000000] oops line {i}\n").into_bytes())
+            .collect();
+        // The panic in the same second: same dump id and packet count, a new newest chunk.
+        let mut panic = oops.clone();
+        panic.truncate(oops.len() - 40);
+        panic.extend_from_slice(b"Kernel panic - not syncing: again\n");
+        send(&mut r, from, &oops);
+        send(&mut r, from, &panic);
+        assert_eq!(deliver(&mut r).len(), 4);
+        let lines: Vec<String> = core::iter::from_fn(|| r.poll_event())
+            .map(|e| e.to_string())
+            .collect();
+        for (prefix, generation) in [
+            ("crash seen: 10.0.0.6:6666 dump 11.", "0 "),
+            ("crash seen: 10.0.0.6:6666 dump 11.", "1 "),
+            ("dump queued: 10.0.0.6:6666 dump 11.", "0 complete"),
+            ("dump queued: 10.0.0.6:6666 dump 11.", "1 complete"),
+            ("crash notice delivered: 10.0.0.6:6666 dump 11.", "0 "),
+            ("crash notice delivered: 10.0.0.6:6666 dump 11.", "1 "),
+            ("dump delivered: 10.0.0.6:6666 dump 11.", "0 "),
+            ("dump delivered: 10.0.0.6:6666 dump 11.", "1 "),
+        ] {
+            let want = alloc::format!("{prefix}{generation}");
+            assert_eq!(
+                lines.iter().filter(|l| l.starts_with(&want)).count(),
+                1,
+                "{want:?} in {lines:#?}"
+            );
+        }
     }
 
     #[test]

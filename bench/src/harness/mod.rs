@@ -346,6 +346,12 @@ fn measure(
                 .notes
                 .push(format!("QEMU start to `ready:` {b:.0} ms (TCG)."));
         }
+        result.kernel_entry_to_ready_ms = running.kernel_ready_ms;
+        if let Some(k) = running.kernel_ready_ms {
+            result.notes.push(format!(
+                "Kernel entry to ready {k:.0} ms (the kernel's figure)."
+            ));
+        }
     }
     if result.trials.iter().any(|t| !t.rate_held) {
         result.notes.push(

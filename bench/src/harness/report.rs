@@ -174,6 +174,9 @@ pub struct TargetResult {
     pub cpu_ns_per_datagram: Option<f64>,
     /// From QEMU start to the guest's `ready:` line (image targets).
     pub boot_to_ready_ms: Option<f64>,
+    /// From kernel entry to ready, as the kernel prints it (image targets): the above
+    /// without QEMU's start-up and the firmware.
+    pub kernel_entry_to_ready_ms: Option<f64>,
     pub notes: Vec<String>,
 }
 

@@ -255,6 +255,9 @@ pub struct Running {
     output: Box<dyn Output>,
     /// From QEMU start to `ready:`.
     pub boot: Option<Duration>,
+    /// The kernel's own figure: kernel entry to ready, ms (`boot: ready <N> ms after kernel
+    /// entry`), without QEMU's start-up and the firmware.
+    pub kernel_ready_ms: Option<f64>,
     trials: usize,
 }
 
@@ -297,6 +300,7 @@ impl Running {
                     storage: None,
                     output: Box::new(UdpOutput::new(addr, first_source)?),
                     boot: None,
+                    kernel_ready_ms: None,
                     trials: 0,
                     settings: s,
                 })
@@ -322,6 +326,7 @@ impl Running {
                     storage: Some(Storage::new(dir)),
                     output: Box::new(UdpOutput::new(addr, first_source)?),
                     boot: None,
+                    kernel_ready_ms: None,
                     trials: 0,
                     settings: s,
                 })
@@ -338,6 +343,10 @@ impl Running {
                      remote.type=inet,remote.host=127.0.0.1,remote.port={gen_port}"
                 );
                 let (p, boot) = start_image(programs, &s, nic, netdev, caddr.port())?;
+                // Printed right after `ready:`, which start_image waited for.
+                let kernel_ready_ms = p
+                    .last_line_with(0, "boot: ready ")
+                    .and_then(|l| kernel_entry_to_ready_ms(&l.text));
                 Ok(Running {
                     kind,
                     receiver: p,
@@ -345,6 +354,7 @@ impl Running {
                     storage: Some(Storage::new(dir)),
                     output: Box::new(output),
                     boot: Some(boot),
+                    kernel_ready_ms,
                     trials: 0,
                     settings: s,
                 })
@@ -649,6 +659,14 @@ pub fn settle_dumps(
     (counts, detail)
 }
 
+/// The kernel's entry-to-ready time from its `boot: ready <N> ms after kernel entry (...)`
+/// line (image/kernel/src/board.rs).
+pub fn kernel_entry_to_ready_ms(line: &str) -> Option<f64> {
+    let rest = line.split("boot: ready ").nth(1)?;
+    let (ms, _) = rest.split_once(" ms after kernel entry")?;
+    ms.parse::<u64>().ok().map(|ms| ms as f64)
+}
+
 /// Milliseconds from `from_ns` to `to_ns` (negative if the clock says so).
 pub fn ms_between(from_ns: u64, to_ns: u64) -> f64 {
     (to_ns as f64 - from_ns as f64) / 1e6
@@ -684,5 +702,18 @@ mod tests {
         let f = frame_config();
         assert_eq!(f.dst.port(), 2004);
         assert_eq!(f.dst_mac.to_string(), INGRESS_MAC);
+    }
+
+    #[test]
+    fn the_kernels_ready_line_gives_entry_to_ready() {
+        let line = "boot: ready 51 ms after kernel entry (33 ms in the board, reset to ready \
+                    59 ms)";
+        assert_eq!(kernel_entry_to_ready_ms(line), Some(51.0));
+        let kvm = "boot: ready 7 ms after kernel entry (5 ms in the board, reset to ready \
+                   unknown)";
+        assert_eq!(kernel_entry_to_ready_ms(kvm), Some(7.0));
+        // The old form counted from a TSC that is not zero at reset: not this figure.
+        let old = "boot: ready 1406201 ms after reset (12 ms in the board)";
+        assert_eq!(kernel_entry_to_ready_ms(old), None);
     }
 }

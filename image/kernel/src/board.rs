@@ -16,8 +16,10 @@
 //! - `config: key=value ...` (every key's effective value) and `nic N: ...` per NIC;
 //! - `idle: halt <P>..<M> us on the local APIC timer (<apic>)` or `idle: spin (<why>)`;
 //! - `ready: listening on udp/<port> at <ip>` when the loop starts, then
-//!   `boot: ready <N> ms after reset (<M> ms in the board)`;
-//! - `first datagram accepted at <N> ms` (TSC time since reset) once;
+//!   `boot: ready <N> ms after kernel entry (<M> ms in the board, reset to ready <R>)`,
+//!   where `<R>` is `<n> ms` only under QEMU TCG, whose TSC is zero at reset, and `unknown`
+//!   elsewhere ([`platform::boottime`]);
+//! - `first datagram accepted at <N> ms after kernel entry` once;
 //! - the relay's events (`crash seen: ...`, `dump queued: ...`, `dump delivered: ...`);
 //! - every `stats=` interval: the relay's `counters: ...` line, a `fastpath: ...` line with
 //!   drops by reason and TSC cycles per datagram from the receive ring to the relay
@@ -34,8 +36,9 @@ use crate::net::fastpath::Identity;
 use crate::net::nic::{self, FoundNic, Location};
 use crate::net::settings::{self, Interface, NicIdentity, Settings};
 use crate::net::upstream::{self, Upstream};
+use crate::platform::boottime::BootClock;
 use crate::platform::idle::{self, HaltSetting, Idle};
-use crate::platform::{self, clock, Platform};
+use crate::platform::{self, Platform};
 use crate::println;
 use alloc::boxed::Box;
 use alloc::vec;
@@ -72,7 +75,8 @@ fn leak<T>(value: T) -> &'static mut T {
 }
 
 /// Runs the appliance; never returns.
-pub fn run(_platform: &mut Platform, cmdline: &str) -> ! {
+pub fn run(machine: &mut Platform, cmdline: &str) -> ! {
+    let boot_clock = machine.boot_clock;
     let board_start = platform::tsc();
     let settings = settings::parse(cmdline).unwrap_or_else(|e| stop_misconfigured(&e));
     let mut line = alloc::string::String::from("config:");
@@ -172,16 +176,18 @@ pub fn run(_platform: &mut Platform, cmdline: &str) -> ! {
     }
 
     let idle = start_idle(cmdline);
-    let mut monitor = Monitor::new(relay, ingress_report, upstream_report, &settings, idle);
+    let reports = (ingress_report, upstream_report);
+    let mut monitor = Monitor::new(relay, reports, &settings, idle, boot_clock);
     println!(
         "ready: listening on udp/{} at {}",
         settings.config.listen_port, settings.ingress.ip
     );
     let ready = platform::tsc();
     println!(
-        "boot: ready {} ms after reset ({} ms in the board)",
-        clock::ticks_to_micros_calibrated(ready) / 1000,
-        clock::ticks_to_micros_calibrated(ready - board_start) / 1000
+        "boot: ready {} ms after kernel entry ({} ms in the board, reset to ready {})",
+        boot_clock.entry_to_us(ready) / 1000,
+        (boot_clock.entry_to_us(ready) - boot_clock.entry_to_us(board_start)) / 1000,
+        boot_clock.reset_to(ready)
     );
     loop {
         runtime.turn();
@@ -327,15 +333,17 @@ struct Monitor {
     frames: u64,
     /// Microseconds halted at the previous counter line.
     halted_us: u64,
+    /// Where boot times are measured from (the first datagram's time).
+    boot_clock: BootClock,
 }
 
 impl Monitor {
     fn new(
         relay: &'static RefCell<Relay>,
-        ingress: &'static Cell<NicReport>,
-        upstream: Option<&'static Cell<NicReport>>,
+        (ingress, upstream): (&'static Cell<NicReport>, Option<&'static Cell<NicReport>>),
         s: &Settings,
         idle: Option<Idle>,
+        boot_clock: BootClock,
     ) -> Self {
         let interval_us = s.config.stats_interval.total_micros().max(1);
         Self {
@@ -350,6 +358,7 @@ impl Monitor {
             idle,
             frames: 0,
             halted_us: 0,
+            boot_clock,
         }
     }
 
@@ -382,8 +391,8 @@ impl Monitor {
             if first != 0 {
                 self.first_reported = true;
                 println!(
-                    "first datagram accepted at {} ms",
-                    clock::ticks_to_micros_calibrated(first) / 1000
+                    "first datagram accepted at {} ms after kernel entry",
+                    self.boot_clock.entry_to_us(first) / 1000
                 );
             }
         }

@@ -34,12 +34,11 @@ fn main() {
     std::process::exit(2);
 }
 
-/// Entered from the boot trampoline in 64-bit mode with the protocol and the loader's
-/// information address.
+/// Entered from the boot trampoline in 64-bit mode with the protocol, the loader's
+/// information address and the TSC the trampoline read as its first instruction.
 #[cfg(all(target_os = "none", not(test)))]
 #[unsafe(no_mangle)]
-extern "C" fn kmain(protocol: u32, info: u32) -> ! {
-    let entry_tsc = platform::tsc();
+extern "C" fn kmain(protocol: u32, info: u32, entry_tsc: u64) -> ! {
     let mut platform = platform::init(protocol, info, entry_tsc);
     let cmdline = platform.cmdline();
     if platform::bootinfo::cmdline_param(cmdline, "selftest") == Some("e1000-echo") {

@@ -4,8 +4,8 @@
 //!
 //! This exercises the real driver end to end under QEMU (tests/tests/virtio_net.rs) without
 //! the TCP/IP stack: frames are parsed in place in the receive slot and replies written
-//! straight into the transmit slot. Devices are looked for on the command line first
-//! (`virtio_mmio.device=` entries, which QEMU's microvm machine appends) and then on PCI.
+//! straight into the transmit slot. Devices are looked for as the board does ([`crate::net::nic::discover`]):
+//! virtio-mmio on the command line or in the DSDT first, then on PCI.
 //!
 //! Command line: `selftest=virtio-echo [selftest.ip=A.B.C.D]` (default 10.0.2.15, the
 //! address QEMU's user network gives its guest).

@@ -31,7 +31,7 @@ enum Cmd {
         /// Machine type: q35, pc or microvm.
         #[arg(long, default_value = "q35")]
         machine: qemu::Machine,
-        /// A -machine option (repeatable), e.g. acpi=off for microvm virtio-mmio devices.
+        /// A -machine option (repeatable), e.g. pcie=on for microvm.
         #[arg(long)]
         machine_option: Vec<String>,
         /// Kernel command line.

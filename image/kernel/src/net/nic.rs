@@ -1,7 +1,8 @@
 //! The NICs the appliance drives, found and brought up at boot, behind one type.
 //!
 //! [`discover`] brings up every supported device: virtio-mmio devices announced on the
-//! command line (`virtio_mmio.device=`, which QEMU's microvm appends), then virtio-net and
+//! command line (`virtio_mmio.device=`, which QEMU's microvm appends with `acpi=off`) or in
+//! the DSDT (microvm with ACPI on, [`crate::platform::aml`]), then virtio-net and
 //! Intel 82540EM/82574L (e1000/e1000e) PCI functions in enumeration order. [`AnyNic`] is an enum over the concrete drivers, so the
 //! board, the fast path and the stack adapter are written once against
 //! [`netoops_nic::Device`] and compiled once; a new driver (e1000) is one more variant here
@@ -80,21 +81,28 @@ impl AnyNic {
 /// Brings up every supported NIC; failures are reported through `report` and skipped.
 pub fn discover(cmdline: &str, mut report: impl FnMut(fmt::Arguments<'_>)) -> Vec<FoundNic> {
     let mut found = Vec::new();
-    for dev in cmdline_devices(cmdline) {
-        let Some(regs) = KernelPlatform.map_mmio(dev.base, WINDOW_LEN) else {
-            report(format_args!("mmio {:#x}: cannot map", dev.base));
+    // The command line's devices in its order, then the DSDT's that it did not list.
+    let mut mmio: Vec<u64> = cmdline_devices(cmdline).map(|d| d.base).collect();
+    for d in crate::platform::acpi_virtio_mmio_devices() {
+        if !mmio.contains(&d.base) {
+            mmio.push(d.base);
+        }
+    }
+    for base in mmio {
+        let Some(regs) = KernelPlatform.map_mmio(base, WINDOW_LEN) else {
+            report(format_args!("mmio {base:#x}: cannot map"));
             continue;
         };
         match MmioTransport::new(regs) {
             Ok(t) => match VirtioNet::new(t, &KernelPlatform, Config::default()) {
                 Ok(n) => found.push(FoundNic {
                     nic: AnyNic::VirtioMmio(n),
-                    location: Location::Mmio(dev.base),
+                    location: Location::Mmio(base),
                 }),
-                Err(e) => report(format_args!("mmio {:#x}: bring-up failed: {e:?}", dev.base)),
+                Err(e) => report(format_args!("mmio {base:#x}: bring-up failed: {e:?}")),
             },
             Err(TransportError::NotVirtioNet) => {}
-            Err(e) => report(format_args!("mmio {:#x}: {e:?}", dev.base)),
+            Err(e) => report(format_args!("mmio {base:#x}: {e:?}")),
         }
     }
     for dev in crate::platform::pci_devices() {

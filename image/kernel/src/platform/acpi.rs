@@ -1,5 +1,6 @@
-//! ACPI, as far as the appliance needs it: find the RSDP, walk the XSDT (or RSDT) and read
-//! the MCFG table for the PCI Express configuration window.
+//! ACPI, as far as the appliance needs it: find the RSDP, walk the XSDT (or RSDT), read
+//! the MCFG table for the PCI Express configuration window, and follow the FADT to the DSDT,
+//! where QEMU's microvm describes its virtio-mmio devices ([`super::aml`]).
 //!
 //! A small parser rather than the `acpi` crate: we need one table, and the crate brings an
 //! AML-free but still large table layer plus a handler trait for mapping, which is more code
@@ -51,6 +52,17 @@ pub struct AcpiInfo {
     pub bad_tables: usize,
     /// The segment-0 ECAM window, when MCFG has one.
     pub ecam: Option<EcamWindow>,
+    /// The DSDT the FADT points to, checksum-verified.
+    pub dsdt: Option<TableLocation>,
+}
+
+/// Where a verified table is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableLocation {
+    /// Physical address of its header.
+    pub address: u64,
+    /// Its length, header included.
+    pub len: u32,
 }
 
 impl AcpiInfo {
@@ -132,6 +144,7 @@ pub fn parse(mem: &dyn PhysMemory, rsdp: u64) -> Result<AcpiInfo, AcpiError> {
         table_count: 0,
         bad_tables: 0,
         ecam: None,
+        dsdt: None,
     };
     let entries = (u64::from(root_len) - 36) / entry_size;
     for i in 0..entries {
@@ -161,8 +174,43 @@ pub fn parse(mem: &dyn PhysMemory, rsdp: u64) -> Result<AcpiInfo, AcpiError> {
         if &signature == b"MCFG" && info.ecam.is_none() {
             info.ecam = parse_mcfg(mem, table, len);
         }
+        if &signature == b"FACP" && info.dsdt.is_none() {
+            info.dsdt = dsdt_of_fadt(mem, table, len);
+        }
     }
     Ok(info)
+}
+
+/// The DSDT a FADT names: X_DSDT (offset 140, ACPI 2.0+ FADTs of 148 bytes or more) when
+/// set, else the 32-bit DSDT field (offset 40); `None` unless it is a valid DSDT.
+fn dsdt_of_fadt(mem: &dyn PhysMemory, fadt: u64, fadt_len: u32) -> Option<TableLocation> {
+    let x_dsdt = if fadt_len >= 148 {
+        mem.read_u64(fadt + 140).filter(|&a| a != 0)
+    } else {
+        None
+    };
+    let address = match x_dsdt {
+        Some(a) => a,
+        None => u64::from(mem.read_u32(fadt + 40).filter(|&a| a != 0)?),
+    };
+    let len = mem.read_u32(address + 4)?;
+    let valid = mem.read_array::<4>(address) == Some(*b"DSDT")
+        && len >= 36
+        && checksum_ok(mem, address, len);
+    valid.then_some(TableLocation { address, len })
+}
+
+/// The virtio-mmio devices `dsdt` describes (see [`super::aml`]); empty when it cannot be
+/// read. The table is copied once (at most 1 MiB, as [`checksum_ok`] allows) and freed.
+pub fn virtio_mmio_in_dsdt(
+    mem: &dyn PhysMemory,
+    dsdt: TableLocation,
+) -> alloc::vec::Vec<super::bootinfo::VirtioMmioDevice> {
+    let mut aml = alloc::vec![0u8; dsdt.len as usize];
+    if !mem.read(dsdt.address, &mut aml) {
+        return alloc::vec::Vec::new();
+    }
+    super::aml::virtio_mmio_devices(&aml)
 }
 
 /// The first segment-0 allocation of an MCFG table (header 36 bytes + 8 reserved, then
@@ -281,6 +329,42 @@ mod tests {
         root[20] ^= 1;
         mem.put(0x100_0000, &root);
         assert_eq!(parse(&mem, 0xf0000).unwrap_err(), AcpiError::BadRootTable);
+    }
+
+    #[test]
+    fn follows_the_fadt_to_the_dsdt_and_finds_microvms_virtio_mmio_devices() {
+        // microvm's layout: RSDP rev 2 with only an XSDT, FADT rev 5 (268 bytes) whose
+        // DSDT and X_DSDT both point at the DSDT dumped from QEMU.
+        let dsdt = include_bytes!("testdata/microvm-dsdt.aml");
+        let mut mem = SparseMemory::default();
+        mem.put(0xf34d0, &rsdp(2, 0, 0xeffb6));
+        mem.put(0xeffb6, &table(b"XSDT", &0xefe58u64.to_le_bytes()));
+        let mut fadt = std::vec![0u8; 268 - 36];
+        fadt[40 - 36..44 - 36].copy_from_slice(&0xefc80u32.to_le_bytes());
+        fadt[140 - 36..148 - 36].copy_from_slice(&0xefc80u64.to_le_bytes());
+        mem.put(0xefe58, &table(b"FACP", &fadt));
+        mem.put(0xefc80, dsdt);
+        let info = parse(&mem, 0xf34d0).unwrap();
+        let location = info.dsdt.expect("dsdt");
+        assert_eq!(location.address, 0xefc80);
+        assert_eq!(location.len as usize, dsdt.len());
+        let bases: Vec<u64> = virtio_mmio_in_dsdt(&mem, location)
+            .iter()
+            .map(|d| d.base)
+            .collect();
+        assert_eq!(bases, [0xfeb0_2e00, 0xfeb0_2c00]);
+
+        // An ACPI 1.0 FADT (116 bytes) has only the 32-bit field; a corrupt DSDT is refused.
+        let mut old = std::vec![0u8; 116 - 36];
+        old[40 - 36..44 - 36].copy_from_slice(&0xefc80u32.to_le_bytes());
+        mem.chunks.retain(|(base, _)| *base != 0xefe58);
+        mem.put(0xefe58, &table(b"FACP", &old));
+        assert_eq!(parse(&mem, 0xf34d0).unwrap().dsdt, Some(location));
+        let mut broken = dsdt.to_vec();
+        broken[100] ^= 0x20;
+        mem.chunks.retain(|(base, _)| *base != 0xefc80);
+        mem.put(0xefc80, &broken);
+        assert_eq!(parse(&mem, 0xf34d0).unwrap().dsdt, None);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! and the boot information address in ebx. The trampoline records which one it was, zeroes
 //! .bss, identity-maps the first 4 GiB with 2 MiB pages (the tables are in .bss and
 //! [`super::paging`] extends them), enables PAE + long mode + paging, loads a 64-bit GDT and
-//! calls `kmain(protocol, info)` on a 256 KiB boot stack. The page below the stack is a
+//! calls `kmain(protocol, info, entry_tsc)` on a 256 KiB boot stack. Every entry reads the TSC
+//! first, so boot times are measured from a point the kernel knows ([`super::boottime`]). The page below the stack is a
 //! guard page that [`super::paging::install_guards`] unmaps once the platform is up.
 //!
 //! The UEFI stub copies this same ELF to its link address after ExitBootServices and enters
@@ -69,15 +70,22 @@ mb2_header_end:
 .code32
 .global _start_pvh
 _start_pvh:
+    rdtsc
+    mov dword ptr [boot_entry_tsc], eax
+    mov dword ptr [boot_entry_tsc + 4], edx
     mov dword ptr [boot_protocol], {pvh}
     mov dword ptr [boot_info_addr], ebx
     jmp .Lcommon32
 
 .global _start_multiboot2
 _start_multiboot2:
+    mov esi, eax            /* the loader's magic, kept across rdtsc */
+    rdtsc
+    mov dword ptr [boot_entry_tsc], eax
+    mov dword ptr [boot_entry_tsc + 4], edx
     mov dword ptr [boot_protocol], {mb2}
     mov dword ptr [boot_info_addr], ebx
-    cmp eax, 0x36d76289
+    cmp esi, 0x36d76289
     je .Lcommon32
     mov dword ptr [boot_protocol], 0
 
@@ -170,6 +178,9 @@ _start_multiboot2:
 _start_uefi64:
     cli
     cld
+    rdtsc
+    mov dword ptr [rip + boot_entry_tsc], eax
+    mov dword ptr [rip + boot_entry_tsc + 4], edx
     mov dword ptr [rip + boot_protocol], {uefi}
     mov dword ptr [rip + boot_info_addr], edi
     lea rdi, [rip + __bss_start]
@@ -233,6 +244,7 @@ _start_uefi64:
     xor ebp, ebp
     mov edi, dword ptr [boot_protocol]
     mov esi, dword ptr [boot_info_addr]
+    mov rdx, qword ptr [boot_entry_tsc]
     call kmain
     ud2
 
@@ -255,7 +267,10 @@ no_long_mode_msg:
     .asciz "netoops-relay: this CPU has no 64-bit long mode; stopped\r\n"
 
 .section .data.boot, "aw"
-.p2align 2
+.p2align 3
+/* In .data, not .bss: it is written before .bss is zeroed. */
+boot_entry_tsc:
+    .quad 0
 boot_protocol:
     .long 0
 boot_info_addr:

@@ -299,7 +299,8 @@ pub fn cmdline_param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
 
 /// A virtio-mmio device announced on the command line (`virtio_mmio.device=` in the Linux
 /// format `<size>@<base>:<irq>[:<id>]`). QEMU's microvm adds these for its virtio-mmio
-/// devices when ACPI is off (`-M microvm,acpi=off`); with ACPI on they are only in the DSDT.
+/// devices when ACPI is off (`-M microvm,acpi=off`); with ACPI on they are only in the DSDT,
+/// where [`super::aml`] finds them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VirtioMmioDevice {
     /// Physical address of the register window.

@@ -18,9 +18,11 @@
 //! unmasked.
 
 pub mod acpi;
+pub mod aml;
 pub mod apic;
 pub mod boot;
 pub mod bootinfo;
+pub mod boottime;
 pub mod clock;
 pub mod idle;
 pub mod interrupts;
@@ -71,6 +73,13 @@ pub fn halt_forever() -> ! {
 }
 
 static PCI_DEVICES: spin::Once<&'static [PciDevice]> = spin::Once::new();
+static ACPI_VIRTIO_MMIO: spin::Once<&'static [VirtioMmioDevice]> = spin::Once::new();
+
+/// The virtio-mmio devices the DSDT describes (QEMU's microvm with ACPI on, where the command
+/// line has no `virtio_mmio.device=`); empty before [`init`] or without them.
+pub fn acpi_virtio_mmio_devices() -> &'static [VirtioMmioDevice] {
+    ACPI_VIRTIO_MMIO.get().copied().unwrap_or(&[])
+}
 
 /// The PCI functions found at boot (empty before [`init`] or on machines without PCI).
 pub fn pci_devices() -> &'static [PciDevice] {
@@ -91,8 +100,9 @@ pub enum PciMechanism {
 /// The platform after boot; the board loop owns it.
 pub struct Platform {
     boot: &'static BootInfo,
-    /// TSC value at `kmain` entry.
-    pub entry_tsc: u64,
+    /// The TSC at kernel entry, its rate and whether it also counts from reset: every boot
+    /// time the kernel prints is taken from it.
+    pub boot_clock: boottime::BootClock,
     /// TSC frequency and where it came from.
     pub tsc_source: clock::TscSource,
     /// The heap range.
@@ -163,6 +173,16 @@ mod bring_up {
             Some(rsdp) => acpi::parse(&IdentityMapped, rsdp),
             None => Err(acpi::AcpiError::NoRsdp),
         };
+        if let (
+            Ok(acpi::AcpiInfo {
+                dsdt: Some(dsdt), ..
+            }),
+            Some(_),
+        ) = (&acpi, heap)
+        {
+            let devices = acpi::virtio_mmio_in_dsdt(&IdentityMapped, *dsdt);
+            ACPI_VIRTIO_MMIO.call_once(|| devices.leak());
+        }
         let (pci, access) = pci_access(&acpi, heap.is_some());
         let mut assigned_bars = None;
         if let Some(access) = access {
@@ -176,14 +196,18 @@ mod bring_up {
         let guarded = paging::install_guards();
         let platform = Platform {
             boot,
-            entry_tsc,
+            boot_clock: boottime::BootClock {
+                entry_tsc,
+                hz,
+                origin: boottime::TscOrigin::detect(),
+            },
             tsc_source,
             heap,
             acpi,
             pci,
             pci_bars: assigned_bars,
         };
-        banner(&platform, hz, kernel_start, kernel_end);
+        banner(&platform, kernel_start, kernel_end);
         if !guarded {
             println!("paging: no guard pages (stack not in the first 2 MiB)");
         }
@@ -239,22 +263,23 @@ mod bring_up {
         (PciMechanism::None, None)
     }
 
-    fn banner(p: &Platform, hz: u64, kernel_start: u64, kernel_end: u64) {
+    fn banner(p: &Platform, kernel_start: u64, kernel_end: u64) {
         let now = tsc();
-        // The TSC starts at zero at CPU reset under QEMU, so its value is time since reset.
-        let since_reset_ms = clock::ticks_to_micros_calibrated(now) / 1000;
-        let init_us = clock::ticks_to_micros_calibrated(now - p.entry_tsc);
+        let c = &p.boot_clock;
         println!(
-            "netoops-relay {} booted via {} in {} ms (tsc {} MHz)",
+            "netoops-relay {} booted via {} in {} ms from kernel entry (reset to entry {}, \
+             tsc {} MHz)",
             env!("CARGO_PKG_VERSION"),
             p.boot.protocol().name(),
-            since_reset_ms,
-            hz / 1_000_000
+            c.entry_to_us(now) / 1000,
+            c.reset_to(c.entry_tsc),
+            c.hz / 1_000_000
         );
         println!(
-            "platform: init {} us, tsc source {:?}, kernel {:#x}..{:#x} ({} KiB)",
-            init_us,
+            "platform: init {} us, tsc source {:?}, tsc {}, kernel {:#x}..{:#x} ({} KiB)",
+            c.entry_to_us(now),
             p.tsc_source,
+            c.origin,
             kernel_start,
             kernel_end,
             (kernel_end - kernel_start) / 1024
@@ -325,6 +350,12 @@ mod bring_up {
         }
         for d in virtio_mmio_devices(p.boot.cmdline()) {
             println!("virtio-mmio: {:#x}+{:#x} irq {}", d.base, d.size, d.irq);
+        }
+        for d in acpi_virtio_mmio_devices() {
+            println!(
+                "virtio-mmio: {:#x}+{:#x} irq {} (acpi dsdt)",
+                d.base, d.size, d.irq
+            );
         }
         println!("cmdline: {}", p.boot.cmdline());
     }
