@@ -400,11 +400,11 @@ pub fn latency_load<'r>(results: &'r Results) -> String {
         log: false,
     };
     let mut c = Chart::with_x_labels(
-        "End-to-end latency under load (p99; hollow marks: median)",
+        "Latency under load: last packet to durable, first packet to crash line (p99; hollow: median)",
         x,
         y,
         &LOADS,
-        "load",
+        "load (percentages of the target's lossless rate)",
         "milliseconds",
     );
     for (i, (name, pts)) in series.iter().enumerate() {
@@ -430,8 +430,8 @@ pub fn latency_load<'r>(results: &'r Results) -> String {
                 }
             }
         }
-        c.legend(&format!("{name}, last packet to durable"), color, false);
-        c.legend(&format!("{name}, first packet to crash line"), color, true);
+        c.legend(&format!("{name}, durable"), color, false);
+        c.legend(&format!("{name}, crash line"), color, true);
     }
     c.finish()
 }
@@ -530,6 +530,6 @@ mod tests {
         }
         // 0.5 ms to 900 ms: decades.
         assert!(ll.contains(">1k<") && ll.contains(">0.1<"), "{ll}");
-        assert!(ll.contains("hosted-relay, first packet to crash line"));
+        assert!(ll.contains("hosted-relay, crash line"));
     }
 }

@@ -326,7 +326,7 @@ fn storm_section(m: &mut String, st: &StormResult) {
     let budget = |b: u64| if b == 0 { "-".into() } else { bytes(Some(b)) };
     let _ = writeln!(
         m,
-        "{} machines with {} KiB logs crashing within {} ms into `{}`{} (reassembly budget {}, \
+        "{} machines with {} KiB logs crashing within {} ms into `{}` ({}reassembly budget {}, \
          spool {}), {}{}: {} datagrams in {:.1} s ({:.0}/s), all stored or given up after \
          {:.1} s; {} dumps stored per second.\n",
         st.machines,
@@ -334,7 +334,7 @@ fn storm_section(m: &mut String, st: &StormResult) {
         st.window_ms,
         st.target,
         if st.vm_memory_mib > 0 {
-            format!(" ({} MiB VM)", st.vm_memory_mib)
+            format!("{} MiB VM, ", st.vm_memory_mib)
         } else {
             String::new()
         },
