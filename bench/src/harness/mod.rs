@@ -26,6 +26,7 @@ pub mod stats;
 pub mod storage;
 pub mod storm;
 pub mod target;
+pub mod watch;
 
 use std::fs;
 use std::io;

@@ -377,13 +377,14 @@ pub fn run_storm(
     let (mut qemu, _boot) = start_image(programs, target, storm.nic, netdev, caddr.port())?;
     let mut output = StreamOutput::accept(&listener, frame_config(), Duration::from_secs(30))?;
     let scenario = storm_scenario(storm, Ipv4Addr::new(10, 100, 0, 1))?;
+    let storage = Storage::watched(&dir)?;
+    let ips = source_ips(&scenario);
+    storage.prepare(ips.iter().map(String::as_str))?;
     let mark = qemu.line_count();
     let start = Instant::now();
     let mut bar = Bar::new();
     let (report, log) = send_storm(&mut output, &scenario, 0, storm, &mut bar)?;
 
-    let storage = Storage::new(&dir);
-    let ips = source_ips(&scenario);
     let settle = Duration::from_millis(target.quiet_ms) + Duration::from_secs(5);
     wait_stored(
         &storage,
@@ -472,13 +473,14 @@ pub fn run_hosted_storm(
         .source_of(0)
         .ok_or_else(|| io::Error::other("no source address"))?;
     let mut output = UdpOutput::new(addr, bind)?;
+    let storage = Storage::watched(&dir)?;
+    let ips = source_ips(&scenario);
+    storage.prepare(ips.iter().map(String::as_str))?;
     let mark = relay.line_count();
     let start = Instant::now();
     let mut bar = Bar::new();
     let (report, log) = send_storm(&mut output, &scenario, rate, storm, &mut bar)?;
 
-    let storage = Storage::new(&dir);
-    let ips = source_ips(&scenario);
     let settle = Duration::from_millis(target.quiet_ms) + Duration::from_secs(5);
     wait_stored(
         &storage,

@@ -333,7 +333,7 @@ impl Running {
                     kind,
                     receiver: p,
                     collector: Some(collector),
-                    storage: Some(Storage::new(dir)),
+                    storage: Some(Storage::watched(dir)?),
                     output: Box::new(UdpOutput::new(addr, first_source)?),
                     boot: None,
                     trials: 0,
@@ -356,7 +356,7 @@ impl Running {
                     kind,
                     receiver: p,
                     collector: Some(collector),
-                    storage: Some(Storage::new(dir)),
+                    storage: Some(Storage::watched(dir)?),
                     output: Box::new(output),
                     boot: Some(boot),
                     trials: 0,
@@ -467,6 +467,9 @@ impl Running {
         } else {
             Vec::new()
         };
+        if let Some(storage) = &self.storage {
+            storage.prepare(expected.iter().map(|e| e.ip.as_str()))?;
+        }
         let mark = self.receiver.line_count();
         let before = self.received_total().unwrap_or(0);
         let cpu_before = self.receiver.cpu_ns();
