@@ -185,6 +185,14 @@ fn smoke_suite_writes_sane_results() {
                     );
                 }
                 check_latency(name, &t["latency"]);
+                // With a lossless rate, both latencies at it and at half of it, with the dumps
+                // stored per second.
+                if t["lossless_pps"].as_f64().is_some() {
+                    for load in ["latency_at_lossless_rate", "latency_at_half_rate"] {
+                        check_latency(&format!("{name} {load}"), &t[load]);
+                        assert!(num(&t[load], "stored_dumps_per_s") > 0.0, "{name} {load}");
+                    }
+                }
                 if name.starts_with("image") {
                     assert!(num(t, "boot_to_ready_ms") > 0.0);
                     // The kernel's own entry-to-ready figure, reported apart from QEMU's
@@ -220,6 +228,25 @@ fn smoke_suite_writes_sane_results() {
     assert_eq!(storm["every_dump_kept_newest_chunk"], true, "{storm}");
     assert!(num(storm, "datagrams_sent") > machines);
 
+    // The same storm into the hosted relay, paced at its lossless rate: every machine
+    // accounted for, and both latencies measured.
+    let hosted = &results["hosted_storm"];
+    assert_eq!(hosted["target"], "hosted-relay", "{hosted}");
+    assert_eq!(
+        num(hosted, "dumps_complete") + num(hosted, "dumps_partial") + num(hosted, "dumps_missing"),
+        num(hosted, "machines"),
+        "{hosted}"
+    );
+    assert!(num(hosted, "dumps_complete") > 0.0, "{hosted}");
+    assert!(num(hosted, "stored_dumps_per_s") > 0.0, "{hosted}");
+    for part in ["crash_line_latency", "durable_latency"] {
+        let s = &hosted[part];
+        assert!(
+            num(s, "count") >= 1.0 && num(s, "p99_ms") > 0.0,
+            "{part}: {hosted}"
+        );
+    }
+
     let md = read(dir, "results.md");
     for needle in [
         "| baseline |",
@@ -229,7 +256,9 @@ fn smoke_suite_writes_sane_results() {
     ] {
         assert!(md.contains(needle), "results.md lacks {needle:?}:\n{md}");
     }
-    for svg in ["throughput.svg", "latency.svg"] {
+    assert!(md.contains("| hosted-relay | 50% of lossless |"), "{md}");
+    assert!(md.contains("| hosted-relay | storm, "), "{md}");
+    for svg in ["throughput.svg", "latency.svg", "latency_load.svg"] {
         let text = read(dir, svg);
         assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
         assert!(text.contains("<polyline"), "{svg} has no data");

@@ -99,7 +99,9 @@ struct Args {
     /// How many datagrams a reordered one may fall behind.
     #[arg(long, default_value_t = 8)]
     reorder_distance: u32,
-    /// Datagrams per second, 0 = as fast as possible.
+    /// Datagrams per second, 0 = as fast as possible. A paced run sends about 1 ms of the
+    /// rate per send call (at most --batch) and sleeps in between, so it leaves the CPU to
+    /// the receivers.
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// Seed of everything random.

@@ -2,14 +2,22 @@
 //!
 //! Each pass waits until the head of the schedule may leave (storm timing), takes tokens from
 //! the [`TokenBucket`] (rate), fills a [`Batch`] with the datagrams that are due, and hands it to
-//! the [`Output`]. Batches grow by themselves when the sender falls behind the rate, and stay
-//! at one datagram when it keeps up, so low rates are smooth and high rates use `sendmmsg`.
+//! the [`Output`].
+//!
+//! A paced run (`rate` > 0) sends in ticks: the bucket lets about 1 ms of the rate accrue
+//! (at most one batch), the run sends that many in one output call (one `sendmmsg`), and
+//! sleeps until the next tick's worth is due. It never spins, so a paced generator takes
+//! only the CPU its sends cost and leaves the rest of a small machine to the receivers it
+//! measures; the rate still holds over any stretch longer than a few ticks. Storm timing in a
+//! paced run waits by sleeping too (a few tens of microseconds late at worst, which the rate
+//! absorbs). An unthrottled run (`rate` = 0) sends full batches back to back and keeps the
+//! precise, partly spinning wait for storm timing, since there the timing is the load.
 
 use std::io;
 use std::time::{Duration, Instant};
 
 use super::output::{Batch, Output, MAX_BATCH};
-use super::pacing::{tighten_timer_slack, wait_until, TokenBucket};
+use super::pacing::{sleep_until, tighten_timer_slack, wait_until, TokenBucket};
 use super::schedule::{Schedule, ScheduleStats};
 
 /// How to send.
@@ -89,8 +97,13 @@ pub fn run(
     let mut batches = 0u64;
     let mut next_progress = start + PROGRESS_EVERY;
     let mut last_send = start;
+    let paced = options.rate > 0;
     while let Some(at) = schedule.peek_not_before() {
-        wait_until(start + at);
+        if paced {
+            sleep_until(start + at);
+        } else {
+            wait_until(start + at);
+        }
         let granted = bucket.take(batch.capacity());
         let now = Instant::now().saturating_duration_since(start);
         batch.clear();

@@ -1,7 +1,12 @@
 //! When each machine's datagrams left the generator, on the wall clock.
 //!
 //! [`Timed`] wraps any [`Output`] and stamps every batch with one `SystemTime` read taken right
-//! after the output call returned (the datagrams are in the kernel then). [`SendLog`] keeps,
+//! before the output call. No receiver can have a datagram before the call that sends it
+//! began, so latencies measured from these stamps are never short; they may be long by one
+//! call (tens of microseconds for a batch on loopback). A stamp taken after the call was
+//! late whenever the sender lost the CPU inside or right after it (sending wakes the
+//! receivers, which may preempt it on a small machine), and then a fast pipeline could store
+//! a dump "before" its completing datagram left. [`SendLog`] keeps,
 //! per machine: the first datagram, the *completing* datagram (the last one that carried a
 //! packet number not sent before: from that moment a receiver can have the whole dump) and the
 //! last datagram of the third round. Latency is measured from these against file times at the
@@ -132,8 +137,9 @@ impl<'a> Timed<'a> {
 
 impl Output for Timed<'_> {
     fn send(&mut self, batch: &mut Batch) -> io::Result<()> {
+        let now = wall_ns();
         self.inner.send(batch)?;
-        self.log.record_batch(batch, wall_ns());
+        self.log.record_batch(batch, now);
         Ok(())
     }
 

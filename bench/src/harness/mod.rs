@@ -4,12 +4,15 @@
 //! what the generator can offer), the hosted relay, and the appliance image with each ingress
 //! NIC; for each it searches the highest lossless rate ([`search::RateSearch`]) with short
 //! fixed-size trials, keeps the latencies of the best lossless trial, and reads the memory
-//! high-water mark and the guest's cycles per datagram. Then the crash storm
-//! ([`storm::run_storm`]). A target that cannot start (no driver for its NIC yet, QEMU
+//! high-water mark and the guest's cycles per datagram. Each relay target then runs one more
+//! trial at half its lossless rate, and the latency run (crashes one at a time). Then the
+//! crash storm into the image ([`storm::run_storm`]) and, when the hosted relay is among the
+//! targets, into it at its lossless rate ([`storm::run_hosted_storm`]). A target that cannot
+//! start (no driver for its NIC yet, QEMU
 //! missing) is recorded as skipped with the reason; the run goes on.
 //!
 //! Outputs ([`write_outputs`]): `results.json` ([`report::Results`]), `results.md`,
-//! `throughput.svg` and `latency.svg` in the output directory. Scratch files (collector
+//! `throughput.svg`, `latency.svg` and `latency_load.svg` in the output directory. Scratch files (collector
 //! storage, transcripts) go to a work directory, removed afterwards unless kept.
 
 pub mod baseline;
@@ -23,6 +26,7 @@ pub mod stats;
 pub mod storage;
 pub mod storm;
 pub mod target;
+pub mod watch;
 
 use std::fs;
 use std::io;
@@ -227,6 +231,49 @@ pub fn run_suite(
                 });
             }
         }
+        if cfg.targets.contains(&Kind::HostedRelay) {
+            // Paced at the hosted relay's lossless rate: over loopback UDP nothing pushes
+            // back, so unpaced the kernel's socket drops would decide; paced, what is late,
+            // partial or dropped is the relay's and the collector's doing, as in the image
+            // storm (TCP-fed).
+            let rate = results
+                .targets
+                .iter()
+                .find(|t| t.name == Kind::HostedRelay.name())
+                .and_then(|t| t.lossless_pps)
+                .map_or(0, |r| r.floor() as u64);
+            say(&format!(
+                "storm into hosted-relay: {} machines at {}",
+                storm.machines,
+                if rate > 0 {
+                    format!("{rate}/s")
+                } else {
+                    "full speed".into()
+                }
+            ));
+            match storm::run_hosted_storm(programs, &cfg.target, storm, rate, &cfg.work) {
+                Ok(s) => {
+                    say(&format!(
+                        "storm into hosted-relay: {} complete, {} partial, {} missing; crash \
+                         line p99 {} ms",
+                        s.dumps_complete,
+                        s.dumps_partial,
+                        s.dumps_missing,
+                        s.crash_line_latency
+                            .as_ref()
+                            .map_or("?".into(), |l| format!("{:.1}", l.p99_ms))
+                    ));
+                    results.hosted_storm = Some(s);
+                }
+                Err(e) => {
+                    say(&format!("storm into hosted-relay: not run: {e}"));
+                    results.skipped.push(Skipped {
+                        target: "storm-hosted-relay".into(),
+                        reason: e.to_string().lines().next().unwrap_or_default().into(),
+                    });
+                }
+            }
+        }
     }
     results.duration_s = started.elapsed().as_secs_f64();
     results.host.load_at_end = host::load_average();
@@ -310,6 +357,31 @@ fn measure(
         if kind.relays() {
             result.latency_at_lossless_rate =
                 latency(trial.achieved_pps, trial.offered_pps, &detail);
+            // Half the lossless rate: how fast a busy relay with headroom is, which is what a
+            // fleet sees most of the time. One more trial of the search fleet; it joins the
+            // trials (the throughput plot), but cannot change the lossless rate.
+            let half = (trial.achieved_pps / 2.0).floor() as u64;
+            if half > 0 {
+                let (t, d) = held_trial(running, half, say)?;
+                say(&format!(
+                    "{}: half the lossless rate, offered {half}/s -> achieved {:.0}/s, {}, \
+                     {} dumps stored/s",
+                    kind.name(),
+                    t.achieved_pps,
+                    if t.lossless { "lossless" } else { "LOSS" },
+                    t.stored_dumps_per_s
+                        .map_or("?".into(), |r| format!("{r:.0}"))
+                ));
+                result.latency_at_half_rate = latency(t.achieved_pps, half, &d);
+                if !t.lossless {
+                    result.notes.push(format!(
+                        "The trial at half the lossless rate lost dumps ({:?}); its latencies \
+                         cover the complete ones.",
+                        t.dumps
+                    ));
+                }
+                result.trials.push(t);
+            }
         }
     }
     if kind.relays() && cfg.latency_machines > 0 {
@@ -422,10 +494,12 @@ fn latency(rate: f64, offered: u64, d: &TrialDetail) -> Option<Latency> {
         crash_line: Summary::of(&crash)?,
         durable_cdf: cdf_points(&durable, CDF_POINTS),
         crash_line_cdf: cdf_points(&crash, CDF_POINTS),
+        stored_dumps_per_s: d.stored_dumps_per_s,
     })
 }
 
-/// Writes `results.json`, `results.md`, `throughput.svg` and `latency.svg` into `out`.
+/// Writes `results.json`, `results.md`, `throughput.svg`, `latency.svg` and
+/// `latency_load.svg` into `out`.
 pub fn write_outputs(results: &Results, out: &Path) -> io::Result<()> {
     fs::create_dir_all(out)?;
     let mut json = serde_json::to_vec_pretty(results).map_err(io::Error::other)?;
@@ -434,6 +508,7 @@ pub fn write_outputs(results: &Results, out: &Path) -> io::Result<()> {
     fs::write(out.join("results.md"), results.markdown())?;
     fs::write(out.join("throughput.svg"), plot::throughput(results))?;
     fs::write(out.join("latency.svg"), plot::latency(results))?;
+    fs::write(out.join("latency_load.svg"), plot::latency_load(results))?;
     Ok(())
 }
 
@@ -464,9 +539,11 @@ mod tests {
         let d = TrialDetail {
             durable_ms: vec![3.0, 1.0, 2.0],
             crash_line_ms: vec![0.5],
+            stored_dumps_per_s: Some(12.0),
         };
         let l = latency(1000.0, 0, &d).unwrap();
         assert_eq!(l.durable.median_ms, 2.0);
+        assert_eq!(l.stored_dumps_per_s, Some(12.0));
         assert_eq!(l.durable_cdf.len(), 3);
         assert!(latency(1.0, 0, &TrialDetail::default()).is_none());
     }

@@ -5,11 +5,15 @@
 //!   everything offered is received;
 //! - `latency.svg`: the CDF of end-to-end latency per relay target, solid for "last packet to
 //!   durable", dashed for "first packet to crash line", on a log time axis when the values
-//!   span more than two decades.
+//!   span more than two decades;
+//! - `latency_load.svg`: both latencies' p99 (lines, filled marks) and median (hollow marks)
+//!   per relay target at each load: one at a time, half and all of the lossless rate, and
+//!   the crash storm, so the cost of load shows as a slope.
 
 use std::fmt::Write as _;
 
-use super::report::Results;
+use super::report::{Results, LOADS};
+use super::stats::Summary;
 
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 520.0;
@@ -117,11 +121,24 @@ struct Chart {
     svg: String,
     x: Axis,
     y: Axis,
+    /// Category names at x = 0, 1, ... instead of numeric ticks (empty: numeric).
+    x_labels: Vec<String>,
     legend: usize,
 }
 
 impl Chart {
     fn new(title: &str, x: Axis, y: Axis, x_title: &str, y_title: &str) -> Self {
+        Self::with_x_labels(title, x, y, &[], x_title, y_title)
+    }
+
+    fn with_x_labels(
+        title: &str,
+        x: Axis,
+        y: Axis,
+        x_labels: &[&str],
+        x_title: &str,
+        y_title: &str,
+    ) -> Self {
         let mut svg = String::new();
         let _ = write!(
             svg,
@@ -136,6 +153,7 @@ impl Chart {
             svg,
             x,
             y,
+            x_labels: x_labels.iter().map(|l| l.to_string()).collect(),
             legend: 0,
         };
         c.axes(x_title, y_title);
@@ -151,13 +169,19 @@ impl Chart {
     fn axes(&mut self, x_title: &str, y_title: &str) {
         let (x0, y0) = (LEFT, HEIGHT - BOTTOM);
         let (x1, y1) = (WIDTH - RIGHT, TOP);
-        for t in self.x.ticks() {
-            let (px, _) = self.px(t, 0.0);
+        let x_ticks: Vec<(f64, String)> = if self.x_labels.is_empty() {
+            self.x.ticks().into_iter().map(|t| (t, label(t))).collect()
+        } else {
+            (0..self.x_labels.len())
+                .map(|i| (i as f64, escape(&self.x_labels[i])))
+                .collect()
+        };
+        for (t, text) in x_ticks {
+            let (px, _) = self.px(t, self.y.min);
             let _ = writeln!(
                 self.svg,
-                r##"<line x1="{px:.1}" y1="{y1}" x2="{px:.1}" y2="{y0}" stroke="#e5e5e5"/><text x="{px:.1}" y="{}" text-anchor="middle">{}</text>"##,
+                r##"<line x1="{px:.1}" y1="{y1}" x2="{px:.1}" y2="{y0}" stroke="#e5e5e5"/><text x="{px:.1}" y="{}" text-anchor="middle">{text}</text>"##,
                 y0 + 16.0,
-                label(t)
             );
         }
         for t in self.y.ticks() {
@@ -329,6 +353,89 @@ pub fn latency(results: &Results) -> String {
     c.finish()
 }
 
+/// `latency_load.svg`.
+pub fn latency_load<'r>(results: &'r Results) -> String {
+    // Per target: (load index, durable, crash line) for every load it was measured at.
+    type Point<'a> = (usize, Option<&'a Summary>, Option<&'a Summary>);
+    let mut series: Vec<(String, Vec<Point<'r>>)> = Vec::new();
+    for t in &results.targets {
+        let pts: Vec<Point<'r>> = t
+            .loads()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, l))| l.map(|l| (i, Some(&l.durable), Some(&l.crash_line))))
+            .collect();
+        if !pts.is_empty() {
+            series.push((t.name.clone(), pts));
+        }
+    }
+    let storm_at = LOADS.len() - 1;
+    for st in results.storms() {
+        let p = (
+            storm_at,
+            st.durable_latency.as_ref(),
+            st.crash_line_latency.as_ref(),
+        );
+        match series.iter_mut().find(|(name, _)| *name == st.target) {
+            Some((_, pts)) => pts.push(p),
+            None => series.push((st.target.clone(), vec![p])),
+        }
+    }
+    let values = series
+        .iter()
+        .flat_map(|(_, pts)| pts)
+        .flat_map(|&(_, d, c)| [d, c])
+        .flatten()
+        .flat_map(|s| [s.median_ms, s.p99_ms])
+        .filter(|v| *v > 0.0);
+    let (lo, hi) = values.fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let y = if hi > 0.0 && hi / lo > 10.0 {
+        Axis::log(lo, hi)
+    } else {
+        Axis::linear(hi.max(1.0))
+    };
+    let x = Axis {
+        min: -0.5,
+        max: LOADS.len() as f64 - 0.5,
+        log: false,
+    };
+    let mut c = Chart::with_x_labels(
+        "Latency under load: last packet to durable, first packet to crash line (p99; hollow: median)",
+        x,
+        y,
+        &LOADS,
+        "load (percentages of the target's lossless rate)",
+        "milliseconds",
+    );
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = COLORS[(i + 1) % COLORS.len()];
+        for dashed in [false, true] {
+            // Solid: last packet to durable; dashed: first packet to crash line.
+            let pick = |p: &Point<'r>| -> Option<&'r Summary> {
+                if dashed {
+                    p.2
+                } else {
+                    p.1
+                }
+            };
+            let line: Vec<(f64, f64)> = pts
+                .iter()
+                .filter_map(|p| Some((p.0 as f64, pick(p)?.p99_ms)))
+                .collect();
+            c.polyline(&line, color, dashed);
+            for p in pts {
+                if let Some(s) = pick(p) {
+                    c.mark(p.0 as f64, s.p99_ms, 3.5, color, true);
+                    c.mark(p.0 as f64, s.median_ms, 3.5, color, false);
+                }
+            }
+        }
+        c.legend(&format!("{name}, durable"), color, false);
+        c.legend(&format!("{name}, crash line"), color, true);
+    }
+    c.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,5 +493,43 @@ mod tests {
         assert!(l.contains("hosted-relay, durable"));
         // 0.5 ms to 300 ms: a log axis with decade ticks.
         assert!(l.contains(">1k<") && l.contains(">0.1<"), "{l}");
+
+        // Under load: the latency run's point only so far, then half, full and the storm.
+        let s = |median_ms: f64, p99_ms: f64| Summary {
+            count: 10,
+            median_ms,
+            p99_ms,
+            ..Summary::default()
+        };
+        let hosted = &mut r.targets[1];
+        hosted.latency.as_mut().unwrap().durable = s(1.0, 2.0);
+        hosted.latency.as_mut().unwrap().crash_line = s(0.5, 1.0);
+        for (slot, k) in [
+            (&mut hosted.latency_at_half_rate, 2.0),
+            (&mut hosted.latency_at_lossless_rate, 4.0),
+        ] {
+            *slot = Some(Latency {
+                durable: s(k, 2.0 * k),
+                crash_line: s(k / 2.0, k),
+                ..Latency::default()
+            });
+        }
+        r.hosted_storm = Some(crate::harness::report::StormResult {
+            target: "hosted-relay".into(),
+            durable_latency: Some(s(100.0, 900.0)),
+            crash_line_latency: Some(s(5.0, 20.0)),
+            ..Default::default()
+        });
+        let ll = latency_load(&r);
+        assert!(ll.starts_with("<svg") && ll.ends_with("</svg>\n"));
+        // One series per relay target, both latencies: two lines of four points each.
+        assert_eq!(ll.matches("<polyline").count(), 2, "{ll}");
+        assert_eq!(ll.matches("<circle").count(), 4 * 2 * 2);
+        for load in LOADS {
+            assert!(ll.contains(&format!(">{load}<")), "{load}: {ll}");
+        }
+        // 0.5 ms to 900 ms: decades.
+        assert!(ll.contains(">1k<") && ll.contains(">0.1<"), "{ll}");
+        assert!(ll.contains("hosted-relay, crash line"));
     }
 }

@@ -30,7 +30,12 @@ pub struct Results {
     /// What the generator sent unthrottled into the baseline receiver.
     pub generator_max_pps: f64,
     pub targets: Vec<TargetResult>,
+    /// The crash storm into the image.
     pub storm: Option<StormResult>,
+    /// The same storm into the hosted relay over loopback UDP, paced at its lossless rate
+    /// (absent in results from before it existed).
+    #[serde(default)]
+    pub hosted_storm: Option<StormResult>,
     /// Targets not run, with why.
     pub skipped: Vec<Skipped>,
 }
@@ -123,6 +128,10 @@ pub struct Trial {
     /// CPU time of the receiving process per datagram it counted, ns (hosted targets).
     pub cpu_ns_per_datagram: Option<f64>,
     pub lossless: bool,
+    /// Complete dumps stored per second, from the first datagram sent to the last dump
+    /// durable (relay targets; bounded by the offered rate when the pipeline keeps up).
+    #[serde(default)]
+    pub stored_dumps_per_s: Option<f64>,
 }
 
 /// End-to-end latencies of one run.
@@ -141,6 +150,10 @@ pub struct Latency {
     pub durable_cdf: Vec<(f64, f64)>,
     /// CDF points (ms, share) of `crash_line`.
     pub crash_line_cdf: Vec<(f64, f64)>,
+    /// Complete dumps stored per second over the run (first datagram sent to last dump
+    /// durable).
+    #[serde(default)]
+    pub stored_dumps_per_s: Option<f64>,
 }
 
 /// One target's results.
@@ -164,6 +177,10 @@ pub struct TargetResult {
     pub latency: Option<Latency>,
     /// At the highest lossless trial: dumps back to back at that rate, queueing included.
     pub latency_at_lossless_rate: Option<Latency>,
+    /// A trial at half the lossless rate: dumps back to back with headroom, the latency a
+    /// relay that is busy but not saturated gives.
+    #[serde(default)]
+    pub latency_at_half_rate: Option<Latency>,
     /// Memory high-water mark in bytes, and what it measures.
     pub memory_high_water_bytes: Option<u64>,
     pub memory_measure: String,
@@ -180,10 +197,14 @@ pub struct TargetResult {
     pub notes: Vec<String>,
 }
 
-/// The crash storm.
+/// A crash storm into one target.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StormResult {
     pub target: String,
+    /// Each datagram was offered at no more than this rate in all (0: as fast as the
+    /// transport took them).
+    #[serde(default)]
+    pub offered_pps: u64,
     pub machines: u32,
     pub log_bytes: usize,
     /// All machines crash within this window.
@@ -207,7 +228,8 @@ pub struct StormResult {
     pub newest_chunk_lost: u32,
     /// A few of them, `ip/key`.
     pub newest_chunk_lost_examples: Vec<String>,
-    /// Guest heap in use at its highest (the guest's `memory: heap` line) and the heap's size.
+    /// Guest heap in use at its highest (the guest's `memory: heap` line) and the heap's size;
+    /// for the hosted relay the process's peak resident set and no size (`memory_measure`).
     pub heap_peak_bytes: Option<u64>,
     pub heap_total_bytes: Option<u64>,
     /// Reassembly chunks in use at their highest (sampled per counter line) and the pool.
@@ -222,7 +244,31 @@ pub struct StormResult {
     pub relay_no_memory: Option<u64>,
     /// No machine's dump is missing and every stored dump has its newest chunk.
     pub every_dump_kept_newest_chunk: bool,
+    /// First datagram sent to the machine's crash line durable.
     pub crash_line_latency: Option<Summary>,
+    /// Completing datagram sent to the machine's complete dump durable.
+    #[serde(default)]
+    pub durable_latency: Option<Summary>,
+    /// Stored dumps (complete or partial) per second, first datagram sent to last dump
+    /// durable.
+    #[serde(default)]
+    pub stored_dumps_per_s: Option<f64>,
+    /// What `heap_peak_bytes` measures.
+    #[serde(default)]
+    pub memory_measure: String,
+}
+
+fn storm_row(m: &mut String, st: &StormResult) {
+    let _ = writeln!(
+        m,
+        "| {} | storm, {} machines | {:.0} | {} | {} | {} |",
+        st.target,
+        st.machines,
+        st.achieved_pps,
+        per_s(st.stored_dumps_per_s),
+        opt_ms(st.durable_latency.as_ref()),
+        opt_ms(st.crash_line_latency.as_ref())
+    );
 }
 
 fn ratio_cell(t: &TargetResult) -> String {
@@ -250,7 +296,153 @@ fn bytes(b: Option<u64>) -> String {
     )
 }
 
+/// The load conditions of [`Results::load_table`] and the load plot, in order.
+pub const LOADS: [&str; 4] = [
+    "one at a time",
+    "50% of lossless",
+    "100% of lossless",
+    "storm",
+];
+
+impl TargetResult {
+    /// This target's latencies per load condition of [`LOADS`] but the storm.
+    pub fn loads(&self) -> [(&'static str, Option<&Latency>); 3] {
+        [
+            (LOADS[0], self.latency.as_ref()),
+            (LOADS[1], self.latency_at_half_rate.as_ref()),
+            (LOADS[2], self.latency_at_lossless_rate.as_ref()),
+        ]
+    }
+}
+
+fn opt_ms(s: Option<&Summary>) -> String {
+    s.map_or_else(|| "-".into(), ms)
+}
+
+fn per_s(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".into(), |r| format!("{r:.0}"))
+}
+
+/// One storm's paragraph and table.
+fn storm_section(m: &mut String, st: &StormResult) {
+    let _ = writeln!(m, "\n### Into `{}`\n", st.target);
+    let budget = |b: u64| if b == 0 { "-".into() } else { bytes(Some(b)) };
+    let _ = writeln!(
+        m,
+        "{} machines with {} KiB logs crashing within {} ms into `{}` ({}reassembly budget {}, \
+         spool {}), {}{}: {} datagrams in {:.1} s ({:.0}/s), all stored or given up after \
+         {:.1} s; {} dumps stored per second.\n",
+        st.machines,
+        st.log_bytes / 1024,
+        st.window_ms,
+        st.target,
+        if st.vm_memory_mib > 0 {
+            format!("{} MiB VM, ", st.vm_memory_mib)
+        } else {
+            String::new()
+        },
+        budget(st.reassembly_budget_bytes),
+        budget(st.spool_bytes),
+        st.transport,
+        if st.offered_pps > 0 {
+            format!(", paced at {}/s", st.offered_pps)
+        } else {
+            String::new()
+        },
+        st.datagrams_sent,
+        st.send_s,
+        st.achieved_pps,
+        st.elapsed_s,
+        per_s(st.stored_dumps_per_s),
+    );
+    let _ = writeln!(m, "| complete | partial | missing | stored without newest chunk | every dump kept its newest chunk | records dropped (spool full) | memory peak / size | chunks peak / pool | within budget |");
+    let _ = writeln!(m, "|---:|---:|---:|---:|---|---:|---|---|---|");
+    let _ = writeln!(
+        m,
+        "| {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} |",
+        st.dumps_complete,
+        st.dumps_partial,
+        st.dumps_missing,
+        st.newest_chunk_lost,
+        if st.every_dump_kept_newest_chunk {
+            "yes"
+        } else {
+            "NO"
+        },
+        st.relay_dropped_records
+            .map_or_else(|| "-".into(), |d| d.to_string()),
+        bytes(st.heap_peak_bytes),
+        bytes(st.heap_total_bytes),
+        st.chunks_peak.map_or_else(|| "-".into(), |c| c.to_string()),
+        st.chunks_capacity
+            .map_or_else(|| "-".into(), |c| c.to_string()),
+        st.within_budget
+            .map_or("unknown", |w| if w { "yes" } else { "NO" }),
+    );
+    let _ = writeln!(
+        m,
+        "\nDuring the storm, ms (median / p99 / max): first packet to crash line {}; last \
+         packet to complete dump durable {}.",
+        opt_ms(st.crash_line_latency.as_ref()),
+        opt_ms(st.durable_latency.as_ref())
+    );
+    if !st.memory_measure.is_empty() {
+        let _ = writeln!(m, "Memory: {}.", st.memory_measure);
+    }
+    let _ = writeln!(m, "\nFinal relay counters: `{}`", st.final_counters);
+}
+
 impl Results {
+    /// The storms run: into the image, then into the hosted relay.
+    pub fn storms(&self) -> impl Iterator<Item = &StormResult> {
+        self.storm.iter().chain(&self.hosted_storm)
+    }
+
+    /// The latency table: every relay target one at a time, at half and all of its lossless
+    /// rate, and during its storm, with the dumps stored per second in each.
+    fn load_table(&self, m: &mut String) {
+        let _ = writeln!(
+            m,
+            "Latency under load: \"50%\" and \"100% of lossless\" are trials of the search \
+             fleet at half and all of the target's lossless rate (dumps back to back, queueing \
+             in the relay and the collector's fsyncs included); \"storm\" is the crash storm \
+             below. Stored dumps/s runs from the first datagram sent to the last dump \
+             durable.\n"
+        );
+        let _ = writeln!(
+            m,
+            "| target | load | rate (datagrams/s) | stored dumps/s | last packet to durable, ms \
+             (median / p99 / max) | first packet to crash line, ms (median / p99 / max) |"
+        );
+        let _ = writeln!(m, "|---|---|---:|---:|---|---|");
+        let mut storms: Vec<&StormResult> = self.storms().collect();
+        for t in &self.targets {
+            for (load, l) in t.loads() {
+                let Some(l) = l else { continue };
+                let _ = writeln!(
+                    m,
+                    "| {} | {load} | {:.0} | {} | {} | {} |",
+                    t.name,
+                    l.rate_pps,
+                    per_s(l.stored_dumps_per_s),
+                    ms(&l.durable),
+                    ms(&l.crash_line)
+                );
+            }
+            storms.retain(|st| {
+                if st.target != t.name {
+                    return true;
+                }
+                storm_row(m, st);
+                false
+            });
+        }
+        for st in storms {
+            storm_row(m, st);
+        }
+        let _ = writeln!(m);
+    }
+
     /// The Markdown report: machine, the table of targets, the storm, notes.
     pub fn markdown(&self) -> String {
         let mut m = String::new();
@@ -362,30 +554,11 @@ impl Results {
         let _ = writeln!(
             m,
             "Latencies above: {} machines crashing one at a time over {} s, each sending at \
-             the target's lossless rate. Under load, at the lossless rate (dumps back to back, \
-             queueing in the relay and the collector's fsyncs included):\n",
+             the target's lossless rate.\n",
             s.latency_machines,
             s.latency_window_ms as f64 / 1000.0
         );
-        let _ = writeln!(
-            m,
-            "| target | rate (datagrams/s) | last packet to durable, ms (median / p99 / max) | \
-             first packet to crash line, ms (median / p99 / max) |"
-        );
-        let _ = writeln!(m, "|---|---:|---|---|");
-        for t in &self.targets {
-            if let Some(l) = &t.latency_at_lossless_rate {
-                let _ = writeln!(
-                    m,
-                    "| {} | {:.0} | {} | {} |",
-                    t.name,
-                    l.rate_pps,
-                    ms(&l.durable),
-                    ms(&l.crash_line)
-                );
-            }
-        }
-        let _ = writeln!(m);
+        self.load_table(&mut m);
         for t in &self.targets {
             let _ = writeln!(
                 m,
@@ -396,63 +569,18 @@ impl Results {
                 let _ = writeln!(m, "  {n}");
             }
         }
-        if let Some(st) = &self.storm {
-            let _ = writeln!(m, "\n## Crash storm\n");
-            let _ = writeln!(
-                m,
-                "{} machines with {} KiB logs crashing within {} ms into `{}` \
-                 ({} MiB VM, reassembly budget {}, spool {}), frames over {}: {} datagrams \
-                 in {:.1} s ({:.0}/s), all stored or given up after {:.1} s.\n",
-                st.machines,
-                st.log_bytes / 1024,
-                st.window_ms,
-                st.target,
-                st.vm_memory_mib,
-                bytes(Some(st.reassembly_budget_bytes)),
-                bytes(Some(st.spool_bytes)),
-                st.transport,
-                st.datagrams_sent,
-                st.send_s,
-                st.achieved_pps,
-                st.elapsed_s
-            );
-            let _ = writeln!(m, "| complete | partial | missing | stored without newest chunk | every dump kept its newest chunk | records dropped (spool full) | heap peak / heap | chunks peak / pool | within budget |");
-            let _ = writeln!(m, "|---:|---:|---:|---:|---|---:|---|---|---|");
-            let _ = writeln!(
-                m,
-                "| {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} |",
-                st.dumps_complete,
-                st.dumps_partial,
-                st.dumps_missing,
-                st.newest_chunk_lost,
-                if st.every_dump_kept_newest_chunk {
-                    "yes"
-                } else {
-                    "NO"
-                },
-                st.relay_dropped_records
-                    .map_or_else(|| "-".into(), |d| d.to_string()),
-                bytes(st.heap_peak_bytes),
-                bytes(st.heap_total_bytes),
-                st.chunks_peak.map_or_else(|| "-".into(), |c| c.to_string()),
-                st.chunks_capacity
-                    .map_or_else(|| "-".into(), |c| c.to_string()),
-                st.within_budget
-                    .map_or("unknown", |w| if w { "yes" } else { "NO" }),
-            );
-            if let Some(l) = &st.crash_line_latency {
-                let _ = writeln!(
-                    m,
-                    "\nFirst packet to crash line during the storm, ms (median / p99 / max): {}.",
-                    ms(l)
-                );
-            }
-            let _ = writeln!(m, "\nFinal relay counters: `{}`", st.final_counters);
+        let storms: Vec<&StormResult> = self.storms().collect();
+        if !storms.is_empty() {
+            let _ = writeln!(m, "\n## Crash storm");
+        }
+        for st in storms {
+            storm_section(&mut m, st);
         }
         let _ = writeln!(
             m,
             "\nPlots: [throughput against offered load](throughput.svg), \
-             [latency CDF](latency.svg). All figures: [results.json](results.json)."
+             [latency CDF, one at a time](latency.svg), [latency under load and in the \
+             storm](latency_load.svg). All figures: [results.json](results.json)."
         );
         m
     }
@@ -493,6 +621,13 @@ mod tests {
                 crash_line: lat.clone(),
                 ..Latency::default()
             }),
+            latency_at_half_rate: Some(Latency {
+                rate_pps: 30_000.0,
+                durable: lat.clone(),
+                crash_line: lat.clone(),
+                stored_dumps_per_s: Some(151.0),
+                ..Latency::default()
+            }),
             memory_high_water_bytes: Some(3 << 20),
             ..TargetResult::default()
         });
@@ -501,8 +636,18 @@ mod tests {
             reason: "no driver".into(),
         });
         r.storm = Some(StormResult {
+            target: "image-virtio-net".into(),
             machines: 10,
             within_budget: Some(true),
+            ..StormResult::default()
+        });
+        r.hosted_storm = Some(StormResult {
+            target: "hosted-relay".into(),
+            machines: 10,
+            offered_pps: 60_000,
+            achieved_pps: 59_900.0,
+            crash_line_latency: Some(lat.clone()),
+            stored_dumps_per_s: Some(42.0),
             ..StormResult::default()
         });
         let md = r.markdown();
@@ -518,8 +663,41 @@ mod tests {
         assert!(md.contains("| image-e1000e | not run: no driver |"));
         assert!(md.contains("## Crash storm"));
         assert!(md.contains("| yes |") && md.contains("| NO |"));
+        // The load table: the hosted relay's rows in order, its storm row right after them.
+        let one = md
+            .find("| hosted-relay | one at a time | 0 | - | 2.0 / 3.0 / 4.0 | 2.0 / 3.0 / 4.0 |")
+            .expect(&md);
+        let half = md
+            .find("| hosted-relay | 50% of lossless | 30000 | 151 | 2.0 / 3.0 / 4.0 |")
+            .expect(&md);
+        let storm = md
+            .find("| hosted-relay | storm, 10 machines | 59900 | 42 | - | 2.0 / 3.0 / 4.0 |")
+            .expect(&md);
+        assert!(one < half && half < storm, "{md}");
+        assert!(
+            md.contains("| image-virtio-net | storm, 10 machines |"),
+            "{md}"
+        );
+        assert!(md.contains("### Into `hosted-relay`") && md.contains("paced at 60000/s"));
+        assert!(md.contains("### Into `image-virtio-net`"));
         let json = serde_json::to_string(&r).unwrap();
         let back: Results = serde_json::from_str(&json).unwrap();
         assert_eq!(back.targets.len(), 2);
+        assert_eq!(back.hosted_storm.unwrap().stored_dumps_per_s, Some(42.0));
+    }
+
+    #[test]
+    fn results_from_before_the_load_figures_still_read() {
+        // The committed results.json of earlier runs has none of the new fields.
+        let old = r#"{"schema": 1, "mode": "full", "command": "", "started": "", "duration_s": 1.0,
+            "host": {"hostname": "", "cpu": "", "cores": 2, "memory_gib": 1.0, "os": "",
+                "kernel": "", "qemu": "", "rustc": "", "git_commit": "", "load_at_start": 0.0,
+                "load_at_end": 0.0, "accel": ""},
+            "settings": {"trial_machines": 1, "trial_log_bytes": 1, "trials": 1,
+                "vm_memory_mib": 1, "image_cmdline": "", "relay_flags": "", "lossless_rule": "",
+                "latency_machines": 1, "latency_window_ms": 1},
+            "generator_max_pps": 1.0, "targets": [], "storm": null, "skipped": []}"#;
+        let r: Results = serde_json::from_str(old).unwrap();
+        assert!(r.hosted_storm.is_none());
     }
 }

@@ -9,6 +9,11 @@
 //!   fsynced (only the directory fsync follows);
 //! - a crash line is written at `crashes.jsonl`'s mtime (each benchmark machine crashes
 //!   once, so the file holds one line; its fdatasync follows).
+//!
+//! File times are coarse, though (up to a scheduler tick early, see [`super::watch`]), so a
+//! storage made with [`Storage::watched`] takes both moments from inotify instead (the
+//! rename, the first write), and falls back to the file times for a file it saw no event
+//! for.
 
 use std::fs;
 use std::io;
@@ -16,6 +21,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+
+use super::watch::FileWatch;
 
 /// One dump as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,11 +56,40 @@ fn ns(secs: i64, nanos: i64) -> u64 {
 #[derive(Clone, Debug)]
 pub struct Storage {
     dir: PathBuf,
+    watch: Option<std::sync::Arc<FileWatch>>,
 }
 
 impl Storage {
+    /// Times from file times only.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            watch: None,
+        }
+    }
+
+    /// Times from inotify, for the source directories made with [`Storage::prepare`].
+    pub fn watched(dir: impl Into<PathBuf>) -> io::Result<Self> {
+        let dir = dir.into();
+        let watch = FileWatch::new(&dir)?;
+        Ok(Self {
+            dir,
+            watch: Some(std::sync::Arc::new(watch)),
+        })
+    }
+
+    /// Creates and watches the directories of these sources before they send (nothing to do
+    /// without a watch: the collector creates them).
+    pub fn prepare<'a>(&self, ips: impl IntoIterator<Item = &'a str>) -> io::Result<()> {
+        match &self.watch {
+            Some(w) => w.watch_dirs(ips),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether inotify lost events (some times then came from the file system).
+    pub fn lost_events(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| w.overflowed())
     }
 
     pub fn dir(&self) -> &Path {
@@ -86,7 +122,11 @@ impl Storage {
             packet_count: u32_of("packet_count")?,
             text_bytes: v["text_bytes"].as_u64()?,
             revision: v["revision"].as_u64().unwrap_or(0),
-            durable_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            durable_ns: self
+                .watch
+                .as_ref()
+                .and_then(|w| w.renamed_ns(ip, &format!("{key}.json")))
+                .unwrap_or_else(|| ns(meta.ctime(), meta.ctime_nsec())),
         })
     }
 
@@ -96,10 +136,18 @@ impl Storage {
         Ok(text == expected)
     }
 
-    /// When `ip`'s crash notice line was written (mtime of its `crashes.jsonl`).
+    /// When `ip`'s crash notice line was written (its first write, or the mtime of its
+    /// `crashes.jsonl`).
     pub fn crash_line_ns(&self, ip: &str) -> Option<u64> {
         let meta = fs::metadata(self.dir.join(ip).join("crashes.jsonl")).ok()?;
-        (meta.len() > 0).then(|| ns(meta.mtime(), meta.mtime_nsec()))
+        if meta.len() == 0 {
+            return None;
+        }
+        let watched = self
+            .watch
+            .as_ref()
+            .and_then(|w| w.first_write_ns(ip, "crashes.jsonl"));
+        Some(watched.unwrap_or_else(|| ns(meta.mtime(), meta.mtime_nsec())))
     }
 }
 

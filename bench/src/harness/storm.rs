@@ -1,5 +1,5 @@
-//! The crash storm: many machines crash within a short window and all send at once into the
-//! appliance image.
+//! The crash storm: many machines crash within a short window and all send at once, into the
+//! appliance image ([`run_storm`]) and into the hosted relay ([`run_hosted_storm`]).
 //!
 //! Frames reach the guest over `-netdev stream` (QEMU connects to the generator): TCP carries
 //! them without loss and QEMU reads only as fast as the guest's receive ring drains, so the
@@ -8,10 +8,16 @@
 //! many dumps complete, how many partial, whether any stored dump lacks its newest chunk
 //! (packet 0, which the relay must keep above all), and whether memory stayed within budget
 //! (heap peak within the heap, reassembly chunks within the pool, the guest still running).
+//!
+//! Into the hosted relay the storm goes over loopback UDP, where nothing pushes back, so it is
+//! paced at the relay's lossless rate: unpaced, the kernel's socket drops would decide what
+//! arrives. Both storms report the two latencies, per machine: first datagram sent to its
+//! crash line durable (the crash notice must not wait behind the storm's dumps), and
+//! completing datagram sent to its complete dump durable; and the dumps stored per second.
 
 use std::fs;
 use std::io::{self, Write};
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,11 +26,14 @@ use super::report::StormResult;
 use super::stats::Summary;
 use super::storage::{Storage, StoredDump};
 use super::target::{
-    frame_config, ms_between, start_collector, start_image, Nic, Programs, TargetSettings,
+    frame_config, ms_between, per_second, start_collector, start_hosted_relay, start_image, Nic,
+    Programs, TargetSettings,
 };
 use crate::gen::output::qemu::StreamOutput;
+use crate::gen::output::udp::UdpOutput;
 use crate::gen::{
-    run, Progress, RunOptions, Scenario, Schedule, SendLog, SizeRange, Timed, Timing,
+    run, Output, Progress, RunOptions, RunReport, Scenario, Schedule, SendLog, SizeRange, Timed,
+    Timing,
 };
 
 /// What storm to run.
@@ -151,6 +160,207 @@ fn chunks_peak(qemu: &Process, from: usize) -> (Option<u64>, Option<u64>) {
     (peak, capacity)
 }
 
+/// The storm's fleet, from `source_base` on.
+fn storm_scenario(storm: &StormSettings, source_base: Ipv4Addr) -> io::Result<Scenario> {
+    let scenario = Scenario {
+        machines: storm.machines,
+        log_size: storm.log_size,
+        seed: 7,
+        timing: Timing::Storm {
+            window: storm.window,
+        },
+        source_base,
+        ..Scenario::default()
+    };
+    scenario
+        .validate()
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(scenario)
+}
+
+/// Sends the whole storm through `output` at `rate` (0: as fast as it takes them), stamping
+/// each machine's send times.
+fn send_storm(
+    output: &mut dyn Output,
+    scenario: &Scenario,
+    rate: u64,
+    storm: &StormSettings,
+    bar: &mut Bar,
+) -> io::Result<(RunReport, SendLog)> {
+    let mut log = SendLog::new(scenario.machines);
+    let show = storm.progress;
+    let report = {
+        let mut timed = Timed::new(output, &mut log);
+        run(
+            &mut Schedule::new(scenario.clone()),
+            &mut timed,
+            RunOptions {
+                rate,
+                ..RunOptions::default()
+            },
+            &mut |p: &Progress| {
+                if show {
+                    bar.show(&progress_line(p));
+                }
+            },
+        )?
+    };
+    bar.done();
+    Ok((report, log))
+}
+
+/// Every machine's source address, as the collector names its directory.
+fn source_ips(scenario: &Scenario) -> Vec<String> {
+    (0..scenario.machines)
+        .map(|i| {
+            scenario
+                .source_of(i)
+                .map(|s| s.ip().to_string())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Waits for the collector: every machine stored complete, or nothing new for `settle`, or
+/// `give_up` since `start`, or the relay gone (`alive` says false).
+fn wait_stored(
+    storage: &Storage,
+    ips: &[String],
+    settle: Duration,
+    give_up: (Instant, Duration),
+    alive: &mut dyn FnMut() -> bool,
+    storm: &StormSettings,
+    bar: &mut Bar,
+) {
+    let mut pending: Vec<usize> = (0..ips.len()).collect();
+    let mut stored_partial = 0usize;
+    let mut last_change = Instant::now();
+    loop {
+        let mut partial_now = 0;
+        let before = pending.len();
+        pending.retain(|&i| {
+            let dumps = stored_dumps(storage, &ips[i]);
+            if dumps.iter().any(|d| d.complete) {
+                return false;
+            }
+            partial_now += usize::from(!dumps.is_empty());
+            true
+        });
+        if pending.len() != before || partial_now != stored_partial {
+            stored_partial = partial_now;
+            last_change = Instant::now();
+        }
+        if pending.is_empty()
+            || last_change.elapsed() >= settle
+            || give_up.0.elapsed() >= give_up.1
+            || !alive()
+        {
+            break;
+        }
+        if storm.progress {
+            bar.show(&format!(
+                "waiting for the collector: {} of {} machines stored complete",
+                ips.len() - pending.len(),
+                ips.len()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bar.done();
+}
+
+/// Counts what the collector stored for every machine, and the latencies: first datagram
+/// sent to crash line durable, completing datagram sent to complete dump durable, and the
+/// stored dumps per second (first datagram sent to last dump durable).
+fn tally(
+    storage: &Storage,
+    scenario: &Scenario,
+    ips: &[String],
+    log: &SendLog,
+    result: &mut StormResult,
+) {
+    let mut crash_ms = Vec::new();
+    let mut durable_ms = Vec::new();
+    let mut first_sent = None::<u64>;
+    let mut last_durable = None::<u64>;
+    let mut stored = 0usize;
+    for i in 0..scenario.machines {
+        let ip = &ips[i as usize];
+        let times = log.machine(i);
+        if let Some(t) = times.filter(|t| t.first_ns > 0) {
+            first_sent = Some(first_sent.map_or(t.first_ns, |f| f.min(t.first_ns)));
+        }
+        let dumps = stored_dumps(storage, ip);
+        if dumps.is_empty() {
+            result.dumps_missing += 1;
+            continue;
+        }
+        stored += 1;
+        for d in &dumps {
+            last_durable = Some(last_durable.map_or(d.durable_ns, |l| l.max(d.durable_ns)));
+        }
+        match dumps.iter().find(|d| d.complete) {
+            Some(d) => {
+                result.dumps_complete += 1;
+                if let Some(t) = times {
+                    durable_ms.push(ms_between(t.complete_ns, d.durable_ns));
+                }
+            }
+            None => result.dumps_partial += 1,
+        }
+        if !dumps.iter().any(StoredDump::has_newest_chunk) {
+            result.newest_chunk_lost += 1;
+            if result.newest_chunk_lost_examples.len() < 5 {
+                result
+                    .newest_chunk_lost_examples
+                    .push(format!("{ip}/{}", dump_key(scenario, i)));
+            }
+        }
+        if let (Some(c), Some(t)) = (storage.crash_line_ns(ip), times) {
+            crash_ms.push(ms_between(t.first_ns, c));
+        }
+    }
+    result.crash_line_latency = Summary::of(&crash_ms);
+    result.durable_latency = Summary::of(&durable_ms);
+    result.stored_dumps_per_s = per_second(stored, first_sent, last_durable);
+    result.every_dump_kept_newest_chunk =
+        result.newest_chunk_lost == 0 && result.dumps_missing == 0;
+}
+
+/// The relay's counter lines from `mark` on (the guest's or the hosted relay's, which print
+/// the same line): chunk pool peak and size, records dropped, datagrams without memory.
+fn relay_counters(relay: &Process, mark: usize, result: &mut StormResult) {
+    (result.chunks_peak, result.chunks_capacity) = chunks_peak(relay, mark);
+    if let Some(l) = relay.last_line_with(mark, "counters:") {
+        result.final_counters = l.text.trim().to_string();
+        result.relay_dropped_records = number_after(&l.text, "dropped");
+        result.relay_no_memory = number_after(&l.text, "no_memory");
+    }
+}
+
+/// The result's fixed part.
+fn storm_result(
+    target: &str,
+    scenario: &Scenario,
+    storm: &StormSettings,
+    report: &RunReport,
+    rate: u64,
+    transport: &str,
+) -> StormResult {
+    StormResult {
+        target: target.into(),
+        offered_pps: rate,
+        machines: scenario.machines,
+        log_bytes: storm.log_size.max,
+        window_ms: u64::try_from(storm.window.as_millis()).unwrap_or(u64::MAX),
+        transport: transport.into(),
+        datagrams_sent: report.schedule.datagrams,
+        send_s: report.elapsed.as_secs_f64(),
+        achieved_pps: report.rate(),
+        ..StormResult::default()
+    }
+}
+
 /// Runs the storm against the image; transcripts go to `work`.
 pub fn run_storm(
     programs: &Programs,
@@ -166,134 +376,45 @@ pub fn run_storm(
         format!("stream,id=in,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port={port}");
     let (mut qemu, _boot) = start_image(programs, target, storm.nic, netdev, caddr.port())?;
     let mut output = StreamOutput::accept(&listener, frame_config(), Duration::from_secs(30))?;
-    let scenario = Scenario {
-        machines: storm.machines,
-        log_size: storm.log_size,
-        seed: 7,
-        timing: Timing::Storm {
-            window: storm.window,
-        },
-        source_base: std::net::Ipv4Addr::new(10, 100, 0, 1),
-        ..Scenario::default()
-    };
-    scenario
-        .validate()
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    let scenario = storm_scenario(storm, Ipv4Addr::new(10, 100, 0, 1))?;
+    let storage = Storage::watched(&dir)?;
+    let ips = source_ips(&scenario);
+    storage.prepare(ips.iter().map(String::as_str))?;
     let mark = qemu.line_count();
     let start = Instant::now();
-    let mut log = SendLog::new(scenario.machines);
-    let show = storm.progress;
     let mut bar = Bar::new();
-    let report = {
-        let mut timed = Timed::new(&mut output, &mut log);
-        run(
-            &mut Schedule::new(scenario.clone()),
-            &mut timed,
-            RunOptions::default(),
-            &mut |p: &Progress| {
-                if show {
-                    bar.show(&progress_line(p));
-                }
-            },
-        )?
-    };
-    bar.done();
+    let (report, log) = send_storm(&mut output, &scenario, 0, storm, &mut bar)?;
 
-    // Wait for the collector: every machine stored complete, or nothing new for a while.
-    let storage = Storage::new(&dir);
-    let ips: Vec<String> = (0..scenario.machines)
-        .map(|i| {
-            scenario
-                .source_of(i)
-                .map(|s| s.ip().to_string())
-                .unwrap_or_default()
-        })
-        .collect();
     let settle = Duration::from_millis(target.quiet_ms) + Duration::from_secs(5);
-    let mut pending: Vec<u32> = (0..scenario.machines).collect();
-    let mut stored_partial = 0usize;
-    let mut last_change = Instant::now();
-    loop {
-        let mut partial_now = 0;
-        let before = pending.len();
-        pending.retain(|&i| {
-            let dumps = stored_dumps(&storage, &ips[i as usize]);
-            if dumps.iter().any(|d| d.complete) {
-                return false;
-            }
-            partial_now += usize::from(!dumps.is_empty());
-            true
-        });
-        if pending.len() != before || partial_now != stored_partial {
-            stored_partial = partial_now;
-            last_change = Instant::now();
-        }
-        if pending.is_empty()
-            || last_change.elapsed() >= settle
-            || start.elapsed() >= target.patience * 4
-            || !qemu.running()
-        {
-            break;
-        }
-        if show {
-            bar.show(&format!(
-                "waiting for the collector: {} of {} machines stored complete",
-                scenario.machines as usize - pending.len(),
-                scenario.machines
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    bar.done();
+    wait_stored(
+        &storage,
+        &ips,
+        settle,
+        (start, target.patience * 4),
+        &mut || qemu.running(),
+        storm,
+        &mut bar,
+    );
     let elapsed = start.elapsed();
 
-    let mut result = StormResult {
-        target: format!(
+    let mut result = storm_result(
+        &format!(
             "image-{}",
             match storm.nic {
                 Nic::VirtioNet => "virtio-net",
                 Nic::E1000e => "e1000e",
             }
         ),
-        machines: scenario.machines,
-        log_bytes: storm.log_size.max,
-        window_ms: u64::try_from(storm.window.as_millis()).unwrap_or(u64::MAX),
-        vm_memory_mib: target.vm_memory_mib,
-        transport: "-netdev stream (TCP, no loss on the host; QEMU reads as fast as the guest \
-                    drains its ring)"
-            .into(),
-        datagrams_sent: report.schedule.datagrams,
-        send_s: report.elapsed.as_secs_f64(),
-        achieved_pps: report.rate(),
-        elapsed_s: elapsed.as_secs_f64(),
-        ..StormResult::default()
-    };
-    let mut crash_ms = Vec::new();
-    for i in 0..scenario.machines {
-        let ip = &ips[i as usize];
-        let dumps = stored_dumps(&storage, ip);
-        if dumps.is_empty() {
-            result.dumps_missing += 1;
-            continue;
-        }
-        if dumps.iter().any(|d| d.complete) {
-            result.dumps_complete += 1;
-        } else {
-            result.dumps_partial += 1;
-        }
-        if !dumps.iter().any(StoredDump::has_newest_chunk) {
-            result.newest_chunk_lost += 1;
-            if result.newest_chunk_lost_examples.len() < 5 {
-                result
-                    .newest_chunk_lost_examples
-                    .push(format!("{ip}/{}", dump_key(&scenario, i)));
-            }
-        }
-        if let (Some(c), Some(t)) = (storage.crash_line_ns(ip), log.machine(i)) {
-            crash_ms.push(ms_between(t.first_ns, c));
-        }
-    }
-    result.crash_line_latency = Summary::of(&crash_ms);
+        &scenario,
+        storm,
+        &report,
+        0,
+        "frames over -netdev stream (TCP, no loss on the host; QEMU reads as fast as the guest \
+         drains its ring)",
+    );
+    result.vm_memory_mib = target.vm_memory_mib;
+    result.elapsed_s = elapsed.as_secs_f64();
+    tally(&storage, &scenario, &ips, &log, &mut result);
 
     // Memory: the guest's own lines, read after one more counter interval.
     let alive = qemu.running();
@@ -302,14 +423,8 @@ pub fn run_storm(
         result.heap_peak_bytes = number_after(&l.text, "peak");
         result.heap_total_bytes = number_after(&l.text, "total");
     }
-    (result.chunks_peak, result.chunks_capacity) = chunks_peak(&qemu, mark);
-    if let Some(l) = qemu.last_line_with(mark, "counters:") {
-        result.final_counters = l.text.trim().to_string();
-        result.relay_dropped_records = number_after(&l.text, "dropped");
-        result.relay_no_memory = number_after(&l.text, "no_memory");
-    }
-    result.every_dump_kept_newest_chunk =
-        result.newest_chunk_lost == 0 && result.dumps_missing == 0;
+    result.memory_measure = "guest heap peak and size (`memory: heap` line)".into();
+    relay_counters(&qemu, mark, &mut result);
     if let Some(budget) = qemu
         .last_line_with(0, "config:")
         .and_then(|l| config_size(&l.text, "memory="))
@@ -337,6 +452,88 @@ pub fn run_storm(
     let _ = fs::write(work.join("storm-qemu.log"), qemu.transcript());
     let _ = fs::write(work.join("storm-collector.log"), collector.transcript());
     let _ = fs::write(work.join("storm-send-log.csv"), log.to_csv(&scenario));
+    Ok(result)
+}
+
+/// Runs the storm against the hosted relay over loopback UDP at `rate` datagrams/s (0: as
+/// fast as the generator sends), each machine from its own 127.x address, with the relay's
+/// default budgets and the suite's flags; transcripts go to `work`.
+pub fn run_hosted_storm(
+    programs: &Programs,
+    target: &TargetSettings,
+    storm: &StormSettings,
+    rate: u64,
+    work: &Path,
+) -> io::Result<StormResult> {
+    let dir = work.join("hosted-storm-collector");
+    let (mut collector, caddr) = start_collector(programs, &dir)?;
+    let (mut relay, addr) = start_hosted_relay(programs, target, caddr)?;
+    let scenario = storm_scenario(storm, Ipv4Addr::new(127, 100, 0, 1))?;
+    let bind = scenario
+        .source_of(0)
+        .ok_or_else(|| io::Error::other("no source address"))?;
+    let mut output = UdpOutput::new(addr, bind)?;
+    let storage = Storage::watched(&dir)?;
+    let ips = source_ips(&scenario);
+    storage.prepare(ips.iter().map(String::as_str))?;
+    let mark = relay.line_count();
+    let start = Instant::now();
+    let mut bar = Bar::new();
+    let (report, log) = send_storm(&mut output, &scenario, rate, storm, &mut bar)?;
+
+    let settle = Duration::from_millis(target.quiet_ms) + Duration::from_secs(5);
+    wait_stored(
+        &storage,
+        &ips,
+        settle,
+        (start, target.patience * 4),
+        &mut || relay.running(),
+        storm,
+        &mut bar,
+    );
+    let elapsed = start.elapsed();
+
+    let mut result = storm_result(
+        "hosted-relay",
+        &scenario,
+        storm,
+        &report,
+        rate,
+        "UDP on loopback (the relay's receive buffer as in its trials)",
+    );
+    result.elapsed_s = elapsed.as_secs_f64();
+    tally(&storage, &scenario, &ips, &log, &mut result);
+
+    // One more counter interval, so the last line covers the whole storm.
+    let alive = relay.running();
+    let _ = relay.wait_for(relay.line_count(), "counters:", Duration::from_secs(2));
+    relay_counters(&relay, mark, &mut result);
+    result.spool_bytes = result
+        .final_counters
+        .split(" spool ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|f| f.split('/').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    result.heap_peak_bytes = relay.peak_rss_bytes();
+    result.memory_measure = "peak resident set of the relay process (VmHWM)".into();
+    result.within_budget = match (result.chunks_peak, result.chunks_capacity) {
+        (Some(cp), Some(cc)) => Some(alive && cp <= cc),
+        _ => None,
+    };
+
+    relay.stop(Duration::from_secs(3));
+    collector.stop(Duration::from_secs(3));
+    let _ = fs::write(work.join("hosted-storm-relay.log"), relay.transcript());
+    let _ = fs::write(
+        work.join("hosted-storm-collector.log"),
+        collector.transcript(),
+    );
+    let _ = fs::write(
+        work.join("hosted-storm-send-log.csv"),
+        log.to_csv(&scenario),
+    );
     Ok(result)
 }
 

@@ -188,6 +188,27 @@ pub fn start_collector(programs: &Programs, dir: &Path) -> io::Result<(Process, 
     Ok((p, addr))
 }
 
+/// Starts the hosted relay forwarding to the collector at `collector`; returns it and the
+/// address it receives netoops datagrams on, once it is connected upstream.
+pub fn start_hosted_relay(
+    programs: &Programs,
+    s: &TargetSettings,
+    collector: SocketAddr,
+) -> io::Result<(Process, SocketAddrV4)> {
+    let mut cmd = Command::new(&programs.relay);
+    cmd.args(["--listen", "127.0.0.1:0", "--upstream"])
+        .arg(collector.to_string())
+        .args(relay_flags(s));
+    let mut p = Process::spawn("netoops-relay", cmd)?;
+    let addr = v4(listening_addr(
+        &mut p,
+        "listening on ",
+        Duration::from_secs(30),
+    )?)?;
+    p.wait_for(0, "upstream 0 connected", Duration::from_secs(30))?;
+    Ok((p, addr))
+}
+
 /// The one documented reason `image-e1000e` is skipped: the host's QEMU has no `e1000e`
 /// device model (some distribution builds leave it out). The board drives the 82574L, so any
 /// other failure to start it is a broken target, and `tests/tests/bench_smoke.rs` fails on it.
@@ -268,6 +289,9 @@ pub struct TrialDetail {
     pub durable_ms: Vec<f64>,
     /// Per dump with a crash line: first datagram sent -> crash line written, ms.
     pub crash_line_ms: Vec<f64>,
+    /// Complete dumps stored per second, from the first datagram sent to the last complete
+    /// dump durable.
+    pub stored_dumps_per_s: Option<f64>,
 }
 
 impl Running {
@@ -308,22 +332,12 @@ impl Running {
             Kind::HostedRelay => {
                 let dir = work.join("hosted-relay-collector");
                 let (collector, caddr) = start_collector(programs, &dir)?;
-                let mut cmd = Command::new(&programs.relay);
-                cmd.args(["--listen", "127.0.0.1:0", "--upstream"])
-                    .arg(caddr.to_string())
-                    .args(relay_flags(&s));
-                let mut p = Process::spawn("netoops-relay", cmd)?;
-                let addr = v4(listening_addr(
-                    &mut p,
-                    "listening on ",
-                    Duration::from_secs(30),
-                )?)?;
-                p.wait_for(0, "upstream 0 connected", Duration::from_secs(30))?;
+                let (p, addr) = start_hosted_relay(programs, &s, caddr)?;
                 Ok(Running {
                     kind,
                     receiver: p,
                     collector: Some(collector),
-                    storage: Some(Storage::new(dir)),
+                    storage: Some(Storage::watched(dir)?),
                     output: Box::new(UdpOutput::new(addr, first_source)?),
                     boot: None,
                     kernel_ready_ms: None,
@@ -351,7 +365,7 @@ impl Running {
                     kind,
                     receiver: p,
                     collector: Some(collector),
-                    storage: Some(Storage::new(dir)),
+                    storage: Some(Storage::watched(dir)?),
                     output: Box::new(output),
                     boot: Some(boot),
                     kernel_ready_ms,
@@ -463,6 +477,9 @@ impl Running {
         } else {
             Vec::new()
         };
+        if let Some(storage) = &self.storage {
+            storage.prepare(expected.iter().map(|e| e.ip.as_str()))?;
+        }
         let mark = self.receiver.line_count();
         let before = self.received_total().unwrap_or(0);
         let cpu_before = self.receiver.cpu_ns();
@@ -521,6 +538,7 @@ impl Running {
             dumps,
             cpu_ns_per_datagram: cpu,
             lossless,
+            stored_dumps_per_s: detail.stored_dumps_per_s,
         };
         Ok((trial, detail))
     }
@@ -562,7 +580,7 @@ impl Running {
     }
 }
 
-fn v4(addr: SocketAddr) -> io::Result<SocketAddrV4> {
+pub fn v4(addr: SocketAddr) -> io::Result<SocketAddrV4> {
     match addr {
         SocketAddr::V4(a) => Ok(a),
         SocketAddr::V6(_) => Err(io::Error::other("expected an IPv4 address")),
@@ -615,6 +633,12 @@ pub fn settle_dumps(
     };
     let mut partial_seen = 0usize;
     let mut last_change = Instant::now();
+    let first_sent = expected
+        .iter()
+        .filter_map(|e| log.machine(e.machine).map(|t| t.first_ns))
+        .filter(|&ns| ns > 0)
+        .min();
+    let mut last_durable = None::<u64>;
     loop {
         let mut partial_now = 0usize;
         pending.retain(|&i| {
@@ -632,6 +656,7 @@ pub fn settle_dumps(
                 counts.wrong_text += 1;
             }
             let times = log.machine(e.machine).cloned().unwrap_or_default();
+            last_durable = Some(last_durable.map_or(d.durable_ns, |l| l.max(d.durable_ns)));
             detail
                 .durable_ms
                 .push(ms_between(times.complete_ns, d.durable_ns));
@@ -656,6 +681,7 @@ pub fn settle_dumps(
             None => counts.missing += 1,
         }
     }
+    detail.stored_dumps_per_s = per_second(counts.complete as usize, first_sent, last_durable);
     (counts, detail)
 }
 
@@ -665,6 +691,13 @@ pub fn kernel_entry_to_ready_ms(line: &str) -> Option<f64> {
     let rest = line.split("boot: ready ").nth(1)?;
     let (ms, _) = rest.split_once(" ms after kernel entry")?;
     ms.parse::<u64>().ok().map(|ms| ms as f64)
+}
+
+/// `count` events per second between `from_ns` and `to_ns` (`None` without both ends, or
+/// when they are not in order).
+pub fn per_second(count: usize, from_ns: Option<u64>, to_ns: Option<u64>) -> Option<f64> {
+    let span = to_ns?.checked_sub(from_ns?).filter(|&d| d > 0)?;
+    Some(count as f64 * 1e9 / span as f64)
 }
 
 /// Milliseconds from `from_ns` to `to_ns` (negative if the clock says so).
@@ -699,6 +732,13 @@ mod tests {
             assert_ne!(a.seed, b.seed);
         }
         assert!(image_cmdline(&s, 4000).contains("upstream=10.0.2.2:4000"));
+        assert_eq!(
+            per_second(30, Some(1_000_000_000), Some(3_000_000_000)),
+            Some(15.0)
+        );
+        assert_eq!(per_second(30, Some(3), Some(3)), None);
+        assert_eq!(per_second(30, Some(5), Some(3)), None);
+        assert_eq!(per_second(30, None, Some(3)), None);
         let f = frame_config();
         assert_eq!(f.dst.port(), 2004);
         assert_eq!(f.dst_mac.to_string(), INGRESS_MAC);
