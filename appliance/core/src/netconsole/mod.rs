@@ -23,13 +23,13 @@
 //! goes forward, or a repeated sequence number with another timestamp, starts a new boot.
 
 pub mod history;
-mod index;
 
 use alloc::vec;
 use alloc::vec::Vec;
 use core::hash::{BuildHasher, Hasher};
 use core::net::SocketAddr;
 
+use hashbrown::HashMap;
 use netoops_wire::netconsole::{
     crash_text, is_crash_line, unescape, write_fragment_gap, write_gap, write_line, Body, Datagram,
     Extended, NetconsoleError,
@@ -37,7 +37,6 @@ use netoops_wire::netconsole::{
 
 use crate::time::{Duration, Instant};
 use history::{BlockPool, Chain, EntryHeader, EntryKind, BLOCK, HEADER_LEN};
-use index::SourceIndex;
 
 /// Longest crash line kept.
 pub const CRASH_LINE_LEN: usize = 240;
@@ -254,24 +253,19 @@ impl SourceText {
 
 /// One sender. The fields every datagram reads come first, in the first two cache lines
 /// (`repr(C)` keeps the order): with a thousand sources the state is rarely in the cache.
-/// The address key leads, so the [`SourceIndex`] lookup compares it in a line the datagram
-/// needs anyway. Aligned to 128 bytes so the two hot lines are one aligned pair, which the
-/// CPUs' adjacent-line prefetch fetches together.
-#[repr(C, align(128))]
+#[repr(C, align(64))]
 struct Source {
-    key_ip: u128,
     chain: Chain,
-    key_port: u16,
+    /// Newest sequence number seen this boot, and its timestamp.
+    max_seq: Option<u64>,
+    max_usec: u64,
+    last_heard: Instant,
+    /// Bit `i` set: `max_seq - i` has an entry.
+    seen: [u64; (SEQ_WINDOW / 64) as usize],
     mode: Mode,
     referenced: bool,
     trimmed: bool,
     frag_n: u8,
-    last_heard: Instant,
-    /// Newest sequence number seen this boot, and its timestamp.
-    max_seq: Option<u64>,
-    max_usec: u64,
-    /// Bit `i` set: `max_seq - i` has an entry.
-    seen: [u64; (SEQ_WINDOW / 64) as usize],
     crash: Option<Crash>,
     /// The split record being received: its seq, timestamp and the fragment offsets seen, so
     /// its later fragments need no search of the history.
@@ -288,10 +282,7 @@ struct Source {
 
 impl Source {
     fn new(addr: SocketAddr, now: Instant) -> Source {
-        let (key_ip, key_port) = key(addr);
         Source {
-            key_ip,
-            key_port,
             addr,
             chain: Chain::default(),
             mode: Mode::Unknown,
@@ -423,7 +414,7 @@ pub struct ConsoleTracker {
     pool: BlockPool,
     sources: Vec<Source>,
     texts: Vec<SourceText>,
-    index: SourceIndex,
+    by_addr: HashMap<(u128, u16), u32>,
     crashing: Vec<u32>,
     hand: usize,
     render: Render,
@@ -457,7 +448,7 @@ impl ConsoleTracker {
             pool: BlockPool::new(blocks),
             sources: Vec::with_capacity(max_sources),
             texts: Vec::with_capacity(max_sources),
-            index: SourceIndex::new(max_sources),
+            by_addr: HashMap::with_capacity(max_sources),
             crashing: Vec::with_capacity(max_sources),
             hand: 0,
             render: Render {
@@ -488,7 +479,7 @@ impl ConsoleTracker {
 
     /// Sources tracked now.
     pub fn sources(&self) -> usize {
-        self.sources.len()
+        self.by_addr.len()
     }
 
     /// Sources crashing now.
@@ -544,14 +535,7 @@ impl ConsoleTracker {
     }
 
     fn source_index(&mut self, now: Instant, addr: SocketAddr) -> Option<usize> {
-        let k = key(addr);
-        let hash = self.index.hash(&k);
-        let sources = &self.sources;
-        let same = |i: u32| {
-            let s = &sources[i as usize];
-            (s.key_ip, s.key_port) == k
-        };
-        if let Some(i) = self.index.find(hash, same) {
+        if let Some(&i) = self.by_addr.get(&key(addr)) {
             return Some(i as usize);
         }
         let max = self.config.max_sources.max(1);
@@ -559,7 +543,7 @@ impl ConsoleTracker {
             self.sources.push(Source::new(addr, now));
             self.texts.push(SourceText::EMPTY);
             let i = self.sources.len() - 1;
-            self.index.insert(hash, i as u32);
+            self.by_addr.insert(key(addr), i as u32);
             return Some(i);
         }
         // Full: forget a healthy source not heard from since the hand last passed (clock).
@@ -578,11 +562,10 @@ impl ConsoleTracker {
             self.stats.sources_evicted += 1;
             self.pool.clear(&mut self.sources[i].chain);
             let old = self.sources[i].addr;
-            let old_hash = self.index.hash(&key(old));
-            self.index.remove(old_hash, i as u32);
+            self.by_addr.remove(&key(old));
             self.sources[i] = Source::new(addr, now);
             self.texts[i] = SourceText::EMPTY;
-            self.index.insert(hash, i as u32);
+            self.by_addr.insert(key(addr), i as u32);
             return Some(i);
         }
         None
