@@ -171,15 +171,12 @@ pub struct Counters {
 impl Counters {
     /// The counters of a `<name>: t_us=` line, or `None` for any other line.
     pub fn parse(name: &str, line: &str) -> Option<Self> {
-        let rest = line.strip_prefix(name)?.strip_prefix(": t_us=")?;
+        let rest = line.strip_prefix(name)?.strip_prefix(": ")?;
+        if !rest.starts_with("t_us=") {
+            return None;
+        }
         let mut c = Counters::default();
-        for (i, field) in rest.split_whitespace().enumerate() {
-            let (key, value) = if i == 0 {
-                ("t_us", field)
-            } else {
-                field.split_once('=')?
-            };
-            let v: u64 = value.parse().ok()?;
+        for (key, v) in netoops_core::console::fields(rest) {
             match key {
                 "t_us" => c.t_us = v,
                 "rx" => c.rx = v,

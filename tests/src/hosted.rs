@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use netoops_core::console;
 use netoops_wire::encode::{encode, DumpHeader, SenderModel, Variant};
 use netoops_wire::model::{expected, ExpectedDump};
 use netoops_wire::netoops::{CpuId, DumpType};
@@ -313,21 +314,14 @@ impl Collector {
             .arg("--dir")
             .arg(dir);
         let mut process = Process::spawn("netoops-collect", cmd);
-        let line = process.wait_for_line("listening on ");
-        let addr = word_after(&line, "listening on ")
-            .and_then(|w| w.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let line = process.wait_for_line(console::LISTENING);
+        let addr = console::listening(&line).unwrap_or_else(|| panic!("no address in {line:?}"));
         Collector {
             process,
             addr,
             dir: dir.to_path_buf(),
         }
     }
-}
-
-fn word_after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
-    let rest = &line[line.find(marker)? + marker.len()..];
-    rest.split_whitespace().next()
 }
 
 /// A free TCP port on 127.0.0.1 at the time of the call (for a collector started later).
@@ -375,12 +369,10 @@ impl Relay {
         }
         cmd.args(extra);
         let mut process = Process::spawn("netoops-relay", cmd);
-        let line = process.wait_for_line("listening on ");
-        let udp = word_after(&line, "listening on ")
-            .and_then(|w| w.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let line = process.wait_for_line(console::LISTENING);
+        let udp = console::listening(&line).unwrap_or_else(|| panic!("no address in {line:?}"));
         let line = process.wait_for_line("netconsole ");
-        let netconsole = word_after(&line, "netconsole listening on ").and_then(|w| w.parse().ok());
+        let netconsole = console::netconsole_listening(&line);
         Relay {
             process,
             udp,
@@ -403,14 +395,12 @@ impl Relay {
     }
 }
 
-/// Parses `name 123` pairs of a counters line (the first occurrence of a name wins).
+/// The fields of a counters line by name (the first occurrence of a name wins), read with the
+/// one console parser, `netoops_core::console::fields`.
 pub fn parse_counters(line: &str) -> Counters {
     let mut out = Counters::new();
-    let words: Vec<&str> = line.split_whitespace().collect();
-    for pair in words.windows(2) {
-        if let Ok(n) = pair[1].parse::<u64>() {
-            out.entry(pair[0].to_string()).or_insert(n);
-        }
+    for (key, n) in console::fields(line) {
+        out.entry(key.to_string()).or_insert(n);
     }
     out
 }

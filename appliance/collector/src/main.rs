@@ -144,7 +144,8 @@ fn serve(config: ServerConfig, http: Option<SocketAddr>) -> Result<(), String> {
     let server = Server::bind(config.clone())
         .map_err(|e| format!("cannot serve {} on {}: {e}", dir.display(), config.listen))?;
     let addr = server.local_addr().map_err(|e| e.to_string())?;
-    print_out(format!("listening on {addr} storing in {}\n", dir.display()).as_bytes());
+    let marker = netoops_core::console::LISTENING;
+    print_out(format!("{marker}{addr} storing in {}\n", dir.display()).as_bytes());
     if let Some(http) = http {
         let web = WebServer::bind(http, &dir)
             .map_err(|e| format!("cannot serve the web view on {http}: {e}"))?;

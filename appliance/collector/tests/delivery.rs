@@ -199,12 +199,7 @@ fn spawn_binary(dir: &Path) -> (Child, SocketAddr) {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    let addr = first
-        .strip_prefix("listening on ")
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = netoops_core::console::listening(&first).unwrap();
     std::thread::spawn(move || for _ in lines {});
     (child, addr)
 }

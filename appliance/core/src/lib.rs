@@ -22,6 +22,7 @@
 extern crate alloc;
 
 pub mod config;
+pub mod console;
 pub mod netconsole;
 pub mod reassembly;
 pub mod relay;

@@ -72,7 +72,8 @@ fn main() -> ExitCode {
     let local = udp.local_addr().unwrap_or(settings.listen);
     let rcvbuf = udp.kernel_counters().map(|k| k.rcvbuf).unwrap_or(0);
     console.line(format_args!(
-        "listening on {local} (receive buffer {rcvbuf} bytes{})",
+        "{}{local} (receive buffer {rcvbuf} bytes{})",
+        netoops_core::console::LISTENING,
         if udp.forced_buffer() { ", forced" } else { "" }
     ));
 
@@ -80,7 +81,8 @@ fn main() -> ExitCode {
         Some(nc) => {
             let local = nc.local_addr().ok().or(settings.netconsole_listen);
             console.line(format_args!(
-                "netconsole listening on {}",
+                "{}{}",
+                netoops_core::console::NETCONSOLE_LISTENING,
                 local.map_or_else(|| "?".to_string(), |a| a.to_string())
             ));
         }

@@ -22,6 +22,7 @@ use crate::gen::output::udp::UdpOutput;
 use crate::gen::run::{run, RunOptions};
 use crate::gen::scenario::{NetconsoleParams, Protocol, Scenario, SizeRange, Timing};
 use crate::gen::schedule::Schedule;
+use netoops_core::console;
 
 /// What [`run_ingest`] sends.
 #[derive(Clone, Debug)]
@@ -153,8 +154,8 @@ pub fn run_ingest(
     .arg(collector_addr.to_string());
     let mut relay = Process::spawn("netoops-relay", cmd)?;
     let patience = Duration::from_secs(30);
-    let netconsole = listening_addr(&mut relay, "netconsole listening on ", patience)?;
-    let netoops = listening_addr(&mut relay, "listening on ", patience)?;
+    let netconsole = listening_addr(&mut relay, console::NETCONSOLE_LISTENING, patience)?;
+    let netoops = listening_addr(&mut relay, console::LISTENING, patience)?;
     let mut results = Vec::new();
     for protocol in [Protocol::Netoops, Protocol::Netconsole] {
         let (scenario, target, key) = match protocol {

@@ -225,80 +225,13 @@ impl Drop for Process {
     }
 }
 
-/// The number that follows the word `key` in `line` (`"datagrams 12 chunks 3"`, key
-/// `datagrams` gives 12): the first occurrence of `key` followed by a space and digits.
-pub fn number_after(line: &str, key: &str) -> Option<u64> {
-    let mut rest = line;
-    while let Some(at) = rest.find(key) {
-        let before_ok = at == 0 || rest[..at].ends_with([' ', '(', '|', ':']);
-        let after = &rest[at + key.len()..];
-        if before_ok {
-            if let Some(value) = after.strip_prefix(' ') {
-                let digits: String = value.chars().take_while(char::is_ascii_digit).collect();
-                if let Ok(n) = digits.parse() {
-                    return Some(n);
-                }
-            }
-        }
-        rest = after;
-    }
-    None
-}
-
-/// The number that follows `key` after the first occurrence of `section` in `line` (for lines
-/// where a word repeats: `"counters: datagrams 5 | socket datagrams 7"`).
-pub fn number_after_in(line: &str, section: &str, key: &str) -> Option<u64> {
-    let at = line.find(section)?;
-    number_after(&line[at + section.len()..], key)
-}
-
-/// The number right before the word `key` (`"cycles/datagram 80 interval 75 boot"`, key
-/// `boot` gives 75); `None` when a `-` (no samples) or anything else stands there.
-pub fn number_before(line: &str, key: &str) -> Option<u64> {
-    let mut rest = line;
-    while let Some(at) = rest.find(key) {
-        let after = &rest[at + key.len()..];
-        let whole = after.is_empty() || after.starts_with([' ', ')', '|', ',']);
-        if whole {
-            if let Some(before) = rest[..at].strip_suffix(' ') {
-                let digits = before.rsplit(' ').next().unwrap_or_default();
-                if let Ok(n) = digits.parse() {
-                    return Some(n);
-                }
-            }
-        }
-        rest = after;
-    }
-    None
-}
+/// The console field readers: one parser for the relays' documented lines
+/// (`netoops_core::console`).
+pub use netoops_core::console::{number_after, number_after_in, number_before};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbers_are_read_after_whole_words() {
-        let line = "2026-01-01T00:00:00Z counters: datagrams 3889 chunks 1300 dup 2589 | \
-                    dumps started 20 complete 20 partial 0 held 20 chunks 1300/59160 | \
-                    socket datagrams 4000 truncated 0 kernel_drops 11";
-        assert_eq!(number_after(line, "datagrams"), Some(3889));
-        assert_eq!(number_after(line, "dup"), Some(2589));
-        assert_eq!(number_after(line, "complete"), Some(20));
-        assert_eq!(number_after(line, "kernel_drops"), Some(11));
-        assert_eq!(number_after(line, "drops"), None);
-        assert_eq!(number_after_in(line, "socket", "datagrams"), Some(4000));
-        assert_eq!(number_after_in(line, "held", "chunks"), Some(1300));
-        assert_eq!(number_after(line, "missing"), None);
-        let fast = "fastpath: frames 5 datagrams 5 accepted 5 dropped 0 (ip_checksum 0) \
-                    cycles/datagram - interval 40117 boot";
-        assert_eq!(number_after(fast, "ip_checksum"), Some(0));
-        assert_eq!(number_before(fast, "boot"), Some(40117));
-        assert_eq!(number_before(fast, "interval"), None);
-        assert_eq!(number_after(fast, "cycles/datagram"), None);
-        let both = "cycles/datagram 812 interval 790 boot";
-        assert_eq!(number_before(both, "interval"), Some(812));
-        assert_eq!(number_before(both, "boot"), Some(790));
-    }
 
     #[test]
     fn lines_are_captured_and_waited_for() {

@@ -36,6 +36,7 @@ use crate::gen::{
     run, Expectation, Output, Progress, RunOptions, Scenario, Schedule, SendLog, SizeRange, Timed,
     Timing,
 };
+use netoops_core::console;
 
 /// Which system a target is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,17 +166,27 @@ pub fn free_udp_port() -> io::Result<u16> {
 /// `listening on ADDR` in a process's output: the first line that says it (the hosted relay
 /// prints its netoops socket before `netconsole listening on ...`).
 pub fn listening_addr(p: &mut Process, needle: &str, patience: Duration) -> io::Result<SocketAddr> {
-    p.wait_for(0, needle, patience)?;
-    let line = p
-        .lines_with(0, needle)
-        .into_iter()
-        .next()
-        .ok_or_else(|| io::Error::other(format!("no line with {needle:?}")))?;
-    let rest = &line.text[line.text.find(needle).unwrap_or(0) + needle.len()..];
-    rest.split_whitespace()
-        .next()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| io::Error::other(format!("no address in {:?}", line.text)))
+    // The documented lines are read with their own parsers, so `listening on ` never takes
+    // the `netconsole listening on ` line whatever order they come in.
+    let parse = |text: &str| -> Option<SocketAddr> {
+        match needle {
+            console::LISTENING => console::listening(text),
+            console::NETCONSOLE_LISTENING => console::netconsole_listening(text),
+            _ => console::word_after(text, needle)?.parse().ok(),
+        }
+    };
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let seen = p.line_count();
+        if let Some(addr) = p.lines_with(0, needle).iter().find_map(|l| parse(&l.text)) {
+            return Ok(addr);
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::other(format!("no address after {needle:?}")));
+        }
+        p.wait_for(seen, needle, left)?;
+    }
 }
 
 /// Starts a collector storing into `dir`.
@@ -184,7 +195,7 @@ pub fn start_collector(programs: &Programs, dir: &Path) -> io::Result<(Process, 
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--dir"])
         .arg(dir);
     let mut p = Process::spawn("netoops-collect", cmd)?;
-    let addr = listening_addr(&mut p, "listening on ", Duration::from_secs(30))?;
+    let addr = listening_addr(&mut p, console::LISTENING, Duration::from_secs(30))?;
     Ok((p, addr))
 }
 
@@ -202,7 +213,7 @@ pub fn start_hosted_relay(
     let mut p = Process::spawn("netoops-relay", cmd)?;
     let addr = v4(listening_addr(
         &mut p,
-        "listening on ",
+        console::LISTENING,
         Duration::from_secs(30),
     )?)?;
     p.wait_for(0, "upstream 0 connected", Duration::from_secs(30))?;

@@ -1,0 +1,226 @@
+//! The console lines other programs read: their format, in one place, and the one parser for
+//! them (the end-to-end tests and the benchmark harness use it; the relays print with the
+//! markers defined here).
+//!
+//! Every line may start with anything (the hosted relay's UTC timestamp, a test's prefix);
+//! readers look for the marker. The lines:
+//!
+//! | line | printed by |
+//! |---|---|
+//! | `listening on <ip>:<port> (...)` | hosted relay (netoops socket), collector |
+//! | `netconsole listening on <ip>:<port>` | hosted relay |
+//! | `ready: listening on udp/<port> at <ip> (...)` | appliance, when its loop starts |
+//! | `counters: <fields>` and `final counters: <fields>` | both relays ([`crate::relay::Counters`]) |
+//! | `fastpath: <fields>`, `nic ingress: <fields>`, `memory: heap <fields>` | appliance |
+//! | `boot: ready <N> ms after kernel entry (...)` | appliance |
+//!
+//! Fields: `<key> <number>` pairs, in groups separated by ` | `; a value may be `<used>/<of>`
+//! (the key's number is `used`) or be followed by a unit word (`bytes`); a word that is not
+//! followed by a number labels what follows it (`dumps started 3 complete 2`,
+//! `socket datagrams 7`). A key may repeat in another group: [`number_after_in`] reads it
+//! after a label. The self-test lines use `<key>=<number>` pairs, which [`number_after`] reads
+//! too. Counter names only ever get added; a reader asks for the ones it needs by name.
+
+use core::net::SocketAddr;
+
+/// Marker of the hosted relay's netoops socket line (and the collector's).
+pub const LISTENING: &str = "listening on ";
+/// Marker of the hosted relay's netconsole socket line.
+pub const NETCONSOLE_LISTENING: &str = "netconsole listening on ";
+/// Marker of a counters line (the relays print `counters:` and, at exit, `final counters:`).
+pub const COUNTERS: &str = "counters:";
+
+/// The address of a `listening on` line. A `netconsole listening on` line is not one: ask
+/// for it with [`netconsole_listening`].
+pub fn listening(line: &str) -> Option<SocketAddr> {
+    if line.contains(NETCONSOLE_LISTENING) {
+        return None;
+    }
+    word_after(line, LISTENING)?.parse().ok()
+}
+
+/// The address of a `netconsole listening on` line.
+pub fn netconsole_listening(line: &str) -> Option<SocketAddr> {
+    word_after(line, NETCONSOLE_LISTENING)?.parse().ok()
+}
+
+/// The word after the first `marker` in `line`.
+pub fn word_after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    rest.split_whitespace().next()
+}
+
+/// The number that follows the field `key` (`"datagrams 12 chunks 3"` or `"rx=12"`): the first
+/// occurrence of `key` as a whole word followed by a space or `=` and digits.
+pub fn number_after(line: &str, key: &str) -> Option<u64> {
+    let mut rest = line;
+    while let Some(at) = rest.find(key) {
+        let before_ok = at == 0 || rest[..at].ends_with([' ', '(', '|', ':']);
+        let after = &rest[at + key.len()..];
+        if before_ok {
+            if let Some(value) = after.strip_prefix(' ').or_else(|| after.strip_prefix('=')) {
+                let end = value
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(value.len());
+                if let Ok(n) = value[..end].parse() {
+                    return Some(n);
+                }
+            }
+        }
+        rest = after;
+    }
+    None
+}
+
+/// The number that follows `key` after the first occurrence of `section` in `line` (for
+/// fields whose name repeats: `"counters: datagrams 5 | socket datagrams 7"`).
+pub fn number_after_in(line: &str, section: &str, key: &str) -> Option<u64> {
+    let at = line.find(section)?;
+    number_after(&line[at + section.len()..], key)
+}
+
+/// The number right before the word `key` (`"cycles/datagram 80 interval 75 boot"`, key
+/// `boot` gives 75); `None` when a `-` (no samples) or anything else stands there.
+pub fn number_before(line: &str, key: &str) -> Option<u64> {
+    let mut rest = line;
+    while let Some(at) = rest.find(key) {
+        let after = &rest[at + key.len()..];
+        let whole = after.is_empty() || after.starts_with([' ', ')', '|', ',']);
+        if whole {
+            if let Some(before) = rest[..at].strip_suffix(' ') {
+                let digits = before.rsplit(' ').next().unwrap_or_default();
+                if let Ok(n) = digits.parse() {
+                    return Some(n);
+                }
+            }
+        }
+        rest = after;
+    }
+    None
+}
+
+/// Every `<key> <number>` (or `<key>=<number>`) field of a line, in order, repeats included.
+pub fn fields(line: &str) -> impl Iterator<Item = (&str, u64)> + '_ {
+    let mut words = line.split_whitespace().peekable();
+    core::iter::from_fn(move || loop {
+        let word = words.next()?;
+        if let Some((k, v)) = word.split_once('=') {
+            if let Ok(n) = v.parse() {
+                return Some((k, n));
+            }
+            continue;
+        }
+        let number = words.peek().and_then(|next| {
+            let used = next.split_once('/').map_or(*next, |(u, _)| u);
+            used.parse::<u64>().ok()
+        });
+        if let Some(n) = number {
+            words.next();
+            return Some((word, n));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+    use alloc::vec::Vec;
+
+    const HOSTED: &str = "2026-01-01T00:00:00.000Z final counters: datagrams 3889 chunks 1300 \
+        dup 2589 malformed 0 not_allowed 0 no_memory 0 late 0 | dumps started 20 complete 20 \
+        partial 0 held 0 chunks 1300/65536 | delivered 40 dropped 0 spool 0/16777216 bytes | \
+        socket datagrams 4000 kernel_drops 11";
+
+    #[test]
+    fn counters_read_by_name_and_by_section() {
+        assert_eq!(number_after(HOSTED, "datagrams"), Some(3889));
+        assert_eq!(number_after(HOSTED, "dup"), Some(2589));
+        assert_eq!(number_after(HOSTED, "complete"), Some(20));
+        assert_eq!(number_after(HOSTED, "kernel_drops"), Some(11));
+        assert_eq!(number_after(HOSTED, "drops"), None);
+        assert_eq!(number_after(HOSTED, "missing"), None);
+        assert_eq!(number_after_in(HOSTED, "socket", "datagrams"), Some(4000));
+        assert_eq!(number_after_in(HOSTED, "held", "chunks"), Some(1300));
+        assert_eq!(number_after_in(HOSTED, COUNTERS, "delivered"), Some(40));
+        let f: Vec<(&str, u64)> = fields(HOSTED).collect();
+        assert_eq!(f[0], ("datagrams", 3889));
+        assert!(f.contains(&("started", 20)));
+        assert!(f.contains(&("spool", 0)));
+        assert_eq!(f.iter().filter(|(k, _)| *k == "datagrams").count(), 2);
+    }
+
+    #[test]
+    fn fast_path_and_self_test_lines() {
+        let fast = "fastpath: frames 5 datagrams 5 accepted 5 dropped 0 (ip_checksum 0) \
+                    cycles/datagram - interval 40117 boot";
+        assert_eq!(number_after(fast, "ip_checksum"), Some(0));
+        assert_eq!(number_before(fast, "boot"), Some(40117));
+        assert_eq!(number_before(fast, "interval"), None);
+        assert_eq!(number_after(fast, "cycles/datagram"), None);
+        let both = "cycles/datagram 812 interval 790 boot";
+        assert_eq!(number_before(both, "interval"), Some(812));
+        assert_eq!(number_before(both, "boot"), Some(790));
+        let echo = "virtio-echo: t_us=1500 rx=12 echo=10 discard=2";
+        assert_eq!(number_after(echo, "rx"), Some(12));
+        assert_eq!(number_after(echo, "t_us"), Some(1500));
+        let f: Vec<(&str, u64)> = fields(echo).collect();
+        assert_eq!(
+            f,
+            [("t_us", 1500), ("rx", 12), ("echo", 10), ("discard", 2)]
+        );
+    }
+
+    /// The relay's own counters line is what this module documents: every field the tests
+    /// and the benchmark read is there by name.
+    #[test]
+    fn the_relays_counters_line_reads_by_name() {
+        let config = crate::config::Config::parse("upstream=127.0.0.1:2005 memory=8M").unwrap();
+        let relay = crate::relay::Relay::new(config, 1).unwrap();
+        let line = format!("{}", relay.counters());
+        assert!(line.starts_with(COUNTERS), "{line}");
+        for key in [
+            "datagrams",
+            "chunks",
+            "dup",
+            "malformed",
+            "not_allowed",
+            "no_memory",
+            "late",
+            "started",
+            "complete",
+            "partial",
+            "held",
+            "delivered",
+            "dropped",
+            "spool",
+            "nc_datagrams",
+            "nc_malformed",
+            "nc_crashes",
+            "nc_dumps",
+            "nc_sources",
+        ] {
+            assert_eq!(number_after(&line, key), Some(0), "{key} in {line}");
+        }
+        assert_eq!(number_after_in(&line, "held", "chunks"), Some(0));
+    }
+
+    #[test]
+    fn listening_lines_name_their_socket() {
+        let netoops = format!(
+            "2026-01-01T00:00:00.000Z {LISTENING}127.0.0.1:40001 (receive buffer 8388608 bytes)"
+        );
+        let netconsole = format!("2026-01-01T00:00:00.000Z {NETCONSOLE_LISTENING}127.0.0.1:40002");
+        assert_eq!(
+            listening(&netoops),
+            Some("127.0.0.1:40001".parse().unwrap())
+        );
+        assert_eq!(listening(&netconsole), None);
+        assert_eq!(
+            netconsole_listening(&netconsole),
+            Some("127.0.0.1:40002".parse().unwrap())
+        );
+        assert_eq!(netconsole_listening(&netoops), None);
+        assert_eq!(listening("ready: listening on udp/2004 at 10.0.2.15"), None);
+    }
+}
