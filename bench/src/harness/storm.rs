@@ -361,6 +361,53 @@ fn storm_result(
     }
 }
 
+/// What [`send_and_wait`] sent and where the collector stored it.
+struct Sent {
+    storage: Storage,
+    ips: Vec<String>,
+    report: RunReport,
+    log: SendLog,
+    /// From the first datagram to the collector's last store (or giving up).
+    elapsed: Duration,
+}
+
+/// Sends the storm through `output` at `rate` (0: as fast as it goes) and waits until the
+/// collector in `dir` stored every machine, nothing new came for the quiet time and 5 s, or
+/// the patience ran out; `alive` says whether the relay still runs.
+fn send_and_wait(
+    output: &mut dyn Output,
+    scenario: &Scenario,
+    dir: &Path,
+    rate: u64,
+    target: &TargetSettings,
+    storm: &StormSettings,
+    alive: &mut dyn FnMut() -> bool,
+) -> io::Result<Sent> {
+    let storage = Storage::watched(dir)?;
+    let ips = source_ips(scenario);
+    storage.prepare(ips.iter().map(String::as_str))?;
+    let start = Instant::now();
+    let mut bar = Bar::new();
+    let (report, log) = send_storm(output, scenario, rate, storm, &mut bar)?;
+    let settle = Duration::from_millis(target.quiet_ms) + Duration::from_secs(5);
+    wait_stored(
+        &storage,
+        &ips,
+        settle,
+        (start, target.patience * 4),
+        alive,
+        storm,
+        &mut bar,
+    );
+    Ok(Sent {
+        storage,
+        ips,
+        report,
+        log,
+        elapsed: start.elapsed(),
+    })
+}
+
 /// Runs the storm against the image; transcripts go to `work`.
 pub fn run_storm(
     programs: &Programs,
@@ -377,25 +424,16 @@ pub fn run_storm(
     let (mut qemu, _boot) = start_image(programs, target, storm.nic, netdev, caddr.port())?;
     let mut output = StreamOutput::accept(&listener, frame_config(), Duration::from_secs(30))?;
     let scenario = storm_scenario(storm, Ipv4Addr::new(10, 100, 0, 1))?;
-    let storage = Storage::watched(&dir)?;
-    let ips = source_ips(&scenario);
-    storage.prepare(ips.iter().map(String::as_str))?;
     let mark = qemu.line_count();
-    let start = Instant::now();
-    let mut bar = Bar::new();
-    let (report, log) = send_storm(&mut output, &scenario, 0, storm, &mut bar)?;
-
-    let settle = Duration::from_millis(target.quiet_ms) + Duration::from_secs(5);
-    wait_stored(
-        &storage,
-        &ips,
-        settle,
-        (start, target.patience * 4),
-        &mut || qemu.running(),
-        storm,
-        &mut bar,
-    );
-    let elapsed = start.elapsed();
+    let Sent {
+        storage,
+        ips,
+        report,
+        log,
+        elapsed,
+    } = send_and_wait(&mut output, &scenario, &dir, 0, target, storm, &mut || {
+        qemu.running()
+    })?;
 
     let mut result = storm_result(
         &format!(
@@ -473,25 +511,22 @@ pub fn run_hosted_storm(
         .source_of(0)
         .ok_or_else(|| io::Error::other("no source address"))?;
     let mut output = UdpOutput::new(addr, bind)?;
-    let storage = Storage::watched(&dir)?;
-    let ips = source_ips(&scenario);
-    storage.prepare(ips.iter().map(String::as_str))?;
     let mark = relay.line_count();
-    let start = Instant::now();
-    let mut bar = Bar::new();
-    let (report, log) = send_storm(&mut output, &scenario, rate, storm, &mut bar)?;
-
-    let settle = Duration::from_millis(target.quiet_ms) + Duration::from_secs(5);
-    wait_stored(
-        &storage,
-        &ips,
-        settle,
-        (start, target.patience * 4),
-        &mut || relay.running(),
+    let Sent {
+        storage,
+        ips,
+        report,
+        log,
+        elapsed,
+    } = send_and_wait(
+        &mut output,
+        &scenario,
+        &dir,
+        rate,
+        target,
         storm,
-        &mut bar,
-    );
-    let elapsed = start.elapsed();
+        &mut || relay.running(),
+    )?;
 
     let mut result = storm_result(
         "hosted-relay",
