@@ -148,6 +148,34 @@ fn state(meta: &Value) -> &'static str {
     }
 }
 
+/// Text from the wire made safe for a terminal: control characters (escape sequences, carriage
+/// returns, bells; C0, DEL and C1) become `\xNN` / `\u{NN}` escapes, so a sender's kernel
+/// version or log cannot move the cursor, retitle the window or hide a line. With `lines`,
+/// newlines and tabs are kept (a dump's text); otherwise they are escaped too (a table cell).
+pub fn terminal_safe(text: &str, lines: bool) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && !(lines && (c == '\n' || c == '\t'));
+    if !text.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !bad(c) {
+            out.push(c);
+        } else if (c as u32) < 0x100 {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A metadata string for a terminal (see [`terminal_safe`]).
+fn cell(v: &Value) -> String {
+    let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    terminal_safe(&text, false).into_owned()
+}
+
 /// The `list` table.
 pub fn format_table(dumps: &[StoredDump]) -> String {
     let mut out = String::new();
@@ -163,9 +191,9 @@ pub fn format_table(dumps: &[StoredDump]) -> String {
             out,
             "{:<24}  {:<28}  {:<30}  {:<24}  {:>9}  {:<8}  {}",
             d.completed(),
-            m["source"].as_str().unwrap_or("?"),
-            d.name(),
-            m["kernel_version"].as_str().unwrap_or("?"),
+            cell(&m["source"]),
+            terminal_safe(&d.name(), false),
+            cell(&m["kernel_version"]),
             packets,
             state(m),
             num(&m["revision"]),
@@ -195,8 +223,8 @@ pub fn format_json(dumps: &[StoredDump]) -> String {
 pub fn format_summary(d: &StoredDump) -> String {
     let m = &d.meta;
     let mut out = String::new();
-    let s = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
-    let _ = writeln!(out, "dump:      {}", d.name());
+    let s = cell;
+    let _ = writeln!(out, "dump:      {}", terminal_safe(&d.name(), false));
     let _ = writeln!(out, "source:    {}", s(&m["source"]));
     let _ = writeln!(
         out,

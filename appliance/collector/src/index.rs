@@ -587,7 +587,12 @@ pub fn format_groups(groups: &[Group]) -> String {
         let _ = writeln!(
             out,
             "{:<24}  {:<24}  {:>6}  {:>8}  {:<16}  {}",
-            g.last_seen, g.first_seen, g.count, g.machines, g.signature, g.title
+            g.last_seen,
+            g.first_seen,
+            g.count,
+            g.machines,
+            crate::catalog::terminal_safe(&g.signature, false),
+            crate::catalog::terminal_safe(&g.title, false)
         );
     }
     out

@@ -119,7 +119,9 @@ fn main() -> ExitCode {
                 let text = catalog::read_text(&d)?;
                 print_out(catalog::format_summary(&d).as_bytes());
                 print_out(b"\n");
-                print_out(&text);
+                // The log is the sender's bytes: lossy UTF-8, control characters escaped.
+                let text = String::from_utf8_lossy(&text);
+                print_out(catalog::terminal_safe(&text, true).as_bytes());
                 Ok(())
             })
             .map_err(|e| e.to_string()),

@@ -116,3 +116,42 @@ fn missing_dir_and_dump_are_clear_errors() {
         "{err}"
     );
 }
+
+/// A sender's kernel version and log are data: `list`, `show` and `groups` print their control
+/// characters escaped, so no escape sequence from the wire reaches the operator's terminal.
+#[test]
+fn wire_text_reaches_the_terminal_escaped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let mut record = dump("10.0.0.9:2004", 33, 1, true);
+    if let Record::Dump(d) = &mut record {
+        d.kernel_version = "6.1\u{1b}]0;owned\u{7}\r".into();
+    }
+    apply(
+        &store,
+        1,
+        record,
+        b"\x1b[2J\x1b[HBUG: kernel NULL pointer dereference\n\tcall trace\n",
+        1_000,
+    );
+    for args in [
+        &["list", "DIR"][..],
+        &["show", "DIR", "10.0.0.9/b7-d33-t1-v3-g0"],
+        &["groups", "DIR"],
+    ] {
+        let out = collect(args, tmp.path());
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            !text.contains(['\u{1b}', '\u{7}', '\r']),
+            "{args:?} printed a control character:\n{text}"
+        );
+        if args[0] != "groups" {
+            assert!(text.contains("6.1\\x1b]0;owned\\x07\\x0d"), "{args:?}:\n{text}");
+        }
+        if args[0] == "show" {
+            assert!(text.contains("\\x1b[2J\\x1b[HBUG: kernel NULL"), "{text}");
+            assert!(text.contains("\n\tcall trace\n"), "newlines and tabs stay: {text}");
+        }
+    }
+}
