@@ -36,9 +36,9 @@ enum Command {
         /// Close a connection after this many seconds without input.
         #[arg(long, default_value_t = 120)]
         idle_timeout: u64,
-        /// Connections served at once.
-        #[arg(long, default_value_t = 256)]
-        max_connections: usize,
+        /// Connections served at once (at least 1).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: u32,
         /// Also serve the web view (crash groups, machines, dumps; JSON under /api/) here.
         #[arg(long, value_name = "ADDR")]
         http: Option<SocketAddr>,
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
                 listen,
                 dir,
                 idle_timeout: Duration::from_secs(idle_timeout.max(1)),
-                max_connections,
+                max_connections: max_connections as usize,
             },
             http,
         ),

@@ -147,11 +147,37 @@ fn wire_text_reaches_the_terminal_escaped() {
             "{args:?} printed a control character:\n{text}"
         );
         if args[0] != "groups" {
-            assert!(text.contains("6.1\\x1b]0;owned\\x07\\x0d"), "{args:?}:\n{text}");
+            assert!(
+                text.contains("6.1\\x1b]0;owned\\x07\\x0d"),
+                "{args:?}:\n{text}"
+            );
         }
         if args[0] == "show" {
             assert!(text.contains("\\x1b[2J\\x1b[HBUG: kernel NULL"), "{text}");
-            assert!(text.contains("\n\tcall trace\n"), "newlines and tabs stay: {text}");
+            assert!(
+                text.contains("\n\tcall trace\n"),
+                "newlines and tabs stay: {text}"
+            );
         }
     }
+}
+
+/// A collector that could not serve anyone is refused at start, naming the flag.
+#[test]
+fn zero_connections_is_refused_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = collect(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+            "DIR",
+            "--max-connections",
+            "0",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-connections"));
 }

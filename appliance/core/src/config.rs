@@ -206,6 +206,11 @@ impl Default for Config {
     }
 }
 
+/// The smallest spool: its crash notice lane (a quarter) then holds a dozen notices with
+/// their first chunk, and its dump lane dumps of up to 48 KiB. Below it the relay could start
+/// and then deliver nothing.
+pub const MIN_SPOOL: usize = 64 << 10;
+
 /// Where a configuration key is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyScope {
@@ -274,7 +279,7 @@ pub const KEY_TABLE: &[KeyDoc] = {
         list(key("upstream", Everywhere, "`IP:PORT[,IP:PORT...]`, collectors in order of preference", "required")),
         key("name", Everywhere, "relay name reported to collectors", "`netoops-relay`"),
         key("memory", Everywhere, "reassembly budget (`K`/`M`/`G`)", "`64M`"),
-        key("spool", Everywhere, "delivery spool budget", "`16M`"),
+        key("spool", Everywhere, "delivery spool budget, at least `64K` (a quarter for crash notices)", "`16M`"),
         key("max_dumps", Everywhere, "dumps held at once", "4096"),
         key("per_source", Everywhere, "dumps one source address may hold", "8"),
         key("quiet", Everywhere, "emit a partial dump after this long without packets (`ms`, `s`, `m`)", "`3s`"),
@@ -494,8 +499,9 @@ impl Config {
                     positive(parse_size(value)).ok_or_else(|| bad("a size like 64M"))?
             }
             "spool" => {
-                self.spool_bytes =
-                    positive(parse_size(value)).ok_or_else(|| bad("a size like 16M"))?
+                self.spool_bytes = parse_size(value)
+                    .filter(|&n| n >= MIN_SPOOL)
+                    .ok_or_else(|| bad("a size like 16M, at least 64K"))?
             }
             "max_dumps" => {
                 self.reassembly.max_dumps = positive(value.parse().ok())
@@ -710,6 +716,8 @@ mod tests {
             ("memory=lots", "memory"),
             ("memory=0", "memory"),
             ("memory=99999999999G", "memory"),
+            ("spool=1", "spool"),
+            ("spool=63K", "spool"),
             ("quiet=3", "quiet"),
             ("quiet=0s", "quiet"),
             ("allow=10.0.0.0/40", "allow"),
