@@ -20,8 +20,8 @@
 //! are never resent), then every spooled record above `Welcome.last_seq` in seq order, then new
 //! records as they are enqueued: crash notices before dumps (the spool's two lanes), and a new
 //! dump only while less than [`LinkConfig::dump_window`] bytes of dumps await acknowledgement,
-//! so a crash notice is never queued behind more than that on the wire (the socket's buffer and
-//! the collector's backlog) nor behind more than the one frame being written. Seqs are given
+//! so a crash notice is never queued behind more than that and the one frame being written (in
+//! the socket's buffer and the collector's backlog) whatever the spool holds. Seqs are given
 //! when a frame first starts, so they increase on the wire whatever overtook what. Records leave the spool only when acknowledged (or dropped by the
 //! overflow policy, which is counted and reported). After a disconnect the next session resends
 //! everything unacknowledged; the collector's `last_seq` makes that idempotent.
@@ -83,7 +83,7 @@ pub struct LinkConfig {
 
 impl LinkConfig {
     /// Defaults for everything but the upstream count and the relay's identity: an 8 MiB spool
-    /// of at most 16384 records, a 1 MiB dump window, 3 s connect timeout, 10 s ack timeout, backoff 100 ms to 30 s,
+    /// of at most 16384 records, a 4 MiB dump window, 3 s connect timeout, 10 s ack timeout, backoff 100 ms to 30 s,
     /// failback every 60 s, 1024 events.
     pub fn new(upstreams: usize, relay: impl Into<String>, instance: u64) -> Self {
         LinkConfig {
@@ -92,7 +92,7 @@ impl LinkConfig {
             instance,
             spool_bytes: 8 * 1024 * 1024,
             spool_records: 16 * 1024,
-            dump_window: 1 << 20,
+            dump_window: 4 << 20,
             connect_timeout: Duration::from_secs(3),
             ack_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
