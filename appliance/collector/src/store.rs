@@ -73,6 +73,7 @@ use netoops_core::upstream::{
     ConsoleMeta, Cpu, CrashSeen, DumpMeta, Record, RecordHeader, Source, SourceIp,
 };
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -385,25 +386,91 @@ impl Store {
         let t = Instant::now();
         let mut out: Vec<Result<Applied, String>> = Vec::with_capacity(entries.len());
         let mut publish: Vec<Publish> = Vec::with_capacity(entries.len());
+        let mut tasks: Vec<(usize, Task<'_>)> = Vec::new();
         let mut failed: HashMap<u64, String> = HashMap::new();
+        let mut start: HashMap<u64, u64> = HashMap::new();
         let mut pending: HashMap<(String, String), PendingDump> = HashMap::new();
-        for e in entries {
+        for (i, e) in entries.iter().enumerate() {
             let instance = e.origin.instance;
+            start
+                .entry(instance)
+                .or_insert_with(|| inner.instances.get(&instance).map_or(0, |i| i.applied));
             if let Some(why) = failed.get(&instance) {
                 out.push(Err(why.clone()));
                 publish.push(Publish::Nothing);
                 continue;
             }
             match self.plan(&mut inner, e, &mut pending) {
-                Ok((applied, p)) => {
+                Ok((applied, p, task)) => {
                     out.push(Ok(applied));
                     publish.push(p);
+                    if let Some(task) = task {
+                        tasks.push((i, task));
+                    }
                 }
                 Err(err) => {
                     let why = format!("storing seq {}: {err}", e.header.seq);
                     failed.insert(instance, why.clone());
                     out.push(Err(why));
                     publish.push(Publish::Nothing);
+                }
+            }
+        }
+        // The files, written in parallel: creating a file costs a few journal and metadata
+        // block accesses that wait on the disk far more than on the CPU.
+        let results = run_tasks(&tasks);
+        let mut task_error: HashMap<usize, io::Error> = HashMap::new();
+        for ((i, task), r) in tasks.iter().zip(results) {
+            match r {
+                Ok(()) => {
+                    if let Some(dir) = &task.mkdir {
+                        if let Some(name) = dir.file_name() {
+                            inner.sources.insert(name.to_string_lossy().into_owned());
+                        }
+                    }
+                }
+                Err(e) => {
+                    task_error.insert(*i, e);
+                }
+            }
+        }
+        if !task_error.is_empty() {
+            // An entry whose files could not be written fails with every later entry of its
+            // relay instance (applied strictly in order); the rest of the batch goes on.
+            let mut good = start.clone();
+            let mut failed_now: HashMap<u64, String> = HashMap::new();
+            for (i, e) in entries.iter().enumerate() {
+                let instance = e.origin.instance;
+                let why = match (failed_now.get(&instance), task_error.remove(&i)) {
+                    (Some(why), _) => Some(why.clone()),
+                    (None, Some(err)) => {
+                        let why = format!("storing seq {}: {err}", e.header.seq);
+                        failed_now.insert(instance, why.clone());
+                        Some(why)
+                    }
+                    (None, None) => None,
+                };
+                match why {
+                    Some(why) => {
+                        if let Publish::Dump(d) =
+                            std::mem::replace(&mut publish[i], Publish::Nothing)
+                        {
+                            let _ = fs::remove_file(&d.tmp_log);
+                            let _ = fs::remove_file(&d.tmp_json);
+                        }
+                        out[i] = Err(why);
+                    }
+                    None => {
+                        if out[i].is_ok() {
+                            let g = good.entry(instance).or_insert(0);
+                            *g = (*g).max(e.header.seq);
+                        }
+                    }
+                }
+            }
+            for k in failed_now.keys() {
+                if let (Some(inst), Some(&g)) = (inner.instances.get_mut(k), good.get(k)) {
+                    inst.applied = g;
                 }
             }
         }
@@ -453,12 +520,12 @@ impl Store {
     }
 
     /// Step 1 for one entry: replay check, key resolution, temporary files.
-    fn plan(
+    fn plan<'a>(
         &self,
         inner: &mut Inner,
-        e: &Entry<'_>,
+        e: &Entry<'a>,
         pending: &mut HashMap<(String, String), PendingDump>,
-    ) -> io::Result<(Applied, Publish)> {
+    ) -> io::Result<(Applied, Publish, Option<Task<'a>>)> {
         let origin = e.origin;
         let seq = e.header.seq;
         let (applied, present) = {
@@ -469,7 +536,7 @@ impl Store {
             (inst.applied, inst.present.contains(&seq))
         };
         if seq <= applied {
-            return Ok((Applied::Replay, Publish::Nothing));
+            return Ok((Applied::Replay, Publish::Nothing, None));
         }
         let wall = |t: u64| rfc3339(relay_to_wall_ms(e.arrival_wall_ms, e.header.sent_at_ms, t));
         let result = match &e.header.record {
@@ -485,25 +552,35 @@ impl Store {
                     if let Some(inst) = inner.instances.get_mut(&origin.instance) {
                         inst.applied = seq;
                     }
-                    return Ok((Applied::Replay, Publish::Nothing));
+                    return Ok((Applied::Replay, Publish::Nothing, None));
                 }
                 let ip_dir = ip_dir_name(&c.id.source.ip);
                 let line = crash_line(origin, seq, c, e.payload, &wall);
                 let mut text = serde_json::to_vec(&line).map_err(io::Error::other)?;
                 text.push(b'\n');
-                let dir = self.source_dir(inner, &ip_dir)?;
+                let (dir, mkdir) = self.source_dir(inner, &ip_dir);
                 (
                     Applied::Crash { ip_dir },
                     Publish::Crash {
                         path: dir.join(CRASHES_FILE),
                         line: text,
                     },
+                    mkdir.map(|m| Task {
+                        mkdir: Some(m),
+                        files: Vec::new(),
+                    }),
                 )
             }
             Record::Dump(d) => {
                 let ip_dir = ip_dir_name(&d.id.source.ip);
-                let dir = self.source_dir(inner, &ip_dir)?;
-                match resolve_key(&dir, &ip_dir, d, origin, pending)? {
+                let (dir, mkdir) = self.source_dir(inner, &ip_dir);
+                // A directory not created yet holds no dump.
+                let key = if mkdir.is_some() {
+                    resolve_key(None, &ip_dir, d, origin, pending)?
+                } else {
+                    resolve_key(Some(&dir), &ip_dir, d, origin, pending)?
+                };
+                match key {
                     None => (
                         Applied::Dump {
                             ip_dir,
@@ -511,6 +588,10 @@ impl Store {
                             written: false,
                         },
                         Publish::Nothing,
+                        mkdir.map(|m| Task {
+                            mkdir: Some(m),
+                            files: Vec::new(),
+                        }),
                     ),
                     Some(key) => {
                         let meta = dump_json(origin, seq, &key, d, e.payload, &wall);
@@ -518,13 +599,6 @@ impl Store {
                         json.push(b'\n');
                         let tmp_log = dir.join(temp_name(&format!("{key}.log")));
                         let tmp_json = dir.join(temp_name(&format!("{key}.json")));
-                        let written = write_new(&tmp_log, e.payload)
-                            .and_then(|()| write_new(&tmp_json, &json));
-                        if let Err(err) = written {
-                            let _ = fs::remove_file(&tmp_log);
-                            let _ = fs::remove_file(&tmp_json);
-                            return Err(err);
-                        }
                         pending.insert(
                             (ip_dir.clone(), key.clone()),
                             PendingDump {
@@ -533,6 +607,13 @@ impl Store {
                                 revision: d.revision,
                             },
                         );
+                        let task = Task {
+                            mkdir,
+                            files: vec![
+                                (tmp_log.clone(), Cow::Borrowed(e.payload)),
+                                (tmp_json.clone(), Cow::Owned(json)),
+                            ],
+                        };
                         (
                             Applied::Dump {
                                 ip_dir,
@@ -545,6 +626,7 @@ impl Store {
                                 tmp_log,
                                 tmp_json,
                             }),
+                            Some(task),
                         )
                     }
                 }
@@ -658,15 +740,75 @@ impl Store {
         Ok(())
     }
 
-    fn source_dir(&self, inner: &mut Inner, ip_dir: &str) -> io::Result<PathBuf> {
+    /// A source directory's path, and the path again when it must be created first (it is
+    /// made durable by the batch's first sync, before anything is renamed into it).
+    fn source_dir(&self, inner: &Inner, ip_dir: &str) -> (PathBuf, Option<PathBuf>) {
         let path = self.dir.join(ip_dir);
-        if !inner.sources.contains(ip_dir) {
-            // Made durable by the batch's first sync, before anything is renamed into it.
-            fs::create_dir_all(&path)?;
-            inner.sources.insert(ip_dir.to_string());
-        }
-        Ok(path)
+        let create = (!inner.sources.contains(ip_dir)).then(|| path.clone());
+        (path, create)
     }
+}
+
+/// The files one entry writes before the first sync.
+struct Task<'a> {
+    /// Create this directory first (idempotent: another task may create it too).
+    mkdir: Option<PathBuf>,
+    files: Vec<(PathBuf, Cow<'a, [u8]>)>,
+}
+
+/// Writer threads for a batch's files (with the committer's own).
+const WRITERS: usize = 8;
+
+fn run_task(task: &Task<'_>) -> io::Result<()> {
+    if let Some(dir) = &task.mkdir {
+        fs::create_dir_all(dir)?;
+    }
+    for (path, bytes) in &task.files {
+        if let Err(e) = write_new(path, bytes) {
+            for (p, _) in &task.files {
+                let _ = fs::remove_file(p);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Runs every task, on up to [`WRITERS`] scoped threads plus this one; results in task order.
+fn run_tasks(tasks: &[(usize, Task<'_>)]) -> Vec<io::Result<()>> {
+    if tasks.len() <= 1 {
+        return tasks.iter().map(|(_, t)| run_task(t)).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<io::Result<()>>>> =
+        tasks.iter().map(|_| Mutex::new(None)).collect();
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some((_, task)) = tasks.get(i) else {
+            return;
+        };
+        let r = run_task(task);
+        if let Some(slot) = results.get(i) {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..WRITERS.min(tasks.len()) {
+            // A thread that cannot be started leaves its share to the others.
+            let _ = std::thread::Builder::new()
+                .name("netoops-write".into())
+                .spawn_scoped(scope, work);
+        }
+        work();
+    });
+    results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|| Err(io::Error::other("a write task did not run")))
+        })
+        .collect()
 }
 
 fn mark_persisted(inner: &mut Inner, state: &[(u64, PathBuf, u64)]) {
@@ -682,7 +824,7 @@ fn mark_persisted(inner: &mut Inner, state: &[(u64, PathBuf, u64)]) {
 /// The key a dump is stored under, or `None` when a newer revision of the same occurrence is
 /// already stored (on disk or earlier in this batch).
 fn resolve_key(
-    dir: &Path,
+    dir: Option<&Path>,
     ip_dir: &str,
     d: &DumpMeta,
     origin: &Origin,
@@ -698,7 +840,11 @@ fn resolve_key(
         };
         let held = match pending.get(&(ip_dir.to_string(), key.clone())) {
             Some(p) => Some((p.instance, p.first_seen_ms, u64::from(p.revision))),
-            None => read_json(&dir.join(format!("{key}.json")))?.map(|v| {
+            None => match dir {
+                Some(dir) => read_json(&dir.join(format!("{key}.json")))?,
+                None => None,
+            }
+            .map(|v| {
                 (
                     v["relay_instance"].as_u64().unwrap_or(u64::MAX),
                     v["first_seen_relay_ms"].as_u64().unwrap_or(u64::MAX),
