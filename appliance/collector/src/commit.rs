@@ -34,6 +34,8 @@ use std::time::Duration;
 pub const QUEUE_BYTES: usize = 32 << 20;
 /// Quiet time before the relay state is written on its own.
 pub const IDLE_PERSIST: Duration = Duration::from_millis(20);
+/// Wait before trying again after the relay state could not be written.
+pub const PERSIST_RETRY: Duration = Duration::from_secs(1);
 
 /// What the committer tells a session about its records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,16 +197,22 @@ pub fn spawn(
 /// The committer loop; returns when the queue is closed and drained.
 pub fn run(store: &Store, queue: &Queue, counters: &Counters) {
     let mut out = Vec::<u8>::with_capacity(64 * 1024);
+    // After a failed state write, wait longer before the next try (no busy error loop).
+    let mut idle = IDLE_PERSIST;
     loop {
-        let wait = store.state_behind().then_some(IDLE_PERSIST);
+        let wait = store.state_behind().then_some(idle);
         let (jobs, closed) = queue.take(wait);
         if jobs.is_empty() {
             if closed {
                 return;
             }
-            if let Err(e) = store.persist_state() {
-                Counters::bump(&counters.errors);
-                eprintln!("netoops-collect: writing relay state: {e}");
+            match store.persist_state() {
+                Ok(()) => idle = IDLE_PERSIST,
+                Err(e) => {
+                    Counters::bump(&counters.errors);
+                    eprintln!("netoops-collect: writing relay state: {e}");
+                    idle = PERSIST_RETRY;
+                }
             }
             continue;
         }
