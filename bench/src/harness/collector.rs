@@ -13,8 +13,10 @@
 //! The disk sets the ceiling, so each run also measures it: the median time of a 4 KiB write +
 //! `fdatasync` in the same directory, right before the run, reported next to the throughput.
 //!
-//! The storage directory must not be on tmpfs (syncs would cost nothing there); the default is
-//! under the cargo target directory, on the repository's file system.
+//! The storage directory must not be on tmpfs (syncs would cost nothing there; refused). The
+//! `netoops-bench` default is the system temp directory, which on the build machine is the
+//! repository's own ext4 file system; the report names the file system type and whether it is
+//! the repository's device.
 //!
 //! The `netoops-bench` binary includes this file as a module of its own (the harness's module
 //! list is shared with the suite and left alone); it uses the library's `stats` only.
@@ -57,6 +59,8 @@ pub struct BenchSettings {
     pub measure: Duration,
     /// Unacknowledged bytes per connection, at most.
     pub window_bytes: usize,
+    /// Dumps per machine (1: every dump from a machine of its own, as in a crash storm).
+    pub per_machine: u64,
 }
 
 impl BenchSettings {
@@ -71,6 +75,7 @@ impl BenchSettings {
             warmup: Duration::from_millis(500),
             measure: Duration::from_secs(4),
             window_bytes: 4 << 20,
+            per_machine: 1,
         }
     }
 
@@ -116,6 +121,7 @@ pub struct CollectorBench {
     pub filesystem: String,
     pub connections: usize,
     pub window_bytes: usize,
+    pub per_machine: u64,
     pub measure_s: f64,
     pub series: Vec<Series>,
 }
@@ -124,13 +130,14 @@ impl CollectorBench {
     /// The Markdown table.
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "Collector alone: `{}` on {}, {} connections, {} KiB unacknowledged each, {:.1} s per run\n\n\
+            "Collector alone: `{}` on {}, {} connections, {} KiB unacknowledged each, {} dump(s) per machine, {:.1} s per run\n\n\
              | dump size | stored dumps/s (median) | runs | MB/s | fsync (4 KiB, median) |\n\
              |---|---|---|---|---|\n",
             self.collector,
             self.filesystem,
             self.connections,
             self.window_bytes / 1024,
+            self.per_machine,
             self.measure_s
         );
         for series in &self.series {
@@ -156,16 +163,23 @@ impl CollectorBench {
 /// Runs every size `runs` times; `say` gets progress lines.
 pub fn run_bench(s: &BenchSettings, say: &mut dyn FnMut(&str)) -> Result<CollectorBench, String> {
     fs::create_dir_all(&s.work).map_err(|e| format!("creating {}: {e}", s.work.display()))?;
-    let filesystem = filesystem_of(&s.work)?;
+    let mut filesystem = filesystem_of(&s.work)?;
+    if let Some(same) = same_device(&s.work, Path::new(env!("CARGO_MANIFEST_DIR"))) {
+        filesystem.push_str(if same {
+            " (the repository's file system)"
+        } else {
+            " (not the repository's file system)"
+        });
+    }
     let mut series = Vec::new();
     for &size in &s.sizes {
         let mut runs = Vec::new();
         for i in 0..s.runs.max(1) {
+            // Storage directories are removed only at the end: on ext4 without a journal,
+            // inode allocation skips inodes deleted in the last few seconds one by one, so
+            // deleting one run's ten thousand files would slow the next run's file creation.
             let dir = s.work.join(format!("run-{size}-{i}"));
-            let _ = fs::remove_dir_all(&dir);
-            let run = one_run(s, size, &dir);
-            let _ = fs::remove_dir_all(&dir);
-            let run = run?;
+            let run = one_run(s, size, &dir)?;
             say(&format!(
                 "{} KiB run {}: {:.0} dumps/s ({:.0} MB/s), fsync {:.2} ms",
                 size / 1024,
@@ -191,6 +205,7 @@ pub fn run_bench(s: &BenchSettings, say: &mut dyn FnMut(&str)) -> Result<Collect
         filesystem,
         connections: s.connections,
         window_bytes: s.window_bytes,
+        per_machine: s.per_machine,
         measure_s: s.measure.as_secs_f64(),
         series,
     })
@@ -227,6 +242,12 @@ pub fn filesystem_of(path: &Path) -> Result<String, String> {
         _ => "other",
     };
     Ok(name.to_string())
+}
+
+/// Whether two paths are on the same device (`None` when one cannot be read).
+fn same_device(a: &Path, b: &Path) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    Some(fs::metadata(a).ok()?.dev() == fs::metadata(b).ok()?.dev())
 }
 
 /// Median of `n` 4 KiB write + fdatasync pairs in `dir`, ms.
@@ -307,8 +328,9 @@ fn one_run(s: &BenchSettings, size: usize, dir: &Path) -> Result<Run, String> {
         let stop = Arc::clone(&stop);
         let text = Arc::clone(&text);
         let window = s.window_bytes;
+        let per_machine = s.per_machine;
         clients.push(thread::spawn(move || {
-            client(addr, i as u32, &text, window, &a, &stop)
+            client(addr, i as u32, &text, (window, per_machine), &a, &stop)
         }));
     }
     let total =
@@ -374,16 +396,17 @@ fn dump_text(size: usize) -> Arc<Vec<u8>> {
     Arc::new(line.iter().copied().cycle().take(size).collect())
 }
 
-/// A dump from machine `10.<conn>.<n/256>.<n%256>`-ish: distinct per (connection, n).
-fn dump_record(conn: u32, n: u64, size: usize) -> Record {
-    let host = n as u32;
+/// Dump `n` of connection `conn`: machine `n / per_machine` of that connection (a distinct
+/// source address, so a distinct directory), with a dump id of its own on that machine.
+fn dump_record(conn: u32, n: u64, size: usize, per_machine: u64) -> Record {
+    let host = (n / per_machine.max(1)) as u32;
     let ip = std::net::Ipv4Addr::new(10, (100 + conn) as u8, (host >> 8) as u8, host as u8);
     Record::Dump(DumpMeta {
         id: DumpIdentity {
             source: Source::from(SocketAddr::from((ip, 2004))),
             version: 3,
-            boot_id: (host >> 16) + 1,
-            dump_id: 7,
+            boot_id: (n >> 16) as u32 + 1,
+            dump_id: n as u16,
             dump_type: 1,
         },
         generation: 0,
@@ -437,7 +460,7 @@ fn client(
     addr: SocketAddr,
     conn: u32,
     text: &[u8],
-    window: usize,
+    (window, per_machine): (usize, u64),
     acked: &AtomicU64,
     stop: &AtomicBool,
 ) -> Result<(), String> {
@@ -488,7 +511,7 @@ fn client(
                 }
             }
         });
-        let sent = send_loop(conn, text, window, &mut w, &win, stop);
+        let sent = send_loop(conn, text, (window, per_machine), &mut w, &win, stop);
         // Let the last acks arrive, then stop the reader.
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut g = win.lock();
@@ -512,7 +535,7 @@ fn client(
 fn send_loop(
     conn: u32,
     text: &[u8],
-    window: usize,
+    (window, per_machine): (usize, u64),
     w: &mut BufWriter<TcpStream>,
     win: &Window,
     stop: &AtomicBool,
@@ -535,7 +558,7 @@ fn send_loop(
             continue;
         }
         seq += 1;
-        let record = dump_record(conn, seq, text.len());
+        let record = dump_record(conn, seq, text.len(), per_machine);
         let header = RecordHeaderRef {
             seq,
             sent_at_ms: 1000 + seq,
