@@ -21,28 +21,32 @@
 //! batch was being made durable. A batch costs two file system syncs, however many records it
 //! holds, instead of four fsyncs per dump:
 //!
-//! 1. every dump's `.log` and `.json` is written to a temporary file (hidden, `.part`) in its
-//!    source directory, and the replay state of the *previous* batch to temporary files under
-//!    `.relays`; no per-file sync;
-//! 2. **sync 1** makes all of that data durable;
-//! 3. in program order (seq order per relay instance): each dump's `.log` then `.json` is
-//!    renamed into place, each crash notice line is appended to its `crashes.jsonl`; then the
+//! 1. every new dump's `.log` is written in place (nothing refers to it yet), every `.json`
+//!    (and a `.log` that replaces a stored revision) to a temporary file (hidden, `.part`) in
+//!    its source directory, and the replay state of the *previous* batch to temporary files
+//!    under `.relays`; no per-file sync. These writes run on a few threads: creating a file
+//!    waits on metadata blocks far more than on the CPU;
+//! 2. **sync 1** makes all of that data, and new source directories, durable;
+//! 3. replaced `.log` files are renamed into place and synced (only in batches that replace a
+//!    dump); then, in program order (seq order per relay instance), each dump's `.json` is
+//!    renamed into place and each crash notice line appended to its `crashes.jsonl`; then the
 //!    `.relays` temporaries are renamed;
 //! 4. **sync 2** makes the renames and appended lines durable; only then is the batch reported
 //!    durable, and acknowledged by the sessions.
 //!
 //! The sync is `syncfs(2)` on the storage directory ([`SyncFs`]): one call writes back every
-//! dirty page and commits the file system journal once, where an `fsync` per file would commit
-//! (and flush the disk cache) once per file. The trade-off: `syncfs` also writes back other
-//! processes' dirty data on the same file system, so a busy neighbour (a build, a copy) lengthens
-//! our syncs; put the storage directory on a file system of its own to keep them short. The
-//! sync goes through the [`Syncer`] trait so that a test can make it fail.
+//! dirty page and inode of the file system (and commits its journal, if it has one) once,
+//! where an `fsync` per file would do that, and flush the disk cache, once per file. The
+//! trade-off: `syncfs` also writes back other processes' dirty data on the same file system,
+//! so a busy neighbour (a build, a copy) lengthens our syncs; put the storage directory on a
+//! file system of its own to keep them short. The sync goes through the [`Syncer`] trait so
+//! that a test can make it fail.
 //!
-//! Crash safety: a `.json` is renamed only after its `.log` (both durable after sync 1), so a
-//! `.json` never describes text that is not there; journaling file systems (ext4, xfs) commit
-//! renames in the order they were made, so a power cut during sync 2 leaves a prefix of step 3.
-//! A newer revision of a dump replaces an older one, never the reverse (checked against the
-//! stored `.json` and against dumps earlier in the same batch).
+//! Crash safety: a `.json` is renamed only after its `.log` is durable (sync 1, or the sync
+//! after a replaced `.log`'s rename), so a `.json` never describes text that is not there, on
+//! any file system, journaled or not (the build machine's ext4 has no journal). A newer
+//! revision of a dump replaces an older one, never the reverse (checked against the stored
+//! `.json` and against dumps earlier in the same batch).
 //!
 //! # Replay protection
 //!
@@ -158,14 +162,14 @@ pub struct Entry<'a> {
     pub arrival_wall_ms: u64,
 }
 
-/// Where one batch's time went (for the profile in the commit log line).
+/// Where one batch's time went (`NETOOPS_COLLECT_PROFILE` prints it per batch).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BatchTimes {
     /// Writing temporary files and building metadata.
     pub write: Duration,
     /// Sync 1.
     pub sync1: Duration,
-    /// Renames and appends.
+    /// Renames and appends (with the extra sync of replaced `.log` files).
     pub publish: Duration,
     /// Sync 2.
     pub sync2: Duration,
@@ -212,7 +216,9 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 struct PlannedDump {
     dir: PathBuf,
     key: String,
-    tmp_log: PathBuf,
+    /// The `.log`'s temporary when it replaces a stored one; `None` when it is new and was
+    /// written in place (no `.json` refers to it before the batch's first sync made it durable).
+    tmp_log: Option<PathBuf>,
     tmp_json: PathBuf,
 }
 
@@ -455,7 +461,9 @@ impl Store {
                         if let Publish::Dump(d) =
                             std::mem::replace(&mut publish[i], Publish::Nothing)
                         {
-                            let _ = fs::remove_file(&d.tmp_log);
+                            if let Some(t) = &d.tmp_log {
+                                let _ = fs::remove_file(t);
+                            }
                             let _ = fs::remove_file(&d.tmp_json);
                         }
                         out[i] = Err(why);
@@ -593,11 +601,14 @@ impl Store {
                             files: Vec::new(),
                         }),
                     ),
-                    Some(key) => {
+                    Some((key, replacing)) => {
                         let meta = dump_json(origin, seq, &key, d, e.payload, &wall);
                         let mut json = serde_json::to_vec(&meta).map_err(io::Error::other)?;
                         json.push(b'\n');
-                        let tmp_log = dir.join(temp_name(&format!("{key}.log")));
+                        let tmp_log = replacing.then(|| dir.join(temp_name(&format!("{key}.log"))));
+                        let log_path = tmp_log
+                            .clone()
+                            .unwrap_or_else(|| dir.join(format!("{key}.log")));
                         let tmp_json = dir.join(temp_name(&format!("{key}.json")));
                         pending.insert(
                             (ip_dir.clone(), key.clone()),
@@ -610,8 +621,8 @@ impl Store {
                         let task = Task {
                             mkdir,
                             files: vec![
-                                (tmp_log.clone(), Cow::Borrowed(e.payload)),
-                                (tmp_json.clone(), Cow::Owned(json)),
+                                (log_path, Cow::Borrowed(e.payload), !replacing),
+                                (tmp_json.clone(), Cow::Owned(json), false),
                             ],
                         };
                         (
@@ -639,18 +650,38 @@ impl Store {
     }
 
     /// Step 3: renames and appends in program order, then the relay state renames.
+    ///
+    /// A `.log` that replaces a stored one (a newer revision) is renamed first and synced on
+    /// its own before any `.json`: that ordering then holds on any file system, journaled or
+    /// not, at the price of a third sync in batches that replace a dump. A new dump's `.log`
+    /// was written in place and is durable since the first sync.
     fn publish(
         &self,
         publish: &[Publish],
         state: &[(u64, PathBuf, u64)],
         appended: &mut Vec<(PathBuf, u64)>,
     ) -> io::Result<()> {
+        let mut replaced = false;
+        for p in publish {
+            if let Publish::Dump(PlannedDump {
+                dir,
+                key,
+                tmp_log: Some(tmp),
+                ..
+            }) = p
+            {
+                fs::rename(tmp, dir.join(format!("{key}.log")))?;
+                replaced = true;
+            }
+        }
+        if replaced {
+            self.syncer.sync(&self.root)?;
+        }
         let mut open: HashMap<&Path, File> = HashMap::new();
         for p in publish {
             match p {
                 Publish::Nothing => {}
                 Publish::Dump(d) => {
-                    fs::rename(&d.tmp_log, d.dir.join(format!("{}.log", d.key)))?;
                     fs::rename(&d.tmp_json, d.dir.join(format!("{}.json", d.key)))?;
                 }
                 Publish::Crash { path, line } => {
@@ -680,7 +711,9 @@ impl Store {
     ) {
         for p in publish {
             if let Publish::Dump(d) = p {
-                let _ = fs::remove_file(&d.tmp_log);
+                if let Some(t) = &d.tmp_log {
+                    let _ = fs::remove_file(t);
+                }
                 let _ = fs::remove_file(&d.tmp_json);
             }
         }
@@ -753,7 +786,9 @@ impl Store {
 struct Task<'a> {
     /// Create this directory first (idempotent: another task may create it too).
     mkdir: Option<PathBuf>,
-    files: Vec<(PathBuf, Cow<'a, [u8]>)>,
+    /// (path, bytes, in place): a temporary is created new; a new dump's `.log` is written in
+    /// place (created, or truncated when an earlier unacknowledged attempt left one).
+    files: Vec<(PathBuf, Cow<'a, [u8]>, bool)>,
 }
 
 /// Writer threads for a batch's files (with the committer's own).
@@ -763,10 +798,17 @@ fn run_task(task: &Task<'_>) -> io::Result<()> {
     if let Some(dir) = &task.mkdir {
         fs::create_dir_all(dir)?;
     }
-    for (path, bytes) in &task.files {
-        if let Err(e) = write_new(path, bytes) {
-            for (p, _) in &task.files {
-                let _ = fs::remove_file(p);
+    for (path, bytes, in_place) in &task.files {
+        let written = if *in_place {
+            fs::write(path, bytes)
+        } else {
+            write_new(path, bytes)
+        };
+        if let Err(e) = written {
+            for (p, _, in_place) in &task.files {
+                if !in_place {
+                    let _ = fs::remove_file(p);
+                }
             }
             return Err(e);
         }
@@ -821,15 +863,16 @@ fn mark_persisted(inner: &mut Inner, state: &[(u64, PathBuf, u64)]) {
     }
 }
 
-/// The key a dump is stored under, or `None` when a newer revision of the same occurrence is
-/// already stored (on disk or earlier in this batch).
+/// The key a dump is stored under and whether it replaces a stored revision (on disk or
+/// earlier in this batch), or `None` when a newer revision of the same occurrence is already
+/// stored.
 fn resolve_key(
     dir: Option<&Path>,
     ip_dir: &str,
     d: &DumpMeta,
     origin: &Origin,
     pending: &HashMap<(String, String), PendingDump>,
-) -> io::Result<Option<String>> {
+) -> io::Result<Option<(String, bool)>> {
     let base = dump_key(d);
     let mut n = 0u32;
     loop {
@@ -853,13 +896,13 @@ fn resolve_key(
             }),
         };
         match held {
-            None => return Ok(Some(key)),
+            None => return Ok(Some((key, false))),
             Some((instance, first_seen, revision)) => {
                 if instance == origin.instance && first_seen == d.first_seen_ms {
                     if revision > u64::from(d.revision) {
                         return Ok(None);
                     }
-                    return Ok(Some(key));
+                    return Ok(Some((key, true)));
                 }
             }
         }
