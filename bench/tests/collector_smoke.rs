@@ -14,8 +14,7 @@ fn collector_smoke_stores_what_it_acknowledges_and_reports_rates() {
         .expect("running netoops-bench");
     assert!(status.success(), "netoops-bench collector --smoke failed");
     let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("collector.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(out.path().join("collector.json")).unwrap()).unwrap();
     let series = json["series"].as_array().expect("series");
     assert_eq!(series.len(), 2, "{json}");
     for (s, size) in series.iter().zip([65536, 4096]) {
@@ -27,7 +26,10 @@ fn collector_smoke_stores_what_it_acknowledges_and_reports_rates() {
             assert!(r["stored_files"].as_u64().unwrap() >= acked, "{r}");
             assert!(r["fsync_ms"].as_f64().is_some_and(|f| f > 0.0), "{r}");
         }
-        assert!(s["median_dumps_per_s"].as_f64().is_some_and(|d| d > 0.0), "{s}");
+        assert!(
+            s["median_dumps_per_s"].as_f64().is_some_and(|d| d > 0.0),
+            "{s}"
+        );
     }
     assert!(!json["filesystem"].as_str().unwrap().starts_with("tmpfs"));
     assert!(out.path().join("collector.md").exists());
