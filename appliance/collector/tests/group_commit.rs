@@ -177,14 +177,20 @@ fn a_lone_record_is_acknowledged_without_waiting_for_company() {
     let addr = server.local_addr().unwrap();
     server.spawn();
     let mut s = RawSession::open(addr, "lone", 5).unwrap();
-    let mut worst = Duration::ZERO;
+    let mut times = Vec::new();
     for seq in 1..=20u64 {
         let t = Instant::now();
         s.send(&frame(seq, &crash("10.4.0.9:2004", seq as u16, 0), b"x"))
             .unwrap();
         s.ack_through(seq).unwrap();
-        worst = worst.max(t.elapsed());
+        times.push(t.elapsed());
     }
+    times.sort();
+    let worst = times[times.len() - 1];
+    eprintln!(
+        "record to Ack, one at a time: median {:?}, worst {worst:?}",
+        times[10]
+    );
     // Two syncs of an idle file system; generous for a shared test machine.
     assert!(worst < Duration::from_millis(500), "{worst:?}");
 }
