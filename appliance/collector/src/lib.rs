@@ -2,7 +2,8 @@
 //! crash notice and dump durably, acknowledges only what is on disk, and recognises resends so
 //! that a crash reaches storage once, across relay and collector outages.
 //!
-//! - [`store`]: the storage layout, crash-safe writes and replay protection.
+//! - [`store`]: the storage layout, group commit, crash-safe writes and replay protection.
+//! - [`commit`]: the committer thread that stores what sessions decoded, in batches.
 //! - [`session`]: one relay connection (`Hello`/`Welcome`, records, `Ack`).
 //! - [`server`]: the listener and its connection threads.
 //! - [`catalog`]: reading a storage directory back (`list`, `show`).
@@ -13,6 +14,7 @@
 //! The record format is [`netoops_core::upstream::record`].
 
 pub mod catalog;
+pub mod commit;
 pub mod index;
 pub mod server;
 pub mod session;

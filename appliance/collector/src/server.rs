@@ -1,10 +1,12 @@
-//! The listener: accepts relay connections and serves each on its own thread.
+//! The listener: accepts relay connections and serves each on its own threads (a reader and an
+//! ack writer), with one committer thread storing for all of them ([`crate::commit`]).
 //!
-//! Threads are bounded by `max_connections` (a connection beyond it is closed at once and
+//! Connections are bounded by `max_connections` (a connection beyond it is closed at once and
 //! counted), and each connection times out when idle, so stalled relays cannot pile up.
 
+use crate::commit::{self, Queue, QUEUE_BYTES};
 use crate::session::{serve_connection, Counters};
-use crate::store::Store;
+use crate::store::{Store, Syncer};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -43,6 +45,7 @@ impl ServerConfig {
 pub struct Server {
     listener: TcpListener,
     store: Arc<Store>,
+    queue: Arc<Queue>,
     counters: Arc<Counters>,
     config: ServerConfig,
 }
@@ -51,10 +54,21 @@ impl Server {
     /// Opens the store (recovering replay state) and binds the listener.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
         let store = Arc::new(Store::open(&config.dir)?);
+        Server::bind_store(config, store)
+    }
+
+    /// As [`Server::bind`], with the store's syncs made by `syncer` (tests inject failures).
+    pub fn bind_with(config: ServerConfig, syncer: Arc<dyn Syncer>) -> io::Result<Server> {
+        let store = Arc::new(Store::open_with(&config.dir, syncer)?);
+        Server::bind_store(config, store)
+    }
+
+    fn bind_store(config: ServerConfig, store: Arc<Store>) -> io::Result<Server> {
         let listener = TcpListener::bind(config.listen)?;
         Ok(Server {
             listener,
             store,
+            queue: Queue::new(QUEUE_BYTES),
             counters: Arc::new(Counters::default()),
             config,
         })
@@ -75,8 +89,13 @@ impl Server {
         Arc::clone(&self.store)
     }
 
-    /// Accepts connections forever.
+    /// Starts the committer and accepts connections forever.
     pub fn run(self) -> io::Result<()> {
+        commit::spawn(
+            Arc::clone(&self.store),
+            Arc::clone(&self.queue),
+            Arc::clone(&self.counters),
+        )?;
         let active = Arc::new(AtomicUsize::new(0));
         for stream in self.listener.incoming() {
             let stream = match stream {
@@ -95,13 +114,14 @@ impl Server {
                 continue;
             }
             let store = Arc::clone(&self.store);
+            let queue = Arc::clone(&self.queue);
             let counters = Arc::clone(&self.counters);
             let active_here = Arc::clone(&active);
             let idle = self.config.idle_timeout;
             let spawned = thread::Builder::new()
                 .name("netoops-conn".into())
                 .spawn(move || {
-                    serve_connection(stream, &store, &counters, idle);
+                    serve_connection(stream, &store, &queue, &counters, idle);
                     active_here.fetch_sub(1, Ordering::AcqRel);
                 });
             if let Err(e) = spawned {

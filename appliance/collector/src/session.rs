@@ -1,22 +1,32 @@
-//! One relay connection: `Hello` → `Welcome`, then records applied in order and acknowledged.
+//! One relay connection: `Hello` → `Welcome`, then records handed to the committer, and
+//! acknowledgements as the committer makes them durable.
 //!
-//! Contract: a record is acknowledged only after [`Store::apply`] returned (it is on disk) and
-//! [`Store::persist`] recorded the instance's progress. Acks are cumulative and sent once per
-//! read from the socket (after every frame that read completed), so a burst costs one Ack and
-//! one state write. Replays (seq at or below the instance's applied seq) are acknowledged
-//! without writing. Anything malformed (bad length, undecodable header, a second `Hello`), a
-//! missing `Hello` or an unknown protocol version ends this connection only: it is
-//! logged to stderr and counted; other connections are unaffected.
+//! Two threads per connection: this one reads and decodes frames and queues each record for
+//! the committer ([`crate::commit`]), without waiting for storage, so that records keep
+//! arriving while earlier ones are being synced (that is what lets batches grow under load);
+//! an ack writer sends `Ack` for the highest seq the committer reported durable (cumulative,
+//! and coalesced: one `Ack` for everything that became durable since the last one).
+//!
+//! Contract: a record is acknowledged only after the batch holding it was synced. Replays (seq
+//! at or below the instance's applied seq) are acknowledged without writing, after the batch
+//! they fall in. When storing fails, the committer says so, the connection is closed and the
+//! error counted; the relay resends from `Welcome.last_seq`. Anything malformed (bad length,
+//! undecodable header, a second `Hello`), a missing `Hello` or an unknown protocol version ends
+//! this connection only: it is logged to stderr and counted; other connections are unaffected.
 
-use crate::store::{Applied, Origin, Store};
+use crate::commit::{Job, Queue, SessionTie, Verdict};
+use crate::store::{Origin, Store};
 use crate::wallclock::now_ms;
 use netoops_core::upstream::record::{
     decode_record, encode_reply_frame, FrameDecoder, MAX_FRAME_LEN,
 };
 use netoops_core::upstream::{Record, Reply, PROTOCOL_VERSION};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
 use std::time::Duration;
 
 /// Collector-wide counters, shared by all connections.
@@ -42,12 +52,15 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Connections closed for idleness.
     pub timeouts: AtomicU64,
-    /// Connections ended by I/O or storage errors.
+    /// Connections ended by I/O or storage errors (and failed relay state writes).
     pub errors: AtomicU64,
+    /// Of those, sessions closed because storing their records failed.
+    pub storage_errors: AtomicU64,
 }
 
 impl Counters {
-    fn bump(counter: &AtomicU64) {
+    /// Adds one.
+    pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -61,21 +74,51 @@ pub enum SessionEnd {
     Idle,
     /// A protocol violation; the connection was closed (reason text).
     Protocol(String),
-    /// A socket or storage error.
+    /// A socket error.
     Io(io::Error),
+    /// Storing this session's records failed (the committer's reason).
+    Storage(String),
 }
 
 /// Serves one relay connection until it ends; never panics on input.
 pub fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     store: &Store,
+    queue: &Queue,
     counters: &Counters,
     idle_timeout: Duration,
 ) -> SessionEnd {
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let end = run(&mut stream, store, counters, idle_timeout);
+    let end = match stream.try_clone() {
+        Ok(writer) => {
+            let (tx, rx) = mpsc::channel();
+            let tie = SessionTie::new(tx);
+            thread::scope(|scope| {
+                let acks = thread::Builder::new()
+                    .name("netoops-acks".into())
+                    .spawn_scoped(scope, move || write_acks(writer, &rx));
+                if let Err(e) = acks {
+                    return SessionEnd::Io(e);
+                }
+                let mut stream = stream;
+                let end = run(&mut stream, store, queue, &tie, counters, idle_timeout);
+                let end = match (end, tie.failure()) {
+                    (SessionEnd::Closed | SessionEnd::Io(_), Some(why)) => SessionEnd::Storage(why),
+                    (end, _) => end,
+                };
+                if !matches!(end, SessionEnd::Closed) {
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
+                // The ack writer ends once the committer has answered for every queued record
+                // (it holds the other ends of the verdict channel).
+                drop(tie);
+                end
+            })
+        }
+        Err(e) => SessionEnd::Io(e),
+    };
     match &end {
         SessionEnd::Closed => {}
         SessionEnd::Idle => {
@@ -87,11 +130,50 @@ pub fn serve_connection(
             Counters::bump(&counters.errors);
             eprintln!("netoops-collect: {peer}: {e}, closing");
         }
+        SessionEnd::Storage(why) => {
+            Counters::bump(&counters.errors);
+            Counters::bump(&counters.storage_errors);
+            eprintln!("netoops-collect: {peer}: {why}; nothing of it acknowledged, closing");
+        }
     }
     end
 }
 
-fn run(stream: &mut TcpStream, store: &Store, counters: &Counters, idle: Duration) -> SessionEnd {
+/// Sends an `Ack` per durable verdict (coalesced); on a failed one, closes the connection so
+/// the reader stops too.
+fn write_acks(mut stream: TcpStream, verdicts: &mpsc::Receiver<Verdict>) {
+    let mut alive = true;
+    while let Ok(first) = verdicts.recv() {
+        let mut latest = Some(first);
+        let mut durable = None;
+        while let Some(v) = latest.take() {
+            match v {
+                Verdict::Durable(seq) => durable = Some(durable.map_or(seq, |d: u64| d.max(seq))),
+                Verdict::Failed(_) => {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    alive = false;
+                    durable = None;
+                }
+            }
+            latest = verdicts.try_recv().ok();
+        }
+        if let (true, Some(seq)) = (alive, durable) {
+            if send(&mut stream, &Reply::Ack { seq }).is_err() {
+                let _ = stream.shutdown(Shutdown::Both);
+                alive = false;
+            }
+        }
+    }
+}
+
+fn run(
+    stream: &mut TcpStream,
+    store: &Store,
+    queue: &Queue,
+    tie: &Arc<SessionTie>,
+    counters: &Counters,
+    idle: Duration,
+) -> SessionEnd {
     if let Err(e) = stream
         .set_read_timeout(Some(idle))
         .and_then(|()| stream.set_write_timeout(Some(idle)))
@@ -100,8 +182,8 @@ fn run(stream: &mut TcpStream, store: &Store, counters: &Counters, idle: Duratio
     }
     let _ = stream.set_nodelay(true);
     let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
-    let mut origin: Option<Origin> = None;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut origin: Option<Arc<Origin>> = None;
+    let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match stream.read(&mut buf) {
             Ok(0) => return SessionEnd::Closed,
@@ -117,8 +199,11 @@ fn run(stream: &mut TcpStream, store: &Store, counters: &Counters, idle: Duratio
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return SessionEnd::Io(e),
         };
+        if tie.failure().is_some() {
+            return SessionEnd::Closed;
+        }
+        let arrival = now_ms();
         let mut input = &buf[..n];
-        let mut ack = None;
         loop {
             let taken = decoder.push(input);
             input = &input[taken..];
@@ -171,10 +256,10 @@ fn run(stream: &mut TcpStream, store: &Store, counters: &Counters, idle: Duratio
                             return SessionEnd::Io(e);
                         }
                         Counters::bump(&counters.sessions);
-                        origin = Some(Origin {
+                        origin = Some(Arc::new(Origin {
                             relay: relay.clone(),
                             instance: *instance,
-                        });
+                        }));
                     }
                     (None, _) => {
                         Counters::bump(&counters.refused);
@@ -191,57 +276,24 @@ fn run(stream: &mut TcpStream, store: &Store, counters: &Counters, idle: Duratio
                         Counters::bump(&counters.malformed);
                         return SessionEnd::Protocol("second Hello".to_string());
                     }
-                    (Some(o), _) => match store.apply(o, &header, payload, now_ms()) {
-                        Ok(applied) => {
-                            ack = Some(header.seq);
-                            report(o, header.seq, &applied, &header.record, counters);
+                    (Some(o), _) => {
+                        let job = Job {
+                            session: Arc::clone(tie),
+                            origin: Arc::clone(o),
+                            payload: payload.to_vec(),
+                            header,
+                            arrival_wall_ms: arrival,
+                        };
+                        if queue.push(job).is_err() {
+                            return SessionEnd::Io(io::Error::other(
+                                "the collector is shutting down",
+                            ));
                         }
-                        Err(e) => return SessionEnd::Io(e),
-                    },
+                    }
                 }
             }
             if input.is_empty() {
                 break;
-            }
-        }
-        if let Some(seq) = ack {
-            if let Some(o) = &origin {
-                if let Err(e) = store.persist(o) {
-                    return SessionEnd::Io(e);
-                }
-            }
-            if let Err(e) = send(stream, &Reply::Ack { seq }) {
-                return SessionEnd::Io(e);
-            }
-        }
-    }
-}
-
-fn report(o: &Origin, seq: u64, applied: &Applied, record: &Record, counters: &Counters) {
-    match applied {
-        Applied::Replay => Counters::bump(&counters.replays),
-        Applied::Crash { .. } => {
-            Counters::bump(&counters.applied);
-            Counters::bump(&counters.crashes_stored);
-        }
-        Applied::Dump {
-            ip_dir,
-            key,
-            written,
-        } => {
-            Counters::bump(&counters.applied);
-            if *written {
-                Counters::bump(&counters.dumps_stored);
-                if let Record::Dump(d) = record {
-                    let state = if d.complete { "complete" } else { "partial" };
-                    let line = format!(
-                        "stored {ip_dir}/{key} rev {} {state} {}/{} packets, {} (relay {} seq {seq})",
-                        d.revision, d.received, d.packet_count, d.kernel_version, o.relay
-                    );
-                    let mut out = io::stdout().lock();
-                    let _ = writeln!(out, "{line}");
-                    let _ = out.flush();
-                }
             }
         }
     }

@@ -209,12 +209,13 @@ fn collector_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut child, addr) = spawn_binary(tmp.path());
     let mut d = Driver::new(link_config(0xabc), vec![addr]);
-    let (crashes, dumps) = (300u16, 60u16);
+    // Enough that the group-committing collector is still busy when the kill lands.
+    let (crashes, dumps) = (2000u16, 400u16);
     let mut texts = Vec::new();
     for i in 0..crashes {
         d.enqueue(&crash("10.9.0.1:2004", i, 0), &text(u64::from(i), 300));
         if i % 5 == 0 {
-            let t = text(10_000 + u64::from(i), 4000 + usize::from(i) * 13);
+            let t = text(10_000 + u64::from(i), 4000 + usize::from(i % 200) * 13);
             d.enqueue(&dump("10.9.0.1:2004", i, 1, true), &t);
             texts.push((i, t));
         }

@@ -6,6 +6,8 @@
 //!   and writes `results.json`, `results.md`, `throughput.svg` and `latency.svg`.
 //!   `--smoke` is the same suite, small (the test command runs it).
 //! - `baseline` is the counting receiver the suite runs as its baseline.
+//! - `collector` drives the collector alone over N connections with 64 KiB and 4 KiB dumps and
+//!   reports stored dumps/s (median of runs) next to the disk's fsync time.
 //! - `render` rewrites the Markdown and plots from a `results.json`.
 //!
 //! Exit status: 0 on success, 1 when the run failed, 2 on bad arguments.
@@ -18,6 +20,9 @@ use clap::{Parser, Subcommand};
 use netoops_bench::gen::SizeRange;
 use netoops_bench::harness::target::{Kind, Programs};
 use netoops_bench::harness::{baseline, report::Results, run_suite, write_outputs, SuiteConfig};
+
+#[path = "../harness/collector.rs"]
+mod collector_bench;
 
 #[derive(Parser)]
 #[command(
@@ -84,6 +89,40 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The collector alone: N connections send dumps as fast as acknowledgements allow;
+    /// prints stored dumps/s per dump size (median of runs) and the disk's fsync time, and
+    /// writes collector.json and collector.md.
+    Collector {
+        /// One short run per size (a few seconds in all; the test command's version).
+        #[arg(long)]
+        smoke: bool,
+        /// The netoops-collect binary [default: build it in this binary's profile].
+        #[arg(long)]
+        collector: Option<PathBuf>,
+        /// Client connections (relay instances).
+        #[arg(long)]
+        connections: Option<usize>,
+        /// Runs per dump size.
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Measured seconds per run.
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Dump sizes in bytes [default: 65536,4096].
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<usize>,
+        /// Dumps per machine (source address); 1, the default, is a crash storm's shape: every
+        /// dump also creates its machine's directory.
+        #[arg(long)]
+        per_machine: Option<u64>,
+        /// Scratch directory for the storage (not tmpfs) [default: under the system temp
+        /// directory].
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Where collector.json and collector.md go [default: none, print only].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The baseline receiver: counts datagrams until SIGINT/SIGTERM.
     Baseline {
         /// Address to listen on.
@@ -120,6 +159,72 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Ingest { smoke, rate, out } => ingest(smoke, rate, out),
+        Cmd::Collector {
+            smoke,
+            collector,
+            connections,
+            runs,
+            seconds,
+            sizes,
+            per_machine,
+            work,
+            out,
+        } => {
+            let collector = match collector {
+                Some(c) => c,
+                None => match build_collector() {
+                    Ok(c) => c,
+                    Err(e) => return fail(format_args!("{e}")),
+                },
+            };
+            // The system temp directory by default: on this machine it is the repository's
+            // own ext4 file system (not tmpfs; checked), while under /work every file creation
+            // costs about 1 ms more (something watches that tree), which no deployment pays.
+            let work = work.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("netoops-bench-collector-{}", std::process::id()))
+            });
+            let mut s = if smoke {
+                collector_bench::BenchSettings::smoke(collector, work.clone())
+            } else {
+                collector_bench::BenchSettings::full(collector, work.clone())
+            };
+            if let Some(c) = connections {
+                s.connections = c.max(1);
+            }
+            if let Some(r) = runs {
+                s.runs = r.max(1);
+            }
+            if let Some(secs) = seconds {
+                s.measure = Duration::from_secs_f64(secs.max(0.1));
+            }
+            if !sizes.is_empty() {
+                s.sizes = sizes;
+            }
+            if let Some(p) = per_machine {
+                s.per_machine = p.max(1);
+            }
+            let mut say = |line: &str| eprintln!("netoops-bench: {line}");
+            let result = collector_bench::run_bench(&s, &mut say);
+            let _ = std::fs::remove_dir_all(&work);
+            let bench = match result {
+                Ok(b) => b,
+                Err(e) => return fail(format_args!("{e}")),
+            };
+            if let Some(out) = out {
+                let written = std::fs::create_dir_all(&out)
+                    .and_then(|()| {
+                        let json =
+                            serde_json::to_string_pretty(&bench).map_err(std::io::Error::other)?;
+                        std::fs::write(out.join("collector.json"), json + "\n")
+                    })
+                    .and_then(|()| std::fs::write(out.join("collector.md"), bench.markdown()));
+                if let Err(e) = written {
+                    return fail(format_args!("writing to {}: {e}", out.display()));
+                }
+            }
+            print!("{}", bench.markdown());
+            ExitCode::SUCCESS
+        }
         Cmd::Render { results, out } => {
             let out =
                 out.unwrap_or_else(|| results.parent().map(Path::to_path_buf).unwrap_or_default());
@@ -220,6 +325,33 @@ fn fail(why: std::fmt::Arguments<'_>) -> ExitCode {
 fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// Builds the collector in this binary's own profile; returns its path.
+fn build_collector() -> Result<PathBuf, String> {
+    let release = !cfg!(debug_assertions);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.current_dir(workspace_root()).args([
+        "build",
+        "--bin",
+        "netoops-collect",
+        "-p",
+        "netoops-collect",
+    ]);
+    if release {
+        build.arg("--release");
+    }
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
+        build.env_remove(var);
+    }
+    let status = build.status().map_err(|e| format!("running cargo: {e}"))?;
+    if !status.success() {
+        return Err("cargo build of the collector failed".into());
+    }
+    Ok(netoops_image::target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("netoops-collect"))
 }
 
 /// Builds the relay and the collector in this binary's own profile, and the image.

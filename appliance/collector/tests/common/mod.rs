@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod crashes;
+pub mod raw;
 
 use netoops_core::time::Instant;
 use netoops_core::upstream::record::RegisterSet;
