@@ -306,8 +306,8 @@ fn count(job: &Job, applied: &Applied, counters: &Counters, out: &mut Vec<u8>) {
                     d.revision,
                     d.received,
                     d.packet_count,
-                    d.kernel_version,
-                    job.origin.relay,
+                    crate::catalog::terminal_safe(&d.kernel_version, false),
+                    crate::catalog::terminal_safe(&job.origin.relay, false),
                     job.header.seq
                 );
             }
