@@ -19,17 +19,9 @@
 //! Session: `Hello`, then nothing until the collector's `Welcome` (so records it already applied
 //! are never resent), then every spooled record above `Welcome.last_seq` in seq order, then new
 //! records as they are enqueued: crash notices before dumps (the spool's two lanes), and a new
-//! dump only while fewer bytes of dumps than the current window await acknowledgement, so a
-//! crash notice finds at most the window and the frame being written ahead of it (in the
-//! socket's buffer, the path and the collector's backlog) whatever the spool holds.
-//!
-//! The window follows the path: every Ack tells how long its frame took from starting on the
-//! stream to being acknowledged. While that is within [`LinkConfig::queue_target`] the window
-//! grows by the dump bytes acknowledged (doubling per round trip, up to
-//! [`LinkConfig::dump_window`]); above it the window shrinks in proportion (down to
-//! [`MIN_DUMP_WINDOW`]). A fast collector on a fast path gets the whole window; a slow
-//! upstream (an emulated NIC, a WAN) keeps about `queue_target` of dumps in flight, which is
-//! then what a crash notice waits for. Seqs are given
+//! dump only while less than [`LinkConfig::dump_window`] bytes of dumps await acknowledgement,
+//! so a crash notice is never queued behind more than that and the one frame being written (in
+//! the socket's buffer and the collector's backlog) whatever the spool holds. Seqs are given
 //! when a frame first starts, so they increase on the wire whatever overtook what. Records leave the spool only when acknowledged (or dropped by the
 //! overflow policy, which is counted and reported). After a disconnect the next session resends
 //! everything unacknowledged; the collector's `last_seq` makes that idempotent.
@@ -71,12 +63,9 @@ pub struct LinkConfig {
     pub spool_bytes: usize,
     /// Most records the spool holds, allocated at construction.
     pub spool_records: usize,
-    /// Most bytes of dump frames written and not yet acknowledged before another dump may
-    /// start (the window adapts below it, module doc). One dump always may go.
+    /// Bytes of dump frames written and not yet acknowledged before another dump may start:
+    /// bounds what a crash notice can find ahead of it on the wire. One dump always may go.
     pub dump_window: usize,
-    /// How long a frame may take from starting on the stream to its Ack before the dump window
-    /// shrinks: about the longest a crash notice waits behind dumps.
-    pub queue_target: Duration,
     /// Longest wait for a TCP connect.
     pub connect_timeout: Duration,
     /// Longest wait for `Welcome`, and for the next `Ack` while records are outstanding: a peer
@@ -94,7 +83,7 @@ pub struct LinkConfig {
 
 impl LinkConfig {
     /// Defaults for everything but the upstream count and the relay's identity: an 8 MiB spool
-    /// of at most 16384 records, a dump window of up to 8 MiB kept to a 25 ms queue, 3 s connect timeout, 10 s ack timeout, backoff 100 ms to 30 s,
+    /// of at most 16384 records, a 4 MiB dump window, 3 s connect timeout, 10 s ack timeout, backoff 100 ms to 30 s,
     /// failback every 60 s, 1024 events.
     pub fn new(upstreams: usize, relay: impl Into<String>, instance: u64) -> Self {
         LinkConfig {
@@ -103,8 +92,7 @@ impl LinkConfig {
             instance,
             spool_bytes: 8 * 1024 * 1024,
             spool_records: 16 * 1024,
-            dump_window: 8 << 20,
-            queue_target: Duration::from_millis(25),
+            dump_window: 4 << 20,
             connect_timeout: Duration::from_secs(3),
             ack_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
@@ -114,9 +102,6 @@ impl LinkConfig {
         }
     }
 }
-
-/// The smallest dump window: a few dumps in flight, so a slow path still moves.
-pub const MIN_DUMP_WINDOW: usize = 256 << 10;
 
 /// Why a connection ended. The first group is reported by the caller, the rest decided by the
 /// link (and then reported back in [`LinkEvent::Disconnected`] whatever the caller passed).
@@ -390,8 +375,6 @@ pub struct LinkStats {
     pub spool_bytes_high_water: usize,
     /// Records held now.
     pub spool_records: usize,
-    /// The dump window now (bytes).
-    pub dump_window: usize,
     /// Connection attempts proposed by `poll_connect`.
     pub connects: u64,
     /// Sessions accepted with `Welcome`.
@@ -470,13 +453,6 @@ pub struct UpstreamLink {
     decoder: FrameDecoder,
     /// Id of the next enqueued record.
     next_id: u64,
-    /// Frames started on the current session and not yet acknowledged: seq and start time.
-    in_flight: VecDeque<(u64, Instant)>,
-    /// The current dump window (module doc).
-    window: usize,
-    /// After a shrink, the last seq started then: the window shrinks again only for a frame
-    /// started after it (once per round trip, not once per Ack of the same flight).
-    shrunk_at: u64,
     /// Seq of the next frame to start for the first time.
     next_seq: u64,
     /// Highest seq ever fully written on any session.
@@ -526,11 +502,6 @@ impl UpstreamLink {
             hello,
             decoder: FrameDecoder::new(MAX_REPLY_LEN),
             next_id: 1,
-            in_flight: VecDeque::with_capacity(config.spool_records.max(1)),
-            // A new link starts at 1 MiB (or less) and grows on a fast path within a few
-            // round trips.
-            window: config.dump_window.min(1 << 20),
-            shrunk_at: 0,
             next_seq: 1,
             max_written: 0,
             last_session_idx: None,
@@ -638,8 +609,6 @@ impl UpstreamLink {
             return;
         }
         self.decoder.reset();
-        self.in_flight.clear();
-        self.shrunk_at = self.next_seq - 1;
         self.state = State::Open(Session {
             idx,
             hello_written: 0,
@@ -758,18 +727,7 @@ impl UpstreamLink {
                     session.acked_through = seq;
                     session.ack_deadline =
                         session.outstanding().then(|| now + self.config.ack_timeout);
-                    let mut started = None;
-                    while let Some(&(s, at)) = self.in_flight.front() {
-                        if s > seq {
-                            break;
-                        }
-                        started = Some(at);
-                        self.in_flight.pop_front();
-                    }
-                    let dump_bytes = self.remove_delivered(seq);
-                    if let Some(at) = started {
-                        self.adapt_window(seq, now - at, dump_bytes);
-                    }
+                    self.remove_delivered(seq);
                 }
                 Ok(())
             }
@@ -778,24 +736,7 @@ impl UpstreamLink {
         }
     }
 
-    /// Grows the dump window by what was acknowledged while frames take no longer than the
-    /// queue target from start to Ack, and shrinks it in proportion when they take longer.
-    fn adapt_window(&mut self, acked: u64, took: Duration, acked_dump_bytes: usize) {
-        let max = self.config.dump_window;
-        let min = MIN_DUMP_WINDOW.min(max);
-        let target = self.config.queue_target.total_micros().max(1);
-        let took = took.total_micros();
-        if took <= target {
-            self.window = self.window.saturating_add(acked_dump_bytes).min(max);
-        } else if acked > self.shrunk_at {
-            let scaled = (self.window as u128 * u128::from(target) / u128::from(took)) as usize;
-            self.window = scaled.max(min);
-            self.shrunk_at = self.next_seq - 1;
-        }
-    }
-
-    /// Removes what the collector acknowledged through `through`; returns the dump bytes.
-    fn remove_delivered(&mut self, through: u64) -> usize {
+    fn remove_delivered(&mut self, through: u64) {
         let events = &mut self.events;
         let stats = &mut self.stats;
         let cap = self.config.event_capacity.max(1);
@@ -815,7 +756,6 @@ impl UpstreamLink {
             // Welcome removes before anything is sent on the session; only Acks subtract.
             s.dump_bytes_unacked = s.dump_bytes_unacked.saturating_sub(dump_bytes);
         }
-        dump_bytes
     }
 
     /// The upstream whose connection the caller should close now (the link gave up on it),
@@ -860,7 +800,7 @@ impl UpstreamLink {
                         self.closing = Some(CloseReason::Failback);
                         break;
                     }
-                    let dumps_open = session.dump_bytes_unacked < self.window;
+                    let dumps_open = session.dump_bytes_unacked < self.config.dump_window;
                     let Some(&e) = self.spool.next_to_send(session.sent_through, dumps_open) else {
                         break;
                     };
@@ -887,10 +827,6 @@ impl UpstreamLink {
                     if e.kind == RecordKind::Dump {
                         session.dump_bytes_unacked += e.len;
                     }
-                    if self.in_flight.len() == self.in_flight.capacity() {
-                        self.in_flight.pop_front();
-                    }
-                    self.in_flight.push_back((seq, now));
                     Partial {
                         kind: e.kind,
                         id: e.id,
@@ -1012,7 +948,6 @@ impl UpstreamLink {
         s.spool_bytes_used = self.spool.used();
         s.spool_bytes_high_water = self.spool.high_water();
         s.spool_records = self.spool.len();
-        s.dump_window = self.window;
         s
     }
 
@@ -1484,47 +1419,6 @@ mod tests {
         let mut want = vec![dumps[0], dumps[1], dumps[2], notice];
         want.extend(&dumps[3..]);
         assert_eq!(delivered, want);
-    }
-
-    /// Round trips of `rtt` with everything sent acknowledged at once: the dump window after
-    /// `rounds` of them, with dumps of 64 KiB always waiting.
-    fn window_after(rtt_ms: u64, rounds: usize) -> usize {
-        let mut cfg = config(1);
-        cfg.spool_bytes = 64 << 20;
-        cfg.spool_records = 8192;
-        let mut link = UpstreamLink::new(cfg);
-        let mut c = Collector::new();
-        let mut t = Instant::from_millis(1);
-        connect(&mut link, &mut c, t);
-        pump(&mut link, &mut c, t, 4096);
-        let mut buf = vec![0u8; 1 << 20];
-        for round in 0..rounds {
-            while link.stats().spool_records < 200 {
-                put(&mut link, t, &dump(round as u16), &[b'd'; 64 << 10]);
-            }
-            loop {
-                let n = link.poll_transmit(t, &mut buf);
-                if n == 0 {
-                    break;
-                }
-                c.receive(&buf[..n]);
-            }
-            t += Duration::from_millis(rtt_ms);
-            link.handle_input(t, &core::mem::take(&mut c.replies))
-                .unwrap();
-        }
-        link.stats().dump_window
-    }
-
-    #[test]
-    fn the_dump_window_follows_the_path() {
-        // A fast collector: the window opens to its maximum within a few round trips.
-        assert_eq!(window_after(2, 10), 8 << 20);
-        // A slow path (100 ms per round trip against a 25 ms target): it closes to the least.
-        assert_eq!(window_after(100, 10), MIN_DUMP_WINDOW);
-        // Just above the target it shrinks in proportion, not at once.
-        let w = window_after(30, 1);
-        assert!(w < 1 << 20 && w > (1 << 20) * 4 / 5, "{w}");
     }
 
     #[test]
