@@ -11,10 +11,8 @@ use netoops_core::upstream::record::{
 };
 use netoops_core::upstream::{Record, Reply, PROTOCOL_VERSION};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -188,26 +186,10 @@ fn garbage_is_refused_and_counted_while_another_connection_keeps_working() {
     );
 }
 
-/// The built binary, with its stdout drained on a thread; returns the listening address.
-fn spawn_binary(dir: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_netoops-collect"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let addr = netoops_core::console::listening(&first).unwrap();
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
 #[test]
 fn collector_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_binary(tmp.path());
+    let (mut child, addr) = spawn_collector(tmp.path());
     let mut d = Driver::new(link_config(0xabc), vec![addr]);
     // Enough that the group-committing collector is still busy when the kill lands.
     let (crashes, dumps) = (2000u16, 400u16);
@@ -234,7 +216,7 @@ fn collector_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
     // The relay keeps trying while the collector is down.
     d.run_until(Duration::from_millis(300), |_| false);
 
-    let (mut child, addr) = spawn_binary(tmp.path());
+    let (mut child, addr) = spawn_collector(tmp.path());
     d.addrs[0] = addr;
     assert!(d.drain(Duration::from_secs(30)), "{:?}", d.link.stats());
     child.kill().unwrap();

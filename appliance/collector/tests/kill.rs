@@ -7,15 +7,13 @@
 mod common;
 
 use common::raw::{frame, RawSession};
-use common::{crash, dump, text};
+use common::{crash, dump, spawn_collector, text};
 use netoops_collect::store::CRASHES_FILE;
 use netoops_core::upstream::Record;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,27 +22,6 @@ const INSTANCES: u64 = 3;
 const KILLS: usize = 20;
 /// Records sent before waiting for their acks.
 const WINDOW: u64 = 48;
-
-/// The built binary; returns it with its listening address (its stdout drained on a thread).
-fn spawn_collector(dir: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_netoops-collect"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let addr = first
-        .strip_prefix("listening on ")
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
 
 fn source(instance: u64, seq: u64) -> String {
     format!("10.60.{instance}.{}:2004", seq % 40)

@@ -255,3 +255,22 @@ pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let _ = s.read_to_end(&mut got);
     got
 }
+
+/// The built collector binary serving `dir`, its stdout drained on a thread; returns it with
+/// the address from its `listening on` line.
+pub fn spawn_collector(dir: &std::path::Path) -> (std::process::Child, SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_netoops-collect"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = netoops_core::console::listening(&first).unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
