@@ -327,47 +327,18 @@ fn workspace_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
-/// Builds the collector in this binary's own profile; returns its path.
-fn build_collector() -> Result<PathBuf, String> {
+/// Runs `cargo build` for `packages`' binaries in this binary's own profile; returns the
+/// directory the binaries land in.
+fn cargo_build(packages: &[&str], what: &str) -> Result<PathBuf, String> {
     let release = !cfg!(debug_assertions);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
-    build.current_dir(workspace_root()).args([
-        "build",
-        "--bin",
-        "netoops-collect",
-        "-p",
-        "netoops-collect",
-    ]);
-    if release {
-        build.arg("--release");
+    build
+        .current_dir(workspace_root())
+        .args(["build", "--bins"]);
+    for p in packages {
+        build.args(["-p", p]);
     }
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
-        build.env_remove(var);
-    }
-    let status = build.status().map_err(|e| format!("running cargo: {e}"))?;
-    if !status.success() {
-        return Err("cargo build of the collector failed".into());
-    }
-    Ok(netoops_image::target_dir()
-        .join(if release { "release" } else { "debug" })
-        .join("netoops-collect"))
-}
-
-/// Builds the relay and the collector in this binary's own profile, and the image.
-fn programs(work: &Path, install: bool) -> Result<Programs, String> {
-    netoops_image::qemu::ensure_qemu(install).map_err(|e| e.to_string())?;
-    let release = !cfg!(debug_assertions);
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
-    build.current_dir(workspace_root()).args([
-        "build",
-        "--bins",
-        "-p",
-        "netoops-relay",
-        "-p",
-        "netoops-collect",
-    ]);
     if release {
         build.arg("--release");
     }
@@ -377,9 +348,23 @@ fn programs(work: &Path, install: bool) -> Result<Programs, String> {
     }
     let status = build.status().map_err(|e| format!("running cargo: {e}"))?;
     if !status.success() {
-        return Err("cargo build of the relay and collector failed".into());
+        return Err(format!("cargo build of {what} failed"));
     }
-    let bin_dir = netoops_image::target_dir().join(if release { "release" } else { "debug" });
+    Ok(netoops_image::target_dir().join(if release { "release" } else { "debug" }))
+}
+
+/// Builds the collector in this binary's own profile; returns its path.
+fn build_collector() -> Result<PathBuf, String> {
+    Ok(cargo_build(&["netoops-collect"], "the collector")?.join("netoops-collect"))
+}
+
+/// Builds the relay and the collector in this binary's own profile, and the image.
+fn programs(work: &Path, install: bool) -> Result<Programs, String> {
+    netoops_image::qemu::ensure_qemu(install).map_err(|e| e.to_string())?;
+    let bin_dir = cargo_build(
+        &["netoops-relay", "netoops-collect"],
+        "the relay and collector",
+    )?;
     let image = netoops_image::build::build_kernel(true).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(work).map_err(|e| e.to_string())?;
     // A private copy: other builds may replace the shared image while the suite runs.
