@@ -9,6 +9,7 @@
 //! - [`catalog`]: reading a storage directory back (`list`, `show`).
 //! - [`index`]: the SQLite index of dumps by crash signature, source, time and kernel.
 //! - [`web`]: the HTTP view of crash groups, machines and dumps.
+//! - [`watch`]: new crash notices and dumps as they land (`netoops-collect watch`).
 //! - [`wallclock`]: wall-clock ms and RFC 3339 formatting.
 //!
 //! The record format is [`netoops_core::upstream::record`].
@@ -20,4 +21,5 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod wallclock;
+pub mod watch;
 pub mod web;

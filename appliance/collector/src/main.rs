@@ -62,6 +62,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Follow new crash notices and stored dumps, one line each, until interrupted.
+    Watch {
+        /// Storage directory.
+        dir: PathBuf,
+        /// Print each event as one JSON line.
+        #[arg(long)]
+        json: bool,
+        /// How often to look, in milliseconds.
+        #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..))]
+        interval_ms: u64,
+    },
     /// Show one dump: metadata, then its text.
     Show {
         /// Storage directory.
@@ -114,6 +125,11 @@ fn main() -> ExitCode {
                 print_out(text.as_bytes());
             })
             .map_err(|e| e.to_string()),
+        Command::Watch {
+            dir,
+            json,
+            interval_ms,
+        } => watch(&dir, json, Duration::from_millis(interval_ms)),
         Command::Show { dir, dump } => catalog::find(&dir, &dump)
             .and_then(|d| {
                 let text = catalog::read_text(&d)?;
@@ -131,6 +147,30 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("netoops-collect: error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn watch(dir: &std::path::Path, json: bool, every: Duration) -> Result<(), String> {
+    let mut w = netoops_collect::watch::Watch::new(dir)
+        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    print_out(format!("watching {}\n", dir.display()).as_bytes());
+    loop {
+        std::thread::sleep(every);
+        let events = w
+            .poll()
+            .map_err(|e| format!("reading {}: {e}", dir.display()))?;
+        let mut text = String::new();
+        for e in &events {
+            if json {
+                text.push_str(&netoops_collect::watch::format_json(e));
+            } else {
+                text.push_str(&netoops_collect::watch::format_line(e));
+            }
+            text.push('\n');
+        }
+        if !text.is_empty() {
+            print_out(text.as_bytes());
         }
     }
 }
