@@ -116,14 +116,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::List { dir, json, .. } => catalog::list(&dir)
-            .map(|dumps| {
-                let text = if json {
-                    catalog::format_json(&dumps)
-                } else {
-                    catalog::format_table(&dumps)
-                };
-                print_out(text.as_bytes());
-            })
+            .map(|dumps| print_dumps(&dumps, json))
             .map_err(|e| e.to_string()),
         Command::Watch {
             dir,
@@ -225,11 +218,16 @@ fn list_signature(dir: &std::path::Path, sig: &str, json: bool) -> Result<(), St
             Err(e) => eprintln!("netoops-collect: {e}; skipped"),
         }
     }
+    print_dumps(&dumps, json);
+    Ok(())
+}
+
+/// `list`'s output: the table or the JSON array.
+fn print_dumps(dumps: &[catalog::StoredDump], json: bool) {
     let text = if json {
-        catalog::format_json(&dumps)
+        catalog::format_json(dumps)
     } else {
-        catalog::format_table(&dumps)
+        catalog::format_table(dumps)
     };
     print_out(text.as_bytes());
-    Ok(())
 }

@@ -154,8 +154,13 @@ pub fn run_ingest(
     .arg(collector_addr.to_string());
     let mut relay = Process::spawn("netoops-relay", cmd)?;
     let patience = Duration::from_secs(30);
-    let netconsole = listening_addr(&mut relay, console::NETCONSOLE_LISTENING, patience)?;
-    let netoops = listening_addr(&mut relay, console::LISTENING, patience)?;
+    let netconsole = listening_addr(
+        &mut relay,
+        console::NETCONSOLE_LISTENING,
+        console::netconsole_listening,
+        patience,
+    )?;
+    let netoops = listening_addr(&mut relay, console::LISTENING, console::listening, patience)?;
     let mut results = Vec::new();
     for protocol in [Protocol::Netoops, Protocol::Netconsole] {
         let (scenario, target, key) = match protocol {

@@ -371,6 +371,23 @@ struct Sent {
     elapsed: Duration,
 }
 
+impl Sent {
+    /// The storm's result for `target`: what was sent and what the collector stored.
+    fn result(
+        &self,
+        target: &str,
+        scenario: &Scenario,
+        storm: &StormSettings,
+        rate: u64,
+        transport: &str,
+    ) -> StormResult {
+        let mut result = storm_result(target, scenario, storm, &self.report, rate, transport);
+        result.elapsed_s = self.elapsed.as_secs_f64();
+        tally(&self.storage, scenario, &self.ips, &self.log, &mut result);
+        result
+    }
+}
+
 /// Sends the storm through `output` at `rate` (0: as fast as it goes) and waits until the
 /// collector in `dir` stored every machine, nothing new came for the quiet time and 5 s, or
 /// the patience ran out; `alive` says whether the relay still runs.
@@ -425,17 +442,11 @@ pub fn run_storm(
     let mut output = StreamOutput::accept(&listener, frame_config(), Duration::from_secs(30))?;
     let scenario = storm_scenario(storm, Ipv4Addr::new(10, 100, 0, 1))?;
     let mark = qemu.line_count();
-    let Sent {
-        storage,
-        ips,
-        report,
-        log,
-        elapsed,
-    } = send_and_wait(&mut output, &scenario, &dir, 0, target, storm, &mut || {
+    let sent = send_and_wait(&mut output, &scenario, &dir, 0, target, storm, &mut || {
         qemu.running()
     })?;
 
-    let mut result = storm_result(
+    let mut result = sent.result(
         &format!(
             "image-{}",
             match storm.nic {
@@ -445,14 +456,11 @@ pub fn run_storm(
         ),
         &scenario,
         storm,
-        &report,
         0,
         "frames over -netdev stream (TCP, no loss on the host; QEMU reads as fast as the guest \
          drains its ring)",
     );
     result.vm_memory_mib = target.vm_memory_mib;
-    result.elapsed_s = elapsed.as_secs_f64();
-    tally(&storage, &scenario, &ips, &log, &mut result);
 
     // Memory: the guest's own lines, read after one more counter interval.
     let alive = qemu.running();
@@ -489,7 +497,7 @@ pub fn run_storm(
     collector.stop(Duration::from_secs(3));
     let _ = fs::write(work.join("storm-qemu.log"), qemu.transcript());
     let _ = fs::write(work.join("storm-collector.log"), collector.transcript());
-    let _ = fs::write(work.join("storm-send-log.csv"), log.to_csv(&scenario));
+    let _ = fs::write(work.join("storm-send-log.csv"), sent.log.to_csv(&scenario));
     Ok(result)
 }
 
@@ -512,13 +520,7 @@ pub fn run_hosted_storm(
         .ok_or_else(|| io::Error::other("no source address"))?;
     let mut output = UdpOutput::new(addr, bind)?;
     let mark = relay.line_count();
-    let Sent {
-        storage,
-        ips,
-        report,
-        log,
-        elapsed,
-    } = send_and_wait(
+    let sent = send_and_wait(
         &mut output,
         &scenario,
         &dir,
@@ -528,16 +530,13 @@ pub fn run_hosted_storm(
         &mut || relay.running(),
     )?;
 
-    let mut result = storm_result(
+    let mut result = sent.result(
         "hosted-relay",
         &scenario,
         storm,
-        &report,
         rate,
         "UDP on loopback (the relay's receive buffer as in its trials)",
     );
-    result.elapsed_s = elapsed.as_secs_f64();
-    tally(&storage, &scenario, &ips, &log, &mut result);
 
     // One more counter interval, so the last line covers the whole storm.
     let alive = relay.running();
@@ -567,7 +566,7 @@ pub fn run_hosted_storm(
     );
     let _ = fs::write(
         work.join("hosted-storm-send-log.csv"),
-        log.to_csv(&scenario),
+        sent.log.to_csv(&scenario),
     );
     Ok(result)
 }

@@ -163,18 +163,15 @@ pub fn free_udp_port() -> io::Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// `listening on ADDR` in a process's output: the first line that says it (the hosted relay
-/// prints its netoops socket before `netconsole listening on ...`).
-pub fn listening_addr(p: &mut Process, needle: &str, patience: Duration) -> io::Result<SocketAddr> {
-    // The documented lines are read with their own parsers, so `listening on ` never takes
-    // the `netconsole listening on ` line whatever order they come in.
-    let parse = |text: &str| -> Option<SocketAddr> {
-        match needle {
-            console::LISTENING => console::listening(text),
-            console::NETCONSOLE_LISTENING => console::netconsole_listening(text),
-            _ => console::word_after(text, needle)?.parse().ok(),
-        }
-    };
+/// The address of the first line with `needle` that `parse` (one of `netoops_core::console`'s
+/// readers) accepts, waiting up to `patience` for it; `listening on ` never takes the
+/// `netconsole listening on ` line, whatever order they come in.
+pub fn listening_addr(
+    p: &mut Process,
+    needle: &str,
+    parse: fn(&str) -> Option<SocketAddr>,
+    patience: Duration,
+) -> io::Result<SocketAddr> {
     let deadline = std::time::Instant::now() + patience;
     loop {
         let seen = p.line_count();
@@ -195,7 +192,12 @@ pub fn start_collector(programs: &Programs, dir: &Path) -> io::Result<(Process, 
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--dir"])
         .arg(dir);
     let mut p = Process::spawn("netoops-collect", cmd)?;
-    let addr = listening_addr(&mut p, console::LISTENING, Duration::from_secs(30))?;
+    let addr = listening_addr(
+        &mut p,
+        console::LISTENING,
+        console::listening,
+        Duration::from_secs(30),
+    )?;
     Ok((p, addr))
 }
 
@@ -214,6 +216,7 @@ pub fn start_hosted_relay(
     let addr = v4(listening_addr(
         &mut p,
         console::LISTENING,
+        console::listening,
         Duration::from_secs(30),
     )?)?;
     p.wait_for(0, "upstream 0 connected", Duration::from_secs(30))?;
@@ -326,6 +329,7 @@ impl Running {
                 let addr = v4(listening_addr(
                     &mut p,
                     "baseline: listening on ",
+                    console::listening,
                     Duration::from_secs(30),
                 )?)?;
                 Ok(Running {
