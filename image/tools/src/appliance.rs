@@ -108,6 +108,8 @@ pub struct ApplianceOptions {
     pub kvm: bool,
     /// Optimized image.
     pub release: bool,
+    /// A prebuilt kernel image to boot instead of building one (no Rust toolchain needed).
+    pub kernel: Option<PathBuf>,
 }
 
 impl Default for ApplianceOptions {
@@ -130,6 +132,7 @@ impl Default for ApplianceOptions {
             bios: qemu::Bios::default(),
             kvm: false,
             release: true,
+            kernel: None,
         }
     }
 }
@@ -374,7 +377,7 @@ fn final_verdict(stats: &ForwarderStats) -> String {
 /// (isa-debug-exit codes are odd).
 pub fn run(o: &ApplianceOptions) -> Result<i32, crate::Error> {
     qemu::ensure_qemu(false)?;
-    let image = crate::build::build_kernel(o.release)?;
+    let image = crate::build::kernel_or_build(o.kernel.as_deref(), o.release)?;
     let stop_requested = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop_requested))?;

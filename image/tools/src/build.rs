@@ -5,7 +5,7 @@
 //! then the loadable part of the ELF is written to `target/image/netoops-relay.elf`.
 
 use crate::{elf, image_dir, target_dir, workspace_root, Error};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The kernel's target triple.
@@ -126,4 +126,38 @@ pub fn build_kernel(release: bool) -> Result<BuiltImage, Error> {
         size: image.len() as u64,
         summary,
     })
+}
+
+/// A kernel image built elsewhere (a release bundle's `netoops-relay.elf`, or cargo's
+/// unstripped kernel ELF), checked the way [`build_kernel`] checks its own: an x86_64 ELF with
+/// the PVH entry note and the multiboot2 header. No cargo, no Rust toolchain.
+pub fn load_kernel(path: &Path) -> Result<BuiltImage, Error> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("kernel {}: {e}", path.display()),
+        ))
+    })?;
+    let summary = elf::inspect(&bytes)?;
+    if summary.pvh_entry.is_none() {
+        return Err(Error::BadElf("no PVH (Xen type 18) note"));
+    }
+    if summary.multiboot2_offset.is_none() {
+        return Err(Error::BadElf("no multiboot2 header in the first 32 KiB"));
+    }
+    Ok(BuiltImage {
+        path: path.to_path_buf(),
+        kernel_elf: path.to_path_buf(),
+        size: bytes.len() as u64,
+        summary,
+    })
+}
+
+/// The image `--kernel` names, or a fresh build: how every command that boots or packs the
+/// kernel picks it.
+pub fn kernel_or_build(prebuilt: Option<&Path>, release: bool) -> Result<BuiltImage, Error> {
+    match prebuilt {
+        Some(path) => load_kernel(path),
+        None => build_kernel(release),
+    }
 }

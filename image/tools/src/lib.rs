@@ -9,7 +9,10 @@
 //! [`uefi`] builds the UEFI stub (`BOOTX64.EFI`) around the same image and [`disk`] writes
 //! the flashable GPT disk with its EFI system partition (no external tools); [`appliance`]
 //! runs the image next to a collector, its netoops (and netconsole) ports fed by
-//! [`forward`], which hands host datagrams to the guest as raw frames ([`frame`]).
+//! [`forward`], which hands host datagrams to the guest as raw frames ([`frame`]); [`bundle`]
+//! lays out a checksummed release of all of it with systemd units. Every command that boots
+//! or packs the kernel also takes a prebuilt one (`--kernel`, `--efi`), so an installed
+//! bundle needs no Rust toolchain.
 //!
 //! Nothing here needs root or the network (the forwarder only binds loopback ports by
 //! default); the only processes started are cargo, rustup, grub-mkrescue, QEMU and the
@@ -17,6 +20,7 @@
 
 pub mod appliance;
 pub mod build;
+pub mod bundle;
 pub mod disk;
 pub mod elf;
 pub mod forward;
@@ -55,6 +59,23 @@ pub fn target_dir() -> PathBuf {
 /// Where built images go: `<target>/image`.
 pub fn image_dir() -> PathBuf {
     target_dir().join("image")
+}
+
+/// Where commands put the images they make on the way (the ISO or disk `run` boots, an
+/// ISO without `--output`): [`image_dir`] when this program runs from the checkout's target
+/// directory (`cargo run`), else `netoops-image` under the system's temporary directory, so
+/// an installed tool with `--kernel`/`--efi` never needs (or writes into) a source tree.
+pub fn scratch_dir() -> PathBuf {
+    let from_checkout = std::env::current_exe()
+        .ok()
+        .and_then(|exe| std::fs::canonicalize(exe).ok())
+        .zip(std::fs::canonicalize(target_dir()).ok())
+        .is_some_and(|(exe, target)| exe.starts_with(target));
+    if from_checkout {
+        image_dir()
+    } else {
+        std::env::temp_dir().join("netoops-image")
+    }
 }
 
 /// Whether `program` is on `PATH`.

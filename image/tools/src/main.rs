@@ -4,7 +4,7 @@
 //! A thin front end over the `netoops_image` library, which the end-to-end tests use too.
 
 use clap::{Parser, Subcommand};
-use netoops_image::{appliance, build, disk, iso, qemu, uefi};
+use netoops_image::{appliance, build, bundle, disk, iso, qemu, uefi};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -65,6 +65,14 @@ enum Cmd {
         /// Install QEMU with apt-get when it is missing.
         #[arg(long)]
         install: bool,
+        /// Boot this prebuilt kernel image (e.g. a release bundle's netoops-relay.elf)
+        /// instead of building one: no Rust toolchain needed.
+        #[arg(long, value_name = "ELF", conflicts_with = "uefi")]
+        kernel: Option<PathBuf>,
+        /// With --uefi: the prebuilt UEFI stub (a release bundle's BOOTX64.EFI) to put on
+        /// the disk instead of building one.
+        #[arg(long, value_name = "EFI", requires = "uefi")]
+        efi: Option<PathBuf>,
         /// Extra QEMU arguments.
         #[arg(last = true)]
         extra: Vec<String>,
@@ -133,6 +141,10 @@ enum Cmd {
         /// Debug (unoptimized) kernel.
         #[arg(long)]
         debug: bool,
+        /// Boot this prebuilt kernel image (e.g. a release bundle's netoops-relay.elf)
+        /// instead of building one: no Rust toolchain needed.
+        #[arg(long, value_name = "ELF")]
+        kernel: Option<PathBuf>,
     },
     /// Build the UEFI stub (BOOTX64.EFI, the kernel inside) as target/image/netoops-relay.efi.
     Uefi {
@@ -159,6 +171,23 @@ enum Cmd {
         /// Debug (unoptimized) kernel and stub.
         #[arg(long)]
         debug: bool,
+        /// Put this prebuilt UEFI stub (a release bundle's BOOTX64.EFI) on the disk instead
+        /// of building one: no Rust toolchain needed.
+        #[arg(long, value_name = "EFI")]
+        efi: Option<PathBuf>,
+    },
+    /// Build the release bundle: kernel ELF, BOOTX64.EFI, a disk image, the GRUB ISO, the
+    /// host programs, systemd units and configuration under root/, and SHA256SUMS.
+    Bundle {
+        /// The bundle's directory (replaced if it exists).
+        #[arg(short, long, default_value = "target/netoops-relay-bundle")]
+        output: PathBuf,
+        /// Debug host programs (faster to build; for tests). The images are always release.
+        #[arg(long)]
+        debug_binaries: bool,
+        /// Disk image size in MiB.
+        #[arg(long, default_value_t = disk::MIN_SIZE_MIB)]
+        disk_size: u64,
     },
     /// Build a GRUB rescue ISO that boots the image via multiboot2.
     Iso {
@@ -168,6 +197,14 @@ enum Cmd {
         /// Debug (unoptimized) kernel.
         #[arg(long)]
         debug: bool,
+        /// Boot this prebuilt kernel image (e.g. a release bundle's netoops-relay.elf)
+        /// instead of building one: no Rust toolchain needed.
+        #[arg(long, value_name = "ELF")]
+        kernel: Option<PathBuf>,
+        /// Output file [default: netoops-relay.iso in target/image, or in the temporary
+        /// directory when run outside a checkout].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -204,6 +241,24 @@ fn build_efi_and_report(release: bool) -> Result<uefi::BuiltEfi, netoops_image::
     Ok(efi)
 }
 
+/// The image `--kernel` names (checked), or a fresh build, reported.
+fn kernel_or_build(
+    prebuilt: Option<&Path>,
+    release: bool,
+) -> Result<build::BuiltImage, netoops_image::Error> {
+    match prebuilt {
+        Some(path) => build::load_kernel(path),
+        None => build_and_report(release),
+    }
+}
+
+/// `name` in the scratch directory (created), for images made only to boot them.
+fn scratch_file(name: &str) -> Result<PathBuf, netoops_image::Error> {
+    let dir = netoops_image::scratch_dir();
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir.join(name))
+}
+
 /// Checks relay.conf the way the UEFI stub will at boot.
 fn check_conf(path: &Path, text: &[u8]) -> Result<(), netoops_image::Error> {
     let checked = netoops_uefi::conf::to_cmdline(text)
@@ -226,9 +281,13 @@ fn build_disk_and_report(
     conf: &[u8],
     size: u64,
     output: &Path,
+    efi: Option<&Path>,
     release: bool,
 ) -> Result<(), netoops_image::Error> {
-    let efi = build_efi_and_report(release)?;
+    let efi = match efi {
+        Some(path) => uefi::load_efi(path)?,
+        None => build_efi_and_report(release)?,
+    };
     let layout = disk::build_disk(&std::fs::read(&efi.path)?, Some(conf), size, output)?;
     eprintln!(
         "netoops-image: {} ({} MiB, EFI system partition at {} MiB, {} MiB)",
@@ -252,12 +311,13 @@ fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
             size,
             no_check,
             debug,
+            efi,
         } => {
             let text = std::fs::read(&conf)?;
             if !no_check {
                 check_conf(&conf, &text)?;
             }
-            build_disk_and_report(&text, size, &output, !debug)?;
+            build_disk_and_report(&text, size, &output, efi.as_deref(), !debug)?;
             eprintln!(
                 "netoops-image: flash it with: dd if={} of=/dev/sdX bs=4M conv=fsync",
                 output.display()
@@ -283,6 +343,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
             bios,
             kvm,
             debug,
+            kernel,
         } => {
             let code = appliance::run(&appliance::ApplianceOptions {
                 machine,
@@ -302,20 +363,45 @@ fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
                 bios,
                 kvm,
                 release: !debug,
+                kernel,
             })?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Cmd::Bundle {
+            output,
+            debug_binaries,
+            disk_size,
+        } => {
+            let made = bundle::build_bundle(&bundle::BundleOptions {
+                output,
+                release_binaries: !debug_binaries,
+                disk_mib: disk_size,
+            })?;
+            eprintln!(
+                "netoops-image: {} ({} files; check with: cd {} && sha256sum -c SHA256SUMS)",
+                made.dir.display(),
+                made.files.len(),
+                made.dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Build { release } => {
             build_and_report(release)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Iso { cmdline, debug } => {
-            let image = build_and_report(!debug)?;
-            let out = iso::build_iso(
-                &image.path,
-                &cmdline,
-                &netoops_image::image_dir().join("netoops-relay.iso"),
-            )?;
+        Cmd::Iso {
+            cmdline,
+            debug,
+            kernel,
+            output,
+        } => {
+            let image = kernel_or_build(kernel.as_deref(), !debug)?;
+            let output =
+                output.unwrap_or_else(|| netoops_image::scratch_dir().join("netoops-relay.iso"));
+            if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let out = iso::build_iso(&image.path, &cmdline, &output)?;
             eprintln!("netoops-image: {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -332,6 +418,8 @@ fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
             uefi: use_uefi,
             conf,
             install,
+            kernel,
+            efi,
             extra,
         } => {
             qemu::ensure_qemu(install)?;
@@ -344,15 +432,15 @@ fn real_main(cli: Cli) -> Result<ExitCode, netoops_image::Error> {
                     Some(path) => std::fs::read(path)?,
                     None => format!("{cmdline}\n").into_bytes(),
                 };
-                let path = netoops_image::image_dir().join("run-uefi.img");
-                build_disk_and_report(&text, disk::MIN_SIZE_MIB, &path, !debug)?;
+                let path = scratch_file("run-uefi.img")?;
+                build_disk_and_report(&text, disk::MIN_SIZE_MIB, &path, efi.as_deref(), !debug)?;
                 cmd.uefi(&qemu::Ovmf::find()?).disk(&path)
             } else if use_iso {
-                let image = build_and_report(!debug)?;
-                let path = netoops_image::image_dir().join("netoops-relay.iso");
+                let image = kernel_or_build(kernel.as_deref(), !debug)?;
+                let path = scratch_file("netoops-relay.iso")?;
                 cmd.iso(iso::build_iso(&image.path, &cmdline, &path)?)
             } else {
-                cmd.kernel(&build_and_report(!debug)?.path)
+                cmd.kernel(&kernel_or_build(kernel.as_deref(), !debug)?.path)
             };
             for o in machine_option {
                 cmd = cmd.machine_option(o);

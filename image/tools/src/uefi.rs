@@ -6,7 +6,7 @@
 
 use crate::build::BuiltImage;
 use crate::{image_dir, target_dir, workspace_root, Error};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The stub's target triple.
@@ -57,9 +57,7 @@ pub fn build_efi(kernel: &BuiltImage, release: bool) -> Result<BuiltEfi, Error> 
         })
         .join("netoops-uefi.efi");
     let bytes = std::fs::read(&built)?;
-    if bytes.get(..2) != Some(b"MZ".as_slice()) {
-        return Err(Error::BadElf("the UEFI build is not a PE image"));
-    }
+    check_pe(&bytes)?;
     std::fs::create_dir_all(image_dir())?;
     let path = image_dir().join(EFI_NAME);
     let tmp = path.with_extension(format!("efi.{}", std::process::id()));
@@ -69,4 +67,53 @@ pub fn build_efi(kernel: &BuiltImage, release: bool) -> Result<BuiltEfi, Error> 
         path,
         size: bytes.len() as u64,
     })
+}
+
+/// A stub built elsewhere (a release bundle's `BOOTX64.EFI`), checked to be a PE image.
+pub fn load_efi(path: &Path) -> Result<BuiltEfi, Error> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("EFI stub {}: {e}", path.display()),
+        ))
+    })?;
+    check_pe(&bytes)?;
+    Ok(BuiltEfi {
+        path: path.to_path_buf(),
+        size: bytes.len() as u64,
+    })
+}
+
+/// A PE/COFF image: the `MZ` header whose `e_lfanew` points at a `PE\0\0` signature.
+fn check_pe(bytes: &[u8]) -> Result<(), Error> {
+    let pe_offset = bytes
+        .get(0x3c..0x40)
+        .filter(|_| bytes.starts_with(b"MZ"))
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    match pe_offset.and_then(|at| bytes.get(at..at.checked_add(4)?)) {
+        Some(b"PE\0\0") => Ok(()),
+        _ => Err(Error::BadElf("not a PE (EFI) image")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pe_images_pass() {
+        let mut pe = vec![0u8; 0x100];
+        pe[..2].copy_from_slice(b"MZ");
+        pe[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+        pe[0x80..0x84].copy_from_slice(b"PE\0\0");
+        assert!(check_pe(&pe).is_ok());
+        let mut bad = pe.clone();
+        bad[0x80] = b'X';
+        assert!(check_pe(&bad).is_err());
+        bad = pe.clone();
+        bad[0x3c..0x40].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(check_pe(&bad).is_err());
+        assert!(check_pe(b"MZ").is_err());
+        assert!(check_pe(b"\x7fELF").is_err());
+    }
 }
