@@ -29,6 +29,10 @@
 //!   `loop: turns N per_second M halts H halted_percent P stray_interrupts S` (turns of
 //!   the board loop, halts since boot and the share of the interval spent halted: its
 //!   slack; the last three only when the idle halt is on).
+//!
+//! From the board's start the console is deferred ([`platform::serial`]): lines go into a
+//! ring and each loop turn writes some of them, so printing never stalls the data path; a
+//! line that finds the ring full is dropped whole and counted (`console: N lines dropped`).
 
 use crate::net::driver::{FastPath, NicReport, StackDriver};
 use crate::net::executor::{spawn, Runtime};
@@ -400,6 +404,7 @@ impl Monitor {
             self.next_stats_us = now_us + self.interval_us;
             self.print_counters();
         }
+        worked |= platform::serial::pump() > 0;
         if self.idle.is_some() {
             let frames = self.frames_moved();
             worked |= frames != self.frames;

@@ -58,6 +58,7 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// Ends the VM with `code` through isa-debug-exit; on a machine without that device (real
 /// hardware, other VMMs) the write is ignored and the CPU halts for good.
 pub fn exit_qemu(code: u32) -> ! {
+    serial::flush();
     // SAFETY: port 0xf4 is isa-debug-exit under QEMU and unassigned on PC hardware; writing
     // it has no other effect.
     unsafe { port::outl(DEBUG_EXIT_PORT, code) };
@@ -151,6 +152,8 @@ mod bring_up {
     /// Brings the platform up; `protocol`/`info` are the trampoline's arguments.
     pub fn init(protocol: u32, info: u32, entry_tsc: u64) -> Platform {
         serial::init();
+        // Boot lines wait for the board loop (or a self-test's `serial::immediate`).
+        serial::defer();
         interrupts::init();
         let boot = BOOT_INFO.call_once(|| read_boot_info(protocol, info));
         let (hz, tsc_source) = clock::calibrate();
