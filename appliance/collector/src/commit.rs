@@ -10,6 +10,9 @@
 //! taken and synced at once (no timer, no waiting for company), and under load the next batch
 //! grows while the current one is syncing.
 //!
+//! Once a batch is durable, what it stored is also handed to the syslog output, when there is
+//! one ([`crate::syslog`]): a queue that never makes the committer wait.
+//!
 //! A batch that fails (a sync, rename or append) acknowledges nothing: each session with a
 //! record in it is told [`Verdict::Failed`] and closes its connection; the relay reconnects
 //! and resends from `Welcome.last_seq`. Records a failed session had queued after the batch are

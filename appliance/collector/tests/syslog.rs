@@ -5,7 +5,7 @@
 //! library's `Server`), fed through the relay's real link code.
 //!
 //! Shown: every crash notice and stored dump arrives once, with its structured data, severity,
-//! facility, APP-NAME and HOSTNAME; an older revision and a replay send nothing; hostile
+//! facility, APP-NAME and HOSTNAME; an older revision and a resent record send nothing; hostile
 //! strings arrive escaped and on one line; an rsyslog that starts late, or stops and comes
 //! back, loses nothing within the queue's bound, and what is beyond the bound is counted.
 
@@ -259,11 +259,11 @@ fn each_crash_notice_and_stored_dump_arrives_once_with_its_structured_data() {
     let mut config = link_config(0x5157);
     config.relay = hostile_relay.into();
     let mut d = Driver::new(config, vec![collector.addr]);
-    d.enqueue(
-        &crash("10.6.0.1:2004", 1, 0),
+    let first_crash = crash("10.6.0.1:2004", 1, 0);
+    let first_text =
         b"<0>[   12.345678] BUG: kernel NULL pointer dereference, address: 0000000000000008\n\
-          <4>[   12.345700] #PF: supervisor read access in kernel mode\n",
-    );
+          <4>[   12.345700] #PF: supervisor read access in kernel mode\n";
+    let first_seq = d.enqueue(&first_crash, first_text);
     d.enqueue(&dump("10.6.0.1:2004", 1, 1, true), &text(1, 3000));
     d.enqueue(
         &with_kernel(crash("10.6.0.2:2004", 2, 3), hostile_kernel),
@@ -289,6 +289,13 @@ fn each_crash_notice_and_stored_dump_arrives_once_with_its_structured_data() {
         &text(4, 1500),
     );
     assert!(d.drain(Duration::from_secs(20)));
+    // The relay resends a crash notice the collector already stored (it never saw the Ack):
+    // acknowledged as a replay, nothing stored, nothing sent.
+    let mut resend = raw::RawSession::open(collector.addr, hostile_relay, 0x5157).unwrap();
+    resend
+        .send(&raw::frame(first_seq, &first_crash, first_text))
+        .unwrap();
+    resend.ack_through(first_seq).unwrap();
     let msgs = rsyslog.expect(5);
     assert_eq!(msgs.len(), 5, "{msgs:#?}");
 
@@ -534,4 +541,36 @@ fn a_burst_of_twenty_thousand_messages_arrives_whole_and_once() {
         N as f64 / sent.as_secs_f64(),
         N as f64 / received.as_secs_f64()
     );
+}
+
+#[test]
+fn bad_syslog_settings_stop_the_collector_with_a_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (&["--syslog", "logs.example.net"][..], "is not HOST:PORT"),
+        (
+            &["--syslog", "127.0.0.1:514", "--syslog-facility", "local8"],
+            "unknown syslog facility",
+        ),
+        (
+            &[
+                "--syslog",
+                "127.0.0.1:514",
+                "--syslog-app-name",
+                "two words",
+            ],
+            "app name",
+        ),
+        (&["--syslog-queue", "10"], "--syslog <HOST:PORT>"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_netoops-collect"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(tmp.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 }
