@@ -76,8 +76,12 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Connecting to one address gives up after this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// A write that makes no progress for this long counts as a failed connection.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A write that makes no progress for this long counts as a failed connection: long, because
+/// a receiver that is only slow (rsyslog stops reading when its own queue is full) would
+/// otherwise be disconnected again and again, and the message cut mid-write by each
+/// disconnection is sent again whole on the next connection (the receiver may log the cut
+/// piece as well).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Messages taken from the queue per write.
 const BATCH: usize = 256;
 

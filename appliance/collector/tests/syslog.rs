@@ -7,7 +7,8 @@
 //! Shown: every crash notice and stored dump arrives once, with its structured data, severity,
 //! facility, APP-NAME and HOSTNAME; an older revision and a resent record send nothing; hostile
 //! strings arrive escaped and on one line; an rsyslog that starts late, or stops and comes
-//! back, loses nothing within the queue's bound, and what is beyond the bound is counted.
+//! back, loses nothing within the queue's bound, and what is beyond the bound is counted; a
+//! stalled rsyslog (SIGSTOP) holds up no acknowledgement.
 
 mod common;
 
@@ -137,13 +138,8 @@ input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="netoops")
 
     /// Stops it as an operator would (SIGTERM) and waits for it to exit.
     fn stop(&mut self) {
-        let mut child = self.child.take().expect("running");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        child.wait().unwrap();
+        self.signal("TERM");
+        self.child.take().expect("running").wait().unwrap();
     }
 
     /// Every message written so far.
@@ -158,15 +154,31 @@ input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="netoops")
 
     /// Waits until `n` messages are there, then a little longer for any extra one.
     fn expect(&self, n: usize) -> Vec<Value> {
-        let arrived = wait_for(Duration::from_secs(30), || self.messages().len() >= n);
+        let arrived = wait_for(Duration::from_secs(60), || self.count() >= n);
         assert!(
             arrived,
             "{} of {n} messages: {:#?}",
-            self.messages().len(),
+            self.count(),
             self.messages()
         );
         std::thread::sleep(Duration::from_millis(500));
         self.messages()
+    }
+
+    /// Messages written so far, counted without parsing them.
+    fn count(&self) -> usize {
+        fs::read(self.dir.join("messages.jsonl"))
+            .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+    }
+
+    /// Sends it a signal (`STOP`, `CONT`).
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 }
 
@@ -382,26 +394,37 @@ fn each_crash_notice_and_stored_dump_arrives_once_with_its_structured_data() {
 
 /// `n` crash notices from distinct machines, numbered from `first`.
 fn send_crashes(d: &mut Driver, first: u16, n: u16) {
+    send_long_crashes(d, first, n, 0);
+}
+
+/// As [`send_crashes`], each crash line `pad` bytes longer.
+fn send_long_crashes(d: &mut Driver, first: u16, n: u16, pad: usize) {
     for i in first..first + n {
         d.enqueue(
             &crash(&format!("10.7.{}.{}:2004", i / 200, i % 200 + 1), i, 0),
-            format!("[ 5.000] Kernel panic - not syncing: crash {i}\n").as_bytes(),
+            format!(
+                "[ 5.000] Kernel panic - not syncing: crash {i}{}\n",
+                " x".repeat(pad / 2)
+            )
+            .as_bytes(),
         );
     }
-    assert!(d.drain(Duration::from_secs(30)));
+    assert!(d.drain(Duration::from_secs(60)));
 }
 
 /// The crash numbers that arrived, sorted, and how often each did.
 fn crash_numbers(msgs: &[Value]) -> (Vec<u32>, HashMap<u32, usize>) {
     let mut seen = HashMap::new();
     for m in msgs {
-        let n: u32 = m["msg"]
+        let rest = m["msg"]
             .as_str()
             .unwrap()
             .strip_prefix("Kernel panic - not syncing: crash ")
-            .unwrap()
-            .parse()
-            .unwrap();
+            .unwrap_or_else(|| panic!("{m}"));
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u32 = rest[..digits].parse().unwrap();
         *seen.entry(n).or_insert(0) += 1;
     }
     let mut numbers: Vec<u32> = seen.keys().copied().collect();
@@ -577,4 +600,58 @@ fn bad_syslog_settings_stop_the_collector_with_a_message() {
         assert!(!out.status.success(), "{args:?}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn a_stalled_rsyslog_holds_up_no_acknowledgement_and_what_overflows_is_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut rsyslog = Rsyslog::new(&tmp.path().join("rsyslog"), port);
+    rsyslog.start();
+    let mut syslog = SyslogConfig::new(format!("127.0.0.1:{port}"));
+    syslog.queue = 100;
+    let server = Server::bind(ServerConfig {
+        syslog: Some(syslog),
+        ..ServerConfig::new("127.0.0.1:0".parse().unwrap(), tmp.path().join("store"))
+    })
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let stats = server.syslog_stats().unwrap();
+    let counters = server.counters();
+    server.spawn();
+    let mut d = Driver::new(link_config(0x57a1), vec![addr]);
+    send_crashes(&mut d, 1, 20);
+    rsyslog.expect(20);
+
+    // rsyslog stops reading (SIGSTOP): the sender fills the socket buffers and then waits in
+    // a write, while crashes go on being stored and acknowledged. 2,000 messages of about
+    // 7 KiB are more than the socket buffers (4 MiB at most to send, here) and the queue of
+    // 100 hold.
+    rsyslog.signal("STOP");
+    for round in 0..5 {
+        send_long_crashes(&mut d, 21 + round * 400, 400, 7000);
+    }
+    assert_eq!(counters.crashes_stored.load(Ordering::Relaxed), 2020);
+    let dropped = stats.dropped.load(Ordering::Relaxed);
+    assert!(dropped > 0, "{}", stats.to_json());
+    assert!(stats.sent.load(Ordering::Relaxed) < 2020 - dropped);
+    rsyslog.signal("CONT");
+
+    // Everything that was not dropped arrives, once.
+    let expected = 2020 - dropped as usize;
+    assert!(wait_for(Duration::from_secs(60), || stats
+        .sent
+        .load(Ordering::Relaxed)
+        == expected as u64));
+    let msgs = rsyslog.expect(expected);
+    assert_eq!(msgs.len(), expected, "{}", stats.to_json());
+    let (numbers, seen) = crash_numbers(&msgs);
+    assert_eq!(numbers.len(), expected);
+    assert!(seen.values().all(|&n| n == 1));
+    assert_eq!(stats.errors.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.truncated.load(Ordering::Relaxed), 0);
+    eprintln!(
+        "stalled rsyslog: 2020 crashes stored and acknowledged, {} sent, {dropped} dropped",
+        stats.sent.load(Ordering::Relaxed)
+    );
 }
