@@ -10,6 +10,9 @@
 //! taken and synced at once (no timer, no waiting for company), and under load the next batch
 //! grows while the current one is syncing.
 //!
+//! Once a batch is durable, what it stored is also handed to the syslog output, when there is
+//! one ([`crate::syslog`]): a queue that never makes the committer wait.
+//!
 //! A batch that fails (a sync, rename or append) acknowledges nothing: each session with a
 //! record in it is told [`Verdict::Failed`] and closes its connection; the relay reconnects
 //! and resends from `Welcome.last_seq`. Records a failed session had queued after the batch are
@@ -21,6 +24,7 @@
 
 use crate::session::Counters;
 use crate::store::{Applied, BatchTimes, Entry, Origin, Store};
+use crate::syslog::Syslog;
 use netoops_core::upstream::{Record, RecordHeader};
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -183,19 +187,21 @@ impl Queue {
     }
 }
 
-/// Starts the committer thread.
+/// Starts the committer thread; with `syslog`, every record it makes durable is also queued
+/// for syslog (after the batch is durable, never waiting for the sender).
 pub fn spawn(
     store: Arc<Store>,
     queue: Arc<Queue>,
     counters: Arc<Counters>,
+    syslog: Option<Arc<Syslog>>,
 ) -> io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name("netoops-commit".into())
-        .spawn(move || run(&store, &queue, &counters))
+        .spawn(move || run(&store, &queue, &counters, syslog.as_deref()))
 }
 
 /// The committer loop; returns when the queue is closed and drained.
-pub fn run(store: &Store, queue: &Queue, counters: &Counters) {
+pub fn run(store: &Store, queue: &Queue, counters: &Counters, syslog: Option<&Syslog>) {
     let mut out = Vec::<u8>::with_capacity(64 * 1024);
     // After a failed state write, wait longer before the next try (no busy error loop).
     let mut idle = IDLE_PERSIST;
@@ -216,7 +222,7 @@ pub fn run(store: &Store, queue: &Queue, counters: &Counters) {
             }
             continue;
         }
-        commit_batch(store, jobs, counters, &mut out);
+        commit_batch(store, jobs, counters, syslog, &mut out);
         if !out.is_empty() {
             let mut stdout = io::stdout().lock();
             let _ = stdout.write_all(&out).and_then(|()| stdout.flush());
@@ -225,8 +231,15 @@ pub fn run(store: &Store, queue: &Queue, counters: &Counters) {
     }
 }
 
-/// Stores one batch and sends every session its verdict. Lines for stdout go to `out`.
-pub fn commit_batch(store: &Store, jobs: Vec<Job>, counters: &Counters, out: &mut Vec<u8>) {
+/// Stores one batch and sends every session its verdict. Lines for stdout go to `out`; what
+/// was stored is queued for `syslog` once the batch is durable.
+pub fn commit_batch(
+    store: &Store,
+    jobs: Vec<Job>,
+    counters: &Counters,
+    syslog: Option<&Syslog>,
+    out: &mut Vec<u8>,
+) {
     // Records a failed session queued after its failure are not stored.
     let jobs: Vec<Job> = jobs
         .into_iter()
@@ -245,6 +258,9 @@ pub fn commit_batch(store: &Store, jobs: Vec<Job>, counters: &Counters, out: &mu
         })
         .collect();
     let (results, times) = store.commit(&entries);
+    // `commit` returns once the batch is durable (or failed): from here on, what it stored
+    // may be told.
+    let durable_at = syslog.map(|_| crate::wallclock::now_ms());
     // Per session (by address of its tie): highest durable seq, or the first failure.
     let mut verdicts: HashMap<*const SessionTie, (&Arc<SessionTie>, Result<u64, String>)> =
         HashMap::new();
@@ -257,6 +273,9 @@ pub fn commit_batch(store: &Store, jobs: Vec<Job>, counters: &Counters, out: &mu
             (Ok(applied), Ok(seq)) => {
                 *seq = (*seq).max(job.header.seq);
                 count(job, applied, counters, out);
+                if let (Some(s), Some(at)) = (syslog, durable_at) {
+                    s.stored(&job.origin, &job.header, &job.payload, applied, at);
+                }
             }
             (Err(why), slot @ Ok(_)) => {
                 failures += 1;

@@ -10,6 +10,7 @@
 //! - [`index`]: the SQLite index of dumps by crash signature, source, time and kernel.
 //! - [`web`]: the HTTP view of crash groups, machines and dumps.
 //! - [`watch`]: new crash notices and dumps as they land (`netoops-collect watch`).
+//! - [`syslog`]: crash notices and stored dumps as RFC 5424 messages to a syslog server.
 //! - [`wallclock`]: wall-clock ms and RFC 3339 formatting.
 //!
 //! The record format is [`netoops_core::upstream::record`].
@@ -20,6 +21,7 @@ pub mod index;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod syslog;
 pub mod wallclock;
 pub mod watch;
 pub mod web;

@@ -1,10 +1,12 @@
 //! `netoops-collect`: `serve` relay sessions into a storage directory (and, with `--http`, a
-//! web view of it), `list` and `show` what it holds, `groups` its crashes by signature.
+//! web view of it; with `--syslog`, a message per crash notice and dump), `list` and `show` what
+//! it holds, `groups` its crashes by signature.
 
 use clap::{Parser, Subcommand};
 use netoops_collect::catalog;
 use netoops_collect::index::{self, Index, SyncStats};
 use netoops_collect::server::{Server, ServerConfig};
+use netoops_collect::syslog::{self, SyslogConfig};
 use netoops_collect::web::WebServer;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -42,6 +44,8 @@ enum Command {
         /// Also serve the web view (crash groups, machines, dumps; JSON under /api/) here.
         #[arg(long, value_name = "ADDR")]
         http: Option<SocketAddr>,
+        #[command(flatten)]
+        syslog: SyslogArgs,
     },
     /// List stored dumps, newest first.
     List {
@@ -82,6 +86,44 @@ enum Command {
     },
 }
 
+/// `serve`'s syslog output.
+#[derive(clap::Args)]
+struct SyslogArgs {
+    /// Also send each crash notice and stored dump to this syslog server: RFC 5424 over TCP,
+    /// octet-counted (RFC 6587).
+    #[arg(long, value_name = "HOST:PORT")]
+    syslog: Option<String>,
+    /// Syslog facility: a name (local0-local7, daemon, user, ...) or 0-23.
+    #[arg(long, default_value = "local0", value_parser = syslog::parse_facility, requires = "syslog")]
+    syslog_facility: u8,
+    /// Syslog APP-NAME.
+    #[arg(long, default_value = syslog::DEFAULT_APP_NAME, requires = "syslog")]
+    syslog_app_name: String,
+    /// Syslog HOSTNAME [default: this machine's host name].
+    #[arg(long, requires = "syslog")]
+    syslog_hostname: Option<String>,
+    /// Syslog messages held while the server is slow or away; more are dropped and counted.
+    #[arg(long, default_value_t = syslog::DEFAULT_QUEUE as u32, value_parser = clap::value_parser!(u32).range(1..), requires = "syslog")]
+    syslog_queue: u32,
+}
+
+impl SyslogArgs {
+    fn config(self) -> Result<Option<SyslogConfig>, String> {
+        let Some(target) = self.syslog else {
+            return Ok(None);
+        };
+        let mut c = SyslogConfig::new(target);
+        c.facility = self.syslog_facility;
+        c.app_name = self.syslog_app_name;
+        if let Some(h) = self.syslog_hostname {
+            c.hostname = h;
+        }
+        c.queue = self.syslog_queue as usize;
+        c.validate()?;
+        Ok(Some(c))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -91,15 +133,19 @@ fn main() -> ExitCode {
             idle_timeout,
             max_connections,
             http,
-        } => serve(
-            ServerConfig {
-                listen,
-                dir,
-                idle_timeout: Duration::from_secs(idle_timeout.max(1)),
-                max_connections: max_connections as usize,
-            },
-            http,
-        ),
+            syslog,
+        } => syslog.config().and_then(|syslog| {
+            serve(
+                ServerConfig {
+                    listen,
+                    dir,
+                    idle_timeout: Duration::from_secs(idle_timeout.max(1)),
+                    max_connections: max_connections as usize,
+                    syslog,
+                },
+                http,
+            )
+        }),
         Command::List {
             dir,
             json,
@@ -187,6 +233,19 @@ fn serve(config: ServerConfig, http: Option<SocketAddr>) -> Result<(), String> {
         let addr = web.local_addr().map_err(|e| e.to_string())?;
         print_out(format!("web view on http://{addr}/\n").as_bytes());
         web.spawn();
+    }
+    if let Some(s) = &config.syslog {
+        print_out(
+            format!(
+                "syslog to {} (facility {}, app {}, host {}, queue {})\n",
+                s.target,
+                syslog::facility_name(s.facility),
+                s.app_name,
+                s.hostname,
+                s.queue
+            )
+            .as_bytes(),
+        );
     }
     server.run().map_err(|e| e.to_string())
 }

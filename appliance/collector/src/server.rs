@@ -7,6 +7,7 @@
 use crate::commit::{self, Queue, QUEUE_BYTES};
 use crate::session::{serve_connection, Counters};
 use crate::store::{Store, Syncer};
+use crate::syslog::{Syslog, SyslogConfig, SyslogStats};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -26,16 +27,19 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Also send crash notices and stored dumps to syslog ([`crate::syslog`]).
+    pub syslog: Option<SyslogConfig>,
 }
 
 impl ServerConfig {
-    /// Defaults: 120 s idle timeout, 256 connections.
+    /// Defaults: 120 s idle timeout, 256 connections, no syslog.
     pub fn new(listen: SocketAddr, dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
             listen,
             dir: dir.into(),
             idle_timeout: Duration::from_secs(120),
             max_connections: 256,
+            syslog: None,
         }
     }
 }
@@ -47,6 +51,7 @@ pub struct Server {
     store: Arc<Store>,
     queue: Arc<Queue>,
     counters: Arc<Counters>,
+    syslog: Option<Arc<Syslog>>,
     config: ServerConfig,
 }
 
@@ -65,11 +70,16 @@ impl Server {
 
     fn bind_store(config: ServerConfig, store: Arc<Store>) -> io::Result<Server> {
         let listener = TcpListener::bind(config.listen)?;
+        let syslog = match &config.syslog {
+            Some(c) => Some(Arc::new(Syslog::start(c.clone())?)),
+            None => None,
+        };
         Ok(Server {
             listener,
             store,
             queue: Queue::new(QUEUE_BYTES),
             counters: Arc::new(Counters::default()),
+            syslog,
             config,
         })
     }
@@ -84,6 +94,11 @@ impl Server {
         Arc::clone(&self.counters)
     }
 
+    /// The syslog output's counters, when it is on.
+    pub fn syslog_stats(&self) -> Option<Arc<SyslogStats>> {
+        self.syslog.as_ref().map(|s| s.stats())
+    }
+
     /// The store.
     pub fn store(&self) -> Arc<Store> {
         Arc::clone(&self.store)
@@ -95,6 +110,7 @@ impl Server {
             Arc::clone(&self.store),
             Arc::clone(&self.queue),
             Arc::clone(&self.counters),
+            self.syslog.clone(),
         )?;
         let active = Arc::new(AtomicUsize::new(0));
         for stream in self.listener.incoming() {

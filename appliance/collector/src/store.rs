@@ -77,7 +77,7 @@
 use crate::wallclock::rfc3339;
 use netoops_core::upstream::record::{relay_to_wall_ms, RegisterSet};
 use netoops_core::upstream::{
-    ConsoleMeta, Cpu, CrashSeen, DumpMeta, Record, RecordHeader, Source, SourceIp,
+    ConsoleMeta, Cpu, CrashSeen, DumpIdentity, DumpMeta, Record, RecordHeader, Source, SourceIp,
 };
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
@@ -1003,12 +1003,21 @@ pub fn ip_dir_name(ip: &SourceIp) -> String {
 /// `b<boot_id>-d<dump_id>-t<type>-v<version>-g<generation>` for netoops;
 /// `nc-b<boot>-c<crash>` for netconsole.
 pub fn dump_key(d: &DumpMeta) -> String {
-    if let Some(nc) = &d.netconsole {
+    key_of(&d.id, d.generation, d.netconsole.as_ref())
+}
+
+/// The key the dump of a crash notice is stored under (before any `-o<n>` occurrence suffix).
+pub fn crash_key(c: &CrashSeen) -> String {
+    key_of(&c.id, c.generation, c.netconsole.as_ref())
+}
+
+fn key_of(id: &DumpIdentity, generation: u32, netconsole: Option<&ConsoleMeta>) -> String {
+    if let Some(nc) = netconsole {
         return format!("nc-b{}-c{}", nc.boot, nc.crash);
     }
     format!(
         "b{}-d{}-t{}-v{}-g{}",
-        d.id.boot_id, d.id.dump_id, d.id.dump_type, d.id.version, d.generation
+        id.boot_id, id.dump_id, id.dump_type, id.version, generation
     )
 }
 
@@ -1149,7 +1158,6 @@ fn dump_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netoops_core::upstream::DumpIdentity;
 
     fn dump(revision: u32, first_seen_ms: u64) -> DumpMeta {
         DumpMeta {
