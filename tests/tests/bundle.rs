@@ -200,61 +200,62 @@ fn the_release_bundle_installs_and_its_units_run_a_working_relay_and_collector()
             "{program} in /usr/bin: the no-toolchain check would not hold"
         );
     }
+    let installed = |args: &[&std::ffi::OsStr]| {
+        Command::new(&tool)
+            .env_clear()
+            .env("PATH", bare_path)
+            .current_dir(work.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let succeeded = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
     let iso = work.path().join("site.iso");
-    let out = Command::new(&tool)
-        .env_clear()
-        .env("PATH", bare_path)
-        .current_dir(work.path())
-        .args(["iso", "--cmdline", "ip=10.1.0.5/24 upstream=10.1.0.1:2005"])
-        .arg("--kernel")
-        .arg(share.join("netoops-relay.elf"))
-        .arg("--output")
-        .arg(&iso)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let kernel = share.join("netoops-relay.elf");
+    succeeded(installed(&[
+        "iso".as_ref(),
+        "--cmdline".as_ref(),
+        "ip=10.1.0.5/24 upstream=10.1.0.1:2005".as_ref(),
+        "--kernel".as_ref(),
+        kernel.as_os_str(),
+        "--output".as_ref(),
+        iso.as_os_str(),
+    ]));
     assert!(std::fs::metadata(&iso).unwrap().len() > 1 << 20);
 
     let conf = work.path().join("site.conf");
     std::fs::write(&conf, "ip=10.1.0.5/24\nupstream=10.1.0.1:2005\n").unwrap();
     let disk = work.path().join("site.img");
-    let out = Command::new(&tool)
-        .env_clear()
-        .env("PATH", bare_path)
-        .current_dir(work.path())
-        .arg("disk")
-        .arg("--efi")
-        .arg(share.join("BOOTX64.EFI"))
-        .arg("--conf")
-        .arg(&conf)
-        .arg("-o")
-        .arg(&disk)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let efi = share.join("BOOTX64.EFI");
+    succeeded(installed(&[
+        "disk".as_ref(),
+        "--efi".as_ref(),
+        efi.as_os_str(),
+        "--conf".as_ref(),
+        conf.as_os_str(),
+        "-o".as_ref(),
+        disk.as_os_str(),
+    ]));
     assert_eq!(
         std::fs::metadata(&disk).unwrap().len(),
         netoops_image::disk::DEFAULT_SIZE_MIB << 20
     );
 
     // A file that is not a kernel image is refused, naming it.
-    let out = Command::new(&tool)
-        .env_clear()
-        .env("PATH", bare_path)
-        .args(["iso", "--kernel"])
-        .arg(&conf)
-        .arg("--output")
-        .arg(work.path().join("bad.iso"))
-        .output()
-        .unwrap();
+    let bad = work.path().join("bad.iso");
+    let out = installed(&[
+        "iso".as_ref(),
+        "--kernel".as_ref(),
+        conf.as_os_str(),
+        "--output".as_ref(),
+        bad.as_os_str(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("kernel ELF"), "{err}");

@@ -132,12 +132,7 @@ pub fn build_kernel(release: bool) -> Result<BuiltImage, Error> {
 /// unstripped kernel ELF), checked the way [`build_kernel`] checks its own: an x86_64 ELF with
 /// the PVH entry note and the multiboot2 header. No cargo, no Rust toolchain.
 pub fn load_kernel(path: &Path) -> Result<BuiltImage, Error> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Error::Io(std::io::Error::new(
-            e.kind(),
-            format!("kernel {}: {e}", path.display()),
-        ))
-    })?;
+    let bytes = crate::read_named(path, "kernel")?;
     let summary = elf::inspect(&bytes)?;
     if summary.pvh_entry.is_none() {
         return Err(Error::BadElf("no PVH (Xen type 18) note"));

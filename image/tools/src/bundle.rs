@@ -41,53 +41,52 @@ pub const CONF_DIR: &str = "etc/netoops";
 /// The images, for `netoops-image run --kernel` / `disk --efi` on the installed machine.
 pub const SHARE_DIR: &str = "usr/local/share/netoops";
 
-/// The collector's unit: the default storage directory and port, hardened, restarted on
-/// failure. `StateDirectory` makes systemd create `/var/lib/netoops-collect` for the
-/// dynamic user.
-pub const COLLECT_UNIT: &str = "\
-[Unit]
-Description=netoops crash collector: stores what netoops relays deliver
-After=network-online.target
-Wants=network-online.target
+/// A unit for a long-running service of the bundle: restarted on failure, as a dynamic user,
+/// with systemd's file-system and privilege hardening.
+fn unit(description: &str, after: &str, exec_start: &str, service_extra: &str) -> String {
+    format!(
+        "[Unit]\n\
+         Description={description}\n\
+         After=network-online.target{after}\n\
+         Wants=network-online.target\n\
+         \n\
+         [Service]\n\
+         Type=exec\n\
+         ExecStart={exec_start}\n\
+         DynamicUser=yes\n\
+         {service_extra}\
+         Restart=on-failure\n\
+         RestartSec=1s\n\
+         NoNewPrivileges=yes\n\
+         ProtectSystem=strict\n\
+         ProtectHome=yes\n\
+         PrivateTmp=yes\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n"
+    )
+}
 
-[Service]
-Type=exec
-ExecStart=/usr/local/bin/netoops-collect serve --listen 0.0.0.0:2005 --dir /var/lib/netoops-collect
-DynamicUser=yes
-StateDirectory=netoops-collect
-Restart=on-failure
-RestartSec=1s
-LimitNOFILE=65536
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-
-[Install]
-WantedBy=multi-user.target
-";
+/// The collector's unit: the default storage directory and port. `StateDirectory` makes
+/// systemd create `/var/lib/netoops-collect` for the dynamic user.
+pub fn collect_unit() -> String {
+    unit(
+        "netoops crash collector: stores what netoops relays deliver",
+        "",
+        "/usr/local/bin/netoops-collect serve --listen 0.0.0.0:2005 --dir /var/lib/netoops-collect",
+        "StateDirectory=netoops-collect\nLimitNOFILE=65536\n",
+    )
+}
 
 /// The hosted relay's unit: its settings in `/etc/netoops/relay.toml`.
-pub const RELAY_UNIT: &str = "\
-[Unit]
-Description=netoops crash relay (hosted): reassembles netoops and netconsole crashes, forwards them
-After=network-online.target netoops-collect.service
-Wants=network-online.target
-
-[Service]
-Type=exec
-ExecStart=/usr/local/bin/netoops-relay --config /etc/netoops/relay.toml
-DynamicUser=yes
-Restart=on-failure
-RestartSec=1s
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-
-[Install]
-WantedBy=multi-user.target
-";
+pub fn relay_unit() -> String {
+    unit(
+        "netoops crash relay (hosted): reassembles netoops and netconsole crashes, forwards them",
+        " netoops-collect.service",
+        "/usr/local/bin/netoops-relay --config /etc/netoops/relay.toml",
+        "",
+    )
+}
 
 /// The hosted relay's configuration as installed: a collector on this machine.
 pub const RELAY_TOML: &str = "\
@@ -171,11 +170,11 @@ pub fn build_bundle(o: &BundleOptions) -> Result<Bundle, Error> {
     }
     std::fs::write(
         root.join(UNIT_DIR).join("netoops-collect.service"),
-        COLLECT_UNIT,
+        collect_unit(),
     )?;
     std::fs::write(
         root.join(UNIT_DIR).join("netoops-relay.service"),
-        RELAY_UNIT,
+        relay_unit(),
     )?;
     std::fs::write(root.join(CONF_DIR).join("relay.toml"), RELAY_TOML)?;
     std::fs::write(root.join(CONF_DIR).join("relay.conf"), RELAY_CONF)?;
@@ -348,9 +347,9 @@ mod tests {
                 .unwrap()
                 .to_string()
         };
-        assert!(exec(COLLECT_UNIT).starts_with(&format!("/{BIN_DIR}/netoops-collect serve ")));
+        assert!(exec(&collect_unit()).starts_with(&format!("/{BIN_DIR}/netoops-collect serve ")));
         assert_eq!(
-            exec(RELAY_UNIT),
+            exec(&relay_unit()),
             format!("/{BIN_DIR}/netoops-relay --config /{CONF_DIR}/relay.toml")
         );
     }

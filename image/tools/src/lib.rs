@@ -78,6 +78,16 @@ pub fn scratch_dir() -> PathBuf {
     }
 }
 
+/// Reads a file the user named, the error saying which (`<what> <path>: <why>`).
+pub fn read_named(path: &std::path::Path, what: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("{what} {}: {e}", path.display()),
+        ))
+    })
+}
+
 /// Whether `program` is on `PATH`.
 pub fn have_program(program: &str) -> bool {
     std::env::var_os("PATH")

@@ -71,12 +71,7 @@ pub fn build_efi(kernel: &BuiltImage, release: bool) -> Result<BuiltEfi, Error> 
 
 /// A stub built elsewhere (a release bundle's `BOOTX64.EFI`), checked to be a PE image.
 pub fn load_efi(path: &Path) -> Result<BuiltEfi, Error> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Error::Io(std::io::Error::new(
-            e.kind(),
-            format!("EFI stub {}: {e}", path.display()),
-        ))
-    })?;
+    let bytes = crate::read_named(path, "EFI stub")?;
     check_pe(&bytes)?;
     Ok(BuiltEfi {
         path: path.to_path_buf(),
