@@ -45,6 +45,12 @@ pub fn vm_lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `nic <n>` of an appliance `nic <n>: ...` line (which may start with the time).
+pub fn nic_label(line: &str) -> &str {
+    let from = line.find("nic ").unwrap_or(0);
+    line[from..].split(':').next().unwrap_or_default()
+}
+
 /// The release image (`netoops-image build --release`), built once per test process.
 pub fn image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
@@ -298,13 +304,13 @@ impl Vm {
         self.process.wait_for_line(needle)
     }
 
-    /// The last console line starting with `prefix`.
+    /// The last console line holding the marker `prefix` (lines may start with the time).
     pub fn last_line(&self, prefix: &str) -> Option<String> {
         self.process
             .stdout_lines()
             .into_iter()
             .rev()
-            .find(|l| l.starts_with(prefix))
+            .find(|l| l.contains(prefix))
     }
 
     /// Counters from the last `prefix` line (`counters:`, `fastpath:`, `nic ingress:`).

@@ -128,7 +128,7 @@ fn fifty_dumps_with_loss_in_on_e1000e_out_on_virtio_net() {
     let ingress = vm.wait_for(": ingress 10.0.2.15/24");
     let upstream = vm.wait_for(": upstream 10.0.2.15/24");
     for (line, kind) in [(&ingress, "e1000/82574l"), (&upstream, "virtio-net/pci")] {
-        let index = line.split(':').next().unwrap_or_default();
+        let index = nic_label(line);
         vm.wait_for(&format!("{index}: {kind} at pci "));
     }
     vm.wait_for("ready: listening on udp/2004 at 10.0.2.15");

@@ -19,7 +19,7 @@
 //! Guests run one at a time (2-core machines). Needs `apt-get install -y qemu-system-x86 ovmf`.
 
 use netoops_e2e::appliance::{
-    read_expectations, run_generator, wait_expectations, StreamProxy, UPSTREAM_MAC,
+    nic_label, read_expectations, run_generator, wait_expectations, StreamProxy, UPSTREAM_MAC,
 };
 use netoops_e2e::forward::LossyFleet;
 use netoops_e2e::hosted::{parse_counters, wait_stored, wait_until, Collector, Counters, Process};
@@ -278,7 +278,7 @@ fn fifty_dumps_through_the_uefi_relay(
     );
     let last = |prefix: &str| {
         let lines = guest.stdout_lines();
-        lines.into_iter().rev().find(|l| l.starts_with(prefix))
+        lines.into_iter().rev().find(|l| l.contains(prefix))
     };
     let nic_counters = last("nic ingress: ").map(|l| parse_counters(&l));
     assert_eq!(
@@ -398,7 +398,7 @@ fn fifty_dumps_with_loss_through_the_uefi_relay_on_two_e1000e() {
         .wait_for_line(": ingress 192.168.77.2/24 (fast path on udp/2004, netconsole udp/6666)");
     let upstream = guest.wait_for_line(": upstream 10.0.2.15/24 via 10.0.2.2");
     for (role, line) in [("ingress", &ingress), ("upstream", &upstream)] {
-        let index = line.split(':').next().unwrap_or_default();
+        let index = nic_label(line);
         let nic = guest.wait_for_line(&format!("{index}: e1000/82574l at pci "));
         assert!(
             nic.contains(if role == "ingress" {
@@ -441,7 +441,7 @@ fn fifty_dumps_with_loss_through_the_uefi_relay_on_two_e1000e() {
         "both NICs' counters",
         || {
             let lines = guest.stdout_lines();
-            let last = |p: &str| lines.iter().rev().find(|l| l.starts_with(p)).cloned();
+            let last = |p: &str| lines.iter().rev().find(|l| l.contains(p)).cloned();
             let ingress = last("nic ingress: ").map(|l| parse_counters(&l));
             let upstream = last("nic upstream: ").map(|l| parse_counters(&l));
             let positive = |c: &Counters, k: &str| c.get(k).is_some_and(|&n| n > 0);

@@ -94,12 +94,18 @@ fn checks() -> Result<(), &'static str> {
     if bytes.iter().any(|&b| b != 0) {
         return Err("dma_alloc memory not zeroed");
     }
-    let t0 = platform::now_micros();
-    let start = platform::tsc();
-    while platform::tsc() - start < platform::tsc_hz() / 1000 {
-        core::hint::spin_loop();
-    }
-    let elapsed = platform::now_micros() - t0;
+    // The fastest of three: a host that preempts the vCPU only ever makes one look longer.
+    let elapsed = (0..3)
+        .map(|_| {
+            let t0 = platform::now_micros();
+            let start = platform::tsc();
+            while platform::tsc() - start < platform::tsc_hz() / 1000 {
+                core::hint::spin_loop();
+            }
+            platform::now_micros() - t0
+        })
+        .min()
+        .unwrap_or(0);
     if !(900..=5_000).contains(&elapsed) {
         println!("selftest: 1 ms of TSC measured as {elapsed} us");
         return Err("clock");

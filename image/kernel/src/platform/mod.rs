@@ -31,6 +31,7 @@ pub mod paging;
 pub mod pci_bars;
 pub mod physmem;
 pub mod port;
+pub mod rtc;
 pub mod serial;
 
 pub use bootinfo::{
@@ -157,6 +158,15 @@ mod bring_up {
         interrupts::init();
         let boot = BOOT_INFO.call_once(|| read_boot_info(protocol, info));
         let (hz, tsc_source) = clock::calibrate();
+        // The wall clock for console lines: the RTC as UTC, to the second. No century register
+        // is read (the chip's two digits count from 2000).
+        let wall_ms = rtc::read_cmos(None)
+            .as_ref()
+            .and_then(rtc::decode)
+            .map(|u| rtc::unix_seconds(&u) * 1000);
+        if let Some(ms) = wall_ms {
+            rtc::set(ms, clock::tsc());
+        }
 
         // Linker-script symbols: only their addresses are used.
         let (kernel_start, kernel_end) = (
@@ -211,6 +221,13 @@ mod bring_up {
             pci_bars: assigned_bars,
         };
         banner(&platform, kernel_start, kernel_end);
+        match wall_ms {
+            Some(ms) => println!(
+                "clock: rtc {} (read as UTC, to the second)",
+                rtc::Rfc3339(ms)
+            ),
+            None => println!("clock: no readable rtc: lines carry no time"),
+        }
         if !guarded {
             println!("paging: no guard pages (stack not in the first 2 MiB)");
         }

@@ -48,6 +48,9 @@ struct Pending {
     head: usize,
     len: usize,
     dropped_lines: u64,
+    /// The last byte held did not end a line: the next print continues it (no time). False
+    /// at start, so the ring is all zeros and lives in .bss, not in the image file.
+    mid_line: bool,
 }
 
 impl Pending {
@@ -57,6 +60,7 @@ impl Pending {
             head: 0,
             len: 0,
             dropped_lines: 0,
+            mid_line: false,
         }
     }
 
@@ -97,21 +101,39 @@ impl Write for RingWriter<'_> {
     }
 }
 
-/// Formats `args` into `ring` whole, or not at all (counted) when it does not fit.
-fn hold(ring: &mut Pending, args: fmt::Arguments<'_>) -> bool {
-    let start_len = ring.len;
+/// Formats `args` into `ring` whole, or not at all (counted) when it does not fit. A print
+/// that starts a line gets the wall time first (`2026-12-03T19:40:00.123Z `, as the hosted
+/// relay's lines), when the RTC gave one.
+fn hold(ring: &mut Pending, wall_ms: Option<u64>, args: fmt::Arguments<'_>) -> bool {
+    let (start_len, start_line) = (ring.len, !ring.mid_line);
     let mut w = RingWriter {
         ring,
         overflow: false,
     };
+    if let (true, Some(ms)) = (start_line, wall_ms) {
+        let _ = write!(w, "{} ", super::rtc::Rfc3339(ms));
+    }
     let _ = w.write_fmt(args);
     if w.overflow {
         // Take back what this print put in: lines are whole or absent.
         ring.len = start_len;
+        ring.mid_line = !start_line;
         ring.dropped_lines += 1;
         return false;
     }
+    if ring.len != start_len {
+        let last = ring.buf[(ring.head + ring.len - 1) % RING];
+        ring.mid_line = last != b'\n';
+    }
     true
+}
+
+/// The wall time for a line's stamp.
+fn wall_ms() -> Option<u64> {
+    #[cfg(all(target_os = "none", not(test)))]
+    return super::rtc::wall_ms();
+    #[cfg(not(all(target_os = "none", not(test))))]
+    None
 }
 
 /// From now on, prints wait in the ring until [`pump`] or [`flush`] writes them.
@@ -254,7 +276,7 @@ pub fn emergency_writer() -> RawWriter {
 #[doc(hidden)]
 pub fn _print(args: fmt::Arguments<'_>) {
     if DEFERRED.load(Ordering::Acquire) {
-        hold(&mut PENDING.lock(), args);
+        hold(&mut PENDING.lock(), wall_ms(), args);
         return;
     }
     let _guard = LOCK.lock();
@@ -291,7 +313,7 @@ mod tests {
         let text = core::str::from_utf8(&line).unwrap();
         let mut out = Vec::new();
         for i in 0..1000 {
-            assert!(hold(&mut ring, format_args!("{i} {text}\n")));
+            assert!(hold(&mut ring, None, format_args!("{i} {text}\n")));
             if i % 3 == 0 {
                 out.extend(drain(&mut ring));
             }
@@ -315,20 +337,46 @@ mod tests {
         let chunk = [b'a'; 1000];
         let chunk = core::str::from_utf8(&chunk).unwrap();
         let mut held = 0;
-        while hold(&mut ring, format_args!("{chunk}\n")) {
+        while hold(&mut ring, None, format_args!("{chunk}\n")) {
             held += 1;
         }
         assert_eq!(held, RING / 1001);
         assert_eq!(ring.dropped_lines, 1);
         // A print of several pieces that overflows in its middle leaves nothing behind.
         let before = ring.len;
-        assert!(!hold(&mut ring, format_args!("{}{chunk}{chunk}\n", "b")));
+        assert!(!hold(
+            &mut ring,
+            None,
+            format_args!("{}{chunk}{chunk}\n", "b")
+        ));
         assert_eq!(ring.len, before);
         assert_eq!(ring.dropped_lines, 2);
         // What fits still fits.
-        assert!(hold(&mut ring, format_args!("ok\n")));
+        assert!(hold(&mut ring, None, format_args!("ok\n")));
         let out = drain(&mut ring);
         assert!(out.ends_with(b"ok\n"));
         assert_eq!(out.iter().filter(|&&b| b == b'b').count(), 0);
+    }
+
+    #[test]
+    fn a_line_gets_the_wall_time_once_at_its_start() {
+        let mut ring = Box::new(Pending::new());
+        let t = Some(1_798_761_539_123);
+        assert!(hold(&mut ring, t, format_args!("counters: a 1")));
+        assert!(hold(&mut ring, t, format_args!(" b 2\n")));
+        assert!(hold(&mut ring, t, format_args!("next\n")));
+        assert!(hold(&mut ring, None, format_args!("untimed\n")));
+        let out = drain(&mut ring);
+        assert_eq!(
+            core::str::from_utf8(&out).unwrap(),
+            "2026-12-31T23:58:59.123Z counters: a 1 b 2\n\
+             2026-12-31T23:58:59.123Z next\nuntimed\n"
+        );
+        // A dropped line leaves the next one starting a line.
+        let big = [b'z'; RING];
+        let big = core::str::from_utf8(&big).unwrap();
+        assert!(hold(&mut ring, t, format_args!("half")));
+        assert!(!hold(&mut ring, t, format_args!("{big}")));
+        assert!(ring.mid_line);
     }
 }
