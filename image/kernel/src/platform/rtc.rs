@@ -117,32 +117,13 @@ pub fn unix_seconds(u: &Utc) -> u64 {
     secs.max(0) as u64
 }
 
-/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339, as the hosted relay prints).
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`, the core's format (the hosted relay's
+/// console and the collector's files use it too).
 pub struct Rfc3339(pub u64);
 
 impl core::fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let ms = self.0 % 1000;
-        let secs = self.0 / 1000;
-        let days = (secs / 86_400) as i64;
-        let rem = secs % 86_400;
-        // civil_from_days (Hinnant).
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        let y = yoe + era * 400 + i64::from(m <= 2);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60
-        )
+        netoops_core::time::write_utc(f, self.0)
     }
 }
 
