@@ -156,12 +156,17 @@ pub(crate) struct DumpEntry {
     /// Chunks for this dump's identity (address, boot, dump id, type) that came from another
     /// source port of the same address while this dump was held.
     pub(crate) foreign_port_chunks: u32,
+    /// Chunks stored after the dump was first emitted (a late packet filling a hole, or a
+    /// forgery from the sender's own address and port: the two cannot be told apart).
+    pub(crate) late_chunks: u32,
     /// Another port of the same address holds (or held) this identity: every chunk stored
     /// looks the others up in the identity index. False for every honest dump.
     pub(crate) shared: bool,
-    /// The last emission already carried a conflict or foreign chunk, so a new one does not
-    /// send the dump again (at most one extra revision per dump for its flags).
-    pub(crate) emitted_flagged: bool,
+    /// The last emission already carried conflicts, so a new one does not send the dump
+    /// again (at most one extra revision per dump for them).
+    pub(crate) emitted_conflicts: bool,
+    /// Likewise for foreign-port chunks.
+    pub(crate) emitted_foreign: bool,
     pub(crate) first_seen: Instant,
     pub(crate) last_packet: Instant,
 }
@@ -187,8 +192,10 @@ impl DumpEntry {
         indexed: false,
         conflicts: 0,
         foreign_port_chunks: 0,
+        late_chunks: 0,
         shared: false,
-        emitted_flagged: false,
+        emitted_conflicts: false,
+        emitted_foreign: false,
         first_seen: Instant::ZERO,
         last_packet: Instant::ZERO,
     };

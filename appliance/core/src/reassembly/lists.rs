@@ -1,7 +1,7 @@
 //! Intrusive doubly linked lists over entry indices.
 //!
 //! Every dump entry sits on exactly one list (free, claims, assembling, lingering with chunks,
-//! lingering without chunks). Claims are dumps still assembling with a single packet received:
+//! lingering without chunks, lingering claims). Claims are dumps still assembling with a single packet received:
 //! on a list of their own, the eviction victim among them (and the proof that no dump with
 //! more evidence has to be touched) is the front of one list, found without scanning. Lists are kept in order of last activity by moving an entry to the
 //! back whenever a packet touches it, so the front of each list is both the eviction victim and
@@ -22,9 +22,13 @@ pub(crate) enum ListId {
     Assembling = 2,
     LingerFull = 3,
     LingerBare = 4,
+    /// Emitted with fewer than [`super::ESTABLISHED`] packets (chunks held): forgotten first
+    /// when room is short, so a storm of spoofed claims does not push out completed dumps
+    /// that are still absorbing their later rounds.
+    LingerClaim = 5,
 }
 
-const LISTS: usize = 5;
+const LISTS: usize = 6;
 
 #[derive(Clone, Copy)]
 struct Link {

@@ -269,6 +269,8 @@ pub struct ReassemblyStats {
     pub conflicts: u64,
     /// Chunks stored for a dump identity that another port of the same address also holds.
     pub foreign_port_chunks: u64,
+    /// Chunks stored in a dump already emitted (a late packet, or a forged hole fill).
+    pub late_chunks: u64,
     /// Lingering dumps whose chunks were reclaimed.
     pub lingering_reclaimed: u64,
     /// Emitted dumps forgotten before their linger time ran out.
@@ -315,11 +317,19 @@ fn assembling_list(received: u32) -> ListId {
     }
 }
 
-/// Sends an emitted dump that still holds its chunks back to assembling when its conflict or
-/// foreign-port count just changed, so it is emitted again with the counts (once per dump:
-/// a spoofer cannot make a dump resend its text over and over).
-fn reopen_if_unflagged(lists: &mut IndexLists, e: &mut DumpEntry, idx: u32, now: Instant) {
-    if !e.emitted_flagged && lists.list_of(idx) == ListId::LingerFull {
+/// Sends an emitted dump that still holds its chunks back to assembling when a count its last
+/// emission carried as zero (`already` false) just changed, so it is emitted again with it:
+/// at most once per count, so a spoofer cannot make a dump resend its text over and over.
+fn reopen_if_new_flag(
+    lists: &mut IndexLists,
+    e: &mut DumpEntry,
+    idx: u32,
+    now: Instant,
+    already: bool,
+) {
+    let emitted_with_chunks =
+        matches!(lists.list_of(idx), ListId::LingerFull | ListId::LingerClaim);
+    if !already && emitted_with_chunks {
         e.last_packet = now;
         lists.move_to_back(idx, assembling_list(e.received));
     }
@@ -504,7 +514,8 @@ impl Reassembler {
                     self.stats.conflicts += 1;
                     let e = &mut self.entries[idx as usize];
                     e.conflicts = e.conflicts.saturating_add(1);
-                    reopen_if_unflagged(&mut self.lists, e, idx, now);
+                    let already = e.emitted_conflicts;
+                    reopen_if_new_flag(&mut self.lists, e, idx, now, already);
                 }
                 self.stats.generations += 1;
                 next
@@ -523,7 +534,7 @@ impl Reassembler {
                 self.emit(now, idx, sink);
             }
         }
-        for list in [ListId::LingerFull, ListId::LingerBare] {
+        for list in [ListId::LingerClaim, ListId::LingerFull, ListId::LingerBare] {
             while let Some(idx) = self.lists.front(list) {
                 if self.entries[idx as usize].last_packet + self.config.linger > now {
                     break;
@@ -545,6 +556,7 @@ impl Reassembler {
         [
             at(ListId::Claim, self.config.quiet_timeout),
             at(ListId::Assembling, self.config.quiet_timeout),
+            at(ListId::LingerClaim, self.config.linger),
             at(ListId::LingerFull, self.config.linger),
             at(ListId::LingerBare, self.config.linger),
         ]
@@ -638,8 +650,10 @@ impl Reassembler {
             // A new generation started by a chunk that differs from the one held.
             conflicts: u32::from(fingerprint.is_some()),
             foreign_port_chunks: 0,
+            late_chunks: 0,
             shared: false,
-            emitted_flagged: false,
+            emitted_conflicts: false,
+            emitted_foreign: false,
             first_seen: now,
             last_packet: now,
         };
@@ -710,6 +724,10 @@ impl Reassembler {
         self.stats.chunks_high_water = self.stats.chunks_high_water.max(self.chunks.used());
         let e = &mut self.entries[idx as usize];
         e.received += 1;
+        if e.revision > 0 {
+            e.late_chunks = e.late_chunks.saturating_add(1);
+            self.stats.late_chunks += 1;
+        }
         let (received, complete, shared) = (e.received, e.received == e.packet_count, e.shared);
         if received == ESTABLISHED {
             self.lists.move_to_back(idx, ListId::Assembling);
@@ -723,10 +741,28 @@ impl Reassembler {
         Ok(Accepted::NewChunk)
     }
 
+    /// How long a one-packet claim is safe from a newcomer: far longer than a real sender
+    /// takes between its first two packets (microseconds on a LAN, tens of milliseconds
+    /// through a loaded relay), short against the quiet timeout, so spoofed claims turn over
+    /// while a real dump gets the time to become established.
+    fn claim_hold(&self) -> Duration {
+        Duration::from_micros(self.config.quiet_timeout.total_micros() / 8)
+    }
+
+    /// The claim a dump `idx` with `evidence` packets may flush: the least recently active one,
+    /// if it is not `idx` and either `idx` has more evidence or the claim has been held for
+    /// [`Self::claim_hold`] (between equals, the one more recently active stays).
+    fn displaceable_claim(&self, now: Instant, idx: u32, evidence: u32) -> Option<u32> {
+        let v = self.lists.front(ListId::Claim)?;
+        let e = &self.entries[v as usize];
+        (v != idx && (evidence >= ESTABLISHED || e.last_packet + self.claim_hold() <= now))
+            .then_some(v)
+    }
+
     /// Frees a chunk slot (`slot`) and room for a packet table of `table` entries for `idx`.
-    /// Takes lingering chunks first, then flushes the least recently active one-packet claim,
-    /// then the least recently active established dump if it has no more packets than `idx`;
-    /// false when nothing with less evidence is left.
+    /// Forgets lingering claims and takes lingering chunks first, then flushes a claim
+    /// ([`Self::displaceable_claim`]), then the least recently active established dump if it
+    /// has no more packets than `idx`; false when nothing with less evidence is left.
     fn make_room<S: EventSink>(
         &mut self,
         now: Instant,
@@ -740,19 +776,22 @@ impl Reassembler {
             if (!slot || self.chunks.has_free_slot()) && self.chunks.has_table_room(table) {
                 return true;
             }
+            if let Some(victim) = self.lists.front(ListId::LingerClaim) {
+                self.stats.forgotten_early += 1;
+                self.free_entry(victim);
+                continue;
+            }
             if let Some(victim) = self.lists.front(ListId::LingerFull) {
                 self.reclaim_chunks(victim);
                 self.stats.lingering_reclaimed += 1;
                 continue;
             }
             // `idx` is at the back of its list: at the front, it is alone there.
-            let victim = match self.lists.front(ListId::Claim) {
-                Some(v) if v != idx => Some(v),
-                _ => self
-                    .lists
+            let victim = self.displaceable_claim(now, idx, evidence).or_else(|| {
+                self.lists
                     .front(ListId::Assembling)
-                    .filter(|&v| v != idx && self.entries[v as usize].received <= evidence),
-            };
+                    .filter(|&v| v != idx && self.entries[v as usize].received <= evidence)
+            });
             match victim {
                 Some(v) => {
                     self.stats.flushed_for_memory += 1;
@@ -763,33 +802,43 @@ impl Reassembler {
         }
     }
 
-    /// A free entry: forgets lingering dumps, then flushes the least recently active
-    /// one-packet claim; `None` when every entry holds an established dump.
+    /// A free entry for a new dump: forgets a lingering claim, flushes a claim held for
+    /// [`Self::claim_hold`], forgets a lingering dump, in that order; `None` when every entry
+    /// holds an established dump in progress or a claim still held.
     fn alloc_entry<S: EventSink>(&mut self, now: Instant, sink: &mut S) -> Option<u32> {
         loop {
             if let Some(idx) = self.lists.front(ListId::Free) {
                 return Some(idx);
             }
-            if let Some(idx) = self
-                .lists
-                .front(ListId::LingerBare)
-                .or_else(|| self.lists.front(ListId::LingerFull))
-            {
+            if let Some(idx) = self.lists.front(ListId::LingerClaim) {
                 self.stats.forgotten_early += 1;
                 self.free_entry(idx);
                 continue;
             }
-            let claim = self.lists.front(ListId::Claim)?;
-            self.stats.flushed_for_table += 1;
-            // Emitted, it lingers with its chunks: the next turn forgets it.
-            self.emit(now, claim, sink);
+            if let Some(claim) = self.displaceable_claim(now, NIL, 0) {
+                self.stats.flushed_for_table += 1;
+                // Emitted, it becomes a lingering claim: the next turn forgets it.
+                self.emit(now, claim, sink);
+                continue;
+            }
+            // A new crash outranks absorbing the later rounds of one already emitted (which,
+            // forgotten, may be reported again): an honest storm larger than the table gets a
+            // notice for every machine.
+            let idx = self
+                .lists
+                .front(ListId::LingerBare)
+                .or_else(|| self.lists.front(ListId::LingerFull))?;
+            self.stats.forgotten_early += 1;
+            self.free_entry(idx);
         }
     }
 
     /// Makes room under the per-source cap for a new dump from `ip`: forgets the source's
-    /// least recently active emitted dump (without chunks first), else flushes its least
-    /// recently active one-packet claim; false when every dump it holds is established and
-    /// in progress. Walks the source's chain, at most `max_dumps_per_source` entries.
+    /// lingering claim, else flushes its claim held longest past [`Self::claim_hold`], else
+    /// forgets its emitted dump with the fewest packets quiet for as long (a completed dump
+    /// outlives a spoofer's leftovers); false when the source holds only established dumps in
+    /// progress, claims still held and dumps still receiving their later rounds. Walks the source's chain, at most `max_dumps_per_source`
+    /// entries.
     fn shed_source<S: EventSink>(&mut self, now: Instant, ip: IpAddr, sink: &mut S) -> bool {
         let Some(src) = self.per_source.get(&ip) else {
             return true;
@@ -797,35 +846,37 @@ impl Reassembler {
         if (src.count as usize) < self.config.max_dumps_per_source {
             return true;
         }
-        // (rank, last activity, entry): the lowest wins.
-        let mut best: Option<(u8, Instant, u32)> = None;
+        let hold = self.claim_hold();
+        // (class, fewest packets, least recently active, entry): the lowest goes.
+        let mut best: Option<(u8, u32, Instant, u32)> = None;
         let mut cur = src.head;
         while cur != NIL {
-            let rank = match self.lists.list_of(cur) {
-                ListId::LingerBare => 0,
-                ListId::LingerFull => 1,
-                ListId::Claim => 2,
-                ListId::Assembling | ListId::Free => 3,
+            let e = &self.entries[cur as usize];
+            let class = match self.lists.list_of(cur) {
+                ListId::LingerClaim => Some(0),
+                ListId::Claim if e.last_packet + hold <= now => Some(1),
+                ListId::LingerFull | ListId::LingerBare if e.last_packet + hold <= now => Some(2),
+                _ => None,
             };
-            let at = self.entries[cur as usize].last_packet;
-            if rank < 3 && best.is_none_or(|b| (rank, at) < (b.0, b.1)) {
-                best = Some((rank, at, cur));
+            if let Some(class) = class {
+                let rank = (class, e.received, e.last_packet, cur);
+                if best.is_none_or(|b| rank < b) {
+                    best = Some(rank);
+                }
             }
             cur = self.src_next[cur as usize];
         }
-        match best {
-            Some((rank, _, victim)) => {
-                if rank == 2 {
-                    self.stats.flushed_for_source_cap += 1;
-                    self.emit(now, victim, sink);
-                } else {
-                    self.stats.forgotten_early += 1;
-                }
-                self.free_entry(victim);
-                true
-            }
-            None => false,
+        let Some((class, _, _, victim)) = best else {
+            return false;
+        };
+        if class == 1 {
+            self.stats.flushed_for_source_cap += 1;
+            self.emit(now, victim, sink);
+        } else {
+            self.stats.forgotten_early += 1;
         }
+        self.free_entry(victim);
+        true
     }
 
     /// Puts `idx` at the head of its source address's chain.
@@ -903,7 +954,8 @@ impl Reassembler {
             }
             any = true;
             e.foreign_port_chunks = e.foreign_port_chunks.saturating_add(1);
-            reopen_if_unflagged(&mut self.lists, e, s, now);
+            let already = e.emitted_foreign;
+            reopen_if_new_flag(&mut self.lists, e, s, now, already);
         }
         if any {
             self.stats.foreign_port_chunks += 1;
@@ -918,7 +970,8 @@ impl Reassembler {
         let e = &mut self.entries[idx as usize];
         e.revision += 1;
         e.complete = e.received == e.packet_count;
-        e.emitted_flagged = e.conflicts > 0 || e.foreign_port_chunks > 0;
+        e.emitted_conflicts = e.conflicts > 0;
+        e.emitted_foreign = e.foreign_port_chunks > 0;
         if e.complete {
             self.stats.dumps_complete += 1;
         } else {
@@ -936,7 +989,12 @@ impl Reassembler {
             chunks: &self.chunks,
         };
         sink.dump(&view);
-        self.lists.move_to_back(idx, ListId::LingerFull);
+        let list = if self.entries[idx as usize].received < ESTABLISHED {
+            ListId::LingerClaim
+        } else {
+            ListId::LingerFull
+        };
+        self.lists.move_to_back(idx, list);
     }
 
     fn release_chunks(&mut self, idx: u32) {

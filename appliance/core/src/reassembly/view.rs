@@ -134,6 +134,11 @@ impl<'a> DumpView<'a> {
     pub fn foreign_port_chunks(&self) -> u32 {
         self.entry.foreign_port_chunks
     }
+    /// Chunks stored after the dump was first emitted: late packets that filled holes, or
+    /// forged ones from the sender's own address and port (which cannot be told apart).
+    pub fn late_chunks(&self) -> u32 {
+        self.entry.late_chunks
+    }
 
     /// Missing packet numbers as inclusive ranges, ascending.
     pub fn missing(&self) -> impl Iterator<Item = (u32, u32)> + 'a {
@@ -215,6 +220,7 @@ impl core::fmt::Debug for DumpView<'_> {
             .field("revision", &self.entry.revision)
             .field("conflicts", &self.entry.conflicts)
             .field("foreign_port_chunks", &self.entry.foreign_port_chunks)
+            .field("late_chunks", &self.entry.late_chunks)
             .finish()
     }
 }
