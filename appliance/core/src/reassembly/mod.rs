@@ -760,7 +760,7 @@ impl Reassembler {
     }
 
     /// Frees a chunk slot (`slot`) and room for a packet table of `table` entries for `idx`.
-    /// Forgets lingering claims and takes lingering chunks first, then flushes a claim
+    /// Takes lingering chunks first (claims' first), then flushes a claim
     /// ([`Self::displaceable_claim`]), then the least recently active established dump if it
     /// has no more packets than `idx`; false when nothing with less evidence is left.
     fn make_room<S: EventSink>(
@@ -776,12 +776,13 @@ impl Reassembler {
             if (!slot || self.chunks.has_free_slot()) && self.chunks.has_table_room(table) {
                 return true;
             }
-            if let Some(victim) = self.lists.front(ListId::LingerClaim) {
-                self.stats.forgotten_early += 1;
-                self.free_entry(victim);
-                continue;
-            }
-            if let Some(victim) = self.lists.front(ListId::LingerFull) {
+            // Chunks only: the entry stays to take its dump's later packets as late, rather
+            // than have each of them report the dump again.
+            if let Some(victim) = self
+                .lists
+                .front(ListId::LingerClaim)
+                .or_else(|| self.lists.front(ListId::LingerFull))
+            {
                 self.reclaim_chunks(victim);
                 self.stats.lingering_reclaimed += 1;
                 continue;

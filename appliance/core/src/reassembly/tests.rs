@@ -717,6 +717,68 @@ fn a_dump_in_progress_is_not_displaced_when_the_table_is_full_of_dumps_in_progre
     assert!(sink.dumps.iter().all(|d| d.complete && d.text == s2));
 }
 
+/// An honest storm, as the bench's (1,000 machines x 128 KiB, three rounds interleaved packet
+/// by packet) at a third of the scale: 300 machines x 40 KiB. Returns the emitted dumps.
+fn honest_storm(config: ReassemblyConfig) -> (Collect, ReassemblyStats) {
+    let mut r = Reassembler::new(config).unwrap();
+    let mut sink = Collect::default();
+    let logs: Vec<Vec<u8>> = (0..300u32).map(|m| log(40 * 1024, m as u8)).collect();
+    let models: Vec<SenderModel<'_>> = logs
+        .iter()
+        .enumerate()
+        .map(|(m, l)| {
+            let split = (m * 7919) % l.len();
+            SenderModel::new(&l[..split], &l[split..])
+        })
+        .collect();
+    let mut t = 0;
+    for _round in 0..3 {
+        for p in 0..42 {
+            for (m, model) in models.iter().enumerate() {
+                if p >= model.packet_count() {
+                    continue;
+                }
+                let mut h = DumpHeader::new(Variant::V3X86_64Blob, m as u16, "6.1.0-storm");
+                h.boot_id = m as u32;
+                let source = SocketAddr::from(([10, 0, (m / 250) as u8, (m % 250) as u8], 6666));
+                let now = Instant::from_micros(t);
+                let _ = r.handle_datagram(now, source, &datagram(&h, model, p), &mut sink);
+                t += 1;
+            }
+        }
+    }
+    r.handle_timeout(Instant::from_micros(t) + Duration::from_secs(4), &mut sink);
+    (sink, *r.stats())
+}
+
+#[test]
+fn an_honest_storm_is_reported_once_per_machine_within_budget_or_not() {
+    // Room for every chunk: every dump complete.
+    let (sink, stats) = honest_storm(ReassemblyConfig {
+        max_dumps: 512,
+        memory_budget: budget_for(512, 300 * 42),
+        ..small_config()
+    });
+    assert_eq!(sink.dumps.len(), 300);
+    assert!(sink.dumps.iter().all(|d| d.complete), "{stats:?}");
+    // A pool for a quarter of it (an index too small for every table): dumps are flushed as partial for memory, but nothing is refused
+    // and no machine is reported twice (claims that could not grow, and emitted claims, keep
+    // their entries and take their later packets as late).
+    let (sink, stats) = honest_storm(ReassemblyConfig {
+        max_dumps: 512,
+        memory_budget: budget_for(512, 300 * 42 / 4),
+        ..small_config()
+    });
+    assert!(stats.flushed_for_memory > 0, "{stats:?}");
+    assert_eq!(stats.refused_total(), 0, "{stats:?}");
+    assert_eq!(
+        (sink.crashes.len(), sink.dumps.len()),
+        (300, 300),
+        "{stats:?}"
+    );
+    assert!(sink.dumps.iter().any(|d| d.complete));
+}
+
 /// A chunk of `h`'s dump with forged text.
 fn forged(h: &DumpHeader, count: u32, packet_no: u32) -> Vec<u8> {
     let mut chunk = [0u8; DATA_LEN];
