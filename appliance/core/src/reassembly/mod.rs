@@ -12,20 +12,25 @@
 //!
 //! Dumps move between lists ordered by last activity:
 //! claim (one packet) -> assembling (two or more) -> (complete, or partial after
-//! `quiet_timeout`) -> lingering with chunks -> lingering bare (chunks reclaimed under memory
-//! pressure) -> free after `linger`. A late packet that fills a hole in a partial dump still
-//! holding its chunks sends it back to assembling, and it is emitted again as a newer revision.
+//! `quiet_timeout`) -> lingering with chunks (one-packet dumps on a list of their own) ->
+//! lingering bare (chunks reclaimed under memory pressure) -> free after `linger`. A late
+//! packet that fills a hole in a partial dump still holding its chunks sends it back to
+//! assembling, and it is emitted again as a newer revision.
 //!
 //! Memory: everything is allocated in [`Reassembler::new`] from [`ReassemblyConfig`]; the
 //! per-packet path never allocates. Netoops is unauthenticated UDP, so room is given by
 //! evidence: a dump with [`ESTABLISHED`] packets or more is never displaced by a new dump
-//! (which has one). When the table, the chunk pool or a source's quota is full, a new dump
-//! takes the room of a lingering dump first, then of the least recently active one-packet
-//! claim, and is refused (and counted) when only established dumps are left. A chunk for a
-//! dump in progress may also flush an established dump with no more packets than its own, the
-//! least recently active, as partial. A dump only loses packets (highest packet_no first,
-//! since they arrive last) when nothing with less evidence is left to take room from. Every
-//! drop and refusal is counted in [`ReassemblyStats`].
+//! (which has one), and between one-packet claims the more recently active one stays for a
+//! hold (1/8 of `quiet_timeout`), time enough for a real sender's second packet. A claim holds
+//! one packet-table entry whatever packet count it announces; its whole table comes with its
+//! second packet. When the table or a source's quota is full, a new dump takes the place of a
+//! lingering one-packet dump, then of the least recently active claim past its hold, then of
+//! a lingering dump (for the quota, one quiet for as long); when the chunk pool is full,
+//! lingering chunks go first, then claims the same way. Otherwise the new dump is refused and
+//! counted. A chunk for a dump in progress may flush any claim, and the least recently active
+//! established dump with no more packets than its own, as partial. A dump only loses packets
+//! (highest packet_no first, since they arrive last) when nothing with less evidence is left
+//! to take room from. Every drop and refusal is counted in [`ReassemblyStats`].
 //!
 //! Conflicts: a chunk that differs from the one held for its packet_no still starts a new
 //! generation, and both dumps count it in their metadata (`conflicts`); a dump identity sent
