@@ -1040,5 +1040,60 @@ impl Reassembler {
     }
 }
 
+impl Reassembler {
+    /// Panics unless every index agrees with the entries (tests only): each held entry is on
+    /// its source's chain and in the identity index once, the chains' counts are right, no
+    /// source is over its cap, every dump in progress is on the list its evidence says.
+    #[cfg(test)]
+    fn check_consistency(&self) {
+        let mut held = 0;
+        for (i, e) in self.entries.iter().enumerate() {
+            let idx = i as u32;
+            let list = self.lists.list_of(idx);
+            if list == ListId::Free {
+                continue;
+            }
+            held += 1;
+            if matches!(list, ListId::Claim | ListId::Assembling) {
+                assert_eq!(list, assembling_list(e.received), "entry {idx}: {e:?}");
+            }
+            if list == ListId::LingerClaim {
+                assert!(
+                    e.received < ESTABLISHED && e.has_chunks,
+                    "entry {idx}: {e:?}"
+                );
+            }
+            let hash = self.hasher.hash_one(PortlessIdentity(&e.key));
+            let found = self
+                .by_identity
+                .iter_hash(hash)
+                .filter(|&&j| j == idx)
+                .count();
+            assert_eq!(found, 1, "entry {idx} in the identity index");
+            if e.indexed {
+                assert_eq!(self.lookup(&e.key), Some(idx));
+            }
+        }
+        assert_eq!(held, self.dumps_held());
+        assert_eq!(self.by_identity.len(), held);
+        let mut chained = 0;
+        for (ip, src) in &self.per_source {
+            let mut n = 0;
+            let mut cur = src.head;
+            while cur != NIL {
+                assert_eq!(self.entries[cur as usize].key.source.ip(), *ip);
+                assert_ne!(self.lists.list_of(cur), ListId::Free);
+                n += 1;
+                cur = self.src_next[cur as usize];
+            }
+            assert_eq!(n, src.count);
+            assert!(n as usize <= self.config.max_dumps_per_source);
+            chained += n as usize;
+        }
+        assert_eq!(chained, held);
+        assert!(self.footprint() <= self.config.memory_budget);
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -974,3 +974,84 @@ proptest! {
         prop_assert_eq!(result.is_err(), r.stats().malformed_total() == 1);
     }
 }
+
+/// One step of a hostile mix: a real or forged datagram from one of a few addresses and
+/// ports, or time passing.
+#[derive(Clone, Debug)]
+enum Step {
+    Datagram {
+        ip: u8,
+        port: u8,
+        dump: u8,
+        packet: u8,
+        forged: bool,
+    },
+    Wait(u16),
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => (0u8..3, 0u8..2, 0u8..3, any::<u8>(), proptest::bool::weighted(0.03)).prop_map(
+            |(ip, port, dump, packet, forged)| Step::Datagram {
+                ip,
+                port,
+                dump,
+                packet,
+                forged
+            }
+        ),
+        1 => (0u16..2000).prop_map(Step::Wait),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any mix of real, forged and spoofed datagrams under a tight table (6), pool (64 chunks)
+    /// and per-source cap (3): every index stays consistent with the entries, every crash notice is a started
+    /// dump, and every started dump is emitted by the end.
+    #[test]
+    fn hostile_mixes_keep_every_index_consistent(
+        one_address in any::<bool>(),
+        steps in proptest::collection::vec(arb_step(), 1..800),
+    ) {
+        let config = ReassemblyConfig {
+            max_dumps: 6,
+            max_dumps_per_source: 3,
+            memory_budget: budget_for(6, 64),
+            quiet_timeout: Duration::from_millis(800),
+            linger: Duration::from_secs(3),
+            ..small_config()
+        };
+        let mut r = Reassembler::new(config).unwrap();
+        let mut sink = Collect::default();
+        let logs: Vec<Vec<u8>> = (0..3u8).map(|i| log(usize::from(i) * 40_000 + 900, i)).collect();
+        let mut now = Instant::from_millis(1);
+        for step in steps {
+            match step {
+                Step::Datagram { ip, port, dump, packet, forged: fake } => {
+                    let log = &logs[usize::from(dump)];
+                    let m = SenderModel::new(&[], log);
+                    let h = DumpHeader::new(Variant::V3X86_64, u16::from(dump), "6.1");
+                    let p = u32::from(packet) % m.packet_count();
+                    let bytes = if fake { forged(&h, m.packet_count(), p) } else { datagram(&h, &m, p) };
+                    // From one sender, the pool runs short; from three addresses, the table.
+                    let (ip, port) = if one_address { (0, 0) } else { (ip, port) };
+                    let source = SocketAddr::from(([127, 0, 0, ip], 6000 + u16::from(port)));
+                    let _ = r.handle_datagram(now, source, &bytes, &mut sink);
+                }
+                Step::Wait(ms) => {
+                    now += Duration::from_millis(u64::from(ms));
+                    r.handle_timeout(now, &mut sink);
+                }
+            }
+            r.check_consistency();
+        }
+        r.flush(now, &mut sink);
+        r.check_consistency();
+        let s = r.stats();
+        prop_assert_eq!(sink.crashes.len() as u64, s.dumps_started);
+        prop_assert_eq!(s.dumps_complete + s.dumps_partial, sink.dumps.len() as u64);
+        prop_assert_eq!(r.dumps_assembling(), 0);
+    }
+}
