@@ -1,11 +1,12 @@
 //! Intrusive doubly linked lists over entry indices.
 //!
 //! Every dump entry sits on exactly one list (free, claims, assembling, lingering with chunks,
-//! lingering without chunks, lingering claims). Claims are dumps still assembling with a single packet received:
-//! on a list of their own, the eviction victim among them (and the proof that no dump with
-//! more evidence has to be touched) is the front of one list, found without scanning. Lists are kept in order of last activity by moving an entry to the
-//! back whenever a packet touches it, so the front of each list is both the eviction victim and
-//! the earliest deadline. All storage is allocated once; every operation is O(1).
+//! lingering without chunks, lingering claims). Claims are dumps still assembling with a
+//! single packet received: on a list of their own, the eviction victim among them (and the
+//! proof that no dump with more evidence has to be touched) is the front of one list, found
+//! without scanning. Lists are kept in order of last activity by moving an entry to the back
+//! whenever a packet touches it, so the front of each list is both the eviction victim and the
+//! earliest deadline. All storage is allocated once; every operation is O(1).
 
 use alloc::vec::Vec;
 

@@ -843,8 +843,8 @@ impl Reassembler {
     /// lingering claim, else flushes its claim held longest past [`Self::claim_hold`], else
     /// forgets its emitted dump with the fewest packets quiet for as long (a completed dump
     /// outlives a spoofer's leftovers); false when the source holds only established dumps in
-    /// progress, claims still held and dumps still receiving their later rounds. Walks the source's chain, at most `max_dumps_per_source`
-    /// entries.
+    /// progress, claims still held and dumps still receiving their later rounds. Walks the
+    /// source's chain, at most `max_dumps_per_source` entries.
     fn shed_source<S: EventSink>(&mut self, now: Instant, ip: IpAddr, sink: &mut S) -> bool {
         let Some(src) = self.per_source.get(&ip) else {
             return true;

@@ -762,9 +762,10 @@ fn an_honest_storm_is_reported_once_per_machine_within_budget_or_not() {
     });
     assert_eq!(sink.dumps.len(), 300);
     assert!(sink.dumps.iter().all(|d| d.complete), "{stats:?}");
-    // A pool for a quarter of it (an index too small for every table): dumps are flushed as partial for memory, but nothing is refused
-    // and no machine is reported twice (claims that could not grow, and emitted claims, keep
-    // their entries and take their later packets as late).
+    // A pool for a quarter of it (an index too small for every table): dumps are flushed as
+    // partial for memory, but nothing is refused and no machine is reported twice (claims that
+    // could not grow, and emitted claims, keep their entries and take their later packets as
+    // late).
     let (sink, stats) = honest_storm(ReassemblyConfig {
         max_dumps: 512,
         memory_budget: budget_for(512, 300 * 42 / 4),
@@ -1009,8 +1010,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Any mix of real, forged and spoofed datagrams under a tight table (6), pool (64 chunks)
-    /// and per-source cap (3): every index stays consistent with the entries, every crash notice is a started
-    /// dump, and every started dump is emitted by the end.
+    /// and per-source cap (3): every index stays consistent with the entries, every crash
+    /// notice is a started dump, and every started dump is emitted by the end.
     #[test]
     fn hostile_mixes_keep_every_index_consistent(
         one_address in any::<bool>(),
@@ -1035,7 +1036,11 @@ proptest! {
                     let m = SenderModel::new(&[], log);
                     let h = DumpHeader::new(Variant::V3X86_64, u16::from(dump), "6.1");
                     let p = u32::from(packet) % m.packet_count();
-                    let bytes = if fake { forged(&h, m.packet_count(), p) } else { datagram(&h, &m, p) };
+                    let bytes = if fake {
+                        forged(&h, m.packet_count(), p)
+                    } else {
+                        datagram(&h, &m, p)
+                    };
                     // From one sender, the pool runs short; from three addresses, the table.
                     let (ip, port) = if one_address { (0, 0) } else { (ip, port) };
                     let source = SocketAddr::from(([127, 0, 0, ip], 6000 + u16::from(port)));
