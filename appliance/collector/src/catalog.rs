@@ -246,6 +246,19 @@ pub fn format_summary(d: &StoredDump) -> String {
     );
     let _ = writeln!(out, "missing:   {}", m["missing"]);
     let _ = writeln!(out, "zeroed:    {}", m["zeroed"]);
+    // Metadata stored before protocol 3 has no evidence counts: nothing to show.
+    let count = |k: &str| m[k].as_u64().unwrap_or(0);
+    let (conflicts, foreign, late) = (
+        count("conflicts"),
+        count("foreign_port_chunks"),
+        count("late_chunks"),
+    );
+    if conflicts + foreign + late > 0 {
+        let _ = writeln!(
+            out,
+            "evidence:  conflicts {conflicts} foreign_port_chunks {foreign} late_chunks {late}"
+        );
+    }
     let _ = writeln!(out, "first:     {}", s(&m["first_seen"]));
     let _ = writeln!(out, "completed: {}", s(&m["completed"]));
     let _ = writeln!(
@@ -271,4 +284,29 @@ pub fn format_summary(d: &StoredDump) -> String {
 /// The dump's text.
 pub fn read_text(d: &StoredDump) -> Result<Vec<u8>, CatalogError> {
     fs::read(&d.log_path).map_err(io_err(&d.log_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(meta: Value) -> StoredDump {
+        StoredDump {
+            ip_dir: "10.0.0.5".into(),
+            key: "b0-d1-t1-v2-g0".into(),
+            meta,
+            log_path: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    #[test]
+    fn evidence_counts_show_when_present_and_older_metadata_still_reads() {
+        let older = stored(serde_json::json!({"revision": 1, "received": 3, "packet_count": 3}));
+        assert!(!format_summary(&older).contains("evidence:"));
+        let flagged = stored(serde_json::json!({
+            "revision": 2, "conflicts": 1, "foreign_port_chunks": 0, "late_chunks": 4
+        }));
+        assert!(format_summary(&flagged)
+            .contains("evidence:  conflicts 1 foreign_port_chunks 0 late_chunks 4\n"));
+    }
 }

@@ -1133,6 +1133,9 @@ fn dump_json(
         "zeroed": d.zeroed,
         "complete": d.complete,
         "revision": d.revision,
+        "conflicts": d.conflicts,
+        "foreign_port_chunks": d.foreign_port_chunks,
+        "late_chunks": d.late_chunks,
         "first_seen": wall(d.first_seen_ms),
         "completed": wall(d.completed_ms),
         "first_seen_relay_ms": d.first_seen_ms,
@@ -1181,6 +1184,9 @@ mod tests {
             cpu: None,
             registers: None,
             user_blob: None,
+            conflicts: 0,
+            foreign_port_chunks: 0,
+            late_chunks: 0,
             netconsole: None,
         }
     }

@@ -53,7 +53,12 @@ fn records_are_stored_exactly() {
     let better = text(3, 12 * 1024);
     d.enqueue(&crash("10.1.2.3:2004", 4242, 0), &chunk);
     d.enqueue(&dump("10.1.2.3:2004", 4242, 1, false), &full);
-    d.enqueue(&dump("10.1.2.3:2004", 4242, 2, true), &better);
+    // The newer revision carries the evidence counts the relay records (protocol 3).
+    let mut flagged = dump("10.1.2.3:2004", 4242, 2, true);
+    if let Record::Dump(m) = &mut flagged {
+        (m.conflicts, m.foreign_port_chunks, m.late_chunks) = (1, 2, 3);
+    }
+    d.enqueue(&flagged, &better);
     d.enqueue(&dump("[fe80::1]:2004", 9, 1, true), b"v6 text");
     assert!(d.drain(Duration::from_secs(20)), "{:?}", d.link.stats());
     assert_eq!(d.link.stats().delivered.total(), 4);
@@ -77,6 +82,18 @@ fn records_are_stored_exactly() {
     assert_eq!(meta["registers"]["ip"], "0xffffffff81001234");
     assert_eq!(meta["user_blob"], "a5".repeat(128));
     assert_eq!(meta["zeroed"], serde_json::json!([11]));
+    assert_eq!(
+        (
+            &meta["conflicts"],
+            &meta["foreign_port_chunks"],
+            &meta["late_chunks"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(2),
+            &serde_json::json!(3)
+        )
+    );
     // Relay time 1100 ms is 1 s after first_seen at 100 ms.
     let first = meta["first_seen"].as_str().unwrap();
     let done = meta["completed"].as_str().unwrap();

@@ -446,7 +446,8 @@ impl fmt::Display for Counters<'_> {
         write!(
             f,
             "counters: datagrams {} chunks {} dup {} malformed {} not_allowed {} \
-             no_memory {} late {} | dumps started {} complete {} partial {} held {} \
+             no_memory {} late {} refused {} conflicts {} foreign_port {} | dumps started {} \
+             complete {} partial {} held {} \
              chunks {}/{} | delivered {} dropped {} spool {}/{} bytes | nc_datagrams {} \
              nc_malformed {} nc_dup {} nc_crashes {} nc_dumps {} nc_sources {} nc_boots {} \
              nc_trimmed {} nc_no_memory {}",
@@ -457,6 +458,9 @@ impl fmt::Display for Counters<'_> {
             self.relay.not_allowed,
             r.dropped_no_memory,
             r.dropped_late,
+            r.refused_total(),
+            r.conflicts,
+            r.foreign_port_chunks,
             r.dumps_started,
             r.dumps_complete,
             r.dumps_partial,

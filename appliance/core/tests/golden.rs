@@ -9,7 +9,8 @@
 //! [`PROTOCOL_VERSION`] (carried in `Hello` and `Welcome`; a peer speaking another version is
 //! refused), and the vectors here are regenerated in the same commit (run this test with
 //! `GOLDEN_PRINT=1 cargo test -p netoops-core --test golden -- --nocapture` to print them).
-//! Version 2 added `ConsoleMeta` (`netconsole`) to crash notices and dumps. A failure here
+//! Version 2 added `ConsoleMeta` (`netconsole`) to crash notices and dumps; version 3 added
+//! `conflicts`, `foreign_port_chunks` and `late_chunks` to dumps. A failure here
 //! with the version unchanged means the wire format changed by accident.
 
 use netoops_core::upstream::record::{
@@ -19,7 +20,7 @@ use netoops_core::upstream::record::{
 };
 
 /// The version these vectors were recorded at.
-const GOLDEN_VERSION: u16 = 2;
+const GOLDEN_VERSION: u16 = 3;
 
 fn identity(ip: SourceIp, version: u16) -> DumpIdentity {
     DumpIdentity {
@@ -115,6 +116,9 @@ fn dump_netoops() -> Record {
         registers: Some(registers()),
         user_blob: Some(vec![0xab; 4]),
         netconsole: None,
+        conflicts: 1,
+        foreign_port_chunks: 2,
+        late_chunks: 300,
     })
 }
 
@@ -134,6 +138,9 @@ fn dump_netconsole() -> Record {
         cpu: None,
         registers: None,
         user_blob: None,
+        conflicts: 0,
+        foreign_port_chunks: 0,
+        late_chunks: 0,
         netconsole: Some(console()),
     })
 }
@@ -184,7 +191,7 @@ fn replies() -> Vec<(&'static str, Reply, &'static str)> {
     ]
 }
 
-const HELLO: &str = "1700000000c09a0c0002067261636b2d37a6aae087dbd781de6900";
+const HELLO: &str = "1700000000c09a0c0003067261636b2d37a6aae087dbd781de6900";
 const CRASH_SEEN_NETOOPS: &str = concat!(
     "4d00000001c09a0c01000a000007893403848688088407010106352e31302e30",
     "4000010106550401067838365f36340202697080808088f8ffffffff01027370",
@@ -197,17 +204,17 @@ const CRASH_SEEN_NETCONSOLE: &str = concat!(
     "6e656c2070616e69630a",
 );
 const DUMP_NETOOPS: &str = concat!(
-    "5200000003c09a0c0200c0a80102893402848688088407010006342e31392e30",
+    "5600000003c09a0c0200c0a80102893402848688088407010006342e31392e30",
     "0a0801030401090002e807a01f0001067838365f36340202697080808088f8ff",
-    "ffffff01027370f0ff010104abababab000474657874",
+    "ffffff01027370f0ff010104abababab000102ac020474657874",
 );
 const DUMP_NETCONSOLE: &str = concat!(
-    "6d000000ffffffffffffffffff01c09a0c02007f140001893400848688088407",
+    "70000000ffffffffffffffffff01c09a0c02007f140001893400848688088407",
     "010005362e312e302a280000010105bd17000000010101020c4b65726e656c20",
     "70616e696305362e312e30010a0c01140105ac022a010953554253595354454d",
-    "036e6574000b77686f6c652064756d700a",
+    "036e6574000000000b77686f6c652064756d700a",
 );
-const WELCOME: &str = "040000000002ac02";
+const WELCOME: &str = "040000000003ac02";
 const ACK: &str = "0700000001808080808020";
 const REFUSED: &str = "17000000021570726f746f636f6c2031206e6f742073706f6b656e";
 

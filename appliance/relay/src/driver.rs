@@ -445,6 +445,91 @@ mod tests {
         }
     }
 
+    /// Issue 14's spoofed quota, over real sockets: while a machine sends its dump, datagrams
+    /// from its own address (another port) open a new dump each, several between two of its
+    /// packets, far past the per-source cap. Its dump is stored once, complete; the spoofed
+    /// ones are refused or stored apart as the one-packet dumps they are.
+    #[test]
+    fn a_dump_survives_spoofed_dumps_from_its_own_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::bind(ServerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path(),
+        ))
+        .unwrap();
+        let collector = server.local_addr().unwrap();
+        server.spawn();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&shutdown);
+        let relay = std::thread::spawn(move || {
+            let config = Config::parse(&format!("upstream={collector} quiet=1s stats=1s")).unwrap();
+            let relay = Relay::new(config, 0x5eed).unwrap();
+            let udp = BatchSocket::bind("127.0.0.1:0".parse().unwrap(), 4 << 20).unwrap();
+            addr_tx.send(udp.local_addr().unwrap()).unwrap();
+            let mut driver = Driver::new(
+                relay,
+                udp,
+                None,
+                Console::new(Vec::new()),
+                Clock::start(),
+                StdDuration::from_secs(20),
+            )
+            .unwrap();
+            let ending = driver.run(&flag).unwrap();
+            let stats = *driver.relay.reassembler().stats();
+            (ending, stats)
+        });
+        let to = addr_rx.recv().unwrap();
+
+        let real = UdpSocket::bind("127.0.0.23:0").unwrap();
+        let spoofer = UdpSocket::bind("127.0.0.23:0").unwrap();
+        let text = log(800, "real");
+        let m = SenderModel::new(&[], &text);
+        let h = DumpHeader::new(Variant::V3X86_64, 7, "6.1.0-driver");
+        let mut buf = [0u8; 2048];
+        let mut spoofed = 0u16;
+        for (_, p) in m.schedule() {
+            let n = encode(&h, m.packet_count(), p, &m.chunk(p), &mut buf).unwrap();
+            real.send_to(&buf[..n], to).unwrap();
+            for _ in 0..12 {
+                let fake = DumpHeader::new(Variant::V3X86_64, 1000 + spoofed, "6.1.0-driver");
+                let n = encode(&fake, 4096, 0, &[b'X'; netoops_wire::DATA_LEN], &mut buf).unwrap();
+                spoofer.send_to(&buf[..n], to).unwrap();
+                spoofed += 1;
+            }
+            std::thread::sleep(StdDuration::from_millis(2));
+        }
+        // One socket, read in order: once a later dump is stored, every datagram above was read.
+        send(to, "127.0.0.24:0", 9, &log(10, "marker"), |_| true);
+        let stored = |ip: &str| {
+            catalog::list(dir.path())
+                .map(|l| l.into_iter().filter(|d| d.ip_dir == ip).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        wait_for("the marker dump", || !stored("127.0.0.24").is_empty());
+        shutdown.store(true, Ordering::Relaxed);
+        let (ending, stats) = relay.join().unwrap();
+        assert_eq!(ending, Ending::Delivered);
+
+        let source = real.local_addr().unwrap().to_string();
+        let mine: Vec<_> = stored("127.0.0.23")
+            .into_iter()
+            .filter(|d| d.meta["source"] == source.as_str())
+            .collect();
+        assert_eq!(
+            mine.len(),
+            1,
+            "{:?}",
+            mine.iter().map(|d| &d.meta).collect::<Vec<_>>()
+        );
+        assert_eq!(mine[0].meta["complete"], true);
+        assert_eq!(mine[0].meta["revision"], 1);
+        assert_eq!(catalog::read_text(&mine[0]).unwrap(), text);
+        assert_eq!(mine[0].meta["conflicts"], 0);
+        assert!(stats.refused_source_cap > 0, "{stats:?}");
+    }
+
     #[test]
     fn the_clock_is_monotonic_microseconds() {
         let c = Clock::start();

@@ -422,6 +422,9 @@ fn dump_record(conn: u32, n: u64, size: usize, per_machine: u64) -> Record {
         cpu: None,
         registers: None,
         user_blob: None,
+        conflicts: 0,
+        foreign_port_chunks: 0,
+        late_chunks: 0,
         netconsole: None,
     })
 }

@@ -248,6 +248,9 @@ pub fn dump_record(
             ],
         }),
         user_blob: None,
+        conflicts: 0,
+        foreign_port_chunks: 0,
+        late_chunks: 0,
         netconsole: None,
     })
 }
@@ -283,6 +286,9 @@ pub fn netconsole_record(
         cpu: None,
         registers: None,
         user_blob: None,
+        conflicts: 0,
+        foreign_port_chunks: 0,
+        late_chunks: 0,
         netconsole: Some(ConsoleMeta {
             extended: true,
             boot: 0,

@@ -228,6 +228,9 @@ pub fn dump(source: &str, dump_id: u16, revision: u32, complete: bool) -> Record
             names_values: vec![("ip".into(), 0xffff_ffff_8100_1234)],
         }),
         user_blob: Some(vec![0xa5; 128]),
+        conflicts: 0,
+        foreign_port_chunks: 0,
+        late_chunks: 0,
         netconsole: None,
     })
 }

@@ -1,8 +1,11 @@
 //! Chunk storage: a fixed pool of 1 KiB slots, and per dump a table from packet_no to what is
 //! held for it.
 //!
-//! The sender announces packet_count in every datagram, so a dump reserves its table when it
-//! starts: finding a chunk is then one array access, with no hashing on the per-packet path.
+//! The sender announces packet_count in every datagram, so a dump reserves its table once it
+//! has a second packet: finding a chunk is then one array access, with no hashing on the
+//! per-packet path. Until then (a one-packet claim, which is all a spoofed datagram makes) it
+//! holds a one-entry table for the packet it has, so a claim of 4,096 packets costs one entry,
+//! not 4,096: claims cannot exhaust the index array.
 //! Tables are carved from one index array by a bump pointer; when the pointer reaches the end,
 //! live tables slide down (compaction moves table entries, never chunks).
 //!
@@ -54,11 +57,12 @@ impl Held {
     };
 }
 
-/// Where one dump's table sits in the index array.
+/// Where one dump's table sits in the index array: entries for packets `first..first + len`.
 #[derive(Clone, Copy, Default)]
 struct Span {
     base: u32,
     len: u32,
+    first: u32,
 }
 
 /// Bytes a store with `slots` slots, `dumps` tables and `max_packets` per table allocates.
@@ -67,7 +71,7 @@ pub(crate) fn store_bytes(slots: usize, dumps: usize, max_packets: usize) -> usi
     slots * DATA_LEN
         + (words + words.div_ceil(64)) * 8
         + table_len(slots, max_packets) * core::mem::size_of::<Held>()
-        + dumps * (4 + 4)
+        + dumps * core::mem::size_of::<Span>()
 }
 
 /// Index array length: twice the slots (dumps reserve whole tables before their packets
@@ -213,8 +217,48 @@ impl ChunkStore {
         self.table.capacity() - self.live >= count as usize
     }
 
-    /// Reserves the packet table of `entry`. The caller checked [`Self::has_table_room`].
+    /// Reserves the packet table of `entry` (dumps reserve claims and grow them).
+    #[cfg(test)]
     pub(crate) fn reserve(&mut self, entry: u32, count: u32) -> bool {
+        self.reserve_from(entry, 0, count)
+    }
+
+    /// Reserves a one-entry table for packet `packet_no` of a new dump (a claim).
+    pub(crate) fn reserve_claim(&mut self, entry: u32, packet_no: u32) -> bool {
+        self.reserve_from(entry, packet_no, 1)
+    }
+
+    /// Replaces a claim's one-entry table by a whole table of `count` entries, keeping what
+    /// it holds; false (and nothing changed) when there is no room.
+    pub(crate) fn grow(&mut self, entry: u32, count: u32) -> bool {
+        let e = entry as usize;
+        let old = self.tables[e];
+        if old.first == 0 && old.len >= count {
+            return true;
+        }
+        debug_assert!(old.len <= 1, "only claims grow");
+        let held = if old.len == 1 {
+            self.table[old.base as usize]
+        } else {
+            Held::NONE
+        };
+        // Handed back first, so the room check counts it and compaction drops it.
+        self.tables[e].len = 0;
+        self.live -= old.len as usize;
+        if !self.reserve_from(entry, 0, count) {
+            self.tables[e] = old;
+            self.live += old.len as usize;
+            return false;
+        }
+        if old.len == 1 {
+            if let Some(pos) = self.position(entry, old.first) {
+                self.table[pos] = held;
+            }
+        }
+        true
+    }
+
+    fn reserve_from(&mut self, entry: u32, first: u32, count: u32) -> bool {
         let n = count as usize;
         if !self.has_table_room(count) {
             return false;
@@ -226,6 +270,7 @@ impl ChunkStore {
         self.tables[e] = Span {
             base: self.top as u32,
             len: count,
+            first,
         };
         // The index array is filled as the bump pointer first reaches each position (within
         // its reserved capacity): at boot it costs nothing, and it never reallocates.
@@ -260,7 +305,8 @@ impl ChunkStore {
     fn position(&self, entry: u32, packet_no: u32) -> Option<usize> {
         let e = entry as usize;
         let span = self.tables[e];
-        (packet_no < span.len).then(|| (span.base + packet_no) as usize)
+        let i = packet_no.wrapping_sub(span.first);
+        (i < span.len).then(|| (span.base + i) as usize)
     }
 
     fn held(&self, entry: u32, packet_no: u32) -> Option<&Held> {
@@ -382,6 +428,35 @@ mod tests {
             (free.take(), free.take(), free.take(), free.take()),
             (Some(2000), Some(4000), Some(10), None)
         );
+    }
+
+    #[test]
+    fn a_claim_holds_one_entry_until_it_grows_into_a_whole_table() {
+        // 4 slots -> 8 + 16 = 24 table entries.
+        let mut store = ChunkStore::new(4, 8, 16, PlainSlots::boxed);
+        for e in 0..6 {
+            assert!(store.reserve_claim(e, 15));
+        }
+        assert!(store.insert(0, 15, &[b'a'; DATA_LEN], 9));
+        assert_eq!(store.fingerprint_of(0, 15), Some(9));
+        assert_eq!(store.text(0, 14), None);
+        assert!(
+            !store.insert(0, 3, &[b'b'; DATA_LEN], 1),
+            "outside its one entry"
+        );
+        // 18 left: a whole table of 16 fits, keeping the chunk held.
+        assert!(store.has_table_room(16));
+        assert!(store.grow(0, 16));
+        assert_eq!(store.fingerprint_of(0, 15), Some(9));
+        assert!(store.insert(0, 3, &[b'b'; DATA_LEN], 1));
+        assert_eq!(store.text(0, 3).map(|t| t[0]), Some(b'b'));
+        // 24 - 16 - 5 = 3 left: another claim cannot grow, and keeps what it had.
+        assert!(store.insert(1, 15, &[b'c'; DATA_LEN], 4));
+        assert!(!store.grow(1, 16));
+        assert_eq!(store.fingerprint_of(1, 15), Some(4));
+        store.release(0);
+        assert!(store.grow(1, 16));
+        assert_eq!(store.text(1, 15).map(|t| t[0]), Some(b'c'));
     }
 
     #[test]

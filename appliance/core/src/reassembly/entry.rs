@@ -47,7 +47,43 @@ impl Hash for DumpKey {
     }
 }
 
+/// A dump's identity without the sender's port: what two ports of one address must not both
+/// be sending. Hashed for the reassembler's identity index.
+#[derive(Clone, Copy)]
+pub(crate) struct PortlessIdentity<'a>(pub(crate) &'a DumpKey);
+
+impl Hash for PortlessIdentity<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let k = self.0;
+        let ip = match k.source.ip() {
+            IpAddr::V4(a) => u64::from(u32::from(a)),
+            IpAddr::V6(a) => {
+                let v = u128::from(a);
+                state.write_u64((v >> 64) as u64);
+                v as u64
+            }
+        };
+        state.write_u64(ip);
+        state.write_u64(
+            u64::from(k.boot_id)
+                | u64::from(k.dump_id) << 32
+                | (k.version as u64) << 48
+                | (k.dump_type as u64) << 56,
+        );
+    }
+}
+
 impl DumpKey {
+    /// Same address and dump identity, another port.
+    pub(crate) fn same_identity_other_port(&self, other: &DumpKey) -> bool {
+        self.source.ip() == other.source.ip()
+            && self.source.port() != other.source.port()
+            && self.version == other.version
+            && self.boot_id == other.boot_id
+            && self.dump_id == other.dump_id
+            && self.dump_type == other.dump_type
+    }
+
     pub(crate) fn of(source: SocketAddr, d: &Datagram<'_>) -> Self {
         DumpKey {
             source,
@@ -114,6 +150,23 @@ pub(crate) struct DumpEntry {
     pub(crate) has_chunks: bool,
     /// Whether `key` maps to this entry in the lookup table (false for older generations).
     pub(crate) indexed: bool,
+    /// Chunks received that differed from the chunk held for their packet_no (each started
+    /// a new generation); a new generation started that way counts the chunk too.
+    pub(crate) conflicts: u32,
+    /// Chunks for this dump's identity (address, boot, dump id, type) that came from another
+    /// source port of the same address while this dump was held.
+    pub(crate) foreign_port_chunks: u32,
+    /// Chunks stored after the dump was first emitted (a late packet filling a hole, or a
+    /// forgery from the sender's own address and port: the two cannot be told apart).
+    pub(crate) late_chunks: u32,
+    /// Another port of the same address holds (or held) this identity: every chunk stored
+    /// looks the others up in the identity index. False for every honest dump.
+    pub(crate) shared: bool,
+    /// The last emission already carried conflicts, so a new one does not send the dump
+    /// again (at most one extra revision per dump for them).
+    pub(crate) emitted_conflicts: bool,
+    /// Likewise for foreign-port chunks.
+    pub(crate) emitted_foreign: bool,
     pub(crate) first_seen: Instant,
     pub(crate) last_packet: Instant,
 }
@@ -137,6 +190,12 @@ impl DumpEntry {
         complete: false,
         has_chunks: false,
         indexed: false,
+        conflicts: 0,
+        foreign_port_chunks: 0,
+        late_chunks: 0,
+        shared: false,
+        emitted_conflicts: false,
+        emitted_foreign: false,
         first_seen: Instant::ZERO,
         last_packet: Instant::ZERO,
     };

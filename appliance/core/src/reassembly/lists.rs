@@ -1,9 +1,12 @@
 //! Intrusive doubly linked lists over entry indices.
 //!
-//! Every dump entry sits on exactly one list (free, assembling, lingering with chunks,
-//! lingering without chunks). Lists are kept in order of last activity by moving an entry to the
-//! back whenever a packet touches it, so the front of each list is both the eviction victim and
-//! the earliest deadline. All storage is allocated once; every operation is O(1).
+//! Every dump entry sits on exactly one list (free, claims, assembling, lingering with chunks,
+//! lingering without chunks, lingering claims). Claims are dumps still assembling with a
+//! single packet received: on a list of their own, the eviction victim among them (and the
+//! proof that no dump with more evidence has to be touched) is the front of one list, found
+//! without scanning. Lists are kept in order of last activity by moving an entry to the back
+//! whenever a packet touches it, so the front of each list is both the eviction victim and the
+//! earliest deadline. All storage is allocated once; every operation is O(1).
 
 use alloc::vec::Vec;
 
@@ -13,12 +16,20 @@ const NIL: u32 = u32::MAX;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ListId {
     Free = 0,
-    Assembling = 1,
-    LingerFull = 2,
-    LingerBare = 3,
+    /// Assembling with fewer than [`super::ESTABLISHED`] packets: what a spoofed datagram
+    /// makes, so what a newcomer may displace.
+    Claim = 1,
+    /// Assembling with at least [`super::ESTABLISHED`] packets: never displaced by a newcomer.
+    Assembling = 2,
+    LingerFull = 3,
+    LingerBare = 4,
+    /// Emitted with fewer than [`super::ESTABLISHED`] packets (chunks held): forgotten first
+    /// when room is short, so a storm of spoofed claims does not push out completed dumps
+    /// that are still absorbing their later rounds.
+    LingerClaim = 5,
 }
 
-const LISTS: usize = 4;
+const LISTS: usize = 6;
 
 #[derive(Clone, Copy)]
 struct Link {
@@ -63,6 +74,7 @@ impl IndexLists {
         (h != NIL).then_some(h)
     }
 
+    #[cfg(test)]
     pub(crate) fn next(&self, idx: u32) -> Option<u32> {
         let n = self.links[idx as usize].next;
         (n != NIL).then_some(n)

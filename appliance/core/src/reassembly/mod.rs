@@ -10,17 +10,33 @@
 //! for its packet_no, starts a new *generation*: an oops followed by a panic in the same
 //! second shares the key.
 //!
-//! Dumps move between four lists ordered by last activity:
-//! assembling -> (complete, or partial after `quiet_timeout`) -> lingering with chunks ->
-//! lingering bare (chunks reclaimed under memory pressure) -> free after `linger`.
-//! A late packet that fills a hole in a partial dump still holding its chunks sends it back to
+//! Dumps move between lists ordered by last activity:
+//! claim (one packet) -> assembling (two or more) -> (complete, or partial after
+//! `quiet_timeout`) -> lingering with chunks (one-packet dumps on a list of their own) ->
+//! lingering bare (chunks reclaimed under memory pressure) -> free after `linger`. A late
+//! packet that fills a hole in a partial dump still holding its chunks sends it back to
 //! assembling, and it is emitted again as a newer revision.
 //!
 //! Memory: everything is allocated in [`Reassembler::new`] from [`ReassemblyConfig`]; the
-//! per-packet path never allocates. Under pressure the reassembler reclaims lingering chunks
-//! first, then flushes the least recently active dump as partial: it never refuses a new dump,
-//! and a dump only loses packets (highest packet_no first, since they arrive last) when it
-//! alone fills the pool. Every drop is counted in [`ReassemblyStats`].
+//! per-packet path never allocates. Netoops is unauthenticated UDP, so room is given by
+//! evidence: a dump with [`ESTABLISHED`] packets or more is never displaced by a new dump
+//! (which has one), and between one-packet claims the more recently active one stays for a
+//! hold (1/8 of `quiet_timeout`), time enough for a real sender's second packet. A claim holds
+//! one packet-table entry whatever packet count it announces; its whole table comes with its
+//! second packet. When the table or a source's quota is full, a new dump takes the place of a
+//! lingering one-packet dump, then of the least recently active claim past its hold, then of
+//! a lingering dump (for the quota, one quiet for as long); when the chunk pool is full,
+//! lingering chunks go first, then claims the same way. Otherwise the new dump is refused and
+//! counted. A chunk for a dump in progress may flush any claim, and the least recently active
+//! established dump with no more packets than its own, as partial. A dump only loses packets
+//! (highest packet_no first, since they arrive last) when nothing with less evidence is left
+//! to take room from. Every drop and refusal is counted in [`ReassemblyStats`].
+//!
+//! Conflicts: a chunk that differs from the one held for its packet_no still starts a new
+//! generation, and both dumps count it in their metadata (`conflicts`); a dump identity sent
+//! from two ports of one address is two dumps, and each counts the chunks the other port sent
+//! (`foreign_port_chunks`). A dump already emitted whose counts change while it still holds
+//! its chunks goes back to assembling and is emitted again as a newer revision, once.
 
 mod chunks;
 mod entry;
@@ -42,7 +58,7 @@ pub use view::{CrashSeen, DumpView, EventSink};
 
 use crate::time::{Duration, Instant};
 use chunks::ChunkStore;
-use entry::{DumpEntry, HeaderInfo};
+use entry::{DumpEntry, HeaderInfo, PortlessIdentity};
 use lists::{IndexLists, ListId};
 
 /// Sizes and timeouts of a [`Reassembler`].
@@ -101,6 +117,11 @@ impl core::fmt::Display for ReassemblyConfigError {
     }
 }
 
+/// Packets a dump must have received before a new dump may no longer displace it. A spoofed
+/// datagram opens a dump with one; a real sender's second packet follows within
+/// microseconds.
+pub const ESTABLISHED: u32 = 2;
+
 /// Smallest chunk pool worth running with.
 const MIN_SLOTS: usize = 64;
 
@@ -135,9 +156,10 @@ impl ReassemblyConfig {
             + core::mem::size_of::<HeaderInfo>()
             + self.words_per_dump() * 8
             + 12;
-        n * per_dump
-            + map_bytes::<u32, ()>(map_capacity(n))
-            + map_bytes::<IpAddr, u32>(map_capacity(n))
+        // 4 more per dump: the per-source chain.
+        n * (per_dump + 4)
+            + 2 * map_bytes::<u32, ()>(map_capacity(n))
+            + map_bytes::<IpAddr, SourceDumps>(map_capacity(n))
     }
 
     /// Bytes the chunk pool takes with `slots` slots.
@@ -200,6 +222,12 @@ pub enum DropReason {
     NoMemory,
     /// A packet for a dump already emitted whose chunks were reclaimed.
     LateAfterEviction,
+    /// A new dump refused: every table entry holds a dump with more evidence.
+    TableFull,
+    /// A new dump refused: the chunk pool is taken by dumps with more evidence.
+    PoolFull,
+    /// A new dump refused: its source address holds its quota of dumps in progress.
+    SourceCap,
 }
 
 /// Counters since the reassembler was built.
@@ -233,8 +261,21 @@ pub struct ReassemblyStats {
     pub flushed_for_memory: u64,
     /// Dumps flushed as partial to free table entries.
     pub flushed_for_table: u64,
-    /// Dumps flushed because their source held too many.
+    /// One-packet claims flushed because their source held too many.
     pub flushed_for_source_cap: u64,
+    /// New dumps refused: every table entry held an established dump.
+    pub refused_table_full: u64,
+    /// New dumps refused: the chunk pool was taken by established dumps.
+    pub refused_pool_full: u64,
+    /// New dumps refused: their source address held its quota of dumps in progress.
+    pub refused_source_cap: u64,
+    /// Chunks that differed from the chunk held for their packet_no (each started a new
+    /// generation): a forgery, or an oops and a panic in the same second.
+    pub conflicts: u64,
+    /// Chunks stored for a dump identity that another port of the same address also holds.
+    pub foreign_port_chunks: u64,
+    /// Chunks stored in a dump already emitted (a late packet, or a forged hole fill).
+    pub late_chunks: u64,
     /// Lingering dumps whose chunks were reclaimed.
     pub lingering_reclaimed: u64,
     /// Emitted dumps forgotten before their linger time ran out.
@@ -253,7 +294,49 @@ impl ReassemblyStats {
 
     /// Every datagram dropped, whatever the reason.
     pub fn dropped_total(&self) -> u64 {
-        self.malformed_total() + self.dropped_no_memory + self.dropped_late
+        self.malformed_total() + self.dropped_no_memory + self.dropped_late + self.refused_total()
+    }
+
+    /// New dumps refused, whatever the reason.
+    pub fn refused_total(&self) -> u64 {
+        self.refused_table_full + self.refused_pool_full + self.refused_source_cap
+    }
+}
+
+/// End of a per-source chain.
+const NIL: u32 = u32::MAX;
+
+/// How many entries a source address holds, and the first of its chain.
+#[derive(Clone, Copy, Debug)]
+struct SourceDumps {
+    count: u32,
+    head: u32,
+}
+
+/// The list an assembling dump with `received` packets belongs on.
+fn assembling_list(received: u32) -> ListId {
+    if received >= ESTABLISHED {
+        ListId::Assembling
+    } else {
+        ListId::Claim
+    }
+}
+
+/// Sends an emitted dump that still holds its chunks back to assembling when a count its last
+/// emission carried as zero (`already` false) just changed, so it is emitted again with it:
+/// at most once per count, so a spoofer cannot make a dump resend its text over and over.
+fn reopen_if_new_flag(
+    lists: &mut IndexLists,
+    e: &mut DumpEntry,
+    idx: u32,
+    now: Instant,
+    already: bool,
+) {
+    let emitted_with_chunks =
+        matches!(lists.list_of(idx), ListId::LingerFull | ListId::LingerClaim);
+    if !already && emitted_with_chunks {
+        e.last_packet = now;
+        lists.move_to_back(idx, assembling_list(e.received));
     }
 }
 
@@ -269,8 +352,14 @@ pub struct Reassembler {
     /// Entry index by [`DumpKey`]; the keys live in the entries, so a bucket is 4 bytes and
     /// the whole index stays in cache.
     by_key: HashTable<u32>,
+    /// Every held entry by its identity without the port ([`entry::PortlessIdentity`]): read
+    /// when a dump starts, and per chunk only for dumps flagged `shared`.
+    by_identity: HashTable<u32>,
     hasher: DefaultHashBuilder,
-    per_source: HashMap<IpAddr, u32>,
+    per_source: HashMap<IpAddr, SourceDumps>,
+    /// Next entry of the same source address (a chain per address, from `per_source`), so the
+    /// per-source cap finds a victim among at most `max_dumps_per_source` entries.
+    src_next: Vec<u32>,
     chunks: ChunkStore,
     stats: ReassemblyStats,
 }
@@ -301,8 +390,10 @@ impl Reassembler {
             lists: IndexLists::new(n),
             headers: Vec::with_capacity(n),
             by_key: HashTable::with_capacity(map_capacity(n)),
+            by_identity: HashTable::with_capacity(map_capacity(n)),
             hasher: DefaultHashBuilder::default(),
             per_source: HashMap::with_capacity(map_capacity(n)),
+            src_next: vec![NIL; n],
             chunks: ChunkStore::new(slots, n, config.max_packet_count as usize, new_slots),
             stats: ReassemblyStats::default(),
         })
@@ -323,9 +414,9 @@ impl Reassembler {
         self.config.max_dumps - self.lists.len(ListId::Free)
     }
 
-    /// Dumps still assembling.
+    /// Dumps still assembling (claims included).
     pub fn dumps_assembling(&self) -> usize {
-        self.lists.len(ListId::Assembling)
+        self.lists.len(ListId::Assembling) + self.lists.len(ListId::Claim)
     }
 
     /// Chunk slots in use and in total.
@@ -422,8 +513,17 @@ impl Reassembler {
                         }
                     }
                 }
+                let next = e.generation + 1;
+                if fingerprint.is_some() {
+                    // Forged, or an oops and a panic in the same second: recorded on both.
+                    self.stats.conflicts += 1;
+                    let e = &mut self.entries[idx as usize];
+                    e.conflicts = e.conflicts.saturating_add(1);
+                    let already = e.emitted_conflicts;
+                    reopen_if_new_flag(&mut self.lists, e, idx, now, already);
+                }
                 self.stats.generations += 1;
-                e.generation + 1
+                next
             }
         };
         self.start_dump(now, key, generation, &d, fingerprint, sink)
@@ -431,13 +531,15 @@ impl Reassembler {
 
     /// Emits dumps that went quiet and forgets emitted dumps whose linger time is over.
     pub fn handle_timeout<S: EventSink>(&mut self, now: Instant, sink: &mut S) {
-        while let Some(idx) = self.lists.front(ListId::Assembling) {
-            if self.entries[idx as usize].last_packet + self.config.quiet_timeout > now {
-                break;
+        for list in [ListId::Claim, ListId::Assembling] {
+            while let Some(idx) = self.lists.front(list) {
+                if self.entries[idx as usize].last_packet + self.config.quiet_timeout > now {
+                    break;
+                }
+                self.emit(now, idx, sink);
             }
-            self.emit(now, idx, sink);
         }
-        for list in [ListId::LingerFull, ListId::LingerBare] {
+        for list in [ListId::LingerClaim, ListId::LingerFull, ListId::LingerBare] {
             while let Some(idx) = self.lists.front(list) {
                 if self.entries[idx as usize].last_packet + self.config.linger > now {
                     break;
@@ -457,7 +559,9 @@ impl Reassembler {
                 .map(|i| self.entries[i as usize].last_packet + wait)
         };
         [
+            at(ListId::Claim, self.config.quiet_timeout),
             at(ListId::Assembling, self.config.quiet_timeout),
+            at(ListId::LingerClaim, self.config.linger),
             at(ListId::LingerFull, self.config.linger),
             at(ListId::LingerBare, self.config.linger),
         ]
@@ -468,8 +572,10 @@ impl Reassembler {
 
     /// Emits every dump still assembling as partial (for a clean shutdown).
     pub fn flush<S: EventSink>(&mut self, now: Instant, sink: &mut S) {
-        while let Some(idx) = self.lists.front(ListId::Assembling) {
-            self.emit(now, idx, sink);
+        for list in [ListId::Claim, ListId::Assembling] {
+            while let Some(idx) = self.lists.front(list) {
+                self.emit(now, idx, sink);
+            }
         }
     }
 
@@ -529,12 +635,14 @@ impl Reassembler {
         sink: &mut S,
     ) -> Result<Accepted, DropReason> {
         let ip = key.source.ip();
-        if self.per_source.get(&ip).copied().unwrap_or(0) as usize
-            >= self.config.max_dumps_per_source
-        {
-            self.shed_source(now, ip, sink);
+        if !self.shed_source(now, ip, sink) {
+            self.stats.refused_source_cap += 1;
+            return Err(DropReason::SourceCap);
         }
-        let idx = self.alloc_entry(now, sink);
+        let Some(idx) = self.alloc_entry(now, sink) else {
+            self.stats.refused_table_full += 1;
+            return Err(DropReason::TableFull);
+        };
         self.entries[idx as usize] = DumpEntry {
             key,
             generation,
@@ -544,26 +652,36 @@ impl Reassembler {
             complete: false,
             has_chunks: false,
             indexed: true,
+            // A new generation started by a chunk that differs from the one held.
+            conflicts: u32::from(fingerprint.is_some()),
+            foreign_port_chunks: 0,
+            late_chunks: 0,
+            shared: false,
+            emitted_conflicts: false,
+            emitted_foreign: false,
             first_seen: now,
             last_packet: now,
         };
         self.fill_storage(idx);
         self.headers[idx as usize] = HeaderInfo::of(d);
-        self.lists.move_to_back(idx, ListId::Assembling);
-        if !self.make_room(now, idx, sink, d.packet_count(), false)
-            || !self.chunks.reserve(idx, d.packet_count())
+        self.lists.move_to_back(idx, ListId::Claim);
+        // A one-entry table and its first chunk's slot, before anything goes upstream: a
+        // dump that cannot be held is refused, not announced. The whole table comes with
+        // its second packet (`add_chunk`).
+        if !self.make_room(now, idx, sink, 1, true)
+            || !self.chunks.reserve_claim(idx, d.packet_no())
         {
-            // Unreachable by sizing (the index holds one largest dump); refuse rather than panic.
-            self.stats.dropped_no_memory += 1;
+            self.stats.refused_pool_full += 1;
             self.entries[idx as usize] = DumpEntry::VACANT;
             self.lists.move_to_back(idx, ListId::Free);
-            return Err(DropReason::NoMemory);
+            return Err(DropReason::PoolFull);
         }
         self.entries[idx as usize].has_chunks = true;
         if let Some(old) = self.index(key, idx) {
             self.entries[old as usize].indexed = false;
         }
-        *self.per_source.entry(ip).or_insert(0) += 1;
+        self.source_link(idx, ip);
+        self.identity_link(idx);
         self.stats.dumps_started += 1;
         self.stats.dumps_high_water = self.stats.dumps_high_water.max(self.dumps_held());
         sink.crash_seen(&CrashSeen {
@@ -591,9 +709,15 @@ impl Reassembler {
             return Err(DropReason::LateAfterEviction);
         }
         // Back to assembling first, so reclaiming memory cannot pick this dump as its victim.
-        self.entries[idx as usize].last_packet = now;
-        self.lists.move_to_back(idx, ListId::Assembling);
-        if !self.make_room(now, idx, sink, 0, true) {
+        let e = &mut self.entries[idx as usize];
+        e.last_packet = now;
+        let (received, count) = (e.received, e.packet_count);
+        self.lists.move_to_back(idx, assembling_list(received));
+        // A claim's second packet brings its whole table.
+        let table = if received == 1 { count } else { 0 };
+        if !self.make_room(now, idx, sink, table, true)
+            || (table > 0 && !self.chunks.grow(idx, table))
+        {
             self.stats.dropped_no_memory += 1;
             return Err(DropReason::NoMemory);
         }
@@ -605,14 +729,45 @@ impl Reassembler {
         self.stats.chunks_high_water = self.stats.chunks_high_water.max(self.chunks.used());
         let e = &mut self.entries[idx as usize];
         e.received += 1;
-        if e.received == e.packet_count {
+        if e.revision > 0 {
+            e.late_chunks = e.late_chunks.saturating_add(1);
+            self.stats.late_chunks += 1;
+        }
+        let (received, complete, shared) = (e.received, e.received == e.packet_count, e.shared);
+        if received == ESTABLISHED {
+            self.lists.move_to_back(idx, ListId::Assembling);
+        }
+        if shared {
+            self.credit_siblings(now, idx);
+        }
+        if complete {
             self.emit(now, idx, sink);
         }
         Ok(Accepted::NewChunk)
     }
 
-    /// Frees a chunk slot (`slot`) and room for a packet table of `table` entries, unless
-    /// `idx` itself is the only dump left to take them from.
+    /// How long a one-packet claim is safe from a newcomer: far longer than a real sender
+    /// takes between its first two packets (microseconds on a LAN, tens of milliseconds
+    /// through a loaded relay), short against the quiet timeout, so spoofed claims turn over
+    /// while a real dump gets the time to become established.
+    fn claim_hold(&self) -> Duration {
+        Duration::from_micros(self.config.quiet_timeout.total_micros() / 8)
+    }
+
+    /// The claim a dump `idx` with `evidence` packets may flush: the least recently active one,
+    /// if it is not `idx` and either `idx` has more evidence or the claim has been held for
+    /// [`Self::claim_hold`] (between equals, the one more recently active stays).
+    fn displaceable_claim(&self, now: Instant, idx: u32, evidence: u32) -> Option<u32> {
+        let v = self.lists.front(ListId::Claim)?;
+        let e = &self.entries[v as usize];
+        (v != idx && (evidence >= ESTABLISHED || e.last_packet + self.claim_hold() <= now))
+            .then_some(v)
+    }
+
+    /// Frees a chunk slot (`slot`) and room for a packet table of `table` entries for `idx`.
+    /// Takes lingering chunks first (claims' first), then flushes a claim
+    /// ([`Self::displaceable_claim`]), then the least recently active established dump if it
+    /// has no more packets than `idx`; false when nothing with less evidence is left.
     fn make_room<S: EventSink>(
         &mut self,
         now: Instant,
@@ -621,64 +776,198 @@ impl Reassembler {
         table: u32,
         slot: bool,
     ) -> bool {
+        let evidence = self.entries[idx as usize].received;
         loop {
             if (!slot || self.chunks.has_free_slot()) && self.chunks.has_table_room(table) {
                 return true;
             }
-            if let Some(victim) = self.lists.front(ListId::LingerFull) {
+            // Chunks only: the entry stays to take its dump's later packets as late, rather
+            // than have each of them report the dump again.
+            if let Some(victim) = self
+                .lists
+                .front(ListId::LingerClaim)
+                .or_else(|| self.lists.front(ListId::LingerFull))
+            {
                 self.reclaim_chunks(victim);
                 self.stats.lingering_reclaimed += 1;
                 continue;
             }
-            match self.lists.front(ListId::Assembling) {
-                Some(victim) if victim != idx => {
+            // `idx` is at the back of its list: at the front, it is alone there.
+            let victim = self.displaceable_claim(now, idx, evidence).or_else(|| {
+                self.lists
+                    .front(ListId::Assembling)
+                    .filter(|&v| v != idx && self.entries[v as usize].received <= evidence)
+            });
+            match victim {
+                Some(v) => {
                     self.stats.flushed_for_memory += 1;
-                    self.emit(now, victim, sink);
+                    self.emit(now, v, sink);
                 }
-                _ => return false,
+                None => return false,
             }
         }
     }
 
-    /// A free entry, forgetting or flushing the least recently active dumps if none is free.
-    fn alloc_entry<S: EventSink>(&mut self, now: Instant, sink: &mut S) -> u32 {
+    /// A free entry for a new dump: forgets a lingering claim, flushes a claim held for
+    /// [`Self::claim_hold`], forgets a lingering dump, in that order; `None` when every entry
+    /// holds an established dump in progress or a claim still held.
+    fn alloc_entry<S: EventSink>(&mut self, now: Instant, sink: &mut S) -> Option<u32> {
         loop {
             if let Some(idx) = self.lists.front(ListId::Free) {
-                return idx;
+                return Some(idx);
             }
-            if let Some(idx) = self
-                .lists
-                .front(ListId::LingerBare)
-                .or_else(|| self.lists.front(ListId::LingerFull))
-            {
+            if let Some(idx) = self.lists.front(ListId::LingerClaim) {
                 self.stats.forgotten_early += 1;
                 self.free_entry(idx);
                 continue;
             }
-            // max_dumps >= 1, so with nothing free or lingering something is assembling.
-            if let Some(idx) = self.lists.front(ListId::Assembling) {
+            if let Some(claim) = self.displaceable_claim(now, NIL, 0) {
                 self.stats.flushed_for_table += 1;
-                self.emit(now, idx, sink);
+                // Emitted, it becomes a lingering claim: the next turn forgets it.
+                self.emit(now, claim, sink);
+                continue;
             }
+            // A new crash outranks absorbing the later rounds of one already emitted (which,
+            // forgotten, may be reported again): an honest storm larger than the table gets a
+            // notice for every machine.
+            let idx = self
+                .lists
+                .front(ListId::LingerBare)
+                .or_else(|| self.lists.front(ListId::LingerFull))?;
+            self.stats.forgotten_early += 1;
+            self.free_entry(idx);
         }
     }
 
-    /// Makes room under the per-source cap: forgets the source's least recently active
-    /// emitted dump, or flushes its least recently active assembling one.
-    fn shed_source<S: EventSink>(&mut self, now: Instant, ip: IpAddr, sink: &mut S) {
-        self.stats.flushed_for_source_cap += 1;
-        for list in [ListId::LingerBare, ListId::LingerFull, ListId::Assembling] {
-            let mut cur = self.lists.front(list);
-            while let Some(idx) = cur {
-                if self.entries[idx as usize].key.source.ip() == ip {
-                    if list == ListId::Assembling {
-                        self.emit(now, idx, sink);
-                    }
-                    self.free_entry(idx);
-                    return;
+    /// Makes room under the per-source cap for a new dump from `ip`: forgets the source's
+    /// lingering claim, else flushes its claim held longest past [`Self::claim_hold`], else
+    /// forgets its emitted dump with the fewest packets quiet for as long (a completed dump
+    /// outlives a spoofer's leftovers); false when the source holds only established dumps in
+    /// progress, claims still held and dumps still receiving their later rounds. Walks the
+    /// source's chain, at most `max_dumps_per_source` entries.
+    fn shed_source<S: EventSink>(&mut self, now: Instant, ip: IpAddr, sink: &mut S) -> bool {
+        let Some(src) = self.per_source.get(&ip) else {
+            return true;
+        };
+        if (src.count as usize) < self.config.max_dumps_per_source {
+            return true;
+        }
+        let hold = self.claim_hold();
+        // (class, fewest packets, least recently active, entry): the lowest goes.
+        let mut best: Option<(u8, u32, Instant, u32)> = None;
+        let mut cur = src.head;
+        while cur != NIL {
+            let e = &self.entries[cur as usize];
+            let class = match self.lists.list_of(cur) {
+                ListId::LingerClaim => Some(0),
+                ListId::Claim if e.last_packet + hold <= now => Some(1),
+                ListId::LingerFull | ListId::LingerBare if e.last_packet + hold <= now => Some(2),
+                _ => None,
+            };
+            if let Some(class) = class {
+                let rank = (class, e.received, e.last_packet, cur);
+                if best.is_none_or(|b| rank < b) {
+                    best = Some(rank);
                 }
-                cur = self.lists.next(idx);
             }
+            cur = self.src_next[cur as usize];
+        }
+        let Some((class, _, _, victim)) = best else {
+            return false;
+        };
+        if class == 1 {
+            self.stats.flushed_for_source_cap += 1;
+            self.emit(now, victim, sink);
+        } else {
+            self.stats.forgotten_early += 1;
+        }
+        self.free_entry(victim);
+        true
+    }
+
+    /// Puts `idx` at the head of its source address's chain.
+    fn source_link(&mut self, idx: u32, ip: IpAddr) {
+        let src = self.per_source.entry(ip).or_insert(SourceDumps {
+            count: 0,
+            head: NIL,
+        });
+        self.src_next[idx as usize] = src.head;
+        src.head = idx;
+        src.count += 1;
+    }
+
+    /// Takes `idx` out of its source address's chain.
+    fn source_unlink(&mut self, idx: u32, ip: IpAddr) {
+        let Some(src) = self.per_source.get_mut(&ip) else {
+            return;
+        };
+        let next = self.src_next[idx as usize];
+        if src.head == idx {
+            src.head = next;
+        } else {
+            let mut cur = src.head;
+            while cur != NIL {
+                let after = self.src_next[cur as usize];
+                if after == idx {
+                    self.src_next[cur as usize] = next;
+                    break;
+                }
+                cur = after;
+            }
+        }
+        src.count -= 1;
+        if src.count == 0 {
+            self.per_source.remove(&ip);
+        }
+        self.src_next[idx as usize] = NIL;
+    }
+
+    /// Adds `idx` to the identity index; if another port of its address holds the same
+    /// identity, flags both as shared and starts `idx`'s count with the chunks the others hold.
+    fn identity_link(&mut self, idx: u32) {
+        let (entries, hasher) = (&mut self.entries, &self.hasher);
+        let key = entries[idx as usize].key;
+        let hash = hasher.hash_one(PortlessIdentity(&key));
+        let mut held: Option<u32> = None;
+        for &s in self.by_identity.iter_hash(hash) {
+            let e = &mut entries[s as usize];
+            if e.key.same_identity_other_port(&key) {
+                e.shared = true;
+                held = Some(held.unwrap_or(0).saturating_add(e.received));
+            }
+        }
+        if let Some(held) = held {
+            let e = &mut entries[idx as usize];
+            e.shared = true;
+            e.foreign_port_chunks = held;
+        }
+        // Capacity is twice the entries, so this never grows (no allocation).
+        self.by_identity.insert_unique(hash, idx, |&i| {
+            hasher.hash_one(PortlessIdentity(&entries[i as usize].key))
+        });
+    }
+
+    /// A chunk was stored for the shared dump `idx`: every dump of the same identity from
+    /// another port of its address counts it as foreign.
+    fn credit_siblings(&mut self, now: Instant, idx: u32) {
+        let key = self.entries[idx as usize].key;
+        let hash = self.hasher.hash_one(PortlessIdentity(&key));
+        let mut any = false;
+        for &s in self.by_identity.iter_hash(hash) {
+            let e = &mut self.entries[s as usize];
+            if !e.key.same_identity_other_port(&key) {
+                continue;
+            }
+            any = true;
+            e.foreign_port_chunks = e.foreign_port_chunks.saturating_add(1);
+            let already = e.emitted_foreign;
+            reopen_if_new_flag(&mut self.lists, e, s, now, already);
+        }
+        if any {
+            self.stats.foreign_port_chunks += 1;
+        } else {
+            // The others are gone: back to the honest path.
+            self.entries[idx as usize].shared = false;
         }
     }
 
@@ -687,6 +976,8 @@ impl Reassembler {
         let e = &mut self.entries[idx as usize];
         e.revision += 1;
         e.complete = e.received == e.packet_count;
+        e.emitted_conflicts = e.conflicts > 0;
+        e.emitted_foreign = e.foreign_port_chunks > 0;
         if e.complete {
             self.stats.dumps_complete += 1;
         } else {
@@ -704,7 +995,12 @@ impl Reassembler {
             chunks: &self.chunks,
         };
         sink.dump(&view);
-        self.lists.move_to_back(idx, ListId::LingerFull);
+        let list = if self.entries[idx as usize].received < ESTABLISHED {
+            ListId::LingerClaim
+        } else {
+            ListId::LingerFull
+        };
+        self.lists.move_to_back(idx, list);
     }
 
     fn release_chunks(&mut self, idx: u32) {
@@ -730,15 +1026,72 @@ impl Reassembler {
         if e.indexed {
             self.unindex(&e.key);
         }
-        let ip = e.key.source.ip();
-        if let Some(n) = self.per_source.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_source.remove(&ip);
-            }
+        if let Ok(found) = self
+            .by_identity
+            .find_entry(self.hasher.hash_one(PortlessIdentity(&e.key)), |&i| {
+                i == idx
+            })
+        {
+            found.remove();
         }
+        self.source_unlink(idx, e.key.source.ip());
         self.entries[idx as usize] = DumpEntry::VACANT;
         self.lists.move_to_back(idx, ListId::Free);
+    }
+}
+
+impl Reassembler {
+    /// Panics unless every index agrees with the entries (tests only): each held entry is on
+    /// its source's chain and in the identity index once, the chains' counts are right, no
+    /// source is over its cap, every dump in progress is on the list its evidence says.
+    #[cfg(test)]
+    fn check_consistency(&self) {
+        let mut held = 0;
+        for (i, e) in self.entries.iter().enumerate() {
+            let idx = i as u32;
+            let list = self.lists.list_of(idx);
+            if list == ListId::Free {
+                continue;
+            }
+            held += 1;
+            if matches!(list, ListId::Claim | ListId::Assembling) {
+                assert_eq!(list, assembling_list(e.received), "entry {idx}: {e:?}");
+            }
+            if list == ListId::LingerClaim {
+                assert!(
+                    e.received < ESTABLISHED && e.has_chunks,
+                    "entry {idx}: {e:?}"
+                );
+            }
+            let hash = self.hasher.hash_one(PortlessIdentity(&e.key));
+            let found = self
+                .by_identity
+                .iter_hash(hash)
+                .filter(|&&j| j == idx)
+                .count();
+            assert_eq!(found, 1, "entry {idx} in the identity index");
+            if e.indexed {
+                assert_eq!(self.lookup(&e.key), Some(idx));
+            }
+        }
+        assert_eq!(held, self.dumps_held());
+        assert_eq!(self.by_identity.len(), held);
+        let mut chained = 0;
+        for (ip, src) in &self.per_source {
+            let mut n = 0;
+            let mut cur = src.head;
+            while cur != NIL {
+                assert_eq!(self.entries[cur as usize].key.source.ip(), *ip);
+                assert_ne!(self.lists.list_of(cur), ListId::Free);
+                n += 1;
+                cur = self.src_next[cur as usize];
+            }
+            assert_eq!(n, src.count);
+            assert!(n as usize <= self.config.max_dumps_per_source);
+            chained += n as usize;
+        }
+        assert_eq!(chained, held);
+        assert!(self.footprint() <= self.config.memory_budget);
     }
 }
 

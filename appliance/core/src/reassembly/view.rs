@@ -123,6 +123,22 @@ impl<'a> DumpView<'a> {
     pub fn first_seen(&self) -> Instant {
         self.entry.first_seen
     }
+    /// Chunks that differed from the chunk held for their packet_no (each started a new
+    /// generation; a generation started that way counts its first chunk). Non-zero means
+    /// forged datagrams, or an oops and a panic in the same second.
+    pub fn conflicts(&self) -> u32 {
+        self.entry.conflicts
+    }
+    /// Chunks for this dump's identity that came from another source port of its address
+    /// (they are kept as a dump of their own, never mixed into this one).
+    pub fn foreign_port_chunks(&self) -> u32 {
+        self.entry.foreign_port_chunks
+    }
+    /// Chunks stored after the dump was first emitted: late packets that filled holes, or
+    /// forged ones from the sender's own address and port (which cannot be told apart).
+    pub fn late_chunks(&self) -> u32 {
+        self.entry.late_chunks
+    }
 
     /// Missing packet numbers as inclusive ranges, ascending.
     pub fn missing(&self) -> impl Iterator<Item = (u32, u32)> + 'a {
@@ -202,6 +218,9 @@ impl core::fmt::Debug for DumpView<'_> {
             .field("packet_count", &self.entry.packet_count)
             .field("received", &self.entry.received)
             .field("revision", &self.entry.revision)
+            .field("conflicts", &self.entry.conflicts)
+            .field("foreign_port_chunks", &self.entry.foreign_port_chunks)
+            .field("late_chunks", &self.entry.late_chunks)
             .finish()
     }
 }

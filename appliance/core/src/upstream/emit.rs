@@ -323,7 +323,7 @@ struct DumpFields<'x, 'a, 'b>(&'x DumpOut<'a, 'b>);
 
 impl Serialize for DumpFields<'_, '_, '_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("DumpMeta", 16)?;
+        let mut st = s.serialize_struct("DumpMeta", 18)?;
         let packet_count = self.0.packet_count();
         match self.0 {
             DumpOut::Netoops(d) => {
@@ -349,6 +349,9 @@ impl Serialize for DumpFields<'_, '_, '_> {
                 st.serialize_field("registers", &d.registers().map(RegistersOut))?;
                 st.serialize_field("user_blob", &d.user_blob().map(|b| &b[..]))?;
                 st.serialize_field("netconsole", &None::<()>)?;
+                st.serialize_field("conflicts", &d.conflicts())?;
+                st.serialize_field("foreign_port_chunks", &d.foreign_port_chunks())?;
+                st.serialize_field("late_chunks", &d.late_chunks())?;
             }
             DumpOut::Netconsole(d) => {
                 st.serialize_field("id", &console_identity(d.source, d.boot, d.crash))?;
@@ -379,6 +382,9 @@ impl Serialize for DumpFields<'_, '_, '_> {
                     truncated: d.truncated,
                 };
                 st.serialize_field("netconsole", &Some(meta))?;
+                st.serialize_field("conflicts", &0u32)?;
+                st.serialize_field("foreign_port_chunks", &0u32)?;
+                st.serialize_field("late_chunks", &0u32)?;
             }
         }
         st.end()
@@ -465,6 +471,9 @@ mod tests {
             cpu: None,
             registers: None,
             user_blob: None,
+            conflicts: 0,
+            foreign_port_chunks: 0,
+            late_chunks: 0,
             netconsole: Some(console_meta(&d)),
         });
         assert_eq!(bytes(&DumpOut::Netconsole(&d)), bytes(&owned));
@@ -552,6 +561,9 @@ mod tests {
                 registers: owned_registers(d.registers()),
                 user_blob: d.user_blob().map(|b| Vec::from(&b[..])),
                 netconsole: None,
+                conflicts: d.conflicts(),
+                foreign_port_chunks: d.foreign_port_chunks(),
+                late_chunks: d.late_chunks(),
             });
             assert_eq!(bytes(&DumpOut::Netoops(d)), bytes(&owned));
             self.dumps += 1;
@@ -578,7 +590,18 @@ mod tests {
                 let _ = r.handle_datagram(Instant::from_millis(1), source, &buf[..n], &mut sink);
             }
         }
+        // A conflicting chunk for the third dump, from its own port and from another: every
+        // evidence count non-zero in some record.
+        let log: Vec<u8> = (0..9000u32).map(|n| b'a' + (n % 26) as u8).collect();
+        let count = SenderModel::new(b"older", &log).packet_count();
+        let h = DumpHeader::new(Variant::ALL[2], 42, "6.1.0-\u{fffd}x");
+        let mut buf = [0u8; 2048];
+        let n = encode(&h, count, 1, &[b'!'; netoops_wire::DATA_LEN], &mut buf).unwrap();
+        for port in [6666, 7777] {
+            let source = SocketAddr::from(([10, 9, 0, 2], port));
+            let _ = r.handle_datagram(Instant::from_millis(2), source, &buf[..n], &mut sink);
+        }
         r.flush(Instant::from_millis(100_000), &mut sink);
-        assert_eq!((sink.crashes, sink.dumps), (4, 4));
+        assert_eq!((sink.crashes, sink.dumps), (6, 7));
     }
 }

@@ -1093,6 +1093,9 @@ mod tests {
             cpu: None,
             registers: None,
             user_blob: None,
+            conflicts: 0,
+            foreign_port_chunks: 0,
+            late_chunks: 0,
             netconsole: None,
         })
     }

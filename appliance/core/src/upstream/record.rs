@@ -36,8 +36,10 @@ use serde::{Deserialize, Serialize};
 /// The protocol version carried in `Hello` and `Welcome`; a peer speaking another is refused.
 ///
 /// Version rule: any change to the encoding of a record or reply (a field added, removed or
-/// reordered, a variant added) bumps it. 2 added [`ConsoleMeta`] to crash notices and dumps.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// reordered, a variant added) bumps it. 2 added [`ConsoleMeta`] to crash notices and dumps;
+/// 3 added the evidence counts to dumps ([`DumpMeta::conflicts`],
+/// [`DumpMeta::foreign_port_chunks`], [`DumpMeta::late_chunks`]).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest frame body (bytes after the length prefix) either side accepts: 8 MiB.
 pub const MAX_FRAME_LEN: u32 = 8 * 1024 * 1024;
@@ -253,6 +255,16 @@ pub struct DumpMeta {
     pub user_blob: Option<Vec<u8>>,
     /// Netconsole details; `None` for a netoops dump.
     pub netconsole: Option<ConsoleMeta>,
+    /// Chunks that differed from the one held for their packet (each started a new
+    /// generation): forged datagrams, or an oops and a panic in the same second. 0 for
+    /// netconsole.
+    pub conflicts: u32,
+    /// Chunks of this dump's identity sent from another port of its address (kept apart as
+    /// a dump of their own). 0 for netconsole.
+    pub foreign_port_chunks: u32,
+    /// Chunks that arrived after the dump was first sent: late packets, or forged hole fills
+    /// from the sender's own address and port (indistinguishable). 0 for netconsole.
+    pub late_chunks: u32,
 }
 
 impl DumpMeta {
@@ -717,6 +729,9 @@ mod tests {
                 names_values: vec![("ip".to_string(), 0xffff_ffff_8100_0000)],
             }),
             user_blob: Some(vec![0xab; 128]),
+            conflicts: 0,
+            foreign_port_chunks: 0,
+            late_chunks: 0,
             netconsole: None,
         })
     }
