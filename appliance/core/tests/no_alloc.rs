@@ -2,8 +2,9 @@
 //! take three rounds of many interleaved dumps, including memory pressure and evictions.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use netoops_core::reassembly::{CrashSeen, DumpView, EventSink, Reassembler, ReassemblyConfig};
 use netoops_core::time::Instant;
@@ -11,13 +12,25 @@ use netoops_wire::encode::{encode, DumpHeader, SenderModel, Variant};
 
 struct Counting;
 
-static COUNTING: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// Counting is per thread: the test harness's own threads (output capture, the other
+    /// test finishing) allocate at any time, and are not the code under test.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+fn counting() -> bool {
+    COUNTING.try_with(Cell::get).unwrap_or(false)
+}
+
+fn set_counting(on: bool) {
+    COUNTING.with(|c| c.set(on));
+}
 
 // SAFETY: forwards every call unchanged to the system allocator; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as our caller's.
@@ -28,7 +41,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as our caller's.
@@ -104,7 +117,7 @@ fn reassembly_does_not_allocate_per_packet() {
     };
     let mut r = Reassembler::new(config).unwrap();
     let mut sink = Reader::default();
-    COUNTING.store(true, Ordering::SeqCst);
+    set_counting(true);
     for (i, (src, bytes)) in packets.iter().enumerate() {
         let now = Instant::from_micros(i as u64 * 10);
         let _ = r.handle_datagram(now, *src, bytes, &mut sink);
@@ -113,7 +126,7 @@ fn reassembly_does_not_allocate_per_packet() {
         }
     }
     r.handle_timeout(Instant::from_millis(10_000_000), &mut sink);
-    COUNTING.store(false, Ordering::SeqCst);
+    set_counting(false);
 
     assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), 0);
     let s = r.stats();
@@ -212,7 +225,7 @@ fn the_relay_does_not_allocate_per_packet_notice_or_dump() {
     let _ = relay.link().poll_transmit(now, &mut wire);
 
     ALLOCATIONS.store(0, Ordering::SeqCst);
-    COUNTING.store(true, Ordering::SeqCst);
+    set_counting(true);
     relay.link().handle_input(now, &welcome).unwrap();
     let mut t = now;
     // Frames are counted as they complete on the "stream" (a u32 length prefix, then the
@@ -271,7 +284,7 @@ fn the_relay_does_not_allocate_per_packet_notice_or_dump() {
     for _ in 0..50 {
         step(&mut relay, later);
     }
-    COUNTING.store(false, Ordering::SeqCst);
+    set_counting(false);
 
     assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), 0);
     let r = relay.reassembler().stats();
