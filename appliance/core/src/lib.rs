@@ -14,6 +14,8 @@
 //! - [`upstream`]: the record format spoken to collectors, the bounded spool that holds
 //!   records until acknowledged, and the [`upstream::UpstreamLink`] failover state machine.
 //! - [`config`]: the appliance configuration and its `key=value` parser.
+//! - [`http`]: the HTTP endpoint (`/metrics`, `/healthz`, `/dumps`) as a sans-IO server, the
+//!   Prometheus renderer and the RAM ring of the last dumps.
 //! - [`relay`]: [`relay::Relay`], which wires allowlist, reassembly and upstream delivery into
 //!   one data path for the kernel and the hosted relay to drive.
 #![no_std]
@@ -23,6 +25,7 @@ extern crate alloc;
 
 pub mod config;
 pub mod console;
+pub mod http;
 pub mod netconsole;
 pub mod reassembly;
 pub mod relay;
