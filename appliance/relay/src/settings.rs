@@ -67,6 +67,11 @@ pub struct Cli {
     #[arg(long, conflicts_with = "netconsole_listen")]
     pub no_netconsole: bool,
 
+    /// TCP address of the HTTP endpoint (/metrics, /healthz, /dumps) [default: off, or
+    /// <listen IP>:<port> with `http_port` from the file].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http_listen: Option<SocketAddr>,
+
     /// Relay instance id (decimal or 0x-hex); must differ on every start, collectors key
     /// replay protection on it [default: random, from /dev/urandom].
     #[arg(long, value_name = "ID", value_parser = parse_instance)]
@@ -87,7 +92,7 @@ pub struct Cli {
 }
 
 /// Keys set by flags of their own: the ports are part of `--listen` and `--netconsole-listen`.
-const ADDRESS_KEYS: &[&str] = &["port", "netconsole_port"];
+const ADDRESS_KEYS: &[&str] = &["port", "netconsole_port", "http_port"];
 
 /// The core configuration keys a hosted relay reads, as flags (`--max-dumps` for `max_dumps`),
 /// built from the core's `KEY_TABLE` when the command line is parsed: a new key needs no code
@@ -190,6 +195,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// UDP address to bind for netconsole, if on.
     pub netconsole_listen: Option<SocketAddr>,
+    /// TCP address of the HTTP endpoint, if on. `config.http_port` is set to the port
+    /// actually bound once it is (it may be 0 here: any free port).
+    pub http_listen: Option<SocketAddr>,
     /// Relay instance, if given (else the caller draws a random one).
     pub instance: Option<u64>,
     /// Longest wait for delivery at shutdown.
@@ -390,10 +398,16 @@ impl Settings {
             None if listen.port() == 0 => Some(SocketAddr::new(listen.ip(), 0)),
             None => Some(SocketAddr::new(listen.ip(), config.netconsole_port)),
         };
+        let http_listen = match cli.http_listen {
+            Some(addr) => Some(addr),
+            None if config.http_port == 0 => None,
+            None => Some(SocketAddr::new(listen.ip(), config.http_port)),
+        };
         Ok(Settings {
             config,
             listen,
             netconsole_listen,
+            http_listen,
             instance: cli.instance,
             drain_timeout: cli.drain_timeout,
             recv_buffer: cli.recv_buffer,
