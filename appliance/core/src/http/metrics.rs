@@ -89,6 +89,18 @@ impl<'a> Metrics<'a> {
         self.sample(name, &[], value)
     }
 
+    /// A family with one sample of a time given in microseconds, written in seconds (the
+    /// base unit Prometheus expects) without floating point.
+    pub fn seconds(&mut self, name: &str, kind: Kind, help: &str, micros: u64) -> fmt::Result {
+        self.family(name, kind, help)?;
+        writeln!(
+            self.out,
+            "{name} {}.{:06}",
+            micros / 1_000_000,
+            micros % 1_000_000
+        )
+    }
+
     /// A family with one sample per `(label value, value)` under label `label`.
     pub fn labelled<'v>(
         &mut self,
@@ -384,12 +396,16 @@ mod tests {
         m.family("netoops_y", Kind::Gauge, "Y.").unwrap();
         m.sample("netoops_y", &[("a", "q\"b\\c\nd"), ("b", "")], 7)
             .unwrap();
+        m.seconds("netoops_t_seconds", Kind::Gauge, "T.", 12_000_345)
+            .unwrap();
         assert_eq!(
             s,
             "# HELP netoops_x_total A \\\\ thing\\nover lines.\n\
              # TYPE netoops_x_total counter\nnetoops_x_total 3\n\
              # HELP netoops_y Y.\n# TYPE netoops_y gauge\n\
-             netoops_y{a=\"q\\\"b\\\\c\\nd\",b=\"\"} 7\n"
+             netoops_y{a=\"q\\\"b\\\\c\\nd\",b=\"\"} 7\n\
+             # HELP netoops_t_seconds T.\n# TYPE netoops_t_seconds gauge\n\
+             netoops_t_seconds 12.000345\n"
         );
     }
 }

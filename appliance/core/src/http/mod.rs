@@ -346,6 +346,11 @@ impl HttpServer {
         self.slots.iter().filter(|s| s.state != State::Free).count()
     }
 
+    /// Whether connection `id` is still open (a deadline closes it without a transmit).
+    pub fn is_open(&self, id: usize) -> bool {
+        self.slots.get(id).is_some_and(|s| s.state != State::Free)
+    }
+
     /// Takes a new connection: its slot, or `None` when every slot is busy (the driver
     /// closes the connection at once; counted).
     pub fn accept(&mut self, now: Instant) -> Option<usize> {
