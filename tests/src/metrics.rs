@@ -76,12 +76,8 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
 }
 
 /// The value of the sample `series` (`name` or `name{label="value",...}`, exactly as the
-/// endpoint writes it) in a text-format body.
-pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
+/// endpoint writes it) in a text-format body: the core's reader.
+pub use netoops_core::http::metrics::read as sample;
 
 /// `promtool check metrics` on `text`: `Ok(())` when it exits 0 and says nothing.
 pub fn promtool_check(text: &str) -> Result<(), String> {

@@ -118,6 +118,15 @@ impl<'a> Metrics<'a> {
     }
 }
 
+/// The value of one series in a text-format body: `series` is a metric name, or a name
+/// with its labels exactly as the relays write them (`netoops_malformed_total{reason="late"}`).
+/// The one reader of `/metrics` for the tests and the benchmark harness.
+pub fn read(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// The relay's own metrics: reassembly, netconsole, spool and upstream link (the numbers of
 /// the `counters:` line, and the hosted relay's upstream fields).
 pub fn write_relay(relay: &Relay, m: &mut Metrics<'_>) -> fmt::Result {
@@ -407,5 +416,13 @@ mod tests {
              # HELP netoops_t_seconds T.\n# TYPE netoops_t_seconds gauge\n\
              netoops_t_seconds 12.000345\n"
         );
+        assert_eq!(read(&s, "netoops_x_total"), Some(3.0));
+        assert_eq!(read(&s, "netoops_t_seconds"), Some(12.000345));
+        assert_eq!(
+            read(&s, "netoops_y{a=\"q\\\"b\\\\c\\nd\",b=\"\"}"),
+            Some(7.0)
+        );
+        assert_eq!(read(&s, "netoops_y"), None);
+        assert_eq!(read(&s, "netoops_x"), None);
     }
 }
