@@ -192,7 +192,12 @@ impl HttpEndpoint {
                         // The peer stopped sending before its request was complete.
                         return self.close(i, registry, true);
                     }
-                    Transmit::Idle => return !read_blocked,
+                    Transmit::Idle if read_blocked => return false,
+                    Transmit::Idle => {
+                        // Reads were capped with more waiting: no new edge will come.
+                        c.dirty = true;
+                        return true;
+                    }
                 }
             }
             match c.stream.write(&out[c.at..c.end]) {
@@ -214,9 +219,10 @@ impl HttpEndpoint {
             if aborted {
                 self.server.release(i);
             } else {
-                while let Ok(n) = c.stream.read(&mut self.rbuf) {
-                    if n == 0 {
-                        break;
+                for _ in 0..CALLS_PER_PASS {
+                    match c.stream.read(&mut self.rbuf) {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
                     }
                 }
                 let _ = c.stream.flush();
