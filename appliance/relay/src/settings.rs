@@ -678,4 +678,21 @@ mod tests {
         assert_eq!(s.config.netconsole.max_sources, 17);
         assert_eq!(s.config.spool_bytes, 3 << 20);
     }
+
+    /// The HTTP endpoint: off by default; `http_port` in the file puts it on the `--listen`
+    /// IP; `--http-listen` names the address (and wins).
+    #[test]
+    fn the_http_endpoint_is_off_unless_asked_for() {
+        let s = Settings::from_cli(&cli(&[])).unwrap();
+        assert_eq!((s.http_listen, s.config.http_port), (None, 0));
+        let (_dir, path) = file("http_port = 9100\nhttp_dumps = \"2M\"\n");
+        let path = path.to_str().unwrap();
+        let s = Settings::from_cli(&cli(&["--config", path, "--listen", "10.1.2.3:2004"])).unwrap();
+        assert_eq!(s.http_listen, Some("10.1.2.3:9100".parse().unwrap()));
+        assert_eq!(s.config.http_dumps, 2 << 20);
+        let s =
+            Settings::from_cli(&cli(&["--config", path, "--http-listen", "127.0.0.1:0"])).unwrap();
+        assert_eq!(s.http_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert!(Cli::try_parse_from(["netoops-relay", "--http-port", "1"]).is_err());
+    }
 }
