@@ -15,6 +15,7 @@
 //! Console lines, in order:
 //! - `config: key=value ...` (every key's effective value) and `nic N: ...` per NIC;
 //! - `idle: halt <P>..<M> us on the local APIC timer (<apic>)` or `idle: spin (<why>)`;
+//! - `http: listening on tcp/<port> at <ip> (...)` with `http_port=` on ([`http`]);
 //! - `ready: listening on udp/<port> at <ip>` when the loop starts, then
 //!   `boot: ready <N> ms after kernel entry (<M> ms in the board, reset to ready <R>)`,
 //!   where `<R>` is `<n> ms` only under QEMU TCG, whose TSC is zero at reset, and `unknown`
