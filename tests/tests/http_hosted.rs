@@ -142,6 +142,9 @@ fn prometheus_scrapes_the_relay_and_dumps_are_served_without_a_collector() {
         assert_eq!(entry["kernel"], m.kernel_version());
         assert_eq!(entry["bytes"], want.text.len());
         assert_eq!(entry["packets"], m.sender().packet_count());
+        // The hosted relay has a wall clock: each dump's time in UTC too.
+        let utc = entry["emitted_utc"].as_str().unwrap_or_default();
+        assert!(utc.len() == 24 && utc.ends_with('Z'), "{entry}");
         let key = entry["key"].as_str().unwrap();
         let dump = get(http, &format!("/dumps/{key}"));
         assert_eq!(dump.status, 200);

@@ -347,6 +347,7 @@ fn serving_http_does_not_allocate_per_request() {
             let site = RelaySite {
                 relay: &relay,
                 now,
+                wall_ms: Some(1_700_000_000_000),
                 extra,
             };
             let id = server.accept(now).unwrap();
@@ -365,6 +366,7 @@ fn serving_http_does_not_allocate_per_request() {
         let site = RelaySite {
             relay: &relay,
             now,
+            wall_ms: None,
             extra,
         };
         assert_eq!(

@@ -180,6 +180,7 @@ impl<W: Write> Driver<W> {
                 let site = RelaySite {
                     relay: &self.relay,
                     now,
+                    wall_ms: Some(crate::console::wall_ms()),
                     extra: |m: &mut Metrics<'_>| socket_metrics(udp, nc, m),
                 };
                 more |= http.drive(now, self.poll.registry(), &site);

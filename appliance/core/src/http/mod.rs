@@ -55,6 +55,11 @@ pub trait Site {
     fn dumps(&self) -> &DumpRing;
     /// Now, for the `/dumps` index (`now_ms`: entries' `emitted_ms` are on the same clock).
     fn now(&self) -> Instant;
+    /// UTC now in milliseconds since 1970, when the driver knows it: the index then gives
+    /// each dump's `emitted_utc` too.
+    fn wall_clock_ms(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A [`Site`] over a [`Relay`], with the driver's own metrics added by `extra` (sockets,
@@ -64,6 +69,8 @@ pub struct RelaySite<'a, F> {
     pub relay: &'a Relay,
     /// Now.
     pub now: Instant,
+    /// UTC now (milliseconds since 1970), if the driver has a wall clock.
+    pub wall_ms: Option<u64>,
     /// The driver's metrics.
     pub extra: F,
 }
@@ -98,6 +105,10 @@ impl<F: Fn(&mut Metrics<'_>) -> fmt::Result> Site for RelaySite<'_, F> {
 
     fn now(&self) -> Instant {
         self.now
+    }
+
+    fn wall_clock_ms(&self) -> Option<u64> {
+        self.wall_ms
     }
 }
 
@@ -265,7 +276,12 @@ fn json_str(out: &mut dyn Write, s: &str) -> fmt::Result {
 }
 
 /// The `/dumps` index, newest first, as many entries as fit (`"complete": false` if not all).
-fn write_index(out: &mut SliceWriter<'_>, ring: &DumpRing, now: Instant) -> fmt::Result {
+fn write_index(
+    out: &mut SliceWriter<'_>,
+    ring: &DumpRing,
+    now: Instant,
+    wall_ms: Option<u64>,
+) -> fmt::Result {
     // Leave room for the closing part whatever happens to the entries.
     const TAIL: usize = 64;
     write!(
@@ -296,7 +312,7 @@ fn write_index(out: &mut SliceWriter<'_>, ring: &DumpRing, now: Instant) -> fmt:
             write!(
                 out,
                 "\",\"complete\":{},\"received\":{},\"packets\":{},\"revision\":{},\
-                 \"bytes\":{},\"stored_bytes\":{},\"emitted_ms\":{}}}",
+                 \"bytes\":{},\"stored_bytes\":{},\"emitted_ms\":{}",
                 e.complete,
                 e.received,
                 e.packets,
@@ -305,6 +321,13 @@ fn write_index(out: &mut SliceWriter<'_>, ring: &DumpRing, now: Instant) -> fmt:
                 e.stored,
                 e.emitted.total_millis()
             )?;
+            if let Some(wall) = wall_ms {
+                let age = now.saturating_since(e.emitted).total_millis();
+                out.write_str(",\"emitted_utc\":\"")?;
+                crate::time::write_utc(out, wall.saturating_sub(age))?;
+                out.write_char('"')?;
+            }
+            out.write_char('}')?;
             if out.len + TAIL > out.buf.len() {
                 return Err(fmt::Error);
             }
@@ -616,10 +639,12 @@ fn render(
             Ok(()) => (200, "text/plain; charset=utf-8"),
             Err(_) => (500, "text/plain; charset=utf-8"),
         },
-        Ok(Route::Index) => match write_index(&mut body, site.dumps(), site.now()) {
-            Ok(()) => (200, "application/json"),
-            Err(_) => (500, "text/plain; charset=utf-8"),
-        },
+        Ok(Route::Index) => {
+            match write_index(&mut body, site.dumps(), site.now(), site.wall_clock_ms()) {
+                Ok(()) => (200, "application/json"),
+                Err(_) => (500, "text/plain; charset=utf-8"),
+            }
+        }
         Ok(Route::Dump(key)) => match site.dumps().find(key) {
             Some(e) => {
                 stream = Some(Stream {

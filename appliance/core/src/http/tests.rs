@@ -28,6 +28,7 @@ fn site(r: &Relay) -> RelaySite<'_, impl Fn(&mut Metrics<'_>) -> fmt::Result> {
     RelaySite {
         relay: r,
         now: Instant::from_millis(1234),
+        wall_ms: Some(1_700_000_000_000),
         extra: |m: &mut Metrics<'_>| m.counter("netoops_test_total", "A driver's own.", 42),
     }
 }
@@ -165,6 +166,11 @@ fn dumps_are_indexed_and_served_in_pieces() {
     // The first dump was evicted to make room for the second (64K ring).
     assert!(index.contains("\"evicted\":1"), "{index}");
     assert!(index.contains("\"now_ms\":1234"), "{index}");
+    // Emitted at 5 ms on the relay's clock, 1229 ms before now.
+    assert!(
+        index.contains("\"emitted_ms\":5,\"emitted_utc\":\"2023-11-14T22:13:18.771Z\"}"),
+        "{index}"
+    );
     assert!(
         index.contains("\"key\":\"2-10.0.0.6-d12.0\",\"kind\":\"netoops\",\"source\":\"10.0.0.6:6666\",\"kernel\":\"6.1.0-\\\"http\\\"\\\\\",\"complete\":true"),
         "{index}"

@@ -288,6 +288,8 @@ async fn serve(
                     let site = RelaySite {
                         relay: &relay,
                         now: at,
+                        // No wall clock yet: `emitted_ms` is since boot.
+                        wall_ms: None,
                         extra: |m: &mut Metrics<'_>| board.write(m),
                     };
                     next = server.borrow_mut().poll_transmit(id, at, &site, space);
