@@ -68,6 +68,9 @@ fn the_image_serves_metrics_health_and_dumps() {
     assert_eq!(dumps.len(), 1, "{index}");
     assert_eq!(dumps[0]["complete"], true);
     assert_eq!(dumps[0]["kernel"], machines[0].kernel_version());
+    // QEMU's RTC gives the appliance a wall clock.
+    let utc = dumps[0]["emitted_utc"].as_str().unwrap_or_default();
+    assert!(utc.len() == 24 && utc.ends_with('Z'), "{index}");
     let key = dumps[0]["key"].as_str().unwrap();
     let dump = get(http, &format!("/dumps/{key}"));
     assert_eq!(dump.status, 200);

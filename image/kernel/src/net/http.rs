@@ -187,6 +187,11 @@ impl BoardMetrics {
             &[],
             l.stray_interrupts,
         )?;
+        m.counter(
+            "netoops_console_lines_dropped_total",
+            "Console lines dropped with the deferred console's ring full (console: lines dropped).",
+            platform::serial::lines_dropped(),
+        )?;
         m.seconds(
             "netoops_uptime_seconds",
             Gauge,
@@ -288,8 +293,8 @@ async fn serve(
                     let site = RelaySite {
                         relay: &relay,
                         now: at,
-                        // No wall clock yet: `emitted_ms` is since boot.
-                        wall_ms: None,
+                        // The CMOS RTC's time, when the machine has one.
+                        wall_ms: platform::rtc::wall_ms(),
                         extra: |m: &mut Metrics<'_>| board.write(m),
                     };
                     next = server.borrow_mut().poll_transmit(id, at, &site, space);
