@@ -5,7 +5,8 @@
 //! touches a socket or a device, or allocates on the per-packet path (datagram in, crash
 //! notice and dump encoded into the spool, frames out, acknowledgements, console events); pools
 //! are sized from the configuration when a component is built. `tests/no_alloc.rs` counts
-//! allocations over the reassembler alone and over the whole [`relay::Relay`]. The same code
+//! allocations over the reassembler alone, over the whole [`relay::Relay`] and over
+//! serving HTTP requests ([`http::HttpServer`]). The same code
 //! runs in the kernel, in the hosted relay and in tests.
 //!
 //! - [`time`]: the caller-supplied clock ([`time::Instant`], [`time::Duration`]).
