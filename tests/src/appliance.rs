@@ -129,6 +129,9 @@ pub struct VmSpec {
     pub upstream_model: String,
     /// BIOS on pc/q35 (what `netoops-image appliance` uses by default: qboot).
     pub bios: netoops_image::qemu::Bios,
+    /// Host TCP ports on 127.0.0.1 forwarded to guest ports, `(host, guest)`, on the
+    /// [`Ingress::User`] NIC (e.g. the HTTP endpoint).
+    pub tcp_forward: Vec<(u16, u16)>,
 }
 
 /// QEMU's virtio-net PCI device model.
@@ -147,6 +150,7 @@ impl VmSpec {
             ingress_model: VIRTIO_NET.into(),
             upstream_model: VIRTIO_NET.into(),
             bios: netoops_image::qemu::Bios::default(),
+            tcp_forward: Vec::new(),
         }
     }
 
@@ -224,7 +228,11 @@ impl VmSpec {
             None => {}
             Some(Ingress::User { udp_port }) => {
                 a.push("-netdev".into());
-                a.push(format!("user,id=n0,hostfwd=udp:127.0.0.1:{udp_port}-:2004"));
+                let mut netdev = format!("user,id=n0,hostfwd=udp:127.0.0.1:{udp_port}-:2004");
+                for (host, guest) in &self.tcp_forward {
+                    netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+                }
+                a.push(netdev);
                 a.push("-device".into());
                 a.push(nic(ingress_model, "n0", &ingress_mac, ""));
             }

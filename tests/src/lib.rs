@@ -5,3 +5,4 @@ pub mod echo;
 pub mod forward;
 pub mod hosted;
 pub mod linux;
+pub mod metrics;

@@ -181,6 +181,10 @@ pub struct Config {
     pub netconsole_port: u16,
     /// Netconsole history sizes (its quiet timeout is `quiet`).
     pub netconsole: ConsoleConfig,
+    /// TCP port of the HTTP endpoint (`/metrics`, `/healthz`, `/dumps`); 0 = off.
+    pub http_port: u16,
+    /// Bytes of dump text the HTTP endpoint keeps in RAM for `/dumps` (only while it is on).
+    pub http_dumps: usize,
     /// Platform parameters (keys with a dot), passed through untouched.
     pub platform: Vec<(String, String)>,
 }
@@ -201,6 +205,8 @@ impl Default for Config {
             stats_interval: Duration::from_secs(5),
             netconsole_port: netoops_wire::netconsole::DEFAULT_PORT,
             netconsole: ConsoleConfig::default(),
+            http_port: 0,
+            http_dumps: 1 << 20,
             platform: Vec::new(),
         }
     }
@@ -292,6 +298,8 @@ pub const KEY_TABLE: &[KeyDoc] = {
         key("netconsole_history", Everywhere, "log history kept per healthy netconsole source", "`64K`"),
         key("netconsole_memory", Everywhere, "history all netconsole sources share", "`16M`"),
         key("netconsole_sources", Everywhere, "netconsole sources tracked at once", "4096"),
+        key("http_port", Everywhere, "TCP port of the HTTP endpoint (`/metrics`, `/healthz`, `/dumps`) on the relay's address; `0` turns it off", "0 (off)"),
+        key("http_dumps", Everywhere, "RAM for the texts of the last dumps `/dumps` serves, kept whether or not a collector is reachable (oldest evicted first; `0` keeps none)", "`1M`"),
         key("upstream_nic.ip", Kernel, "address `A.B.C.D/PREFIX` of the upstream NIC in two-NIC mode", "-"),
         key("upstream_nic.gw", Kernel, "gateway of the upstream NIC in two-NIC mode", "none"),
         key(
@@ -563,6 +571,16 @@ impl Config {
                     .filter(|&n| n <= 1 << 20)
                     .ok_or_else(|| bad("a count 1-1048576"))?
             }
+            "http_port" => {
+                self.http_port = value
+                    .parse()
+                    .map_err(|_| bad("a TCP port 1-65535, or 0 for off"))?
+            }
+            "http_dumps" => {
+                self.http_dumps = parse_size(value)
+                    .filter(|&n| n <= 1 << 30)
+                    .ok_or_else(|| bad("a size up to 1G, like 1M (0 keeps no dump texts)"))?
+            }
             k if k.contains('.') => self.platform.push((k.to_string(), value.to_string())),
             _ => {
                 return Err(ConfigError {
@@ -671,7 +689,7 @@ mod tests {
              name=rack-7 memory=128M spool=1G max_dumps=100 per_source=2 quiet=500ms linger=2m\n\
              allow=10.0.0.0/8,fd00::/8 nic=00:03.0 upstream_nic=52:54:00:12:34:56 stats=1s\n\
              netconsole_port=6667 netconsole_history=128K netconsole_memory=32M \
-             netconsole_sources=100\n\
+             netconsole_sources=100 http_port=9100 http_dumps=2M\n\
              virtio_mmio.device=512@0xfeb00e00:12",
         )
         .unwrap();
@@ -697,6 +715,8 @@ mod tests {
         assert_eq!(c.netconsole.history_bytes, 128 << 10);
         assert_eq!(c.netconsole.memory_budget, 32 << 20);
         assert_eq!(c.netconsole.max_sources, 100);
+        assert_eq!(c.http_port, 9100);
+        assert_eq!(c.http_dumps, 2 << 20);
         c.validate_for_appliance().unwrap();
         let off = Config::parse("netconsole_port=0").unwrap();
         assert_eq!(off.netconsole_port, 0);
@@ -729,6 +749,8 @@ mod tests {
             ("netconsole_history=10", "netconsole_history"),
             ("netconsole_memory=1K", "netconsole_memory"),
             ("netconsole_sources=0", "netconsole_sources"),
+            ("http_port=70000", "http_port"),
+            ("http_dumps=2G", "http_dumps"),
             ("justaword", "justaword"),
         ] {
             let err = Config::parse(text).unwrap_err();

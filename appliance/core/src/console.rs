@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `listening on <ip>:<port> (...)` | hosted relay (netoops socket), collector |
 //! | `netconsole listening on <ip>:<port>` | hosted relay |
+//! | `http listening on <ip>:<port>` | hosted relay, with the HTTP endpoint on |
 //! | `ready: listening on udp/<port> at <ip> (...)` | appliance, when its loop starts |
 //! | `counters: <fields>` and `final counters: <fields>` | both relays ([`crate::relay::Counters`]) |
 //! | `fastpath: <fields>`, `nic ingress: <fields>`, `memory: heap <fields>` | appliance |
@@ -27,13 +28,15 @@ use core::net::SocketAddr;
 pub const LISTENING: &str = "listening on ";
 /// Marker of the hosted relay's netconsole socket line.
 pub const NETCONSOLE_LISTENING: &str = "netconsole listening on ";
+/// Marker of the hosted relay's HTTP endpoint line.
+pub const HTTP_LISTENING: &str = "http listening on ";
 /// Marker of a counters line (the relays print `counters:` and, at exit, `final counters:`).
 pub const COUNTERS: &str = "counters:";
 
-/// The address of a `listening on` line. A `netconsole listening on` line is not one: ask
-/// for it with [`netconsole_listening`].
+/// The address of a `listening on` line. A `netconsole listening on` or `http listening on`
+/// line is not one: ask for it with [`netconsole_listening`] or [`http_listening`].
 pub fn listening(line: &str) -> Option<SocketAddr> {
-    if line.contains(NETCONSOLE_LISTENING) {
+    if line.contains(NETCONSOLE_LISTENING) || line.contains(HTTP_LISTENING) {
         return None;
     }
     word_after(line, LISTENING)?.parse().ok()
@@ -42,6 +45,11 @@ pub fn listening(line: &str) -> Option<SocketAddr> {
 /// The address of a `netconsole listening on` line.
 pub fn netconsole_listening(line: &str) -> Option<SocketAddr> {
     word_after(line, NETCONSOLE_LISTENING)?.parse().ok()
+}
+
+/// The address of an `http listening on` line.
+pub fn http_listening(line: &str) -> Option<SocketAddr> {
+    word_after(line, HTTP_LISTENING)?.parse().ok()
 }
 
 /// The word after the first `marker` in `line`.
@@ -221,6 +229,13 @@ mod tests {
             Some("127.0.0.1:40002".parse().unwrap())
         );
         assert_eq!(netconsole_listening(&netoops), None);
+        let http = format!("2026-01-01T00:00:00.000Z {HTTP_LISTENING}127.0.0.1:40003");
+        assert_eq!(listening(&http), None);
+        assert_eq!(
+            http_listening(&http),
+            Some("127.0.0.1:40003".parse().unwrap())
+        );
+        assert_eq!(http_listening(&netoops), None);
         assert_eq!(listening("ready: listening on udp/2004 at 10.0.2.15"), None);
     }
 }

@@ -5,7 +5,8 @@
 //! touches a socket or a device, or allocates on the per-packet path (datagram in, crash
 //! notice and dump encoded into the spool, frames out, acknowledgements, console events); pools
 //! are sized from the configuration when a component is built. `tests/no_alloc.rs` counts
-//! allocations over the reassembler alone and over the whole [`relay::Relay`]. The same code
+//! allocations over the reassembler alone, over the whole [`relay::Relay`] and over
+//! serving HTTP requests ([`http::HttpServer`]). The same code
 //! runs in the kernel, in the hosted relay and in tests.
 //!
 //! - [`time`]: the caller-supplied clock ([`time::Instant`], [`time::Duration`]).
@@ -14,6 +15,8 @@
 //! - [`upstream`]: the record format spoken to collectors, the bounded spool that holds
 //!   records until acknowledged, and the [`upstream::UpstreamLink`] failover state machine.
 //! - [`config`]: the appliance configuration and its `key=value` parser.
+//! - [`http`]: the HTTP endpoint (`/metrics`, `/healthz`, `/dumps`) as a sans-IO server, the
+//!   Prometheus renderer and the RAM ring of the last dumps.
 //! - [`relay`]: [`relay::Relay`], which wires allowlist, reassembly and upstream delivery into
 //!   one data path for the kernel and the hosted relay to drive.
 #![no_std]
@@ -23,6 +26,7 @@ extern crate alloc;
 
 pub mod config;
 pub mod console;
+pub mod http;
 pub mod netconsole;
 pub mod reassembly;
 pub mod relay;

@@ -12,6 +12,7 @@ use core::fmt;
 use core::net::SocketAddr;
 
 use crate::config::{Config, ConfigError};
+use crate::http::dumps::{DumpRing, DumpSource, NewDump};
 use crate::netconsole::{ConsoleCrash, ConsoleDump, ConsoleSink, ConsoleStats, ConsoleTracker};
 use crate::reassembly::{
     Accepted, CrashSeen, DropReason, DumpView, EventSink, NewSlots, PlainSlots, Reassembler,
@@ -239,6 +240,7 @@ macro_rules! delivery {
             events: &mut $relay.events,
             pending: &mut $relay.pending,
             stats: &mut $relay.stats,
+            dumps: &mut $relay.dumps,
         }
     };
 }
@@ -252,6 +254,7 @@ pub struct Relay {
     events: VecDeque<RelayEvent>,
     pending: VecDeque<RecordSummary>,
     stats: RelayStats,
+    dumps: DumpRing,
 }
 
 impl Relay {
@@ -283,7 +286,14 @@ impl Relay {
         let mut console_config = config.netconsole;
         console_config.quiet_timeout = config.reassembly.quiet_timeout;
         let console = ConsoleTracker::new(console_config);
+        // The texts `/dumps` serves, kept only while the HTTP endpoint is on.
+        let ring_bytes = if config.http_port != 0 {
+            config.http_dumps
+        } else {
+            0
+        };
         Ok(Relay {
+            dumps: DumpRing::new(ring_bytes),
             config,
             reassembler,
             console,
@@ -312,6 +322,16 @@ impl Relay {
     /// The upstream link: the caller runs its TCP connection (connect, transmit, input, close).
     pub fn link(&mut self) -> &mut UpstreamLink {
         &mut self.link
+    }
+
+    /// The upstream link, to read (its counters, spool, state).
+    pub fn upstream_link(&self) -> &UpstreamLink {
+        &self.link
+    }
+
+    /// The last dumps' texts, as `/dumps` serves them (empty while `http_port` is off).
+    pub fn dumps(&self) -> &DumpRing {
+        &self.dumps
     }
 
     /// Relay counters.
@@ -499,6 +519,7 @@ struct Delivery<'a> {
     events: &'a mut VecDeque<RelayEvent>,
     pending: &'a mut VecDeque<RecordSummary>,
     stats: &'a mut RelayStats,
+    dumps: &'a mut DumpRing,
 }
 
 /// Console text: lossy UTF-8 without control characters (a sender's bytes must not move the
@@ -612,6 +633,20 @@ impl EventSink for Delivery<'_> {
             text_len,
         };
         self.queued(id, summary, event);
+        let meta = NewDump {
+            kind: DumpSource::Netoops,
+            source: d.source(),
+            major: u32::from(d.dump_id()),
+            minor: d.generation(),
+            kernel: d.kernel_version(),
+            complete: d.complete(),
+            received: d.received(),
+            packets: d.packet_count(),
+            revision: d.revision(),
+            emitted: d.emitted_at(),
+        };
+        self.dumps
+            .store(&meta, text_len, |w| d.write_text(|b| w.write(b)));
     }
 }
 
@@ -672,6 +707,19 @@ impl ConsoleSink for Delivery<'_> {
             text_len: d.text.len(),
         };
         self.queued(id, summary, event);
+        let meta = NewDump {
+            kind: DumpSource::Netconsole,
+            source: d.source,
+            major: d.boot,
+            minor: d.crash,
+            kernel: d.release,
+            complete: d.complete(),
+            received: d.records,
+            packets: out.packet_count(),
+            revision: 1,
+            emitted: d.emitted_at,
+        };
+        self.dumps.store(&meta, d.text.len(), |w| w.write(d.text));
     }
 }
 

@@ -152,7 +152,11 @@ fn the_relay_does_not_allocate_per_packet_notice_or_dump() {
     use netoops_wire::netconsole::{encode_record, RecordSpec};
 
     const MACHINES: usize = 40;
-    let config = Config::parse("upstream=127.0.0.1:2005 memory=8M max_dumps=64 spool=4M").unwrap();
+    // The HTTP endpoint on: every dump is also kept in its RAM ring (small, so it evicts).
+    let config = Config::parse(
+        "upstream=127.0.0.1:2005 memory=8M max_dumps=64 spool=4M http_port=9100 http_dumps=128K",
+    )
+    .unwrap();
     let mut relay = Relay::new(config, 7).unwrap();
 
     // netoops: every machine's whole log, three rounds.
@@ -300,4 +304,95 @@ fn the_relay_does_not_allocate_per_packet_notice_or_dump() {
     assert_eq!(l.queued.dump as usize, 2 * MACHINES);
     assert_eq!(l.delivered.total(), l.queued.total(), "{l:?}");
     assert!(lines >= 8 * MACHINES, "{lines} console lines");
+}
+
+/// Serving HTTP: every route, errors, a 431, a dump's text in pieces and a slow request
+/// closed at its deadline, with the relay's ring and metrics behind it.
+#[test]
+fn serving_http_does_not_allocate_per_request() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    use netoops_core::config::Config;
+    use netoops_core::http::metrics::Metrics;
+    use netoops_core::http::{HttpServer, RelaySite, Transmit, REQUEST_TIMEOUT};
+    use netoops_core::relay::Relay;
+
+    let config = Config::parse("upstream=127.0.0.1:2005 memory=8M http_port=9100").unwrap();
+    let mut relay = Relay::new(config, 7).unwrap();
+    for i in 0..5u16 {
+        let log = vec![b'a' + i as u8; 30_000];
+        let m = SenderModel::new(&[], &log);
+        let h = DumpHeader::new(Variant::V3X86_64, i, "6.1.0");
+        for (_, p) in m.schedule() {
+            let mut buf = [0u8; 2048];
+            let n = encode(&h, m.packet_count(), p, &m.chunk(p), &mut buf).unwrap();
+            let _ = relay.handle_datagram(
+                Instant::from_millis(1),
+                SocketAddr::from(([10, 5, 0, 1], 6666)),
+                &buf[..n],
+            );
+        }
+    }
+    let key = relay.dumps().entries().last().unwrap().key.clone();
+    let dump_request = format!("GET /dumps/{key} HTTP/1.1\r\n\r\n");
+    let mut long = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+    long.resize(3000, b'y');
+    let requests: Vec<&[u8]> = vec![
+        b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\n\r\n",
+        b"GET /dumps HTTP/1.1\r\n\r\n",
+        dump_request.as_bytes(),
+        b"HEAD /metrics HTTP/1.1\r\n\r\n",
+        b"GET /dumps/nope HTTP/1.1\r\n\r\n",
+        b"GET /dumps/a%20b HTTP/1.1\r\n\r\n",
+        b"DELETE /dumps HTTP/1.1\r\n\r\n",
+        &long,
+    ];
+    let mut server = HttpServer::new(4);
+    let mut buf = vec![0u8; 1460];
+    let extra = |m: &mut Metrics<'_>| m.counter("netoops_x_total", "Extra.", 1);
+    let mut sent = 0usize;
+
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    let mut now = Instant::from_millis(10);
+    for round in 0..20 {
+        for req in &requests {
+            let site = RelaySite {
+                relay: &relay,
+                now,
+                wall_ms: Some(1_700_000_000_000),
+                extra,
+            };
+            let id = server.accept(now).unwrap();
+            for piece in req.chunks(100) {
+                server.handle_input(id, piece);
+            }
+            while let Transmit::Send(n) = server.poll_transmit(id, now, &site, &mut buf) {
+                sent += n;
+            }
+        }
+        // A request that never completes.
+        let id = server.accept(now).unwrap();
+        server.handle_input(id, b"GET /metr");
+        now += REQUEST_TIMEOUT;
+        server.handle_timeout(now);
+        let site = RelaySite {
+            relay: &relay,
+            now,
+            wall_ms: None,
+            extra,
+        };
+        assert_eq!(
+            server.poll_transmit(id, now, &site, &mut buf),
+            Transmit::Close,
+            "{round}"
+        );
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+
+    assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), 0);
+    let s = server.stats();
+    assert_eq!(s.responses, [100, 20, 20, 20, 20, 0], "{s:?}");
+    assert_eq!(s.request_timeouts, 20);
+    assert!(sent > 20 * 30_000, "{sent}");
 }

@@ -38,7 +38,8 @@ impl<W: Write> Console<W> {
     }
 }
 
-fn wall_ms() -> u64 {
+/// UTC now, in milliseconds since 1970.
+pub fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -7,20 +7,28 @@
 //! bytes written) so neither direction starves the other; leftover work makes the next wait
 //! zero.
 //!
+//! With `http_port` on, the same pass runs the HTTP endpoint ([`HttpEndpoint::drive`]): it
+//! serves `/metrics`, `/healthz` and `/dumps` from the relay as it is at that moment, plus
+//! this driver's socket counters ([`socket_metrics`]).
+//!
 //! Shutdown (the flag set by SIGINT/SIGTERM): stop receiving, emit every dump still assembling
 //! as partial ([`Relay::flush`]), keep delivering until everything is acknowledged or the
 //! drain timeout passes, print the final counters. The connection closes when the driver is dropped.
 
+use std::fmt;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration as StdDuration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use netoops_core::http::metrics::{Kind, Metrics};
+use netoops_core::http::RelaySite;
 use netoops_core::relay::Relay;
 use netoops_core::time::{Duration, Instant};
 
 use crate::console::Console;
+use crate::http::HttpEndpoint;
 use crate::udp::BatchSocket;
 use crate::upstream::{self, Upstream};
 
@@ -73,6 +81,7 @@ pub struct Driver<W: Write> {
     relay: Relay,
     udp: BatchSocket,
     netconsole: Option<BatchSocket>,
+    http: Option<HttpEndpoint>,
     upstream: Upstream,
     poll: Poll,
     events: Events,
@@ -87,6 +96,7 @@ impl<W: Write> Driver<W> {
         relay: Relay,
         udp: BatchSocket,
         netconsole: Option<BatchSocket>,
+        mut http: Option<HttpEndpoint>,
         console: Console<W>,
         clock: Clock,
         drain_timeout: StdDuration,
@@ -101,11 +111,15 @@ impl<W: Write> Driver<W> {
                 Interest::READABLE,
             )?;
         }
+        if let Some(h) = http.as_mut() {
+            h.register(poll.registry())?;
+        }
         let upstream = Upstream::new(relay.config().upstreams.clone());
         Ok(Driver {
             relay,
             udp,
             netconsole,
+            http,
             upstream,
             poll,
             events: Events::with_capacity(64),
@@ -161,6 +175,16 @@ impl<W: Write> Driver<W> {
                 .upstream
                 .drive(now, self.relay.link(), self.poll.registry());
             self.print_events();
+            if let Some(http) = self.http.as_mut() {
+                let (udp, nc) = (&self.udp, self.netconsole.as_ref());
+                let site = RelaySite {
+                    relay: &self.relay,
+                    now,
+                    wall_ms: Some(crate::console::wall_ms()),
+                    extra: |m: &mut Metrics<'_>| socket_metrics(udp, nc, m),
+                };
+                more |= http.drive(now, self.poll.registry(), &site);
+            }
 
             if now >= next_stats {
                 self.print_counters("counters");
@@ -186,7 +210,12 @@ impl<W: Write> Driver<W> {
             let wait = if more {
                 StdDuration::ZERO
             } else {
-                let deadlines = [self.relay.poll_timeout(), Some(next_stats), draining];
+                let deadlines = [
+                    self.relay.poll_timeout(),
+                    Some(next_stats),
+                    draining,
+                    self.http.as_ref().and_then(HttpEndpoint::poll_timeout),
+                ];
                 let until = deadlines
                     .into_iter()
                     .flatten()
@@ -269,7 +298,11 @@ impl<W: Write> Driver<W> {
                 UDP_TOKEN => *udp_ready = true,
                 NETCONSOLE_TOKEN => *nc_ready = true,
                 upstream::TOKEN => self.upstream.handle_event(event),
-                _ => {}
+                token => {
+                    if let Some(http) = self.http.as_mut() {
+                        http.handle_event(token);
+                    }
+                }
             }
         }
         Ok(())
@@ -317,6 +350,50 @@ impl<W: Write> Driver<W> {
         );
         self.console.line(line);
     }
+}
+
+/// The sockets' counters for `/metrics`: what the console's counters line prints after
+/// `socket` (and `nc_kernel_drops`), by socket.
+pub fn socket_metrics(
+    udp: &BatchSocket,
+    netconsole: Option<&BatchSocket>,
+    m: &mut Metrics<'_>,
+) -> fmt::Result {
+    let sockets = [("netoops", Some(udp)), ("netconsole", netconsole)];
+    let each = |f: fn(&BatchSocket) -> u64| {
+        sockets
+            .into_iter()
+            .filter_map(move |(name, s)| s.map(|s| (name, f(s))))
+    };
+    m.labelled(
+        "netoops_socket_datagrams_total",
+        Kind::Counter,
+        "Datagrams read from the relay's UDP sockets, by socket (console: socket datagrams).",
+        "socket",
+        each(|s| s.stats().datagrams),
+    )?;
+    m.labelled(
+        "netoops_socket_truncated_total",
+        Kind::Counter,
+        "Datagrams too long for the receive buffers, dropped (console: truncated).",
+        "socket",
+        each(|s| s.stats().truncated),
+    )?;
+    m.labelled(
+        "netoops_socket_kernel_drops_total",
+        Kind::Counter,
+        "Datagrams the kernel dropped with the socket's buffer full (console: kernel_drops, \
+         nc_kernel_drops).",
+        "socket",
+        each(|s| u64::from(s.kernel_counters().unwrap_or_default().drops)),
+    )?;
+    m.labelled(
+        "netoops_socket_queued_bytes",
+        Kind::Gauge,
+        "Bytes waiting in the socket's receive buffer (console: queued).",
+        "socket",
+        each(|s| u64::from(s.kernel_counters().unwrap_or_default().queued)),
+    )
 }
 
 #[cfg(test)]
@@ -386,6 +463,7 @@ mod tests {
             let mut driver = Driver::new(
                 relay,
                 udp,
+                None,
                 None,
                 console,
                 Clock::start(),

@@ -5,7 +5,8 @@
 //! ([`udp`]), one non-blocking TCP connection run on behalf of the core's upstream link
 //! ([`upstream`]), a monotonic clock, `epoll` readiness waits and signal-driven shutdown
 //! ([`driver`]), flags and the TOML file mapped onto the core's configuration keys
-//! ([`settings`]), and timestamped console lines ([`console`]). Reassembly, the record
+//! ([`settings`]), timestamped console lines ([`console`]) and the sockets of the HTTP
+//! endpoint ([`http`]; the core's `HttpServer` answers). Reassembly, the record
 //! format, the spool, acknowledgements and failover are the core's; nothing here interprets
 //! a netoops datagram or a collector reply.
 //!
@@ -14,6 +15,7 @@
 
 pub mod console;
 pub mod driver;
+pub mod http;
 pub mod settings;
 pub mod udp;
 pub mod upstream;

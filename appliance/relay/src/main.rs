@@ -10,6 +10,7 @@ use clap::Parser;
 use netoops_core::relay::Relay;
 use netoops_relay::console::Console;
 use netoops_relay::driver::{Clock, Driver, Ending};
+use netoops_relay::http::HttpEndpoint;
 use netoops_relay::settings::{Cli, Settings};
 use netoops_relay::udp::BatchSocket;
 
@@ -17,9 +18,21 @@ const CONFIG_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::from_cli(&cli) {
+    let mut settings = match Settings::from_cli(&cli) {
         Ok(s) => s,
         Err(e) => return fail(CONFIG_ERROR, e),
+    };
+    // Bound first: the relay keeps dump texts for it only while `http_port` is on, and the
+    // port is the one bound (the flag may ask for any free port).
+    let http = match settings.http_listen {
+        Some(addr) => match HttpEndpoint::bind(addr) {
+            Ok(h) => {
+                settings.config.http_port = h.local_addr().map_or(addr.port(), |a| a.port());
+                Some(h)
+            }
+            Err(e) => return fail(1, format_args!("cannot listen for HTTP on {addr}: {e}")),
+        },
+        None => None,
     };
     let instance = settings.instance.unwrap_or_else(random_instance);
     let clock = Clock::start();
@@ -88,11 +101,23 @@ fn main() -> ExitCode {
         }
         None => console.line("netconsole off"),
     }
+    match &http {
+        Some(h) => match h.local_addr() {
+            Ok(addr) => console.line(format_args!(
+                "{}{addr} (/metrics /healthz /dumps, dump texts {} bytes)",
+                netoops_core::console::HTTP_LISTENING,
+                relay.dumps().capacity()
+            )),
+            Err(_) => console.line("http listening on ?"),
+        },
+        None => console.line("http off"),
+    }
 
     let mut driver = match Driver::new(
         relay,
         udp,
         netconsole,
+        http,
         console,
         clock,
         settings.drain_timeout,

@@ -67,6 +67,11 @@ pub struct Cli {
     #[arg(long, conflicts_with = "netconsole_listen")]
     pub no_netconsole: bool,
 
+    /// TCP address of the HTTP endpoint (/metrics, /healthz, /dumps) [default: off, or
+    /// <listen IP>:<port> with `http_port` from the file].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http_listen: Option<SocketAddr>,
+
     /// Relay instance id (decimal or 0x-hex); must differ on every start, collectors key
     /// replay protection on it [default: random, from /dev/urandom].
     #[arg(long, value_name = "ID", value_parser = parse_instance)]
@@ -87,7 +92,7 @@ pub struct Cli {
 }
 
 /// Keys set by flags of their own: the ports are part of `--listen` and `--netconsole-listen`.
-const ADDRESS_KEYS: &[&str] = &["port", "netconsole_port"];
+const ADDRESS_KEYS: &[&str] = &["port", "netconsole_port", "http_port"];
 
 /// The core configuration keys a hosted relay reads, as flags (`--max-dumps` for `max_dumps`),
 /// built from the core's `KEY_TABLE` when the command line is parsed: a new key needs no code
@@ -190,6 +195,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// UDP address to bind for netconsole, if on.
     pub netconsole_listen: Option<SocketAddr>,
+    /// TCP address of the HTTP endpoint, if on. `config.http_port` is set to the port
+    /// actually bound once it is (it may be 0 here: any free port).
+    pub http_listen: Option<SocketAddr>,
     /// Relay instance, if given (else the caller draws a random one).
     pub instance: Option<u64>,
     /// Longest wait for delivery at shutdown.
@@ -390,10 +398,16 @@ impl Settings {
             None if listen.port() == 0 => Some(SocketAddr::new(listen.ip(), 0)),
             None => Some(SocketAddr::new(listen.ip(), config.netconsole_port)),
         };
+        let http_listen = match cli.http_listen {
+            Some(addr) => Some(addr),
+            None if config.http_port == 0 => None,
+            None => Some(SocketAddr::new(listen.ip(), config.http_port)),
+        };
         Ok(Settings {
             config,
             listen,
             netconsole_listen,
+            http_listen,
             instance: cli.instance,
             drain_timeout: cli.drain_timeout,
             recv_buffer: cli.recv_buffer,
@@ -663,5 +677,22 @@ mod tests {
         let s = Settings::from_cli(&cli(&["--netconsole-sources", "17", "--spool", "3M"])).unwrap();
         assert_eq!(s.config.netconsole.max_sources, 17);
         assert_eq!(s.config.spool_bytes, 3 << 20);
+    }
+
+    /// The HTTP endpoint: off by default; `http_port` in the file puts it on the `--listen`
+    /// IP; `--http-listen` names the address (and wins).
+    #[test]
+    fn the_http_endpoint_is_off_unless_asked_for() {
+        let s = Settings::from_cli(&cli(&[])).unwrap();
+        assert_eq!((s.http_listen, s.config.http_port), (None, 0));
+        let (_dir, path) = file("http_port = 9100\nhttp_dumps = \"2M\"\n");
+        let path = path.to_str().unwrap();
+        let s = Settings::from_cli(&cli(&["--config", path, "--listen", "10.1.2.3:2004"])).unwrap();
+        assert_eq!(s.http_listen, Some("10.1.2.3:9100".parse().unwrap()));
+        assert_eq!(s.config.http_dumps, 2 << 20);
+        let s =
+            Settings::from_cli(&cli(&["--config", path, "--http-listen", "127.0.0.1:0"])).unwrap();
+        assert_eq!(s.http_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert!(Cli::try_parse_from(["netoops-relay", "--http-port", "1"]).is_err());
     }
 }

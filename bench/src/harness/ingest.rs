@@ -3,7 +3,7 @@
 //! One relay process takes a netoops fleet (crashing machines, three rounds each) and then a
 //! netconsole fleet (healthy machines chattering while some crash, extended and legacy,
 //! fragments, userdata) at the same offered rate, from the generator's library over loopback
-//! UDP. For each: datagrams sent and received by the relay (its counters line), the rate
+//! UDP. For each: datagrams sent and received by the relay (its `/metrics`), the rate
 //! achieved, and the relay's CPU time per received datagram (`/proc/<pid>/task/*/schedstat`).
 //! The ratio of the two CPU figures is the comparison that matters: same process, same run,
 //! same machine noise.
@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::process::{number_after_in, Process};
-use super::target::{listening_addr, start_collector, Programs};
+use super::process::Process;
+use super::target::{listening_addr, scrape, start_collector, Programs};
 use crate::gen::output::udp::UdpOutput;
 use crate::gen::run::{run, RunOptions};
 use crate::gen::scenario::{NetconsoleParams, Protocol, Scenario, SizeRange, Timing};
@@ -139,6 +139,8 @@ pub fn run_ingest(
         "127.0.0.1:0",
         "--netconsole-listen",
         "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
         "--stats",
         "200ms",
         "--quiet",
@@ -161,6 +163,12 @@ pub fn run_ingest(
         patience,
     )?;
     let netoops = listening_addr(&mut relay, console::LISTENING, console::listening, patience)?;
+    let http = listening_addr(
+        &mut relay,
+        console::HTTP_LISTENING,
+        console::http_listening,
+        patience,
+    )?;
     let mut results = Vec::new();
     for protocol in [Protocol::Netoops, Protocol::Netconsole] {
         let (scenario, target, key) = match protocol {
@@ -174,7 +182,7 @@ pub fn run_ingest(
                     ..Scenario::default()
                 },
                 netoops,
-                "datagrams",
+                "netoops_datagrams_total",
             ),
             Protocol::Netconsole => (
                 Scenario {
@@ -191,7 +199,7 @@ pub fn run_ingest(
                     ..Scenario::default()
                 },
                 netconsole,
-                "nc_datagrams",
+                "netoops_netconsole_datagrams_total",
             ),
         };
         let SocketAddr::V4(target) = target else {
@@ -201,11 +209,12 @@ pub fn run_ingest(
             Protocol::Netoops => "netoops",
             Protocol::Netconsole => "netconsole",
         };
-        let count = |p: &Process| {
-            p.last_line_with(0, "counters:")
-                .and_then(|l| number_after_in(&l.text, "counters:", key))
+        // The relay's own count, from its /metrics.
+        let count = || {
+            let text = scrape(http).ok()?;
+            netoops_core::http::metrics::read(&text, key).map(|v| v as u64)
         };
-        let before = count(&relay).unwrap_or(0);
+        let before = count().unwrap_or(0);
         let cpu_before = relay.cpu_ns();
         let mut output = UdpOutput::new(target, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
         let report = run(
@@ -220,10 +229,10 @@ pub fn run_ingest(
         let sent = report.schedule.datagrams;
         // Wait until the relay's counters show every datagram, or stop moving.
         let deadline = Instant::now() + Duration::from_secs(30);
-        let mut last = (count(&relay), Instant::now());
+        let mut last = (count(), Instant::now());
         loop {
             std::thread::sleep(Duration::from_millis(250));
-            let now = count(&relay);
+            let now = count();
             if now.is_some_and(|n| n >= before + sent) || Instant::now() > deadline {
                 break;
             }
@@ -233,7 +242,7 @@ pub fn run_ingest(
                 break;
             }
         }
-        let received = count(&relay).unwrap_or(before).saturating_sub(before);
+        let received = count().unwrap_or(before).saturating_sub(before);
         if received == 0 {
             return Err(io::Error::other(format!(
                 "the relay counted no {name} datagram of {sent} sent to {target}:\n{}",

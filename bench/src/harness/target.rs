@@ -186,6 +186,24 @@ pub fn listening_addr(
     }
 }
 
+/// The body of `GET /metrics` from a relay's HTTP endpoint (one request per connection, as
+/// it serves; read it with `netoops_core::http::metrics::read`).
+pub fn scrape(addr: SocketAddr) -> io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200 ") => Ok(body.to_string()),
+        _ => Err(io::Error::other(format!(
+            "GET /metrics from {addr}: {text:.200}"
+        ))),
+    }
+}
+
 /// Starts a collector storing into `dir`.
 pub fn start_collector(programs: &Programs, dir: &Path) -> io::Result<(Process, SocketAddr)> {
     let mut cmd = Command::new(&programs.collector);

@@ -15,6 +15,7 @@
 //! Console lines, in order:
 //! - `config: key=value ...` (every key's effective value) and `nic N: ...` per NIC;
 //! - `idle: halt <P>..<M> us on the local APIC timer (<apic>)` or `idle: spin (<why>)`;
+//! - `http: listening on tcp/<port> at <ip> (...)` with `http_port=` on ([`http`]);
 //! - `ready: listening on udp/<port> at <ip>` when the loop starts, then
 //!   `boot: ready <N> ms after kernel entry (<M> ms in the board, reset to ready <R>)`,
 //!   where `<R>` is `<n> ms` only under QEMU TCG, whose TSC is zero at reset, and `unknown`
@@ -37,6 +38,7 @@
 use crate::net::driver::{FastPath, NicReport, StackDriver};
 use crate::net::executor::{spawn, Runtime};
 use crate::net::fastpath::Identity;
+use crate::net::http::{self, BoardMetrics, HttpTask, LoopReport};
 use crate::net::nic::{self, FoundNic, Location};
 use crate::net::settings::{self, Interface, NicIdentity, Settings};
 use crate::net::upstream::{self, Upstream};
@@ -51,6 +53,7 @@ use core::cell::{Cell, RefCell};
 use core::net::SocketAddr;
 use embassy_net::{Ipv4Cidr, Stack, StackResources, StaticConfigV4};
 use netoops_core::config::ConfigError;
+use netoops_core::http::HttpServer;
 use netoops_core::relay::Relay;
 use netoops_core::time::Instant;
 use netoops_nic::Device;
@@ -179,9 +182,40 @@ pub fn run(machine: &mut Platform, cmdline: &str) -> ! {
         stop(format_args!("cannot start the upstream task"));
     }
 
+    let board_loop: &'static Cell<LoopReport> = leak(Cell::new(LoopReport::default()));
+    let http_port = settings.config.http_port;
+    if http_port != 0 {
+        let server: &'static RefCell<HttpServer> =
+            leak(RefCell::new(HttpServer::new(http::CONNECTIONS)));
+        let board = BoardMetrics {
+            ingress: ingress_report,
+            upstream: upstream_report,
+            board_loop,
+        };
+        for _ in 0..http::CONNECTIONS {
+            let task = HttpTask {
+                stack: ingress_stack,
+                relay,
+                server,
+                board,
+                port: http_port,
+                rx: Box::leak(vec![0u8; http::RX_BUFFER].into_boxed_slice()),
+                tx: Box::leak(vec![0u8; http::TX_BUFFER].into_boxed_slice()),
+            };
+            if spawn(spawner, task.run()).is_err() {
+                stop(format_args!("cannot start the HTTP tasks"));
+            }
+        }
+        println!(
+            "http: listening on tcp/{http_port} at {} (/metrics /healthz /dumps, dump texts {} bytes)",
+            settings.ingress.ip,
+            relay.borrow().dumps().capacity()
+        );
+    }
+
     let idle = start_idle(cmdline);
     let reports = (ingress_report, upstream_report);
-    let mut monitor = Monitor::new(relay, reports, &settings, idle, boot_clock);
+    let mut monitor = Monitor::new(relay, reports, &settings, idle, boot_clock, board_loop);
     println!(
         "ready: listening on udp/{} at {}",
         settings.config.listen_port, settings.ingress.ip
@@ -241,7 +275,8 @@ fn start_stack(
         gateway: iface.gateway,
         dns_servers: Default::default(),
     });
-    let resources = leak(StackResources::<2>::new());
+    // The upstream connection and the HTTP endpoint's sockets.
+    let resources = leak(StackResources::<{ 1 + http::CONNECTIONS }>::new());
     let (stack, mut runner) = embassy_net::new(driver, config, resources, seed);
     if spawn(spawner, async move { runner.run().await }).is_err() {
         stop(format_args!("cannot start the network stack"));
@@ -252,7 +287,17 @@ fn start_stack(
 /// Refuses budgets the heap cannot hold, before anything is allocated for them.
 fn check_memory(s: &Settings) -> Result<(), ConfigError> {
     let (used, free) = platform::memory::heap_usage();
-    let needed = s.config.reassembly.memory_budget + s.config.spool_bytes + HEAP_RESERVE;
+    let http = if s.config.http_port != 0 {
+        s.config.http_dumps
+            + http::CONNECTIONS
+                * (netoops_core::http::REQUEST_BUFFER
+                    + netoops_core::http::RESPONSE_BUFFER
+                    + http::RX_BUFFER
+                    + http::TX_BUFFER)
+    } else {
+        0
+    };
+    let needed = s.config.reassembly.memory_budget + s.config.spool_bytes + http + HEAP_RESERVE;
     if needed <= free {
         return Ok(());
     }
@@ -339,6 +384,8 @@ struct Monitor {
     halted_us: u64,
     /// Where boot times are measured from (the first datagram's time).
     boot_clock: BootClock,
+    /// The loop's counters, published for `/metrics`.
+    board_loop: &'static Cell<LoopReport>,
 }
 
 impl Monitor {
@@ -348,6 +395,7 @@ impl Monitor {
         s: &Settings,
         idle: Option<Idle>,
         boot_clock: BootClock,
+        board_loop: &'static Cell<LoopReport>,
     ) -> Self {
         let interval_us = s.config.stats_interval.total_micros().max(1);
         Self {
@@ -363,6 +411,7 @@ impl Monitor {
             frames: 0,
             halted_us: 0,
             boot_clock,
+            board_loop,
         }
     }
 
@@ -405,6 +454,13 @@ impl Monitor {
             self.print_counters();
         }
         worked |= platform::serial::pump() > 0;
+        let idle = self.idle.as_ref().map(Idle::report).unwrap_or_default();
+        self.board_loop.set(LoopReport {
+            turns: self.turns.0,
+            halts: idle.halts,
+            halted_us: idle.halted_us,
+            stray_interrupts: idle.stray_interrupts,
+        });
         if self.idle.is_some() {
             let frames = self.frames_moved();
             worked |= frames != self.frames;

@@ -11,6 +11,7 @@
 //! - [`executor`] and [`timers`]: the spinning executor, the TSC time driver and its timer
 //!   table, and the no-op critical section of a single-core kernel without interrupts.
 //! - [`upstream`]: the task that runs the relay's upstream link over a TCP socket.
+//! - [`http`]: the tasks that serve the HTTP endpoint (`http_port=`) on the relay's address.
 //! - [`settings`]: the relay configuration from the command line, interface addressing and
 //!   NIC selection. Pure, unit-tested on the host.
 //!
@@ -22,6 +23,8 @@ pub mod driver;
 #[cfg(all(target_os = "none", not(test)))]
 pub mod executor;
 pub mod fastpath;
+#[cfg(all(target_os = "none", not(test)))]
+pub mod http;
 #[cfg(all(target_os = "none", not(test)))]
 pub mod nic;
 pub mod settings;

@@ -255,6 +255,8 @@ pub fn effective(s: &Settings) -> Vec<(&'static str, String)> {
         ("netconsole_history", size(c.netconsole.history_bytes)),
         ("netconsole_memory", size(c.netconsole.memory_budget)),
         ("netconsole_sources", c.netconsole.max_sources.to_string()),
+        ("http_port", c.http_port.to_string()),
+        ("http_dumps", size(c.http_dumps)),
     ]);
     if c.upstream_nic.is_some() {
         out.push((

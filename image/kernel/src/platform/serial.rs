@@ -16,7 +16,7 @@
 
 use super::port::{inb, outb};
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const COM1: u16 = 0x3f8;
 const DATA: u16 = 0;
@@ -119,6 +119,7 @@ fn hold(ring: &mut Pending, wall_ms: Option<u64>, args: fmt::Arguments<'_>) -> b
         ring.len = start_len;
         ring.mid_line = !start_line;
         ring.dropped_lines += 1;
+        LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
         return false;
     }
     if ring.len != start_len {
@@ -126,6 +127,15 @@ fn hold(ring: &mut Pending, wall_ms: Option<u64>, args: fmt::Arguments<'_>) -> b
         ring.mid_line = last != b'\n';
     }
     true
+}
+
+/// Lines dropped with the ring full since boot (the `console: N lines dropped` lines add up
+/// to it), for `/metrics`.
+static LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// See [`LINES_DROPPED`].
+pub fn lines_dropped() -> u64 {
+    LINES_DROPPED.load(Ordering::Relaxed)
 }
 
 /// The wall time for a line's stamp.
