@@ -353,7 +353,7 @@ fn serving_http_does_not_allocate_per_request() {
     let mut sent = 0usize;
 
     ALLOCATIONS.store(0, Ordering::SeqCst);
-    COUNTING.store(true, Ordering::SeqCst);
+    set_counting(true);
     let mut now = Instant::from_millis(10);
     for round in 0..20 {
         for req in &requests {
@@ -388,7 +388,7 @@ fn serving_http_does_not_allocate_per_request() {
             "{round}"
         );
     }
-    COUNTING.store(false, Ordering::SeqCst);
+    set_counting(false);
 
     assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), 0);
     let s = server.stats();
