@@ -26,6 +26,10 @@ use netoops_core::relay::Relay;
 use netoops_core::time::Instant;
 use netoops_nic::{Device, RxToken};
 
+/// Frames the kernel takes from the ring per burst (one [`receive_burst`]) before the
+/// TCP/IP stack gets a turn.
+pub const BURST: usize = 64;
+
 /// What [`FastPath::handle`] did with a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Handled {

@@ -30,7 +30,7 @@ use netoops_core::time::Instant;
 use netoops_nic::{Device, DeviceStats, LinkState, TxToken, MAX_FRAME_LEN};
 
 /// Frames taken from the ring per `receive` call before the stack gets a turn.
-pub const BURST: usize = 64;
+pub use super::fastpath::BURST;
 /// How often the link state is read from the device (it costs a register read).
 const LINK_POLL_US: u64 = 100_000;
 
