@@ -11,8 +11,8 @@
 //!   stack, which the caller keeps.
 //!
 //! Layering: this crate knows the relay core and the driver interface (`netoops-nic`), not
-//! any driver or the kernel; the cycle counter comes in as a function, so the kernel passes
-//! its TSC read and the benchmark its own.
+//! any driver or the kernel; the cycle counter comes in as a type ([`Cycles`]), so the kernel
+//! plugs in its TSC read and the benchmark its own, both inlined.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -21,6 +21,7 @@ pub mod classify;
 pub use classify::{checksum_add, classify, fold, Classified, FastDrop, FastPathStats, Identity};
 
 use core::cell::RefCell;
+use core::marker::PhantomData;
 use core::net::SocketAddr;
 use netoops_core::relay::Relay;
 use netoops_core::time::Instant;
@@ -41,23 +42,29 @@ pub enum Handled {
     Stack,
 }
 
-/// The fast path's state: who we are, where datagrams go, and the counters.
-pub struct FastPath<'r> {
-    identity: Identity,
-    relay: &'r RefCell<Relay>,
-    tsc: fn() -> u64,
-    stats: FastPathStats,
+/// The cycle counter behind [`FastPathStats::cycles`].
+pub trait Cycles {
+    /// The counter now (the TSC on x86-64).
+    fn read() -> u64;
 }
 
-impl<'r> FastPath<'r> {
-    /// A fast path delivering datagrams for `identity` into `relay`; `tsc` reads the cycle
-    /// counter for [`FastPathStats::cycles`].
-    pub fn new(identity: Identity, relay: &'r RefCell<Relay>, tsc: fn() -> u64) -> Self {
+/// The fast path's state: who we are, where datagrams go, and the counters; `C` reads the
+/// cycle counter.
+pub struct FastPath<'r, C: Cycles> {
+    identity: Identity,
+    relay: &'r RefCell<Relay>,
+    stats: FastPathStats,
+    cycles: PhantomData<C>,
+}
+
+impl<'r, C: Cycles> FastPath<'r, C> {
+    /// A fast path delivering datagrams for `identity` into `relay`.
+    pub fn new(identity: Identity, relay: &'r RefCell<Relay>) -> Self {
         Self {
             identity,
             relay,
-            tsc,
             stats: FastPathStats::default(),
+            cycles: PhantomData,
         }
     }
 
@@ -114,7 +121,7 @@ impl<'r> FastPath<'r> {
             // that way is counted, not a panic.
             Err(_) => false,
         };
-        let t1 = (self.tsc)();
+        let t1 = C::read();
         if accepted {
             self.stats.accepted += 1;
             if self.stats.first_accept_tsc == 0 {
@@ -142,9 +149,9 @@ pub struct Burst {
 /// handed to `to_stack` and ends the burst. The caller runs [`Device::poll`] afterwards
 /// (once per burst: the driver reposts buffers and moves the tail then).
 #[inline]
-pub fn receive_burst<D: Device>(
+pub fn receive_burst<D: Device, C: Cycles>(
     nic: &mut D,
-    mut fast: Option<&mut FastPath<'_>>,
+    mut fast: Option<&mut FastPath<'_, C>>,
     now: Instant,
     max: usize,
     mut to_stack: impl FnMut(&[u8]),
@@ -156,7 +163,7 @@ pub fn receive_burst<D: Device>(
         };
         drop(tx);
         burst.frames += 1;
-        let t0 = fast.as_ref().map_or(0, |fp| (fp.tsc)());
+        let t0 = if fast.is_some() { C::read() } else { 0 };
         let stack = rx.consume(|frame| {
             let verdict = match fast.as_deref_mut() {
                 Some(fp) => fp.handle(now, t0, frame),
@@ -250,8 +257,11 @@ mod tests {
         f
     }
 
-    fn tsc() -> u64 {
-        7
+    struct Seven;
+    impl Cycles for Seven {
+        fn read() -> u64 {
+            7
+        }
     }
 
     #[test]
@@ -275,7 +285,7 @@ mod tests {
             next: 0,
         };
         let me = Identity::new(Ipv4Addr::new(10, 0, 2, 15), 24, 2004);
-        let mut fast = FastPath::new(me, &relay, tsc);
+        let mut fast = FastPath::<Seven>::new(me, &relay);
         let mut held = Vec::new();
         let b = receive_burst(
             &mut nic,
@@ -306,7 +316,7 @@ mod tests {
         assert_eq!(s.cycles_samples, 2);
         assert_eq!(relay.borrow().reassembler().stats().dumps_complete, 1);
         // The next burst takes the rest; without a fast path every frame is the stack's.
-        let b = receive_burst(&mut nic, None, Instant::from_millis(1), 64, |f| {
+        let b = receive_burst::<_, Seven>(&mut nic, None, Instant::from_millis(1), 64, |f| {
             held.push(f.to_vec())
         });
         assert_eq!(

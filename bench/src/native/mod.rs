@@ -49,7 +49,7 @@ use netoops_core::config::Config;
 use netoops_core::reassembly::{CrashSeen, DumpView, EventSink, Reassembler};
 use netoops_core::relay::Relay;
 use netoops_core::time::{Duration, Instant};
-use netoops_fastpath::{classify, receive_burst, Classified, FastPath, Identity, BURST};
+use netoops_fastpath::{classify, receive_burst, Classified, Cycles, FastPath, Identity, BURST};
 use netoops_nic::{Device, RxToken};
 use netoops_wire::DATA_LEN;
 use serde::Serialize;
@@ -198,6 +198,16 @@ pub fn tsc() -> u64 {
     }
 }
 
+/// [`tsc`] for the fast path's own accounting.
+struct Tsc;
+
+impl Cycles for Tsc {
+    #[inline]
+    fn read() -> u64 {
+        tsc()
+    }
+}
+
 /// Cycles per second of [`tsc`], against `std::time::Instant` over `ms` milliseconds.
 pub fn measure_tsc_hz(ms: u64) -> f64 {
     let start = std::time::Instant::now();
@@ -287,7 +297,7 @@ impl Bench<'_> {
         let rx_before = nic.driver().stats().rx_frames;
         let received_before = self.peer.received();
         let relay = &self.relay;
-        let mut fast = FastPath::new(identity, relay, tsc);
+        let mut fast = FastPath::<Tsc>::new(identity, relay);
         let mut stack = 0u64;
         for _ in 0..self.rounds {
             let mut i = 0;

@@ -143,7 +143,7 @@ pub fn run(machine: &mut Platform, cmdline: &str) -> ! {
         "nic {ingress_idx}: ingress {} (fast path on udp/{}, netconsole udp/{})",
         settings.ingress, settings.config.listen_port, settings.config.netconsole_port
     );
-    let fast = FastPath::new(identity, relay, platform::tsc);
+    let fast = FastPath::new(identity, relay);
     let ingress_stack = start_stack(
         spawner,
         StackDriver::new(ingress.nic, Some(fast), ingress_report),

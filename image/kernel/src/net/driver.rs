@@ -18,9 +18,7 @@
 //! state) or at the next burst, whichever comes first. Counters (fast path, NIC) are
 //! published into a shared [`Cell`] after each burst for the console.
 
-/// The fast path the ingress NIC carries (from `netoops-fastpath`).
-pub use super::fastpath::FastPath;
-use super::fastpath::{receive_burst, FastPathStats};
+use super::fastpath::{receive_burst, Cycles, FastPathStats};
 use super::nic::{AnyNic, AnyTx};
 use crate::platform;
 use core::cell::Cell;
@@ -33,6 +31,19 @@ use netoops_nic::{Device, DeviceStats, LinkState, TxToken, MAX_FRAME_LEN};
 pub use super::fastpath::BURST;
 /// How often the link state is read from the device (it costs a register read).
 const LINK_POLL_US: u64 = 100_000;
+
+/// The TSC, for the fast path's cycle accounting.
+pub struct Tsc;
+
+impl Cycles for Tsc {
+    #[inline]
+    fn read() -> u64 {
+        platform::tsc()
+    }
+}
+
+/// The fast path the ingress NIC carries (`netoops-fastpath`), on the TSC.
+pub type FastPath = super::fastpath::FastPath<'static, Tsc>;
 
 /// What one NIC has done, published for the console.
 #[derive(Clone, Copy, Debug, Default)]
@@ -63,7 +74,7 @@ impl HeldFrame {
 /// A NIC driven by embassy-net, with an optional fast path. See the module doc.
 pub struct StackDriver {
     nic: AnyNic,
-    fast: Option<FastPath<'static>>,
+    fast: Option<FastPath>,
     held: HeldFrame,
     report: &'static Cell<NicReport>,
     link: LinkState,
@@ -74,11 +85,7 @@ pub struct StackDriver {
 
 impl StackDriver {
     /// Wraps `nic`; `fast` makes it the ingress NIC. Counters go to `report`.
-    pub fn new(
-        nic: AnyNic,
-        fast: Option<FastPath<'static>>,
-        report: &'static Cell<NicReport>,
-    ) -> Self {
+    pub fn new(nic: AnyNic, fast: Option<FastPath>, report: &'static Cell<NicReport>) -> Self {
         Self {
             nic,
             fast,
