@@ -56,6 +56,10 @@ fn native_smoke_reports_every_stage_for_both_nics() {
             last = s["cumulative"]["cycles_per_datagram"].as_f64().unwrap();
         }
         assert!(positive(&nic["whole"]["cycles_per_datagram"]), "{nic}");
+        assert!(
+            positive(&nic["fast_path_counter"]["cycles_per_datagram"]),
+            "{nic}"
+        );
         assert_eq!(nic["whole"]["cycles_per_datagram"].as_f64().unwrap(), last);
         // The whole storm went through: every frame received, every dump complete at the
         // engine and at the collector, every datagram accepted by the relay.

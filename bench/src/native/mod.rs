@@ -151,6 +151,9 @@ pub struct NicResult {
     pub whole: Figure,
     /// Per stage.
     pub stages: Vec<StageResult>,
+    /// The fast path's own accounting in the whole path (`FastPathStats::cycles` per sample:
+    /// from taking a frame to the relay's return, what the image's `fastpath:` line reports).
+    pub fast_path_counter: Figure,
     /// The simulated device's own work per datagram (DMA on real hardware): not in any figure.
     pub device_fill: Figure,
     /// What the last iteration delivered.
@@ -277,6 +280,9 @@ struct Run {
     /// The whole path's link turns.
     link_cycles: u64,
     fill_cycles: u64,
+    /// The whole path's in-path accounting (`FastPathStats::cycles`, what the image's
+    /// `fastpath:` console line reports): cycles and datagrams.
+    counter: (u64, u64),
     checks: Checks,
 }
 
@@ -285,7 +291,7 @@ impl Bench<'_> {
         (self.frames.per_round() * self.rounds) as u64
     }
 
-    /// Runs the whole storm through `nic` as `variant`; returns the timed cycles.
+    /// Runs the whole storm through `nic` as `variant`; returns its timings and checks.
     fn run<N: SimNic>(&mut self, nic: &mut N, variant: Variant) -> Run {
         self.now += self.step;
         let now = self.now;
@@ -367,6 +373,7 @@ impl Bench<'_> {
             }
         }
         let fast_stats = *fast.stats();
+        run.counter = (fast_stats.cycles, fast_stats.cycles_samples);
         // Untimed: deliver what is left, then let every dump be forgotten.
         if variant == Variant::Path {
             while link_turn(&self.relay, &mut self.peer, &mut self.link_buf, now).1 {}
@@ -519,6 +526,7 @@ pub fn run_native(settings: &NativeSettings, mut say: impl FnMut(&str)) -> Nativ
     // + engine, the whole path's bursts, + its link turns. Fill per iteration.
     let mut cum = vec![vec![Vec::new(); STAGES.len()]; 2];
     let mut fill = vec![Vec::new(); 2];
+    let mut counter = vec![Vec::new(); 2];
     let mut copy = Vec::new();
     let mut checks = [Checks::default(); 2];
     let per = |c: u64| c as f64 / datagrams as f64;
@@ -553,6 +561,7 @@ pub fn run_native(settings: &NativeSettings, mut say: impl FnMut(&str)) -> Nativ
                     cum[n][v].push(per(r.cycles));
                     if variant == Variant::Path {
                         cum[n][v + 1].push(per(r.cycles + r.link_cycles));
+                        counter[n].push(r.counter.0 as f64 / r.counter.1.max(1) as f64);
                     }
                 }
             }
@@ -591,6 +600,7 @@ pub fn run_native(settings: &NativeSettings, mut say: impl FnMut(&str)) -> Nativ
                 nic: name,
                 whole: stages[STAGES.len() - 1].cumulative,
                 stages,
+                fast_path_counter: figure(median(counter[n].clone())),
                 device_fill: figure(median(fill[n].clone())),
                 checks: checks[n],
             }
@@ -703,6 +713,11 @@ impl NativeReport {
             &mut out,
             "copy 1 KiB baseline",
             self.nics.iter().map(|_| self.copy_baseline).collect(),
+        );
+        row(
+            &mut out,
+            "(the image's fastpath counter)",
+            self.nics.iter().map(|n| n.fast_path_counter).collect(),
         );
         row(
             &mut out,
