@@ -28,82 +28,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
+use netoops_bench::native::storm::Storm;
 use netoops_core::netconsole::{
     ConsoleConfig, ConsoleCrash, ConsoleDump, ConsoleSink, ConsoleTracker,
 };
 use netoops_core::reassembly::{CrashSeen, DumpView, EventSink, Reassembler, ReassemblyConfig};
 use netoops_core::time::Instant;
-use netoops_wire::encode::{encode, DumpHeader, SenderModel, Variant};
 use netoops_wire::netconsole::{encode_record, RecordSpec};
 use netoops_wire::DATA_LEN;
 
 const MACHINES: usize = 1000;
 const LOG_BYTES: usize = 128 * 1024;
 const ROUNDS: usize = 3;
-const STRIDE: usize = 1412;
-
-/// One round of the storm, pre-encoded: every round is byte-identical, so rounds replay it.
-struct Storm {
-    datagrams: Vec<u8>,
-    sources: Vec<SocketAddr>,
-}
-
-impl Storm {
-    fn new() -> Self {
-        // A split inside a chunk makes one more packet than the log needs.
-        let per_machine = LOG_BYTES.div_ceil(DATA_LEN) + 1;
-        let mut datagrams = vec![0u8; MACHINES * per_machine * STRIDE];
-        let mut sources = Vec::with_capacity(MACHINES * per_machine);
-        let logs: Vec<Vec<u8>> = (0..MACHINES)
-            .map(|m| {
-                (0..LOG_BYTES)
-                    .map(|i| {
-                        if i % 80 == 79 {
-                            b'\n'
-                        } else {
-                            b' ' + ((i + m) % 90) as u8
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-        let mut k = 0;
-        for p in 0..per_machine as u32 {
-            for (m, log) in logs.iter().enumerate() {
-                // s1/s2 split at a machine-specific point, as ring buffers wrap anywhere.
-                let split = (m * 7919) % LOG_BYTES;
-                let model = SenderModel::new(&log[..split], &log[split..]);
-                if p >= model.packet_count() {
-                    continue;
-                }
-                let mut h = DumpHeader::new(Variant::V3X86_64Blob, m as u16, "6.1.0-storm");
-                h.boot_id = m as u32;
-                let out = &mut datagrams[k * STRIDE..(k + 1) * STRIDE];
-                encode(&h, model.packet_count(), p, &model.chunk(p), out).expect("fits");
-                sources.push(SocketAddr::from((
-                    [
-                        10,
-                        1 + (m / 65536) as u8,
-                        (m / 256 % 256) as u8,
-                        (m % 256) as u8,
-                    ],
-                    6666,
-                )));
-                k += 1;
-            }
-        }
-        datagrams.truncate(k * STRIDE);
-        Storm { datagrams, sources }
-    }
-
-    fn packets_per_round(&self) -> usize {
-        self.sources.len()
-    }
-
-    fn datagram(&self, i: usize) -> &[u8] {
-        &self.datagrams[i * STRIDE..(i + 1) * STRIDE]
-    }
-}
 
 /// What a poll-mode driver does while frame `i` is handled: ask for the next frame's cache
 /// lines, which the NIC wrote to memory (the image's virtio-net and e1000 drivers issue
@@ -158,7 +94,7 @@ fn run_storm(storm: &Storm, r: &mut Reassembler, now: Instant) -> Sink {
     for _ in 0..ROUNDS {
         for i in 0..storm.packets_per_round() {
             prefetch_next(storm, i);
-            let _ = r.handle_datagram(now, storm.sources[i], storm.datagram(i), &mut sink);
+            let _ = r.handle_datagram(now, storm.source(i), storm.datagram(i), &mut sink);
         }
     }
     let c = r.config();
@@ -175,7 +111,7 @@ fn copy_baseline(storm: &Storm, pool: &mut [[u8; DATA_LEN]]) -> usize {
             prefetch_next(storm, i);
             let d = storm.datagram(i);
             let slot = &mut pool[(i + round * n) % pool.len()];
-            slot.copy_from_slice(&d[STRIDE - DATA_LEN..]);
+            slot.copy_from_slice(&d[d.len() - DATA_LEN..]);
             sum += usize::from(slot[0]);
         }
     }
@@ -293,7 +229,7 @@ fn run_chatter(chatter: &Chatter, t: &mut ConsoleTracker, now: Instant) -> Conso
 }
 
 fn main() {
-    let storm = Storm::new();
+    let storm = Storm::new(MACHINES, LOG_BYTES);
     let packets = (storm.packets_per_round() * ROUNDS) as u64;
 
     // One checked run: every machine's dump complete, nothing dropped.

@@ -8,6 +8,9 @@
 //! - `baseline` is the counting receiver the suite runs as its baseline.
 //! - `collector` drives the collector alone over N connections with 64 KiB and 4 KiB dumps and
 //!   reports stored dumps/s (median of runs) next to the disk's fsync time.
+//! - `native` runs the image's receive path (virtio-net and e1000e drivers, fast path, relay,
+//!   upstream link) natively over simulated NICs and prints cycles and ns per datagram per
+//!   stage beside the 1 KiB copy baseline; writes `native.json` and `native.md`.
 //! - `render` rewrites the Markdown and plots from a `results.json`.
 //!
 //! Exit status: 0 on success, 1 when the run failed, 2 on bad arguments.
@@ -89,6 +92,30 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The image's receive path natively on this host, stage by stage: TSC cycles and ns per
+    /// datagram for virtio-net and e1000e beside the 1 KiB copy baseline; writes native.json
+    /// and native.md.
+    Native {
+        /// A tiny storm (the test command's version): every stage runs, figures mean little.
+        #[arg(long)]
+        smoke: bool,
+        /// Crashing machines [default: 1000, smoke 24].
+        #[arg(long)]
+        machines: Option<usize>,
+        /// Log KiB per machine [default: 128, smoke 16].
+        #[arg(long)]
+        log_kib: Option<usize>,
+        /// Rounds of the storm [default: 3].
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Measured iterations, after one warm-up [default: 7, smoke 3].
+        #[arg(long)]
+        iterations: Option<usize>,
+        /// Where native.json and native.md go [default: bench/results, or
+        /// target/bench-smoke with --smoke].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The collector alone: N connections send dumps as fast as acknowledgements allow;
     /// prints stored dumps/s per dump size (median of runs) and the disk's fsync time, and
     /// writes collector.json and collector.md.
@@ -159,6 +186,54 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Ingest { smoke, rate, out } => ingest(smoke, rate, out),
+        Cmd::Native {
+            smoke,
+            machines,
+            log_kib,
+            rounds,
+            iterations,
+            out,
+        } => {
+            use netoops_bench::native::{run_native, NativeSettings};
+            let mut settings = if smoke {
+                NativeSettings::smoke()
+            } else {
+                NativeSettings::full()
+            };
+            if let Some(m) = machines {
+                settings.machines = m.max(1);
+            }
+            if let Some(k) = log_kib {
+                settings.log_bytes = k.max(1) * 1024;
+            }
+            if let Some(r) = rounds {
+                settings.rounds = r.max(1);
+            }
+            if let Some(i) = iterations {
+                settings.iterations = i.max(1);
+            }
+            let out = out.unwrap_or_else(|| {
+                if smoke {
+                    netoops_image::target_dir().join("bench-smoke")
+                } else {
+                    workspace_root().join("bench/results")
+                }
+            });
+            let report = run_native(&settings, |line| eprintln!("native: {line}"));
+            let table = report.table();
+            println!("{table}");
+            let json = serde_json::to_string_pretty(&report).expect("serializable");
+            let written = std::fs::create_dir_all(&out)
+                .and_then(|()| std::fs::write(out.join("native.json"), json + "\n"))
+                .and_then(|()| std::fs::write(out.join("native.md"), table));
+            match written {
+                Ok(()) => {
+                    eprintln!("native: wrote {}", out.join("native.json").display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format_args!("writing {}: {e}", out.display())),
+            }
+        }
         Cmd::Collector {
             smoke,
             collector,

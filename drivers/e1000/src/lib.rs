@@ -36,8 +36,8 @@ pub mod device;
 pub mod regs;
 pub mod ring;
 
-#[cfg(test)]
-mod model;
+#[cfg(any(test, feature = "model"))]
+pub mod model;
 
 pub use device::{
     Config, DeviceCounters, E1000RxToken, E1000Stats, E1000TxToken, Error, LinkStatus, MacSource,

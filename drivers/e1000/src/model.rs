@@ -1,6 +1,11 @@
-//! Host-test stand-ins for the machine (DMA memory is the platform crate's `HostPlatform`): a
-//! register recorder, and a model of the NIC written from the datasheet's description of what the
-//! device does with its registers and descriptor rings.
+//! Host stand-ins for the machine (DMA memory is the platform crate's `HostPlatform`), for the
+//! unit tests and, with feature `model`, the native benchmark: a register recorder, and a model
+//! of the NIC written from the datasheet's description of what the device does with its
+//! registers and descriptor rings.
+//!
+//! Like a device, the model trusts what the driver programmed: it writes host memory at the
+//! ring base and buffer addresses the driver gave it. Use it only with a driver brought up
+//! over `HostPlatform` memory.
 //!
 //! The model is deliberately strict where the driver could go wrong: it refuses to receive
 //! unless RCTL.EN is set and the ring has room (head != tail), only processes transmit
@@ -11,19 +16,21 @@ extern crate std;
 use crate::regs::{self, ctrl, eerd, rctl, rx_desc, tctl, tx_desc, Registers};
 use crate::Model;
 use core::cell::RefCell;
-pub(crate) use netoops_driver_platform::host::HostPlatform;
+pub use netoops_driver_platform::host::HostPlatform;
 use std::collections::BTreeMap;
 use std::vec::Vec;
 
 /// Records register writes; reads return zero.
 #[derive(Debug, Default)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) struct RecordingRegisters {
     writes: RefCell<Vec<(u32, u32)>>,
 }
 
+#[cfg_attr(not(test), allow(dead_code))]
 impl RecordingRegisters {
     /// Values written to `offset`, in order.
-    pub(crate) fn writes_to(&self, offset: u32) -> Vec<u32> {
+    pub fn writes_to(&self, offset: u32) -> Vec<u32> {
         self.writes
             .borrow()
             .iter()
@@ -65,6 +72,7 @@ unsafe fn poke(addr: u64, bytes: &[u8]) {
 
 /// Mutable state of the modelled NIC.
 #[derive(Debug)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) struct State {
     pub model: Model,
     pub regs: BTreeMap<u32, u32>,
@@ -97,13 +105,13 @@ pub(crate) struct State {
 
 /// The modelled NIC.
 #[derive(Debug)]
-pub(crate) struct DeviceModel {
-    pub state: RefCell<State>,
+pub struct DeviceModel {
+    pub(crate) state: RefCell<State>,
 }
 
 impl DeviceModel {
     /// A device of `model` with MAC 52:54:00:12:34:56 in its EEPROM, link up.
-    pub(crate) fn new(model: Model) -> Self {
+    pub fn new(model: Model) -> Self {
         let mut eeprom = [0u16; 64];
         eeprom[0] = 0x5452;
         eeprom[1] = 0x1200;
@@ -141,7 +149,7 @@ impl DeviceModel {
     }
 
     /// Values written to `offset`, in order.
-    pub(crate) fn writes_to(&self, offset: u32) -> Vec<u32> {
+    pub fn writes_to(&self, offset: u32) -> Vec<u32> {
         self.state
             .borrow()
             .writes
@@ -151,8 +159,14 @@ impl DeviceModel {
             .collect()
     }
 
+    /// Forgets the register writes recorded so far (a long benchmark run would otherwise
+    /// keep every tail write).
+    pub fn forget_writes(&self) {
+        self.state.borrow_mut().writes.clear();
+    }
+
     /// The current value of a register, without side effects.
-    pub(crate) fn peek_reg(&self, offset: u32) -> u32 {
+    pub fn peek_reg(&self, offset: u32) -> u32 {
         self.reg(offset)
     }
 
@@ -163,12 +177,12 @@ impl DeviceModel {
 
     /// Receives `frame` into the next free descriptor as one buffer; `false` when the
     /// receiver is off or the ring has no free descriptor (the frame is missed).
-    pub(crate) fn deliver(&self, frame: &[u8]) -> bool {
+    pub fn deliver(&self, frame: &[u8]) -> bool {
         self.deliver_with(frame, rx_desc::STA_DD | rx_desc::STA_EOP)
     }
 
     /// Like [`Self::deliver`] with the status dword (status, errors) the device writes.
-    pub(crate) fn deliver_with(&self, frame: &[u8], status: u32) -> bool {
+    pub fn deliver_with(&self, frame: &[u8], status: u32) -> bool {
         let (base, n) = self.ring(regs::RDBAL, regs::RDBAH, regs::RDLEN);
         let (head, tail) = (self.reg(regs::RDH), self.reg(regs::RDT));
         if self.reg(regs::RCTL) & rctl::EN == 0 || n == 0 || head == tail {
@@ -200,7 +214,7 @@ impl DeviceModel {
     }
 
     /// Sends everything between TDH and TDT; returns the frames.
-    pub(crate) fn transmit(&self) -> Vec<Vec<u8>> {
+    pub fn transmit(&self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         if self.reg(regs::TCTL) & tctl::EN == 0 {
             return out;

@@ -221,15 +221,21 @@ const fn align_up(x: usize, align: usize) -> usize {
     (x + align - 1) & !(align - 1)
 }
 
-#[cfg(test)]
-pub(crate) mod model {
-    //! The device side of a split ring, written from the spec, for host tests.
+#[cfg(any(test, feature = "model"))]
+pub mod model {
+    //! The device side of a split ring, written from the spec, for host tests and the native
+    //! benchmark (feature `model`).
+    //!
+    //! Like a device, the model trusts the addresses the driver published: it reads and writes
+    //! host memory at the queue's bus addresses and at the buffer addresses in descriptors,
+    //! which [`netoops_driver_platform::host::HostPlatform`] makes host addresses. Use it only
+    //! over queues and buffers a driver laid out in that platform's memory.
     extern crate std;
     use super::*;
     use std::vec::Vec;
 
     /// A device's view of one queue in host memory (bus address == host address).
-    pub(crate) struct RingModel {
+    pub struct RingModel {
         addrs: QueueAddresses,
         size: u16,
         last_avail: u16,
@@ -238,15 +244,15 @@ pub(crate) mod model {
 
     /// One descriptor as the device reads it.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub(crate) struct Desc {
+    pub struct Desc {
         pub addr: u64,
         pub len: u32,
         pub flags: u16,
     }
 
     fn read<T: Copy>(addr: u64) -> T {
-        // SAFETY: tests only pass addresses inside live, leaked host allocations that the
-        // queue under test laid out.
+        // SAFETY: callers (tests, the benchmark) only pass addresses inside live, leaked host
+        // allocations that the queue under test laid out (see the module documentation).
         unsafe { (addr as *const T).read_volatile() }
     }
 
@@ -256,7 +262,7 @@ pub(crate) mod model {
     }
 
     impl RingModel {
-        pub(crate) fn new(addrs: QueueAddresses, size: u16) -> Self {
+        pub fn new(addrs: QueueAddresses, size: u16) -> Self {
             Self {
                 addrs,
                 size,
@@ -266,12 +272,12 @@ pub(crate) mod model {
         }
 
         /// Buffers the driver has published and the device has not taken.
-        pub(crate) fn avail_pending(&self) -> u16 {
+        pub fn avail_pending(&self) -> u16 {
             read::<u16>(self.addrs.avail + 2).wrapping_sub(self.last_avail)
         }
 
         /// Takes the next available head and its descriptor.
-        pub(crate) fn pop_avail(&mut self) -> Option<(u16, Desc)> {
+        pub fn pop_avail(&mut self) -> Option<(u16, Desc)> {
             if self.avail_pending() == 0 {
                 return None;
             }
@@ -290,7 +296,7 @@ pub(crate) mod model {
         }
 
         /// Completes `id` with `len` bytes written.
-        pub(crate) fn push_used(&mut self, id: u32, len: u32) {
+        pub fn push_used(&mut self, id: u32, len: u32) {
             let slot = u64::from(self.used_idx & (self.size - 1));
             write(self.addrs.used + 4 + 8 * slot, id);
             write(self.addrs.used + 8 + 8 * slot, len);
@@ -299,26 +305,28 @@ pub(crate) mod model {
         }
 
         /// Forces the used index (to model a misbehaving device).
-        pub(crate) fn set_used_idx(&mut self, idx: u16) {
+        pub fn set_used_idx(&mut self, idx: u16) {
             self.used_idx = idx;
             write(self.addrs.used + 2, idx);
         }
 
-        pub(crate) fn set_no_notify(&self, on: bool) {
+        pub fn set_no_notify(&self, on: bool) {
             write::<u16>(self.addrs.used, u16::from(on));
         }
 
-        pub(crate) fn avail_flags(&self) -> u16 {
+        pub fn avail_flags(&self) -> u16 {
             read(self.addrs.avail)
         }
 
-        pub(crate) fn write_buffer(addr: u64, bytes: &[u8]) {
-            for (i, b) in bytes.iter().enumerate() {
-                write(addr + i as u64, *b);
-            }
+        /// Writes `bytes` at bus address `addr` (a buffer of the driver's, as the device
+        /// would by DMA).
+        pub fn write_buffer(addr: u64, bytes: &[u8]) {
+            // SAFETY: as in `read`: `addr` is inside a live, leaked buffer the driver posted,
+            // at least `bytes.len()` long, and no Rust reference covers it while it is posted.
+            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, bytes.len()) }
         }
 
-        pub(crate) fn read_buffer(addr: u64, len: usize) -> Vec<u8> {
+        pub fn read_buffer(addr: u64, len: usize) -> Vec<u8> {
             (0..len).map(|i| read(addr + i as u64)).collect()
         }
     }

@@ -1,9 +1,10 @@
 //! The NIC as embassy-net sees it, with the netoops fast path in its receive.
 //!
 //! [`StackDriver`] implements `embassy_net_driver::Driver` over an [`AnyNic`]. On the ingress
-//! NIC it carries a [`FastPath`]: each `receive` drains up to [`BURST`] frames from the ring,
-//! classifies them in place ([`fastpath::classify`]) and hands netoops datagrams straight to
-//! `Relay::handle_datagram`; the first frame that is not ours is copied into a one-frame
+//! NIC it carries a [`FastPath`]: each `receive` drains up to [`BURST`] frames from the ring
+//! with [`receive_burst`], which classifies them in place and hands netoops datagrams straight
+//! to `Relay::handle_datagram` (both in `netoops-fastpath`, shared with the native
+//! benchmark); the first frame that is not ours is copied into a one-frame
 //! holding buffer and given to the stack. On the upstream NIC of a two-NIC appliance there is
 //! no fast path and every frame goes to the stack the same way.
 //!
@@ -17,21 +18,32 @@
 //! state) or at the next burst, whichever comes first. Counters (fast path, NIC) are
 //! published into a shared [`Cell`] after each burst for the console.
 
-use super::fastpath::{self, Classified, FastPathStats, Identity};
+use super::fastpath::{receive_burst, Cycles, FastPathStats};
 use super::nic::{AnyNic, AnyTx};
 use crate::platform;
-use core::cell::{Cell, RefCell};
-use core::net::SocketAddr;
+use core::cell::Cell;
 use core::task::Context;
 use embassy_net::driver::{self as d, HardwareAddress};
-use netoops_core::relay::Relay;
 use netoops_core::time::Instant;
-use netoops_nic::{Device, DeviceStats, LinkState, RxToken, TxToken, MAX_FRAME_LEN};
+use netoops_nic::{Device, DeviceStats, LinkState, TxToken, MAX_FRAME_LEN};
 
 /// Frames taken from the ring per `receive` call before the stack gets a turn.
-pub const BURST: usize = 64;
+pub use super::fastpath::BURST;
 /// How often the link state is read from the device (it costs a register read).
 const LINK_POLL_US: u64 = 100_000;
+
+/// The TSC, for the fast path's cycle accounting.
+pub struct Tsc;
+
+impl Cycles for Tsc {
+    #[inline]
+    fn read() -> u64 {
+        platform::tsc()
+    }
+}
+
+/// The fast path the ingress NIC carries (`netoops-fastpath`), on the TSC.
+pub type FastPath = super::fastpath::FastPath<'static, Tsc>;
 
 /// What one NIC has done, published for the console.
 #[derive(Clone, Copy, Debug, Default)]
@@ -40,76 +52,6 @@ pub struct NicReport {
     pub fast: FastPathStats,
     /// The driver's counters.
     pub nic: DeviceStats,
-}
-
-/// The fast path's state: who we are and where datagrams go.
-pub struct FastPath {
-    identity: Identity,
-    relay: &'static RefCell<Relay>,
-    stats: FastPathStats,
-}
-
-impl FastPath {
-    /// A fast path delivering datagrams for `identity` into `relay`.
-    pub fn new(identity: Identity, relay: &'static RefCell<Relay>) -> Self {
-        Self {
-            identity,
-            relay,
-            stats: FastPathStats::default(),
-        }
-    }
-
-    /// Handles one frame; frames for the stack go to `held`.
-    #[inline]
-    fn handle(&mut self, now: Instant, t0: u64, frame: &[u8], held: &mut HeldFrame) {
-        self.stats.frames += 1;
-        match fastpath::classify(frame, &self.identity) {
-            Classified::Netoops { source, payload } => {
-                self.deliver(t0, frame.get(payload).unwrap_or(&[]), |relay, bytes| {
-                    relay
-                        .handle_datagram(now, SocketAddr::V4(source), bytes)
-                        .is_ok()
-                });
-            }
-            Classified::Netconsole { source, payload } => {
-                self.deliver(t0, frame.get(payload).unwrap_or(&[]), |relay, bytes| {
-                    relay
-                        .handle_netconsole(now, SocketAddr::V4(source), bytes)
-                        .is_ok()
-                });
-            }
-            Classified::Drop(reason) => self.stats.count_drop(reason),
-            Classified::Stack => {
-                self.stats.to_stack += 1;
-                held.store(frame);
-            }
-        }
-    }
-}
-
-impl FastPath {
-    /// Hands one datagram, still in the receive buffer, to the relay and counts the result.
-    #[inline]
-    fn deliver(&mut self, t0: u64, bytes: &[u8], handle: impl FnOnce(&mut Relay, &[u8]) -> bool) {
-        self.stats.datagrams += 1;
-        let accepted = match self.relay.try_borrow_mut() {
-            Ok(mut relay) => handle(&mut relay, bytes),
-            // Cannot happen (nothing else runs while the stack polls), but a datagram lost
-            // that way is counted, not a panic.
-            Err(_) => false,
-        };
-        let t1 = platform::tsc();
-        if accepted {
-            self.stats.accepted += 1;
-            if self.stats.first_accept_tsc == 0 {
-                self.stats.first_accept_tsc = t1;
-            }
-        } else {
-            self.stats.relay_dropped += 1;
-        }
-        self.stats.cycles += t1.wrapping_sub(t0);
-        self.stats.cycles_samples += 1;
-    }
 }
 
 /// One frame waiting for the stack.
@@ -170,23 +112,8 @@ impl StackDriver {
             ..
         } = self;
         let now = Instant::from_micros(platform::now_micros());
-        let mut took = 0;
-        for _ in 0..BURST {
-            let Some((rx, tx)) = nic.receive() else {
-                break;
-            };
-            drop(tx);
-            took += 1;
-            let t0 = platform::tsc();
-            rx.consume(|frame| match fast {
-                Some(fp) => fp.handle(now, t0, frame, held),
-                None => held.store(frame),
-            });
-            if held.full {
-                break;
-            }
-        }
-        if took > 0 || held.full || *tx_pending {
+        let burst = receive_burst(nic, fast.as_mut(), now, BURST, |frame| held.store(frame));
+        if burst.frames > 0 || held.full || *tx_pending {
             *tx_pending = false;
             nic.poll();
         }
@@ -195,7 +122,7 @@ impl StackDriver {
 
     fn publish(&mut self) {
         self.report.set(NicReport {
-            fast: self.fast.as_ref().map(|f| f.stats).unwrap_or_default(),
+            fast: self.fast.as_ref().map(|f| *f.stats()).unwrap_or_default(),
             nic: self.nic.stats(),
         });
     }
