@@ -12,12 +12,13 @@
 pub mod emit;
 pub mod link;
 pub mod record;
+pub mod secure;
 pub mod spool;
 
 pub use emit::{CrashOut, DumpOut, SpoolRecord};
 pub use link::{
     CloseReason, DisconnectCounts, EnqueueError, KindCounts, LinkConfig, LinkError, LinkEvent,
-    LinkStats, UpstreamLink,
+    LinkSecurity, LinkStats, UpstreamLink,
 };
 pub use record::{
     ConsoleMeta, Cpu, CrashSeen, DumpIdentity, DumpKind, DumpMeta, Record, RecordHeader,
