@@ -39,10 +39,21 @@ enum Command {
         /// Connections served at once (at least 1).
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: u32,
-        /// Also serve the web view (crash groups, machines, dumps; JSON under /api/) here.
+        /// Also serve the web view (crash groups, machines, dumps; JSON under /api/, the
+        /// collector's counters under /api/collector) here.
         #[arg(long, value_name = "ADDR")]
         http: Option<SocketAddr>,
+        /// Relay keys, one `ID KEY` per line (KEY: 64 hex digits); sessions must
+        /// authenticate with one. Several lines per id are all accepted (key rotation).
+        #[arg(long, value_name = "FILE", conflicts_with = "allow_plaintext")]
+        keys: Option<PathBuf>,
+        /// Accept unauthenticated, unencrypted sessions from anyone instead (no --keys).
+        #[arg(long)]
+        allow_plaintext: bool,
     },
+    /// Print a new random relay key (64 hex digits) for a keys file and the relay's
+    /// `upstream_key=ID:KEY`.
+    Keygen,
     /// List stored dumps, newest first.
     List {
         /// Storage directory.
@@ -91,15 +102,23 @@ fn main() -> ExitCode {
             idle_timeout,
             max_connections,
             http,
-        } => serve(
-            ServerConfig {
-                listen,
-                dir,
-                idle_timeout: Duration::from_secs(idle_timeout.max(1)),
-                max_connections: max_connections as usize,
-            },
-            http,
-        ),
+            keys,
+            allow_plaintext,
+        } => load_keys(keys, allow_plaintext).and_then(|keys| {
+            serve(
+                ServerConfig {
+                    listen,
+                    dir,
+                    idle_timeout: Duration::from_secs(idle_timeout.max(1)),
+                    max_connections: max_connections as usize,
+                    keys,
+                },
+                http,
+            )
+        }),
+        Command::Keygen => netoops_collect::keys::generate_key()
+            .map(|k| print_out(format!("{k}\n").as_bytes()))
+            .map_err(|e| format!("cannot read /dev/urandom: {e}")),
         Command::List {
             dir,
             json,
@@ -174,6 +193,24 @@ fn print_out(bytes: &[u8]) {
     let _ = out.flush();
 }
 
+/// The keys file, or the explicit plaintext opt-out; one of them is required.
+fn load_keys(
+    keys: Option<PathBuf>,
+    allow_plaintext: bool,
+) -> Result<Option<std::sync::Arc<netoops_collect::keys::KeyTable>>, String> {
+    match (keys, allow_plaintext) {
+        (Some(path), _) => {
+            netoops_collect::keys::KeyTable::load(&path).map(|t| Some(std::sync::Arc::new(t)))
+        }
+        (None, true) => Ok(None),
+        (None, false) => Err(
+            "serve needs --keys FILE (relay keys; see `netoops-collect keygen`), or \
+             --allow-plaintext to accept unauthenticated relays"
+                .to_string(),
+        ),
+    }
+}
+
 fn serve(config: ServerConfig, http: Option<SocketAddr>) -> Result<(), String> {
     let dir = config.dir.clone();
     let server = Server::bind(config.clone())
@@ -183,7 +220,8 @@ fn serve(config: ServerConfig, http: Option<SocketAddr>) -> Result<(), String> {
     print_out(format!("{marker}{addr} storing in {}\n", dir.display()).as_bytes());
     if let Some(http) = http {
         let web = WebServer::bind(http, &dir)
-            .map_err(|e| format!("cannot serve the web view on {http}: {e}"))?;
+            .map_err(|e| format!("cannot serve the web view on {http}: {e}"))?
+            .with_counters(server.counters());
         let addr = web.local_addr().map_err(|e| e.to_string())?;
         print_out(format!("web view on http://{addr}/\n").as_bytes());
         web.spawn();

@@ -5,6 +5,7 @@
 //! counted), and each connection times out when idle, so stalled relays cannot pile up.
 
 use crate::commit::{self, Queue, QUEUE_BYTES};
+use crate::keys::KeyTable;
 use crate::session::{serve_connection, Counters};
 use crate::store::{Store, Syncer};
 use std::io;
@@ -26,6 +27,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Relay keys: sessions must authenticate with one ([`crate::keys`]). `None` accepts
+    /// plaintext sessions from anyone (the explicit `--allow-plaintext` opt-out).
+    pub keys: Option<Arc<KeyTable>>,
 }
 
 impl ServerConfig {
@@ -36,6 +40,7 @@ impl ServerConfig {
             dir: dir.into(),
             idle_timeout: Duration::from_secs(120),
             max_connections: 256,
+            keys: None,
         }
     }
 }
@@ -118,10 +123,11 @@ impl Server {
             let counters = Arc::clone(&self.counters);
             let active_here = Arc::clone(&active);
             let idle = self.config.idle_timeout;
+            let keys = self.config.keys.clone();
             let spawned = thread::Builder::new()
                 .name("netoops-conn".into())
                 .spawn(move || {
-                    serve_connection(stream, &store, &queue, &counters, idle);
+                    serve_connection(stream, &store, &queue, &counters, idle, keys.as_deref());
                     active_here.fetch_sub(1, Ordering::AcqRel);
                 });
             if let Err(e) = spawned {

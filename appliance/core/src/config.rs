@@ -165,6 +165,9 @@ pub struct Config {
     pub upstreams: Vec<SocketAddr>,
     /// Name this relay reports to collectors.
     pub name: String,
+    /// Session key for collectors (`upstream_key=ID:KEY`); `None` speaks in clear (only
+    /// collectors started with `--allow-plaintext` accept that).
+    pub upstream_key: Option<crate::upstream::secure::SessionKey>,
     /// Reassembly sizes and timeouts.
     pub reassembly: ReassemblyConfig,
     /// Bytes the delivery spool may hold.
@@ -193,6 +196,7 @@ impl Default for Config {
             listen_port: netoops_wire::DEFAULT_PORT,
             upstreams: Vec::new(),
             name: "netoops-relay".to_string(),
+            upstream_key: None,
             reassembly: ReassemblyConfig::default(),
             spool_bytes: 16 << 20,
             allow: Vec::new(),
@@ -278,6 +282,12 @@ pub const KEY_TABLE: &[KeyDoc] = {
         key("port", Everywhere, "UDP port netoops senders target", "2004"),
         list(key("upstream", Everywhere, "`IP:PORT[,IP:PORT...]`, collectors in order of preference", "required")),
         key("name", Everywhere, "relay name reported to collectors", "`netoops-relay`"),
+        key(
+            "upstream_key",
+            Everywhere,
+            "`ID:KEY`, this relay's session key (`KEY`: 64 hex digits; the collector's keys file holds `ID KEY`); `none` speaks in clear",
+            "none (unauthenticated; collectors with `--keys` refuse it)",
+        ),
         key("memory", Everywhere, "reassembly budget (`K`/`M`/`G`)", "`64M`"),
         key("spool", Everywhere, "delivery spool budget, at least `64K` (a quarter for crash notices)", "`16M`"),
         key("max_dumps", Everywhere, "dumps held at once", "4096"),
@@ -484,6 +494,12 @@ impl Config {
                 self.upstreams = parse_list(value)
                     .filter(|l: &Vec<SocketAddr>| !l.is_empty() && l.iter().all(|a| a.port() != 0))
                     .ok_or_else(|| bad("IP:PORT[,IP:PORT...]"))?
+            }
+            "upstream_key" => {
+                self.upstream_key = match value {
+                    "" | "none" => None,
+                    v => Some(crate::upstream::secure::SessionKey::parse(v).map_err(&bad)?),
+                }
             }
             "name" => {
                 if value.is_empty()

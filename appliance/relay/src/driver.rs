@@ -115,6 +115,11 @@ impl<W: Write> Driver<W> {
         })
     }
 
+    /// Re-read the session key from `path` before every upstream connection.
+    pub fn set_key_file(&mut self, path: Option<std::path::PathBuf>) {
+        self.upstream.set_key_file(path);
+    }
+
     /// The console (for the caller's own lines).
     pub fn console(&mut self) -> &mut Console<W> {
         &mut self.console

@@ -252,6 +252,8 @@ fn start_collector(o: &ApplianceOptions) -> Result<Child, crate::Error> {
     let bin = collector_binary(o);
     let mut child = Command::new(&bin)
         .arg("serve")
+        // A local demo collector: the appliance it starts has no key configured.
+        .arg("--allow-plaintext")
         .arg("--listen")
         .arg(o.collector.to_string())
         .arg("--dir")

@@ -548,6 +548,13 @@ impl UpstreamLink {
         }
     }
 
+    /// Replaces the session key (or turns sessions plain with `None`): takes effect at the
+    /// next connection, the current one is left alone. The spool is untouched, so a key
+    /// rotation loses nothing.
+    pub fn set_security(&mut self, security: Option<LinkSecurity>) {
+        self.config.security = security;
+    }
+
     /// The configuration it was built with.
     pub fn config(&self) -> &LinkConfig {
         &self.config
