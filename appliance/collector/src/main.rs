@@ -39,6 +39,13 @@ enum Command {
         /// Connections served at once (at least 1).
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: u32,
+        /// Connections not yet authenticated, in total: a separate budget, so clients
+        /// without a key cannot take the session slots real relays need.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+        max_handshakes: u32,
+        /// Connections not yet authenticated, per peer address.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+        max_handshakes_per_ip: u32,
         /// Also serve the web view (crash groups, machines, dumps; JSON under /api/, the
         /// collector's counters under /api/collector) here.
         #[arg(long, value_name = "ADDR")]
@@ -101,6 +108,8 @@ fn main() -> ExitCode {
             dir,
             idle_timeout,
             max_connections,
+            max_handshakes,
+            max_handshakes_per_ip,
             http,
             keys,
             allow_plaintext,
@@ -111,6 +120,8 @@ fn main() -> ExitCode {
                     dir,
                     idle_timeout: Duration::from_secs(idle_timeout.max(1)),
                     max_connections: max_connections as usize,
+                    max_pending: max_handshakes as usize,
+                    max_pending_per_ip: max_handshakes_per_ip as usize,
                     keys,
                 },
                 http,

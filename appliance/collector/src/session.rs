@@ -16,6 +16,7 @@
 
 use crate::commit::{Job, Queue, SessionTie, Verdict};
 use crate::keys::{os_seed, replay_instance, KeyTable};
+use crate::server::Admission;
 use crate::store::{Origin, Store};
 use crate::wallclock::now_ms;
 use netoops_core::upstream::record::{
@@ -36,8 +37,11 @@ use std::time::{Duration, Instant};
 pub struct Counters {
     /// Connections accepted.
     pub connections: AtomicU64,
-    /// Connections turned away because too many were open.
+    /// Connections turned away because too many were open (either budget).
     pub rejected: AtomicU64,
+    /// Of those, turned away at accept: the unauthenticated budget (in total or for the
+    /// peer's address) was full.
+    pub rejected_pending: AtomicU64,
     /// Sessions welcomed.
     pub sessions: AtomicU64,
     /// Records applied (written).
@@ -78,6 +82,7 @@ impl Counters {
         vec![
             ("connections", v(&self.connections)),
             ("rejected", v(&self.rejected)),
+            ("rejected_pending", v(&self.rejected_pending)),
             ("sessions", v(&self.sessions)),
             ("applied", v(&self.applied)),
             ("replays", v(&self.replays)),
@@ -160,6 +165,8 @@ pub enum SessionEnd {
     Unauthenticated(SecureError),
     /// The handshake did not finish by its deadline.
     HandshakeTimeout,
+    /// Every session slot is taken.
+    Busy,
 }
 
 /// Serves one relay connection until it ends; never panics on input.
@@ -170,6 +177,7 @@ pub fn serve_connection(
     counters: &Counters,
     idle_timeout: Duration,
     keys: Option<&KeyTable>,
+    admission: &mut Admission,
 ) -> SessionEnd {
     let peer = stream
         .peer_addr()
@@ -195,6 +203,7 @@ pub fn serve_connection(
                     &mut stream,
                     out,
                     keys,
+                    admission,
                     store,
                     queue,
                     &tie,
@@ -241,6 +250,10 @@ pub fn serve_connection(
             }
             eprintln!("netoops-collect: {peer}: not authenticated ({why}), refused");
         }
+        SessionEnd::Busy => {
+            Counters::bump(&counters.rejected);
+            eprintln!("netoops-collect: {peer}: too many sessions, closing");
+        }
         SessionEnd::HandshakeTimeout => {
             Counters::bump(&counters.handshake_timeouts);
             eprintln!(
@@ -261,8 +274,15 @@ fn write_acks(out: &Mutex<Out>, verdicts: &mpsc::Receiver<Verdict>) {
         while let Some(v) = latest.take() {
             match v {
                 Verdict::Durable(seq) => durable = Some(durable.map_or(seq, |d: u64| d.max(seq))),
-                Verdict::Failed(_) => {
-                    let _ = lock(out).stream.shutdown(Shutdown::Both);
+                Verdict::Failed(why) => {
+                    // A refusal, not a bare close: the relay backs off further on each one
+                    // (its disk-full case would otherwise reconnect many times a second).
+                    let mut o = lock(out);
+                    if alive {
+                        let reason = format!("storage failed ({why}); try again later");
+                        let _ = o.send(&Reply::Refused { reason });
+                    }
+                    let _ = o.stream.shutdown(Shutdown::Both);
                     alive = false;
                     durable = None;
                 }
@@ -284,6 +304,7 @@ fn run(
     stream: &mut TcpStream,
     out: &Mutex<Out>,
     keys: Option<&KeyTable>,
+    admission: &mut Admission,
     store: &Store,
     queue: &Queue,
     tie: &Arc<SessionTie>,
@@ -304,6 +325,9 @@ fn run(
     // The authenticated key id, once the handshake is done (keys configured).
     let mut authenticated: Option<String> = None;
     let handshake_deadline = Instant::now() + HANDSHAKE_DEADLINE;
+    if keys.is_none() && !admission.establish() {
+        return SessionEnd::Busy;
+    }
     loop {
         if keys.is_some() && authenticated.is_none() {
             // An absolute deadline: bytes trickling in do not extend it.
@@ -348,6 +372,9 @@ fn run(
                 }
             }
             if authenticated.is_some() && !was_authenticated {
+                if !admission.establish() {
+                    return SessionEnd::Busy;
+                }
                 if let Err(e) = stream.set_read_timeout(Some(idle)) {
                     return SessionEnd::Io(e);
                 }

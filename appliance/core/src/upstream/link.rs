@@ -469,6 +469,10 @@ enum State {
 struct Upstream {
     next_attempt: Instant,
     backoff: Duration,
+    /// `Refused` closes since records last moved on this upstream: a collector that
+    /// welcomes and then refuses (its disk is full) is backed off by this streak, not by the
+    /// backoff a `Welcome` resets.
+    refusals: u32,
 }
 
 /// The upstream delivery state machine (module doc).
@@ -528,6 +532,7 @@ impl UpstreamLink {
         let upstream = Upstream {
             next_attempt: Instant::ZERO,
             backoff: config.backoff_min,
+            refusals: 0,
         };
         UpstreamLink {
             spool: Spool::new(config.spool_bytes, config.spool_records),
@@ -700,6 +705,14 @@ impl UpstreamLink {
                 // Not a failure: the lowest ready index (the preferred one) is tried next, and
                 // this one stays ready to fall back to at once.
                 u.next_attempt = now;
+            } else if reason == CloseReason::Refused {
+                u.refusals = u.refusals.saturating_add(1);
+                let mut wait = self.config.backoff_min;
+                for _ in 0..u.refusals.min(32) {
+                    wait = wait.doubled_up_to(self.config.backoff_max);
+                }
+                u.next_attempt = now + wait.max(u.backoff);
+                u.backoff = u.backoff.doubled_up_to(self.config.backoff_max);
             } else {
                 u.next_attempt = now + u.backoff;
                 u.backoff = u.backoff.doubled_up_to(self.config.backoff_max);
@@ -807,7 +820,11 @@ impl UpstreamLink {
                     return Err(LinkError::Unexpected(Reply::Ack { seq }));
                 }
                 if seq > session.acked_through {
+                    let idx = session.idx;
                     session.acked_through = seq;
+                    if let Some(u) = self.upstreams.get_mut(idx) {
+                        u.refusals = 0;
+                    }
                     session.ack_deadline =
                         session.outstanding().then(|| now + self.config.ack_timeout);
                     self.remove_delivered(seq);
