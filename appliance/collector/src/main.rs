@@ -46,6 +46,14 @@ enum Command {
         /// Connections not yet authenticated, per peer address.
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
         max_handshakes_per_ip: u32,
+        /// Bytes of partly received frames all connections may hold together (K/M/G); a
+        /// connection that would go over is closed and counted.
+        #[arg(long, default_value = "256M", value_parser = parse_size_arg)]
+        frame_memory: usize,
+        /// Longest a frame may take to arrive, in seconds, from its first byte (absolute:
+        /// trickling bytes do not extend it).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        frame_deadline: u64,
         /// Also serve the web view (crash groups, machines, dumps; JSON under /api/, the
         /// collector's counters under /api/collector) here.
         #[arg(long, value_name = "ADDR")]
@@ -110,6 +118,8 @@ fn main() -> ExitCode {
             max_connections,
             max_handshakes,
             max_handshakes_per_ip,
+            frame_memory,
+            frame_deadline,
             http,
             keys,
             allow_plaintext,
@@ -122,6 +132,8 @@ fn main() -> ExitCode {
                     max_connections: max_connections as usize,
                     max_pending: max_handshakes as usize,
                     max_pending_per_ip: max_handshakes_per_ip as usize,
+                    max_frame_memory: frame_memory,
+                    frame_deadline: Duration::from_secs(frame_deadline),
                     keys,
                 },
                 http,
@@ -279,4 +291,13 @@ fn print_dumps(dumps: &[catalog::StoredDump], json: bool) {
         catalog::format_table(dumps)
     };
     print_out(text.as_bytes());
+}
+
+/// `256M`-style sizes, at least 8 MiB (one largest frame).
+fn parse_size_arg(v: &str) -> Result<usize, String> {
+    match netoops_core::config::parse_size(v) {
+        Some(n) if n >= 8 << 20 => Ok(n),
+        Some(_) => Err("at least 8M (one largest frame)".to_string()),
+        None => Err("a size like 256M".to_string()),
+    }
 }

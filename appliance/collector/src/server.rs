@@ -34,6 +34,11 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Longest a frame may take to arrive (absolute, see [`crate::session::FRAME_DEADLINE`]).
+    pub frame_deadline: Duration,
+    /// Bytes of partly received frames all connections may hold together; a connection
+    /// that would go over is closed (each also holds at most one frame, 8 MiB).
+    pub max_frame_memory: usize,
     /// Connections not yet authenticated, in total.
     pub max_pending: usize,
     /// Connections not yet authenticated, per peer address.
@@ -44,14 +49,16 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Defaults: 120 s idle timeout, 256 sessions, 64 unauthenticated connections (8 per
-    /// address), no keys (plaintext).
+    /// Defaults: 120 s idle timeout, 256 sessions, 256 MiB of frames being received, 64
+    /// unauthenticated connections (8 per address), no keys (plaintext).
     pub fn new(listen: SocketAddr, dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
             listen,
             dir: dir.into(),
             idle_timeout: Duration::from_secs(120),
             max_connections: 256,
+            frame_deadline: crate::session::FRAME_DEADLINE,
+            max_frame_memory: 256 << 20,
             max_pending: 64,
             max_pending_per_ip: 8,
             keys: None,
@@ -176,6 +183,9 @@ impl Server {
 /// The collector's admission budgets (module doc).
 #[derive(Debug)]
 pub struct Gate {
+    frame_deadline: Duration,
+    max_frame_memory: usize,
+    frame_memory: std::sync::atomic::AtomicUsize,
     max_sessions: usize,
     max_pending: usize,
     max_pending_per_ip: usize,
@@ -196,12 +206,17 @@ pub struct Admission {
     gate: Arc<Gate>,
     ip: IpAddr,
     established: Option<bool>,
+    /// Bytes of partial frames this connection holds, as counted in the gate.
+    frame_bytes: usize,
 }
 
 impl Gate {
     /// The budgets of `config`.
     pub fn new(config: &ServerConfig) -> Gate {
         Gate {
+            frame_deadline: config.frame_deadline,
+            max_frame_memory: config.max_frame_memory,
+            frame_memory: std::sync::atomic::AtomicUsize::new(0),
             max_sessions: config.max_connections,
             max_pending: config.max_pending.max(1),
             max_pending_per_ip: config.max_pending_per_ip.max(1),
@@ -226,6 +241,7 @@ impl Gate {
             gate: Arc::clone(gate),
             ip,
             established: Some(false),
+            frame_bytes: 0,
         })
     }
 
@@ -259,8 +275,35 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// The collector's frame deadline.
+    pub fn frame_deadline(&self) -> Duration {
+        self.gate.frame_deadline
+    }
+
+    /// This connection now holds `bytes` of partly received frames. False when that would
+    /// take every connection together over the collector's budget (nothing is counted then;
+    /// the caller closes the connection).
+    pub fn hold_frame_bytes(&mut self, bytes: usize) -> bool {
+        let used = &self.gate.frame_memory;
+        if bytes > self.frame_bytes {
+            let more = bytes - self.frame_bytes;
+            let before = used.fetch_add(more, Ordering::AcqRel);
+            if before + more > self.gate.max_frame_memory {
+                used.fetch_sub(more, Ordering::AcqRel);
+                return false;
+            }
+        } else {
+            used.fetch_sub(self.frame_bytes - bytes, Ordering::AcqRel);
+        }
+        self.frame_bytes = bytes;
+        true
+    }
+}
+
 impl Drop for Admission {
     fn drop(&mut self) {
+        self.hold_frame_bytes(0);
         let mut s = self.gate.lock();
         match self.established {
             Some(false) => Gate::release_pending(&mut s, self.ip),

@@ -73,6 +73,11 @@ pub struct Counters {
     pub auth_not_handshake: AtomicU64,
     /// Handshakes not finished by their deadline.
     pub handshake_timeouts: AtomicU64,
+    /// Of `timeouts`: frames not complete by their deadline.
+    pub frame_timeouts: AtomicU64,
+    /// Connections closed because their partial frame would exceed the collector's budget
+    /// for frames being received.
+    pub memory_refused: AtomicU64,
 }
 
 impl Counters {
@@ -98,6 +103,8 @@ impl Counters {
             ("auth_bad_key", v(&self.auth_bad_key)),
             ("auth_not_handshake", v(&self.auth_not_handshake)),
             ("handshake_timeouts", v(&self.handshake_timeouts)),
+            ("frame_timeouts", v(&self.frame_timeouts)),
+            ("memory_refused", v(&self.memory_refused)),
         ]
     }
 
@@ -114,6 +121,11 @@ impl Counters {
 
 /// Longest a handshake may take from accept, whatever trickles in meanwhile.
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Default for how long a frame may take from its first byte (or the end of the frame before
+/// it) to its last: an absolute deadline, so a client dribbling a frame cannot hold its memory and slot
+/// for long. An 8 MiB frame needs about 140 KB/s to make it.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The writing side of a connection: the socket and, once keyed, the channel that seals every
 /// reply. One lock, so replies are sealed and written in nonce order.
@@ -167,6 +179,10 @@ pub enum SessionEnd {
     HandshakeTimeout,
     /// Every session slot is taken.
     Busy,
+    /// A frame did not complete by [`FRAME_DEADLINE`].
+    FrameTimeout,
+    /// Its partial frame would take the collector over its memory budget for frames.
+    Memory,
 }
 
 /// Serves one relay connection until it ends; never panics on input.
@@ -250,6 +266,15 @@ pub fn serve_connection(
             }
             eprintln!("netoops-collect: {peer}: not authenticated ({why}), refused");
         }
+        SessionEnd::FrameTimeout => {
+            Counters::bump(&counters.timeouts);
+            Counters::bump(&counters.frame_timeouts);
+            eprintln!("netoops-collect: {peer}: frame not complete by its deadline, closing");
+        }
+        SessionEnd::Memory => {
+            Counters::bump(&counters.memory_refused);
+            eprintln!("netoops-collect: {peer}: frames in flight over the memory budget, closing");
+        }
         SessionEnd::Busy => {
             Counters::bump(&counters.rejected);
             eprintln!("netoops-collect: {peer}: too many sessions, closing");
@@ -328,13 +353,30 @@ fn run(
     if keys.is_none() && !admission.establish() {
         return SessionEnd::Busy;
     }
+    // When the frame being received (if any) must be complete.
+    let mut frame_deadline: Option<Instant> = None;
     loop {
-        if keys.is_some() && authenticated.is_none() {
-            // An absolute deadline: bytes trickling in do not extend it.
-            let left = handshake_deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || stream.set_read_timeout(Some(left.min(idle))).is_err() {
-                return SessionEnd::HandshakeTimeout;
+        let handshaking = keys.is_some() && authenticated.is_none();
+        // Absolute deadlines: bytes trickling in do not extend them.
+        let deadline = if handshaking {
+            Some(handshake_deadline)
+        } else {
+            frame_deadline
+        };
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return if handshaking {
+                    SessionEnd::HandshakeTimeout
+                } else {
+                    SessionEnd::FrameTimeout
+                };
             }
+            if let Err(e) = stream.set_read_timeout(Some(left.min(idle))) {
+                return SessionEnd::Io(e);
+            }
+        } else if let Err(e) = stream.set_read_timeout(Some(idle)) {
+            return SessionEnd::Io(e);
         }
         let n = match stream.read(&mut buf) {
             Ok(0) => return SessionEnd::Closed,
@@ -345,8 +387,11 @@ fn run(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                if keys.is_some() && authenticated.is_none() {
+                if handshaking {
                     return SessionEnd::HandshakeTimeout;
+                }
+                if frame_deadline.is_some_and(|d| Instant::now() >= d) {
+                    return SessionEnd::FrameTimeout;
                 }
                 return SessionEnd::Idle;
             }
@@ -358,6 +403,7 @@ fn run(
         }
         let arrival = now_ms();
         let mut input = &buf[..n];
+        let mut completed = false;
         if let Some(keys) = keys {
             let was_authenticated = authenticated.is_some();
             match open(out, keys, input, &mut plain, &mut authenticated) {
@@ -386,7 +432,10 @@ fn run(
             input = &input[taken..];
             loop {
                 let frame = match decoder.next_frame() {
-                    Ok(Some(f)) => f,
+                    Ok(Some(f)) => {
+                        completed = true;
+                        f
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         Counters::bump(&counters.malformed);
@@ -467,6 +516,17 @@ fn run(
                 break;
             }
         }
+        let held = decoder.buffered();
+        if !admission.hold_frame_bytes(held) {
+            return SessionEnd::Memory;
+        }
+        frame_deadline = match held {
+            0 => None,
+            _ if completed || frame_deadline.is_none() => {
+                Some(Instant::now() + admission.frame_deadline())
+            }
+            _ => frame_deadline,
+        };
     }
 }
 

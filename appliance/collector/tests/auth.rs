@@ -342,3 +342,129 @@ impl Syncer for SwitchableDisk {
         netoops_collect::store::SyncFs.sync(dir)
     }
 }
+
+/// An authenticated client that writes whatever plaintext it is told, through the real
+/// secure channel, with blocking I/O.
+struct KeyedClient {
+    stream: TcpStream,
+    chan: netoops_core::upstream::secure::Initiator,
+}
+
+impl KeyedClient {
+    fn connect(addr: SocketAddr, id: &str, psk: [u8; 32]) -> KeyedClient {
+        use netoops_core::upstream::secure::{ChannelRng, Initiator};
+        let key = SessionKey {
+            id: id.into(),
+            psk: Psk(psk),
+        };
+        let mut chan =
+            Initiator::new(&key, ChannelRng::new(&[7; 32], 0), 16 * 1024, 64 * 1024).unwrap();
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = chan.poll_transmit(&mut buf, |_| 0).unwrap();
+        stream.write_all(&buf[..n]).unwrap();
+        while !chan.is_established() {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "closed during the handshake");
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let (k, _) = chan.read(rest).unwrap();
+                rest = &rest[k..];
+            }
+        }
+        let mut c = KeyedClient { stream, chan };
+        let hello = Record::Hello {
+            protocol: PROTOCOL_VERSION,
+            relay: id.into(),
+            instance: 1,
+        };
+        c.send(&frame(0, &hello, &[])).unwrap();
+        c
+    }
+
+    fn send(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        let mut buf = vec![0u8; 20 * 1024];
+        while !bytes.is_empty() {
+            let n = self
+                .chan
+                .poll_transmit(&mut buf, |p| {
+                    let k = p.len().min(bytes.len());
+                    p[..k].copy_from_slice(&bytes[..k]);
+                    bytes = &bytes[k..];
+                    k
+                })
+                .unwrap();
+            self.stream.write_all(&buf[..n])?;
+        }
+        Ok(())
+    }
+
+    /// Whether the collector closed the connection (waits up to the read timeout).
+    fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+#[test]
+fn a_frame_dribbled_byte_by_byte_meets_an_absolute_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, counters) = start(tmp.path(), |c| c.frame_deadline = Duration::from_secs(2));
+    let mut c = KeyedClient::connect(addr, EDGE, K_EDGE);
+    let big = frame(1, &dump("10.5.0.1:2004", 1, 1, true), &text(1, 1 << 20));
+    let started = Instant::now();
+    let mut sent = 0;
+    // One byte every 100 ms: an idle timer (20 s here) would never fire.
+    while started.elapsed() < Duration::from_secs(6) && c.send(&big[sent..sent + 1]).is_ok() {
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(c.closed());
+    assert!(started.elapsed() < Duration::from_secs(6), "never closed");
+    let until = Instant::now() + Duration::from_secs(5);
+    while load(&counters, |c| &c.frame_timeouts) == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(load(&counters, |c| &c.frame_timeouts), 1);
+    assert!(stored_sources(tmp.path()).is_empty());
+}
+
+#[test]
+fn partial_frames_of_all_connections_share_one_memory_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, counters) = start(tmp.path(), |c| c.max_frame_memory = 8 << 20);
+    let big = frame(1, &dump("10.5.0.2:2004", 1, 1, true), &text(2, 7 << 20));
+    let mut a = KeyedClient::connect(addr, EDGE, K_EDGE);
+    a.send(&big[..5 << 20]).unwrap();
+    // Let the collector take it in before the second one starts.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut b = KeyedClient::connect(addr, OTHER, K_OTHER);
+    let _ = b.send(&big[..5 << 20]);
+    assert!(b.closed(), "a second 5 MiB partial frame was held");
+    // Counted once its connection's threads are done.
+    let until = Instant::now() + Duration::from_secs(5);
+    while load(&counters, |c| &c.memory_refused) == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(load(&counters, |c| &c.memory_refused), 1);
+    // The first one still completes its frame and is stored.
+    a.send(&big[5 << 20..]).unwrap();
+    // The .json is renamed into place after its .log is durable.
+    let stored = tmp.path().join("10.5.0.2").join("b7-d1-t1-v3-g0");
+    let until = Instant::now() + Duration::from_secs(10);
+    while !stored.with_extension("json").exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = std::fs::read(stored.with_extension("log")).unwrap();
+    assert!(log == text(2, 7 << 20), "stored {} bytes", log.len());
+}
