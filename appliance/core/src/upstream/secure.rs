@@ -36,7 +36,7 @@ use chacha20::cipher::{KeyIvInit, StreamCipher};
 use chacha20::ChaCha20;
 use core::fmt;
 use snow::params::{CipherChoice, DHChoice, HashChoice};
-use snow::resolvers::{CryptoResolver, DefaultResolver};
+use snow::resolvers::CryptoResolver;
 use snow::types::{Cipher, Dh, Hash, Random};
 use snow::{HandshakeState, TransportState};
 
@@ -196,7 +196,10 @@ impl Random for ChannelRng {
     }
 }
 
-/// snow's resolver with only our primitives (compiled in by features) and our randomness.
+/// snow's resolver with only the three primitives [`NOISE_PARAMS`] names and our
+/// randomness. snow's default resolver would link every primitive its features enable
+/// (BLAKE2b, XChaCha, ...) since the choice is made at run time; these wrappers follow its
+/// own (`snow/src/resolvers/default.rs`) over the same RustCrypto and dalek crates.
 struct Resolver {
     rng: core::cell::Cell<Option<ChannelRng>>,
 }
@@ -206,13 +209,147 @@ impl CryptoResolver for Resolver {
         self.rng.take().map(|r| Box::new(r) as Box<dyn Random>)
     }
     fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
-        DefaultResolver.resolve_dh(choice)
+        matches!(choice, DHChoice::Curve25519).then(|| Box::new(X25519::default()) as Box<dyn Dh>)
     }
     fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
-        DefaultResolver.resolve_hash(choice)
+        matches!(choice, HashChoice::Blake2s)
+            .then(|| Box::new(Blake2s(blake2::Blake2s256::default())) as Box<dyn Hash>)
     }
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
-        DefaultResolver.resolve_cipher(choice)
+        matches!(choice, CipherChoice::ChaChaPoly)
+            .then(|| Box::new(ChaChaPoly([0; 32])) as Box<dyn Cipher>)
+    }
+}
+
+#[derive(Default)]
+struct X25519 {
+    private: [u8; 32],
+    public: [u8; 32],
+}
+
+impl X25519 {
+    fn derive_public(&mut self) {
+        self.public = curve25519_dalek::MontgomeryPoint::mul_base_clamped(self.private).to_bytes();
+    }
+}
+
+impl Dh for X25519 {
+    fn name(&self) -> &'static str {
+        "25519"
+    }
+    fn pub_len(&self) -> usize {
+        32
+    }
+    fn priv_len(&self) -> usize {
+        32
+    }
+    fn set(&mut self, privkey: &[u8]) {
+        let n = privkey.len().min(32);
+        self.private = [0; 32];
+        self.private[..n].copy_from_slice(&privkey[..n]);
+        self.derive_public();
+    }
+    fn generate(&mut self, rng: &mut dyn Random) -> Result<(), snow::Error> {
+        rng.try_fill_bytes(&mut self.private)?;
+        self.derive_public();
+        Ok(())
+    }
+    fn pubkey(&self) -> &[u8] {
+        &self.public
+    }
+    fn privkey(&self) -> &[u8] {
+        &self.private
+    }
+    fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
+        let (Some(theirs), Some(out)) = (pubkey.get(..32), out.get_mut(..32)) else {
+            return Err(snow::Error::Dh);
+        };
+        let mut point = [0u8; 32];
+        point.copy_from_slice(theirs);
+        let shared = curve25519_dalek::MontgomeryPoint(point).mul_clamped(self.private);
+        out.copy_from_slice(&shared.to_bytes());
+        Ok(())
+    }
+}
+
+struct ChaChaPoly([u8; 32]);
+
+impl ChaChaPoly {
+    fn nonce(n: u64) -> [u8; 12] {
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&n.to_le_bytes());
+        nonce
+    }
+}
+
+impl Cipher for ChaChaPoly {
+    fn name(&self) -> &'static str {
+        "ChaChaPoly"
+    }
+    fn set(&mut self, key: &[u8; 32]) {
+        self.0 = *key;
+    }
+    fn encrypt(&self, nonce: u64, authtext: &[u8], plaintext: &[u8], out: &mut [u8]) -> usize {
+        use chacha20poly1305::{aead::AeadInPlace, ChaCha20Poly1305, KeyInit};
+        let n = plaintext.len();
+        out[..n].copy_from_slice(plaintext);
+        let Ok(tag) = ChaCha20Poly1305::new(&self.0.into()).encrypt_in_place_detached(
+            &Self::nonce(nonce).into(),
+            authtext,
+            &mut out[..n],
+        ) else {
+            return 0;
+        };
+        out[n..n + TAG_LEN].copy_from_slice(&tag);
+        n + TAG_LEN
+    }
+    fn decrypt(
+        &self,
+        nonce: u64,
+        authtext: &[u8],
+        ciphertext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, snow::Error> {
+        use chacha20poly1305::{aead::AeadInPlace, ChaCha20Poly1305, KeyInit};
+        let n = ciphertext
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or(snow::Error::Decrypt)?;
+        let out = out.get_mut(..n).ok_or(snow::Error::Decrypt)?;
+        out.copy_from_slice(&ciphertext[..n]);
+        ChaCha20Poly1305::new(&self.0.into())
+            .decrypt_in_place_detached(
+                &Self::nonce(nonce).into(),
+                authtext,
+                out,
+                ciphertext[n..].into(),
+            )
+            .map_err(|_| snow::Error::Decrypt)?;
+        Ok(n)
+    }
+}
+
+struct Blake2s(blake2::Blake2s256);
+
+impl Hash for Blake2s {
+    fn name(&self) -> &'static str {
+        "BLAKE2s"
+    }
+    fn block_len(&self) -> usize {
+        64
+    }
+    fn hash_len(&self) -> usize {
+        32
+    }
+    fn reset(&mut self) {
+        self.0 = blake2::Blake2s256::default();
+    }
+    fn input(&mut self, data: &[u8]) {
+        blake2::Digest::update(&mut self.0, data);
+    }
+    fn result(&mut self, out: &mut [u8]) {
+        let hash = blake2::Digest::finalize_reset(&mut self.0);
+        out[..32].copy_from_slice(&hash);
     }
 }
 
@@ -883,6 +1020,55 @@ mod tests {
             resp.read(&buf[..n], &mut lookup, &[3; 32]).unwrap_err(),
             SecureError::Decrypt
         );
+    }
+
+    /// Our resolver's primitives against snow's own default resolver: a handshake and
+    /// messages both ways between the two must work, or ours is not the Noise it names.
+    #[test]
+    fn our_primitives_interoperate_with_snows_default_resolver() {
+        let k = key("interop", 4);
+        let mut init = Initiator::new(&k, ChannelRng::new(&[6; 32], 1), 100, 4096).unwrap();
+        let mut buf = [0u8; 200];
+        let n = init.poll_transmit(&mut buf, |_| 0).unwrap();
+        let prefix = key_id_prefix("interop");
+        let mut prologue = PROLOGUE.to_vec();
+        prologue.extend_from_slice(&prefix);
+        let mut theirs = snow::Builder::new(NOISE_PARAMS.parse().unwrap())
+            .prologue(&prologue)
+            .unwrap()
+            .psk(0, &[4; 32])
+            .unwrap()
+            .build_responder()
+            .unwrap();
+        let msg1 = &buf[prefix.len() + LEN_PREFIX..n];
+        let mut scratch = [0u8; 256];
+        theirs.read_message(msg1, &mut scratch).unwrap();
+        let mut msg2 = [0u8; 256];
+        let m = theirs.write_message(&[], &mut msg2[LEN_PREFIX..]).unwrap();
+        msg2[..LEN_PREFIX].copy_from_slice(&(m as u16).to_be_bytes());
+        init.read(&msg2[..LEN_PREFIX + m]).unwrap();
+        assert!(init.is_established());
+        let mut theirs = theirs.into_transport_mode().unwrap();
+        let mut once = Some(*b"ping");
+        let n = init
+            .poll_transmit(&mut buf, |p| match once.take() {
+                Some(m) => {
+                    p[..4].copy_from_slice(&m);
+                    4
+                }
+                None => 0,
+            })
+            .unwrap();
+        let got = theirs
+            .read_message(&buf[LEN_PREFIX..n], &mut scratch)
+            .unwrap();
+        assert_eq!(&scratch[..got], b"ping");
+        let m = theirs
+            .write_message(b"pong", &mut msg2[LEN_PREFIX..])
+            .unwrap();
+        msg2[..LEN_PREFIX].copy_from_slice(&(m as u16).to_be_bytes());
+        let (_, plain) = init.read(&msg2[..LEN_PREFIX + m]).unwrap();
+        assert_eq!(plain, Some(&b"pong"[..]));
     }
 
     #[test]
