@@ -264,7 +264,7 @@ pub fn serve_connection(
                 SecureError::Handshake => Counters::bump(&counters.auth_bad_key),
                 _ => Counters::bump(&counters.auth_not_handshake),
             }
-            eprintln!("netoops-collect: {peer}: not authenticated ({why}), refused");
+            eprintln!("netoops-collect: {peer}: not authenticated ({why}), closing");
         }
         SessionEnd::FrameTimeout => {
             Counters::bump(&counters.timeouts);

@@ -300,7 +300,8 @@ impl<W: Write> Driver<W> {
         let line = format!(
             "{label}{} | socket datagrams {} truncated {} kernel_drops {} queued {} | \
              upstream connects {} sessions {} failovers {} resent {} disconnects {} \
-             malformed_replies {} | spool_refused {} events_dropped {} nc_kernel_drops {}",
+             malformed_replies {} auth_failures {} | spool_refused {} events_dropped {} \
+             nc_kernel_drops {}",
             self.relay
                 .counters()
                 .to_string()
@@ -316,6 +317,7 @@ impl<W: Write> Driver<W> {
             l.resent.total(),
             l.disconnects.total(),
             l.malformed_replies,
+            l.auth_failures,
             r.refused,
             r.events_dropped + l.events_dropped,
             nk.drops,

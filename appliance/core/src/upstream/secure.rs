@@ -642,6 +642,14 @@ impl Initiator {
         let (used, whole) = self.reader.push(bytes).inspect_err(|_| {
             self.phase = Phase::Failed;
         })?;
+        // Message 2 has a fixed length: anything else is refused before waiting for it.
+        if matches!(self.phase, Phase::Handshake(_))
+            && self.reader.have >= LEN_PREFIX
+            && self.reader.len() != HANDSHAKE_LEN
+        {
+            self.phase = Phase::Failed;
+            return Err(SecureError::Handshake);
+        }
         if !whole {
             return Ok((used, None));
         }
@@ -1069,6 +1077,18 @@ mod tests {
         msg2[..LEN_PREFIX].copy_from_slice(&(m as u16).to_be_bytes());
         let (_, plain) = init.read(&msg2[..LEN_PREFIX + m]).unwrap();
         assert_eq!(plain, Some(&b"pong"[..]));
+    }
+
+    #[test]
+    fn a_reply_that_cannot_be_message_two_fails_at_its_length() {
+        let k = key("r", 1);
+        let mut init = Initiator::new(&k, ChannelRng::new(&[1; 32], 0), 100, 4096).unwrap();
+        // A record-layer frame's length prefix read as a Noise one: 4096, not 48.
+        assert_eq!(
+            init.read(&[0x10, 0, 0, 0]).unwrap_err(),
+            SecureError::Handshake
+        );
+        assert!(init.read(&[0; 48]).is_err());
     }
 
     #[test]
