@@ -1,5 +1,9 @@
-//! One relay connection: `Hello` → `Welcome`, then records handed to the committer, and
-//! acknowledgements as the committer makes them durable.
+//! One relay connection: with keys, the secure channel's handshake first (the peer proves a
+//! relay key at its first message or is refused and counted, before anything else is read;
+//! the session's relay is then its key id, whatever `Hello` claims); then `Hello` →
+//! `Welcome`, records handed to the committer, and acknowledgements as the committer makes
+//! them durable. A handshake and each frame have absolute deadlines; partial frames count
+//! against the collector's frame memory budget ([`crate::server::Gate`]).
 //!
 //! Two threads per connection: this one reads and decodes frames and queues each record for
 //! the committer ([`crate::commit`]), without waiting for storage, so that records keep
@@ -516,6 +520,8 @@ fn run(
                 break;
             }
         }
+        // Between frames, a large frame's buffer is given back (a partial one is counted).
+        decoder.release_memory();
         let held = decoder.buffered();
         if !admission.hold_frame_bytes(held) {
             return SessionEnd::Memory;

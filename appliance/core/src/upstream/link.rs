@@ -16,6 +16,13 @@
 //! }
 //! ```
 //!
+//! With [`LinkConfig::security`] set, every connection first runs the secure channel's
+//! handshake ([`super::secure`]): the key id and handshake message 1 are the first bytes out,
+//! and `Hello` and everything after it travel sealed once the collector has proved the key.
+//! The handshake counts against the `Welcome` deadline; a channel failure closes the
+//! connection with [`CloseReason::AuthFailed`]. A collector's `Refused` (its disk is full)
+//! backs the link off by the streak of refusals, not by the backoff a `Welcome` resets.
+//!
 //! Session: `Hello`, then nothing until the collector's `Welcome` (so records it already applied
 //! are never resent), then every spooled record above `Welcome.last_seq` in seq order, then new
 //! records as they are enqueued: crash notices before dumps (the spool's two lanes), and a new
@@ -1407,6 +1414,44 @@ mod tests {
         assert_eq!(link.stats().disconnects.get(CloseReason::AuthFailed), 1);
         assert_eq!(link.stats().auth_failures, 1);
         assert_eq!(link.stats().spool_records, 1);
+    }
+
+    /// A collector that welcomes and then refuses (its disk is full) is tried again later
+    /// each time, although every `Welcome` resets the ordinary backoff; an `Ack` that moves
+    /// records ends the streak.
+    #[test]
+    fn refusals_after_welcome_back_off_further_each_time() {
+        let mut link = UpstreamLink::new(config(1));
+        let mut c = Collector::new();
+        let mut t = Instant::from_millis(1000);
+        put(&mut link, t, &dump(1), b"no room");
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            connect(&mut link, &mut c, t);
+            let mut buf = [0u8; 4096];
+            let n = link.poll_transmit(t, &mut buf);
+            c.receive(&buf[..n]);
+            let mut replies = core::mem::take(&mut c.replies);
+            let refused = Reply::Refused {
+                reason: "storage failed".to_string(),
+            };
+            replies.extend_from_slice(&encode_reply_frame(&refused).unwrap());
+            assert!(matches!(
+                link.handle_input(t, &replies),
+                Err(LinkError::Refused { .. })
+            ));
+            link.handle_closed(t, 0, CloseReason::PeerClosed);
+            let next = link.poll_timeout().unwrap();
+            waits.push((next - t).total_millis());
+            t = next;
+        }
+        // backoff_min 100 ms doubled per refusal, up to backoff_max 1 s.
+        assert_eq!(waits, [200, 400, 800, 1000, 1000]);
+        assert_eq!(link.stats().disconnects.get(CloseReason::Refused), 5);
+        // The disk has room again: delivered, and the next refusal starts from the bottom.
+        connect(&mut link, &mut c, t);
+        pump(&mut link, &mut c, t, 4096);
+        assert_eq!(link.stats().delivered.total(), 1);
     }
 
     #[test]
