@@ -688,6 +688,7 @@ mod tests {
              allow=10.0.0.0/8,fd00::/8 nic=00:03.0 upstream_nic=52:54:00:12:34:56 stats=1s\n\
              netconsole_port=6667 netconsole_history=128K netconsole_memory=32M \
              netconsole_sources=100\n\
+             upstream_key=rack-7:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n\
              virtio_mmio.device=512@0xfeb00e00:12",
         )
         .unwrap();
@@ -713,6 +714,12 @@ mod tests {
         assert_eq!(c.netconsole.history_bytes, 128 << 10);
         assert_eq!(c.netconsole.memory_budget, 32 << 20);
         assert_eq!(c.netconsole.max_sources, 100);
+        let key = c.upstream_key.as_ref().unwrap();
+        assert_eq!((key.id.as_str(), key.psk.0[1]), ("rack-7", 0x11));
+        assert_eq!(
+            Config::parse("upstream_key=none").unwrap().upstream_key,
+            None
+        );
         c.validate_for_appliance().unwrap();
         let off = Config::parse("netconsole_port=0").unwrap();
         assert_eq!(off.netconsole_port, 0);
@@ -740,6 +747,9 @@ mod tests {
             ("nic=zz:00.0", "nic"),
             ("nic=00:32.0", "nic"),
             ("name=", "name"),
+            ("upstream_key=rack-7", "upstream_key"),
+            ("upstream_key=rack-7:0011", "upstream_key"),
+            ("upstream_key=rack 7:00", "upstream_key"),
             ("colour=blue", "colour"),
             ("netconsole_port=x", "netconsole_port"),
             ("netconsole_history=10", "netconsole_history"),
