@@ -160,8 +160,9 @@ impl VmSpec {
             return line.clone();
         }
         let mut line = format!(
-            "ip={GUEST_IP}/24 gw=10.0.2.2 upstream=10.0.2.2:{} stats=1s",
-            self.collector_port
+            "ip={GUEST_IP}/24 gw=10.0.2.2 upstream=10.0.2.2:{} stats=1s upstream_key={}",
+            self.collector_port,
+            crate::hosted::test_upstream_key()
         );
         if matches!(
             self.ingress,

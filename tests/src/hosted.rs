@@ -294,6 +294,21 @@ fn tail(lines: &[String]) -> String {
     s
 }
 
+/// The key id the end-to-end relays and appliances authenticate with.
+pub const TEST_KEY_ID: &str = "e2e-relay";
+/// Its pre-shared key (a test value, public: never use it anywhere else).
+pub const TEST_KEY_HEX: &str = "6e65746f6f7073206532652074657374206b65792c207075626c696321212121";
+
+/// The test key as `upstream_key` takes it (`ID:KEY`).
+pub fn test_upstream_key() -> String {
+    format!("{TEST_KEY_ID}:{TEST_KEY_HEX}")
+}
+
+/// The collector's keys file line for the test key.
+pub fn test_keys_line() -> String {
+    format!("{TEST_KEY_ID} {TEST_KEY_HEX}\n")
+}
+
 /// A running `netoops-collect serve`.
 pub struct Collector {
     /// The process.
@@ -305,14 +320,31 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Serves `dir` on `listen` (port 0: any free port) and waits until it listens.
+    /// Serves `dir` on `listen` (port 0: any free port) with the test key
+    /// ([`test_keys_line`]), and waits until it listens.
     pub fn start(dir: &Path, listen: SocketAddr) -> Collector {
+        Collector::start_with_keys(dir, listen, Some(&test_keys_line()))
+    }
+
+    /// As [`Collector::start`] with this keys file text (written next to `dir`), or in
+    /// plaintext (`--allow-plaintext`) with `None`.
+    pub fn start_with_keys(dir: &Path, listen: SocketAddr, keys: Option<&str>) -> Collector {
         let mut cmd = Command::new(&binaries().collector);
         cmd.arg("serve")
             .arg("--listen")
             .arg(listen.to_string())
             .arg("--dir")
             .arg(dir);
+        match keys {
+            Some(text) => {
+                let path = dir.with_extension("keys");
+                std::fs::write(&path, text).expect("writing the collector's keys file");
+                cmd.arg("--keys").arg(path);
+            }
+            None => {
+                cmd.arg("--allow-plaintext");
+            }
+        }
         let mut process = Process::spawn("netoops-collect", cmd);
         let line = process.wait_for_line(console::LISTENING);
         let addr = console::listening(&line).unwrap_or_else(|| panic!("no address in {line:?}"));
@@ -366,6 +398,10 @@ impl Relay {
         ]);
         for u in upstreams {
             cmd.arg("--upstream").arg(u.to_string());
+        }
+        // Authenticated with the test key unless the test says otherwise.
+        if !extra.iter().any(|a| a.starts_with("--upstream-key")) {
+            cmd.arg("--upstream-key").arg(test_upstream_key());
         }
         cmd.args(extra);
         let mut process = Process::spawn("netoops-relay", cmd);

@@ -1,8 +1,9 @@
 //! Issue 16, artefacts: `netoops-image bundle` builds the release bundle, coreutils'
 //! `sha256sum -c` checks it, it is installed into a scratch root as INSTALL.txt says
 //! (`cp -a root/. /`), and the collector and the hosted relay run from their systemd units'
-//! `ExecStart` lines (paths moved under the scratch root, ports made free): a crash sent to
-//! that relay is stored by that collector. The installed `netoops-image` then packs an ISO
+//! `ExecStart` lines (paths moved under the scratch root, ports made free, `LoadCredential`
+//! done as systemd does it), with keys the installed `netoops-collect keygen` made: crashes
+//! sent to that relay are stored by that collector over an authenticated session. The installed `netoops-image` then packs an ISO
 //! and a disk from the bundle's prebuilt images with no Rust toolchain on `PATH`.
 
 use netoops_core::console;
@@ -12,19 +13,37 @@ use netoops_e2e::hosted::{
 use std::path::Path;
 use std::process::Command;
 
-/// The unit's `ExecStart` as words.
-fn exec_start(unit: &Path) -> Vec<String> {
+/// The unit's `ExecStart` as words, with `${CREDENTIALS_DIRECTORY}` made: each
+/// `LoadCredential=NAME:PATH` copies `PATH` (under `root`) to `NAME` in a fresh directory, as
+/// systemd does before it starts the service.
+fn exec_start(unit: &Path, root: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(unit).unwrap_or_else(|e| panic!("{}: {e}", unit.display()));
+    let credentials = root.join("run/credentials").join(unit.file_name().unwrap());
+    std::fs::create_dir_all(&credentials).unwrap();
+    for spec in text
+        .lines()
+        .filter_map(|l| l.strip_prefix("LoadCredential="))
+    {
+        let (name, path) = spec.split_once(':').expect("LoadCredential=NAME:PATH");
+        let from = root.join(path.trim_start_matches('/'));
+        std::fs::copy(&from, credentials.join(name))
+            .unwrap_or_else(|e| panic!("credential {}: {e}", from.display()));
+    }
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix("ExecStart="))
         .unwrap_or_else(|| panic!("no ExecStart in {}", unit.display()));
-    line.split_whitespace().map(str::to_string).collect()
+    let credentials = credentials.to_str().expect("a UTF-8 scratch path");
+    line.split_whitespace()
+        .map(|w| w.replace("${CREDENTIALS_DIRECTORY}", credentials))
+        .collect()
 }
 
-/// The command line with every absolute path moved under `root`, as if `root` were `/`.
+/// The command line with every absolute path moved under `root`, as if `root` were `/` (the
+/// credentials directory already is).
 fn under_root(words: &[String], root: &Path) -> Command {
     let mut words = words.iter().map(|w| match w.strip_prefix('/') {
+        Some(_) if Path::new(w).starts_with(root) => w.into(),
         Some(rest) => root.join(rest).into_os_string(),
         None => w.into(),
     });
@@ -130,8 +149,31 @@ fn the_release_bundle_installs_and_its_units_run_a_working_relay_and_collector()
         .unwrap()
         .success());
 
+    // Keys as INSTALL.txt says, made by the installed collector.
+    assert!(install.contains("netoops-collect keygen"), "{install}");
+    let out = Command::new(root.join("usr/local/bin/netoops-collect"))
+        .arg("keygen")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(key.len(), 64, "{key}");
+    std::fs::write(
+        root.join("etc/netoops/collector.keys"),
+        format!("hosted-relay {key}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/netoops/relay.key"),
+        format!("hosted-relay:{key}\n"),
+    )
+    .unwrap();
+
     // The collector from its unit (systemd's StateDirectory makes /var/lib/netoops-collect).
-    let mut words = exec_start(&root.join("etc/systemd/system/netoops-collect.service"));
+    let mut words = exec_start(
+        &root.join("etc/systemd/system/netoops-collect.service"),
+        &root,
+    );
     replace_value(&mut words, "--listen", "127.0.0.1:0");
     let state = root.join("var/lib/netoops-collect");
     std::fs::create_dir_all(&state).unwrap();
@@ -154,7 +196,10 @@ fn the_release_bundle_installs_and_its_units_run_a_working_relay_and_collector()
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&toml_path, toml).unwrap();
-    let words = exec_start(&root.join("etc/systemd/system/netoops-relay.service"));
+    let words = exec_start(
+        &root.join("etc/systemd/system/netoops-relay.service"),
+        &root,
+    );
     let mut cmd = under_root(&words, &root);
     // The unit's ports (2004, 6666) belong to the deployment; the test takes free ones.
     cmd.args([
@@ -185,6 +230,14 @@ fn the_release_bundle_installs_and_its_units_run_a_working_relay_and_collector()
         format!("{}{}", relay.describe(), collector.describe())
     });
 
+    // The collector needs keys, so these went over an authenticated session.
+    assert_eq!(relay.count("NOT authenticated"), 0, "{}", relay.describe());
+    assert_eq!(
+        relay.count("authenticated as key hosted-relay"),
+        1,
+        "{}",
+        relay.describe()
+    );
     relay.signal("TERM");
     assert!(relay.wait_exit().success(), "{}", relay.describe());
     collector.signal("TERM");

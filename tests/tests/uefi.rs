@@ -240,8 +240,10 @@ fn fifty_dumps_through_the_uefi_relay(
         "# {nic}: 50 crashing machines forwarded from the host\n\
          ip=10.0.2.15/24 gw=10.0.2.2\n\
          upstream=10.0.2.2:{}\n\
+         upstream_key={}\n\
          quiet=2s stats=1s name=uefi-{nic}\n",
-        collector.addr.port()
+        collector.addr.port(),
+        netoops_e2e::hosted::test_upstream_key()
     );
     let disk = disk(nic, Some(conf.as_bytes()));
     let cmd = uefi(&disk)
@@ -377,8 +379,10 @@ fn fifty_dumps_with_loss_through_the_uefi_relay_on_two_e1000e() {
          ip=192.168.77.2/24\n\
          upstream_nic={UPSTREAM_MAC} upstream_nic.ip=10.0.2.15/24 upstream_nic.gw=10.0.2.2\n\
          upstream=10.0.2.2:{}\n\
+         upstream_key={}\n\
          quiet=2s stats=1s name=uefi-two-e1000e\n",
-        collector.addr.port()
+        collector.addr.port(),
+        netoops_e2e::hosted::test_upstream_key()
     );
     let disk = disk("two-e1000e", Some(conf.as_bytes()));
     let proxy = StreamProxy::start();

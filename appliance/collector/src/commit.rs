@@ -14,7 +14,8 @@
 //! one ([`crate::syslog`]): a queue that never makes the committer wait.
 //!
 //! A batch that fails (a sync, rename or append) acknowledges nothing: each session with a
-//! record in it is told [`Verdict::Failed`] and closes its connection; the relay reconnects
+//! record in it is told [`Verdict::Failed`] and answers `Refused` and closes its connection (the
+//! relay backs off further on each refusal, so a full disk is not hammered); the relay reconnects
 //! and resends from `Welcome.last_seq`. Records a failed session had queued after the batch are
 //! dropped unapplied.
 //!

@@ -18,6 +18,7 @@
 pub mod catalog;
 pub mod commit;
 pub mod index;
+pub mod keys;
 pub mod server;
 pub mod session;
 pub mod store;

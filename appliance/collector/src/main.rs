@@ -41,12 +41,38 @@ enum Command {
         /// Connections served at once (at least 1).
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: u32,
-        /// Also serve the web view (crash groups, machines, dumps; JSON under /api/) here.
+        /// Connections not yet authenticated, in total: a separate budget, so clients
+        /// without a key cannot take the session slots real relays need.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+        max_handshakes: u32,
+        /// Connections not yet authenticated, per peer address.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+        max_handshakes_per_ip: u32,
+        /// Bytes of partly received frames all connections may hold together (K/M/G); a
+        /// connection that would go over is closed and counted.
+        #[arg(long, default_value = "256M", value_parser = parse_size_arg)]
+        frame_memory: usize,
+        /// Longest a frame may take to arrive, in seconds, from its first byte (absolute:
+        /// trickling bytes do not extend it).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        frame_deadline: u64,
+        /// Also serve the web view (crash groups, machines, dumps; JSON under /api/, the
+        /// collector's counters under /api/collector) here.
         #[arg(long, value_name = "ADDR")]
         http: Option<SocketAddr>,
         #[command(flatten)]
         syslog: SyslogArgs,
+        /// Relay keys, one `ID KEY` per line (KEY: 64 hex digits); sessions must
+        /// authenticate with one. Several lines per id are all accepted (key rotation).
+        #[arg(long, value_name = "FILE", conflicts_with = "allow_plaintext")]
+        keys: Option<PathBuf>,
+        /// Accept unauthenticated, unencrypted sessions from anyone instead (no --keys).
+        #[arg(long)]
+        allow_plaintext: bool,
     },
+    /// Print a new random relay key (64 hex digits) for a keys file and the relay's
+    /// `upstream_key=ID:KEY`.
+    Keygen,
     /// List stored dumps, newest first.
     List {
         /// Storage directory.
@@ -132,9 +158,16 @@ fn main() -> ExitCode {
             dir,
             idle_timeout,
             max_connections,
+            max_handshakes,
+            max_handshakes_per_ip,
+            frame_memory,
+            frame_deadline,
             http,
             syslog,
+            keys,
+            allow_plaintext,
         } => syslog.config().and_then(|syslog| {
+            let keys = load_keys(keys, allow_plaintext)?;
             serve(
                 ServerConfig {
                     listen,
@@ -142,10 +175,18 @@ fn main() -> ExitCode {
                     idle_timeout: Duration::from_secs(idle_timeout.max(1)),
                     max_connections: max_connections as usize,
                     syslog,
+                    max_pending: max_handshakes as usize,
+                    max_pending_per_ip: max_handshakes_per_ip as usize,
+                    max_frame_memory: frame_memory,
+                    frame_deadline: Duration::from_secs(frame_deadline),
+                    keys,
                 },
                 http,
             )
         }),
+        Command::Keygen => netoops_collect::keys::generate_key()
+            .map(|k| print_out(format!("{k}\n").as_bytes()))
+            .map_err(|e| format!("cannot read /dev/urandom: {e}")),
         Command::List {
             dir,
             json,
@@ -220,6 +261,24 @@ fn print_out(bytes: &[u8]) {
     let _ = out.flush();
 }
 
+/// The keys file, or the explicit plaintext opt-out; one of them is required.
+fn load_keys(
+    keys: Option<PathBuf>,
+    allow_plaintext: bool,
+) -> Result<Option<std::sync::Arc<netoops_collect::keys::KeyTable>>, String> {
+    match (keys, allow_plaintext) {
+        (Some(path), _) => {
+            netoops_collect::keys::KeyTable::load(&path).map(|t| Some(std::sync::Arc::new(t)))
+        }
+        (None, true) => Ok(None),
+        (None, false) => Err(
+            "serve needs --keys FILE (relay keys; see `netoops-collect keygen`), or \
+             --allow-plaintext to accept unauthenticated relays"
+                .to_string(),
+        ),
+    }
+}
+
 fn serve(config: ServerConfig, http: Option<SocketAddr>) -> Result<(), String> {
     let dir = config.dir.clone();
     let server = Server::bind(config.clone())
@@ -229,7 +288,8 @@ fn serve(config: ServerConfig, http: Option<SocketAddr>) -> Result<(), String> {
     print_out(format!("{marker}{addr} storing in {}\n", dir.display()).as_bytes());
     if let Some(http) = http {
         let web = WebServer::bind(http, &dir)
-            .map_err(|e| format!("cannot serve the web view on {http}: {e}"))?;
+            .map_err(|e| format!("cannot serve the web view on {http}: {e}"))?
+            .with_counters(server.counters());
         let addr = web.local_addr().map_err(|e| e.to_string())?;
         print_out(format!("web view on http://{addr}/\n").as_bytes());
         web.spawn();
@@ -289,4 +349,13 @@ fn print_dumps(dumps: &[catalog::StoredDump], json: bool) {
         catalog::format_table(dumps)
     };
     print_out(text.as_bytes());
+}
+
+/// `256M`-style sizes, at least 8 MiB (one largest frame).
+fn parse_size_arg(v: &str) -> Result<usize, String> {
+    match netoops_core::config::parse_size(v) {
+        Some(n) if n >= 8 << 20 => Ok(n),
+        Some(_) => Err("at least 8M (one largest frame)".to_string()),
+        None => Err("a size like 256M".to_string()),
+    }
 }

@@ -1,5 +1,9 @@
-//! One relay connection: `Hello` → `Welcome`, then records handed to the committer, and
-//! acknowledgements as the committer makes them durable.
+//! One relay connection: with keys, the secure channel's handshake first (the peer proves a
+//! relay key at its first message or is refused and counted, before anything else is read;
+//! the session's relay is then its key id, whatever `Hello` claims); then `Hello` →
+//! `Welcome`, records handed to the committer, and acknowledgements as the committer makes
+//! them durable. A handshake and each frame have absolute deadlines; partial frames count
+//! against the collector's frame memory budget ([`crate::server::Gate`]).
 //!
 //! Two threads per connection: this one reads and decodes frames and queues each record for
 //! the committer ([`crate::commit`]), without waiting for storage, so that records keep
@@ -15,27 +19,33 @@
 //! this connection only: it is logged to stderr and counted; other connections are unaffected.
 
 use crate::commit::{Job, Queue, SessionTie, Verdict};
+use crate::keys::{os_seed, replay_instance, KeyTable};
+use crate::server::Admission;
 use crate::store::{Origin, Store};
 use crate::wallclock::now_ms;
 use netoops_core::upstream::record::{
     decode_record, encode_reply_frame, FrameDecoder, MAX_FRAME_LEN,
 };
+use netoops_core::upstream::secure::{Received, Responder, SecureError, MAX_MESSAGE};
 use netoops_core::upstream::{Record, Reply, PROTOCOL_VERSION};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Collector-wide counters, shared by all connections.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Connections accepted.
     pub connections: AtomicU64,
-    /// Connections turned away because too many were open.
+    /// Connections turned away because too many were open (either budget).
     pub rejected: AtomicU64,
+    /// Of those, turned away at accept: the unauthenticated budget (in total or for the
+    /// peer's address) was full.
+    pub rejected_pending: AtomicU64,
     /// Sessions welcomed.
     pub sessions: AtomicU64,
     /// Records applied (written).
@@ -56,6 +66,95 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Of those, sessions closed because storing their records failed.
     pub storage_errors: AtomicU64,
+    /// Connections refused at the first handshake message (any reason below), nothing read
+    /// past it and nothing stored.
+    pub auth_refused: AtomicU64,
+    /// Of those: a key id no key is configured for.
+    pub auth_unknown_key: AtomicU64,
+    /// Of those: message 1 did not authenticate under any key of its id (wrong key).
+    pub auth_bad_key: AtomicU64,
+    /// Of those: not a handshake at all (a plaintext client, garbage).
+    pub auth_not_handshake: AtomicU64,
+    /// Handshakes not finished by their deadline.
+    pub handshake_timeouts: AtomicU64,
+    /// Of `timeouts`: frames not complete by their deadline.
+    pub frame_timeouts: AtomicU64,
+    /// Connections closed because their partial frame would exceed the collector's budget
+    /// for frames being received.
+    pub memory_refused: AtomicU64,
+}
+
+impl Counters {
+    /// Every counter by name, for the JSON stats.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("connections", v(&self.connections)),
+            ("rejected", v(&self.rejected)),
+            ("rejected_pending", v(&self.rejected_pending)),
+            ("sessions", v(&self.sessions)),
+            ("applied", v(&self.applied)),
+            ("replays", v(&self.replays)),
+            ("dumps_stored", v(&self.dumps_stored)),
+            ("crashes_stored", v(&self.crashes_stored)),
+            ("malformed", v(&self.malformed)),
+            ("refused", v(&self.refused)),
+            ("timeouts", v(&self.timeouts)),
+            ("errors", v(&self.errors)),
+            ("storage_errors", v(&self.storage_errors)),
+            ("auth_refused", v(&self.auth_refused)),
+            ("auth_unknown_key", v(&self.auth_unknown_key)),
+            ("auth_bad_key", v(&self.auth_bad_key)),
+            ("auth_not_handshake", v(&self.auth_not_handshake)),
+            ("handshake_timeouts", v(&self.handshake_timeouts)),
+            ("frame_timeouts", v(&self.frame_timeouts)),
+            ("memory_refused", v(&self.memory_refused)),
+        ]
+    }
+
+    /// The counters as one JSON object.
+    pub fn to_json(&self) -> String {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into()))
+            .collect();
+        serde_json::Value::Object(map).to_string()
+    }
+}
+
+/// Longest a handshake may take from accept, whatever trickles in meanwhile.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Default for how long a frame may take from its first byte (or the end of the frame before
+/// it) to its last: an absolute deadline, so a client dribbling a frame cannot hold its memory and slot
+/// for long. An 8 MiB frame needs about 140 KB/s to make it.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The writing side of a connection: the socket and, once keyed, the channel that seals every
+/// reply. One lock, so replies are sealed and written in nonce order.
+struct Out {
+    stream: TcpStream,
+    secure: Option<Responder>,
+}
+
+impl Out {
+    fn send(&mut self, reply: &Reply) -> io::Result<()> {
+        let frame = encode_reply_frame(reply).map_err(|e| io::Error::other(e.to_string()))?;
+        match &mut self.secure {
+            None => self.stream.write_all(&frame),
+            Some(r) => {
+                let mut sealed = Vec::with_capacity(frame.len() + 32);
+                r.seal(&frame, &mut sealed)
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                self.stream.write_all(&sealed)
+            }
+        }
+    }
+}
+
+fn lock(out: &Mutex<Out>) -> std::sync::MutexGuard<'_, Out> {
+    out.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Counters {
@@ -78,6 +177,16 @@ pub enum SessionEnd {
     Io(io::Error),
     /// Storing this session's records failed (the committer's reason).
     Storage(String),
+    /// Refused at the handshake: unauthenticated (the reason), nothing read past it.
+    Unauthenticated(SecureError),
+    /// The handshake did not finish by its deadline.
+    HandshakeTimeout,
+    /// Every session slot is taken.
+    Busy,
+    /// A frame did not complete by [`FRAME_DEADLINE`].
+    FrameTimeout,
+    /// Its partial frame would take the collector over its memory budget for frames.
+    Memory,
 }
 
 /// Serves one relay connection until it ends; never panics on input.
@@ -87,6 +196,8 @@ pub fn serve_connection(
     queue: &Queue,
     counters: &Counters,
     idle_timeout: Duration,
+    keys: Option<&KeyTable>,
+    admission: &mut Admission,
 ) -> SessionEnd {
     let peer = stream
         .peer_addr()
@@ -95,15 +206,30 @@ pub fn serve_connection(
         Ok(writer) => {
             let (tx, rx) = mpsc::channel();
             let tie = SessionTie::new(tx);
+            let out = Mutex::new(Out {
+                stream: writer,
+                secure: keys.map(|_| Responder::new(MAX_MESSAGE)),
+            });
+            let out = &out;
             thread::scope(|scope| {
                 let acks = thread::Builder::new()
                     .name("netoops-acks".into())
-                    .spawn_scoped(scope, move || write_acks(writer, &rx));
+                    .spawn_scoped(scope, move || write_acks(out, &rx));
                 if let Err(e) = acks {
                     return SessionEnd::Io(e);
                 }
                 let mut stream = stream;
-                let end = run(&mut stream, store, queue, &tie, counters, idle_timeout);
+                let end = run(
+                    &mut stream,
+                    out,
+                    keys,
+                    admission,
+                    store,
+                    queue,
+                    &tie,
+                    counters,
+                    idle_timeout,
+                );
                 let end = match (end, tie.failure()) {
                     (SessionEnd::Closed | SessionEnd::Io(_), Some(why)) => SessionEnd::Storage(why),
                     (end, _) => end,
@@ -135,13 +261,41 @@ pub fn serve_connection(
             Counters::bump(&counters.storage_errors);
             eprintln!("netoops-collect: {peer}: {why}; nothing of it acknowledged, closing");
         }
+        SessionEnd::Unauthenticated(why) => {
+            Counters::bump(&counters.auth_refused);
+            match why {
+                SecureError::UnknownKey => Counters::bump(&counters.auth_unknown_key),
+                SecureError::Handshake => Counters::bump(&counters.auth_bad_key),
+                _ => Counters::bump(&counters.auth_not_handshake),
+            }
+            eprintln!("netoops-collect: {peer}: not authenticated ({why}), closing");
+        }
+        SessionEnd::FrameTimeout => {
+            Counters::bump(&counters.timeouts);
+            Counters::bump(&counters.frame_timeouts);
+            eprintln!("netoops-collect: {peer}: frame not complete by its deadline, closing");
+        }
+        SessionEnd::Memory => {
+            Counters::bump(&counters.memory_refused);
+            eprintln!("netoops-collect: {peer}: frames in flight over the memory budget, closing");
+        }
+        SessionEnd::Busy => {
+            Counters::bump(&counters.rejected);
+            eprintln!("netoops-collect: {peer}: too many sessions, closing");
+        }
+        SessionEnd::HandshakeTimeout => {
+            Counters::bump(&counters.handshake_timeouts);
+            eprintln!(
+                "netoops-collect: {peer}: no handshake within {HANDSHAKE_DEADLINE:?}, closing"
+            );
+        }
     }
     end
 }
 
 /// Sends an `Ack` per durable verdict (coalesced); on a failed one, closes the connection so
 /// the reader stops too.
-fn write_acks(mut stream: TcpStream, verdicts: &mpsc::Receiver<Verdict>) {
+fn write_acks(out: &Mutex<Out>, verdicts: &mpsc::Receiver<Verdict>) {
     let mut alive = true;
     while let Ok(first) = verdicts.recv() {
         let mut latest = Some(first);
@@ -149,8 +303,15 @@ fn write_acks(mut stream: TcpStream, verdicts: &mpsc::Receiver<Verdict>) {
         while let Some(v) = latest.take() {
             match v {
                 Verdict::Durable(seq) => durable = Some(durable.map_or(seq, |d: u64| d.max(seq))),
-                Verdict::Failed(_) => {
-                    let _ = stream.shutdown(Shutdown::Both);
+                Verdict::Failed(why) => {
+                    // A refusal, not a bare close: the relay backs off further on each one
+                    // (its disk-full case would otherwise reconnect many times a second).
+                    let mut o = lock(out);
+                    if alive {
+                        let reason = format!("storage failed ({why}); try again later");
+                        let _ = o.send(&Reply::Refused { reason });
+                    }
+                    let _ = o.stream.shutdown(Shutdown::Both);
                     alive = false;
                     durable = None;
                 }
@@ -158,16 +319,21 @@ fn write_acks(mut stream: TcpStream, verdicts: &mpsc::Receiver<Verdict>) {
             latest = verdicts.try_recv().ok();
         }
         if let (true, Some(seq)) = (alive, durable) {
-            if send(&mut stream, &Reply::Ack { seq }).is_err() {
-                let _ = stream.shutdown(Shutdown::Both);
+            let mut o = lock(out);
+            if o.send(&Reply::Ack { seq }).is_err() {
+                let _ = o.stream.shutdown(Shutdown::Both);
                 alive = false;
             }
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     stream: &mut TcpStream,
+    out: &Mutex<Out>,
+    keys: Option<&KeyTable>,
+    admission: &mut Admission,
     store: &Store,
     queue: &Queue,
     tie: &Arc<SessionTie>,
@@ -184,7 +350,38 @@ fn run(
     let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
     let mut origin: Option<Arc<Origin>> = None;
     let mut buf = vec![0u8; 256 * 1024];
+    let mut plain = Vec::new();
+    // The authenticated key id, once the handshake is done (keys configured).
+    let mut authenticated: Option<String> = None;
+    let handshake_deadline = Instant::now() + HANDSHAKE_DEADLINE;
+    if keys.is_none() && !admission.establish() {
+        return SessionEnd::Busy;
+    }
+    // When the frame being received (if any) must be complete.
+    let mut frame_deadline: Option<Instant> = None;
     loop {
+        let handshaking = keys.is_some() && authenticated.is_none();
+        // Absolute deadlines: bytes trickling in do not extend them.
+        let deadline = if handshaking {
+            Some(handshake_deadline)
+        } else {
+            frame_deadline
+        };
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return if handshaking {
+                    SessionEnd::HandshakeTimeout
+                } else {
+                    SessionEnd::FrameTimeout
+                };
+            }
+            if let Err(e) = stream.set_read_timeout(Some(left.min(idle))) {
+                return SessionEnd::Io(e);
+            }
+        } else if let Err(e) = stream.set_read_timeout(Some(idle)) {
+            return SessionEnd::Io(e);
+        }
         let n = match stream.read(&mut buf) {
             Ok(0) => return SessionEnd::Closed,
             Ok(n) => n,
@@ -194,7 +391,13 @@ fn run(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return SessionEnd::Idle
+                if handshaking {
+                    return SessionEnd::HandshakeTimeout;
+                }
+                if frame_deadline.is_some_and(|d| Instant::now() >= d) {
+                    return SessionEnd::FrameTimeout;
+                }
+                return SessionEnd::Idle;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return SessionEnd::Io(e),
@@ -204,12 +407,39 @@ fn run(
         }
         let arrival = now_ms();
         let mut input = &buf[..n];
+        let mut completed = false;
+        if let Some(keys) = keys {
+            let was_authenticated = authenticated.is_some();
+            match open(out, keys, input, &mut plain, &mut authenticated) {
+                Ok(()) => {}
+                Err(Opened::Io(e)) => return SessionEnd::Io(e),
+                Err(Opened::Secure(e)) if authenticated.is_none() => {
+                    return SessionEnd::Unauthenticated(e)
+                }
+                Err(Opened::Secure(e)) => {
+                    Counters::bump(&counters.malformed);
+                    return SessionEnd::Protocol(format!("secure channel: {e}"));
+                }
+            }
+            if authenticated.is_some() && !was_authenticated {
+                if !admission.establish() {
+                    return SessionEnd::Busy;
+                }
+                if let Err(e) = stream.set_read_timeout(Some(idle)) {
+                    return SessionEnd::Io(e);
+                }
+            }
+            input = &plain;
+        }
         loop {
             let taken = decoder.push(input);
             input = &input[taken..];
             loop {
                 let frame = match decoder.next_frame() {
-                    Ok(Some(f)) => f,
+                    Ok(Some(f)) => {
+                        completed = true;
+                        f
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         Counters::bump(&counters.malformed);
@@ -237,39 +467,33 @@ fn run(
                             let reason = format!(
                                 "protocol {protocol} not supported (collector speaks {PROTOCOL_VERSION})"
                             );
-                            let _ = send(
-                                stream,
-                                &Reply::Refused {
-                                    reason: reason.clone(),
-                                },
-                            );
+                            let _ = lock(out).send(&Reply::Refused {
+                                reason: reason.clone(),
+                            });
                             return SessionEnd::Protocol(reason);
                         }
-                        let last_seq = store.last_applied(*instance);
-                        if let Err(e) = send(
-                            stream,
-                            &Reply::Welcome {
-                                protocol: PROTOCOL_VERSION,
-                                last_seq,
-                            },
-                        ) {
+                        // Authenticated: the relay is its key id, whatever Hello claims, and
+                        // its replay state is its own (keys::replay_instance).
+                        let (relay, instance) = match &authenticated {
+                            Some(id) => (id.clone(), replay_instance(id, *instance)),
+                            None => (relay.clone(), *instance),
+                        };
+                        let last_seq = store.last_applied(instance);
+                        if let Err(e) = lock(out).send(&Reply::Welcome {
+                            protocol: PROTOCOL_VERSION,
+                            last_seq,
+                        }) {
                             return SessionEnd::Io(e);
                         }
                         Counters::bump(&counters.sessions);
-                        origin = Some(Arc::new(Origin {
-                            relay: relay.clone(),
-                            instance: *instance,
-                        }));
+                        origin = Some(Arc::new(Origin { relay, instance }));
                     }
                     (None, _) => {
                         Counters::bump(&counters.refused);
                         let reason = "expected Hello first".to_string();
-                        let _ = send(
-                            stream,
-                            &Reply::Refused {
-                                reason: reason.clone(),
-                            },
-                        );
+                        let _ = lock(out).send(&Reply::Refused {
+                            reason: reason.clone(),
+                        });
                         return SessionEnd::Protocol(reason);
                     }
                     (Some(_), Record::Hello { .. }) => {
@@ -296,10 +520,63 @@ fn run(
                 break;
             }
         }
+        // Between frames, a large frame's buffer is given back (a partial one is counted).
+        decoder.release_memory();
+        let held = decoder.buffered();
+        if !admission.hold_frame_bytes(held) {
+            return SessionEnd::Memory;
+        }
+        frame_deadline = match held {
+            0 => None,
+            _ if completed || frame_deadline.is_none() => {
+                Some(Instant::now() + admission.frame_deadline())
+            }
+            _ => frame_deadline,
+        };
     }
 }
 
-fn send(stream: &mut TcpStream, reply: &Reply) -> io::Result<()> {
-    let frame = encode_reply_frame(reply).map_err(|e| io::Error::other(e.to_string()))?;
-    stream.write_all(&frame)
+/// Why [`open`] failed.
+enum Opened {
+    Secure(SecureError),
+    Io(io::Error),
+}
+
+/// Runs bytes read through the secure channel: the handshake (answered at once), then
+/// transport messages opened into `plain`. Sets `authenticated` when the handshake completes.
+fn open(
+    out: &Mutex<Out>,
+    keys: &KeyTable,
+    mut input: &[u8],
+    plain: &mut Vec<u8>,
+    authenticated: &mut Option<String>,
+) -> Result<(), Opened> {
+    plain.clear();
+    let mut guard = lock(out);
+    let Out { stream, secure } = &mut *guard;
+    let Some(responder) = secure.as_mut() else {
+        return Err(Opened::Secure(SecureError::Handshake));
+    };
+    let mut lookup = |id: &str| keys.lookup(id);
+    while !input.is_empty() {
+        // A fresh seed only matters for the handshake; read it only then.
+        let seed = if responder.is_established() {
+            [0u8; 32]
+        } else {
+            os_seed().map_err(Opened::Io)?
+        };
+        let (k, got) = responder
+            .read(input, &mut lookup, &seed)
+            .map_err(Opened::Secure)?;
+        input = &input[k..];
+        match got {
+            Received::Nothing => {}
+            Received::Established { reply, .. } => {
+                *authenticated = responder.id().map(str::to_string);
+                stream.write_all(&reply).map_err(Opened::Io)?;
+            }
+            Received::Plain(p) => plain.extend_from_slice(p),
+        }
+    }
+    Ok(())
 }

@@ -49,6 +49,8 @@ struct State {
     dir: PathBuf,
     /// The index and when it was last synced.
     index: Mutex<Option<(Index, Option<Instant>)>>,
+    /// The serving collector's counters, for `/api/collector` (when serving).
+    counters: Option<Arc<crate::session::Counters>>,
 }
 
 /// A response: status, content type, body.
@@ -87,8 +89,17 @@ impl WebServer {
             state: Arc::new(State {
                 dir: dir.to_path_buf(),
                 index: Mutex::new(None),
+                counters: None,
             }),
         })
+    }
+
+    /// Also serves the collector's counters as JSON under `/api/collector`.
+    pub fn with_counters(mut self, counters: Arc<crate::session::Counters>) -> WebServer {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.counters = Some(counters);
+        }
+        self
     }
 
     /// The bound address.
@@ -245,6 +256,10 @@ fn route(state: &State, path: &str) -> io::Result<Response> {
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
+    if let (["api", "collector"], Some(c)) = (segs.as_slice(), &state.counters) {
+        let v: Value = serde_json::from_str(&c.to_json()).unwrap_or(Value::Null);
+        return Ok(Response::json(200, &v));
+    }
     let mut guard = state.index.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_none() {
         *guard = Some((Index::open(&state.dir)?, None));

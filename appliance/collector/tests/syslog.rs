@@ -201,7 +201,13 @@ impl Collector {
     fn spawn(dir: &Path, args: &[&str]) -> Collector {
         let stderr = File::create(dir.with_extension("stderr")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_netoops-collect"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+            .args([
+                "serve",
+                "--allow-plaintext",
+                "--listen",
+                "127.0.0.1:0",
+                "--dir",
+            ])
             .arg(dir)
             .args(args)
             .stdout(Stdio::piped())
@@ -591,7 +597,13 @@ fn bad_syslog_settings_stop_the_collector_with_a_message() {
         (&["--syslog-queue", "10"], "--syslog <HOST:PORT>"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_netoops-collect"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+            .args([
+                "serve",
+                "--allow-plaintext",
+                "--listen",
+                "127.0.0.1:0",
+                "--dir",
+            ])
             .arg(tmp.path())
             .args(args)
             .output()

@@ -66,6 +66,7 @@ fn start_collector(dir: &Path) -> (Reaper, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_netoops-collect"))
         .args([
             "serve",
+            "--allow-plaintext",
             "--listen",
             "127.0.0.1:0",
             "--http",

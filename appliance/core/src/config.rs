@@ -165,6 +165,9 @@ pub struct Config {
     pub upstreams: Vec<SocketAddr>,
     /// Name this relay reports to collectors.
     pub name: String,
+    /// Session key for collectors (`upstream_key=ID:KEY`); `None` speaks in clear (only
+    /// collectors started with `--allow-plaintext` accept that).
+    pub upstream_key: Option<crate::upstream::secure::SessionKey>,
     /// Reassembly sizes and timeouts.
     pub reassembly: ReassemblyConfig,
     /// Bytes the delivery spool may hold.
@@ -197,6 +200,7 @@ impl Default for Config {
             listen_port: netoops_wire::DEFAULT_PORT,
             upstreams: Vec::new(),
             name: "netoops-relay".to_string(),
+            upstream_key: None,
             reassembly: ReassemblyConfig::default(),
             spool_bytes: 16 << 20,
             allow: Vec::new(),
@@ -284,6 +288,12 @@ pub const KEY_TABLE: &[KeyDoc] = {
         key("port", Everywhere, "UDP port netoops senders target", "2004"),
         list(key("upstream", Everywhere, "`IP:PORT[,IP:PORT...]`, collectors in order of preference", "required")),
         key("name", Everywhere, "relay name reported to collectors", "`netoops-relay`"),
+        key(
+            "upstream_key",
+            Everywhere,
+            "`ID:KEY`, this relay's session key (`KEY`: 64 hex digits; the collector's keys file holds `ID KEY`); `none` speaks in clear",
+            "none (unauthenticated; collectors with `--keys` refuse it)",
+        ),
         key("memory", Everywhere, "reassembly budget (`K`/`M`/`G`)", "`64M`"),
         key("spool", Everywhere, "delivery spool budget, at least `64K` (a quarter for crash notices)", "`16M`"),
         key("max_dumps", Everywhere, "dumps held at once", "4096"),
@@ -493,6 +503,12 @@ impl Config {
                     .filter(|l: &Vec<SocketAddr>| !l.is_empty() && l.iter().all(|a| a.port() != 0))
                     .ok_or_else(|| bad("IP:PORT[,IP:PORT...]"))?
             }
+            "upstream_key" => {
+                self.upstream_key = match value {
+                    "" | "none" => None,
+                    v => Some(crate::upstream::secure::SessionKey::parse(v).map_err(&bad)?),
+                }
+            }
             "name" => {
                 if value.is_empty()
                     || value.len() > 64
@@ -690,6 +706,7 @@ mod tests {
              allow=10.0.0.0/8,fd00::/8 nic=00:03.0 upstream_nic=52:54:00:12:34:56 stats=1s\n\
              netconsole_port=6667 netconsole_history=128K netconsole_memory=32M \
              netconsole_sources=100 http_port=9100 http_dumps=2M\n\
+             upstream_key=rack-7:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n\
              virtio_mmio.device=512@0xfeb00e00:12",
         )
         .unwrap();
@@ -717,6 +734,12 @@ mod tests {
         assert_eq!(c.netconsole.max_sources, 100);
         assert_eq!(c.http_port, 9100);
         assert_eq!(c.http_dumps, 2 << 20);
+        let key = c.upstream_key.as_ref().unwrap();
+        assert_eq!((key.id.as_str(), key.psk.0[1]), ("rack-7", 0x11));
+        assert_eq!(
+            Config::parse("upstream_key=none").unwrap().upstream_key,
+            None
+        );
         c.validate_for_appliance().unwrap();
         let off = Config::parse("netconsole_port=0").unwrap();
         assert_eq!(off.netconsole_port, 0);
@@ -744,6 +767,9 @@ mod tests {
             ("nic=zz:00.0", "nic"),
             ("nic=00:32.0", "nic"),
             ("name=", "name"),
+            ("upstream_key=rack-7", "upstream_key"),
+            ("upstream_key=rack-7:0011", "upstream_key"),
+            ("upstream_key=rack 7:00", "upstream_key"),
             ("colour=blue", "colour"),
             ("netconsole_port=x", "netconsole_port"),
             ("netconsole_history=10", "netconsole_history"),

@@ -282,6 +282,13 @@ impl Relay {
         link_config.spool_bytes = config.spool_bytes;
         // A record is at least a few hundred bytes; more entries than that cannot fit.
         link_config.spool_records = (config.spool_bytes / 256).clamp(64, 1 << 20);
+        // The instance is only a stand-in seed: drivers replace it with fresh randomness
+        // (`link().set_security`) so the ephemeral keys stay secret.
+        link_config.security = config.upstream_key.clone().map(|key| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&instance.to_le_bytes());
+            crate::upstream::LinkSecurity { key, seed }
+        });
         let link = UpstreamLink::new(link_config);
         let mut console_config = config.netconsole;
         console_config.quiet_timeout = config.reassembly.quiet_timeout;

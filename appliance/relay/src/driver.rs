@@ -129,6 +129,11 @@ impl<W: Write> Driver<W> {
         })
     }
 
+    /// Re-read the session key from `path` before every upstream connection.
+    pub fn set_key_file(&mut self, path: Option<std::path::PathBuf>) {
+        self.upstream.set_key_file(path);
+    }
+
     /// The console (for the caller's own lines).
     pub fn console(&mut self) -> &mut Console<W> {
         &mut self.console
@@ -328,7 +333,8 @@ impl<W: Write> Driver<W> {
         let line = format!(
             "{label}{} | socket datagrams {} truncated {} kernel_drops {} queued {} | \
              upstream connects {} sessions {} failovers {} resent {} disconnects {} \
-             malformed_replies {} | spool_refused {} events_dropped {} nc_kernel_drops {}",
+             malformed_replies {} auth_failures {} | spool_refused {} events_dropped {} \
+             nc_kernel_drops {}",
             self.relay
                 .counters()
                 .to_string()
@@ -344,6 +350,7 @@ impl<W: Write> Driver<W> {
             l.resent.total(),
             l.disconnects.total(),
             l.malformed_replies,
+            l.auth_failures,
             r.refused,
             r.events_dropped + l.events_dropped,
             nk.drops,
@@ -548,6 +555,7 @@ mod tests {
             let mut driver = Driver::new(
                 relay,
                 udp,
+                None,
                 None,
                 Console::new(Vec::new()),
                 Clock::start(),

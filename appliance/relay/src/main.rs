@@ -45,6 +45,19 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(CONFIG_ERROR, e),
     };
+    let mut relay = relay;
+    if let Some(sec) = relay.link().config().security.clone() {
+        // The ephemeral keys' seed: the OS's randomness, not the stand-in.
+        match os_seed() {
+            Ok(seed) => relay
+                .link()
+                .set_security(Some(netoops_core::upstream::LinkSecurity {
+                    key: sec.key,
+                    seed,
+                })),
+            Err(e) => return fail(1, format_args!("cannot read /dev/urandom: {e}")),
+        }
+    }
     let udp = match BatchSocket::bind(settings.listen, settings.recv_buffer) {
         Ok(u) => u,
         Err(e) => return fail(1, format_args!("cannot listen on {}: {e}", settings.listen)),
@@ -79,6 +92,13 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         config.name
     ));
+    match &config.upstream_key {
+        Some(k) => console.line(format_args!(
+            "upstream sessions authenticated as key {}",
+            k.id
+        )),
+        None => console.line("upstream sessions NOT authenticated (no upstream_key)"),
+    }
     for (i, addr) in config.upstreams.iter().enumerate() {
         console.line(format_args!("upstream {i}: {addr}"));
     }
@@ -125,6 +145,7 @@ fn main() -> ExitCode {
         Ok(d) => d,
         Err(e) => return fail(1, format_args!("cannot set up polling: {e}")),
     };
+    driver.set_key_file(settings.upstream_key_file.clone());
     match driver.run(&shutdown) {
         Ok(Ending::Delivered) | Ok(Ending::DrainTimedOut { .. }) => ExitCode::SUCCESS,
         Err(e) => fail(1, format_args!("event loop failed: {e}")),
@@ -134,6 +155,13 @@ fn main() -> ExitCode {
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("netoops-relay: error: {message}");
     ExitCode::from(code)
+}
+
+/// 32 bytes from /dev/urandom.
+fn os_seed() -> std::io::Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    Ok(seed)
 }
 
 /// A fresh instance id per start: collectors key replay protection on it.

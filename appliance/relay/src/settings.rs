@@ -86,6 +86,13 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size_arg)]
     pub recv_buffer: usize,
 
+    /// A file holding this relay's `ID:KEY` session key (as `upstream_key`), read at start
+    /// and again before every connection to a collector, so a key rotation needs no restart
+    /// and loses no spooled record.
+    /// Overrides `upstream_key`.
+    #[arg(long, value_name = "FILE")]
+    pub upstream_key_file: Option<PathBuf>,
+
     /// The core configuration keys, one flag each.
     #[command(flatten)]
     pub keys: KeyFlags,
@@ -204,6 +211,21 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Receive buffer to ask for.
     pub recv_buffer: usize,
+    /// Where the session key is re-read from before every connection, if given.
+    pub upstream_key_file: Option<PathBuf>,
+}
+
+/// Reads a session key file (`ID:KEY`, surrounding whitespace and `#` comments ignored).
+pub fn read_key_file(path: &Path) -> Result<netoops_core::upstream::secure::SessionKey, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+    let line = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    netoops_core::upstream::secure::SessionKey::parse(line)
+        .map_err(|e| format!("key file {}: {e}", path.display()))
 }
 
 /// Where a configuration value came from.
@@ -403,6 +425,16 @@ impl Settings {
             None if config.http_port == 0 => None,
             None => Some(SocketAddr::new(listen.ip(), config.http_port)),
         };
+        if let Some(path) = &cli.upstream_key_file {
+            let key = read_key_file(path).map_err(|problem| SettingsError::Key {
+                origin: None,
+                error: netoops_core::config::ConfigError {
+                    key: "upstream_key".to_string(),
+                    problem,
+                },
+            })?;
+            config.upstream_key = Some(key);
+        }
         Ok(Settings {
             config,
             listen,
@@ -411,6 +443,7 @@ impl Settings {
             instance: cli.instance,
             drain_timeout: cli.drain_timeout,
             recv_buffer: cli.recv_buffer,
+            upstream_key_file: cli.upstream_key_file.clone(),
         })
     }
 

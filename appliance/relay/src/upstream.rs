@@ -18,7 +18,7 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use netoops_core::time::Instant;
-use netoops_core::upstream::{CloseReason, UpstreamLink};
+use netoops_core::upstream::{CloseReason, LinkSecurity, UpstreamLink};
 
 /// The poll token of the upstream connection.
 pub const TOKEN: Token = Token(1);
@@ -131,6 +131,10 @@ struct Connection {
 /// The relay's side of the upstream TCP connection. See the module documentation.
 pub struct Upstream {
     addrs: Vec<SocketAddr>,
+    /// Re-read before every connection: the session key ([`Upstream::set_key_file`]).
+    key_file: Option<std::path::PathBuf>,
+    /// Key reloads that failed (the previous key stays in use).
+    pub key_reload_errors: u64,
     conn: Option<Connection>,
     out: OutBuffer,
     input: Box<[u8]>,
@@ -141,9 +145,35 @@ impl Upstream {
     pub fn new(addrs: Vec<SocketAddr>) -> Self {
         Upstream {
             addrs,
+            key_file: None,
+            key_reload_errors: 0,
             conn: None,
             out: OutBuffer::new(OUT_BUFFER_LEN),
             input: vec![0u8; READ_BUFFER_LEN].into_boxed_slice(),
+        }
+    }
+
+    /// Re-reads the session key from `path` before every connection (a rotation then needs
+    /// no restart, and the spool is kept).
+    pub fn set_key_file(&mut self, path: Option<std::path::PathBuf>) {
+        self.key_file = path;
+    }
+
+    fn reload_key(&mut self, link: &mut UpstreamLink) {
+        let Some(path) = &self.key_file else { return };
+        let Some(current) = link.config().security.clone() else {
+            return;
+        };
+        match crate::settings::read_key_file(path) {
+            Ok(key) if key != current.key => link.set_security(Some(LinkSecurity {
+                key,
+                seed: current.seed,
+            })),
+            Ok(_) => {}
+            Err(e) => {
+                self.key_reload_errors += 1;
+                eprintln!("netoops-relay: {e}; keeping the previous key");
+            }
         }
     }
 
@@ -237,7 +267,9 @@ impl Upstream {
         let _ = c.stream.set_nodelay(true);
         c.phase = Phase::Connected;
         c.writable = true;
-        link.handle_connected(now, c.idx);
+        let idx = c.idx;
+        self.reload_key(link);
+        link.handle_connected(now, idx);
     }
 
     fn read(&mut self, now: Instant, link: &mut UpstreamLink, registry: &Registry) -> bool {

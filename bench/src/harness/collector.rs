@@ -284,7 +284,13 @@ fn start_collector(bin: &Path, dir: &Path) -> Result<(Collector, SocketAddr), St
     let log = File::create(dir.with_extension("stderr"))
         .map_err(|e| format!("creating the collector's stderr file: {e}"))?;
     let child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .args([
+            "serve",
+            "--allow-plaintext",
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+        ])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

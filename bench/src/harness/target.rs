@@ -207,8 +207,14 @@ pub fn scrape(addr: SocketAddr) -> io::Result<String> {
 /// Starts a collector storing into `dir`.
 pub fn start_collector(programs: &Programs, dir: &Path) -> io::Result<(Process, SocketAddr)> {
     let mut cmd = Command::new(&programs.collector);
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir);
+    cmd.args([
+        "serve",
+        "--allow-plaintext",
+        "--listen",
+        "127.0.0.1:0",
+        "--dir",
+    ])
+    .arg(dir);
     let mut p = Process::spawn("netoops-collect", cmd)?;
     let addr = listening_addr(
         &mut p,

@@ -121,8 +121,18 @@ pub fn run(machine: &mut Platform, cmdline: &str) -> ! {
 
     let mac = ids.get(ingress_idx).map_or([0; 6], |n| n.mac);
     let nonce = boot_nonce(mac);
-    let relay =
+    let mut relay =
         Relay::new(settings.config.clone(), nonce).unwrap_or_else(|e| stop_misconfigured(&e));
+    if let Some(sec) = relay.link().config().security.clone() {
+        // The session's ephemeral keys are drawn from this seed (upstream/secure.rs).
+        let seed = session_seed(mac);
+        relay
+            .link()
+            .set_security(Some(netoops_core::upstream::LinkSecurity {
+                key: sec.key,
+                seed,
+            }));
+    }
     let relay: &'static RefCell<Relay> = leak(RefCell::new(relay));
 
     let mut nics: Vec<Option<FoundNic>> = found.into_iter().map(Some).collect();
@@ -331,6 +341,19 @@ fn boot_nonce(mac: [u8; 6]) -> u64 {
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     let x = x ^ (x >> 31);
     x.max(1)
+}
+
+/// 32 bytes for the session key generator's seed: four boot nonces, each taken at a later
+/// TSC reading (and RDRAND value where the CPU has it). Without RDRAND this is only as
+/// unpredictable as the TSC and the clock: sessions stay authenticated and confidential by
+/// the pre-shared key, but forward secrecy then rests on that (README, upstream sessions).
+fn session_seed(mac: [u8; 6]) -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    for (i, part) in seed.chunks_mut(8).enumerate() {
+        let x = boot_nonce(mac) ^ (i as u64).rotate_left(56);
+        part.copy_from_slice(&x.to_le_bytes());
+    }
+    seed
 }
 
 fn rdrand() -> Option<u64> {

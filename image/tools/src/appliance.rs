@@ -249,12 +249,28 @@ fn stop(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
     child.wait().ok()
 }
 
-/// Starts the collector with its output prefixed on stderr.
-fn start_collector(o: &ApplianceOptions) -> Result<Child, crate::Error> {
+/// Key id of the key `run` makes for the collector it starts and the guest.
+pub const DEMO_KEY_ID: &str = "netoops-image";
+/// Where in the collector's directory that key is written (a file; the collector's store
+/// only looks at directories).
+pub const DEMO_KEYS_FILE: &str = ".netoops-image-keys";
+
+/// 32 random bytes as hex.
+fn demo_key() -> Result<String, crate::Error> {
+    use std::io::Read;
+    let mut k = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut k)?;
+    Ok(k.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Starts the collector (sessions keyed by `keys`) with its output prefixed on stderr.
+fn start_collector(o: &ApplianceOptions, keys: &Path) -> Result<Child, crate::Error> {
     std::fs::create_dir_all(&o.dir)?;
     let bin = collector_binary(o);
     let mut child = Command::new(&bin)
         .arg("serve")
+        .arg("--keys")
+        .arg(keys)
         .arg("--listen")
         .arg(o.collector.to_string())
         .arg("--dir")
@@ -394,8 +410,16 @@ pub fn run(o: &ApplianceOptions) -> Result<i32, crate::Error> {
     if let Some(f) = &forwarder {
         reporter.report(&f.stats(), false);
     }
+    // The collector started here gets a fresh key for this run, and the guest its
+    // `upstream_key`: the demo's session is authenticated like a deployment's.
+    let mut keyed = o.clone();
     let mut collector = if o.start_collector {
-        Some(start_collector(o)?)
+        let key = demo_key()?;
+        let keys = o.dir.join(DEMO_KEYS_FILE);
+        std::fs::create_dir_all(&o.dir)?;
+        std::fs::write(&keys, format!("{DEMO_KEY_ID} {key}\n"))?;
+        keyed.extra_cmdline = format!("upstream_key={DEMO_KEY_ID}:{key} {}", o.extra_cmdline);
+        Some(start_collector(o, &keys)?)
     } else {
         None
     };
@@ -403,7 +427,7 @@ pub fn run(o: &ApplianceOptions) -> Result<i32, crate::Error> {
         .as_ref()
         .map(|f| f.netdev("in"))
         .unwrap_or_default();
-    let cmd = qemu_command(o, &image.path, &netdev);
+    let cmd = qemu_command(&keyed, &image.path, &netdev);
     let args = qemu_args(&cmd, o.kvm);
     let via = match o.ingress {
         Ingress::Forward => "forwarded as frames",

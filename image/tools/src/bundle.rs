@@ -67,24 +67,31 @@ fn unit(description: &str, after: &str, exec_start: &str, service_extra: &str) -
     )
 }
 
-/// The collector's unit: the default storage directory and port. `StateDirectory` makes
-/// systemd create `/var/lib/netoops-collect` for the dynamic user.
+/// The collector's unit: the default storage directory and port, relay keys from
+/// `/etc/netoops/collector.keys`. `StateDirectory` makes systemd create
+/// `/var/lib/netoops-collect` for the dynamic user; `LoadCredential` hands it the keys file
+/// (which stays readable by root only) in its private credentials directory.
 pub fn collect_unit() -> String {
     unit(
         "netoops crash collector: stores what netoops relays deliver",
         "",
-        "/usr/local/bin/netoops-collect serve --listen 0.0.0.0:2005 --dir /var/lib/netoops-collect",
-        "StateDirectory=netoops-collect\nLimitNOFILE=65536\n",
+        "/usr/local/bin/netoops-collect serve --listen 0.0.0.0:2005 \
+         --dir /var/lib/netoops-collect --keys ${CREDENTIALS_DIRECTORY}/keys",
+        "StateDirectory=netoops-collect\n\
+         LoadCredential=keys:/etc/netoops/collector.keys\n\
+         LimitNOFILE=65536\n",
     )
 }
 
-/// The hosted relay's unit: its settings in `/etc/netoops/relay.toml`.
+/// The hosted relay's unit: its settings in `/etc/netoops/relay.toml`, its session key in
+/// `/etc/netoops/relay.key` (as a credential, like the collector's keys).
 pub fn relay_unit() -> String {
     unit(
         "netoops crash relay (hosted): reassembles netoops and netconsole crashes, forwards them",
         " netoops-collect.service",
-        "/usr/local/bin/netoops-relay --config /etc/netoops/relay.toml",
-        "",
+        "/usr/local/bin/netoops-relay --config /etc/netoops/relay.toml \
+         --upstream-key-file ${CREDENTIALS_DIRECTORY}/relay.key",
+        "LoadCredential=relay.key:/etc/netoops/relay.key\n",
     )
 }
 
@@ -106,6 +113,10 @@ pub const RELAY_CONF: &str = "\
 ip=10.20.0.5/24 gw=10.20.0.1
 upstream=10.9.0.10:2005
 name=relay-1
+# The session key this relay shares with its collectors (`netoops-collect keygen`; the
+# collector's keys file holds `relay-1 <key>`). Without it the relay speaks in clear, and
+# collectors that have keys refuse it.
+# upstream_key=relay-1:<64 hex digits>
 ";
 
 /// How to build a bundle.
@@ -210,6 +221,10 @@ fn install_text() -> String {
          \n\
          Check:    sha256sum -c SHA256SUMS\n\
          Install:  sudo cp -a root/. /   (then edit /etc/netoops/relay.toml)\n\
+         Keys:     key=$(netoops-collect keygen)   (one per relay; README: sessions)\n\
+         \x20         echo \"hosted-relay $key\" | sudo tee /etc/netoops/collector.keys\n\
+         \x20         echo \"hosted-relay:$key\" | sudo tee /etc/netoops/relay.key\n\
+         \x20         sudo chmod 600 /etc/netoops/collector.keys /etc/netoops/relay.key\n\
          Start:    sudo systemctl daemon-reload\n\
          \x20         sudo systemctl enable --now netoops-collect netoops-relay\n\
          Appliance on a VM (no Rust toolchain needed):\n\
@@ -350,8 +365,12 @@ mod tests {
         assert!(exec(&collect_unit()).starts_with(&format!("/{BIN_DIR}/netoops-collect serve ")));
         assert_eq!(
             exec(&relay_unit()),
-            format!("/{BIN_DIR}/netoops-relay --config /{CONF_DIR}/relay.toml")
+            format!(
+                "/{BIN_DIR}/netoops-relay --config /{CONF_DIR}/relay.toml \
+                 --upstream-key-file ${{CREDENTIALS_DIRECTORY}}/relay.key"
+            )
         );
+        assert!(exec(&collect_unit()).ends_with(" --keys ${CREDENTIALS_DIRECTORY}/keys"));
     }
 
     #[test]

@@ -265,7 +265,13 @@ pub fn spawn_collector(dir: &std::path::Path) -> (std::process::Child, SocketAdd
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_netoops-collect"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .args([
+            "serve",
+            "--allow-plaintext",
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+        ])
         .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

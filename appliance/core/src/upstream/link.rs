@@ -16,6 +16,13 @@
 //! }
 //! ```
 //!
+//! With [`LinkConfig::security`] set, every connection first runs the secure channel's
+//! handshake ([`super::secure`]): the key id and handshake message 1 are the first bytes out,
+//! and `Hello` and everything after it travel sealed once the collector has proved the key.
+//! The handshake counts against the `Welcome` deadline; a channel failure closes the
+//! connection with [`CloseReason::AuthFailed`]. A collector's `Refused` (its disk is full)
+//! backs the link off by the streak of refusals, not by the backoff a `Welcome` resets.
+//!
 //! Session: `Hello`, then nothing until the collector's `Welcome` (so records it already applied
 //! are never resent), then every spooled record above `Welcome.last_seq` in seq order, then new
 //! records as they are enqueued: crash notices before dumps (the spool's two lanes), and a new
@@ -41,6 +48,7 @@ use super::record::{
     RecordHeaderRef, RecordKind, Reply, MAX_FRAME_LEN, MAX_REPLY_LEN, PROTOCOL_VERSION,
     SPOOLED_PREFIX_MAX,
 };
+use super::secure::{ChannelRng, Initiator, SecureError, SessionKey};
 use super::spool::{RoomError, Spool, SpoolWriter};
 use crate::time::{Duration, Instant};
 use alloc::collections::VecDeque;
@@ -79,7 +87,24 @@ pub struct LinkConfig {
     pub failback_interval: Duration,
     /// Events kept for [`UpstreamLink::poll_event`] before the oldest are dropped.
     pub event_capacity: usize,
+    /// Authenticated, encrypted sessions ([`super::secure`]); `None` speaks the record
+    /// protocol in clear (an explicit opt-out: collectors with keys refuse it).
+    pub security: Option<LinkSecurity>,
 }
+
+/// The relay's session key and the secret seed its ephemeral keys are drawn from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkSecurity {
+    /// Key id and pre-shared key.
+    pub key: SessionKey,
+    /// Secret randomness, fresh on every start: handshake `n` draws its ephemeral from
+    /// ChaCha20 under this seed and nonce `n`.
+    pub seed: [u8; 32],
+}
+
+/// Plaintext bytes per sealed message the relay sends: small enough to keep a crash notice
+/// close behind, large enough that the 18 bytes of overhead do not matter.
+const SEAL_CHUNK: usize = 16 * 1024;
 
 impl LinkConfig {
     /// Defaults for everything but the upstream count and the relay's identity: an 8 MiB spool
@@ -99,6 +124,7 @@ impl LinkConfig {
             backoff_max: Duration::from_secs(30),
             failback_interval: Duration::from_secs(60),
             event_capacity: 1024,
+            security: None,
         }
     }
 }
@@ -133,11 +159,14 @@ pub enum CloseReason {
     InstanceConflict,
     /// Closed on purpose to try a preferred upstream again.
     Failback,
+    /// The secure channel failed: the collector did not prove the key (handshake), or a
+    /// message did not decrypt.
+    AuthFailed,
 }
 
 impl CloseReason {
     /// Every reason, in counter order.
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::ConnectFailed,
         CloseReason::PeerClosed,
         CloseReason::IoError,
@@ -150,6 +179,7 @@ impl CloseReason {
         CloseReason::UnexpectedReply,
         CloseReason::InstanceConflict,
         CloseReason::Failback,
+        CloseReason::AuthFailed,
     ];
 
     fn index(self) -> usize {
@@ -171,6 +201,7 @@ impl CloseReason {
             CloseReason::UnexpectedReply => "unexpected_reply",
             CloseReason::InstanceConflict => "instance_conflict",
             CloseReason::Failback => "failback",
+            CloseReason::AuthFailed => "auth_failed",
         }
     }
 }
@@ -282,6 +313,8 @@ pub enum LinkError {
         /// The collector's `last_seq`.
         last_seq: u64,
     },
+    /// The secure channel failed.
+    Secure(SecureError),
 }
 
 impl fmt::Display for LinkError {
@@ -301,6 +334,7 @@ impl fmt::Display for LinkError {
                 f,
                 "collector has seq {last_seq} for this instance, above anything sent"
             ),
+            LinkError::Secure(e) => write!(f, "secure channel: {e}"),
         }
     }
 }
@@ -313,6 +347,7 @@ impl LinkError {
             LinkError::Refused { .. } => CloseReason::Refused,
             LinkError::Unexpected(_) => CloseReason::UnexpectedReply,
             LinkError::InstanceConflict { .. } => CloseReason::InstanceConflict,
+            LinkError::Secure(_) => CloseReason::AuthFailed,
         }
     }
 }
@@ -389,6 +424,9 @@ pub struct LinkStats {
     pub refused_replies: u64,
     /// Events lost because nobody drained `poll_event`.
     pub events_dropped: u64,
+    /// Secure-channel failures: a collector that did not prove the key, or a message that
+    /// did not decrypt.
+    pub auth_failures: u64,
 }
 
 /// The frame being written: its prefix (length, seq, sent_at) and how far we are.
@@ -438,6 +476,10 @@ enum State {
 struct Upstream {
     next_attempt: Instant,
     backoff: Duration,
+    /// `Refused` closes since records last moved on this upstream: a collector that
+    /// welcomes and then refuses (its disk is full) is backed off by this streak, not by the
+    /// backoff a `Welcome` resets.
+    refusals: u32,
 }
 
 /// The upstream delivery state machine (module doc).
@@ -460,6 +502,10 @@ pub struct UpstreamLink {
     last_session_idx: Option<usize>,
     events: VecDeque<LinkEvent>,
     stats: LinkStats,
+    /// The current connection's secure channel, when [`LinkConfig::security`] is set.
+    secure: Option<Initiator>,
+    /// Handshakes started: the nonce of the next one's ephemeral.
+    handshakes: u64,
 }
 
 impl UpstreamLink {
@@ -493,6 +539,7 @@ impl UpstreamLink {
         let upstream = Upstream {
             next_attempt: Instant::ZERO,
             backoff: config.backoff_min,
+            refusals: 0,
         };
         UpstreamLink {
             spool: Spool::new(config.spool_bytes, config.spool_records),
@@ -507,8 +554,17 @@ impl UpstreamLink {
             last_session_idx: None,
             events: VecDeque::with_capacity(config.event_capacity.max(1)),
             stats: LinkStats::default(),
+            secure: None,
+            handshakes: 0,
             config,
         }
+    }
+
+    /// Replaces the session key (or turns sessions plain with `None`): takes effect at the
+    /// next connection, the current one is left alone. The spool is untouched, so a key
+    /// rotation loses nothing.
+    pub fn set_security(&mut self, security: Option<LinkSecurity>) {
+        self.config.security = security;
     }
 
     /// The configuration it was built with.
@@ -609,6 +665,16 @@ impl UpstreamLink {
             return;
         }
         self.decoder.reset();
+        self.secure = None;
+        if let Some(sec) = &self.config.security {
+            let rng = ChannelRng::new(&sec.seed, self.handshakes);
+            self.handshakes += 1;
+            let max_in = 16 * 1024;
+            match Initiator::new(&sec.key, rng, SEAL_CHUNK, max_in) {
+                Ok(chan) => self.secure = Some(chan),
+                Err(_) => self.closing = Some(CloseReason::AuthFailed),
+            }
+        }
         self.state = State::Open(Session {
             idx,
             hello_written: 0,
@@ -639,12 +705,21 @@ impl UpstreamLink {
         let reason = self.closing.take().unwrap_or(reason);
         self.state = State::Idle;
         self.decoder.reset();
+        self.secure = None;
         self.stats.disconnects.0[reason.index()] += 1;
         if let Some(u) = self.upstreams.get_mut(idx) {
             if welcomed && reason == CloseReason::Failback {
                 // Not a failure: the lowest ready index (the preferred one) is tried next, and
                 // this one stays ready to fall back to at once.
                 u.next_attempt = now;
+            } else if reason == CloseReason::Refused {
+                u.refusals = u.refusals.saturating_add(1);
+                let mut wait = self.config.backoff_min;
+                for _ in 0..u.refusals.min(32) {
+                    wait = wait.doubled_up_to(self.config.backoff_max);
+                }
+                u.next_attempt = now + wait.max(u.backoff);
+                u.backoff = u.backoff.doubled_up_to(self.config.backoff_max);
             } else {
                 u.next_attempt = now + u.backoff;
                 u.backoff = u.backoff.doubled_up_to(self.config.backoff_max);
@@ -658,6 +733,34 @@ impl UpstreamLink {
     /// untouched. Bytes arriving when no session is open are ignored.
     pub fn handle_input(&mut self, now: Instant, mut bytes: &[u8]) -> Result<(), LinkError> {
         if !matches!(self.state, State::Open(_)) || self.closing.is_some() {
+            return Ok(());
+        }
+        let Some(mut chan) = self.secure.take() else {
+            return self.handle_plain_input(now, bytes);
+        };
+        let mut result = Ok(());
+        while !bytes.is_empty() && result.is_ok() {
+            match chan.read(bytes) {
+                Ok((n, plain)) => {
+                    bytes = &bytes[n..];
+                    if let Some(plain) = plain {
+                        result = self.handle_plain_input(now, plain);
+                    }
+                }
+                Err(e) => {
+                    self.stats.auth_failures += 1;
+                    self.closing = Some(CloseReason::AuthFailed);
+                    result = Err(LinkError::Secure(e));
+                }
+            }
+        }
+        self.secure = Some(chan);
+        result
+    }
+
+    /// The record-layer stream (in clear, or opened by the secure channel).
+    fn handle_plain_input(&mut self, now: Instant, mut bytes: &[u8]) -> Result<(), LinkError> {
+        if self.closing.is_some() {
             return Ok(());
         }
         loop {
@@ -724,7 +827,11 @@ impl UpstreamLink {
                     return Err(LinkError::Unexpected(Reply::Ack { seq }));
                 }
                 if seq > session.acked_through {
+                    let idx = session.idx;
                     session.acked_through = seq;
+                    if let Some(u) = self.upstreams.get_mut(idx) {
+                        u.refusals = 0;
+                    }
                     session.ack_deadline =
                         session.outstanding().then(|| now + self.config.ack_timeout);
                     self.remove_delivered(seq);
@@ -776,6 +883,25 @@ impl UpstreamLink {
     /// `handle_connected`, `handle_input` (Welcome, Ack), `enqueue` and `handle_closed`.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> usize {
+        if self.closing.is_some() {
+            return 0;
+        }
+        let Some(mut chan) = self.secure.take() else {
+            return self.poll_plain(now, buf);
+        };
+        let n = match chan.poll_transmit(buf, |plain| self.poll_plain(now, plain)) {
+            Ok(n) => n,
+            Err(_) => {
+                self.closing = Some(CloseReason::AuthFailed);
+                0
+            }
+        };
+        self.secure = Some(chan);
+        n
+    }
+
+    /// The record-layer stream: `Hello`, then spooled records.
+    fn poll_plain(&mut self, now: Instant, buf: &mut [u8]) -> usize {
         if self.closing.is_some() {
             return 0;
         }
@@ -1165,6 +1291,170 @@ mod tests {
 
     fn stored_seqs(c: &Collector) -> Vec<u64> {
         c.stored.iter().map(|s| s.0).collect()
+    }
+
+    /// Drives a secure link against the test collector behind a [`Responder`] until nothing
+    /// moves. Returns the responder's error, if any.
+    fn pump_secure(
+        link: &mut UpstreamLink,
+        c: &mut Collector,
+        resp: &mut crate::upstream::secure::Responder,
+        psk: &crate::upstream::secure::Psk,
+        now: Instant,
+    ) -> Result<(), SecureError> {
+        use crate::upstream::secure::Received;
+        let mut buf = vec![0u8; 333];
+        loop {
+            let n = link.poll_transmit(now, &mut buf);
+            let mut rest = &buf[..n];
+            let mut back = Vec::new();
+            while !rest.is_empty() {
+                let mut keys = |id: &str| {
+                    if id == "relay-a" {
+                        vec![psk.clone()]
+                    } else {
+                        Vec::new()
+                    }
+                };
+                let (k, out) = resp.read(rest, &mut keys, &[8; 32])?;
+                rest = &rest[k..];
+                match out {
+                    Received::Nothing => {}
+                    Received::Established { reply, .. } => back.extend_from_slice(&reply),
+                    Received::Plain(p) => c.receive(p),
+                }
+            }
+            let replies = core::mem::take(&mut c.replies);
+            if !replies.is_empty() {
+                resp.seal(&replies, &mut back).unwrap();
+            }
+            if !back.is_empty() {
+                link.handle_input(now, &back).unwrap();
+            }
+            if n == 0 && back.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn secure_config(psk: u8) -> LinkConfig {
+        use crate::upstream::secure::Psk;
+        LinkConfig {
+            security: Some(LinkSecurity {
+                key: SessionKey {
+                    id: "relay-a".into(),
+                    psk: Psk([psk; 32]),
+                },
+                seed: [3; 32],
+            }),
+            ..config(1)
+        }
+    }
+
+    #[test]
+    fn secure_sessions_handshake_before_hello_and_deliver() {
+        use crate::upstream::secure::{key_id_prefix, Psk, Responder, HANDSHAKE_LEN};
+        let mut link = UpstreamLink::new(secure_config(7));
+        let mut c = Collector::new();
+        let t = Instant::from_millis(1000);
+        put(&mut link, t, &crash(1), b"Oops: 0002");
+        put(&mut link, t, &dump(1), b"full text of the oops");
+        connect(&mut link, &mut c, t);
+        // Before the handshake: the clear key id and message 1, and no Hello.
+        let mut buf = [0u8; 4096];
+        let n = link.poll_transmit(t, &mut buf);
+        let prefix = key_id_prefix("relay-a");
+        assert_eq!(n, prefix.len() + 2 + HANDSHAKE_LEN);
+        assert_eq!(&buf[..prefix.len()], &prefix[..]);
+        assert_eq!(link.poll_transmit(t, &mut buf), 0);
+        let mut resp = Responder::new(crate::upstream::secure::MAX_MESSAGE);
+        let mut lookup = |_: &str| vec![Psk([7; 32])];
+        let (_, out) = resp.read(&buf[..n], &mut lookup, &[8; 32]).unwrap();
+        let crate::upstream::secure::Received::Established { reply, .. } = out else {
+            panic!("handshake failed");
+        };
+        link.handle_input(t, &reply).unwrap();
+        pump_secure(&mut link, &mut c, &mut resp, &Psk([7; 32]), t).unwrap();
+        assert_eq!(stored_seqs(&c), vec![1, 2]);
+        assert_eq!(c.stored[1].2, b"full text of the oops");
+        assert_eq!(link.stats().delivered.total(), 2);
+        // A session after a reconnect handshakes again and resumes.
+        link.handle_closed(t, 0, CloseReason::PeerClosed);
+        put(&mut link, t, &crash(2), b"later");
+        let t2 = t + Duration::from_secs(1);
+        connect(&mut link, &mut c, t2);
+        let mut resp = Responder::new(crate::upstream::secure::MAX_MESSAGE);
+        pump_secure(&mut link, &mut c, &mut resp, &Psk([7; 32]), t2).unwrap();
+        assert_eq!(stored_seqs(&c), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_collector_without_the_key_gets_nothing_and_a_forged_reply_closes() {
+        use crate::upstream::secure::{Psk, Responder};
+        let mut link = UpstreamLink::new(secure_config(7));
+        let mut c = Collector::new();
+        let t = Instant::from_millis(1000);
+        put(&mut link, t, &dump(1), b"secret text");
+        connect(&mut link, &mut c, t);
+        let mut resp = Responder::new(crate::upstream::secure::MAX_MESSAGE);
+        assert_eq!(
+            pump_secure(&mut link, &mut c, &mut resp, &Psk([8; 32]), t),
+            Err(SecureError::Handshake)
+        );
+        assert!(c.stored.is_empty());
+        // A reply that is not handshake message 2 for our ephemeral.
+        let forged = [0u8, 48]
+            .iter()
+            .chain([0u8; 48].iter())
+            .copied()
+            .collect::<Vec<_>>();
+        assert!(matches!(
+            link.handle_input(t, &forged),
+            Err(LinkError::Secure(SecureError::Handshake))
+        ));
+        assert_eq!(link.poll_close(), Some(0));
+        link.handle_closed(t, 0, CloseReason::PeerClosed);
+        assert_eq!(link.stats().disconnects.get(CloseReason::AuthFailed), 1);
+        assert_eq!(link.stats().auth_failures, 1);
+        assert_eq!(link.stats().spool_records, 1);
+    }
+
+    /// A collector that welcomes and then refuses (its disk is full) is tried again later
+    /// each time, although every `Welcome` resets the ordinary backoff; an `Ack` that moves
+    /// records ends the streak.
+    #[test]
+    fn refusals_after_welcome_back_off_further_each_time() {
+        let mut link = UpstreamLink::new(config(1));
+        let mut c = Collector::new();
+        let mut t = Instant::from_millis(1000);
+        put(&mut link, t, &dump(1), b"no room");
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            connect(&mut link, &mut c, t);
+            let mut buf = [0u8; 4096];
+            let n = link.poll_transmit(t, &mut buf);
+            c.receive(&buf[..n]);
+            let mut replies = core::mem::take(&mut c.replies);
+            let refused = Reply::Refused {
+                reason: "storage failed".to_string(),
+            };
+            replies.extend_from_slice(&encode_reply_frame(&refused).unwrap());
+            assert!(matches!(
+                link.handle_input(t, &replies),
+                Err(LinkError::Refused { .. })
+            ));
+            link.handle_closed(t, 0, CloseReason::PeerClosed);
+            let next = link.poll_timeout().unwrap();
+            waits.push((next - t).total_millis());
+            t = next;
+        }
+        // backoff_min 100 ms doubled per refusal, up to backoff_max 1 s.
+        assert_eq!(waits, [200, 400, 800, 1000, 1000]);
+        assert_eq!(link.stats().disconnects.get(CloseReason::Refused), 5);
+        // The disk has room again: delivered, and the next refusal starts from the bottom.
+        connect(&mut link, &mut c, t);
+        pump(&mut link, &mut c, t, 4096);
+        assert_eq!(link.stats().delivered.total(), 1);
     }
 
     #[test]

@@ -9,15 +9,18 @@
 //!   only, every drop counted).
 //! - [`link`]: [`UpstreamLink`], the sans-IO session and failover state machine over one TCP
 //!   connection at a time; time and bytes come in, bytes and events come out.
+//! - [`secure`]: the Noise `NNpsk0` channel the link runs its stream through when the relay
+//!   has a key (both ends: the relay's `Initiator`, the collector's `Responder`).
 pub mod emit;
 pub mod link;
 pub mod record;
+pub mod secure;
 pub mod spool;
 
 pub use emit::{CrashOut, DumpOut, SpoolRecord};
 pub use link::{
     CloseReason, DisconnectCounts, EnqueueError, KindCounts, LinkConfig, LinkError, LinkEvent,
-    LinkStats, UpstreamLink,
+    LinkSecurity, LinkStats, UpstreamLink,
 };
 pub use record::{
     ConsoleMeta, Cpu, CrashSeen, DumpIdentity, DumpKind, DumpMeta, Record, RecordHeader,

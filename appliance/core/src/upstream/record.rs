@@ -665,6 +665,21 @@ impl FrameDecoder {
         self.buf.len() - self.start
     }
 
+    /// Gives back buffer space beyond the preallocation once no frame is partly buffered: a
+    /// collector calls it so that one large frame does not pin its size per connection.
+    pub fn release_memory(&mut self) {
+        if self.buffered() == 0 && self.buf.capacity() > LEN_PREFIX + Self::PREALLOCATE_MAX {
+            self.buf.clear();
+            self.start = 0;
+            self.buf.shrink_to(LEN_PREFIX + Self::PREALLOCATE_MAX);
+        }
+    }
+
+    /// Bytes the buffer holds allocated.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Forgets everything (a new connection), keeping the allocation.
     pub fn reset(&mut self) {
         self.buf.clear();
@@ -734,6 +749,22 @@ mod tests {
             late_chunks: 0,
             netconsole: None,
         })
+    }
+
+    #[test]
+    fn a_large_frames_buffer_is_given_back_between_frames() {
+        let mut d = FrameDecoder::new(MAX_FRAME_LEN);
+        let mut frame = (1u32 << 20).to_le_bytes().to_vec();
+        frame.extend_from_slice(&vec![7u8; 1 << 20]);
+        assert_eq!(d.push(&frame[..4096]), 4096);
+        d.release_memory(); // partial: kept
+        assert_eq!(d.buffered(), 4096);
+        assert_eq!(d.push(&frame[4096..]), frame.len() - 4096);
+        assert_eq!(d.next_frame().unwrap().map(<[u8]>::len), Some(1 << 20));
+        assert!(d.capacity() >= 1 << 20);
+        d.release_memory();
+        assert!(d.capacity() <= LEN_PREFIX + FrameDecoder::PREALLOCATE_MAX);
+        assert_eq!(d.next_frame().unwrap(), None);
     }
 
     #[test]

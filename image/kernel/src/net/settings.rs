@@ -234,6 +234,13 @@ pub fn effective(s: &Settings) -> Vec<(&'static str, String)> {
         ("port", c.listen_port.to_string()),
         ("upstream", list(&c.upstreams)),
         ("name", c.name.clone()),
+        (
+            "upstream_key",
+            // The id only: the key itself never reaches the console.
+            c.upstream_key
+                .as_ref()
+                .map_or("none".to_string(), |k| k.to_string()),
+        ),
         ("memory", size(r.memory_budget)),
         ("spool", size(c.spool_bytes)),
         ("max_dumps", r.max_dumps.to_string()),
