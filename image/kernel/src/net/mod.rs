@@ -5,7 +5,8 @@
 //! - [`nic`]: the NICs found at boot behind one enum ([`nic::AnyNic`]) implementing
 //!   `netoops_nic::Device`.
 //! - [`fastpath`]: in-place classification of received frames; netoops datagrams for us
-//!   never reach the stack. Pure, unit-tested on the host.
+//!   never reach the stack; the code is the `netoops-fastpath` crate (unit-tested and
+//!   benchmarked on the host), re-exported here.
 //! - [`driver`]: the NIC presented to embassy-net (`embassy_net_driver::Driver`), running the
 //!   fast path inside its `receive` on the ingress NIC.
 //! - [`executor`] and [`timers`]: the spinning executor, the TSC time driver and its timer
@@ -22,6 +23,7 @@
 pub mod driver;
 #[cfg(all(target_os = "none", not(test)))]
 pub mod executor;
+#[cfg(all(target_os = "none", not(test)))]
 pub mod fastpath;
 #[cfg(all(target_os = "none", not(test)))]
 pub mod http;
