@@ -443,72 +443,103 @@ mod tests {
         }
     }
 
+    /// A relay driver on its own thread (config `upstream=<collector> stats=1s` and `extra`)
+    /// delivering to a real collector that stores in a temporary directory.
+    struct Harness {
+        dir: tempfile::TempDir,
+        to: SocketAddr,
+        shutdown: Arc<AtomicBool>,
+        relay: Option<std::thread::JoinHandle<DriverOutcome>>,
+    }
+
+    /// How the driver ended, its console output and its reassembly stats.
+    type DriverOutcome = (Ending, String, netoops_core::reassembly::ReassemblyStats);
+
+    impl Harness {
+        fn start(extra: &str, recv_buffer: usize) -> Harness {
+            let dir = tempfile::tempdir().unwrap();
+            let server = Server::bind(ServerConfig::new(
+                "127.0.0.1:0".parse().unwrap(),
+                dir.path(),
+            ))
+            .unwrap();
+            let collector = server.local_addr().unwrap();
+            server.spawn();
+            let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+            let shutdown = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&shutdown);
+            let text = format!("upstream={collector} stats=1s {extra}");
+            let relay = std::thread::spawn(move || {
+                let relay = Relay::new(Config::parse(&text).unwrap(), 0x5eed).unwrap();
+                let udp = BatchSocket::bind("127.0.0.1:0".parse().unwrap(), recv_buffer).unwrap();
+                addr_tx.send(udp.local_addr().unwrap()).unwrap();
+                let mut driver = Driver::new(
+                    relay,
+                    udp,
+                    None,
+                    None,
+                    Console::new(Vec::new()),
+                    Clock::start(),
+                    StdDuration::from_secs(20),
+                )
+                .unwrap();
+                let ending = driver.run(&flag).unwrap();
+                let output = String::from_utf8(driver.console().get_ref().clone()).unwrap();
+                (ending, output, *driver.relay.reassembler().stats())
+            });
+            let to = addr_rx.recv().unwrap();
+            Harness {
+                dir,
+                to,
+                shutdown,
+                relay: Some(relay),
+            }
+        }
+
+        /// The dumps stored for `ip`.
+        fn stored(&self, ip: &str) -> Vec<catalog::StoredDump> {
+            catalog::list(self.dir.path())
+                .map(|l| l.into_iter().filter(|d| d.ip_dir == ip).collect::<Vec<_>>())
+                .unwrap_or_default()
+        }
+
+        /// Asks the driver to shut down and waits for it (the collector's files stay).
+        fn stop(&mut self) -> DriverOutcome {
+            self.shutdown.store(true, Ordering::Relaxed);
+            self.relay.take().expect("stopped once").join().unwrap()
+        }
+    }
+
     /// The whole loop on loopback against the real collector: a complete dump is delivered
     /// while running, a dump still missing packets is flushed as partial at shutdown and
     /// delivered before the driver returns.
     #[test]
     fn delivers_to_a_real_collector_and_drains_at_shutdown() {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Server::bind(ServerConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            dir.path(),
-        ))
-        .unwrap();
-        let collector = server.local_addr().unwrap();
-        server.spawn();
-
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&shutdown);
-        let relay = std::thread::spawn(move || {
-            let config =
-                Config::parse(&format!("upstream={collector} quiet=60s stats=1s")).unwrap();
-            let relay = Relay::new(config, 0x5eed).unwrap();
-            let udp = BatchSocket::bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
-            addr_tx.send(udp.local_addr().unwrap()).unwrap();
-            let console = Console::new(Vec::new());
-            let mut driver = Driver::new(
-                relay,
-                udp,
-                None,
-                None,
-                console,
-                Clock::start(),
-                StdDuration::from_secs(20),
-            )
-            .unwrap();
-            let ending = driver.run(&flag).unwrap();
-            (
-                ending,
-                String::from_utf8(driver.console().get_ref().clone()).unwrap(),
-            )
-        });
-        let to = addr_rx.recv().unwrap();
-
+        // Packets 3 and 4 of the second dump never arrive; quiet=60s keeps it assembling
+        // until shutdown.
+        let mut h = Harness::start("quiet=60s", 1 << 20);
+        let to = h.to;
         let complete = log(300, "complete");
         send(to, "127.0.0.21:0", 7, &complete, |_| true);
-        let stored = |ip: &str| {
-            catalog::list(dir.path())
-                .map(|l| l.into_iter().filter(|d| d.ip_dir == ip).collect::<Vec<_>>())
-                .unwrap_or_default()
-        };
-        wait_for("the complete dump", || !stored("127.0.0.21").is_empty());
-        let d = &stored("127.0.0.21")[0];
+        wait_for("the complete dump", || !h.stored("127.0.0.21").is_empty());
+        let d = &h.stored("127.0.0.21")[0];
         assert_eq!(catalog::read_text(d).unwrap(), complete);
         assert_eq!(d.meta["complete"], true);
 
-        // Packets 3 and 4 never arrive; quiet=60s keeps the dump assembling until shutdown.
         let partial = log(200, "partial");
         send(to, "127.0.0.22:0", 8, &partial, |p| p != 3 && p != 4);
         // Shutdown must come after the relay has read those datagrams: wait for its crash
         // notice to reach the collector (the notice is sent at the first packet).
         wait_for("the partial dump's crash notice", || {
-            dir.path().join("127.0.0.22").join("crashes.jsonl").exists()
+            h.dir
+                .path()
+                .join("127.0.0.22")
+                .join("crashes.jsonl")
+                .exists()
         });
-        shutdown.store(true, Ordering::Relaxed);
-        let (ending, output) = relay.join().unwrap();
+        let (ending, output, _) = h.stop();
         assert_eq!(ending, Ending::Delivered, "{output}");
-        let d = &stored("127.0.0.22")[0];
+        let d = &h.stored("127.0.0.22")[0];
         let m = SenderModel::new(&[], &partial);
         let want = expected(&m, |p| p != 3 && p != 4);
         assert_eq!(catalog::read_text(d).unwrap(), want.text);
@@ -536,37 +567,8 @@ mod tests {
     /// ones are refused or stored apart as the one-packet dumps they are.
     #[test]
     fn a_dump_survives_spoofed_dumps_from_its_own_address() {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Server::bind(ServerConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            dir.path(),
-        ))
-        .unwrap();
-        let collector = server.local_addr().unwrap();
-        server.spawn();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&shutdown);
-        let relay = std::thread::spawn(move || {
-            let config = Config::parse(&format!("upstream={collector} quiet=1s stats=1s")).unwrap();
-            let relay = Relay::new(config, 0x5eed).unwrap();
-            let udp = BatchSocket::bind("127.0.0.1:0".parse().unwrap(), 4 << 20).unwrap();
-            addr_tx.send(udp.local_addr().unwrap()).unwrap();
-            let mut driver = Driver::new(
-                relay,
-                udp,
-                None,
-                None,
-                Console::new(Vec::new()),
-                Clock::start(),
-                StdDuration::from_secs(20),
-            )
-            .unwrap();
-            let ending = driver.run(&flag).unwrap();
-            let stats = *driver.relay.reassembler().stats();
-            (ending, stats)
-        });
-        let to = addr_rx.recv().unwrap();
+        let mut relay = Harness::start("quiet=1s", 4 << 20);
+        let to = relay.to;
 
         let real = UdpSocket::bind("127.0.0.23:0").unwrap();
         let spoofer = UdpSocket::bind("127.0.0.23:0").unwrap();
@@ -588,18 +590,13 @@ mod tests {
         }
         // One socket, read in order: once a later dump is stored, every datagram above was read.
         send(to, "127.0.0.24:0", 9, &log(10, "marker"), |_| true);
-        let stored = |ip: &str| {
-            catalog::list(dir.path())
-                .map(|l| l.into_iter().filter(|d| d.ip_dir == ip).collect::<Vec<_>>())
-                .unwrap_or_default()
-        };
-        wait_for("the marker dump", || !stored("127.0.0.24").is_empty());
-        shutdown.store(true, Ordering::Relaxed);
-        let (ending, stats) = relay.join().unwrap();
-        assert_eq!(ending, Ending::Delivered);
+        wait_for("the marker dump", || !relay.stored("127.0.0.24").is_empty());
+        let (ending, output, stats) = relay.stop();
+        assert_eq!(ending, Ending::Delivered, "{output}");
 
         let source = real.local_addr().unwrap().to_string();
-        let mine: Vec<_> = stored("127.0.0.23")
+        let mine: Vec<_> = relay
+            .stored("127.0.0.23")
             .into_iter()
             .filter(|d| d.meta["source"] == source.as_str())
             .collect();
