@@ -20,7 +20,6 @@ use netoops_core::upstream::Record;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -200,24 +199,7 @@ struct Collector {
 impl Collector {
     fn spawn(dir: &Path, args: &[&str]) -> Collector {
         let stderr = File::create(dir.with_extension("stderr")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_netoops-collect"))
-            .args([
-                "serve",
-                "--allow-plaintext",
-                "--listen",
-                "127.0.0.1:0",
-                "--dir",
-            ])
-            .arg(dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let addr = netoops_core::console::listening(&first).unwrap();
-        std::thread::spawn(move || for _ in lines {});
+        let (child, addr) = spawn_collector_with(dir, args, Stdio::from(stderr));
         Collector { child, addr }
     }
 }

@@ -262,6 +262,15 @@ pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
 /// The built collector binary serving `dir`, its stdout drained on a thread; returns it with
 /// the address from its `listening on` line.
 pub fn spawn_collector(dir: &std::path::Path) -> (std::process::Child, SocketAddr) {
+    spawn_collector_with(dir, &[], std::process::Stdio::null())
+}
+
+/// As [`spawn_collector`], with more `serve` arguments and its stderr going to `stderr`.
+pub fn spawn_collector_with(
+    dir: &std::path::Path,
+    args: &[&str],
+    stderr: std::process::Stdio,
+) -> (std::process::Child, SocketAddr) {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_netoops-collect"))
@@ -273,8 +282,9 @@ pub fn spawn_collector(dir: &std::path::Path) -> (std::process::Child, SocketAdd
             "--dir",
         ])
         .arg(dir)
+        .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
