@@ -40,6 +40,9 @@ const NETCONSOLE_TOKEN: Token = Token(2);
 pub const MAX_WAIT: StdDuration = StdDuration::from_millis(50);
 /// UDP batches received per pass before the upstream and the timers get a turn.
 const UDP_BATCHES_PER_PASS: usize = 16;
+/// Passes over the sockets at shutdown for what they already hold (each up to
+/// [`UDP_BATCHES_PER_PASS`] batches per socket).
+const SHUTDOWN_READS: usize = 64;
 
 /// The relay's monotonic clock: microseconds since the relay started, as the core wants it.
 #[derive(Clone, Copy, Debug)]
@@ -155,6 +158,16 @@ impl<W: Write> Driver<W> {
         loop {
             let mut now = self.clock.now();
             if draining.is_none() && shutdown.load(Ordering::Relaxed) {
+                // Datagrams the kernel already holds arrived before the stop: take them in
+                // first (bounded, so a flood cannot hold the shutdown), then flush.
+                for _ in 0..SHUTDOWN_READS {
+                    let (udp_more, t) = self.receive(now);
+                    let (nc_more, t) = self.receive_netconsole(t);
+                    now = t;
+                    if !udp_more && !nc_more {
+                        break;
+                    }
+                }
                 self.relay.flush(now);
                 draining = Some(now + self.drain_timeout);
                 self.console.line(format_args!(
@@ -508,6 +521,43 @@ mod tests {
             self.shutdown.store(true, Ordering::Relaxed);
             self.relay.take().expect("stopped once").join().unwrap()
         }
+    }
+
+    /// Datagrams already in the socket when the stop comes are read before the relay shuts
+    /// down: the stop is set before the loop even starts, and all three are counted.
+    #[test]
+    fn what_the_sockets_hold_at_shutdown_is_read() {
+        let config = Config::parse("upstream=127.0.0.1:9 stats=3600s").unwrap();
+        let relay = Relay::new(config, 0x5eed).unwrap();
+        let udp = BatchSocket::bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let to = udp.local_addr().unwrap();
+        let mut driver = Driver::new(
+            relay,
+            udp,
+            None,
+            None,
+            Console::new(Vec::new()),
+            Clock::start(),
+            StdDuration::from_millis(1),
+        )
+        .unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for bad in [&b"not netoops"[..], b"\x00\x01", b"x"] {
+            sock.send_to(bad, to).unwrap();
+        }
+        let stop = AtomicBool::new(true);
+        driver.run(&stop).unwrap();
+        let output = String::from_utf8(driver.console().get_ref().clone()).unwrap();
+        let last = output
+            .lines()
+            .rev()
+            .find(|l| l.contains("final counters"))
+            .unwrap();
+        assert_eq!(
+            netoops_core::console::number_after(last, "datagrams"),
+            Some(3),
+            "{output}"
+        );
     }
 
     /// The whole loop on loopback against the real collector: a complete dump is delivered
