@@ -84,7 +84,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -260,7 +260,13 @@ impl Store {
             let Ok(instance) = u64::from_str_radix(&name, 16) else {
                 continue;
             };
-            let text = fs::read_to_string(entry.path())?;
+            // A state file is a line the collector wrote; read no more than that much of one
+            // (a larger file is not ours and does not parse).
+            let mut bytes = Vec::new();
+            File::open(entry.path())?
+                .take(RELAY_STATE_MAX)
+                .read_to_end(&mut bytes)?;
+            let text = String::from_utf8_lossy(&bytes);
             if let Some(seq) = parse_relay_state(&text) {
                 let i = instances.entry(instance).or_default();
                 i.relay = parse_relay_name(&text);
@@ -933,8 +939,15 @@ struct LineKey {
     seq: Option<u64>,
 }
 
-/// Calls `found(instance, seq)` for every line of a crash log, reading it as a stream, after
-/// cutting off a torn last line.
+/// Longest crash-log line parsed at startup. The collector writes lines far shorter; a
+/// longer one (a damaged or planted file) is skipped without being held in memory.
+const MAX_CRASH_LINE: usize = 1 << 20;
+
+/// Most bytes of a relay state file read at startup (they hold one short line).
+const RELAY_STATE_MAX: u64 = 64 << 10;
+
+/// Calls `found(instance, seq)` for every line of a crash log, reading it as a stream in
+/// bounded memory whatever the file holds, after cutting off a torn last line.
 fn scan_crash_log(path: &Path, mut found: impl FnMut(u64, u64)) -> io::Result<()> {
     let f = File::open(path)?;
     let mut reader = BufReader::with_capacity(1 << 16, f);
@@ -942,17 +955,26 @@ fn scan_crash_log(path: &Path, mut found: impl FnMut(u64, u64)) -> io::Result<()
     let mut complete = 0u64;
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line)?;
+        let n =
+            io::Read::take(&mut reader, MAX_CRASH_LINE as u64 + 1).read_until(b'\n', &mut line)?;
         if n == 0 {
             break;
         }
-        if line.last() != Some(&b'\n') {
+        let mut ended = line.last() == Some(&b'\n');
+        let mut len = n as u64;
+        if !ended && n > MAX_CRASH_LINE {
+            let (skipped, newline) = skip_line(&mut reader)?;
+            len += skipped;
+            ended = newline;
+            line.clear();
+        }
+        if !ended {
             // A torn last line: never acknowledged, cut off.
             let f = OpenOptions::new().write(true).open(path)?;
             f.set_len(complete)?;
             break;
         }
-        complete += n as u64;
+        complete += len;
         if let Ok(LineKey {
             relay_instance: Some(i),
             seq: Some(s),
@@ -962,6 +984,25 @@ fn scan_crash_log(path: &Path, mut found: impl FnMut(u64, u64)) -> io::Result<()
         }
     }
     Ok(())
+}
+
+/// Consumes up to and including the next newline without keeping what it reads: the bytes
+/// consumed, and whether a newline ended them (else the file ended).
+fn skip_line(reader: &mut impl BufRead) -> io::Result<(u64, bool)> {
+    let mut total = 0u64;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok((total, false));
+        }
+        if let Some(at) = buf.iter().position(|&b| b == b'\n') {
+            reader.consume(at + 1);
+            return Ok((total + at as u64 + 1, true));
+        }
+        let len = buf.len();
+        reader.consume(len);
+        total += len as u64;
+    }
 }
 
 /// A temp file's name: hidden, and ending in `.part` so that nothing listing `*.json` or
@@ -1243,6 +1284,20 @@ mod tests {
             names.iter().all(|n| !n.starts_with(TMP_PREFIX)),
             "{names:?}"
         );
+    }
+
+    #[test]
+    fn overlong_crash_log_lines_are_skipped_and_an_overlong_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CRASHES_FILE);
+        let good = |seq: u64| format!("{{\"relay_instance\":7,\"seq\":{seq}}}\n");
+        let long = "y".repeat(MAX_CRASH_LINE + 10);
+        let kept = format!("{}{long}\n{}", good(1), good(2));
+        fs::write(&path, format!("{kept}{long}")).unwrap();
+        let mut seen = Vec::new();
+        scan_crash_log(&path, |i, s| seen.push((i, s))).unwrap();
+        assert_eq!(seen, [(7, 1), (7, 2)]);
+        assert_eq!(fs::read_to_string(&path).unwrap(), kept);
     }
 
     #[test]
