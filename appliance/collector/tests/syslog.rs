@@ -15,7 +15,8 @@ mod common;
 use common::crashes::netconsole_record;
 use common::*;
 use netoops_collect::server::{Server, ServerConfig};
-use netoops_collect::syslog::SyslogConfig;
+use netoops_collect::session::Counters;
+use netoops_collect::syslog::{SyslogConfig, SyslogStats};
 use netoops_core::upstream::Record;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Debian's rsyslogd, or a clear failure.
@@ -452,21 +454,32 @@ fn rsyslog_started_late_or_restarted_loses_nothing() {
     );
 }
 
-#[test]
-fn beyond_the_queue_bound_messages_are_dropped_and_counted_and_the_rest_sent() {
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
+/// An in-process collector storing under `dir/store` with syslog to `port` holding at most
+/// `queue` messages: its address, syslog counters and collector counters.
+fn serve_with_syslog(
+    dir: &Path,
+    port: u16,
+    queue: usize,
+) -> (SocketAddr, Arc<SyslogStats>, Arc<Counters>) {
     let mut syslog = SyslogConfig::new(format!("127.0.0.1:{port}"));
-    syslog.queue = 5;
+    syslog.queue = queue;
     let server = Server::bind(ServerConfig {
         syslog: Some(syslog),
-        ..ServerConfig::new("127.0.0.1:0".parse().unwrap(), tmp.path().join("store"))
+        ..ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("store"))
     })
     .unwrap();
     let addr = server.local_addr().unwrap();
     let stats = server.syslog_stats().unwrap();
     let counters = server.counters();
     server.spawn();
+    (addr, stats, counters)
+}
+
+#[test]
+fn beyond_the_queue_bound_messages_are_dropped_and_counted_and_the_rest_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (addr, stats, counters) = serve_with_syslog(tmp.path(), port, 5);
     let mut d = Driver::new(link_config(0xb0d), vec![addr]);
     send_crashes(&mut d, 1, 12);
     assert_eq!(counters.crashes_stored.load(Ordering::Relaxed), 12);
@@ -602,17 +615,7 @@ fn a_stalled_rsyslog_holds_up_no_acknowledgement_and_what_overflows_is_counted()
     let port = free_port();
     let mut rsyslog = Rsyslog::new(&tmp.path().join("rsyslog"), port);
     rsyslog.start();
-    let mut syslog = SyslogConfig::new(format!("127.0.0.1:{port}"));
-    syslog.queue = 100;
-    let server = Server::bind(ServerConfig {
-        syslog: Some(syslog),
-        ..ServerConfig::new("127.0.0.1:0".parse().unwrap(), tmp.path().join("store"))
-    })
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    let stats = server.syslog_stats().unwrap();
-    let counters = server.counters();
-    server.spawn();
+    let (addr, stats, counters) = serve_with_syslog(tmp.path(), port, 100);
     let mut d = Driver::new(link_config(0x57a1), vec![addr]);
     send_crashes(&mut d, 1, 20);
     rsyslog.expect(20);

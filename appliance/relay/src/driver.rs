@@ -456,6 +456,29 @@ mod tests {
         }
     }
 
+    /// A driver for `config` on a UDP socket of its own on loopback (no netconsole, no
+    /// HTTP, the console kept in memory), and that socket's address.
+    fn test_driver(
+        config: &str,
+        recv_buffer: usize,
+        drain_timeout: StdDuration,
+    ) -> (Driver<Vec<u8>>, SocketAddr) {
+        let relay = Relay::new(Config::parse(config).unwrap(), 0x5eed).unwrap();
+        let udp = BatchSocket::bind("127.0.0.1:0".parse().unwrap(), recv_buffer).unwrap();
+        let to = udp.local_addr().unwrap();
+        let console = Console::new(Vec::new());
+        let driver = Driver::new(
+            relay,
+            udp,
+            None,
+            None,
+            console,
+            Clock::start(),
+            drain_timeout,
+        );
+        (driver.unwrap(), to)
+    }
+
     /// A relay driver on its own thread (config `upstream=<collector> stats=1s` and `extra`)
     /// delivering to a real collector that stores in a temporary directory.
     struct Harness {
@@ -483,19 +506,8 @@ mod tests {
             let flag = Arc::clone(&shutdown);
             let text = format!("upstream={collector} stats=1s {extra}");
             let relay = std::thread::spawn(move || {
-                let relay = Relay::new(Config::parse(&text).unwrap(), 0x5eed).unwrap();
-                let udp = BatchSocket::bind("127.0.0.1:0".parse().unwrap(), recv_buffer).unwrap();
-                addr_tx.send(udp.local_addr().unwrap()).unwrap();
-                let mut driver = Driver::new(
-                    relay,
-                    udp,
-                    None,
-                    None,
-                    Console::new(Vec::new()),
-                    Clock::start(),
-                    StdDuration::from_secs(20),
-                )
-                .unwrap();
+                let (mut driver, to) = test_driver(&text, recv_buffer, StdDuration::from_secs(20));
+                addr_tx.send(to).unwrap();
                 let ending = driver.run(&flag).unwrap();
                 let output = String::from_utf8(driver.console().get_ref().clone()).unwrap();
                 (ending, output, *driver.relay.reassembler().stats())
@@ -527,20 +539,11 @@ mod tests {
     /// down: the stop is set before the loop even starts, and all three are counted.
     #[test]
     fn what_the_sockets_hold_at_shutdown_is_read() {
-        let config = Config::parse("upstream=127.0.0.1:9 stats=3600s").unwrap();
-        let relay = Relay::new(config, 0x5eed).unwrap();
-        let udp = BatchSocket::bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
-        let to = udp.local_addr().unwrap();
-        let mut driver = Driver::new(
-            relay,
-            udp,
-            None,
-            None,
-            Console::new(Vec::new()),
-            Clock::start(),
+        let (mut driver, to) = test_driver(
+            "upstream=127.0.0.1:9 stats=3600s",
+            1 << 20,
             StdDuration::from_millis(1),
-        )
-        .unwrap();
+        );
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         for bad in [&b"not netoops"[..], b"\x00\x01", b"x"] {
             sock.send_to(bad, to).unwrap();
