@@ -79,13 +79,12 @@ impl LossyFleet {
     /// Whether a relay `counters:` line shows this fleet fully handled: every datagram
     /// counted, every heard dump finished complete or partial as planned, none malformed.
     pub fn counters_show_all(&self, line: &str) -> bool {
-        line.contains(&format!("counters: datagrams {} ", self.datagrams()))
-            && line.contains(&format!(
-                " complete {} partial {} ",
-                self.complete(),
-                self.partial()
-            ))
-            && line.contains(" malformed 0 ")
+        let c = crate::hosted::parse_counters(line);
+        let n = |k: &str| c.get(k).copied().unwrap_or(u64::MAX);
+        n("datagrams") == self.datagrams() as u64
+            && n("complete") == self.complete() as u64
+            && n("partial") == self.partial() as u64
+            && n("malformed") == 0
     }
 
     /// Sends every plan to `to` through QEMU's forward at most `max_rate` datagrams a
@@ -196,7 +195,7 @@ mod tests {
         assert!(a.datagrams() < all && a.datagrams() > all * 8 / 10);
         assert_eq!(a.heard(), a.complete() + a.partial());
         let line = format!(
-            "counters: datagrams {} chunks 9 dup 9 malformed 0 not_allowed 0 | dumps started {} \
+            "counters: format 1 | datagrams {} chunks 9 dup 9 malformed 0 not_allowed 0 | dumps started {} \
              complete {} partial {} held 30",
             a.datagrams(),
             a.heard(),

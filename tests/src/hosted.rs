@@ -431,11 +431,21 @@ impl Relay {
     }
 }
 
-/// The fields of a counters line by name (the first occurrence of a name wins), read with the
-/// one console parser, `netoops_core::console::fields`.
+/// The fields of a console line by name (the first occurrence of a name wins), read with the
+/// one console parser: a `counters:` line through `netoops_core::console::counters`, which
+/// checks its format version (a line of another format fails the test, it is never
+/// misread), any other line (`fastpath:`, `nic ingress:`) through `console::fields`.
 pub fn parse_counters(line: &str) -> Counters {
     let mut out = Counters::new();
-    for (key, n) in console::fields(line) {
+    let fields: Box<dyn Iterator<Item = (&str, u64)>> = if line.contains(console::COUNTERS) {
+        match console::counters(line) {
+            Ok(f) => Box::new(f),
+            Err(e) => panic!("{e}: {line:?}"),
+        }
+    } else {
+        Box::new(console::fields(line))
+    };
+    for (key, n) in fields {
         out.entry(key.to_string()).or_insert(n);
     }
     out
@@ -957,7 +967,7 @@ mod tests {
     #[test]
     fn counters_lines_parse_by_name() {
         let c = parse_counters(
-            "2026-01-01T00:00:00.000Z final counters: datagrams 12 chunks 3 dup 4 malformed 5 \
+            "2026-01-01T00:00:00.000Z final counters: format 1 | datagrams 12 chunks 3 dup 4 malformed 5 \
              | dumps started 2 chunks 1/100 | socket datagrams 99 truncated 1",
         );
         assert_eq!(c["datagrams"], 12);

@@ -11,7 +11,7 @@
 //! | `netconsole listening on <ip>:<port>` | hosted relay |
 //! | `http listening on <ip>:<port>` | hosted relay, with the HTTP endpoint on |
 //! | `ready: listening on udp/<port> at <ip> (...)` | appliance, when its loop starts |
-//! | `counters: <fields>` and `final counters: <fields>` | both relays ([`crate::relay::Counters`]) |
+//! | `counters: format <N> \| <fields>` and `final counters: format <N> \| <fields>` | both relays ([`crate::relay::Counters`]) |
 //! | `fastpath: <fields>`, `nic ingress: <fields>`, `memory: heap <fields>` | appliance |
 //! | `boot: ready <N> ms after kernel entry (...)` | appliance |
 //!
@@ -21,6 +21,11 @@
 //! `socket datagrams 7`). A key may repeat in another group: [`number_after_in`] reads it
 //! after a label. The self-test lines use `<key>=<number>` pairs, which [`number_after`] reads
 //! too. Counter names only ever get added; a reader asks for the ones it needs by name.
+//!
+//! Versioning: the counters line opens with `format <N>` ([`FORMAT`]). Within one format a
+//! field keeps its name and meaning and fields are only added; renaming, removing or changing
+//! the meaning of one is a new format. Readers take the line through [`counters`], which
+//! refuses a line of another format, so a reader built for one format never misreads another.
 
 use core::net::SocketAddr;
 
@@ -32,6 +37,45 @@ pub const NETCONSOLE_LISTENING: &str = "netconsole listening on ";
 pub const HTTP_LISTENING: &str = "http listening on ";
 /// Marker of a counters line (the relays print `counters:` and, at exit, `final counters:`).
 pub const COUNTERS: &str = "counters:";
+/// The format of the counters line that this build prints and reads (see the module docs).
+pub const FORMAT: u64 = 1;
+
+/// A counters line that [`counters`] does not read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CountersError {
+    /// No `counters:` marker in the line.
+    NotCounters,
+    /// The line names no format (a relay older than the versioned format).
+    NoFormat,
+    /// The line is of another format than [`FORMAT`].
+    OtherFormat(u64),
+}
+
+impl core::fmt::Display for CountersError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CountersError::NotCounters => write!(f, "not a counters line"),
+            CountersError::NoFormat => write!(f, "counters line without a format"),
+            CountersError::OtherFormat(n) => {
+                write!(
+                    f,
+                    "counters line of format {n}, this reader knows format {FORMAT}"
+                )
+            }
+        }
+    }
+}
+
+/// The fields of a counters line after its `format` field, once the format is checked.
+pub fn counters(line: &str) -> Result<impl Iterator<Item = (&str, u64)> + '_, CountersError> {
+    let at = line.find(COUNTERS).ok_or(CountersError::NotCounters)?;
+    let mut all = fields(&line[at + COUNTERS.len()..]);
+    match all.next() {
+        Some(("format", FORMAT)) => Ok(all),
+        Some(("format", other)) => Err(CountersError::OtherFormat(other)),
+        _ => Err(CountersError::NoFormat),
+    }
+}
 
 /// The address of a `listening on` line. A `netconsole listening on` or `http listening on`
 /// line is not one: ask for it with [`netconsole_listening`] or [`http_listening`].
@@ -87,6 +131,20 @@ pub fn number_after_in(line: &str, section: &str, key: &str) -> Option<u64> {
     number_after(&line[at + section.len()..], key)
 }
 
+/// The `of` of a `<key> <used>/<of>` field after the first `section` in `line` (the size of
+/// what `used` counts: `"held 0 chunks 12/65536"`, section `held`, key `chunks` gives 65536).
+pub fn capacity_after_in(line: &str, section: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(section)? + section.len()..];
+    let mut words = rest.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == key {
+            let (_, of) = words.next()?.split_once('/')?;
+            return of.parse().ok();
+        }
+    }
+    None
+}
+
 /// The number right before the word `key` (`"cycles/datagram 80 interval 75 boot"`, key
 /// `boot` gives 75); `None` when a `-` (no samples) or anything else stands there.
 pub fn number_before(line: &str, key: &str) -> Option<u64> {
@@ -135,7 +193,8 @@ mod tests {
     use alloc::format;
     use alloc::vec::Vec;
 
-    const HOSTED: &str = "2026-01-01T00:00:00.000Z final counters: datagrams 3889 chunks 1300 \
+    const HOSTED: &str =
+        "2026-01-01T00:00:00.000Z final counters: format 1 | datagrams 3889 chunks 1300 \
         dup 2589 malformed 0 not_allowed 0 no_memory 0 late 0 | dumps started 20 complete 20 \
         partial 0 held 0 chunks 1300/65536 | delivered 40 dropped 0 spool 0/16777216 bytes | \
         socket datagrams 4000 kernel_drops 11";
@@ -150,12 +209,39 @@ mod tests {
         assert_eq!(number_after(HOSTED, "missing"), None);
         assert_eq!(number_after_in(HOSTED, "socket", "datagrams"), Some(4000));
         assert_eq!(number_after_in(HOSTED, "held", "chunks"), Some(1300));
+        assert_eq!(capacity_after_in(HOSTED, "held", "chunks"), Some(65536));
+        assert_eq!(capacity_after_in(HOSTED, "held", "missing"), None);
+        assert_eq!(capacity_after_in(HOSTED, "socket", "spool"), None);
+        assert_eq!(
+            capacity_after_in(HOSTED, "delivered", "spool"),
+            Some(16777216)
+        );
         assert_eq!(number_after_in(HOSTED, COUNTERS, "delivered"), Some(40));
-        let f: Vec<(&str, u64)> = fields(HOSTED).collect();
+        let f: Vec<(&str, u64)> = counters(HOSTED).unwrap().collect();
         assert_eq!(f[0], ("datagrams", 3889));
         assert!(f.contains(&("started", 20)));
         assert!(f.contains(&("spool", 0)));
         assert_eq!(f.iter().filter(|(k, _)| *k == "datagrams").count(), 2);
+    }
+
+    #[test]
+    fn counters_lines_of_another_format_are_refused() {
+        assert_eq!(
+            counters("counters: format 2 | datagrams 5").err(),
+            Some(CountersError::OtherFormat(2))
+        );
+        assert_eq!(
+            counters("final counters: datagrams 5").err(),
+            Some(CountersError::NoFormat)
+        );
+        assert_eq!(
+            counters("fastpath: frames 5").err(),
+            Some(CountersError::NotCounters)
+        );
+        let ok: Vec<(&str, u64)> = counters("x counters: format 1 | datagrams 5 dup 1")
+            .unwrap()
+            .collect();
+        assert_eq!(ok, [("datagrams", 5), ("dup", 1)]);
     }
 
     #[test]
@@ -187,6 +273,7 @@ mod tests {
         let relay = crate::relay::Relay::new(config, 1).unwrap();
         let line = format!("{}", relay.counters());
         assert!(line.starts_with(COUNTERS), "{line}");
+        assert!(counters(&line).is_ok(), "{line}");
         for key in [
             "datagrams",
             "chunks",

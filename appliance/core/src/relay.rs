@@ -472,12 +472,13 @@ impl fmt::Display for Counters<'_> {
         let r = self.r;
         write!(
             f,
-            "counters: datagrams {} chunks {} dup {} malformed {} not_allowed {} \
+            "counters: format {} | datagrams {} chunks {} dup {} malformed {} not_allowed {} \
              no_memory {} late {} refused {} conflicts {} foreign_port {} | dumps started {} \
              complete {} partial {} held {} \
              chunks {}/{} | delivered {} dropped {} spool {}/{} bytes | nc_datagrams {} \
              nc_malformed {} nc_dup {} nc_crashes {} nc_dumps {} nc_sources {} nc_boots {} \
              nc_trimmed {} nc_no_memory {}",
+            crate::console::FORMAT,
             r.datagrams,
             r.chunks_stored,
             r.duplicates + r.duplicates_unverified,

@@ -608,7 +608,7 @@ mod tests {
             "PARTIAL",
             "dump delivered: 127.0.0.22:",
             "all records delivered",
-            "final counters: datagrams",
+            "final counters: format 1 | datagrams",
         ] {
             assert!(output.contains(needle), "no {needle:?} in:\n{output}");
         }

@@ -227,7 +227,7 @@ impl Drop for Process {
 
 /// The console field readers: one parser for the relays' documented lines
 /// (`netoops_core::console`).
-pub use netoops_core::console::{number_after, number_after_in, number_before};
+pub use netoops_core::console::{capacity_after_in, number_after, number_after_in, number_before};
 
 #[cfg(test)]
 mod tests {

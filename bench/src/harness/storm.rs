@@ -21,7 +21,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::process::{number_after, number_after_in, Process};
+use super::process::{capacity_after_in, number_after, number_after_in, Process};
 use super::report::StormResult;
 use super::stats::Summary;
 use super::storage::{Storage, StoredDump};
@@ -147,13 +147,7 @@ fn chunks_peak(qemu: &Process, from: usize) -> (Option<u64>, Option<u64>) {
             continue;
         };
         peak = Some(peak.map_or(used, |p: u64| p.max(used)));
-        let after = line.text.split("chunks ").nth(2).unwrap_or_default();
-        if let Some(cap) = after
-            .split_whitespace()
-            .next()
-            .and_then(|f| f.split('/').nth(1))
-            .and_then(|c| c.parse().ok())
-        {
+        if let Some(cap) = capacity_after_in(&line.text, "held", "chunks") {
             capacity = Some(cap);
         }
     }
@@ -332,6 +326,9 @@ fn tally(
 fn relay_counters(relay: &Process, mark: usize, result: &mut StormResult) {
     (result.chunks_peak, result.chunks_capacity) = chunks_peak(relay, mark);
     if let Some(l) = relay.last_line_with(mark, "counters:") {
+        if let Err(e) = netoops_core::console::counters(&l.text) {
+            eprintln!("storm: {e}; the counters below may be misread");
+        }
         result.final_counters = l.text.trim().to_string();
         result.relay_dropped_records = number_after(&l.text, "dropped");
         result.relay_no_memory = number_after(&l.text, "no_memory");
