@@ -20,7 +20,7 @@ use netoops_e1000::{Model, E1000};
 use netoops_nic::Device;
 use netoops_virtio_net::net::features;
 use netoops_virtio_net::queue::model::RingModel;
-use netoops_virtio_net::queue::QueueAddresses;
+use netoops_virtio_net::queue::{QueueAddresses, QueueSetup};
 use netoops_virtio_net::transport::status;
 use netoops_virtio_net::{Transport, TransportError, VirtioNet};
 
@@ -71,12 +71,8 @@ impl Transport for SimTransport {
             0
         }
     }
-    fn setup_queue(
-        &mut self,
-        queue: u16,
-        size: u16,
-        addrs: QueueAddresses,
-    ) -> Result<(), TransportError> {
+    fn setup_queue(&mut self, setup: QueueSetup) -> Result<(), TransportError> {
+        let QueueSetup { queue, size, addrs } = setup;
         let q = self
             .queues
             .get_mut(usize::from(queue))

@@ -656,11 +656,7 @@ impl<R: Registers> Device for E1000<R> {
     }
 
     fn link_state(&mut self) -> LinkState {
-        if self.link_status().up {
-            LinkState::Up
-        } else {
-            LinkState::Down
-        }
+        LinkState::from(self.link_status().up)
     }
 
     fn capabilities(&self) -> Capabilities {

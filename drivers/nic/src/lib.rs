@@ -45,6 +45,17 @@ pub enum LinkState {
     Up,
 }
 
+impl From<bool> for LinkState {
+    /// `Up` for `true`.
+    fn from(up: bool) -> LinkState {
+        if up {
+            LinkState::Up
+        } else {
+            LinkState::Down
+        }
+    }
+}
+
 /// What a driver can do. New fields may be added without breaking callers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -21,7 +21,7 @@
 //! the slot. Frames shorter than an Ethernet header and frames that did not fit one slot
 //! (the device splits them with `MRG_RXBUF`) are dropped and counted.
 
-use crate::queue::{QueueError, SplitQueue, DESC_F_WRITE, MAX_QUEUE_SIZE};
+use crate::queue::{QueueError, QueueSetup, SplitQueue, DESC_F_WRITE, MAX_QUEUE_SIZE};
 use crate::transport::{status, Transport, TransportError};
 use netoops_driver_platform::{DmaRegion, Platform};
 use netoops_nic::{Capabilities, Device, DeviceStats, LinkState, MacAddress, RxToken, TxToken};
@@ -450,7 +450,11 @@ impl<T: Transport> VirtioNet<T> {
             rx.ring.push_avail(id);
         }
         rx.ring.publish();
-        transport.setup_queue(RX_QUEUE, rx_size, rx.ring.addresses())?;
+        transport.setup_queue(QueueSetup {
+            queue: RX_QUEUE,
+            size: rx_size,
+            addrs: rx.ring.addresses(),
+        })?;
 
         let (ring, slots) = build_queue(platform, tx_size, 0)?;
         let mut tx = TxQueue {
@@ -473,7 +477,11 @@ impl<T: Transport> VirtioNet<T> {
         for id in (0..tx_size).rev() {
             tx.return_slot(id);
         }
-        transport.setup_queue(TX_QUEUE, tx_size, tx.ring.addresses())?;
+        transport.setup_queue(QueueSetup {
+            queue: TX_QUEUE,
+            size: tx_size,
+            addrs: tx.ring.addresses(),
+        })?;
 
         let mac = if features & features::NET_MAC != 0 {
             read_mac(transport)
@@ -666,11 +674,10 @@ impl<T: Transport> Device for VirtioNet<T> {
     }
 
     fn link_state(&mut self) -> LinkState {
-        if self.features & features::NET_STATUS == 0 || self.transport.read_config_u16(6) & 1 != 0 {
-            LinkState::Up
-        } else {
-            LinkState::Down
-        }
+        // Without NET_STATUS the device reports no link state: take it as up.
+        LinkState::from(
+            self.features & features::NET_STATUS == 0 || self.transport.read_config_u16(6) & 1 != 0,
+        )
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -770,12 +777,8 @@ mod tests {
         fn max_queue_size(&mut self, queue: u16) -> u16 {
             self.max.get(usize::from(queue)).copied().unwrap_or(0)
         }
-        fn setup_queue(
-            &mut self,
-            queue: u16,
-            size: u16,
-            addrs: QueueAddresses,
-        ) -> Result<(), TransportError> {
+        fn setup_queue(&mut self, setup: QueueSetup) -> Result<(), TransportError> {
+            let QueueSetup { queue, size, addrs } = setup;
             assert!(size <= self.max[usize::from(queue)]);
             assert_eq!(
                 self.status & status::DRIVER_OK,

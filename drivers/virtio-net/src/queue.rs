@@ -38,6 +38,17 @@ pub struct QueueAddresses {
     pub used: u64,
 }
 
+/// What a transport programs for one queue: which, how many entries, and where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueSetup {
+    /// Queue index.
+    pub queue: u16,
+    /// Entries.
+    pub size: u16,
+    /// Where its parts are.
+    pub addrs: QueueAddresses,
+}
+
 /// One completed buffer as the device reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UsedElem {

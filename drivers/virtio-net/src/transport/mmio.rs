@@ -5,7 +5,7 @@
 //! a kernel without ACPI or device tree learns where its devices are.
 
 use super::{Transport, TransportError};
-use crate::queue::QueueAddresses;
+use crate::queue::QueueSetup;
 use netoops_driver_platform::MmioRegion;
 
 const MAGIC: usize = 0x000;
@@ -116,14 +116,7 @@ impl MmioTransport {
 }
 
 impl Transport for MmioTransport {
-    fn reset(&mut self) {
-        self.regs.write_u32(STATUS, 0);
-        for _ in 0..1_000_000 {
-            if self.regs.read_u32(STATUS) == 0 {
-                break;
-            }
-            core::hint::spin_loop();
-        }
+    fn after_reset(&mut self) {
         if self.version == 1 {
             self.regs.write_u32(GUEST_PAGE_SIZE, LEGACY_PAGE);
         }
@@ -163,12 +156,8 @@ impl Transport for MmioTransport {
         u16::try_from(self.regs.read_u32(QUEUE_NUM_MAX)).unwrap_or(u16::MAX)
     }
 
-    fn setup_queue(
-        &mut self,
-        queue: u16,
-        size: u16,
-        addrs: QueueAddresses,
-    ) -> Result<(), TransportError> {
+    fn setup_queue(&mut self, setup: QueueSetup) -> Result<(), TransportError> {
+        let QueueSetup { queue, size, addrs } = setup;
         self.regs.write_u32(QUEUE_SEL, u32::from(queue));
         if self.regs.read_u32(QUEUE_NUM_MAX) == 0 {
             return Err(TransportError::QueueUnavailable(queue));

@@ -14,7 +14,7 @@
 pub mod mmio;
 pub mod pci;
 
-use crate::queue::QueueAddresses;
+use crate::queue::QueueSetup;
 
 /// Device status bits (virtio 1.2, section 2.1).
 pub mod status {
@@ -55,8 +55,21 @@ pub enum TransportError {
 
 /// Register-level access to one virtio device.
 pub trait Transport {
-    /// Resets the device and waits until the reset has taken effect.
-    fn reset(&mut self);
+    /// Resets the device: writes status 0 and waits until it reads back 0 (virtio 1.2,
+    /// 4.1.4.3.2). QEMU resets synchronously; the wait is bounded so that a wedged device
+    /// cannot hang boot. Then [`Transport::after_reset`].
+    fn reset(&mut self) {
+        self.set_status(0);
+        for _ in 0..1_000_000 {
+            if self.status() == 0 {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        self.after_reset();
+    }
+    /// Redoes what a reset undid of the transport's own state (none by default).
+    fn after_reset(&mut self) {}
     /// Reads the device status byte.
     fn status(&self) -> u8;
     /// Writes the device status byte.
@@ -67,13 +80,8 @@ pub trait Transport {
     fn set_driver_features(&mut self, features: u64);
     /// Largest size the device allows for `queue`, 0 when the queue does not exist.
     fn max_queue_size(&mut self, queue: u16) -> u16;
-    /// Programs `queue` with `size` entries at `addrs` and enables it.
-    fn setup_queue(
-        &mut self,
-        queue: u16,
-        size: u16,
-        addrs: QueueAddresses,
-    ) -> Result<(), TransportError>;
+    /// Programs the queue `setup` names with its size and addresses, and enables it.
+    fn setup_queue(&mut self, setup: QueueSetup) -> Result<(), TransportError>;
     /// Tells the device that `queue` has new available buffers.
     fn notify(&self, queue: u16);
     /// Changes whenever the device-specific configuration changes.

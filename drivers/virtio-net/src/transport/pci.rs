@@ -6,7 +6,7 @@
 //! Needs only [`PciConfig`]: BAR sizing and enumeration stay in the kernel's PCI code.
 
 use super::{Transport, TransportError};
-use crate::queue::QueueAddresses;
+use crate::queue::QueueSetup;
 use netoops_driver_platform::{memory_bar_base, MmioRegion, PciConfig, Platform};
 
 /// Red Hat / virtio PCI vendor id.
@@ -161,16 +161,7 @@ impl PciTransport {
 }
 
 impl Transport for PciTransport {
-    fn reset(&mut self) {
-        self.common.write_u8(DEVICE_STATUS, 0);
-        // Reset is complete when the device reads back 0 (virtio 1.2, 4.1.4.3.2). QEMU
-        // resets synchronously; bound the wait so a wedged device cannot hang boot.
-        for _ in 0..1_000_000 {
-            if self.common.read_u8(DEVICE_STATUS) == 0 {
-                break;
-            }
-            core::hint::spin_loop();
-        }
+    fn after_reset(&mut self) {
         self.notify_offsets = [None; NOTIFY_QUEUES];
     }
 
@@ -205,12 +196,8 @@ impl Transport for PciTransport {
         self.common.read_u16(QUEUE_SIZE)
     }
 
-    fn setup_queue(
-        &mut self,
-        queue: u16,
-        size: u16,
-        addrs: QueueAddresses,
-    ) -> Result<(), TransportError> {
+    fn setup_queue(&mut self, setup: QueueSetup) -> Result<(), TransportError> {
+        let QueueSetup { queue, size, addrs } = setup;
         self.common.write_u16(QUEUE_SELECT, queue);
         if self.common.read_u16(QUEUE_SIZE) == 0 {
             return Err(TransportError::QueueUnavailable(queue));
