@@ -14,15 +14,118 @@
 
 use core::ptr::NonNull;
 
+/// A little-endian word that the regions read and write with one volatile access.
+pub trait Word: Copy + sealed::Sealed {
+    /// All bits clear: what a DMA read outside the region gives.
+    const ZERO: Self;
+    /// All bits set: what an MMIO read outside the window gives.
+    const ONES: Self;
+    /// From little-endian to native order.
+    fn from_le(v: Self) -> Self;
+    /// From native to little-endian order.
+    fn to_le(self) -> Self;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! words {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl Word for $t {
+            const ZERO: Self = 0;
+            const ONES: Self = <$t>::MAX;
+            fn from_le(v: Self) -> Self {
+                <$t>::from_le(v)
+            }
+            fn to_le(self) -> Self {
+                <$t>::to_le(self)
+            }
+        }
+    )*};
+}
+words!(u8, u16, u32, u64);
+
+/// The named accessors (`read_u32`, `write_u32`, ...) over a region's generic `read` and
+/// `write`; `mut` where writes take `&mut self`.
+macro_rules! accessors {
+    ($($read:ident $write:ident $t:ty),*; mut) => {$(
+        #[doc = concat!("Volatile read of a little-endian `", stringify!($t), "`.")]
+        pub fn $read(&self, offset: usize) -> $t {
+            self.read(offset)
+        }
+        #[doc = concat!("Volatile write of a little-endian `", stringify!($t), "`.")]
+        pub fn $write(&mut self, offset: usize, value: $t) {
+            self.write(offset, value)
+        }
+    )*};
+    ($($read:ident $write:ident $t:ty),*) => {$(
+        #[doc = concat!("Volatile read of a little-endian `", stringify!($t), "` register.")]
+        pub fn $read(&self, offset: usize) -> $t {
+            self.read(offset)
+        }
+        #[doc = concat!("Volatile write of a little-endian `", stringify!($t), "` register.")]
+        pub fn $write(&self, offset: usize, value: $t) {
+            self.write(offset, value)
+        }
+    )*};
+}
+
+/// `len` bytes at `ptr` with bounds- and alignment-checked volatile access: the part both
+/// region kinds share. Whoever makes one vouches for the memory (see the regions' `new`).
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Window {
+    /// Whether a `size`-byte access at `offset` lies inside with natural alignment.
+    fn fits(&self, offset: usize, size: usize) -> bool {
+        let ok = offset.checked_add(size).is_some_and(|end| end <= self.len)
+            && (self.ptr.as_ptr() as usize + offset) % size.clamp(1, 8) == 0;
+        debug_assert!(ok, "access {offset}+{size} outside {} bytes", self.len);
+        ok
+    }
+
+    /// The word at `offset`, or `None` outside the window.
+    fn read<T: Word>(&self, offset: usize) -> Option<T> {
+        if !self.fits(offset, core::mem::size_of::<T>()) {
+            return None;
+        }
+        let at = self.ptr.as_ptr().wrapping_add(offset).cast::<T>();
+        // SAFETY: in bounds and aligned (`fits`); the memory is valid (the region's `new`).
+        Some(T::from_le(unsafe { at.read_volatile() }))
+    }
+
+    /// Writes the word at `offset`; ignored outside the window.
+    fn write<T: Word>(&self, offset: usize, value: T) {
+        if self.fits(offset, core::mem::size_of::<T>()) {
+            let at = self.ptr.as_ptr().wrapping_add(offset).cast::<T>();
+            // SAFETY: in bounds and aligned (`fits`); the memory is valid (the region's `new`).
+            unsafe { at.write_volatile(value.to_le()) }
+        }
+    }
+
+    /// `len` bytes at `offset`, both clamped to the window.
+    fn clamp(&self, offset: usize, len: usize) -> (*mut u8, usize) {
+        let offset = offset.min(self.len);
+        (
+            self.ptr.as_ptr().wrapping_add(offset),
+            len.min(self.len - offset),
+        )
+    }
+}
+
 /// A physically contiguous memory block shared with the device.
 ///
 /// The block stays valid and exclusively owned by the driver (and the device it is handed
 /// to) for the rest of the program: the driver never frees DMA memory.
 #[derive(Debug)]
 pub struct DmaRegion {
-    virt: NonNull<u8>,
+    window: Window,
     phys: u64,
-    len: usize,
 }
 
 // SAFETY: the region is plain memory owned by one driver instance; moving that owner to
@@ -37,17 +140,20 @@ impl DmaRegion {
     /// cache-coherent with device DMA, that the device reaches at bus address `phys`, that
     /// nothing else uses, and that stays valid for the rest of the program.
     pub unsafe fn new(virt: NonNull<u8>, phys: u64, len: usize) -> Self {
-        Self { virt, phys, len }
+        Self {
+            window: Window { ptr: virt, len },
+            phys,
+        }
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.window.len
     }
 
     /// Whether the region is empty.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.window.len == 0
     }
 
     /// Bus address of byte `offset`.
@@ -55,109 +161,44 @@ impl DmaRegion {
         self.phys + offset as u64
     }
 
-    /// Whether `size` bytes at `offset` lie inside the region with natural alignment.
-    fn fits(&self, offset: usize, size: usize) -> bool {
-        let ok = offset.checked_add(size).is_some_and(|end| end <= self.len)
-            && (self.virt.as_ptr() as usize + offset) % size.clamp(1, 8) == 0;
-        debug_assert!(ok, "DMA access {offset}+{size} outside {}", self.len);
-        ok
+    /// Volatile read of a little-endian word; 0 outside the region.
+    pub fn read<T: Word>(&self, offset: usize) -> T {
+        self.window.read(offset).unwrap_or(T::ZERO)
     }
 
-    /// Volatile read of a little-endian `u16`.
-    pub fn read_u16(&self, offset: usize) -> u16 {
-        if !self.fits(offset, 2) {
-            return 0;
-        }
-        // SAFETY: `fits` checked bounds and alignment; the region is valid memory (`new`).
-        u16::from_le(unsafe { self.virt.as_ptr().add(offset).cast::<u16>().read_volatile() })
+    /// Volatile write of a little-endian word; ignored outside the region.
+    pub fn write<T: Word>(&mut self, offset: usize, value: T) {
+        self.window.write(offset, value)
     }
 
-    /// Volatile read of a little-endian `u32`.
-    pub fn read_u32(&self, offset: usize) -> u32 {
-        if !self.fits(offset, 4) {
-            return 0;
-        }
-        // SAFETY: `fits` checked bounds and alignment; the region is valid memory (`new`).
-        u32::from_le(unsafe { self.virt.as_ptr().add(offset).cast::<u32>().read_volatile() })
-    }
-
-    /// Volatile read of a little-endian `u64`.
-    pub fn read_u64(&self, offset: usize) -> u64 {
-        if !self.fits(offset, 8) {
-            return 0;
-        }
-        // SAFETY: `fits` checked bounds and alignment; the region is valid memory (`new`).
-        u64::from_le(unsafe { self.virt.as_ptr().add(offset).cast::<u64>().read_volatile() })
-    }
-
-    /// Volatile write of a little-endian `u16`.
-    pub fn write_u16(&mut self, offset: usize, value: u16) {
-        if self.fits(offset, 2) {
-            // SAFETY: `fits` checked bounds and alignment; the region is valid memory.
-            unsafe {
-                self.virt
-                    .as_ptr()
-                    .add(offset)
-                    .cast::<u16>()
-                    .write_volatile(value.to_le())
-            }
-        }
-    }
-
-    /// Volatile write of a little-endian `u32`.
-    pub fn write_u32(&mut self, offset: usize, value: u32) {
-        if self.fits(offset, 4) {
-            // SAFETY: `fits` checked bounds and alignment; the region is valid memory.
-            unsafe {
-                self.virt
-                    .as_ptr()
-                    .add(offset)
-                    .cast::<u32>()
-                    .write_volatile(value.to_le())
-            }
-        }
-    }
-
-    /// Volatile write of a little-endian `u64`.
-    pub fn write_u64(&mut self, offset: usize, value: u64) {
-        if self.fits(offset, 8) {
-            // SAFETY: `fits` checked bounds and alignment; the region is valid memory.
-            unsafe {
-                self.virt
-                    .as_ptr()
-                    .add(offset)
-                    .cast::<u64>()
-                    .write_volatile(value.to_le())
-            }
-        }
-    }
+    accessors!(read_u16 write_u16 u16, read_u32 write_u32 u32, read_u64 write_u64 u64; mut);
 
     /// Asks the CPU to bring `len` bytes at `offset` (clamped to the region) into its caches:
     /// receive loops call it for the next filled buffer while the current one is handled,
     /// so the reassembler's first read of a frame the device wrote does not stall on memory.
     /// A hint only; nothing is read or written.
     pub fn prefetch(&self, offset: usize, len: usize) {
-        let end = offset.saturating_add(len).min(self.len);
-        for at in (offset..end).step_by(64) {
+        let (start, len) = self.window.clamp(offset, len);
+        for at in (0..len).step_by(64) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: PREFETCHT0 neither faults nor changes memory or flags; the address is
-            // inside the region (`at < end <= len`).
+            // inside the region (clamped).
             unsafe {
                 core::arch::asm!(
                     "prefetcht0 [{0}]",
-                    in(reg) self.virt.as_ptr().add(at),
+                    in(reg) start.wrapping_add(at),
                     options(nostack, readonly, preserves_flags)
                 );
             }
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = at;
+            let _ = (start, at);
         }
     }
 
     /// Zeroes the whole region.
     pub fn zero(&mut self) {
         // SAFETY: the region is `len` writable bytes (`new`).
-        unsafe { core::ptr::write_bytes(self.virt.as_ptr(), 0, self.len) }
+        unsafe { core::ptr::write_bytes(self.window.ptr.as_ptr(), 0, self.window.len) }
     }
 
     /// Borrows `len` bytes at `offset`, clamped to the region.
@@ -166,10 +207,10 @@ impl DmaRegion {
     /// The device must not write the range while the borrow lives (the buffer is not
     /// posted to it).
     pub unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
-        let (offset, len) = self.clamp(offset, len);
+        let (at, len) = self.window.clamp(offset, len);
         // SAFETY: the range is inside the region (clamped); the caller guarantees the
         // device does not write it meanwhile, and `&self` excludes driver writes.
-        unsafe { core::slice::from_raw_parts(self.virt.as_ptr().add(offset), len) }
+        unsafe { core::slice::from_raw_parts(at, len) }
     }
 
     /// Borrows `len` bytes at `offset` mutably, clamped to the region.
@@ -178,23 +219,17 @@ impl DmaRegion {
     /// The device must not access the range while the borrow lives (the buffer is not
     /// posted to it).
     pub unsafe fn bytes_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
-        let (offset, len) = self.clamp(offset, len);
+        let (at, len) = self.window.clamp(offset, len);
         // SAFETY: the range is inside the region (clamped); the caller guarantees the
         // device does not access it meanwhile, and `&mut self` excludes other borrows.
-        unsafe { core::slice::from_raw_parts_mut(self.virt.as_ptr().add(offset), len) }
-    }
-
-    fn clamp(&self, offset: usize, len: usize) -> (usize, usize) {
-        let offset = offset.min(self.len);
-        (offset, len.min(self.len - offset))
+        unsafe { core::slice::from_raw_parts_mut(at, len) }
     }
 }
 
 /// A mapped window of device registers (uncached).
 #[derive(Debug, Clone, Copy)]
 pub struct MmioRegion {
-    base: NonNull<u8>,
-    len: usize,
+    window: Window,
 }
 
 // SAFETY: the window is device registers; accesses are single volatile loads and stores
@@ -208,99 +243,47 @@ impl MmioRegion {
     /// `base` must map `len` bytes of device registers uncached, valid for the rest of the
     /// program, and no other driver may program the same device.
     pub unsafe fn new(base: NonNull<u8>, len: usize) -> Self {
-        Self { base, len }
+        Self {
+            window: Window { ptr: base, len },
+        }
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.window.len
     }
 
     /// Whether the window is empty.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.window.len == 0
     }
 
     /// A sub-window, or `None` if it does not fit.
     pub fn subregion(&self, offset: usize, len: usize) -> Option<Self> {
         let end = offset.checked_add(len)?;
-        if end > self.len {
+        if end > self.window.len {
             return None;
         }
-        // SAFETY: `offset < len` (checked above), so the pointer stays inside the mapping.
-        let base = unsafe { self.base.add(offset) };
-        Some(Self { base, len })
+        // SAFETY: `offset <= len` (checked above), so the pointer stays inside the mapping
+        // (or one past it, for an empty sub-window).
+        let ptr = unsafe { self.window.ptr.add(offset) };
+        Some(Self {
+            window: Window { ptr, len },
+        })
     }
 
-    fn fits(&self, offset: usize, size: usize) -> bool {
-        let ok = offset.checked_add(size).is_some_and(|end| end <= self.len)
-            && (self.base.as_ptr() as usize + offset) % size == 0;
-        debug_assert!(ok, "MMIO access {offset}+{size} outside {}", self.len);
-        ok
+    /// Volatile read of a little-endian register; all ones (an absent bus device) outside
+    /// the window.
+    pub fn read<T: Word>(&self, offset: usize) -> T {
+        self.window.read(offset).unwrap_or(T::ONES)
     }
 
-    /// Reads a register byte.
-    pub fn read_u8(&self, offset: usize) -> u8 {
-        if !self.fits(offset, 1) {
-            return 0xff;
-        }
-        // SAFETY: in bounds (`fits`); the mapping is valid device memory (`new`).
-        unsafe { self.base.as_ptr().add(offset).read_volatile() }
+    /// Volatile write of a little-endian register; ignored outside the window.
+    pub fn write<T: Word>(&self, offset: usize, value: T) {
+        self.window.write(offset, value)
     }
 
-    /// Reads a little-endian 16-bit register.
-    pub fn read_u16(&self, offset: usize) -> u16 {
-        if !self.fits(offset, 2) {
-            return 0xffff;
-        }
-        // SAFETY: in bounds and aligned (`fits`); the mapping is valid device memory.
-        u16::from_le(unsafe { self.base.as_ptr().add(offset).cast::<u16>().read_volatile() })
-    }
-
-    /// Reads a little-endian 32-bit register.
-    pub fn read_u32(&self, offset: usize) -> u32 {
-        if !self.fits(offset, 4) {
-            return 0xffff_ffff;
-        }
-        // SAFETY: in bounds and aligned (`fits`); the mapping is valid device memory.
-        u32::from_le(unsafe { self.base.as_ptr().add(offset).cast::<u32>().read_volatile() })
-    }
-
-    /// Writes a register byte.
-    pub fn write_u8(&self, offset: usize, value: u8) {
-        if self.fits(offset, 1) {
-            // SAFETY: in bounds (`fits`); the mapping is valid device memory.
-            unsafe { self.base.as_ptr().add(offset).write_volatile(value) }
-        }
-    }
-
-    /// Writes a little-endian 16-bit register.
-    pub fn write_u16(&self, offset: usize, value: u16) {
-        if self.fits(offset, 2) {
-            // SAFETY: in bounds and aligned (`fits`); the mapping is valid device memory.
-            unsafe {
-                self.base
-                    .as_ptr()
-                    .add(offset)
-                    .cast::<u16>()
-                    .write_volatile(value.to_le())
-            }
-        }
-    }
-
-    /// Writes a little-endian 32-bit register.
-    pub fn write_u32(&self, offset: usize, value: u32) {
-        if self.fits(offset, 4) {
-            // SAFETY: in bounds and aligned (`fits`); the mapping is valid device memory.
-            unsafe {
-                self.base
-                    .as_ptr()
-                    .add(offset)
-                    .cast::<u32>()
-                    .write_volatile(value.to_le())
-            }
-        }
-    }
+    accessors!(read_u8 write_u8 u8, read_u16 write_u16 u16, read_u32 write_u32 u32);
 
     /// Writes a 64-bit register as two 32-bit halves, low first (virtio allows this for
     /// every 64-bit field).
