@@ -41,13 +41,13 @@ use crate::net::fastpath::Identity;
 use crate::net::http::{self, BoardMetrics, HttpTask, LoopReport};
 use crate::net::nic::{self, FoundNic, Location};
 use crate::net::settings::{self, Interface, NicIdentity, Settings};
+use crate::net::tcp::TcpTask;
 use crate::net::upstream::{self, Upstream};
 use crate::platform::boottime::BootClock;
 use crate::platform::idle::{self, HaltSetting, Idle};
 use crate::platform::{self, Platform};
 use crate::println;
 use alloc::boxed::Box;
-use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 use core::net::SocketAddr;
@@ -182,11 +182,13 @@ pub fn run(machine: &mut Platform, cmdline: &str) -> ! {
     let upstreams: &'static [SocketAddr] =
         Box::leak(settings.config.upstreams.clone().into_boxed_slice());
     let link = Upstream {
-        stack: upstream_stack,
-        relay,
+        tcp: TcpTask::new(
+            upstream_stack,
+            relay,
+            upstream::RX_BUFFER,
+            upstream::TX_BUFFER,
+        ),
         upstreams,
-        rx: Box::leak(vec![0u8; upstream::RX_BUFFER].into_boxed_slice()),
-        tx: Box::leak(vec![0u8; upstream::TX_BUFFER].into_boxed_slice()),
     };
     if spawn(spawner, link.run()).is_err() {
         stop(format_args!("cannot start the upstream task"));
@@ -204,13 +206,10 @@ pub fn run(machine: &mut Platform, cmdline: &str) -> ! {
         };
         for _ in 0..http::CONNECTIONS {
             let task = HttpTask {
-                stack: ingress_stack,
-                relay,
+                tcp: TcpTask::new(ingress_stack, relay, http::RX_BUFFER, http::TX_BUFFER),
                 server,
                 board,
                 port: http_port,
-                rx: Box::leak(vec![0u8; http::RX_BUFFER].into_boxed_slice()),
-                tx: Box::leak(vec![0u8; http::TX_BUFFER].into_boxed_slice()),
             };
             if spawn(spawner, task.run()).is_err() {
                 stop(format_args!("cannot start the HTTP tasks"));

@@ -154,6 +154,16 @@ pub fn strip(b: &[u8]) -> Result<Vec<u8>, Error> {
 mod tests {
     use super::*;
 
+    /// Writes an ELF note at `at`: name and descriptor sizes, type, name, descriptor.
+    fn note(b: &mut [u8], at: usize, name: &[u8], kind: u32, desc: &[u8]) {
+        let name_end = at + 12 + name.len();
+        b[at..at + 4].copy_from_slice(&(name.len() as u32).to_le_bytes());
+        b[at + 4..at + 8].copy_from_slice(&(desc.len() as u32).to_le_bytes());
+        b[at + 8..at + 12].copy_from_slice(&kind.to_le_bytes());
+        b[at + 12..name_end].copy_from_slice(name);
+        b[name_end..name_end + desc.len()].copy_from_slice(desc);
+    }
+
     /// A minimal ELF64 with one PT_LOAD, one PT_NOTE (Xen PVH, then the netoops UEFI entry)
     /// and trailing junk that stands in for debug sections.
     fn sample() -> Vec<u8> {
@@ -179,18 +189,8 @@ mod tests {
         b[ph..ph + 4].copy_from_slice(&4u32.to_le_bytes());
         b[ph + 8..ph + 16].copy_from_slice(&0x180u64.to_le_bytes());
         b[ph + 32..ph + 40].copy_from_slice(&0x34u64.to_le_bytes());
-        let note = 0x180;
-        b[note..note + 4].copy_from_slice(&4u32.to_le_bytes());
-        b[note + 4..note + 8].copy_from_slice(&8u32.to_le_bytes());
-        b[note + 8..note + 12].copy_from_slice(&18u32.to_le_bytes());
-        b[note + 12..note + 16].copy_from_slice(b"Xen\0");
-        b[note + 16..note + 24].copy_from_slice(&0x100018u64.to_le_bytes());
-        let note = 0x198;
-        b[note..note + 4].copy_from_slice(&8u32.to_le_bytes());
-        b[note + 4..note + 8].copy_from_slice(&8u32.to_le_bytes());
-        b[note + 8..note + 12].copy_from_slice(&1u32.to_le_bytes());
-        b[note + 12..note + 20].copy_from_slice(b"netoops\0");
-        b[note + 20..note + 28].copy_from_slice(&0x100139u64.to_le_bytes());
+        note(&mut b, 0x180, b"Xen\0", 18, &0x100018u64.to_le_bytes());
+        note(&mut b, 0x198, b"netoops\0", 1, &0x100139u64.to_le_bytes());
         // multiboot2 header at 0x100.
         let mb = 0x100;
         let len = 24u32;

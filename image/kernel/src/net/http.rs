@@ -12,12 +12,11 @@
 
 use super::driver::NicReport;
 use super::executor::yield_now;
+use super::tcp::{close, TcpTask};
 use crate::platform;
 use core::cell::{Cell, RefCell};
 use core::fmt;
 use embassy_net::tcp::TcpSocket;
-use embassy_net::Stack;
-use embassy_time::{with_timeout, Duration};
 use netoops_core::http::metrics::{Kind, Metrics};
 use netoops_core::http::{HttpServer, RelaySite, Transmit};
 use netoops_core::relay::Relay;
@@ -203,36 +202,29 @@ impl BoardMetrics {
 
 /// One connection task's share, allocated at boot.
 pub struct HttpTask {
-    /// The stack the socket listens on (the ingress NIC's: the relay's address).
-    pub stack: Stack<'static>,
-    /// The relay.
-    pub relay: &'static RefCell<Relay>,
+    /// The ingress NIC's stack (the relay's address), the relay and socket buffers
+    /// ([`RX_BUFFER`], [`TX_BUFFER`]).
+    pub tcp: TcpTask,
     /// The server every task shares.
     pub server: &'static RefCell<HttpServer>,
     /// The board's counters.
     pub board: BoardMetrics,
     /// `http_port`.
     pub port: u16,
-    /// Socket receive buffer.
-    pub rx: &'static mut [u8],
-    /// Socket send buffer.
-    pub tx: &'static mut [u8],
 }
 
 impl HttpTask {
     /// Serves connections forever.
     pub async fn run(self) -> ! {
         let HttpTask {
-            stack,
-            relay,
+            mut tcp,
             server,
             board,
             port,
-            rx,
-            tx,
         } = self;
+        let relay = tcp.relay;
         loop {
-            let mut socket = TcpSocket::new(stack, rx, tx);
+            let mut socket = tcp.socket();
             if socket.accept(port).await.is_err() {
                 continue;
             }
@@ -241,15 +233,7 @@ impl HttpTask {
             if let Some(id) = slot {
                 serve(&mut socket, relay, server, board, id).await;
             }
-            // FIN first; a peer that does not finish in time gets a reset.
-            socket.close();
-            if with_timeout(Duration::from_secs(1), socket.flush())
-                .await
-                .is_err()
-            {
-                socket.abort();
-                let _ = with_timeout(Duration::from_millis(100), socket.flush()).await;
-            }
+            close(&mut socket).await;
         }
     }
 }

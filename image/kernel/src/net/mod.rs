@@ -13,6 +13,7 @@
 //!   table, and the no-op critical section of a single-core kernel without interrupts.
 //! - [`upstream`]: the task that runs the relay's upstream link over a TCP socket.
 //! - [`http`]: the tasks that serve the HTTP endpoint (`http_port=`) on the relay's address.
+//! - [`tcp`]: what those TCP tasks share (stack, relay, buffers, closing a connection).
 //! - [`settings`]: the relay configuration from the command line, interface addressing and
 //!   NIC selection. Pure, unit-tested on the host.
 //!
@@ -30,6 +31,8 @@ pub mod http;
 #[cfg(all(target_os = "none", not(test)))]
 pub mod nic;
 pub mod settings;
+#[cfg(all(target_os = "none", not(test)))]
+pub mod tcp;
 pub mod timers;
 #[cfg(all(target_os = "none", not(test)))]
 pub mod upstream;

@@ -19,13 +19,13 @@
 //! [`UpstreamLink`]: netoops_core::upstream::UpstreamLink
 
 use super::executor::yield_now;
+use super::tcp::{close, TcpTask};
 use crate::platform;
 use core::cell::RefCell;
 use core::future::Future;
 use core::net::SocketAddr;
 use embassy_net::tcp::{State, TcpSocket};
-use embassy_net::{IpAddress, IpEndpoint, Stack};
-use embassy_time::{with_timeout, Duration};
+use embassy_net::{IpAddress, IpEndpoint};
 use netoops_core::relay::Relay;
 use netoops_core::time::Instant;
 use netoops_core::upstream::CloseReason;
@@ -44,28 +44,17 @@ fn now() -> Instant {
 
 /// Everything the task needs, allocated once at boot.
 pub struct Upstream {
-    /// The stack the connections use.
-    pub stack: Stack<'static>,
-    /// The relay.
-    pub relay: &'static RefCell<Relay>,
+    /// Stack, relay and socket buffers ([`RX_BUFFER`], [`TX_BUFFER`]).
+    pub tcp: TcpTask,
     /// The collectors, in the configuration's order (IPv4 only, checked at boot).
     pub upstreams: &'static [SocketAddr],
-    /// Socket receive buffer.
-    pub rx: &'static mut [u8],
-    /// Socket send buffer.
-    pub tx: &'static mut [u8],
 }
 
 impl Upstream {
     /// Runs connections forever.
     pub async fn run(self) -> ! {
-        let Upstream {
-            stack,
-            relay,
-            upstreams,
-            rx,
-            tx,
-        } = self;
+        let Upstream { mut tcp, upstreams } = self;
+        let relay = tcp.relay;
         loop {
             let idx = loop {
                 if let Some(idx) = relay.borrow_mut().link().poll_connect(now()) {
@@ -73,7 +62,7 @@ impl Upstream {
                 }
                 yield_now().await;
             };
-            let mut socket = TcpSocket::new(stack, rx, tx);
+            let mut socket = tcp.socket();
             socket.set_nagle_enabled(false);
             let reason = match upstreams.get(idx).copied() {
                 Some(SocketAddr::V4(addr)) => {
@@ -82,15 +71,7 @@ impl Upstream {
                 }
                 _ => CloseReason::ConnectFailed,
             };
-            // FIN first; a peer that does not finish in time gets a reset.
-            socket.close();
-            if with_timeout(Duration::from_secs(1), socket.flush())
-                .await
-                .is_err()
-            {
-                socket.abort();
-                let _ = with_timeout(Duration::from_millis(100), socket.flush()).await;
-            }
+            close(&mut socket).await;
             drop(socket);
             relay.borrow_mut().link().handle_closed(now(), idx, reason);
         }
