@@ -71,37 +71,46 @@ fn rustc() -> std::ffi::OsString {
     std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into())
 }
 
-/// Builds the kernel and writes the image.
-pub fn build_kernel(release: bool) -> Result<BuiltImage, Error> {
-    ensure_target()?;
+/// Runs `cargo build -p <package> --target <target>` (the kernel profile when `release`)
+/// with `env` set, and returns the directory cargo put the artefacts in.
+pub(crate) fn cargo_build(
+    package: &str,
+    target: &str,
+    release: bool,
+    env: &[(&str, &std::path::Path)],
+) -> Result<PathBuf, Error> {
     let mut cmd = Command::new(cargo());
-    cmd.current_dir(workspace_root()).args([
-        "build",
-        "-p",
-        "netoops-kernel",
-        "--target",
-        KERNEL_TARGET,
-    ]);
+    cmd.current_dir(workspace_root())
+        .args(["build", "-p", package, "--target", target]);
     if release {
-        // The size-optimized release profile (root Cargo.toml).
+        // The size-optimized profile (root Cargo.toml), for the kernel and the UEFI stub.
         cmd.args(["--profile", KERNEL_PROFILE]);
     }
+    for (var, value) in env {
+        cmd.env(var, value);
+    }
     // A build started from inside `cargo test` inherits variables meant for the host build
-    // of the test crate; the kernel's flags come from .cargo/config.toml only.
+    // of the test crate; these crates' flags come from .cargo/config.toml only.
     for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
         cmd.env_remove(var);
     }
     let status = cmd.status()?;
     if !status.success() {
         return Err(Error::Command {
-            what: "cargo build -p netoops-kernel".into(),
+            what: format!("cargo build -p {package}"),
             status,
         });
     }
-    let kernel_elf = target_dir()
-        .join(KERNEL_TARGET)
-        .join(if release { KERNEL_PROFILE } else { "debug" })
-        .join("netoops-kernel");
+    Ok(target_dir()
+        .join(target)
+        .join(if release { KERNEL_PROFILE } else { "debug" }))
+}
+
+/// Builds the kernel and writes the image.
+pub fn build_kernel(release: bool) -> Result<BuiltImage, Error> {
+    ensure_target()?;
+    let kernel_elf =
+        cargo_build("netoops-kernel", KERNEL_TARGET, release, &[])?.join("netoops-kernel");
     let bytes = std::fs::read(&kernel_elf)?;
     let image = elf::strip(&bytes)?;
     let summary = elf::inspect(&image)?;

@@ -5,9 +5,8 @@
 //! the stub embeds; the result is copied to `target/image/netoops-relay.efi`.
 
 use crate::build::BuiltImage;
-use crate::{image_dir, target_dir, workspace_root, Error};
+use crate::{image_dir, Error};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The stub's target triple.
 pub const UEFI_TARGET: &str = "x86_64-unknown-uefi";
@@ -30,32 +29,13 @@ pub fn build_efi(kernel: &BuiltImage, release: bool) -> Result<BuiltEfi, Error> 
     }
     crate::build::ensure_rust_target(UEFI_TARGET)?;
     let kernel_path = std::fs::canonicalize(&kernel.path)?;
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(workspace_root())
-        .args(["build", "-p", "netoops-uefi", "--target", UEFI_TARGET])
-        .env("NETOOPS_KERNEL_ELF", &kernel_path);
-    if release {
-        // The appliance's size-optimized profile, as for the kernel.
-        cmd.args(["--profile", crate::build::KERNEL_PROFILE]);
-    }
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
-        cmd.env_remove(var);
-    }
-    let status = cmd.status()?;
-    if !status.success() {
-        return Err(Error::Command {
-            what: "cargo build -p netoops-uefi".into(),
-            status,
-        });
-    }
-    let built = target_dir()
-        .join(UEFI_TARGET)
-        .join(if release {
-            crate::build::KERNEL_PROFILE
-        } else {
-            "debug"
-        })
-        .join("netoops-uefi.efi");
+    let built = crate::build::cargo_build(
+        "netoops-uefi",
+        UEFI_TARGET,
+        release,
+        &[("NETOOPS_KERNEL_ELF", &kernel_path)],
+    )?
+    .join("netoops-uefi.efi");
     let bytes = std::fs::read(&built)?;
     check_pe(&bytes)?;
     std::fs::create_dir_all(image_dir())?;
