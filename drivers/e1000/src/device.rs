@@ -326,9 +326,9 @@ impl<R: Registers> E1000<R> {
         let rx = RxRing::new(platform, config.rx_ring_len, config.rx_repost_batch)?;
         let tx = TxRing::new(platform, config.tx_ring_len, config.tx_kick_batch)?;
 
-        regs.write(regs::RDBAL, rx.base() as u32);
-        regs.write(regs::RDBAH, (rx.base() >> 32) as u32);
-        regs.write(regs::RDLEN, rx.bytes());
+        regs.write(regs::RDBAL, rx.blocks().base() as u32);
+        regs.write(regs::RDBAH, (rx.blocks().base() >> 32) as u32);
+        regs.write(regs::RDLEN, rx.blocks().bytes());
         regs.write(regs::RDH, 0);
         regs.write(regs::RDT, u32::from(rx.tail()));
         regs.write(regs::RDTR, 0);
@@ -338,9 +338,9 @@ impl<R: Registers> E1000<R> {
             rctl::EN | rctl::BAM | rctl::BSIZE_2048 | rctl::SECRC,
         );
 
-        regs.write(regs::TDBAL, tx.base() as u32);
-        regs.write(regs::TDBAH, (tx.base() >> 32) as u32);
-        regs.write(regs::TDLEN, tx.bytes());
+        regs.write(regs::TDBAL, tx.blocks().base() as u32);
+        regs.write(regs::TDBAH, (tx.blocks().base() >> 32) as u32);
+        regs.write(regs::TDLEN, tx.blocks().bytes());
         regs.write(regs::TDH, 0);
         regs.write(regs::TDT, 0);
         if model == Model::I82540Em {
@@ -661,8 +661,8 @@ impl<R: Registers> Device for E1000<R> {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(
-            usize::from(self.rx.descriptors()),
-            usize::from(self.tx.descriptors()),
+            usize::from(self.rx.blocks().descriptors()),
+            usize::from(self.tx.blocks().descriptors()),
         )
     }
 

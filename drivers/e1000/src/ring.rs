@@ -59,26 +59,57 @@ pub fn check_ring_len(len: u16) -> Result<(), RingError> {
     }
 }
 
-/// Descriptor block and buffer block of one ring, each descriptor pointing at its buffer.
-fn build(
-    platform: &impl Platform,
+/// The two DMA blocks of one ring: `len` descriptors of `desc_len` bytes, each pointing at
+/// its buffer of [`BUFFER_LEN`] bytes in the buffer block.
+#[derive(Debug)]
+pub struct Blocks {
+    descs: DmaRegion,
+    buffers: DmaRegion,
     len: u16,
     desc_len: usize,
-    addr_offset: usize,
-) -> Result<(DmaRegion, DmaRegion), RingError> {
-    check_ring_len(len)?;
-    let n = usize::from(len);
-    let mut descs = platform
-        .dma_alloc(n * desc_len, 4096)
-        .ok_or(RingError::DmaExhausted)?;
-    descs.zero();
-    let buffers = platform
-        .dma_alloc(n * BUFFER_LEN, 4096)
-        .ok_or(RingError::DmaExhausted)?;
-    for i in 0..n {
-        descs.write_u64(i * desc_len + addr_offset, buffers.phys(i * BUFFER_LEN));
+}
+
+impl Blocks {
+    fn new(
+        platform: &impl Platform,
+        len: u16,
+        desc_len: usize,
+        addr_offset: usize,
+    ) -> Result<Self, RingError> {
+        check_ring_len(len)?;
+        let n = usize::from(len);
+        let mut descs = platform
+            .dma_alloc(n * desc_len, 4096)
+            .ok_or(RingError::DmaExhausted)?;
+        descs.zero();
+        let buffers = platform
+            .dma_alloc(n * BUFFER_LEN, 4096)
+            .ok_or(RingError::DmaExhausted)?;
+        for i in 0..n {
+            descs.write_u64(i * desc_len + addr_offset, buffers.phys(i * BUFFER_LEN));
+        }
+        Ok(Blocks {
+            descs,
+            buffers,
+            len,
+            desc_len,
+        })
     }
-    Ok((descs, buffers))
+
+    /// Bus address of the descriptor array (RDBAL/RDBAH, TDBAL/TDBAH).
+    pub fn base(&self) -> u64 {
+        self.descs.phys(0)
+    }
+
+    /// Size of the descriptor array in bytes (RDLEN, TDLEN).
+    pub fn bytes(&self) -> u32 {
+        u32::from(self.len) * self.desc_len as u32
+    }
+
+    /// Descriptors in the ring.
+    pub fn descriptors(&self) -> u16 {
+        self.len
+    }
 }
 
 /// Receive ring counters.
@@ -103,8 +134,8 @@ pub struct RxCounters {
 /// The receive descriptor ring.
 #[derive(Debug)]
 pub struct RxRing {
-    descs: DmaRegion,
-    buffers: DmaRegion,
+    blocks: Blocks,
+    /// Descriptors (a copy of the blocks' for the hot path).
     len: u16,
     /// Next descriptor the driver looks at.
     next: u16,
@@ -120,10 +151,9 @@ impl RxRing {
     /// Allocates `len` descriptors and buffers; `batch` recycled descriptors trigger a tail
     /// write without waiting for [`RxRing::flush`].
     pub fn new(platform: &impl Platform, len: u16, batch: u16) -> Result<Self, RingError> {
-        let (descs, buffers) = build(platform, len, rx_desc::LEN, rx_desc::ADDR)?;
+        let blocks = Blocks::new(platform, len, rx_desc::LEN, rx_desc::ADDR)?;
         Ok(Self {
-            descs,
-            buffers,
+            blocks,
             len,
             next: 0,
             unposted: 0,
@@ -133,19 +163,9 @@ impl RxRing {
         })
     }
 
-    /// Bus address of the descriptor array (RDBAL/RDBAH).
-    pub fn base(&self) -> u64 {
-        self.descs.phys(0)
-    }
-
-    /// Size of the descriptor array in bytes (RDLEN).
-    pub fn bytes(&self) -> u32 {
-        u32::from(self.len) * rx_desc::LEN as u32
-    }
-
-    /// Descriptors in the ring.
-    pub fn descriptors(&self) -> u16 {
-        self.len
+    /// Its descriptor and buffer blocks.
+    pub fn blocks(&self) -> &Blocks {
+        &self.blocks
     }
 
     /// The tail value that gives the device every descriptor the driver is done with: all
@@ -162,7 +182,10 @@ impl RxRing {
     /// The next descriptor the driver looks at and its status dword (diagnostics).
     pub fn position(&self) -> (u16, u32) {
         let off = usize::from(self.next) * rx_desc::LEN;
-        (self.next, self.descs.read_u32(off + rx_desc::STATUS_WORD))
+        (
+            self.next,
+            self.blocks.descs.read_u32(off + rx_desc::STATUS_WORD),
+        )
     }
 
     /// Takes the next good frame the device completed. Bad frames on the way are counted
@@ -171,13 +194,13 @@ impl RxRing {
     pub fn next_frame<'a, R: Registers>(&'a mut self, regs: &'a R) -> Option<RxFrame<'a, R>> {
         loop {
             let off = usize::from(self.next) * rx_desc::LEN;
-            let word = self.descs.read_u32(off + rx_desc::STATUS_WORD);
+            let word = self.blocks.descs.read_u32(off + rx_desc::STATUS_WORD);
             if word & rx_desc::STA_DD == 0 {
                 return None;
             }
             // The length was written with the status; read it only after seeing DD.
             fence(Ordering::Acquire);
-            let len = usize::from(self.descs.read_u16(off + rx_desc::LENGTH));
+            let len = usize::from(self.blocks.descs.read_u16(off + rx_desc::LENGTH));
             let eop = word & rx_desc::STA_EOP != 0;
             if self.in_oversize || !eop {
                 if !self.in_oversize {
@@ -196,7 +219,7 @@ impl RxRing {
                 // The device fills descriptors in order: the next frame lands in the next
                 // buffer, which the reassembler will read right after this one.
                 let after = (usize::from(self.next) + 1) % usize::from(self.len);
-                self.buffers.prefetch(after * BUFFER_LEN, BUFFER_LEN);
+                self.blocks.buffers.prefetch(after * BUFFER_LEN, BUFFER_LEN);
                 return Some(RxFrame {
                     ring: self,
                     regs,
@@ -213,7 +236,7 @@ impl RxRing {
     fn recycle(&mut self, regs: &impl Registers) {
         let off = usize::from(self.next) * rx_desc::LEN;
         // Length, checksum, status, errors and special: the device rewrites them all.
-        self.descs.write_u64(off + rx_desc::LENGTH, 0);
+        self.blocks.descs.write_u64(off + rx_desc::LENGTH, 0);
         self.next = (self.next + 1) % self.len;
         self.unposted += 1;
         if self.unposted >= self.batch {
@@ -270,7 +293,7 @@ impl<R: Registers> RxFrame<'_, R> {
         // which the drop outlives) exists. `self.ring` is borrowed mutably by this frame, so
         // no other ring method runs meanwhile; `len <= BUFFER_LEN` keeps the range inside the
         // descriptor's own buffer.
-        unsafe { self.ring.buffers.bytes(index * BUFFER_LEN, self.len) }
+        unsafe { self.ring.blocks.buffers.bytes(index * BUFFER_LEN, self.len) }
     }
 }
 
@@ -298,8 +321,8 @@ pub struct TxCounters {
 /// The transmit descriptor ring.
 #[derive(Debug)]
 pub struct TxRing {
-    descs: DmaRegion,
-    buffers: DmaRegion,
+    blocks: Blocks,
+    /// Descriptors (a copy of the blocks' for the hot path).
     len: u16,
     /// Next descriptor to fill.
     tail: u16,
@@ -315,10 +338,9 @@ impl TxRing {
     /// Allocates `len` descriptors and buffers; `batch` queued frames trigger a tail write
     /// without waiting for [`TxRing::publish`].
     pub fn new(platform: &impl Platform, len: u16, batch: u16) -> Result<Self, RingError> {
-        let (descs, buffers) = build(platform, len, tx_desc::LEN, tx_desc::ADDR)?;
+        let blocks = Blocks::new(platform, len, tx_desc::LEN, tx_desc::ADDR)?;
         Ok(Self {
-            descs,
-            buffers,
+            blocks,
             len,
             tail: 0,
             published: 0,
@@ -328,19 +350,9 @@ impl TxRing {
         })
     }
 
-    /// Bus address of the descriptor array (TDBAL/TDBAH).
-    pub fn base(&self) -> u64 {
-        self.descs.phys(0)
-    }
-
-    /// Size of the descriptor array in bytes (TDLEN).
-    pub fn bytes(&self) -> u32 {
-        u32::from(self.len) * tx_desc::LEN as u32
-    }
-
-    /// Descriptors in the ring.
-    pub fn descriptors(&self) -> u16 {
-        self.len
+    /// Its descriptor and buffer blocks.
+    pub fn blocks(&self) -> &Blocks {
+        &self.blocks
     }
 
     /// Counters so far.
@@ -377,10 +389,10 @@ impl TxRing {
     pub fn reclaim(&mut self) {
         while self.clean != self.published {
             let off = usize::from(self.clean) * tx_desc::LEN + tx_desc::STATUS_WORD;
-            if self.descs.read_u32(off) & tx_desc::STA_DD == 0 {
+            if self.blocks.descs.read_u32(off) & tx_desc::STA_DD == 0 {
                 break;
             }
-            self.descs.write_u32(off, 0);
+            self.blocks.descs.write_u32(off, 0);
             self.clean = (self.clean + 1) % self.len;
         }
     }
@@ -404,16 +416,16 @@ impl TxRing {
         // in between. The tail descriptor is therefore neither in flight nor published, so
         // the device does not read its buffer while `f` writes it; `len <= BUFFER_LEN`
         // keeps the range inside that descriptor's buffer.
-        let r = f(unsafe { self.buffers.bytes_mut(index * BUFFER_LEN, len) });
+        let r = f(unsafe { self.blocks.buffers.bytes_mut(index * BUFFER_LEN, len) });
         if len == 0 {
             return r;
         }
         let off = index * tx_desc::LEN;
-        self.descs.write_u32(
+        self.blocks.descs.write_u32(
             off + tx_desc::LENGTH_WORD,
             len as u32 | tx_desc::CMD_EOP | tx_desc::CMD_IFCS | tx_desc::CMD_RS,
         );
-        self.descs.write_u32(off + tx_desc::STATUS_WORD, 0);
+        self.blocks.descs.write_u32(off + tx_desc::STATUS_WORD, 0);
         self.tail = (self.tail + 1) % self.len;
         self.counters.frames += 1;
         self.counters.bytes += len as u64;
@@ -462,8 +474,8 @@ mod tests {
     /// Device side of a receive ring for these tests: completes descriptor `i` in place,
     /// through raw addresses as a device would.
     fn complete_rx(ring: &RxRing, i: u16, frame: &[u8], status: u32) {
-        let desc = ring.base() + u64::from(i) * rx_desc::LEN as u64;
-        let addr = ring.descs.read_u64(usize::from(i) * rx_desc::LEN);
+        let desc = ring.blocks.base() + u64::from(i) * rx_desc::LEN as u64;
+        let addr = ring.blocks.descs.read_u64(usize::from(i) * rx_desc::LEN);
         // SAFETY: HostPlatform identity-maps, so `addr` and `desc` are host addresses of
         // the ring's own buffer and descriptor; no Rust reference to them is alive.
         unsafe {
@@ -498,11 +510,14 @@ mod tests {
         let rx = RxRing::new(&HostPlatform, 16, 4).unwrap();
         let tx = TxRing::new(&HostPlatform, 16, 4).unwrap();
         for i in 0..16 {
-            let a = rx.descs.read_u64(i * 16);
-            assert_eq!(a, rx.buffers.phys(i * BUFFER_LEN));
-            assert_eq!(tx.descs.read_u64(i * 16), tx.buffers.phys(i * BUFFER_LEN));
+            let a = rx.blocks.descs.read_u64(i * 16);
+            assert_eq!(a, rx.blocks.buffers.phys(i * BUFFER_LEN));
+            assert_eq!(
+                tx.blocks.descs.read_u64(i * 16),
+                tx.blocks.buffers.phys(i * BUFFER_LEN)
+            );
         }
-        assert_eq!(rx.bytes(), 256);
+        assert_eq!(rx.blocks.bytes(), 256);
         assert_eq!(rx.tail(), 15, "all but one descriptor posted at start");
     }
 
@@ -573,7 +588,7 @@ mod tests {
         // A length beyond the buffer, written by a broken device.
         complete_rx(&rx, 6, &[7; 20], ok);
         // SAFETY: descriptor 6 of the live ring; the test plays the device.
-        unsafe { set_length(rx.base() + 6 * 16, 4000) };
+        unsafe { set_length(rx.blocks.base() + 6 * 16, 4000) };
         assert!(rx.next_frame(&regs).is_none());
         let c = rx.counters();
         assert_eq!(
@@ -602,20 +617,23 @@ mod tests {
         tx.publish(&regs);
         assert_eq!(regs.writes_to(regs::TDT), [3, 6, 7]);
         // Descriptor 2 holds frame 2 with EOP | IFCS | RS.
-        let w = tx.descs.read_u32(2 * 16 + tx_desc::LENGTH_WORD);
+        let w = tx.blocks.descs.read_u32(2 * 16 + tx_desc::LENGTH_WORD);
         assert_eq!(w & 0xffff, 60);
         assert_eq!(w >> 24, 0b1011);
         // SAFETY: the buffer is not borrowed elsewhere.
-        assert_eq!(unsafe { tx.buffers.bytes(2 * BUFFER_LEN, 60) }[59], 2);
+        let frame = unsafe { tx.blocks.buffers.bytes(2 * BUFFER_LEN, 60) };
+        assert_eq!(frame[59], 2);
 
         // The device finishes 0 and 2 but not 1: only 0 comes back.
         for i in [0usize, 2] {
-            tx.descs
+            tx.blocks
+                .descs
                 .write_u32(i * 16 + tx_desc::STATUS_WORD, tx_desc::STA_DD);
         }
         tx.reclaim();
         assert_eq!(tx.in_flight(), 6);
-        tx.descs
+        tx.blocks
+            .descs
             .write_u32(16 + tx_desc::STATUS_WORD, tx_desc::STA_DD);
         assert!(tx.has_room());
         assert_eq!(tx.in_flight(), 6, "room left: no reclaim needed yet");
@@ -635,7 +653,9 @@ mod tests {
         let mut tx = TxRing::new(&HostPlatform, 8, 8).unwrap();
         tx.reserve().unwrap().send(&regs, 60, |b| b.fill(1));
         // A stale DD on an unpublished descriptor must not free it.
-        tx.descs.write_u32(tx_desc::STATUS_WORD, tx_desc::STA_DD);
+        tx.blocks
+            .descs
+            .write_u32(tx_desc::STATUS_WORD, tx_desc::STA_DD);
         tx.reclaim();
         assert_eq!(tx.in_flight(), 1);
         assert!(regs.writes_to(regs::TDT).is_empty());
@@ -670,12 +690,14 @@ mod tests {
         }
         for i in 0..7usize {
             // SAFETY: the buffers are not borrowed elsewhere; the test plays the device.
-            let b = unsafe { tx.buffers.bytes(i * BUFFER_LEN, 60) };
+            let b = unsafe { tx.blocks.buffers.bytes(i * BUFFER_LEN, 60) };
             assert!(b.iter().all(|&x| usize::from(x) == i), "buffer {i} intact");
         }
         assert_eq!(tx.counters().frames, 7);
         // Once the device finishes the oldest, exactly one slot comes back.
-        tx.descs.write_u32(tx_desc::STATUS_WORD, tx_desc::STA_DD);
+        tx.blocks
+            .descs
+            .write_u32(tx_desc::STATUS_WORD, tx_desc::STA_DD);
         tx.reserve().unwrap().send(&regs, 60, |b| b.fill(7));
         assert!(tx.reserve().is_none());
     }
