@@ -4,7 +4,7 @@
 //! machine appends to the kernel command line for each populated transport, which is how
 //! a kernel without ACPI or device tree learns where its devices are.
 
-use super::{Transport, TransportError};
+use super::{FeatureWindow, Transport, TransportError};
 use crate::queue::QueueSetup;
 use netoops_driver_platform::MmioRegion;
 
@@ -131,24 +131,13 @@ impl Transport for MmioTransport {
     }
 
     fn device_features(&mut self) -> u64 {
-        self.regs.write_u32(DEVICE_FEATURES_SEL, 0);
-        let low = self.regs.read_u32(DEVICE_FEATURES);
-        if self.version == 1 {
-            return u64::from(low);
-        }
-        self.regs.write_u32(DEVICE_FEATURES_SEL, 1);
-        let high = self.regs.read_u32(DEVICE_FEATURES);
-        u64::from(low) | (u64::from(high) << 32)
+        let window = FeatureWindow::new(DEVICE_FEATURES_SEL, DEVICE_FEATURES, self.version == 1);
+        window.read(&self.regs)
     }
 
     fn set_driver_features(&mut self, features: u64) {
-        self.regs.write_u32(DRIVER_FEATURES_SEL, 0);
-        self.regs.write_u32(DRIVER_FEATURES, features as u32);
-        if self.version != 1 {
-            self.regs.write_u32(DRIVER_FEATURES_SEL, 1);
-            self.regs
-                .write_u32(DRIVER_FEATURES, (features >> 32) as u32);
-        }
+        let window = FeatureWindow::new(DRIVER_FEATURES_SEL, DRIVER_FEATURES, self.version == 1);
+        window.write(&self.regs, features);
     }
 
     fn max_queue_size(&mut self, queue: u16) -> u16 {

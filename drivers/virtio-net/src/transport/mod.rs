@@ -15,6 +15,7 @@ pub mod mmio;
 pub mod pci;
 
 use crate::queue::QueueSetup;
+use netoops_driver_platform::MmioRegion;
 
 /// Device status bits (virtio 1.2, section 2.1).
 pub mod status {
@@ -51,6 +52,48 @@ pub enum TransportError {
     QueueAlreadyEnabled(u16),
     /// The queue memory cannot be expressed to this transport (legacy page frame limits).
     QueueAddressUnusable(u16),
+}
+
+/// A select/value register pair through which 64 feature bits are read or written 32 at a
+/// time (virtio 1.2, 4.1.4.3 and 4.2.2); a legacy interface has only the low word.
+pub(crate) struct FeatureWindow {
+    select: usize,
+    value: usize,
+    legacy: bool,
+}
+
+impl FeatureWindow {
+    pub(crate) fn new(select: usize, value: usize, legacy: bool) -> Self {
+        FeatureWindow {
+            select,
+            value,
+            legacy,
+        }
+    }
+
+    fn words(&self) -> u32 {
+        if self.legacy {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// The feature bits behind the window.
+    pub(crate) fn read(&self, regs: &MmioRegion) -> u64 {
+        (0..self.words()).fold(0, |bits, word| {
+            regs.write_u32(self.select, word);
+            bits | u64::from(regs.read_u32(self.value)) << (32 * word)
+        })
+    }
+
+    /// Writes `features` through the window.
+    pub(crate) fn write(&self, regs: &MmioRegion, features: u64) {
+        for word in 0..self.words() {
+            regs.write_u32(self.select, word);
+            regs.write_u32(self.value, (features >> (32 * word)) as u32);
+        }
+    }
 }
 
 /// Register-level access to one virtio device.

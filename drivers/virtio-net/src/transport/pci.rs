@@ -5,7 +5,7 @@
 //! may sit above 4 GiB, as OVMF places them) and asks the platform to map each structure.
 //! Needs only [`PciConfig`]: BAR sizing and enumeration stay in the kernel's PCI code.
 
-use super::{Transport, TransportError};
+use super::{FeatureWindow, Transport, TransportError};
 use crate::queue::QueueSetup;
 use netoops_driver_platform::{memory_bar_base, MmioRegion, PciConfig, Platform};
 
@@ -174,19 +174,12 @@ impl Transport for PciTransport {
     }
 
     fn device_features(&mut self) -> u64 {
-        self.common.write_u32(DEVICE_FEATURE_SELECT, 0);
-        let low = self.common.read_u32(DEVICE_FEATURE);
-        self.common.write_u32(DEVICE_FEATURE_SELECT, 1);
-        let high = self.common.read_u32(DEVICE_FEATURE);
-        u64::from(low) | (u64::from(high) << 32)
+        FeatureWindow::new(DEVICE_FEATURE_SELECT, DEVICE_FEATURE, false).read(&self.common)
     }
 
     fn set_driver_features(&mut self, features: u64) {
-        self.common.write_u32(DRIVER_FEATURE_SELECT, 0);
-        self.common.write_u32(DRIVER_FEATURE, features as u32);
-        self.common.write_u32(DRIVER_FEATURE_SELECT, 1);
-        self.common
-            .write_u32(DRIVER_FEATURE, (features >> 32) as u32);
+        FeatureWindow::new(DRIVER_FEATURE_SELECT, DRIVER_FEATURE, false)
+            .write(&self.common, features);
         // We poll: no configuration-change interrupts.
         self.common.write_u16(MSIX_CONFIG, NO_VECTOR);
     }
