@@ -135,8 +135,6 @@ pub struct RxCounters {
 #[derive(Debug)]
 pub struct RxRing {
     blocks: Blocks,
-    /// Descriptors (a copy of the blocks' for the hot path).
-    len: u16,
     /// Next descriptor the driver looks at.
     next: u16,
     /// Descriptors recycled since the last tail write.
@@ -154,7 +152,6 @@ impl RxRing {
         let blocks = Blocks::new(platform, len, rx_desc::LEN, rx_desc::ADDR)?;
         Ok(Self {
             blocks,
-            len,
             next: 0,
             unposted: 0,
             batch: batch.clamp(1, len),
@@ -171,7 +168,7 @@ impl RxRing {
     /// The tail value that gives the device every descriptor the driver is done with: all
     /// but the one before the next descriptor to look at, which marks the end.
     pub fn tail(&self) -> u16 {
-        (self.next + self.len - 1) % self.len
+        (self.next + self.blocks.len - 1) % self.blocks.len
     }
 
     /// Counters so far.
@@ -218,7 +215,7 @@ impl RxRing {
                 self.counters.bytes += len as u64;
                 // The device fills descriptors in order: the next frame lands in the next
                 // buffer, which the reassembler will read right after this one.
-                let after = (usize::from(self.next) + 1) % usize::from(self.len);
+                let after = (usize::from(self.next) + 1) % usize::from(self.blocks.len);
                 self.blocks.buffers.prefetch(after * BUFFER_LEN, BUFFER_LEN);
                 return Some(RxFrame {
                     ring: self,
@@ -237,7 +234,7 @@ impl RxRing {
         let off = usize::from(self.next) * rx_desc::LEN;
         // Length, checksum, status, errors and special: the device rewrites them all.
         self.blocks.descs.write_u64(off + rx_desc::LENGTH, 0);
-        self.next = (self.next + 1) % self.len;
+        self.next = (self.next + 1) % self.blocks.len;
         self.unposted += 1;
         if self.unposted >= self.batch {
             self.flush(regs);
@@ -322,8 +319,6 @@ pub struct TxCounters {
 #[derive(Debug)]
 pub struct TxRing {
     blocks: Blocks,
-    /// Descriptors (a copy of the blocks' for the hot path).
-    len: u16,
     /// Next descriptor to fill.
     tail: u16,
     /// Last tail written to the device.
@@ -341,7 +336,6 @@ impl TxRing {
         let blocks = Blocks::new(platform, len, tx_desc::LEN, tx_desc::ADDR)?;
         Ok(Self {
             blocks,
-            len,
             tail: 0,
             published: 0,
             clean: 0,
@@ -362,15 +356,15 @@ impl TxRing {
 
     /// Descriptors filled and not yet seen done (published or not).
     pub fn in_flight(&self) -> u16 {
-        (self.tail + self.len - self.clean) % self.len
+        (self.tail + self.blocks.len - self.clean) % self.blocks.len
     }
 
     /// Whether a descriptor is free, reclaiming finished ones if none is.
     pub fn has_room(&mut self) -> bool {
-        if self.in_flight() >= self.len - 1 {
+        if self.in_flight() >= self.blocks.len - 1 {
             self.reclaim();
         }
-        self.in_flight() < self.len - 1
+        self.in_flight() < self.blocks.len - 1
     }
 
     /// The free descriptor at the tail, reclaiming finished ones if none is free; `None`
@@ -393,7 +387,7 @@ impl TxRing {
                 break;
             }
             self.blocks.descs.write_u32(off, 0);
-            self.clean = (self.clean + 1) % self.len;
+            self.clean = (self.clean + 1) % self.blocks.len;
         }
     }
 
@@ -403,7 +397,7 @@ impl TxRing {
     /// descriptor is free.
     fn send<R>(&mut self, regs: &impl Registers, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
         debug_assert!(
-            self.in_flight() < self.len - 1,
+            self.in_flight() < self.blocks.len - 1,
             "send without a free descriptor"
         );
         if len > BUFFER_LEN {
@@ -426,10 +420,10 @@ impl TxRing {
             len as u32 | tx_desc::CMD_EOP | tx_desc::CMD_IFCS | tx_desc::CMD_RS,
         );
         self.blocks.descs.write_u32(off + tx_desc::STATUS_WORD, 0);
-        self.tail = (self.tail + 1) % self.len;
+        self.tail = (self.tail + 1) % self.blocks.len;
         self.counters.frames += 1;
         self.counters.bytes += len as u64;
-        if (self.tail + self.len - self.published) % self.len >= self.batch {
+        if (self.tail + self.blocks.len - self.published) % self.blocks.len >= self.batch {
             self.publish(regs);
         }
         r

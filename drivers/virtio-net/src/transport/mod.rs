@@ -59,29 +59,23 @@ pub enum TransportError {
 pub(crate) struct FeatureWindow {
     select: usize,
     value: usize,
-    legacy: bool,
+    /// 32-bit words behind the window: 1 on a legacy interface, else 2.
+    words: u32,
 }
 
 impl FeatureWindow {
     pub(crate) fn new(select: usize, value: usize, legacy: bool) -> Self {
+        let words = if legacy { 1 } else { 2 };
         FeatureWindow {
             select,
             value,
-            legacy,
-        }
-    }
-
-    fn words(&self) -> u32 {
-        if self.legacy {
-            1
-        } else {
-            2
+            words,
         }
     }
 
     /// The feature bits behind the window.
     pub(crate) fn read(&self, regs: &MmioRegion) -> u64 {
-        (0..self.words()).fold(0, |bits, word| {
+        (0..self.words).fold(0, |bits, word| {
             regs.write_u32(self.select, word);
             bits | u64::from(regs.read_u32(self.value)) << (32 * word)
         })
@@ -89,7 +83,7 @@ impl FeatureWindow {
 
     /// Writes `features` through the window.
     pub(crate) fn write(&self, regs: &MmioRegion, features: u64) {
-        for word in 0..self.words() {
+        for word in 0..self.words {
             regs.write_u32(self.select, word);
             regs.write_u32(self.value, (features >> (32 * word)) as u32);
         }

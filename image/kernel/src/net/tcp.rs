@@ -11,8 +11,7 @@ use netoops_core::relay::Relay;
 
 /// One TCP task's stack, relay and socket buffers.
 pub struct TcpTask {
-    /// The stack its sockets use.
-    pub stack: Stack<'static>,
+    stack: Stack<'static>,
     /// The relay.
     pub relay: &'static RefCell<Relay>,
     rx: &'static mut [u8],
