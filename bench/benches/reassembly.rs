@@ -24,10 +24,11 @@
 //! packets/s, ns/packet and the ratio to the copy baseline, for netoops and netconsole.
 //!
 //! CPU per datagram, same run: then (or alone, with `NETOOPS_BENCH_CPU=<rounds>`) the harness
-//! runs rounds of one netoops and one netconsole iteration back to back and times each with
-//! the thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`), so time spent descheduled on a busy
-//! machine is left out and both sides see the same machine; it prints the medians of the
-//! per-datagram CPU times and of the per-round ratios.
+//! runs rounds of two netoops and then two netconsole iterations, each timed with the thread's
+//! CPU clock (`CLOCK_THREAD_CPUTIME_ID`), so time spent descheduled on a busy machine is left
+//! out and both sides see the same machine within seconds. It prints the medians of the
+//! per-datagram CPU times and of the per-round ratios, warm (each side's second run) and cold
+//! (netconsole's first run, right after netoops' storm; the ratio is to warm netoops).
 //!
 //! Instruction counts (repeatable where timings are not): with `NETOOPS_BENCH_ONCE=<n>` set
 //! the harness skips criterion and runs each workload `n` more times, warm, through the
@@ -269,8 +270,10 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Rounds of one netoops storm and one netconsole iteration, each timed by the thread's CPU
-/// clock; prints the medians per datagram and the median of the per-round ratios.
+/// Rounds of two netoops storms and then two netconsole iterations, each timed by the
+/// thread's CPU clock; prints the medians per datagram and of the per-round ratios, warm (the
+/// second run of each side, as criterion's back-to-back iterations and a relay's steady state)
+/// and cold (the first: netconsole right after netoops' 128 MiB of dumps swept the caches).
 fn cpu_rounds(
     rounds: usize,
     storm: &Storm,
@@ -280,34 +283,37 @@ fn cpu_rounds(
 ) {
     let packets = (storm.packets_per_round() * ROUNDS) as f64;
     let datagrams = chatter.spans.len() as f64;
-    let (mut no, mut nc, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let mut v: [Vec<f64>; 6] = Default::default();
     let mut now = Instant::from_millis(1) + netoops_core::time::Duration::from_secs(1 << 20);
-    for _ in 0..rounds {
+    let mut timed = |f: &mut dyn FnMut(Instant) -> usize| {
         now += netoops_core::time::Duration::from_secs(60);
         let a = thread_cpu();
-        black_box(measured_storm(storm, r, now));
-        let b = thread_cpu();
-        black_box(measured_chatter(chatter, t, now));
-        let c = thread_cpu();
-        let per_no = (b - a).as_nanos() as f64 / packets;
-        let per_nc = (c - b).as_nanos() as f64 / datagrams;
-        no.push(per_no);
-        nc.push(per_nc);
-        ratio.push(per_nc / per_no);
+        black_box(f(now));
+        (thread_cpu() - a).as_nanos() as f64
+    };
+    for _ in 0..rounds {
+        let no_cold = timed(&mut |now| measured_storm(storm, r, now)) / packets;
+        let no_warm = timed(&mut |now| measured_storm(storm, r, now)) / packets;
+        let nc_cold = timed(&mut |now| measured_chatter(chatter, t, now)) / datagrams;
+        let nc_warm = timed(&mut |now| measured_chatter(chatter, t, now)) / datagrams;
+        for (i, x) in [
+            no_warm,
+            nc_warm,
+            nc_warm / no_warm,
+            no_cold,
+            nc_cold,
+            nc_cold / no_warm,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            v[i].push(x);
+        }
     }
+    let [a, b, c, d, e, f] = v.each_mut().map(|x| median(x));
     println!("\nCPU time per datagram (thread CPU clock), medians of {rounds} interleaved rounds:");
-    println!(
-        "  netoops (codec + reassembly)  {:>7.1} ns/datagram",
-        median(&mut no)
-    );
-    println!(
-        "  netconsole ingest             {:>7.1} ns/datagram",
-        median(&mut nc)
-    );
-    println!(
-        "  netconsole / netoops          {:>7.2}x (median of per-round ratios)",
-        median(&mut ratio)
-    );
+    println!("  warm: netoops {a:>6.1} ns  netconsole {b:>6.1} ns  netconsole / netoops {c:.2}x");
+    println!("  cold: netoops {d:>6.1} ns  netconsole {e:>6.1} ns  netconsole / netoops {f:.2}x");
 }
 
 fn main() {
