@@ -22,6 +22,19 @@
 //!
 //! After criterion's own report, the harness prints the medians side by side:
 //! packets/s, ns/packet and the ratio to the copy baseline, for netoops and netconsole.
+//!
+//! CPU per datagram, same run: then (or alone, with `NETOOPS_BENCH_CPU=<rounds>`) the harness
+//! runs rounds of two netoops and then two netconsole iterations, each timed with the thread's
+//! CPU clock (`CLOCK_THREAD_CPUTIME_ID`), so time spent descheduled on a busy machine is left
+//! out and both sides see the same machine within seconds. It prints the medians of the
+//! per-datagram CPU times and of the per-round ratios, warm (each side's second run) and cold
+//! (netconsole's first run, right after netoops' storm; the ratio is to warm netoops).
+//!
+//! Instruction counts (repeatable where timings are not): with `NETOOPS_BENCH_ONCE=<n>` set
+//! the harness skips criterion and runs each workload `n` more times, warm, through the
+//! never-inlined `measured_storm` and `measured_chatter`, so that
+//! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured_*'` counts
+//! exactly those iterations (see the README's "Netconsole next to netoops").
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -101,6 +114,12 @@ fn run_storm(storm: &Storm, r: &mut Reassembler, now: Instant) -> Sink {
     let later = now + c.linger + c.quiet_timeout;
     r.handle_timeout(later, &mut sink);
     sink
+}
+
+/// One warm netoops iteration, kept out of line for callgrind's `--toggle-collect`.
+#[inline(never)]
+fn measured_storm(storm: &Storm, r: &mut Reassembler, now: Instant) -> usize {
+    run_storm(storm, r, now).bytes
 }
 
 fn copy_baseline(storm: &Storm, pool: &mut [[u8; DATA_LEN]]) -> usize {
@@ -228,6 +247,75 @@ fn run_chatter(chatter: &Chatter, t: &mut ConsoleTracker, now: Instant) -> Conso
     sink
 }
 
+/// One warm netconsole iteration, kept out of line for callgrind's `--toggle-collect`.
+#[inline(never)]
+fn measured_chatter(chatter: &Chatter, t: &mut ConsoleTracker, now: Instant) -> usize {
+    run_chatter(chatter, t, now).bytes
+}
+
+/// CPU time this thread has run.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the call only writes it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Rounds of two netoops storms and then two netconsole iterations, each timed by the
+/// thread's CPU clock; prints the medians per datagram and of the per-round ratios, warm (the
+/// second run of each side, as criterion's back-to-back iterations and a relay's steady state)
+/// and cold (the first: netconsole right after netoops' 128 MiB of dumps swept the caches).
+fn cpu_rounds(
+    rounds: usize,
+    storm: &Storm,
+    r: &mut Reassembler,
+    chatter: &Chatter,
+    t: &mut ConsoleTracker,
+) {
+    let packets = (storm.packets_per_round() * ROUNDS) as f64;
+    let datagrams = chatter.spans.len() as f64;
+    let mut v: [Vec<f64>; 6] = Default::default();
+    let mut now = Instant::from_millis(1) + netoops_core::time::Duration::from_secs(1 << 20);
+    let mut timed = |f: &mut dyn FnMut(Instant) -> usize| {
+        now += netoops_core::time::Duration::from_secs(60);
+        let a = thread_cpu();
+        black_box(f(now));
+        (thread_cpu() - a).as_nanos() as f64
+    };
+    for _ in 0..rounds {
+        let no_cold = timed(&mut |now| measured_storm(storm, r, now)) / packets;
+        let no_warm = timed(&mut |now| measured_storm(storm, r, now)) / packets;
+        let nc_cold = timed(&mut |now| measured_chatter(chatter, t, now)) / datagrams;
+        let nc_warm = timed(&mut |now| measured_chatter(chatter, t, now)) / datagrams;
+        for (i, x) in [
+            no_warm,
+            nc_warm,
+            nc_warm / no_warm,
+            no_cold,
+            nc_cold,
+            nc_cold / no_warm,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            v[i].push(x);
+        }
+    }
+    let [a, b, c, d, e, f] = v.each_mut().map(|x| median(x));
+    println!("\nCPU time per datagram (thread CPU clock), medians of {rounds} interleaved rounds:");
+    println!("  warm: netoops {a:>6.1} ns  netconsole {b:>6.1} ns  netconsole / netoops {c:.2}x");
+    println!("  cold: netoops {d:>6.1} ns  netconsole {e:>6.1} ns  netconsole / netoops {f:.2}x");
+}
+
 fn main() {
     let storm = Storm::new(MACHINES, LOG_BYTES);
     let packets = (storm.packets_per_round() * ROUNDS) as u64;
@@ -241,6 +329,37 @@ fn main() {
     assert_eq!(sink.crashes, MACHINES);
     assert_eq!(r.stats().dropped_total(), 0);
     assert_eq!(r.dumps_held(), 0);
+
+    let once: Option<u64> = std::env::var("NETOOPS_BENCH_ONCE")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    if let Some(rounds) = std::env::var("NETOOPS_BENCH_CPU")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let chatter = Chatter::new();
+        let mut t = ConsoleTracker::new(ConsoleConfig::default());
+        run_chatter(&chatter, &mut t, Instant::from_millis(1));
+        cpu_rounds(rounds, &storm, &mut r, &chatter, &mut t);
+        return;
+    }
+    if let Some(n) = once {
+        let chatter = Chatter::new();
+        let mut t = ConsoleTracker::new(ConsoleConfig::default());
+        let checked = run_chatter(&chatter, &mut t, Instant::from_millis(1));
+        assert_eq!(checked.dumps, NC_CRASHING, "{:?}", t.stats());
+        let mut now = Instant::from_millis(1);
+        for _ in 0..n {
+            now += netoops_core::time::Duration::from_secs(60);
+            black_box(measured_storm(&storm, &mut r, now));
+            black_box(measured_chatter(&chatter, &mut t, now));
+        }
+        println!(
+            "{n} iterations each: netoops {packets} datagrams, netconsole {} datagrams",
+            chatter.spans.len()
+        );
+        return;
+    }
 
     let mut c = Criterion::default()
         .sample_size(10)
@@ -283,10 +402,11 @@ fn main() {
     c.final_summary();
 
     let median = |name: &str| -> Option<f64> {
-        let path = format!("target/criterion/{name}/new/estimates.json");
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(path);
+        // Where criterion writes: CARGO_TARGET_DIR when set, else the workspace's target.
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        let path = target.join(format!("criterion/{name}/new/estimates.json"));
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
         v["median"]["point_estimate"].as_f64()
     };
@@ -318,4 +438,5 @@ fn main() {
             );
         }
     }
+    cpu_rounds(21, &storm, &mut r, &chatter, &mut t);
 }

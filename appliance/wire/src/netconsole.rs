@@ -296,21 +296,29 @@ impl<'a> Datagram<'a> {
     /// sends anything else (a release prefix, legacy text, odd fields) to the general parser,
     /// which gives the same answer for these headers.
     fn parse_plain(bytes: &'a [u8]) -> Option<Result<Datagram<'a>, NetconsoleError>> {
-        /// A decimal number ending at `,`: the value and the index after the comma.
-        fn number(b: &[u8], mut i: usize) -> Option<(u64, usize)> {
-            let start = i;
+        /// A decimal number of 1 to 20 digits ending at `,`: the value and the index after
+        /// the comma. Up to 19 digits cannot overflow a `u64`, so the loop does no overflow
+        /// checks; a 20-digit number is parsed again with them.
+        #[inline(always)]
+        fn number(b: &[u8], start: usize) -> Option<(u64, usize)> {
+            let window = b.get(start..b.len().min(start + 21))?;
             let mut v: u64 = 0;
-            while let Some(&c) = b.get(i) {
-                match c {
-                    b'0'..=b'9' => {
-                        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
-                        i += 1;
-                    }
-                    b',' if i > start && i - start <= 20 => return Some((v, i + 1)),
-                    _ => return None,
+            let mut n = 0;
+            for &c in window {
+                let d = c.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
                 }
+                v = v.wrapping_mul(10).wrapping_add(u64::from(d));
+                n += 1;
             }
-            None
+            if n == 0 || window.get(n) != Some(&b',') {
+                return None;
+            }
+            if n == 20 {
+                v = decimal(&window[..n])?;
+            }
+            Some((v, start + n + 1))
         }
         let (level, i) = number(bytes, 0)?;
         let (seq, i) = number(bytes, i)?;
@@ -463,7 +471,8 @@ const CRASH_MARKERS: [&[u8]; 10] = [
     b"blocked for more than",
 ];
 
-/// For each byte, a bit per marker that starts with it.
+/// For each byte, a bit per marker that starts with it, and [`NEWLINE`] for `\n`: the bytes
+/// the scan stops at.
 const CRASH_STARTS: [u16; 256] = {
     let mut t = [0u16; 256];
     let mut i = 0;
@@ -471,19 +480,30 @@ const CRASH_STARTS: [u16; 256] = {
         t[CRASH_MARKERS[i][0] as usize] |= 1 << i;
         i += 1;
     }
+    t[b'\n' as usize] |= NEWLINE;
     t
 };
 
+/// [`CRASH_STARTS`]'s bit for the end of the line.
+const NEWLINE: u16 = 1 << 15;
+
 /// Scans `text` up to its first newline; returns that line and whether it holds a crash
-/// marker. One pass: only positions whose byte starts some marker are compared.
+/// marker. One pass: a tight loop skips the bytes that neither end the line nor start a
+/// marker (most of them), and only where a marker could start is it compared.
 fn scan_line(text: &[u8]) -> (&[u8], bool) {
     let mut i = 0;
-    while i < text.len() {
-        let c = text[i];
-        if c == b'\n' {
+    loop {
+        let Some(p) = text[i..]
+            .iter()
+            .position(|&c| CRASH_STARTS[usize::from(c)] != 0)
+        else {
+            return (text, false);
+        };
+        i += p;
+        let mut bits = CRASH_STARTS[usize::from(text[i])];
+        if bits & NEWLINE != 0 {
             return (&text[..i], false);
         }
-        let mut bits = CRASH_STARTS[usize::from(c)];
         while bits != 0 {
             let m = CRASH_MARKERS[bits.trailing_zeros() as usize];
             if text[i..].starts_with(m) {
@@ -497,7 +517,6 @@ fn scan_line(text: &[u8]) -> (&[u8], bool) {
         }
         i += 1;
     }
-    (text, false)
 }
 
 /// Whether a line of kernel log text starts a crash: a panic, an oops, `BUG:`, a general
@@ -907,6 +926,29 @@ mod tests {
             if let Some(fast) = Datagram::parse_plain(&bytes) {
                 proptest::prop_assert_eq!(fast, Datagram::parse_general(&bytes));
             }
+        }
+
+        /// The one-pass scan finds a crash marker exactly where a plain search of the text's
+        /// lines does (text made of marker pieces, newlines and filler).
+        #[test]
+        fn the_crash_scan_agrees_with_a_plain_search(
+            pieces in proptest::collection::vec(proptest::sample::select(std::vec![
+                &b"BUG:"[..], b"BUG", b"Oops", b"Oops ", b"Kernel panic - not syncing", b"Kernel",
+                b"general protection fault", b"kernel BUG at", b"detected stall", b"\n", b" ",
+                b"blocked for more than", b"Unable to handle kernel", b"x", b"k", b"b", b"d",
+                b"Watchdog detected hard LOCKUP", b"g", b"O", b"K", b"\\x0a",
+            ]), 0..24),
+        ) {
+            let text: Vec<u8> = pieces.concat();
+            let has = |line: &[u8]| {
+                CRASH_MARKERS.iter().any(|m| line.windows(m.len()).any(|w| w == *m))
+            };
+            let first = text.split(|&b| b == b'\n').next().unwrap_or(&[]);
+            proptest::prop_assert_eq!(crash_text(&text), has(first).then_some(first));
+            proptest::prop_assert_eq!(
+                is_crash_line(&text),
+                text.split(|&b| b == b'\n').any(has)
+            );
         }
 
         /// Arbitrary bytes never panic and a body is always a suffix of the datagram.

@@ -203,6 +203,24 @@ impl BlockPool {
         self.free_count += 1;
     }
 
+    /// Reads the cache lines an entry of `len` bytes appended now would start to write (in
+    /// the tail block), so that their misses overlap other work. Reads only.
+    pub fn touch_tail(&self, chain: &Chain, len: usize) {
+        if chain.tail == NIL {
+            return;
+        }
+        let start = chain.tail as usize * BLOCK + chain.tail_len as usize;
+        let end = (chain.tail as usize + 1) * BLOCK;
+        let end = end.min(start + len).min(self.data.len());
+        let mut at = start;
+        let mut sum = 0u8;
+        while at < end {
+            sum ^= self.data[at];
+            at = (at | 63) + 1;
+        }
+        core::hint::black_box(sum);
+    }
+
     /// Bytes `bytes.len()` more would need this many new blocks in `chain`.
     pub fn blocks_needed(chain: &Chain, len: usize) -> usize {
         let room = if chain.tail == NIL {

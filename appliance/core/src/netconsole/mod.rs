@@ -504,6 +504,13 @@ impl ConsoleTracker {
         sink: &mut impl ConsoleSink,
     ) -> Result<(), NetconsoleError> {
         self.stats.datagrams += 1;
+        // A known source's history tail is rarely in the cache: ask for its lines before
+        // parsing, so the misses overlap the parse instead of stalling the copy after it.
+        let known = self.by_addr.get(&key(source)).copied();
+        if let Some(i) = known {
+            let s = &self.sources[i as usize];
+            self.pool.touch_tail(&s.chain, HEADER_LEN + bytes.len());
+        }
         let dgram = match Datagram::parse(bytes) {
             Ok(d) => d,
             Err(e) => {
@@ -511,20 +518,24 @@ impl ConsoleTracker {
                 return Err(e);
             }
         };
-        let Some(idx) = self.source_index(now, source) else {
+        let found = match known {
+            Some(i) => Some(i as usize),
+            None => self.source_index(now, source),
+        };
+        let Some(idx) = found else {
             self.stats.dropped_no_source += 1;
             return Ok(());
         };
         let s = &mut self.sources[idx];
         s.last_heard = now;
         s.referenced = true;
-        match dgram {
+        match &dgram {
             Datagram::Extended(e) => {
                 self.stats.extended += 1;
                 if e.fragment.is_some() {
                     self.stats.fragments += 1;
                 }
-                self.extended(now, idx, &e, sink);
+                self.extended(now, idx, e, sink);
             }
             Datagram::Legacy(text) => {
                 self.stats.legacy += 1;
