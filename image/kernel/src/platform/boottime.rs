@@ -247,4 +247,23 @@ mod tests {
             "unknown (no hypervisor)"
         );
     }
+
+    #[test]
+    fn phases_are_each_their_own_time_from_kernel_entry() {
+        // The only test that records phases (the list is global).
+        let c = clock(1_000 * (HZ / 1000), TscOrigin::Reset);
+        let ms = HZ / 1000;
+        stamp_at("trampoline", c.entry_tsc + ms / 4);
+        stamp_at("clock", c.entry_tsc + ms / 4 + ms);
+        stamp_at("nics", c.entry_tsc + 4 * ms);
+        assert_eq!(
+            PhaseList(&c).to_string(),
+            "trampoline 250 clock 1000 nics 2750"
+        );
+        for _ in 0..2 * MAX_PHASES {
+            stamp_at("more", c.entry_tsc + 5 * ms);
+        }
+        let line = PhaseList(&c).to_string();
+        assert_eq!(line.split(' ').count(), 2 * MAX_PHASES, "{line}");
+    }
 }
