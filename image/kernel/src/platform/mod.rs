@@ -3,10 +3,14 @@
 //! Entered through PVH, multiboot2 or the UEFI stub (see [`boot`]). [`init`] brings the
 //! platform up in a fixed order (console, boot information, exception
 //! handlers, clock, heap, ACPI, PCI, addresses for BARs the firmware left unassigned
-//! ([`pci_bars`])) and prints the boot banner; afterwards drivers use the
-//! free functions below, which are the binding API between the kernel and its drivers:
+//! ([`pci_bars`])) and keeps what it found for [`banner`], which the board prints after
+//! `ready` (boot time under TCG is mostly translating code run once, and the banner's
+//! formatting is such code); afterwards drivers use the free functions below, which are the
+//! binding API between the kernel and its drivers:
 //!
-//! - [`dma_alloc`] / [`virt_to_phys`]: zeroed, never-freed DMA memory; physical == virtual.
+//! - [`dma_alloc`] / [`virt_to_phys`]: zeroed, never-freed DMA memory; physical == virtual
+//!   ([`memory::dma_alloc_uninit`] for the drivers, which initialize what they read).
+//! - [`boottime::stamp`]: marks the end of a boot phase for the `boot: phases` line.
 //! - [`map_mmio`]: uncached identity mapping of any device range, above 4 GiB included.
 //! - [`now_micros`], [`tsc`], [`tsc_hz`]: the calibrated monotonic clock.
 //! - [`exit_qemu`]: ends the VM through isa-debug-exit (halts forever without it).
