@@ -1,8 +1,8 @@
 //! The board: the whole appliance wired in one function, [`run`], and its loop.
 //!
 //! `run` reads the settings from the kernel command line (a bad or missing value stops the
-//! appliance with [`EXIT_BAD_CONFIG`] and a line naming the key), prints the effective
-//! configuration, brings up the NICs and picks the ingress (and optional upstream) NIC,
+//! appliance with [`EXIT_BAD_CONFIG`] and a line naming the key), brings up the NICs and
+//! picks the ingress (and optional upstream) NIC,
 //! builds the [`Relay`], starts one embassy-net stack per NIC (the ingress one with the
 //! netoops fast path in its driver), spawns the upstream task, and then loops forever:
 //! one executor turn (stacks, upstream connection, timers), then the relay's timers and the
@@ -13,13 +13,21 @@
 //! the next counter line.
 //!
 //! Console lines, in order:
-//! - `config: key=value ...` (every key's effective value) and `nic N: ...` per NIC;
+//! - `nic N: ...` per NIC;
 //! - `idle: halt <P>..<M> us on the local APIC timer (<apic>)` or `idle: spin (<why>)`;
 //! - `http: listening on tcp/<port> at <ip> (...)` with `http_port=` on ([`http`]);
 //! - `ready: listening on udp/<port> at <ip>` when the loop starts, then
 //!   `boot: ready <N> ms after kernel entry (<M> ms in the board, reset to ready <R>)`,
 //!   where `<R>` is `<n> ms` only under QEMU TCG, whose TSC is zero at reset, and `unknown`
-//!   elsewhere ([`platform::boottime`]);
+//!   elsewhere ([`platform::boottime`]), and `boot: phases <name> <us> ...` (each boot
+//!   phase's own time, from kernel entry, for finding where boot time goes);
+//! - then what the platform found ([`platform::banner`]: `netoops-relay ... booted via`,
+//!   memory, ACPI, PCI, `cmdline:`) and `config: key=value ...` (every key's effective value).
+//!   They come after `ready` because formatting them is code run once, which under TCG is
+//!   mostly its translation (about 2 ms of the boot); a stop before `ready` prints the
+//!   platform's lines first;
+//! - `clock: tsc <N> kHz measured against the PIT over 250 ms (boot window <M> kHz)` once,
+//!   when the TSC was calibrated on the PIT's short boot window ([`clock::PitRefiner`]);
 //! - `first datagram accepted at <N> ms after kernel entry` once;
 //! - the relay's events (`crash seen: ...`, `dump queued: ...`, `dump delivered: ...`);
 //! - every `stats=` interval: the relay's `counters: ...` line, a `fastpath: ...` line with
@@ -43,7 +51,8 @@ use crate::net::nic::{self, FoundNic, Location};
 use crate::net::settings::{self, Interface, NicIdentity, Settings};
 use crate::net::tcp::TcpTask;
 use crate::net::upstream::{self, Upstream};
-use crate::platform::boottime::BootClock;
+use crate::platform::boottime::{stamp, BootClock, PhaseList};
+use crate::platform::clock::{self, PitRefiner, TscSource};
 use crate::platform::idle::{self, HaltSetting, Idle};
 use crate::platform::{self, Platform};
 use crate::println;
@@ -67,12 +76,14 @@ const EVENTS_PER_TURN: usize = 16;
 
 /// Prints why the configuration is refused and stops the machine.
 fn stop_misconfigured(e: &ConfigError) -> ! {
+    platform::banner();
     println!("config error: {e}");
     println!("relay stopped: fix `{}` on the kernel command line", e.key);
     platform::exit_qemu(EXIT_BAD_CONFIG)
 }
 
 fn stop(why: core::fmt::Arguments<'_>) -> ! {
+    platform::banner();
     println!("relay stopped: {why}");
     platform::exit_qemu(platform::EXIT_FAILURE)
 }
@@ -82,18 +93,11 @@ fn leak<T>(value: T) -> &'static mut T {
 }
 
 /// Runs the appliance; never returns.
-pub fn run(machine: &mut Platform, cmdline: &str) -> ! {
+pub fn run(machine: &Platform, cmdline: &str) -> ! {
     let boot_clock = machine.boot_clock;
     let board_start = platform::tsc();
     let settings = settings::parse(cmdline).unwrap_or_else(|e| stop_misconfigured(&e));
-    let mut line = alloc::string::String::from("config:");
-    for (key, value) in settings::effective(&settings) {
-        line.push(' ');
-        line.push_str(key);
-        line.push('=');
-        line.push_str(&value);
-    }
-    println!("{line}");
+    stamp("settings");
 
     let found = nic::discover(cmdline, |msg| println!("nic: {msg}"));
     let mut ids = Vec::with_capacity(found.len());
@@ -119,6 +123,7 @@ pub fn run(machine: &mut Platform, cmdline: &str) -> ! {
         settings::select_nics(&ids, &settings.config).unwrap_or_else(|e| stop_misconfigured(&e));
     check_memory(&settings).unwrap_or_else(|e| stop_misconfigured(&e));
 
+    stamp("nics");
     let mac = ids.get(ingress_idx).map_or([0; 6], |n| n.mac);
     let nonce = boot_nonce(mac);
     let mut relay =
@@ -134,6 +139,7 @@ pub fn run(machine: &mut Platform, cmdline: &str) -> ! {
             }));
     }
     let relay: &'static RefCell<Relay> = leak(RefCell::new(relay));
+    stamp("relay");
 
     let mut nics: Vec<Option<FoundNic>> = found.into_iter().map(Some).collect();
     let mut take = |i: usize| {
@@ -179,6 +185,7 @@ pub fn run(machine: &mut Platform, cmdline: &str) -> ! {
         None => (ingress_stack, None),
     };
 
+    stamp("stacks");
     let upstreams: &'static [SocketAddr] =
         Box::leak(settings.config.upstreams.clone().into_boxed_slice());
     let link = Upstream {
@@ -222,9 +229,14 @@ pub fn run(machine: &mut Platform, cmdline: &str) -> ! {
         );
     }
 
+    stamp("tasks");
     let idle = start_idle(cmdline);
+    stamp("idle");
     let reports = (ingress_report, upstream_report);
-    let mut monitor = Monitor::new(relay, reports, &settings, idle, boot_clock, board_loop);
+    let refiner = (machine.tsc_source == TscSource::Pit).then(|| PitRefiner::new(boot_clock.hz));
+    let mut monitor = Monitor::new(
+        relay, reports, &settings, idle, boot_clock, board_loop, refiner,
+    );
     println!(
         "ready: listening on udp/{} at {}",
         settings.config.listen_port, settings.ingress.ip
@@ -236,6 +248,18 @@ pub fn run(machine: &mut Platform, cmdline: &str) -> ! {
         (boot_clock.entry_to_us(ready) - boot_clock.entry_to_us(board_start)) / 1000,
         boot_clock.reset_to(ready)
     );
+    println!("boot: phases {}", PhaseList(&boot_clock));
+    // What boot found and the effective configuration, after `ready`: formatting them is
+    // code run once, which under TCG costs its translation (about 2 ms of the boot).
+    platform::banner();
+    let mut line = alloc::string::String::from("config:");
+    for (key, value) in settings::effective(&settings) {
+        line.push(' ');
+        line.push_str(key);
+        line.push('=');
+        line.push_str(&value);
+    }
+    println!("{line}");
     loop {
         runtime.turn();
         monitor.tick();
@@ -408,6 +432,8 @@ struct Monitor {
     boot_clock: BootClock,
     /// The loop's counters, published for `/metrics`.
     board_loop: &'static Cell<LoopReport>,
+    /// The background TSC measurement, while the boot calibration was the PIT's short window.
+    refiner: Option<PitRefiner>,
 }
 
 impl Monitor {
@@ -418,6 +444,7 @@ impl Monitor {
         idle: Option<Idle>,
         boot_clock: BootClock,
         board_loop: &'static Cell<LoopReport>,
+        refiner: Option<PitRefiner>,
     ) -> Self {
         let interval_us = s.config.stats_interval.total_micros().max(1);
         Self {
@@ -434,11 +461,25 @@ impl Monitor {
             halted_us: 0,
             boot_clock,
             board_loop,
+            refiner,
         }
     }
 
     fn tick(&mut self) {
         self.turns.0 += 1;
+        if let Some(refiner) = self.refiner.as_mut() {
+            if let Some(hz) = clock::refine_on_pit(refiner) {
+                println!(
+                    "clock: tsc {} kHz measured against the PIT over {} ms (boot window {} kHz)",
+                    hz / 1000,
+                    (clock::REFINE_PIT_TICKS * 1000 + clock::PIT_HZ / 2) / clock::PIT_HZ,
+                    self.boot_clock.hz / 1000
+                );
+            }
+            if refiner.done() {
+                self.refiner = None;
+            }
+        }
         let now_us = platform::now_micros();
         let now = Instant::from_micros(now_us);
         let mut worked = false;

@@ -39,11 +39,13 @@ fn main() {
 #[cfg(all(target_os = "none", not(test)))]
 #[unsafe(no_mangle)]
 extern "C" fn kmain(protocol: u32, info: u32, entry_tsc: u64) -> ! {
-    let mut platform = platform::init(protocol, info, entry_tsc);
+    let platform = platform::init(protocol, info, entry_tsc);
     let cmdline = platform.cmdline();
     if platform::bootinfo::cmdline_param(cmdline, "selftest").is_some() {
-        // Self-tests print as they go: no board loop writes held lines for them.
+        // Self-tests print as they go: no board loop writes held lines for them. The board
+        // prints the banner after `ready`.
         platform::serial::immediate();
+        platform::banner();
     }
     if platform::bootinfo::cmdline_param(cmdline, "selftest") == Some("e1000-echo") {
         selftest_e1000::run(cmdline)
@@ -54,7 +56,7 @@ extern "C" fn kmain(protocol: u32, info: u32, entry_tsc: u64) -> ! {
     if let Some(name) = platform::bootinfo::cmdline_param(cmdline, "selftest") {
         selftest::run(name);
     }
-    board::run(&mut platform, cmdline)
+    board::run(platform, cmdline)
 }
 
 #[cfg(all(target_os = "none", not(test)))]

@@ -10,12 +10,13 @@ use netoops_driver_platform::{DmaRegion, MmioRegion, PciConfig, Platform};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KernelPlatform;
 
-// SAFETY: `dma_alloc` returns fresh, zeroed, never-freed heap memory from the identity-mapped
+// SAFETY: `dma_alloc` returns fresh, never-freed heap memory (not zeroed: the trait does not
+// ask for it, and the drivers initialize what they read) from the identity-mapped
 // (write-back, DMA-coherent on x86) heap, at the physical address it reports; `map_mmio`
 // maps the range uncached at an address that stays valid for the life of the kernel.
 unsafe impl Platform for KernelPlatform {
     fn dma_alloc(&self, size: usize, align: usize) -> Option<DmaRegion> {
-        let (ptr, phys) = crate::platform::dma_alloc(size, align);
+        let (ptr, phys) = crate::platform::memory::dma_alloc_uninit(size, align);
         // SAFETY: see the impl's safety note: `size` bytes, exclusively ours, forever.
         Some(unsafe { DmaRegion::new(ptr, phys, size) })
     }

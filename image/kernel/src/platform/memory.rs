@@ -139,6 +139,23 @@ pub fn dma_alloc(size: usize, align: usize) -> (NonNull<u8>, u64) {
     (ptr, virt_to_phys(ptr.as_ptr()))
 }
 
+/// Memory for device rings and buffers whose driver initializes what it reads (the
+/// driver-platform contract: "the contents need not be zeroed"): as [`dma_alloc`], without
+/// writing it. The virtio-net driver zeroes its queues and buffers itself and the e1000e
+/// driver its descriptors (its buffers are read only where the device wrote a frame), so
+/// zeroing here too wrote 2 MiB twice for a 1024-entry virtio ring: about 1 ms of boot
+/// under TCG (`boot: phases`, nics 5.4 -> 4.3 ms on microvm).
+pub fn dma_alloc_uninit(size: usize, align: usize) -> (NonNull<u8>, u64) {
+    let layout = core::alloc::Layout::from_size_align(size.max(1), align.max(1))
+        .unwrap_or_else(|_| panic!("dma_alloc: bad alignment {align}"));
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { alloc::alloc::alloc(layout) };
+    let Some(ptr) = NonNull::new(ptr) else {
+        alloc::alloc::handle_alloc_error(layout)
+    };
+    (ptr, virt_to_phys(ptr.as_ptr()))
+}
+
 /// The physical address of kernel memory (identity mapped: the pointer value).
 pub fn virt_to_phys<T>(ptr: *const T) -> u64 {
     ptr as u64

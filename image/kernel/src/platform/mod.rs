@@ -3,10 +3,14 @@
 //! Entered through PVH, multiboot2 or the UEFI stub (see [`boot`]). [`init`] brings the
 //! platform up in a fixed order (console, boot information, exception
 //! handlers, clock, heap, ACPI, PCI, addresses for BARs the firmware left unassigned
-//! ([`pci_bars`])) and prints the boot banner; afterwards drivers use the
-//! free functions below, which are the binding API between the kernel and its drivers:
+//! ([`pci_bars`])) and keeps what it found for [`banner`], which the board prints after
+//! `ready` (boot time under TCG is mostly translating code run once, and the banner's
+//! formatting is such code); afterwards drivers use the free functions below, which are the
+//! binding API between the kernel and its drivers:
 //!
-//! - [`dma_alloc`] / [`virt_to_phys`]: zeroed, never-freed DMA memory; physical == virtual.
+//! - [`dma_alloc`] / [`virt_to_phys`]: zeroed, never-freed DMA memory; physical == virtual
+//!   ([`memory::dma_alloc_uninit`] for the drivers, which initialize what they read).
+//! - [`boottime::stamp`]: marks the end of a boot phase for the `boot: phases` line.
 //! - [`map_mmio`]: uncached identity mapping of any device range, above 4 GiB included.
 //! - [`now_micros`], [`tsc`], [`tsc_hz`]: the calibrated monotonic clock.
 //! - [`exit_qemu`]: ends the VM through isa-debug-exit (halts forever without it).
@@ -115,6 +119,12 @@ pub struct Platform {
     pub pci: PciMechanism,
     /// Memory BARs the platform assigned because the firmware did not (qboot), if any.
     pub pci_bars: Option<pci_bars::Assignment>,
+    /// The TSC when [`init`] was done (the banner's boot figure).
+    init_done_tsc: u64,
+    /// The RTC's wall clock at boot, ms since the epoch, if readable.
+    wall_ms: Option<u64>,
+    /// Whether the stack guard page is in place.
+    guarded: bool,
 }
 
 impl Platform {
@@ -146,18 +156,27 @@ mod bring_up {
     }
 
     static BOOT_INFO: spin::Once<BootInfo> = spin::Once::new();
+    static PLATFORM: spin::Once<Platform> = spin::Once::new();
+    static BANNER_PRINTED: core::sync::atomic::AtomicBool =
+        core::sync::atomic::AtomicBool::new(false);
     static ECAM: spin::Once<Ecam> = spin::Once::new();
     // SAFETY: the kernel is single-core and this is the only user of 0xCF8/0xCFC.
     static LEGACY: LegacyPorts = unsafe { LegacyPorts::new() };
 
-    /// Brings the platform up; `protocol`/`info` are the trampoline's arguments.
-    pub fn init(protocol: u32, info: u32, entry_tsc: u64) -> Platform {
+    /// Brings the platform up; `protocol`/`info` are the trampoline's arguments. Prints
+    /// nothing: what it found waits for [`banner`], so formatting it (code run for the first
+    /// time, which under TCG is mostly translation) is not on the way to `ready`.
+    pub fn init(protocol: u32, info: u32, entry_tsc: u64) -> &'static Platform {
+        boottime::stamp("trampoline");
         serial::init();
         // Boot lines wait for the board loop (or a self-test's `serial::immediate`).
         serial::defer();
         interrupts::init();
+        boottime::stamp("console_idt");
         let boot = BOOT_INFO.call_once(|| read_boot_info(protocol, info));
+        boottime::stamp("bootinfo");
         let (hz, tsc_source) = clock::calibrate();
+        boottime::stamp("clock");
         // The wall clock for console lines: the RTC as UTC, to the second. No century register
         // is read (the chip's two digits count from 2000).
         let wall_ms = rtc::read_cmos(None)
@@ -168,16 +187,14 @@ mod bring_up {
             rtc::set(ms, clock::tsc());
         }
 
-        // Linker-script symbols: only their addresses are used.
-        let (kernel_start, kernel_end) = (
-            &raw const __kernel_start as u64,
-            &raw const __kernel_end as u64,
-        );
+        // A linker-script symbol: only its address is used.
+        let kernel_end = &raw const __kernel_end as u64;
         let cap = bootinfo::cmdline_param(boot.cmdline(), "heap").and_then(memory::parse_size);
         let heap = memory::choose_heap(boot.memory(), kernel_end, paging::IDENTITY_MAPPED_END, cap);
         if let Some(range) = heap {
             memory::init_heap(range);
         }
+        boottime::stamp("rtc_heap");
 
         let acpi = match boot
             .rsdp()
@@ -196,6 +213,7 @@ mod bring_up {
             let devices = acpi::virtio_mmio_in_dsdt(&IdentityMapped, *dsdt);
             ACPI_VIRTIO_MMIO.call_once(|| devices.leak());
         }
+        boottime::stamp("acpi");
         let (pci, access) = pci_access(&acpi, heap.is_some());
         let mut assigned_bars = None;
         if let Some(access) = access {
@@ -206,8 +224,9 @@ mod bring_up {
             PCI_DEVICES.call_once(|| devices.leak());
         }
 
+        boottime::stamp("pci");
         let guarded = paging::install_guards();
-        let platform = Platform {
+        let platform = PLATFORM.call_once(|| Platform {
             boot,
             boot_clock: boottime::BootClock {
                 entry_tsc,
@@ -219,19 +238,38 @@ mod bring_up {
             acpi,
             pci,
             pci_bars: assigned_bars,
-        };
-        banner(&platform, kernel_start, kernel_end);
-        match wall_ms {
+            init_done_tsc: tsc(),
+            wall_ms,
+            guarded,
+        });
+        boottime::stamp("platform");
+        platform
+    }
+
+    /// Prints what [`init`] found (the `booted via` line, memory, ACPI, PCI, the command
+    /// line), once: the board after `ready`, self-tests at once, and the board's stop paths
+    /// before their reason.
+    pub fn banner() {
+        let Some(p) = PLATFORM.get() else { return };
+        if BANNER_PRINTED.swap(true, core::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        // Linker-script symbols: only their addresses are used.
+        let (kernel_start, kernel_end) = (
+            &raw const __kernel_start as u64,
+            &raw const __kernel_end as u64,
+        );
+        print_banner(p, kernel_start, kernel_end);
+        match p.wall_ms {
             Some(ms) => println!(
                 "clock: rtc {} (read as UTC, to the second)",
                 rtc::Rfc3339(ms)
             ),
             None => println!("clock: no readable rtc: lines carry no time"),
         }
-        if !guarded {
+        if !p.guarded {
             println!("paging: no guard pages (stack not in the first 2 MiB)");
         }
-        platform
     }
 
     fn read_boot_info(protocol: u32, info: u32) -> BootInfo {
@@ -283,8 +321,8 @@ mod bring_up {
         (PciMechanism::None, None)
     }
 
-    fn banner(p: &Platform, kernel_start: u64, kernel_end: u64) {
-        let now = tsc();
+    fn print_banner(p: &Platform, kernel_start: u64, kernel_end: u64) {
+        let now = p.init_done_tsc;
         let c = &p.boot_clock;
         println!(
             "netoops-relay {} booted via {} in {} ms from kernel entry (reset to entry {}, \
@@ -382,4 +420,4 @@ mod bring_up {
 }
 
 #[cfg(all(target_os = "none", not(test)))]
-pub use bring_up::init;
+pub use bring_up::{banner, init};
