@@ -124,24 +124,14 @@ fn dump_netoops() -> Record {
 
 fn dump_netconsole() -> Record {
     Record::Dump(DumpMeta {
-        id: identity(SourceIp::V4([127, 20, 0, 1]), 0),
-        generation: 0,
         kernel_version: "6.1.0".into(),
         packet_count: 42,
         received: 40,
-        missing: vec![],
-        zeroed: vec![],
         complete: true,
-        revision: 1,
         first_seen_ms: 5,
         completed_ms: 3_005,
-        cpu: None,
-        registers: None,
-        user_blob: None,
-        conflicts: 0,
-        foreign_port_chunks: 0,
-        late_chunks: 0,
         netconsole: Some(console()),
+        ..DumpMeta::new(identity(SourceIp::V4([127, 20, 0, 1]), 0))
     })
 }
 

@@ -2,10 +2,10 @@
 //! kinds, each printable by three kernel builds (other releases, offsets, addresses), with
 //! per-machine details (timestamps, PIDs, CPUs, addresses) that must not split a group.
 
+use super::{registers, XEON};
 use netoops_collect::store::{Applied, Origin, Store};
 use netoops_core::upstream::record::ConsoleMeta;
-use netoops_core::upstream::record::RegisterSet;
-use netoops_core::upstream::{Cpu, DumpIdentity, DumpMeta, Record, RecordHeader, Source};
+use netoops_core::upstream::{DumpIdentity, DumpMeta, Record, RecordHeader, Source};
 use std::net::SocketAddr;
 
 /// The three kernel builds.
@@ -215,43 +215,27 @@ pub fn dump_record(
     let packet_count = 8;
     let lost: u32 = missing.iter().map(|(a, b)| b - a + 1).sum();
     Record::Dump(DumpMeta {
-        id: DumpIdentity {
+        kernel_version: kernel.into(),
+        packet_count,
+        received: packet_count - lost,
+        missing: missing.to_vec(),
+        complete: missing.is_empty(),
+        first_seen_ms: completed_ms.saturating_sub(40),
+        completed_ms,
+        cpu: Some(XEON),
+        registers: Some(registers(&[
+            ("ip", 0xffff_ffff_c0a1_2315),
+            ("sp", 0xffff_b1c2_c0a4_fc70),
+            ("ax", 0),
+            ("flags", 0x10246),
+        ])),
+        ..DumpMeta::new(DumpIdentity {
             source: Source::from(source),
             version: 3,
             boot_id: 0,
             dump_id,
             dump_type: 1,
-        },
-        generation: 0,
-        kernel_version: kernel.into(),
-        packet_count,
-        received: packet_count - lost,
-        missing: missing.to_vec(),
-        zeroed: vec![],
-        complete: missing.is_empty(),
-        revision: 1,
-        first_seen_ms: completed_ms.saturating_sub(40),
-        completed_ms,
-        cpu: Some(Cpu {
-            vendor: 1,
-            family: 6,
-            model: 85,
-            stepping: 4,
-        }),
-        registers: Some(RegisterSet {
-            layout: "x86_64".into(),
-            names_values: vec![
-                ("ip".into(), 0xffff_ffff_c0a1_2315),
-                ("sp".into(), 0xffff_b1c2_c0a4_fc70),
-                ("ax".into(), 0),
-                ("flags".into(), 0x10246),
-            ],
-        }),
-        user_blob: None,
-        conflicts: 0,
-        foreign_port_chunks: 0,
-        late_chunks: 0,
-        netconsole: None,
+        })
     })
 }
 
@@ -266,29 +250,11 @@ pub fn netconsole_record(
 ) -> Record {
     let source: SocketAddr = format!("{ip}:6666").parse().unwrap();
     Record::Dump(DumpMeta {
-        id: DumpIdentity {
-            source: Source::from(source),
-            version: 0,
-            boot_id: 0,
-            dump_id: 0,
-            dump_type: 0,
-        },
-        generation: 0,
-        kernel_version: String::new(),
         packet_count: 60,
         received: 58,
-        missing: vec![],
-        zeroed: vec![],
         complete: missing_seq.is_empty(),
-        revision: 1,
         first_seen_ms: completed_ms.saturating_sub(400),
         completed_ms,
-        cpu: None,
-        registers: None,
-        user_blob: None,
-        conflicts: 0,
-        foreign_port_chunks: 0,
-        late_chunks: 0,
         netconsole: Some(ConsoleMeta {
             extended: true,
             boot: 0,
@@ -302,6 +268,13 @@ pub fn netconsole_record(
             fields: vec![("taskname".into(), "qemu-kvm".into())],
             truncated: false,
         }),
+        ..DumpMeta::new(DumpIdentity {
+            source: Source::from(source),
+            version: 0,
+            boot_id: 0,
+            dump_id: 0,
+            dump_type: 0,
+        })
     })
 }
 

@@ -1205,24 +1205,13 @@ mod tests {
 
     fn dump(n: u16) -> Record {
         Record::Dump(DumpMeta {
-            id: identity(n),
-            generation: 0,
             kernel_version: "6.1.0".to_string(),
             packet_count: 4,
             received: 4,
-            missing: Vec::new(),
-            zeroed: Vec::new(),
             complete: true,
-            revision: 1,
             first_seen_ms: 5,
             completed_ms: 9,
-            cpu: None,
-            registers: None,
-            user_blob: None,
-            conflicts: 0,
-            foreign_port_chunks: 0,
-            late_chunks: 0,
-            netconsole: None,
+            ..DumpMeta::new(identity(n))
         })
     }
 

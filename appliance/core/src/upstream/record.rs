@@ -184,6 +184,14 @@ pub enum DumpKind {
 }
 
 impl DumpKind {
+    /// Netconsole when a record carries netconsole details, netoops otherwise.
+    fn of(netconsole: Option<&ConsoleMeta>) -> Self {
+        match netconsole {
+            Some(_) => DumpKind::Netconsole,
+            None => DumpKind::Netoops,
+        }
+    }
+
     /// `"netoops"` or `"netconsole"`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -268,24 +276,43 @@ pub struct DumpMeta {
 }
 
 impl DumpMeta {
+    /// The first revision of the netoops dump `id`, with nothing else known: no packets, no
+    /// CPU, registers or blob, no anomalies. A base for struct update syntax
+    /// (`DumpMeta { packet_count: 4, ..DumpMeta::new(id) }`), so that a dump written out by
+    /// hand names only what it is about.
+    pub fn new(id: DumpIdentity) -> Self {
+        DumpMeta {
+            id,
+            generation: 0,
+            kernel_version: String::new(),
+            packet_count: 0,
+            received: 0,
+            missing: Vec::new(),
+            zeroed: Vec::new(),
+            complete: false,
+            revision: 1,
+            first_seen_ms: 0,
+            completed_ms: 0,
+            cpu: None,
+            registers: None,
+            user_blob: None,
+            netconsole: None,
+            conflicts: 0,
+            foreign_port_chunks: 0,
+            late_chunks: 0,
+        }
+    }
+
     /// netoops or netconsole.
     pub fn kind(&self) -> DumpKind {
-        if self.netconsole.is_some() {
-            DumpKind::Netconsole
-        } else {
-            DumpKind::Netoops
-        }
+        DumpKind::of(self.netconsole.as_ref())
     }
 }
 
 impl CrashSeen {
     /// netoops or netconsole.
     pub fn kind(&self) -> DumpKind {
-        if self.netconsole.is_some() {
-            DumpKind::Netconsole
-        } else {
-            DumpKind::Netoops
-        }
+        DumpKind::of(self.netconsole.as_ref())
     }
 }
 
@@ -716,14 +743,6 @@ mod tests {
 
     fn sample_dump() -> Record {
         Record::Dump(DumpMeta {
-            id: DumpIdentity {
-                source: Source::from("10.1.2.3:2004".parse::<SocketAddr>().unwrap()),
-                version: 3,
-                boot_id: 7,
-                dump_id: 4242,
-                dump_type: 1,
-            },
-            generation: 0,
             kernel_version: "6.1.0-13-amd64".to_string(),
             packet_count: 9,
             received: 7,
@@ -744,10 +763,13 @@ mod tests {
                 names_values: vec![("ip".to_string(), 0xffff_ffff_8100_0000)],
             }),
             user_blob: Some(vec![0xab; 128]),
-            conflicts: 0,
-            foreign_port_chunks: 0,
-            late_chunks: 0,
-            netconsole: None,
+            ..DumpMeta::new(DumpIdentity {
+                source: Source::from("10.1.2.3:2004".parse::<SocketAddr>().unwrap()),
+                version: 3,
+                boot_id: 7,
+                dump_id: 4242,
+                dump_type: 1,
+            })
         })
     }
 
