@@ -568,16 +568,44 @@ fn headline(text: &[u8]) -> Headline {
 }
 
 impl Delivery<'_> {
-    fn queued(&mut self, id: Option<u64>, summary: RecordSummary, event: RelayEvent) {
-        match id {
-            Some(id) => {
+    /// Reports `event`. For a crash notice or dump it also remembers what the record is about,
+    /// to report its delivery later, or counts it refused when the spool did not take it.
+    fn queued(&mut self, event: RelayEvent) {
+        let spooled = match event {
+            RelayEvent::CrashSeen {
+                id,
+                source,
+                dump_id,
+                generation,
+                ..
+            } => Some((id, RecordKind::CrashSeen, source, dump_id, generation, 0)),
+            RelayEvent::DumpQueued {
+                id,
+                source,
+                dump_id,
+                generation,
+                revision,
+                ..
+            } => Some((id, RecordKind::Dump, source, dump_id, generation, revision)),
+            _ => None,
+        };
+        match spooled {
+            Some((Some(id), kind, source, dump_id, generation, revision)) => {
                 if self.pending.len() >= self.pending.capacity() {
                     // The spool holds far fewer records than this; keep the newest summaries.
                     self.pending.pop_front();
                 }
-                self.pending.push_back(RecordSummary { id, ..summary });
+                self.pending.push_back(RecordSummary {
+                    id,
+                    kind,
+                    source,
+                    dump_id,
+                    generation,
+                    revision,
+                });
             }
-            None => self.stats.refused += 1,
+            Some((None, ..)) => self.stats.refused += 1,
+            None => {}
         }
         push_bounded(self.events, self.stats, event);
     }
@@ -593,14 +621,6 @@ impl EventSink for Delivery<'_> {
                 w.write(text)
             })
             .ok();
-        let summary = RecordSummary {
-            id: 0,
-            kind: RecordKind::CrashSeen,
-            source: c.source,
-            dump_id: d.dump_id(),
-            generation: c.generation,
-            revision: 0,
-        };
         let event = RelayEvent::CrashSeen {
             id,
             source: c.source,
@@ -610,7 +630,7 @@ impl EventSink for Delivery<'_> {
             packet_count: d.packet_count(),
             headline: headline(text),
         };
-        self.queued(id, summary, event);
+        self.queued(event);
     }
 
     fn dump(&mut self, d: &DumpView<'_>) {
@@ -621,14 +641,6 @@ impl EventSink for Delivery<'_> {
                 d.write_text(|b| w.write(b))
             })
             .ok();
-        let summary = RecordSummary {
-            id: 0,
-            kind: RecordKind::Dump,
-            source: d.source(),
-            dump_id: d.dump_id(),
-            generation: d.generation(),
-            revision: d.revision(),
-        };
         let event = RelayEvent::DumpQueued {
             id,
             source: d.source(),
@@ -640,7 +652,7 @@ impl EventSink for Delivery<'_> {
             revision: d.revision(),
             text_len,
         };
-        self.queued(id, summary, event);
+        self.queued(event);
         let meta = NewDump {
             kind: DumpSource::Netoops,
             source: d.source(),
@@ -669,14 +681,6 @@ impl ConsoleSink for Delivery<'_> {
                 |w| w.write(c.line),
             )
             .ok();
-        let summary = RecordSummary {
-            id: 0,
-            kind: RecordKind::CrashSeen,
-            source: c.source,
-            dump_id: c.crash as u16,
-            generation: 0,
-            revision: 0,
-        };
         let event = RelayEvent::CrashSeen {
             id,
             source: c.source,
@@ -686,7 +690,7 @@ impl ConsoleSink for Delivery<'_> {
             packet_count: 0,
             headline: console_text(&c.line[..c.line.len().min(HEADLINE_LEN)]),
         };
-        self.queued(id, summary, event);
+        self.queued(event);
     }
 
     fn dump(&mut self, d: &ConsoleDump<'_>) {
@@ -695,14 +699,6 @@ impl ConsoleSink for Delivery<'_> {
             .link
             .enqueue(self.now, &out, d.text.len() as u32, |w| w.write(d.text))
             .ok();
-        let summary = RecordSummary {
-            id: 0,
-            kind: RecordKind::Dump,
-            source: d.source,
-            dump_id: d.crash as u16,
-            generation: 0,
-            revision: 1,
-        };
         let event = RelayEvent::DumpQueued {
             id,
             source: d.source,
@@ -714,7 +710,7 @@ impl ConsoleSink for Delivery<'_> {
             revision: 1,
             text_len: d.text.len(),
         };
-        self.queued(id, summary, event);
+        self.queued(event);
         let meta = NewDump {
             kind: DumpSource::Netconsole,
             source: d.source,

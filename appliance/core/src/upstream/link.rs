@@ -1267,6 +1267,20 @@ mod tests {
         }
     }
 
+    /// A link on `config(1)` and a collector for it.
+    fn link_and_collector() -> (UpstreamLink, Collector) {
+        (UpstreamLink::new(config(1)), Collector::new())
+    }
+
+    /// After [`connect`]: `Hello` out, `Welcome` back, nothing more.
+    fn handshake(link: &mut UpstreamLink, c: &mut Collector, now: Instant) {
+        let mut buf = [0u8; 4096];
+        let n = link.poll_transmit(now, &mut buf);
+        c.receive(&buf[..n]);
+        link.handle_input(now, &core::mem::take(&mut c.replies))
+            .unwrap();
+    }
+
     fn connect(link: &mut UpstreamLink, c: &mut Collector, now: Instant) -> usize {
         let idx = link.poll_connect(now).expect("an upstream to connect to");
         link.handle_connected(now, idx);
@@ -1413,8 +1427,7 @@ mod tests {
     /// records ends the streak.
     #[test]
     fn refusals_after_welcome_back_off_further_each_time() {
-        let mut link = UpstreamLink::new(config(1));
-        let mut c = Collector::new();
+        let (mut link, mut c) = link_and_collector();
         let mut t = Instant::from_millis(1000);
         put(&mut link, t, &dump(1), b"no room");
         let mut waits = Vec::new();
@@ -1448,8 +1461,7 @@ mod tests {
 
     #[test]
     fn records_flow_after_welcome_and_are_acknowledged() {
-        let mut link = UpstreamLink::new(config(1));
-        let mut c = Collector::new();
+        let (mut link, mut c) = link_and_collector();
         let t = Instant::from_millis(1000);
         assert_eq!(put(&mut link, t, &crash(1), b"Oops: 0002"), 1);
         assert_eq!(put(&mut link, t, &dump(1), b"full text of the oops"), 2);
@@ -1490,18 +1502,14 @@ mod tests {
 
     #[test]
     fn unacknowledged_records_are_resent_after_reconnect() {
-        let mut link = UpstreamLink::new(config(1));
-        let mut c = Collector::new();
+        let (mut link, mut c) = link_and_collector();
         let mut t = Instant::from_millis(1000);
         for i in 0..3 {
             put(&mut link, t, &crash(i), b"text");
         }
         connect(&mut link, &mut c, t);
+        handshake(&mut link, &mut c, t);
         let mut buf = [0u8; 4096];
-        let n = link.poll_transmit(t, &mut buf);
-        c.receive(&buf[..n]);
-        link.handle_input(t, &core::mem::take(&mut c.replies))
-            .unwrap();
         // The records go out but the connection dies before the collector reads them.
         let n = link.poll_transmit(t, &mut buf);
         assert!(n > 0);
@@ -1518,8 +1526,7 @@ mod tests {
 
     #[test]
     fn welcome_last_seq_prevents_duplicates_when_acks_were_lost() {
-        let mut link = UpstreamLink::new(config(1));
-        let mut c = Collector::new();
+        let (mut link, mut c) = link_and_collector();
         let mut t = Instant::from_millis(1000);
         for i in 0..3 {
             put(&mut link, t, &dump(i), b"text");
@@ -1802,8 +1809,7 @@ mod tests {
 
     #[test]
     fn garbage_replies_close_only_that_connection() {
-        let mut link = UpstreamLink::new(config(1));
-        let mut c = Collector::new();
+        let (mut link, mut c) = link_and_collector();
         let mut t = Instant::from_millis(1000);
         put(&mut link, t, &crash(1), b"keep me");
         connect(&mut link, &mut c, t);
@@ -1922,17 +1928,13 @@ mod tests {
 
     #[test]
     fn sent_at_is_stamped_at_transmit_time() {
-        let mut link = UpstreamLink::new(config(1));
-        let mut c = Collector::new();
+        let (mut link, mut c) = link_and_collector();
         put(&mut link, Instant::from_millis(5), &crash(1), b"x");
         let t = Instant::from_millis(777_000);
         connect(&mut link, &mut c, t);
         let mut raw = Vec::new();
+        handshake(&mut link, &mut c, t);
         let mut buf = [0u8; 4096];
-        let n = link.poll_transmit(t, &mut buf);
-        c.receive(&buf[..n]);
-        link.handle_input(t, &core::mem::take(&mut c.replies))
-            .unwrap();
         let n = link.poll_transmit(t, &mut buf);
         raw.extend_from_slice(&buf[..n]);
         let (h, _) = decode_record(&raw[4..]).unwrap();

@@ -893,23 +893,28 @@ mod tests {
         assert_eq!(frames[3], vec![3u8; 8]);
     }
 
+    /// A `Hello` header (seq 0) that announces a payload of `payload_len` bytes.
+    fn hello(payload_len: u32) -> RecordHeader {
+        RecordHeader {
+            seq: 0,
+            sent_at_ms: 0,
+            record: Record::Hello {
+                protocol: 1,
+                relay: "r".to_string(),
+                instance: 1,
+            },
+            payload_len,
+        }
+    }
+
     #[test]
     fn bad_bodies_are_typed_errors() {
         assert!(matches!(
             decode_record(&[0xff; 3]),
             Err(DecodeError::Malformed(_))
         ));
-        let record = Record::Hello {
-            protocol: 1,
-            relay: "r".to_string(),
-            instance: 1,
-        };
-        let header = RecordHeaderRef {
-            seq: 0,
-            sent_at_ms: 0,
-            record: &record,
-            payload_len: 3,
-        };
+        let owned = hello(3);
+        let header = owned.as_ref();
         let frame = encode_record_frame(&header, b"abc").unwrap();
         assert!(matches!(
             decode_record(&frame[LEN_PREFIX..frame.len() - 1]),
@@ -923,17 +928,8 @@ mod tests {
 
     #[test]
     fn frames_above_the_limit_are_not_encoded() {
-        let record = Record::Hello {
-            protocol: 1,
-            relay: "r".to_string(),
-            instance: 1,
-        };
-        let header = RecordHeaderRef {
-            seq: 0,
-            sent_at_ms: 0,
-            record: &record,
-            payload_len: MAX_FRAME_LEN,
-        };
+        let owned = hello(MAX_FRAME_LEN);
+        let header = owned.as_ref();
         assert!(matches!(
             encode_frame_header(&header, &mut [0u8; 64]),
             Err(EncodeError::FrameTooLarge { .. })
