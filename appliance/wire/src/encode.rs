@@ -257,12 +257,7 @@ pub fn encode(
             if variant == Variant::V3X86_64Blob {
                 put(out, V3_USER_BLOB, &header.user_blob);
             }
-            let cpu = header.cpu;
-            put(
-                out,
-                arch_offset,
-                &[cpu.vendor, cpu.family, cpu.model, cpu.stepping],
-            );
+            put(out, arch_offset, &header.cpu.to_bytes());
             let regs_at = arch_offset + CPU_LEN;
             if let Some(layout) = variant.register_layout() {
                 let size = layout.word_size();
@@ -454,12 +449,7 @@ mod tests {
     fn v3_bytes_at_their_offsets() {
         let mut h = DumpHeader::new(Variant::V3X86_64Blob, 5, "k");
         h.boot_id = 0x0102_0304;
-        h.cpu = CpuId {
-            vendor: 1,
-            family: 6,
-            model: 0x55,
-            stepping: 4,
-        };
+        h.cpu = CpuId::from_bytes([1, 6, 0x55, 4]);
         h.registers[16] = 0xffff_ffff_8100_0000;
         h.user_blob = [b'b'; 128];
         let mut out = [0u8; 2048];
@@ -487,12 +477,7 @@ mod tests {
             let mut h = DumpHeader::new(v, 4242, "6.6.0");
             h.dump_type = DumpType::SoftDump;
             h.boot_id = 99;
-            h.cpu = CpuId {
-                vendor: 2,
-                family: 25,
-                model: 1,
-                stepping: 1,
-            };
+            h.cpu = CpuId::from_bytes([2, 25, 1, 1]);
             for (i, r) in h.registers.iter_mut().enumerate() {
                 *r = 0x1_0000_0000 * (i as u64) + 0x100 + i as u64;
             }
@@ -540,6 +525,20 @@ mod tests {
         }
     }
 
+    /// The only packet of dump 1 of `variant`: zero data, no kernel version; and its length.
+    fn blank_datagram(variant: Variant) -> ([u8; 2048], usize) {
+        let mut out = [0u8; 2048];
+        let n = encode(
+            &DumpHeader::new(variant, 1, ""),
+            1,
+            0,
+            &[0; DATA_LEN],
+            &mut out,
+        )
+        .unwrap();
+        (out, n)
+    }
+
     #[test]
     fn header_from_datagram_re_encodes_identically() {
         for v in Variant::ALL {
@@ -547,12 +546,7 @@ mod tests {
             h.dump_type = DumpType::SoftDump;
             if v != Variant::V2 {
                 h.boot_id = 5;
-                h.cpu = CpuId {
-                    vendor: 1,
-                    family: 2,
-                    model: 3,
-                    stepping: 4,
-                };
+                h.cpu = CpuId::from_bytes([1, 2, 3, 4]);
                 h.registers = core::array::from_fn(|i| i as u64 + 1);
                 if v == Variant::V3I386 {
                     h.registers[17..].fill(0);
@@ -567,15 +561,7 @@ mod tests {
             assert_eq!(DumpHeader::from_datagram(&d), h);
         }
         // An i386 frame without gs cannot be carried by V3I386: registers are dropped.
-        let mut b = [0u8; 2048];
-        let n = encode(
-            &DumpHeader::new(Variant::V3I386, 1, ""),
-            1,
-            0,
-            &[0; DATA_LEN],
-            &mut b,
-        )
-        .unwrap();
+        let (mut b, n) = blank_datagram(Variant::V3I386);
         b[4..6].copy_from_slice(&156u16.to_le_bytes());
         b[92] = 1;
         let d = Datagram::parse(&b[..n - 4], &Limits::default()).unwrap();
@@ -583,15 +569,7 @@ mod tests {
         assert_eq!(DumpHeader::from_datagram(&d).registers, [0; 21]);
 
         // An i386 frame after a user blob is V3I386, which has no blob.
-        let mut c = [0u8; 2048];
-        let n = encode(
-            &DumpHeader::new(Variant::V3X86_64Blob, 1, ""),
-            1,
-            0,
-            &[0; DATA_LEN],
-            &mut c,
-        )
-        .unwrap();
+        let (mut c, n) = blank_datagram(Variant::V3X86_64Blob);
         let i386_data = 216 + 4 + 68;
         c[4..6].copy_from_slice(&(i386_data as u16).to_le_bytes());
         c[88] = 1;
@@ -709,7 +687,7 @@ mod tests {
             h.dump_type = dump_type;
             h.boot_id = boot_id;
             h.kernel_version.copy_from_slice(&kv);
-            h.cpu = CpuId { vendor: cpu[0], family: cpu[1], model: cpu[2], stepping: cpu[3] };
+            h.cpu = CpuId::from_bytes(cpu);
             h.registers.copy_from_slice(&regs);
             h.user_blob.copy_from_slice(&blob);
             let data: [u8; DATA_LEN] = data.try_into().unwrap();

@@ -125,6 +125,23 @@ pub struct CpuId {
     pub stepping: u8,
 }
 
+impl CpuId {
+    /// From the four bytes of the wire field, in order.
+    pub const fn from_bytes([vendor, family, model, stepping]: [u8; 4]) -> Self {
+        CpuId {
+            vendor,
+            family,
+            model,
+            stepping,
+        }
+    }
+
+    /// The four bytes of the wire field.
+    pub const fn to_bytes(self) -> [u8; 4] {
+        [self.vendor, self.family, self.model, self.stepping]
+    }
+}
+
 const X86_64_NAMES: [&str; 21] = [
     "r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx", "dx", "si", "di",
     "orig_ax", "ip", "cs", "flags", "sp", "ss",
@@ -617,14 +634,9 @@ impl<'a> Datagram<'a> {
 
     /// CPU identification (v3 only).
     pub fn cpu(&self) -> Option<CpuId> {
-        self.arch_area.first_chunk::<{ field::CPU_LEN }>().map(
-            |&[vendor, family, model, stepping]| CpuId {
-                vendor,
-                family,
-                model,
-                stepping,
-            },
-        )
+        self.arch_area
+            .first_chunk::<{ field::CPU_LEN }>()
+            .map(|&b| CpuId::from_bytes(b))
     }
 
     /// Layout of the register area, or `None` when it is empty or of an unknown size (and for v2).
@@ -795,15 +807,7 @@ mod tests {
         assert_eq!(d.dump_type(), DumpType::SoftDump);
         assert_eq!(d.boot_id(), 0xdead_beef);
         assert_eq!(d.kernel_version(), [b'k'; 64]);
-        assert_eq!(
-            d.cpu(),
-            Some(CpuId {
-                vendor: 1,
-                family: 6,
-                model: 85,
-                stepping: 7
-            })
-        );
+        assert_eq!(d.cpu(), Some(CpuId::from_bytes([1, 6, 85, 7])));
         assert_eq!(d.register_layout(), Some(RegisterLayout::X86_64));
         let r = d.registers().unwrap();
         assert_eq!(r.count, 21);
