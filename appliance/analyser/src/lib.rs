@@ -11,7 +11,10 @@
 use std::fmt;
 
 /// What kind of crash a dump shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, strum::IntoStaticStr, strum::Display,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum CrashKind {
     /// `BUG: kernel NULL pointer dereference` (or the older `BUG: unable to handle kernel NULL pointer dereference`).
     NullDeref,
@@ -36,6 +39,7 @@ pub enum CrashKind {
     /// `WARNING: CPU: N PID: N at file:line func+off/size`.
     Warning,
     /// Another `BUG:` line (`BUG: scheduling while atomic`, `BUG: KASAN: ...`).
+    #[strum(serialize = "bug-other")]
     OtherBug,
     /// A `Kernel panic - not syncing:` with nothing more specific before it.
     Panic,
@@ -48,29 +52,7 @@ pub enum CrashKind {
 impl CrashKind {
     /// Short stable name used in signatures, the index and the web view.
     pub fn as_str(self) -> &'static str {
-        match self {
-            CrashKind::NullDeref => "null-deref",
-            CrashKind::PageFault => "page-fault",
-            CrashKind::Bug => "bug",
-            CrashKind::Gpf => "gpf",
-            CrashKind::SoftLockup => "soft-lockup",
-            CrashKind::HardLockup => "hard-lockup",
-            CrashKind::HungTask => "hung-task",
-            CrashKind::RcuStall => "rcu-stall",
-            CrashKind::Oom => "oom",
-            CrashKind::SysrqCrash => "sysrq-crash",
-            CrashKind::Warning => "warning",
-            CrashKind::OtherBug => "bug-other",
-            CrashKind::Panic => "panic",
-            CrashKind::Oops => "oops",
-            CrashKind::Unknown => "unknown",
-        }
-    }
-}
-
-impl fmt::Display for CrashKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 

@@ -15,15 +15,19 @@ use crate::netoops::{field, CpuId, Datagram, DumpType, RegisterLayout, Version, 
 use crate::DATA_LEN;
 
 /// The datagram shapes seen in the wild.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::Display)]
 pub enum Variant {
     /// The original patch: 1241 bytes, `header_size` 217.
+    #[strum(serialize = "v2")]
     V2,
     /// v3 on x86_64: `arch_offset` 88, `data_offset` 260, 1284 bytes.
+    #[strum(serialize = "v3")]
     V3X86_64,
     /// v3 on x86_64 with the 128-byte user blob: `arch_offset` 216, `data_offset` 388, 1412 bytes.
+    #[strum(serialize = "v3-blob")]
     V3X86_64Blob,
     /// v3 on i386 with the 68-byte `pt_regs`: `arch_offset` 88, `data_offset` 160, 1184 bytes.
+    #[strum(serialize = "v3-i386")]
     V3I386,
 }
 
@@ -87,18 +91,7 @@ impl Variant {
 
     /// Short name, as accepted by [`Variant::from_str`]: "v2", "v3", "v3-blob", "v3-i386".
     pub fn name(self) -> &'static str {
-        match self {
-            Self::V2 => "v2",
-            Self::V3X86_64 => "v3",
-            Self::V3X86_64Blob => "v3-blob",
-            Self::V3I386 => "v3-i386",
-        }
-    }
-}
-
-impl fmt::Display for Variant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        self.into()
     }
 }
 

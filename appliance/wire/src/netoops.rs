@@ -359,7 +359,8 @@ impl fmt::Display for WireError {
 impl core::error::Error for WireError {}
 
 /// Fieldless mirror of [`WireError`], used to index drop counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::Display)]
+#[strum(serialize_all = "snake_case")]
 pub enum WireErrorKind {
     TooShort,
     TooLong,
@@ -396,23 +397,7 @@ impl WireErrorKind {
 
     /// snake_case name for metrics and logs.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::TooShort => "too_short",
-            Self::TooLong => "too_long",
-            Self::UnknownVersion => "unknown_version",
-            Self::BadOffsets => "bad_offsets",
-            Self::ZeroPacketCount => "zero_packet_count",
-            Self::TooManyPackets => "too_many_packets",
-            Self::PacketNoOutOfRange => "packet_no_out_of_range",
-            Self::UnknownArch => "unknown_arch",
-            Self::UnknownType => "unknown_type",
-        }
-    }
-}
-
-impl fmt::Display for WireErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        self.into()
     }
 }
 

@@ -131,7 +131,8 @@ impl LinkConfig {
 
 /// Why a connection ended. The first group is reported by the caller, the rest decided by the
 /// link (and then reported back in [`LinkEvent::Disconnected`] whatever the caller passed).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::Display)]
+#[strum(serialize_all = "snake_case")]
 pub enum CloseReason {
     /// The TCP connect failed (refused, unreachable).
     ConnectFailed,
@@ -188,27 +189,7 @@ impl CloseReason {
 
     /// Short name for logs and metrics.
     pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::ConnectFailed => "connect_failed",
-            CloseReason::PeerClosed => "peer_closed",
-            CloseReason::IoError => "io_error",
-            CloseReason::ConnectTimeout => "connect_timeout",
-            CloseReason::HandshakeTimeout => "handshake_timeout",
-            CloseReason::AckTimeout => "ack_timeout",
-            CloseReason::MalformedReply => "malformed_reply",
-            CloseReason::VersionMismatch => "version_mismatch",
-            CloseReason::Refused => "refused",
-            CloseReason::UnexpectedReply => "unexpected_reply",
-            CloseReason::InstanceConflict => "instance_conflict",
-            CloseReason::Failback => "failback",
-            CloseReason::AuthFailed => "auth_failed",
-        }
-    }
-}
-
-impl fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 

@@ -139,7 +139,8 @@ impl fmt::Display for SessionKey {
 }
 
 /// Why the secure channel failed; the connection must be closed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::Display)]
+#[strum(serialize_all = "snake_case")]
 pub enum SecureError {
     /// The clear key id prefix is malformed.
     BadKeyId,
@@ -147,29 +148,20 @@ pub enum SecureError {
     UnknownKey,
     /// A handshake message did not authenticate: the peer lacks the key (or is not speaking
     /// this protocol).
+    #[strum(serialize = "bad_key")]
     Handshake,
     /// A transport message did not decrypt: tampering or a broken stream.
+    #[strum(serialize = "decrypt_failed")]
     Decrypt,
     /// A message longer than this end accepts.
+    #[strum(serialize = "message_too_long")]
     TooLong,
 }
 
 impl SecureError {
     /// Short name for counters and logs.
     pub fn as_str(self) -> &'static str {
-        match self {
-            SecureError::BadKeyId => "bad_key_id",
-            SecureError::UnknownKey => "unknown_key",
-            SecureError::Handshake => "bad_key",
-            SecureError::Decrypt => "decrypt_failed",
-            SecureError::TooLong => "message_too_long",
-        }
-    }
-}
-
-impl fmt::Display for SecureError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
