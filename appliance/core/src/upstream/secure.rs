@@ -97,11 +97,7 @@ impl Psk {
 /// Whether `id` is a valid key id: 1..=64 bytes of `[A-Za-z0-9._-]` (safe to print and to use
 /// as a relay name).
 pub fn valid_key_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_KEY_ID
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    crate::is_token(id, MAX_KEY_ID)
 }
 
 /// A relay's session key: its id and its pre-shared key. Parsed from `ID:HEX`.
