@@ -503,15 +503,11 @@ impl<'a> Datagram<'a> {
         };
         let header_size = usize::from(le16::<V2_HEADER_SIZE, V2_FIXED_LEN>(head));
         let data = data_at(bytes, header_size, V2_FIXED_LEN)?;
+        let arch = le16::<V2_ARCH, V2_FIXED_LEN>(head);
+        let dump_type = le16::<V2_TYPE, V2_FIXED_LEN>(head);
         let packet_count = le32::<V2_PACKET_COUNT, V2_FIXED_LEN>(head);
         let packet_no = le32::<V2_PACKET_NO, V2_FIXED_LEN>(head);
-        let dump_type = check_fields(
-            le16::<V2_ARCH, V2_FIXED_LEN>(head),
-            le16::<V2_TYPE, V2_FIXED_LEN>(head),
-            packet_count,
-            packet_no,
-            limits,
-        )?;
+        let dump_type = check_fields(arch, dump_type, packet_count, packet_no, limits)?;
         Ok(Self {
             bytes,
             kernel_version: kernel_version_at(bytes, V2_KERNEL_VERSION)?,
@@ -549,15 +545,11 @@ impl<'a> Datagram<'a> {
         } else {
             None
         };
+        let arch = le16::<V3_ARCH, V3_FIXED_LEN>(head);
+        let dump_type = le16::<V3_TYPE, V3_FIXED_LEN>(head);
         let packet_count = le32::<V3_PACKET_COUNT, V3_FIXED_LEN>(head);
         let packet_no = le32::<V3_PACKET_NO, V3_FIXED_LEN>(head);
-        let dump_type = check_fields(
-            le16::<V3_ARCH, V3_FIXED_LEN>(head),
-            le16::<V3_TYPE, V3_FIXED_LEN>(head),
-            packet_count,
-            packet_no,
-            limits,
-        )?;
+        let dump_type = check_fields(arch, dump_type, packet_count, packet_no, limits)?;
         Ok(Self {
             bytes,
             kernel_version: kernel_version_at(bytes, V3_KERNEL_VERSION)?,
