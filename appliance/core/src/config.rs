@@ -280,7 +280,6 @@ impl KeyDoc {
 
 /// Every configuration key, in the order the README and the appliance's `config:` line list
 /// them. Adding a key starts here.
-#[rustfmt::skip] // one row a key
 pub const KEY_TABLE: &[KeyDoc] = {
     use KeyScope::{Appliance, Everywhere, Kernel, Test};
     &[
@@ -289,7 +288,12 @@ pub const KEY_TABLE: &[KeyDoc] = {
         key("port", Everywhere, "UDP port netoops senders target", "2004"),
         list(key("upstream", Everywhere, "`IP:PORT[,IP:PORT...]`, collectors in order of preference", "required")),
         key("name", Everywhere, "relay name reported to collectors", "`netoops-relay`"),
-        key("upstream_key", Everywhere, "`ID:KEY`, this relay's session key (`KEY`: 64 hex digits; the collector's keys file holds `ID KEY`); `none` speaks in clear", "none (unauthenticated; collectors with `--keys` refuse it)"),
+        key(
+            "upstream_key",
+            Everywhere,
+            "`ID:KEY`, this relay's session key (`KEY`: 64 hex digits; the collector's keys file holds `ID KEY`); `none` speaks in clear",
+            "none (unauthenticated; collectors with `--keys` refuse it)",
+        ),
         key("memory", Everywhere, "reassembly budget (`K`/`M`/`G`)", "`64M`"),
         key("spool", Everywhere, "delivery spool budget, at least `64K` (a quarter for crash notices)", "`16M`"),
         key("max_dumps", Everywhere, "dumps held at once", "4096"),
@@ -308,7 +312,12 @@ pub const KEY_TABLE: &[KeyDoc] = {
         key("http_dumps", Everywhere, "RAM for the texts of the last dumps `/dumps` serves, kept whether or not a collector is reachable (oldest evicted first; `0` keeps none)", "`1M`"),
         key("upstream_nic.ip", Kernel, "address `A.B.C.D/PREFIX` of the upstream NIC in two-NIC mode", "-"),
         key("upstream_nic.gw", Kernel, "gateway of the upstream NIC in two-NIC mode", "none"),
-        key("idle.halt", Kernel, "`off`, or the shortest halt when idle (`10us`-`1ms`): the appliance sleeps on the local APIC timer instead of spinning", "`100us`"),
+        key(
+            "idle.halt",
+            Kernel,
+            "`off`, or the shortest halt when idle (`10us`-`1ms`): the appliance sleeps on the local APIC timer instead of spinning",
+            "`100us`",
+        ),
         key("heap", Kernel, "cap on the appliance's heap (`K`/`M`/`G`)", "the largest free RAM region"),
         key("console", Kernel, "accepted and ignored (GRUB's `console=ttyS0`): the console is always COM1", "-"),
         key("selftest", Test, "boot self-tests for the end-to-end tests", "-"),
