@@ -867,6 +867,19 @@ mod tests {
         }
     }
 
+    /// Seals `msg` as the initiator's one message into `buf`; returns the bytes written.
+    fn transmit_once(init: &mut Initiator, buf: &mut [u8], msg: &[u8]) -> usize {
+        let mut once = Some(msg);
+        init.poll_transmit(buf, |p| match once.take() {
+            Some(m) => {
+                p[..m.len()].copy_from_slice(m);
+                m.len()
+            }
+            None => 0,
+        })
+        .unwrap()
+    }
+
     /// Runs a whole exchange: relay sends `msg` in `step`-byte pieces, collector answers
     /// `reply`. Returns what each side read, or the collector's error.
     fn exchange(
@@ -1000,16 +1013,7 @@ mod tests {
             panic!("not established");
         };
         init.read(&reply).unwrap();
-        let mut once = Some(*b"abc");
-        let n = init
-            .poll_transmit(&mut buf, |p| match once.take() {
-                Some(m) => {
-                    p[..3].copy_from_slice(&m);
-                    3
-                }
-                None => 0,
-            })
-            .unwrap();
+        let n = transmit_once(&mut init, &mut buf, b"abc");
         assert_eq!(n, LEN_PREFIX + 3 + TAG_LEN);
         buf[n - 1] ^= 1;
         assert_eq!(
@@ -1045,16 +1049,7 @@ mod tests {
         init.read(&msg2[..LEN_PREFIX + m]).unwrap();
         assert!(init.is_established());
         let mut theirs = theirs.into_transport_mode().unwrap();
-        let mut once = Some(*b"ping");
-        let n = init
-            .poll_transmit(&mut buf, |p| match once.take() {
-                Some(m) => {
-                    p[..4].copy_from_slice(&m);
-                    4
-                }
-                None => 0,
-            })
-            .unwrap();
+        let n = transmit_once(&mut init, &mut buf, b"ping");
         let got = theirs
             .read_message(&buf[LEN_PREFIX..n], &mut scratch)
             .unwrap();
