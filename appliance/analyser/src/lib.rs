@@ -11,7 +11,10 @@
 use std::fmt;
 
 /// What kind of crash a dump shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, strum::IntoStaticStr, strum::Display,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum CrashKind {
     /// `BUG: kernel NULL pointer dereference` (or the older `BUG: unable to handle kernel NULL pointer dereference`).
     NullDeref,
@@ -36,6 +39,7 @@ pub enum CrashKind {
     /// `WARNING: CPU: N PID: N at file:line func+off/size`.
     Warning,
     /// Another `BUG:` line (`BUG: scheduling while atomic`, `BUG: KASAN: ...`).
+    #[strum(serialize = "bug-other")]
     OtherBug,
     /// A `Kernel panic - not syncing:` with nothing more specific before it.
     Panic,
@@ -48,29 +52,7 @@ pub enum CrashKind {
 impl CrashKind {
     /// Short stable name used in signatures, the index and the web view.
     pub fn as_str(self) -> &'static str {
-        match self {
-            CrashKind::NullDeref => "null-deref",
-            CrashKind::PageFault => "page-fault",
-            CrashKind::Bug => "bug",
-            CrashKind::Gpf => "gpf",
-            CrashKind::SoftLockup => "soft-lockup",
-            CrashKind::HardLockup => "hard-lockup",
-            CrashKind::HungTask => "hung-task",
-            CrashKind::RcuStall => "rcu-stall",
-            CrashKind::Oom => "oom",
-            CrashKind::SysrqCrash => "sysrq-crash",
-            CrashKind::Warning => "warning",
-            CrashKind::OtherBug => "bug-other",
-            CrashKind::Panic => "panic",
-            CrashKind::Oops => "oops",
-            CrashKind::Unknown => "unknown",
-        }
-    }
-}
-
-impl fmt::Display for CrashKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
@@ -424,31 +406,23 @@ fn cpu_line(line: &str) -> Option<(Process, Option<String>, Option<String>)> {
     let (pid_s, rest) = after_pid.split_once(' ')?;
     let pid = pid_s.parse().ok();
     let rest = rest.trim_start().strip_prefix("Comm: ")?;
-    // The comm may contain spaces; it ends before ` Tainted: ` / ` Not tainted`.
-    let i = rest
-        .find(" Not tainted")
-        .or_else(|| rest.find(" Tainted: "))
-        .unwrap_or(rest.len());
-    let (comm, tail) = rest.split_at(i);
-    let (taint, release) = match taint_release(tail) {
-        Some((f, r)) => (Some(f), r),
-        None => (None, None),
-    };
-    Some((
-        Process {
-            comm: comm.trim().to_string(),
-            pid,
-            cpu,
-        },
-        taint,
-        release,
-    ))
+    Some(comm_taint_release(rest, pid, cpu))
 }
 
 /// `Pid: 2347, comm: bash Not tainted 2.6.32-431.el6.x86_64 #1 ...` (2.6.x kernels).
 fn old_pid_line(line: &str) -> Option<(Process, Option<String>, Option<String>)> {
     let rest = line.strip_prefix("Pid: ")?;
     let (pid_s, rest) = rest.split_once(", comm: ")?;
+    Some(comm_taint_release(rest, pid_s.trim().parse().ok(), None))
+}
+
+/// The rest of a `CPU:` or `Pid:` line from the comm on: `bash Tainted: G   OE   6.1.0 #1 ...`.
+/// The comm may contain spaces; it ends before ` Tainted: ` / ` Not tainted`.
+fn comm_taint_release(
+    rest: &str,
+    pid: Option<u64>,
+    cpu: Option<u64>,
+) -> (Process, Option<String>, Option<String>) {
     let i = rest
         .find(" Not tainted")
         .or_else(|| rest.find(" Tainted: "))
@@ -460,29 +434,27 @@ fn old_pid_line(line: &str) -> Option<(Process, Option<String>, Option<String>)>
     };
     let process = Process {
         comm: comm.trim().to_string(),
-        pid: pid_s.trim().parse().ok(),
-        cpu: None,
+        pid,
+        cpu,
     };
-    Some((process, taint, release))
+    (process, taint, release)
 }
 
 /// `... [comm:pid]` at the end of a soft lockup line.
 fn lockup_process(line: &str) -> Option<Process> {
     let open = line.rfind('[')?;
-    let inner = line[open + 1..].strip_suffix(']')?;
-    let (comm, pid) = inner.rsplit_once(':')?;
-    Some(Process {
-        comm: comm.to_string(),
-        pid: Some(pid.parse().ok()?),
-        cpu: None,
-    })
+    comm_pid(line[open + 1..].strip_suffix(']')?)
 }
 
 /// `INFO: task jbd2/sda1-8:123 blocked for more than 120 seconds.`
 fn hung_process(line: &str) -> Option<Process> {
     let after = &line[line.find("INFO: task ")? + "INFO: task ".len()..];
-    let name = &after[..after.find(" blocked")?];
-    let (comm, pid) = name.rsplit_once(':')?;
+    comm_pid(&after[..after.find(" blocked")?])
+}
+
+/// `comm:pid`, split at the last colon (a comm may contain colons); no CPU.
+fn comm_pid(s: &str) -> Option<Process> {
+    let (comm, pid) = s.rsplit_once(':')?;
     Some(Process {
         comm: comm.to_string(),
         pid: Some(pid.parse().ok()?),

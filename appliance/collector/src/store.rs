@@ -1205,30 +1205,20 @@ mod tests {
 
     fn dump(revision: u32, first_seen_ms: u64) -> DumpMeta {
         DumpMeta {
-            id: DumpIdentity {
+            kernel_version: "6.1".into(),
+            packet_count: 2,
+            received: 2,
+            complete: true,
+            revision,
+            first_seen_ms,
+            completed_ms: first_seen_ms + 5,
+            ..DumpMeta::new(DumpIdentity {
                 source: Source::from("[fe80::2]:2004".parse::<std::net::SocketAddr>().unwrap()),
                 version: 3,
                 boot_id: 1,
                 dump_id: 77,
                 dump_type: 1,
-            },
-            generation: 0,
-            kernel_version: "6.1".into(),
-            packet_count: 2,
-            received: 2,
-            missing: vec![],
-            zeroed: vec![],
-            complete: true,
-            revision,
-            first_seen_ms,
-            completed_ms: first_seen_ms + 5,
-            cpu: None,
-            registers: None,
-            user_blob: None,
-            conflicts: 0,
-            foreign_port_chunks: 0,
-            late_chunks: 0,
-            netconsole: None,
+            })
         }
     }
 

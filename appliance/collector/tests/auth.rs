@@ -81,16 +81,6 @@ fn relay_states(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Everything the collector sends back before it closes (or 5 s pass).
-fn reply_to(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = s.write_all(bytes);
-    let mut got = Vec::new();
-    let _ = s.read_to_end(&mut got);
-    got
-}
-
 fn load(c: &Counters, f: impl Fn(&Counters) -> &std::sync::atomic::AtomicU64) -> u64 {
     f(c).load(Ordering::Relaxed)
 }
@@ -113,7 +103,7 @@ fn a_forged_client_without_the_key_stores_nothing_and_is_counted() {
         b"forged text",
     ));
     assert_eq!(
-        reply_to(addr, &forged),
+        send_raw(addr, &forged),
         b"",
         "a plaintext client got an answer"
     );

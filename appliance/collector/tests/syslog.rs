@@ -21,7 +21,7 @@ use netoops_core::upstream::Record;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -37,15 +37,6 @@ fn rsyslogd() -> PathBuf {
     candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
         panic!("rsyslogd not found: this test needs Debian's rsyslog package (scripts/setup installs it)")
     })
-}
-
-/// A loopback port nobody listens on (now).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -591,18 +582,7 @@ fn bad_syslog_settings_stop_the_collector_with_a_message() {
         ),
         (&["--syslog-queue", "10"], "--syslog <HOST:PORT>"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_netoops-collect"))
-            .args([
-                "serve",
-                "--allow-plaintext",
-                "--listen",
-                "127.0.0.1:0",
-                "--dir",
-            ])
-            .arg(tmp.path())
-            .args(args)
-            .output()
-            .unwrap();
+        let out = serve_command(tmp.path()).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");

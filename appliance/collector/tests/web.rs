@@ -12,10 +12,11 @@ mod common;
 use common::crashes::{
     crash_text, dump_record, netconsole_record, store_fleet, store_record, BUILDS,
 };
+use common::{free_port, serve_command};
 use netoops_collect::store::Store;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,17 +64,8 @@ fn fill(dir: &Path) {
 
 /// Starts the collector with the web view; returns it and the web address.
 fn start_collector(dir: &Path) -> (Reaper, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_netoops-collect"))
-        .args([
-            "serve",
-            "--allow-plaintext",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--dir",
-        ])
-        .arg(dir)
+    let mut child = serve_command(dir)
+        .args(["--http", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -356,14 +348,6 @@ impl Drop for WebDriver {
             let _ = s.read(&mut buf);
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 const CHROMIUM: &str = "/usr/bin/chromium";

@@ -324,59 +324,45 @@ pub const KEY_TABLE: &[KeyDoc] = {
     ]
 };
 
-const fn count_keys(a: KeyScope, b: KeyScope) -> usize {
-    let (mut i, mut n) = (0, 0);
-    while i < KEY_TABLE.len() {
-        let s = KEY_TABLE[i].scope as u8;
-        if s == a as u8 || s == b as u8 {
-            n += 1;
-        }
-        i += 1;
-    }
-    n
+/// Which keys of [`KEY_TABLE`] a key list holds.
+#[derive(Clone, Copy)]
+enum Pick {
+    /// The keys of either scope.
+    Scopes(KeyScope, KeyScope),
+    /// The undotted keys of scopes `Kernel` and `Test`.
+    PlatformWords,
 }
 
-const fn select_keys<const N: usize>(a: KeyScope, b: KeyScope) -> [&'static str; N] {
+impl Pick {
+    const fn takes(self, k: &KeyDoc) -> bool {
+        let s = k.scope as u8;
+        match self {
+            Pick::Scopes(a, b) => s == a as u8 || s == b as u8,
+            Pick::PlatformWords => {
+                if s != KeyScope::Kernel as u8 && s != KeyScope::Test as u8 {
+                    return false;
+                }
+                let b = k.key.as_bytes();
+                let mut i = 0;
+                while i < b.len() {
+                    if b[i] == b'.' {
+                        return false;
+                    }
+                    i += 1;
+                }
+                true
+            }
+        }
+    }
+}
+
+/// The first `N` keys `pick` takes, in table order, and how many it takes in all:
+/// `picked::<0>(pick).1` sizes the array of `picked::<N>(pick).0`.
+const fn picked<const N: usize>(pick: Pick) -> ([&'static str; N], usize) {
     let mut out = [""; N];
     let (mut i, mut n) = (0, 0);
     while i < KEY_TABLE.len() {
-        let s = KEY_TABLE[i].scope as u8;
-        if s == a as u8 || s == b as u8 {
-            out[n] = KEY_TABLE[i].key;
-            n += 1;
-        }
-        i += 1;
-    }
-    out
-}
-
-/// Every key [`Config::set`] accepts (scopes `Everywhere` and `Appliance` of [`KEY_TABLE`]).
-pub const KEYS: &[&str] = &select_keys::<{ count_keys(KeyScope::Everywhere, KeyScope::Appliance) }>(
-    KeyScope::Everywhere,
-    KeyScope::Appliance,
-);
-
-const fn is_platform_word(k: &KeyDoc) -> bool {
-    let s = k.scope as u8;
-    if s != KeyScope::Kernel as u8 && s != KeyScope::Test as u8 {
-        return false;
-    }
-    let b = k.key.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'.' {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
-const fn platform_words<const N: usize>() -> [&'static str; N] {
-    let mut out = [""; N];
-    let (mut i, mut n) = (0, 0);
-    while i < KEY_TABLE.len() {
-        if is_platform_word(&KEY_TABLE[i]) {
+        if pick.takes(&KEY_TABLE[i]) {
             if n < N {
                 out[n] = KEY_TABLE[i].key;
             }
@@ -384,30 +370,25 @@ const fn platform_words<const N: usize>() -> [&'static str; N] {
         }
         i += 1;
     }
-    out
+    (out, n)
 }
 
-const fn count_platform_words() -> usize {
-    let (mut i, mut n) = (0, 0);
-    while i < KEY_TABLE.len() {
-        if is_platform_word(&KEY_TABLE[i]) {
-            n += 1;
-        }
-        i += 1;
-    }
-    n
-}
+const ACCEPTED: Pick = Pick::Scopes(KeyScope::Everywhere, KeyScope::Appliance);
+
+/// Every key [`Config::set`] accepts (scopes `Everywhere` and `Appliance` of [`KEY_TABLE`]).
+pub const KEYS: &[&str] = &picked::<{ picked::<0>(ACCEPTED).1 }>(ACCEPTED).0;
 
 /// The undotted keys the appliance platform reads itself (scopes `Kernel` and `Test` of
 /// [`KEY_TABLE`]): the kernel takes them off the command line before the relay's parser sees
 /// it, and the UEFI stub lets them through. (Dotted keys are the platform's too, by their
 /// form: [`Config::set`] keeps them in [`Config::platform`].)
-pub const PLATFORM_KEYS: &[&str] = &platform_words::<{ count_platform_words() }>();
+pub const PLATFORM_KEYS: &[&str] =
+    &picked::<{ picked::<0>(Pick::PlatformWords).1 }>(Pick::PlatformWords).0;
+
+const HOSTED: Pick = Pick::Scopes(KeyScope::Everywhere, KeyScope::Everywhere);
 
 /// The keys the hosted relay takes (scope `Everywhere` of [`KEY_TABLE`]).
-pub const HOSTED_KEYS: &[&str] = &select_keys::<
-    { count_keys(KeyScope::Everywhere, KeyScope::Everywhere) },
->(KeyScope::Everywhere, KeyScope::Everywhere);
+pub const HOSTED_KEYS: &[&str] = &picked::<{ picked::<0>(HOSTED).1 }>(HOSTED).0;
 
 /// The README's configuration table, generated from [`KEY_TABLE`] (a test keeps the README
 /// equal to it).
@@ -482,6 +463,29 @@ impl Config {
             problem: alloc::format!("bad value `{value}`: expected {expected}"),
         };
         let positive = |n: Option<usize>| n.filter(|&n| n > 0);
+        // The kinds of value several keys take.
+        let size = |fits: fn(usize) -> bool, expected: &str| {
+            parse_size(value)
+                .filter(|&n| fits(n))
+                .ok_or_else(|| bad(expected))
+        };
+        let count = || {
+            positive(value.parse().ok())
+                .filter(|&n| n <= 1 << 20)
+                .ok_or_else(|| bad("a count 1-1048576"))
+        };
+        let interval = |expected: &str| {
+            parse_duration(value)
+                .filter(|d| *d > Duration::ZERO)
+                .ok_or_else(|| bad(expected))
+        };
+        let port_or_off = |expected: &str| value.parse::<u16>().map_err(|_| bad(expected));
+        let nic = || {
+            value
+                .parse()
+                .map(Some)
+                .map_err(|_| bad("a PCI address BB:DD.F or a MAC"))
+        };
         match key {
             "ip" => {
                 let cidr: Cidr = value.parse().map_err(|_| bad("A.B.C.D/PREFIX"))?;
@@ -518,29 +522,16 @@ impl Config {
                 }
                 self.name = value.to_string();
             }
-            "memory" => {
-                self.reassembly.memory_budget =
-                    positive(parse_size(value)).ok_or_else(|| bad("a size like 64M"))?
-            }
+            "memory" => self.reassembly.memory_budget = size(|n| n > 0, "a size like 64M")?,
             "spool" => {
-                self.spool_bytes = parse_size(value)
-                    .filter(|&n| n >= MIN_SPOOL)
-                    .ok_or_else(|| bad("a size like 16M, at least 64K"))?
+                self.spool_bytes = size(|n| n >= MIN_SPOOL, "a size like 16M, at least 64K")?
             }
-            "max_dumps" => {
-                self.reassembly.max_dumps = positive(value.parse().ok())
-                    .filter(|&n| n <= 1 << 20)
-                    .ok_or_else(|| bad("a count 1-1048576"))?
-            }
+            "max_dumps" => self.reassembly.max_dumps = count()?,
             "per_source" => {
                 self.reassembly.max_dumps_per_source =
                     positive(value.parse().ok()).ok_or_else(|| bad("a count of at least 1"))?
             }
-            "quiet" => {
-                self.reassembly.quiet_timeout = parse_duration(value)
-                    .filter(|d| *d > Duration::ZERO)
-                    .ok_or_else(|| bad("a duration like 3s or 500ms"))?
-            }
+            "quiet" => self.reassembly.quiet_timeout = interval("a duration like 3s or 500ms")?,
             "linger" => {
                 self.reassembly.linger =
                     parse_duration(value).ok_or_else(|| bad("a duration like 30s"))?
@@ -548,54 +539,29 @@ impl Config {
             "allow" => {
                 self.allow = parse_list(value).ok_or_else(|| bad("CIDR[,CIDR...]"))?;
             }
-            "nic" => {
-                self.nic = Some(
-                    value
-                        .parse()
-                        .map_err(|_| bad("a PCI address BB:DD.F or a MAC"))?,
-                )
-            }
-            "upstream_nic" => {
-                self.upstream_nic = Some(
-                    value
-                        .parse()
-                        .map_err(|_| bad("a PCI address BB:DD.F or a MAC"))?,
-                )
-            }
-            "stats" => {
-                self.stats_interval = parse_duration(value)
-                    .filter(|d| *d > Duration::ZERO)
-                    .ok_or_else(|| bad("a duration like 5s"))?
-            }
+            "nic" => self.nic = nic()?,
+            "upstream_nic" => self.upstream_nic = nic()?,
+            "stats" => self.stats_interval = interval("a duration like 5s")?,
             "netconsole_port" => {
-                self.netconsole_port = value
-                    .parse()
-                    .map_err(|_| bad("a UDP port 1-65535, or 0 for off"))?
+                self.netconsole_port = port_or_off("a UDP port 1-65535, or 0 for off")?
             }
             "netconsole_history" => {
-                self.netconsole.history_bytes = parse_size(value)
-                    .filter(|&n| (1024..=16 << 20).contains(&n))
-                    .ok_or_else(|| bad("a size from 1K to 16M, like 64K"))?
+                self.netconsole.history_bytes = size(
+                    |n| (1024..=16 << 20).contains(&n),
+                    "a size from 1K to 16M, like 64K",
+                )?
             }
             "netconsole_memory" => {
-                self.netconsole.memory_budget = parse_size(value)
-                    .filter(|&n| n >= 16 << 10)
-                    .ok_or_else(|| bad("a size of at least 16K, like 16M"))?
+                self.netconsole.memory_budget =
+                    size(|n| n >= 16 << 10, "a size of at least 16K, like 16M")?
             }
-            "netconsole_sources" => {
-                self.netconsole.max_sources = positive(value.parse().ok())
-                    .filter(|&n| n <= 1 << 20)
-                    .ok_or_else(|| bad("a count 1-1048576"))?
-            }
-            "http_port" => {
-                self.http_port = value
-                    .parse()
-                    .map_err(|_| bad("a TCP port 1-65535, or 0 for off"))?
-            }
+            "netconsole_sources" => self.netconsole.max_sources = count()?,
+            "http_port" => self.http_port = port_or_off("a TCP port 1-65535, or 0 for off")?,
             "http_dumps" => {
-                self.http_dumps = parse_size(value)
-                    .filter(|&n| n <= 1 << 30)
-                    .ok_or_else(|| bad("a size up to 1G, like 1M (0 keeps no dump texts)"))?
+                self.http_dumps = size(
+                    |n| n <= 1 << 30,
+                    "a size up to 1G, like 1M (0 keeps no dump texts)",
+                )?
             }
             k if k.contains('.') => self.platform.push((k.to_string(), value.to_string())),
             _ => {

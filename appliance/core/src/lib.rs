@@ -32,3 +32,12 @@ pub mod reassembly;
 pub mod relay;
 pub mod time;
 pub mod upstream;
+
+/// Whether `s` is 1 to `max` bytes of `[A-Za-z0-9._-]`: safe to print on a console line and to
+/// use in a URL path or a file name (key ids, `/dumps` keys).
+pub(crate) fn is_token(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}

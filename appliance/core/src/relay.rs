@@ -20,7 +20,8 @@ use crate::reassembly::{
 };
 use crate::time::Instant;
 use crate::upstream::{
-    CloseReason, CrashOut, DumpOut, LinkConfig, LinkEvent, LinkStats, RecordKind, UpstreamLink,
+    CloseReason, CrashOut, DumpOut, LinkConfig, LinkEvent, LinkStats, RecordKind, SpoolRecord,
+    SpoolWriter, UpstreamLink,
 };
 use netoops_wire::netconsole::NetconsoleError;
 
@@ -353,14 +354,22 @@ impl Relay {
         source: SocketAddr,
         bytes: &[u8],
     ) -> Result<Accepted, RelayDrop> {
-        if !self.config.allows(source.ip()) {
-            self.stats.not_allowed += 1;
-            return Err(RelayDrop::NotAllowed);
-        }
+        self.admit(source)?;
         let mut sink = delivery!(self, now);
         self.reassembler
             .handle_datagram(now, source, bytes, &mut sink)
             .map_err(RelayDrop::Reassembly)
+    }
+
+    /// Refuses (and counts) a sender outside the allowlist.
+    #[inline]
+    fn admit(&mut self, source: SocketAddr) -> Result<(), RelayDrop> {
+        if self.config.allows(source.ip()) {
+            Ok(())
+        } else {
+            self.stats.not_allowed += 1;
+            Err(RelayDrop::NotAllowed)
+        }
     }
 
     /// Handles one datagram received on the netconsole port.
@@ -370,10 +379,7 @@ impl Relay {
         source: SocketAddr,
         bytes: &[u8],
     ) -> Result<(), RelayDrop> {
-        if !self.config.allows(source.ip()) {
-            self.stats.not_allowed += 1;
-            return Err(RelayDrop::NotAllowed);
-        }
+        self.admit(source)?;
         let mut sink = delivery!(self, now);
         self.console
             .handle_datagram(now, source, bytes, &mut sink)
@@ -568,16 +574,55 @@ fn headline(text: &[u8]) -> Headline {
 }
 
 impl Delivery<'_> {
-    fn queued(&mut self, id: Option<u64>, summary: RecordSummary, event: RelayEvent) {
-        match id {
-            Some(id) => {
+    /// Spools `record` with the `len` bytes of text `fill` writes; `None` when the spool
+    /// refuses it (which [`Self::queued`] counts).
+    fn spool<R: SpoolRecord + ?Sized>(
+        &mut self,
+        record: &R,
+        len: usize,
+        fill: impl FnOnce(&mut SpoolWriter<'_>),
+    ) -> Option<u64> {
+        self.link.enqueue(self.now, record, len as u32, fill).ok()
+    }
+
+    /// Reports `event`. For a crash notice or dump it also remembers what the record is about,
+    /// to report its delivery later, or counts it refused when the spool did not take it.
+    fn queued(&mut self, event: RelayEvent) {
+        let spooled = match event {
+            RelayEvent::CrashSeen {
+                id,
+                source,
+                dump_id,
+                generation,
+                ..
+            } => Some((id, RecordKind::CrashSeen, source, dump_id, generation, 0)),
+            RelayEvent::DumpQueued {
+                id,
+                source,
+                dump_id,
+                generation,
+                revision,
+                ..
+            } => Some((id, RecordKind::Dump, source, dump_id, generation, revision)),
+            _ => None,
+        };
+        match spooled {
+            Some((Some(id), kind, source, dump_id, generation, revision)) => {
                 if self.pending.len() >= self.pending.capacity() {
                     // The spool holds far fewer records than this; keep the newest summaries.
                     self.pending.pop_front();
                 }
-                self.pending.push_back(RecordSummary { id, ..summary });
+                self.pending.push_back(RecordSummary {
+                    id,
+                    kind,
+                    source,
+                    dump_id,
+                    generation,
+                    revision,
+                });
             }
-            None => self.stats.refused += 1,
+            Some((None, ..)) => self.stats.refused += 1,
+            None => {}
         }
         push_bounded(self.events, self.stats, event);
     }
@@ -587,20 +632,7 @@ impl EventSink for Delivery<'_> {
     fn crash_seen(&mut self, c: &CrashSeen<'_>) {
         let d = &c.datagram;
         let text = c.text();
-        let id = self
-            .link
-            .enqueue(self.now, &CrashOut::netoops(c), text.len() as u32, |w| {
-                w.write(text)
-            })
-            .ok();
-        let summary = RecordSummary {
-            id: 0,
-            kind: RecordKind::CrashSeen,
-            source: c.source,
-            dump_id: d.dump_id(),
-            generation: c.generation,
-            revision: 0,
-        };
+        let id = self.spool(&CrashOut::netoops(c), text.len(), |w| w.write(text));
         let event = RelayEvent::CrashSeen {
             id,
             source: c.source,
@@ -610,25 +642,14 @@ impl EventSink for Delivery<'_> {
             packet_count: d.packet_count(),
             headline: headline(text),
         };
-        self.queued(id, summary, event);
+        self.queued(event);
     }
 
     fn dump(&mut self, d: &DumpView<'_>) {
         let text_len = d.text_len();
-        let id = self
-            .link
-            .enqueue(self.now, &DumpOut::Netoops(d), text_len as u32, |w| {
-                d.write_text(|b| w.write(b))
-            })
-            .ok();
-        let summary = RecordSummary {
-            id: 0,
-            kind: RecordKind::Dump,
-            source: d.source(),
-            dump_id: d.dump_id(),
-            generation: d.generation(),
-            revision: d.revision(),
-        };
+        let id = self.spool(&DumpOut::Netoops(d), text_len, |w| {
+            d.write_text(|b| w.write(b))
+        });
         let event = RelayEvent::DumpQueued {
             id,
             source: d.source(),
@@ -640,7 +661,7 @@ impl EventSink for Delivery<'_> {
             revision: d.revision(),
             text_len,
         };
-        self.queued(id, summary, event);
+        self.queued(event);
         let meta = NewDump {
             kind: DumpSource::Netoops,
             source: d.source(),
@@ -660,23 +681,7 @@ impl EventSink for Delivery<'_> {
 
 impl ConsoleSink for Delivery<'_> {
     fn crash_seen(&mut self, c: &ConsoleCrash<'_>) {
-        let id = self
-            .link
-            .enqueue(
-                self.now,
-                &CrashOut::netconsole(c),
-                c.line.len() as u32,
-                |w| w.write(c.line),
-            )
-            .ok();
-        let summary = RecordSummary {
-            id: 0,
-            kind: RecordKind::CrashSeen,
-            source: c.source,
-            dump_id: c.crash as u16,
-            generation: 0,
-            revision: 0,
-        };
+        let id = self.spool(&CrashOut::netconsole(c), c.line.len(), |w| w.write(c.line));
         let event = RelayEvent::CrashSeen {
             id,
             source: c.source,
@@ -686,23 +691,12 @@ impl ConsoleSink for Delivery<'_> {
             packet_count: 0,
             headline: console_text(&c.line[..c.line.len().min(HEADLINE_LEN)]),
         };
-        self.queued(id, summary, event);
+        self.queued(event);
     }
 
     fn dump(&mut self, d: &ConsoleDump<'_>) {
         let out = DumpOut::Netconsole(d);
-        let id = self
-            .link
-            .enqueue(self.now, &out, d.text.len() as u32, |w| w.write(d.text))
-            .ok();
-        let summary = RecordSummary {
-            id: 0,
-            kind: RecordKind::Dump,
-            source: d.source,
-            dump_id: d.crash as u16,
-            generation: 0,
-            revision: 1,
-        };
+        let id = self.spool(&out, d.text.len(), |w| w.write(d.text));
         let event = RelayEvent::DumpQueued {
             id,
             source: d.source,
@@ -714,7 +708,7 @@ impl ConsoleSink for Delivery<'_> {
             revision: 1,
             text_len: d.text.len(),
         };
-        self.queued(id, summary, event);
+        self.queued(event);
         let meta = NewDump {
             kind: DumpSource::Netconsole,
             source: d.source,

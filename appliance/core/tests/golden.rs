@@ -124,24 +124,14 @@ fn dump_netoops() -> Record {
 
 fn dump_netconsole() -> Record {
     Record::Dump(DumpMeta {
-        id: identity(SourceIp::V4([127, 20, 0, 1]), 0),
-        generation: 0,
         kernel_version: "6.1.0".into(),
         packet_count: 42,
         received: 40,
-        missing: vec![],
-        zeroed: vec![],
         complete: true,
-        revision: 1,
         first_seen_ms: 5,
         completed_ms: 3_005,
-        cpu: None,
-        registers: None,
-        user_blob: None,
-        conflicts: 0,
-        foreign_port_chunks: 0,
-        late_chunks: 0,
         netconsole: Some(console()),
+        ..DumpMeta::new(identity(SourceIp::V4([127, 20, 0, 1]), 0))
     })
 }
 
@@ -243,19 +233,32 @@ fn the_vectors_are_for_this_protocol_version() {
     );
 }
 
+/// Checks one encoded frame against its golden hex (with `GOLDEN_PRINT`, prints it instead).
+fn check_encoding(name: &str, frame: &[u8], golden: &str) {
+    if printing() {
+        println!("{name}: {}", hex(frame));
+        return;
+    }
+    assert_eq!(
+        hex(frame),
+        golden,
+        "{name}: the encoding changed; if on purpose, bump PROTOCOL_VERSION and regenerate"
+    );
+}
+
+/// The body of a golden frame, once its length prefix is checked.
+fn golden_body(name: &str, golden: &str) -> Vec<u8> {
+    let bytes = unhex(golden);
+    let len = u32::from_le_bytes(bytes[..LEN_PREFIX].try_into().unwrap()) as usize;
+    assert_eq!(len, bytes.len() - LEN_PREFIX, "{name}: length prefix");
+    bytes[LEN_PREFIX..].to_vec()
+}
+
 #[test]
 fn records_encode_to_their_golden_bytes() {
     for (name, header, payload, golden) in records() {
         let frame = encode_record_frame(&header.as_ref(), payload).unwrap();
-        if printing() {
-            println!("{name}: {}", hex(&frame));
-            continue;
-        }
-        assert_eq!(
-            hex(&frame),
-            golden,
-            "{name}: the encoding changed; if on purpose, bump PROTOCOL_VERSION and regenerate"
-        );
+        check_encoding(name, &frame, golden);
     }
 }
 
@@ -265,10 +268,8 @@ fn golden_records_decode() {
         return;
     }
     for (name, header, payload, golden) in records() {
-        let bytes = unhex(golden);
-        let len = u32::from_le_bytes(bytes[..LEN_PREFIX].try_into().unwrap()) as usize;
-        assert_eq!(len, bytes.len() - LEN_PREFIX, "{name}: length prefix");
-        let (decoded, rest) = decode_record(&bytes[LEN_PREFIX..]).unwrap();
+        let body = golden_body(name, golden);
+        let (decoded, rest) = decode_record(&body).unwrap();
         assert_eq!(decoded, header, "{name}");
         assert_eq!(rest, payload, "{name}");
     }
@@ -277,16 +278,7 @@ fn golden_records_decode() {
 #[test]
 fn replies_encode_to_their_golden_bytes() {
     for (name, reply, golden) in replies() {
-        let frame = encode_reply_frame(&reply).unwrap();
-        if printing() {
-            println!("{name}: {}", hex(&frame));
-            continue;
-        }
-        assert_eq!(
-            hex(&frame),
-            golden,
-            "{name}: the encoding changed; if on purpose, bump PROTOCOL_VERSION and regenerate"
-        );
+        check_encoding(name, &encode_reply_frame(&reply).unwrap(), golden);
     }
 }
 
@@ -296,9 +288,7 @@ fn golden_replies_decode() {
         return;
     }
     for (name, reply, golden) in replies() {
-        let bytes = unhex(golden);
-        let len = u32::from_le_bytes(bytes[..LEN_PREFIX].try_into().unwrap()) as usize;
-        assert_eq!(len, bytes.len() - LEN_PREFIX, "{name}: length prefix");
-        assert_eq!(decode_reply(&bytes[LEN_PREFIX..]).unwrap(), reply, "{name}");
+        let body = golden_body(name, golden);
+        assert_eq!(decode_reply(&body).unwrap(), reply, "{name}");
     }
 }

@@ -15,15 +15,19 @@ use crate::netoops::{field, CpuId, Datagram, DumpType, RegisterLayout, Version, 
 use crate::DATA_LEN;
 
 /// The datagram shapes seen in the wild.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::Display)]
 pub enum Variant {
     /// The original patch: 1241 bytes, `header_size` 217.
+    #[strum(serialize = "v2")]
     V2,
     /// v3 on x86_64: `arch_offset` 88, `data_offset` 260, 1284 bytes.
+    #[strum(serialize = "v3")]
     V3X86_64,
     /// v3 on x86_64 with the 128-byte user blob: `arch_offset` 216, `data_offset` 388, 1412 bytes.
+    #[strum(serialize = "v3-blob")]
     V3X86_64Blob,
     /// v3 on i386 with the 68-byte `pt_regs`: `arch_offset` 88, `data_offset` 160, 1184 bytes.
+    #[strum(serialize = "v3-i386")]
     V3I386,
 }
 
@@ -87,18 +91,7 @@ impl Variant {
 
     /// Short name, as accepted by [`Variant::from_str`]: "v2", "v3", "v3-blob", "v3-i386".
     pub fn name(self) -> &'static str {
-        match self {
-            Self::V2 => "v2",
-            Self::V3X86_64 => "v3",
-            Self::V3X86_64Blob => "v3-blob",
-            Self::V3I386 => "v3-i386",
-        }
-    }
-}
-
-impl fmt::Display for Variant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        self.into()
     }
 }
 
@@ -257,12 +250,7 @@ pub fn encode(
             if variant == Variant::V3X86_64Blob {
                 put(out, V3_USER_BLOB, &header.user_blob);
             }
-            let cpu = header.cpu;
-            put(
-                out,
-                arch_offset,
-                &[cpu.vendor, cpu.family, cpu.model, cpu.stepping],
-            );
+            put(out, arch_offset, &header.cpu.to_bytes());
             let regs_at = arch_offset + CPU_LEN;
             if let Some(layout) = variant.register_layout() {
                 let size = layout.word_size();
@@ -454,12 +442,7 @@ mod tests {
     fn v3_bytes_at_their_offsets() {
         let mut h = DumpHeader::new(Variant::V3X86_64Blob, 5, "k");
         h.boot_id = 0x0102_0304;
-        h.cpu = CpuId {
-            vendor: 1,
-            family: 6,
-            model: 0x55,
-            stepping: 4,
-        };
+        h.cpu = CpuId::from_bytes([1, 6, 0x55, 4]);
         h.registers[16] = 0xffff_ffff_8100_0000;
         h.user_blob = [b'b'; 128];
         let mut out = [0u8; 2048];
@@ -487,12 +470,7 @@ mod tests {
             let mut h = DumpHeader::new(v, 4242, "6.6.0");
             h.dump_type = DumpType::SoftDump;
             h.boot_id = 99;
-            h.cpu = CpuId {
-                vendor: 2,
-                family: 25,
-                model: 1,
-                stepping: 1,
-            };
+            h.cpu = CpuId::from_bytes([2, 25, 1, 1]);
             for (i, r) in h.registers.iter_mut().enumerate() {
                 *r = 0x1_0000_0000 * (i as u64) + 0x100 + i as u64;
             }
@@ -540,6 +518,20 @@ mod tests {
         }
     }
 
+    /// The only packet of dump 1 of `variant`: zero data, no kernel version; and its length.
+    fn blank_datagram(variant: Variant) -> ([u8; 2048], usize) {
+        let mut out = [0u8; 2048];
+        let n = encode(
+            &DumpHeader::new(variant, 1, ""),
+            1,
+            0,
+            &[0; DATA_LEN],
+            &mut out,
+        )
+        .unwrap();
+        (out, n)
+    }
+
     #[test]
     fn header_from_datagram_re_encodes_identically() {
         for v in Variant::ALL {
@@ -547,12 +539,7 @@ mod tests {
             h.dump_type = DumpType::SoftDump;
             if v != Variant::V2 {
                 h.boot_id = 5;
-                h.cpu = CpuId {
-                    vendor: 1,
-                    family: 2,
-                    model: 3,
-                    stepping: 4,
-                };
+                h.cpu = CpuId::from_bytes([1, 2, 3, 4]);
                 h.registers = core::array::from_fn(|i| i as u64 + 1);
                 if v == Variant::V3I386 {
                     h.registers[17..].fill(0);
@@ -567,15 +554,7 @@ mod tests {
             assert_eq!(DumpHeader::from_datagram(&d), h);
         }
         // An i386 frame without gs cannot be carried by V3I386: registers are dropped.
-        let mut b = [0u8; 2048];
-        let n = encode(
-            &DumpHeader::new(Variant::V3I386, 1, ""),
-            1,
-            0,
-            &[0; DATA_LEN],
-            &mut b,
-        )
-        .unwrap();
+        let (mut b, n) = blank_datagram(Variant::V3I386);
         b[4..6].copy_from_slice(&156u16.to_le_bytes());
         b[92] = 1;
         let d = Datagram::parse(&b[..n - 4], &Limits::default()).unwrap();
@@ -583,15 +562,7 @@ mod tests {
         assert_eq!(DumpHeader::from_datagram(&d).registers, [0; 21]);
 
         // An i386 frame after a user blob is V3I386, which has no blob.
-        let mut c = [0u8; 2048];
-        let n = encode(
-            &DumpHeader::new(Variant::V3X86_64Blob, 1, ""),
-            1,
-            0,
-            &[0; DATA_LEN],
-            &mut c,
-        )
-        .unwrap();
+        let (mut c, n) = blank_datagram(Variant::V3X86_64Blob);
         let i386_data = 216 + 4 + 68;
         c[4..6].copy_from_slice(&(i386_data as u16).to_le_bytes());
         c[88] = 1;
@@ -709,7 +680,7 @@ mod tests {
             h.dump_type = dump_type;
             h.boot_id = boot_id;
             h.kernel_version.copy_from_slice(&kv);
-            h.cpu = CpuId { vendor: cpu[0], family: cpu[1], model: cpu[2], stepping: cpu[3] };
+            h.cpu = CpuId::from_bytes(cpu);
             h.registers.copy_from_slice(&regs);
             h.user_blob.copy_from_slice(&blob);
             let data: [u8; DATA_LEN] = data.try_into().unwrap();

@@ -125,6 +125,23 @@ pub struct CpuId {
     pub stepping: u8,
 }
 
+impl CpuId {
+    /// From the four bytes of the wire field, in order.
+    pub const fn from_bytes([vendor, family, model, stepping]: [u8; 4]) -> Self {
+        CpuId {
+            vendor,
+            family,
+            model,
+            stepping,
+        }
+    }
+
+    /// The four bytes of the wire field.
+    pub const fn to_bytes(self) -> [u8; 4] {
+        [self.vendor, self.family, self.model, self.stepping]
+    }
+}
+
 const X86_64_NAMES: [&str; 21] = [
     "r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx", "dx", "si", "di",
     "orig_ax", "ip", "cs", "flags", "sp", "ss",
@@ -342,7 +359,8 @@ impl fmt::Display for WireError {
 impl core::error::Error for WireError {}
 
 /// Fieldless mirror of [`WireError`], used to index drop counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::Display)]
+#[strum(serialize_all = "snake_case")]
 pub enum WireErrorKind {
     TooShort,
     TooLong,
@@ -379,23 +397,7 @@ impl WireErrorKind {
 
     /// snake_case name for metrics and logs.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::TooShort => "too_short",
-            Self::TooLong => "too_long",
-            Self::UnknownVersion => "unknown_version",
-            Self::BadOffsets => "bad_offsets",
-            Self::ZeroPacketCount => "zero_packet_count",
-            Self::TooManyPackets => "too_many_packets",
-            Self::PacketNoOutOfRange => "packet_no_out_of_range",
-            Self::UnknownArch => "unknown_arch",
-            Self::UnknownType => "unknown_type",
-        }
-    }
-}
-
-impl fmt::Display for WireErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        self.into()
     }
 }
 
@@ -501,15 +503,11 @@ impl<'a> Datagram<'a> {
         };
         let header_size = usize::from(le16::<V2_HEADER_SIZE, V2_FIXED_LEN>(head));
         let data = data_at(bytes, header_size, V2_FIXED_LEN)?;
+        let arch = le16::<V2_ARCH, V2_FIXED_LEN>(head);
+        let dump_type = le16::<V2_TYPE, V2_FIXED_LEN>(head);
         let packet_count = le32::<V2_PACKET_COUNT, V2_FIXED_LEN>(head);
         let packet_no = le32::<V2_PACKET_NO, V2_FIXED_LEN>(head);
-        let dump_type = check_fields(
-            le16::<V2_ARCH, V2_FIXED_LEN>(head),
-            le16::<V2_TYPE, V2_FIXED_LEN>(head),
-            packet_count,
-            packet_no,
-            limits,
-        )?;
+        let dump_type = check_fields(arch, dump_type, packet_count, packet_no, limits)?;
         Ok(Self {
             bytes,
             kernel_version: kernel_version_at(bytes, V2_KERNEL_VERSION)?,
@@ -547,15 +545,11 @@ impl<'a> Datagram<'a> {
         } else {
             None
         };
+        let arch = le16::<V3_ARCH, V3_FIXED_LEN>(head);
+        let dump_type = le16::<V3_TYPE, V3_FIXED_LEN>(head);
         let packet_count = le32::<V3_PACKET_COUNT, V3_FIXED_LEN>(head);
         let packet_no = le32::<V3_PACKET_NO, V3_FIXED_LEN>(head);
-        let dump_type = check_fields(
-            le16::<V3_ARCH, V3_FIXED_LEN>(head),
-            le16::<V3_TYPE, V3_FIXED_LEN>(head),
-            packet_count,
-            packet_no,
-            limits,
-        )?;
+        let dump_type = check_fields(arch, dump_type, packet_count, packet_no, limits)?;
         Ok(Self {
             bytes,
             kernel_version: kernel_version_at(bytes, V3_KERNEL_VERSION)?,
@@ -617,14 +611,9 @@ impl<'a> Datagram<'a> {
 
     /// CPU identification (v3 only).
     pub fn cpu(&self) -> Option<CpuId> {
-        self.arch_area.first_chunk::<{ field::CPU_LEN }>().map(
-            |&[vendor, family, model, stepping]| CpuId {
-                vendor,
-                family,
-                model,
-                stepping,
-            },
-        )
+        self.arch_area
+            .first_chunk::<{ field::CPU_LEN }>()
+            .map(|&b| CpuId::from_bytes(b))
     }
 
     /// Layout of the register area, or `None` when it is empty or of an unknown size (and for v2).
@@ -795,15 +784,7 @@ mod tests {
         assert_eq!(d.dump_type(), DumpType::SoftDump);
         assert_eq!(d.boot_id(), 0xdead_beef);
         assert_eq!(d.kernel_version(), [b'k'; 64]);
-        assert_eq!(
-            d.cpu(),
-            Some(CpuId {
-                vendor: 1,
-                family: 6,
-                model: 85,
-                stepping: 7
-            })
-        );
+        assert_eq!(d.cpu(), Some(CpuId::from_bytes([1, 6, 85, 7])));
         assert_eq!(d.register_layout(), Some(RegisterLayout::X86_64));
         let r = d.registers().unwrap();
         assert_eq!(r.count, 21);

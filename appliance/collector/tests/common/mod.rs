@@ -178,6 +178,25 @@ pub fn identity(source: &str, dump_id: u16) -> DumpIdentity {
     }
 }
 
+/// The CPU every test dump and crash notice reports (family 6 model 85: Skylake-SP).
+pub const XEON: Cpu = Cpu {
+    vendor: 1,
+    family: 6,
+    model: 85,
+    stepping: 4,
+};
+
+/// An x86_64 register set of `(name, value)` pairs, in order.
+pub fn registers(names_values: &[(&str, u64)]) -> RegisterSet {
+    RegisterSet {
+        layout: "x86_64".into(),
+        names_values: names_values
+            .iter()
+            .map(|&(name, value)| (name.into(), value))
+            .collect(),
+    }
+}
+
 pub fn crash(source: &str, dump_id: u16, packet_no: u32) -> Record {
     Record::CrashSeen(CrashSeen {
         id: identity(source, dump_id),
@@ -185,16 +204,8 @@ pub fn crash(source: &str, dump_id: u16, packet_no: u32) -> Record {
         kernel_version: "6.1.0-13-amd64".into(),
         packet_count: 12,
         packet_no,
-        cpu: Some(Cpu {
-            vendor: 1,
-            family: 6,
-            model: 85,
-            stepping: 4,
-        }),
-        registers: Some(RegisterSet {
-            layout: "x86_64".into(),
-            names_values: vec![("ip".into(), 0xffff_ffff_8100_1234), ("sp".into(), 0x10)],
-        }),
+        cpu: Some(XEON),
+        registers: Some(registers(&[("ip", 0xffff_ffff_8100_1234), ("sp", 0x10)])),
         seen_at_ms: 100,
         netconsole: None,
     })
@@ -202,8 +213,6 @@ pub fn crash(source: &str, dump_id: u16, packet_no: u32) -> Record {
 
 pub fn dump(source: &str, dump_id: u16, revision: u32, complete: bool) -> Record {
     Record::Dump(DumpMeta {
-        id: identity(source, dump_id),
-        generation: 0,
         kernel_version: "6.1.0-13-amd64".into(),
         packet_count: 12,
         received: if complete { 12 } else { 9 },
@@ -217,21 +226,10 @@ pub fn dump(source: &str, dump_id: u16, revision: u32, complete: bool) -> Record
         revision,
         first_seen_ms: 100,
         completed_ms: 1100,
-        cpu: Some(Cpu {
-            vendor: 1,
-            family: 6,
-            model: 85,
-            stepping: 4,
-        }),
-        registers: Some(RegisterSet {
-            layout: "x86_64".into(),
-            names_values: vec![("ip".into(), 0xffff_ffff_8100_1234)],
-        }),
+        cpu: Some(XEON),
+        registers: Some(registers(&[("ip", 0xffff_ffff_8100_1234)])),
         user_blob: Some(vec![0xa5; 128]),
-        conflicts: 0,
-        foreign_port_chunks: 0,
-        late_chunks: 0,
-        netconsole: None,
+        ..DumpMeta::new(identity(source, dump_id))
     })
 }
 
@@ -273,15 +271,7 @@ pub fn spawn_collector_with(
 ) -> (std::process::Child, SocketAddr) {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_netoops-collect"))
-        .args([
-            "serve",
-            "--allow-plaintext",
-            "--listen",
-            "127.0.0.1:0",
-            "--dir",
-        ])
-        .arg(dir)
+    let mut child = serve_command(dir)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -292,4 +282,29 @@ pub fn spawn_collector_with(
     let addr = netoops_core::console::listening(&first).unwrap();
     std::thread::spawn(move || for _ in lines {});
     (child, addr)
+}
+
+/// The built collector's `serve` over `dir` on a free loopback port, in clear; add arguments
+/// and run it.
+pub fn serve_command(dir: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_netoops-collect"));
+    command
+        .args([
+            "serve",
+            "--allow-plaintext",
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+        ])
+        .arg(dir);
+    command
+}
+
+/// A loopback port nobody listens on (now).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -7,18 +7,16 @@
 //! engine's invariants must hold: memory within budget, counters consistent, nothing panics.
 #![no_main]
 
+mod common;
+
 use libfuzzer_sys::fuzz_target;
-use netoops_core::config::Config;
-use netoops_core::relay::Relay;
-use netoops_core::time::{Duration, Instant};
+use netoops_core::time::Instant;
 use netoops_wire::encode::{encode, DumpHeader, SenderModel, Variant};
 
 fuzz_target!(|data: &[u8]| {
-    let config = Config::parse(
+    let Some(mut relay) = common::relay(
         "upstream=127.0.0.1:2005 memory=1M max_dumps=8 per_source=3 quiet=2s linger=5s spool=256K",
-    )
-    .expect("valid");
-    let Ok(mut relay) = Relay::new(config, 1) else {
+    ) else {
         return;
     };
     let logs: Vec<Vec<u8>> = (0..4u8)
@@ -58,26 +56,8 @@ fuzz_target!(|data: &[u8]| {
                 let src = std::net::SocketAddr::from(([127, 0, 1, 1], 1));
                 let _ = relay.handle_datagram(now, src, &buf[..len]);
             }
-            // Time passes.
-            5 => now += Duration::from_millis(u64::from(a) * 50),
-            // Timers fire when due.
-            6 => {
-                if let Some(t) = relay.poll_timeout() {
-                    if t <= now {
-                        relay.handle_timeout(now);
-                    }
-                }
-            }
-            // Arbitrary bytes from the "collector", then drain output.
-            _ => {
-                let link = relay.link();
-                if let Some(idx) = link.poll_connect(now) {
-                    link.handle_connected(now, idx);
-                }
-                let _ = link.handle_input(now, &[a, b, c, 0]);
-                let mut out = [0u8; 512];
-                let _ = link.poll_transmit(now, &mut out);
-            }
+            // Time passes, timers fire when due, or the "collector" speaks.
+            _ => common::tend(&mut relay, &mut now, kind, a, b, c),
         }
         while relay.poll_event().is_some() {}
         let r = relay.reassembler();

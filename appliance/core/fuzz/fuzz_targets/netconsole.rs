@@ -8,10 +8,10 @@
 //! tracker's bounds must hold; nothing may panic.
 #![no_main]
 
+mod common;
+
 use libfuzzer_sys::fuzz_target;
-use netoops_core::config::Config;
-use netoops_core::relay::Relay;
-use netoops_core::time::{Duration, Instant};
+use netoops_core::time::Instant;
 use netoops_wire::netconsole::{encode_record, RecordSpec};
 
 const TEXTS: [&str; 6] = [
@@ -24,12 +24,10 @@ const TEXTS: [&str; 6] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let config = Config::parse(
+    let Some(mut relay) = common::relay(
         "upstream=127.0.0.1:2005 memory=1M max_dumps=8 quiet=2s spool=256K netconsole_history=2K \
          netconsole_memory=16K netconsole_sources=3",
-    )
-    .expect("valid");
-    let Ok(mut relay) = Relay::new(config, 1) else {
+    ) else {
         return;
     };
     let long: String = (0..2500).map(|i| (b'a' + (i % 26) as u8) as char).collect();
@@ -81,23 +79,8 @@ fuzz_target!(|data: &[u8]| {
                     .collect();
                 let _ = relay.handle_netconsole(now, src, &garbage);
             }
-            5 => now += Duration::from_millis(u64::from(a) * 50),
-            6 => {
-                if let Some(t) = relay.poll_timeout() {
-                    if t <= now {
-                        relay.handle_timeout(now);
-                    }
-                }
-            }
-            _ => {
-                let link = relay.link();
-                if let Some(idx) = link.poll_connect(now) {
-                    link.handle_connected(now, idx);
-                }
-                let _ = link.handle_input(now, &[a, b, c, 0]);
-                let mut out = [0u8; 512];
-                let _ = link.poll_transmit(now, &mut out);
-            }
+            // Time passes, timers fire when due, or the "collector" speaks.
+            _ => common::tend(&mut relay, &mut now, kind, a, b, c),
         }
         while relay.poll_event().is_some() {}
         let nc = relay.console();

@@ -302,11 +302,7 @@ fn printable<const N: usize>(bytes: &[u8]) -> heapless::String<N> {
 
 /// Whether `key` could be one of ours: 1-[`KEY_LEN`] characters of `[0-9A-Za-z._-]`.
 pub fn valid_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= KEY_LEN
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    crate::is_token(key, KEY_LEN)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use netoops_wire::netconsole::NetconsoleError;
 use netoops_wire::netoops::WireErrorKind;
 
 use crate::relay::Relay;
+use crate::upstream::link::KindCounts;
 use crate::upstream::CloseReason;
 
 /// A metric family's type.
@@ -220,30 +221,21 @@ pub fn write_relay(relay: &Relay, m: &mut Metrics<'_>) -> fmt::Result {
         Counter,
         "Records a collector acknowledged, by kind (console: delivered, the sum).",
         "kind",
-        [
-            ("crash_notice", l.delivered.crash_seen),
-            ("dump", l.delivered.dump),
-        ],
+        by_kind(&l.delivered),
     )?;
     m.labelled(
         "netoops_records_dropped_total",
         Counter,
         "Records the full spool dropped, by kind (console: dropped, the sum).",
         "kind",
-        [
-            ("crash_notice", l.dropped.crash_seen),
-            ("dump", l.dropped.dump),
-        ],
+        by_kind(&l.dropped),
     )?;
     m.labelled(
         "netoops_records_resent_total",
         Counter,
         "Records written again on a later session, by kind (console: resent, the sum).",
         "kind",
-        [
-            ("crash_notice", l.resent.crash_seen),
-            ("dump", l.resent.dump),
-        ],
+        by_kind(&l.resent),
     )?;
     m.counter(
         "netoops_records_refused_total",
@@ -389,6 +381,11 @@ pub fn write_relay(relay: &Relay, m: &mut Metrics<'_>) -> fmt::Result {
         "Size of the RAM ring (http_dumps).",
         ring.capacity() as u64,
     )
+}
+
+/// The `kind` label values of a per-kind record counter.
+fn by_kind(c: &KindCounts) -> [(&'static str, u64); 2] {
+    [("crash_notice", c.crash_seen), ("dump", c.dump)]
 }
 
 #[cfg(test)]

@@ -29,21 +29,9 @@ pub struct DumpKey {
 /// rather than the derived impl's eight writes, which cost more than the table probe.
 impl Hash for DumpKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let ip = match self.source.ip() {
-            IpAddr::V4(a) => u64::from(u32::from(a)),
-            IpAddr::V6(a) => {
-                let v = u128::from(a);
-                state.write_u64((v >> 64) as u64);
-                v as u64
-            }
-        };
+        let ip = self.hash_ip(state);
         state.write_u64(ip ^ (u64::from(self.source.port()) << 32));
-        state.write_u64(
-            u64::from(self.boot_id)
-                | u64::from(self.dump_id) << 32
-                | (self.version as u64) << 48
-                | (self.dump_type as u64) << 56,
-        );
+        state.write_u64(self.identity_word());
     }
 }
 
@@ -54,26 +42,36 @@ pub(crate) struct PortlessIdentity<'a>(pub(crate) &'a DumpKey);
 
 impl Hash for PortlessIdentity<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let k = self.0;
-        let ip = match k.source.ip() {
+        let ip = self.0.hash_ip(state);
+        state.write_u64(ip);
+        state.write_u64(self.0.identity_word());
+    }
+}
+
+impl DumpKey {
+    /// Writes the upper half of an IPv6 source address to `state`; returns the rest of the
+    /// address (an IPv4 one whole), for the caller to pack with what it writes next.
+    #[inline(always)]
+    fn hash_ip<H: Hasher>(&self, state: &mut H) -> u64 {
+        match self.source.ip() {
             IpAddr::V4(a) => u64::from(u32::from(a)),
             IpAddr::V6(a) => {
                 let v = u128::from(a);
                 state.write_u64((v >> 64) as u64);
                 v as u64
             }
-        };
-        state.write_u64(ip);
-        state.write_u64(
-            u64::from(k.boot_id)
-                | u64::from(k.dump_id) << 32
-                | (k.version as u64) << 48
-                | (k.dump_type as u64) << 56,
-        );
+        }
     }
-}
 
-impl DumpKey {
+    /// Boot id, dump id, version and type in one word.
+    #[inline(always)]
+    fn identity_word(&self) -> u64 {
+        u64::from(self.boot_id)
+            | u64::from(self.dump_id) << 32
+            | (self.version as u64) << 48
+            | (self.dump_type as u64) << 56
+    }
+
     /// Same address and dump identity, another port.
     pub(crate) fn same_identity_other_port(&self, other: &DumpKey) -> bool {
         self.source.ip() == other.source.ip()

@@ -128,6 +128,14 @@ fn small_config() -> ReassemblyConfig {
     }
 }
 
+/// A reassembler on [`small_config`] and an empty sink.
+fn small() -> (Reassembler, Collect) {
+    (
+        Reassembler::new(small_config()).unwrap(),
+        Collect::default(),
+    )
+}
+
 /// The budget that gives `slots` chunk slots with `max_dumps` table entries.
 fn budget_for(max_dumps: usize, slots: usize) -> usize {
     let c = ReassemblyConfig {
@@ -183,8 +191,7 @@ fn three_rounds_give_one_crash_and_one_complete_dump() {
 
 #[test]
 fn dump_is_emitted_as_soon_as_the_first_round_completes() {
-    let mut r = Reassembler::new(small_config()).unwrap();
-    let mut sink = Collect::default();
+    let (mut r, mut sink) = small();
     let s2 = log(2500, 3);
     let m = SenderModel::new(&[], &s2);
     let h = DumpHeader::new(Variant::V2, 1, "5.10");
@@ -203,8 +210,7 @@ fn dump_is_emitted_as_soon_as_the_first_round_completes() {
 
 #[test]
 fn loss_gives_a_partial_dump_after_the_quiet_period_then_a_newer_revision() {
-    let mut r = Reassembler::new(small_config()).unwrap();
-    let mut sink = Collect::default();
+    let (mut r, mut sink) = small();
     let s2 = log(10 * 1024 - 100, 4);
     let m = SenderModel::new(&[], &s2);
     let h = DumpHeader::new(Variant::V3X86_64, 9, "6.8");
@@ -249,8 +255,7 @@ fn loss_gives_a_partial_dump_after_the_quiet_period_then_a_newer_revision() {
 
 #[test]
 fn a_piece_that_is_a_multiple_of_1024_loses_its_first_chunk_to_the_sender_bug() {
-    let mut r = Reassembler::new(small_config()).unwrap();
-    let mut sink = Collect::default();
+    let (mut r, mut sink) = small();
     let (s1, s2) = (log(2048, 5), log(1500, 6));
     let m = SenderModel::new(&s1, &s2);
     assert!(m.is_zeroed(2));
@@ -269,8 +274,7 @@ fn a_piece_that_is_a_multiple_of_1024_loses_its_first_chunk_to_the_sender_bug() 
 
 #[test]
 fn an_oops_then_a_panic_in_the_same_second_are_two_dumps() {
-    let mut r = Reassembler::new(small_config()).unwrap();
-    let mut sink = Collect::default();
+    let (mut r, mut sink) = small();
     let h = DumpHeader::new(Variant::V3X86_64, 500, "6.1");
     let oops = log(3000, 7);
     // The panic log grew within the same chunk count: only the newest chunk differs.
@@ -307,8 +311,7 @@ fn an_oops_then_a_panic_in_the_same_second_are_two_dumps() {
 
 #[test]
 fn malformed_datagrams_are_counted_and_harm_nothing() {
-    let mut r = Reassembler::new(small_config()).unwrap();
-    let mut sink = Collect::default();
+    let (mut r, mut sink) = small();
     let s2 = log(4000, 9);
     let m = SenderModel::new(&[], &s2);
     let h = DumpHeader::new(Variant::V2, 2, "4.19");
@@ -408,8 +411,7 @@ fn one_dump_larger_than_the_pool_keeps_its_newest_chunks() {
 
 #[test]
 fn one_source_cannot_take_the_table() {
-    let mut r = Reassembler::new(small_config()).unwrap();
-    let mut sink = Collect::default();
+    let (mut r, mut sink) = small();
     let s2 = log(3000, 2);
     let m = SenderModel::new(&[], &s2);
     // A sender spraying dump ids: each starts a dump that never completes. Claims just
@@ -438,8 +440,7 @@ fn one_source_cannot_take_the_table() {
 
 #[test]
 fn lingering_dumps_absorb_later_rounds_then_are_forgotten() {
-    let mut r = Reassembler::new(small_config()).unwrap();
-    let mut sink = Collect::default();
+    let (mut r, mut sink) = small();
     let s2 = log(2000, 3);
     let m = SenderModel::new(&[], &s2);
     let h = DumpHeader::new(Variant::V2, 8, "x");
@@ -474,8 +475,7 @@ fn lingering_dumps_absorb_later_rounds_then_are_forgotten() {
 
 #[test]
 fn segments_put_gaps_between_text_in_log_order() {
-    let mut r = Reassembler::new(small_config()).unwrap();
-    let mut sink = Collect::default();
+    let (mut r, mut sink) = small();
     let s2 = log(5 * 1024, 3);
     let m = SenderModel::new(&[], &s2);
     let h = DumpHeader::new(Variant::V2, 8, "x");
@@ -640,8 +640,7 @@ fn a_spoofed_quota_from_the_same_address_does_not_shred_a_dump_in_progress() {
 
 #[test]
 fn a_source_at_its_cap_is_refused_a_new_dump_but_reclaims_its_emitted_ones() {
-    let mut r = Reassembler::new(small_config()).unwrap();
-    let mut sink = Collect::default();
+    let (mut r, mut sink) = small();
     let s2 = log(5 * 1024 - 10, 4);
     let m = SenderModel::new(&[], &s2);
     let t = Instant::ZERO;
@@ -796,8 +795,7 @@ fn holds_forged_text(d: &Emitted) -> bool {
 
 #[test]
 fn a_forged_chunk_sent_ahead_of_the_real_one_is_flagged() {
-    let mut r = Reassembler::new(small_config()).unwrap();
-    let mut sink = Collect::default();
+    let (mut r, mut sink) = small();
     let s2 = log(8 * 1024 - 50, 12);
     let m = SenderModel::new(&[], &s2);
     let h = DumpHeader::new(Variant::V3X86_64, 5, "6.1");
@@ -828,8 +826,7 @@ fn a_forged_chunk_sent_ahead_of_the_real_one_is_flagged() {
 
 #[test]
 fn forged_hole_fills_are_flagged() {
-    let mut r = Reassembler::new(small_config()).unwrap();
-    let mut sink = Collect::default();
+    let (mut r, mut sink) = small();
     let s2 = log(8 * 1024 - 50, 13);
     let m = SenderModel::new(&[], &s2);
     let h = DumpHeader::new(Variant::V3X86_64, 6, "6.1");

@@ -131,7 +131,8 @@ impl LinkConfig {
 
 /// Why a connection ended. The first group is reported by the caller, the rest decided by the
 /// link (and then reported back in [`LinkEvent::Disconnected`] whatever the caller passed).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::Display)]
+#[strum(serialize_all = "snake_case")]
 pub enum CloseReason {
     /// The TCP connect failed (refused, unreachable).
     ConnectFailed,
@@ -188,27 +189,7 @@ impl CloseReason {
 
     /// Short name for logs and metrics.
     pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::ConnectFailed => "connect_failed",
-            CloseReason::PeerClosed => "peer_closed",
-            CloseReason::IoError => "io_error",
-            CloseReason::ConnectTimeout => "connect_timeout",
-            CloseReason::HandshakeTimeout => "handshake_timeout",
-            CloseReason::AckTimeout => "ack_timeout",
-            CloseReason::MalformedReply => "malformed_reply",
-            CloseReason::VersionMismatch => "version_mismatch",
-            CloseReason::Refused => "refused",
-            CloseReason::UnexpectedReply => "unexpected_reply",
-            CloseReason::InstanceConflict => "instance_conflict",
-            CloseReason::Failback => "failback",
-            CloseReason::AuthFailed => "auth_failed",
-        }
-    }
-}
-
-impl fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
@@ -1205,24 +1186,13 @@ mod tests {
 
     fn dump(n: u16) -> Record {
         Record::Dump(DumpMeta {
-            id: identity(n),
-            generation: 0,
             kernel_version: "6.1.0".to_string(),
             packet_count: 4,
             received: 4,
-            missing: Vec::new(),
-            zeroed: Vec::new(),
             complete: true,
-            revision: 1,
             first_seen_ms: 5,
             completed_ms: 9,
-            cpu: None,
-            registers: None,
-            user_blob: None,
-            conflicts: 0,
-            foreign_port_chunks: 0,
-            late_chunks: 0,
-            netconsole: None,
+            ..DumpMeta::new(identity(n))
         })
     }
 
@@ -1276,6 +1246,20 @@ mod tests {
                 break;
             }
         }
+    }
+
+    /// A link on `config(1)` and a collector for it.
+    fn link_and_collector() -> (UpstreamLink, Collector) {
+        (UpstreamLink::new(config(1)), Collector::new())
+    }
+
+    /// After [`connect`]: `Hello` out, `Welcome` back, nothing more.
+    fn handshake(link: &mut UpstreamLink, c: &mut Collector, now: Instant) {
+        let mut buf = [0u8; 4096];
+        let n = link.poll_transmit(now, &mut buf);
+        c.receive(&buf[..n]);
+        link.handle_input(now, &core::mem::take(&mut c.replies))
+            .unwrap();
     }
 
     fn connect(link: &mut UpstreamLink, c: &mut Collector, now: Instant) -> usize {
@@ -1424,8 +1408,7 @@ mod tests {
     /// records ends the streak.
     #[test]
     fn refusals_after_welcome_back_off_further_each_time() {
-        let mut link = UpstreamLink::new(config(1));
-        let mut c = Collector::new();
+        let (mut link, mut c) = link_and_collector();
         let mut t = Instant::from_millis(1000);
         put(&mut link, t, &dump(1), b"no room");
         let mut waits = Vec::new();
@@ -1459,8 +1442,7 @@ mod tests {
 
     #[test]
     fn records_flow_after_welcome_and_are_acknowledged() {
-        let mut link = UpstreamLink::new(config(1));
-        let mut c = Collector::new();
+        let (mut link, mut c) = link_and_collector();
         let t = Instant::from_millis(1000);
         assert_eq!(put(&mut link, t, &crash(1), b"Oops: 0002"), 1);
         assert_eq!(put(&mut link, t, &dump(1), b"full text of the oops"), 2);
@@ -1501,18 +1483,14 @@ mod tests {
 
     #[test]
     fn unacknowledged_records_are_resent_after_reconnect() {
-        let mut link = UpstreamLink::new(config(1));
-        let mut c = Collector::new();
+        let (mut link, mut c) = link_and_collector();
         let mut t = Instant::from_millis(1000);
         for i in 0..3 {
             put(&mut link, t, &crash(i), b"text");
         }
         connect(&mut link, &mut c, t);
+        handshake(&mut link, &mut c, t);
         let mut buf = [0u8; 4096];
-        let n = link.poll_transmit(t, &mut buf);
-        c.receive(&buf[..n]);
-        link.handle_input(t, &core::mem::take(&mut c.replies))
-            .unwrap();
         // The records go out but the connection dies before the collector reads them.
         let n = link.poll_transmit(t, &mut buf);
         assert!(n > 0);
@@ -1529,8 +1507,7 @@ mod tests {
 
     #[test]
     fn welcome_last_seq_prevents_duplicates_when_acks_were_lost() {
-        let mut link = UpstreamLink::new(config(1));
-        let mut c = Collector::new();
+        let (mut link, mut c) = link_and_collector();
         let mut t = Instant::from_millis(1000);
         for i in 0..3 {
             put(&mut link, t, &dump(i), b"text");
@@ -1813,8 +1790,7 @@ mod tests {
 
     #[test]
     fn garbage_replies_close_only_that_connection() {
-        let mut link = UpstreamLink::new(config(1));
-        let mut c = Collector::new();
+        let (mut link, mut c) = link_and_collector();
         let mut t = Instant::from_millis(1000);
         put(&mut link, t, &crash(1), b"keep me");
         connect(&mut link, &mut c, t);
@@ -1933,17 +1909,13 @@ mod tests {
 
     #[test]
     fn sent_at_is_stamped_at_transmit_time() {
-        let mut link = UpstreamLink::new(config(1));
-        let mut c = Collector::new();
+        let (mut link, mut c) = link_and_collector();
         put(&mut link, Instant::from_millis(5), &crash(1), b"x");
         let t = Instant::from_millis(777_000);
         connect(&mut link, &mut c, t);
         let mut raw = Vec::new();
+        handshake(&mut link, &mut c, t);
         let mut buf = [0u8; 4096];
-        let n = link.poll_transmit(t, &mut buf);
-        c.receive(&buf[..n]);
-        link.handle_input(t, &core::mem::take(&mut c.replies))
-            .unwrap();
         let n = link.poll_transmit(t, &mut buf);
         raw.extend_from_slice(&buf[..n]);
         let (h, _) = decode_record(&raw[4..]).unwrap();

@@ -184,6 +184,14 @@ pub enum DumpKind {
 }
 
 impl DumpKind {
+    /// Netconsole when a record carries netconsole details, netoops otherwise.
+    fn of(netconsole: Option<&ConsoleMeta>) -> Self {
+        match netconsole {
+            Some(_) => DumpKind::Netconsole,
+            None => DumpKind::Netoops,
+        }
+    }
+
     /// `"netoops"` or `"netconsole"`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -268,24 +276,43 @@ pub struct DumpMeta {
 }
 
 impl DumpMeta {
+    /// The first revision of the netoops dump `id`, with nothing else known: no packets, no
+    /// CPU, registers or blob, no anomalies. A base for struct update syntax
+    /// (`DumpMeta { packet_count: 4, ..DumpMeta::new(id) }`), so that a dump written out by
+    /// hand names only what it is about.
+    pub fn new(id: DumpIdentity) -> Self {
+        DumpMeta {
+            id,
+            generation: 0,
+            kernel_version: String::new(),
+            packet_count: 0,
+            received: 0,
+            missing: Vec::new(),
+            zeroed: Vec::new(),
+            complete: false,
+            revision: 1,
+            first_seen_ms: 0,
+            completed_ms: 0,
+            cpu: None,
+            registers: None,
+            user_blob: None,
+            netconsole: None,
+            conflicts: 0,
+            foreign_port_chunks: 0,
+            late_chunks: 0,
+        }
+    }
+
     /// netoops or netconsole.
     pub fn kind(&self) -> DumpKind {
-        if self.netconsole.is_some() {
-            DumpKind::Netconsole
-        } else {
-            DumpKind::Netoops
-        }
+        DumpKind::of(self.netconsole.as_ref())
     }
 }
 
 impl CrashSeen {
     /// netoops or netconsole.
     pub fn kind(&self) -> DumpKind {
-        if self.netconsole.is_some() {
-            DumpKind::Netconsole
-        } else {
-            DumpKind::Netoops
-        }
+        DumpKind::of(self.netconsole.as_ref())
     }
 }
 
@@ -716,14 +743,6 @@ mod tests {
 
     fn sample_dump() -> Record {
         Record::Dump(DumpMeta {
-            id: DumpIdentity {
-                source: Source::from("10.1.2.3:2004".parse::<SocketAddr>().unwrap()),
-                version: 3,
-                boot_id: 7,
-                dump_id: 4242,
-                dump_type: 1,
-            },
-            generation: 0,
             kernel_version: "6.1.0-13-amd64".to_string(),
             packet_count: 9,
             received: 7,
@@ -744,10 +763,13 @@ mod tests {
                 names_values: vec![("ip".to_string(), 0xffff_ffff_8100_0000)],
             }),
             user_blob: Some(vec![0xab; 128]),
-            conflicts: 0,
-            foreign_port_chunks: 0,
-            late_chunks: 0,
-            netconsole: None,
+            ..DumpMeta::new(DumpIdentity {
+                source: Source::from("10.1.2.3:2004".parse::<SocketAddr>().unwrap()),
+                version: 3,
+                boot_id: 7,
+                dump_id: 4242,
+                dump_type: 1,
+            })
         })
     }
 
@@ -871,23 +893,28 @@ mod tests {
         assert_eq!(frames[3], vec![3u8; 8]);
     }
 
+    /// A `Hello` header (seq 0) that announces a payload of `payload_len` bytes.
+    fn hello(payload_len: u32) -> RecordHeader {
+        RecordHeader {
+            seq: 0,
+            sent_at_ms: 0,
+            record: Record::Hello {
+                protocol: 1,
+                relay: "r".to_string(),
+                instance: 1,
+            },
+            payload_len,
+        }
+    }
+
     #[test]
     fn bad_bodies_are_typed_errors() {
         assert!(matches!(
             decode_record(&[0xff; 3]),
             Err(DecodeError::Malformed(_))
         ));
-        let record = Record::Hello {
-            protocol: 1,
-            relay: "r".to_string(),
-            instance: 1,
-        };
-        let header = RecordHeaderRef {
-            seq: 0,
-            sent_at_ms: 0,
-            record: &record,
-            payload_len: 3,
-        };
+        let owned = hello(3);
+        let header = owned.as_ref();
         let frame = encode_record_frame(&header, b"abc").unwrap();
         assert!(matches!(
             decode_record(&frame[LEN_PREFIX..frame.len() - 1]),
@@ -901,17 +928,8 @@ mod tests {
 
     #[test]
     fn frames_above_the_limit_are_not_encoded() {
-        let record = Record::Hello {
-            protocol: 1,
-            relay: "r".to_string(),
-            instance: 1,
-        };
-        let header = RecordHeaderRef {
-            seq: 0,
-            sent_at_ms: 0,
-            record: &record,
-            payload_len: MAX_FRAME_LEN,
-        };
+        let owned = hello(MAX_FRAME_LEN);
+        let header = owned.as_ref();
         assert!(matches!(
             encode_frame_header(&header, &mut [0u8; 64]),
             Err(EncodeError::FrameTooLarge { .. })

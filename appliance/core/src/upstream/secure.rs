@@ -97,11 +97,7 @@ impl Psk {
 /// Whether `id` is a valid key id: 1..=64 bytes of `[A-Za-z0-9._-]` (safe to print and to use
 /// as a relay name).
 pub fn valid_key_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_KEY_ID
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    crate::is_token(id, MAX_KEY_ID)
 }
 
 /// A relay's session key: its id and its pre-shared key. Parsed from `ID:HEX`.
@@ -139,7 +135,8 @@ impl fmt::Display for SessionKey {
 }
 
 /// Why the secure channel failed; the connection must be closed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::Display)]
+#[strum(serialize_all = "snake_case")]
 pub enum SecureError {
     /// The clear key id prefix is malformed.
     BadKeyId,
@@ -147,29 +144,20 @@ pub enum SecureError {
     UnknownKey,
     /// A handshake message did not authenticate: the peer lacks the key (or is not speaking
     /// this protocol).
+    #[strum(serialize = "bad_key")]
     Handshake,
     /// A transport message did not decrypt: tampering or a broken stream.
+    #[strum(serialize = "decrypt_failed")]
     Decrypt,
     /// A message longer than this end accepts.
+    #[strum(serialize = "message_too_long")]
     TooLong,
 }
 
 impl SecureError {
     /// Short name for counters and logs.
     pub fn as_str(self) -> &'static str {
-        match self {
-            SecureError::BadKeyId => "bad_key_id",
-            SecureError::UnknownKey => "unknown_key",
-            SecureError::Handshake => "bad_key",
-            SecureError::Decrypt => "decrypt_failed",
-            SecureError::TooLong => "message_too_long",
-        }
-    }
-}
-
-impl fmt::Display for SecureError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
@@ -879,6 +867,19 @@ mod tests {
         }
     }
 
+    /// Seals `msg` as the initiator's one message into `buf`; returns the bytes written.
+    fn transmit_once(init: &mut Initiator, buf: &mut [u8], msg: &[u8]) -> usize {
+        let mut once = Some(msg);
+        init.poll_transmit(buf, |p| match once.take() {
+            Some(m) => {
+                p[..m.len()].copy_from_slice(m);
+                m.len()
+            }
+            None => 0,
+        })
+        .unwrap()
+    }
+
     /// Runs a whole exchange: relay sends `msg` in `step`-byte pieces, collector answers
     /// `reply`. Returns what each side read, or the collector's error.
     fn exchange(
@@ -1012,16 +1013,7 @@ mod tests {
             panic!("not established");
         };
         init.read(&reply).unwrap();
-        let mut once = Some(*b"abc");
-        let n = init
-            .poll_transmit(&mut buf, |p| match once.take() {
-                Some(m) => {
-                    p[..3].copy_from_slice(&m);
-                    3
-                }
-                None => 0,
-            })
-            .unwrap();
+        let n = transmit_once(&mut init, &mut buf, b"abc");
         assert_eq!(n, LEN_PREFIX + 3 + TAG_LEN);
         buf[n - 1] ^= 1;
         assert_eq!(
@@ -1057,16 +1049,7 @@ mod tests {
         init.read(&msg2[..LEN_PREFIX + m]).unwrap();
         assert!(init.is_established());
         let mut theirs = theirs.into_transport_mode().unwrap();
-        let mut once = Some(*b"ping");
-        let n = init
-            .poll_transmit(&mut buf, |p| match once.take() {
-                Some(m) => {
-                    p[..4].copy_from_slice(&m);
-                    4
-                }
-                None => 0,
-            })
-            .unwrap();
+        let n = transmit_once(&mut init, &mut buf, b"ping");
         let got = theirs
             .read_message(&buf[LEN_PREFIX..n], &mut scratch)
             .unwrap();
