@@ -478,7 +478,7 @@ fn run(
                             Some(id) => (id.clone(), replay_instance(id, *instance)),
                             None => (relay.clone(), *instance),
                         };
-                        let last_seq = store.last_applied(instance);
+                        let last_seq = queue.welcome_seq(instance, store.last_applied(instance));
                         if let Err(e) = lock(out).send(&Reply::Welcome {
                             protocol: PROTOCOL_VERSION,
                             last_seq,
