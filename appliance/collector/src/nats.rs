@@ -182,10 +182,13 @@ pub struct NatsStats {
     /// Messages the stream acknowledged as duplicates (already stored, by this collector or
     /// another).
     pub duplicates: AtomicU64,
-    /// Publishes that failed (no connection, timeout, stream error); each is retried.
+    /// Publish rounds that failed (no connection, a timeout, a stream error): each is tried
+    /// again after a backoff.
     pub failures: AtomicU64,
-    /// Publish rounds started again after a failure.
+    /// Messages published again after a failed round (not acknowledged in it).
     pub retries: AtomicU64,
+    /// Client errors the connection reported (failed reconnection attempts, ...).
+    pub client_errors: AtomicU64,
     /// Messages waiting for the stream now.
     pub held: AtomicU64,
     /// Their bytes (payloads plus [`OVERHEAD`] each).
@@ -211,6 +214,7 @@ impl NatsStats {
             "duplicates": g(&self.duplicates),
             "failures": g(&self.failures),
             "retries": g(&self.retries),
+            "client_errors": g(&self.client_errors),
             "held": g(&self.held),
             "held_bytes": g(&self.held_bytes),
             "hold_full": g(&self.hold_full),
@@ -494,6 +498,8 @@ async fn connect(shared: &Arc<Shared>) -> async_nats::Client {
     loop {
         let stats = Arc::clone(&shared.stats);
         let url = shared.config.url.clone();
+        // The next client error is reported (the first after each disconnection).
+        let report = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let options = async_nats::ConnectOptions::new()
             .name(format!(
                 "netoops-collect {}",
@@ -509,6 +515,7 @@ async fn connect(shared: &Arc<Shared>) -> async_nats::Client {
             .event_callback(move |event| {
                 let stats = Arc::clone(&stats);
                 let url = url.clone();
+                let reported = Arc::clone(&report);
                 async move {
                     match event {
                         async_nats::Event::Connected => {
@@ -516,10 +523,18 @@ async fn connect(shared: &Arc<Shared>) -> async_nats::Client {
                             eprintln!("netoops-collect: nats: connected to {url}");
                         }
                         async_nats::Event::Disconnected => {
+                            reported.store(true, Ordering::Relaxed);
                             stats.disconnects.fetch_add(1, Ordering::Relaxed);
                             eprintln!(
                                 "netoops-collect: nats: disconnected from {url}, reconnecting"
                             );
+                        }
+                        // Reported on stderr once per connection lost; counted always.
+                        async_nats::Event::ClientError(e) => {
+                            let n = stats.client_errors.fetch_add(1, Ordering::Relaxed);
+                            if n == 0 || reported.swap(false, Ordering::Relaxed) {
+                                eprintln!("netoops-collect: nats: {e}");
+                            }
                         }
                         other => eprintln!("netoops-collect: nats: {other}"),
                     }
@@ -589,7 +604,9 @@ async fn publisher(shared: Arc<Shared>) {
                             config.url, e.why
                         );
                     }
-                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    let again = done.iter().filter(|d| !**d).count() as u64;
+                    stats.retries.fetch_add(again, Ordering::Relaxed);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     if lock(&shared.hold).closed {
@@ -665,7 +682,6 @@ async fn publish(
             match js.send_publish(subject, msg).await {
                 Ok(ack) => waiting.push((i, ack)),
                 Err(e) => {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
                     failure = Some(Failure {
                         why: format!("publishing: {e}"),
                         stream_missing: false,
@@ -674,8 +690,15 @@ async fn publish(
                 }
             }
         }
-        for (i, ack) in waiting {
-            match ack.await {
+        // Awaited together: each waits up to the publish timeout from now, not one after
+        // the other.
+        let (indices, acks): (Vec<usize>, Vec<_>) = waiting.into_iter().unzip();
+        let acks = futures_util::future::join_all(
+            acks.into_iter().map(std::future::IntoFuture::into_future),
+        )
+        .await;
+        for (i, ack) in indices.into_iter().zip(acks) {
+            match ack {
                 Ok(a) if a.stream == config.stream => {
                     done[i] = true;
                     let c = if a.duplicate {
@@ -686,7 +709,6 @@ async fn publish(
                     c.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(a) => {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
                     failure.get_or_insert(Failure {
                         why: format!(
                             "acknowledged by stream {:?}, not {:?}",
@@ -696,7 +718,6 @@ async fn publish(
                     });
                 }
                 Err(e) => {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
                     let missing = matches!(
                         e.kind(),
                         jetstream::context::PublishErrorKind::StreamNotFound
