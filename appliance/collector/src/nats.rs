@@ -206,23 +206,93 @@ pub struct NatsStats {
 }
 
 impl NatsStats {
-    /// The counters as JSON.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// Every counter: name, help text, value, and whether it is a gauge.
+    pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64, bool)> {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "published": g(&self.published),
-            "duplicates": g(&self.duplicates),
-            "failures": g(&self.failures),
-            "retries": g(&self.retries),
-            "client_errors": g(&self.client_errors),
-            "held": g(&self.held),
-            "held_bytes": g(&self.held_bytes),
-            "hold_full": g(&self.hold_full),
-            "truncated": g(&self.truncated),
-            "connects": g(&self.connects),
-            "disconnects": g(&self.disconnects),
-            "acks_released": g(&self.acks_released),
-        })
+        vec![
+            (
+                "published",
+                "Messages the stream stored.",
+                g(&self.published),
+                false,
+            ),
+            (
+                "duplicates",
+                "Messages the stream acknowledged as duplicates.",
+                g(&self.duplicates),
+                false,
+            ),
+            (
+                "failures",
+                "Publish rounds that failed and were tried again.",
+                g(&self.failures),
+                false,
+            ),
+            (
+                "retries",
+                "Messages published again after a failed round.",
+                g(&self.retries),
+                false,
+            ),
+            (
+                "client_errors",
+                "Errors the NATS connection reported.",
+                g(&self.client_errors),
+                false,
+            ),
+            (
+                "held",
+                "Messages waiting for the stream's acknowledgement.",
+                g(&self.held),
+                true,
+            ),
+            (
+                "held_bytes",
+                "Bytes waiting for the stream's acknowledgement.",
+                g(&self.held_bytes),
+                true,
+            ),
+            (
+                "hold_full",
+                "Times the committer waited for room in the hold.",
+                g(&self.hold_full),
+                false,
+            ),
+            (
+                "truncated",
+                "Messages cut to the server's max_payload.",
+                g(&self.truncated),
+                false,
+            ),
+            (
+                "connects",
+                "Connections made to the NATS server.",
+                g(&self.connects),
+                false,
+            ),
+            (
+                "disconnects",
+                "Connections to the NATS server lost.",
+                g(&self.disconnects),
+                false,
+            ),
+            (
+                "acks_released",
+                "Relay acknowledgements released after the stream confirmed.",
+                g(&self.acks_released),
+                false,
+            ),
+        ]
+    }
+
+    /// The counters as JSON (the names of [`NatsStats::snapshot`]).
+    pub fn to_json(&self) -> serde_json::Value {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .snapshot()
+            .into_iter()
+            .map(|(k, _, v, _)| (k.to_string(), v.into()))
+            .collect();
+        serde_json::Value::Object(map)
     }
 }
 
@@ -572,7 +642,15 @@ async fn publisher(shared: Arc<Shared>) {
         .build(client.clone());
     let config = &shared.config;
     let stats = &shared.stats;
-    let mut stream_ready = false;
+    // The stream is made (or found) now, so that a server without JetStream, or a stream that
+    // cannot be created, is reported at start; publishing tries again if it fails here.
+    let mut stream_ready = match ensure_stream(&js, config).await {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("netoops-collect: nats: {}; will try again", e.why);
+            false
+        }
+    };
     let mut down_reported = false;
     while let Some(round) = take_round(&shared).await {
         let messages: Vec<&Message> = round.iter().flat_map(|b| &b.messages).collect();

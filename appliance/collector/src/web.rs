@@ -321,24 +321,22 @@ fn route(state: &State, path: &str) -> io::Result<Response> {
 fn metrics(c: &crate::session::Counters, nats: Option<&crate::nats::NatsStats>) -> Response {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let mut one = |name: &str, kind: &str, v: u64| {
-        let _ = writeln!(out, "# TYPE netoops_collect_{name} {kind}");
-        let _ = writeln!(out, "netoops_collect_{name} {v}");
+    let mut one = |name: &str, help: &str, gauge: bool, v: u64| {
+        let (kind, suffix) = if gauge {
+            ("gauge", "")
+        } else {
+            ("counter", "_total")
+        };
+        let _ = writeln!(out, "# HELP netoops_collect_{name}{suffix} {help}");
+        let _ = writeln!(out, "# TYPE netoops_collect_{name}{suffix} {kind}");
+        let _ = writeln!(out, "netoops_collect_{name}{suffix} {v}");
     };
     for (k, v) in c.snapshot() {
-        one(&format!("{k}_total"), "counter", v);
+        let help = format!("Collector counter {k} (see /api/collector).");
+        one(k, &help, false, v);
     }
-    if let Some(n) = nats {
-        if let Value::Object(m) = n.to_json() {
-            for (k, v) in m {
-                let gauge = matches!(k.as_str(), "held" | "held_bytes");
-                let (name, kind) = match gauge {
-                    true => (format!("nats_{k}"), "gauge"),
-                    false => (format!("nats_{k}_total"), "counter"),
-                };
-                one(&name, kind, v.as_u64().unwrap_or(0));
-            }
-        }
+    for (k, help, v, gauge) in nats.map(|n| n.snapshot()).unwrap_or_default() {
+        one(&format!("nats_{k}"), help, gauge, v);
     }
     Response {
         status: 200,
