@@ -616,6 +616,16 @@ async fn connect(shared: &Arc<Shared>) -> async_nats::Client {
             .split(',')
             .filter_map(|u| u.trim().parse().ok())
             .collect();
+        // The client does not take credentials from the URL by itself: `user:password@` is a
+        // user and password, `token@` a token (as the NATS tools read such URLs).
+        let options = match urls
+            .iter()
+            .find_map(|a| a.username().map(|u| (u, a.password())))
+        {
+            Some((user, Some(pass))) => options.user_and_password(user.into(), pass.into()),
+            Some((token, None)) => options.token(token.into()),
+            None => options,
+        };
         match options.connect(urls).await {
             Ok(c) => return c,
             Err(e) => {

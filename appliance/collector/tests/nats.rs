@@ -92,6 +92,8 @@ struct NatsServer {
     port: u16,
     child: Option<Child>,
     starts: usize,
+    /// More arguments (authentication).
+    args: Vec<String>,
 }
 
 impl NatsServer {
@@ -102,6 +104,7 @@ impl NatsServer {
             port: free_port(),
             child: None,
             starts: 0,
+            args: Vec::new(),
         }
     }
 
@@ -124,6 +127,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.dir.join("js"))
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(File::create(&log).unwrap()))
@@ -566,5 +570,71 @@ fn nats_server_killed_and_restarted_mid_run_loses_nothing() {
         let mut nats: Vec<_> = m.iter().filter(|(k, _)| k.contains("_nats_")).collect();
         nats.sort();
         eprintln!("collector {name}: {nats:?}");
+    }
+}
+
+#[test]
+fn credentials_in_the_url_are_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::new(&tmp.path().join("nats"));
+    nats.args = ["--user", "netoops", "--pass", "s3cret"]
+        .map(String::from)
+        .to_vec();
+    nats.start();
+    let url = format!("nats://netoops:s3cret@127.0.0.1:{}", nats.port);
+    let c = Collector::spawn(&tmp.path().join("a"), &url);
+    let mut d = Driver::new(link_config(0x301), vec![c.addr]);
+    for i in 0..2 {
+        let (rec, t) = record(4, i);
+        d.enqueue(&rec, &t);
+    }
+    // Acknowledged only once the stream has them, which needs the server to accept the
+    // collector's user and password.
+    assert!(
+        d.drain(Duration::from_secs(30)),
+        "not acknowledged\n{}",
+        logs(tmp.path())
+    );
+    assert_eq!(c.metric("netoops_collect_nats_published_total"), 2);
+}
+
+#[test]
+fn bad_nats_settings_stop_serve_with_a_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (
+            &["--nats", "nats://127.0.0.1:4222", "--nats-stream", "A.B"][..],
+            "stream name",
+        ),
+        (
+            &[
+                "--nats",
+                "nats://127.0.0.1:4222",
+                "--nats-subject-prefix",
+                "netoops.>",
+            ][..],
+            "subject prefix",
+        ),
+        (
+            &["--nats", "nats://127.0.0.1:4222", "--nats-hold", "1M"][..],
+            "at least 8M",
+        ),
+        (&["--nats-stream", "X"][..], "--nats"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_netoops-collect"))
+            .args([
+                "serve",
+                "--allow-plaintext",
+                "--listen",
+                "127.0.0.1:0",
+                "--dir",
+            ])
+            .arg(tmp.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
