@@ -638,3 +638,108 @@ fn bad_nats_settings_stop_serve_with_a_message() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_dump_over_the_servers_max_payload_is_cut_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::new(&tmp.path().join("nats"));
+    let conf = tmp.path().join("nats").join("small.conf");
+    fs::write(&conf, "max_payload: 8KB\n").unwrap();
+    nats.args = vec!["-c".into(), conf.display().to_string()];
+    nats.start();
+    let c = Collector::spawn(&tmp.path().join("a"), &nats.url());
+    let mut d = Driver::new(link_config(0x401), vec![c.addr]);
+    let notice = text(1, 300);
+    let big = text(2, 30_000);
+    d.enqueue(&crash("10.9.5.1:2004", 0, 0), &notice);
+    d.enqueue(&dump("10.9.5.1:2004", 0, 1, true), &big);
+    assert!(d.drain(Duration::from_secs(30)), "{}", logs(tmp.path()));
+    let (total, seen) = read_stream(&nats.url());
+    assert_eq!(total, 2);
+    let by = |kind: &str| {
+        seen.iter()
+            .find(|m| m.header("Netoops-Kind") == kind)
+            .unwrap()
+    };
+    let n = by("notice");
+    assert_eq!(n.payload, notice);
+    assert!(!n.headers.contains_key("Netoops-Truncated"));
+    let m = by("dump");
+    assert_eq!(m.header("Netoops-Truncated"), "30000");
+    assert!(
+        m.payload.len() > 4096 && m.payload.len() < 8192,
+        "{}",
+        m.payload.len()
+    );
+    assert_eq!(m.payload, big[..m.payload.len()]);
+    assert_eq!(c.metric("netoops_collect_nats_truncated_total"), 1);
+    // The collector's own copy is whole.
+    let stored = fs::read(tmp.path().join("a/10.9.5.1/b7-d0-t1-v3-g0.log")).unwrap();
+    assert_eq!(stored, big);
+}
+
+#[test]
+fn a_collector_started_before_nats_server_holds_a_bounded_amount_then_delivers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::new(&tmp.path().join("nats"));
+    // Not started yet.
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let stderr = File::create(tmp.path().join("a.stderr")).unwrap();
+    let (child, addr) = spawn_collector_with(
+        &tmp.path().join("a"),
+        &[
+            "--nats",
+            &nats.url(),
+            "--nats-hold",
+            "8M",
+            "--http",
+            &http.to_string(),
+        ],
+        Stdio::from(stderr),
+    );
+    let c = Collector { child, addr, http };
+    let mut config = link_config(0x501);
+    config.spool_bytes = 48 << 20;
+    config.dump_window = 48 << 20;
+    let mut d = Driver::new(config, vec![c.addr]);
+    // 30 dumps of 700 KB: 21 MB, well over the 8 MiB hold.
+    let texts: Vec<Vec<u8>> = (0..30).map(|i| text(600 + i, 700_000)).collect();
+    for (i, t) in texts.iter().enumerate() {
+        d.enqueue(
+            &dump(&format!("10.9.6.{}:2004", i + 1), i as u16, 1, true),
+            t,
+        );
+    }
+    // The hold fills and the committer waits: nothing is acknowledged, what is held stays
+    // within its bound.
+    let full = d.run_until(Duration::from_secs(60), |_| {
+        c.metric("netoops_collect_nats_hold_full_total") > 0
+    });
+    assert!(full, "the hold never filled\n{}", logs(tmp.path()));
+    d.run_until(Duration::from_secs(1), |_| false);
+    let held = c.metric("netoops_collect_nats_held_bytes");
+    assert!(held <= 8 << 20, "{held} bytes held");
+    assert_eq!(
+        d.link.stats().spool_records,
+        30,
+        "acknowledged without the stream"
+    );
+    nats.start();
+    assert!(
+        d.drain(Duration::from_secs(120)),
+        "not delivered once nats-server is up\n{}",
+        logs(tmp.path())
+    );
+    let (total, seen) = read_stream(&nats.url());
+    assert_eq!(total, 30);
+    for (i, t) in texts.iter().enumerate() {
+        let key = format!("10.9.6.{}/b7-d{i}-t1-v3-g0", i + 1);
+        let m: Vec<&Seen> = seen
+            .iter()
+            .filter(|m| m.header("Netoops-Key") == key)
+            .collect();
+        assert_eq!(m.len(), 1, "{key}");
+        assert_eq!(&m[0].payload, t, "{key}");
+    }
+    assert_eq!(c.metric("netoops_collect_nats_held_bytes"), 0);
+}
