@@ -183,16 +183,22 @@ impl Collector {
         Collector { child, addr, http }
     }
 
-    /// `/metrics`, as name → value.
-    fn metrics(&self) -> HashMap<String, u64> {
+    /// The body of `/metrics`.
+    fn metrics_text(&self) -> String {
         let mut s = TcpStream::connect(self.http).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        body.lines()
+        text.split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, b)| b.to_string())
+    }
+
+    /// `/metrics`, as name → value.
+    fn metrics(&self) -> HashMap<String, u64> {
+        self.metrics_text()
+            .lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.split_once(' '))
             .map(|(k, v)| (k.to_string(), v.trim().parse().unwrap()))
@@ -433,6 +439,28 @@ fn two_collectors_one_stream_every_dump_exactly_once() {
     assert_eq!(published, 32, "new messages stored by the stream");
     assert_eq!(duplicates, 8, "relay 3's records, published by both");
     assert_eq!(b.metric("netoops_collect_nats_held"), 0);
+    // The exposition is valid Prometheus text (promtool from Debian's prometheus package).
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/setup installs it)");
+    let text = a.metrics_text();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
