@@ -341,7 +341,7 @@ pub fn commit_batch(
     for (tie, instance, v) in verdicts.into_values() {
         match (v, &mut published) {
             (Ok(seq), None) => tie.durable(seq),
-            (Ok(seq), Some(b)) => b.acks.push((Arc::clone(tie), instance, seq)),
+            (Ok(seq), Some(b)) => b.acks.push((Arc::downgrade(tie), instance, seq)),
             (Err(why), _) => tie.fail(&why),
         }
     }

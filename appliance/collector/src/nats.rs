@@ -63,7 +63,7 @@ use netoops_core::upstream::{Record, RecordHeader, Source};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::Duration;
 
@@ -201,7 +201,8 @@ pub struct NatsStats {
     pub connects: AtomicU64,
     /// Connections lost.
     pub disconnects: AtomicU64,
-    /// Relay acknowledgements released after the stream confirmed their batch.
+    /// Relay acknowledgements released after the stream confirmed their batch (to sessions
+    /// still open).
     pub acks_released: AtomicU64,
 }
 
@@ -430,8 +431,10 @@ impl Message {
 pub struct Batch {
     /// What to publish.
     pub messages: Vec<Message>,
-    /// Per session: its tie, its relay instance and the seq to acknowledge.
-    pub acks: Vec<(Arc<SessionTie>, u64, u64)>,
+    /// Per session: its tie, its relay instance and the seq to acknowledge. The tie is held
+    /// weakly: a session that ended while its records waited here (its relay reconnects and
+    /// resends them) frees its connection slot at once instead of at the stream's return.
+    pub acks: Vec<(Weak<SessionTie>, u64, u64)>,
 }
 
 impl Batch {
@@ -859,8 +862,10 @@ fn release(shared: &Shared, round: Vec<Batch>) {
         messages += b.messages.len() as u64;
         for (tie, instance, seq) in b.acks {
             shared.confirmed.raise(instance, seq);
-            tie.durable(seq);
-            shared.stats.acks_released.fetch_add(1, Ordering::Relaxed);
+            if let Some(tie) = tie.upgrade() {
+                tie.durable(seq);
+                shared.stats.acks_released.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     let st = &shared.stats;

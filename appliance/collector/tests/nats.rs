@@ -771,3 +771,64 @@ fn a_collector_started_before_nats_server_holds_a_bounded_amount_then_delivers()
     }
     assert_eq!(c.metric("netoops_collect_nats_held_bytes"), 0);
 }
+
+#[test]
+fn sessions_that_end_while_the_stream_is_away_free_their_slots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::new(&tmp.path().join("nats"));
+    // Not started yet: nothing can be acknowledged.
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let stderr = File::create(tmp.path().join("a.stderr")).unwrap();
+    let (child, addr) = spawn_collector_with(
+        &tmp.path().join("a"),
+        &[
+            "--nats",
+            &nats.url(),
+            "--max-connections",
+            "1",
+            "--http",
+            &http.to_string(),
+        ],
+        Stdio::from(stderr),
+    );
+    let c = Collector { child, addr, http };
+    let (rec, t) = record(7, 1);
+    let one = frame(1, &rec, &t);
+    // A relay that gives up waiting for its Ack and reconnects, again and again, to the one
+    // session slot: each time it is welcomed (nothing confirmed) and resends.
+    for k in 1..=4 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut s = loop {
+            match RawSession::open(c.addr, "relay-7", 0x701) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("session {k}: {e}\n{}", logs(tmp.path())),
+            }
+        };
+        assert_eq!(s.last_seq, 0, "session {k}");
+        s.send(&one).unwrap();
+        let seen = wait_for(Duration::from_secs(10), || {
+            c.metric("netoops_collect_applied_total") + c.metric("netoops_collect_replays_total")
+                >= k
+        });
+        assert!(seen, "session {k}: record not stored");
+    }
+    // The stream comes; the relay's last resend is acknowledged and published once.
+    nats.start();
+    let mut s = loop {
+        if let Ok(s) = RawSession::open(c.addr, "relay-7", 0x701) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if s.last_seq < 1 {
+        s.send(&one).unwrap();
+        assert_eq!(s.ack_through(1).unwrap(), 1);
+    }
+    let (total, seen) = read_stream(&nats.url());
+    assert_eq!(total, 1, "{seen:?}");
+    assert_eq!(seen[0].payload, t);
+}
