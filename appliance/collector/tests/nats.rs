@@ -185,7 +185,15 @@ impl Collector {
 
     /// The body of `/metrics`.
     fn metrics_text(&self) -> String {
-        let mut s = TcpStream::connect(self.http).unwrap();
+        // The web view starts just after the `listening on` line: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut s = loop {
+            match TcpStream::connect(self.http) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => panic!("{}: {e}", self.http),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .unwrap();
@@ -831,4 +839,53 @@ fn sessions_that_end_while_the_stream_is_away_free_their_slots() {
     let (total, seen) = read_stream(&nats.url());
     assert_eq!(total, 1, "{seen:?}");
     assert_eq!(seen[0].payload, t);
+}
+
+#[test]
+fn a_collector_killed_with_records_on_disk_but_not_in_the_stream_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::new(&tmp.path().join("nats"));
+    // nats-server not started: the records reach the collector's disk, not the stream.
+    let dir = tmp.path().join("a");
+    let first = Collector::spawn(&dir, &nats.url());
+    let mut d = Driver::new(link_config(0x801), vec![first.addr]);
+    let mut expected = Vec::new();
+    for i in 0..8 {
+        let (rec, t) = record(8, i);
+        d.enqueue(&rec, &t);
+        expected.push((8, i));
+    }
+    let stored = d.run_until(Duration::from_secs(30), |_| {
+        first.metric("netoops_collect_dumps_stored_total") == 4
+            && first.metric("netoops_collect_crashes_stored_total") == 4
+    });
+    assert!(stored, "records not stored\n{}", logs(tmp.path()));
+    assert_eq!(
+        d.link.stats().spool_records,
+        8,
+        "acknowledged without the stream"
+    );
+    // Time for the collector to write its relay state (20 ms after its queue runs idle): on
+    // restart its disk says the relay's records up to 8 are durable.
+    d.run_until(Duration::from_millis(500), |_| false);
+    // The collector dies holding them; nats-server comes up; the collector starts again on
+    // the same directory. It welcomes the relay at 0 (the stream confirmed nothing), the
+    // relay resends, the store finds the records already there, and they are published now.
+    drop(first);
+    nats.start();
+    let second = Collector::spawn(&dir, &nats.url());
+    d.addrs[0] = second.addr;
+    assert!(
+        d.drain(Duration::from_secs(60)),
+        "not acknowledged after the restart\n{}",
+        logs(tmp.path())
+    );
+    assert_exactly_once(&nats.url(), &expected);
+    // And on disk each crash notice once (a resent dump rewrites the same files).
+    let lines: usize = fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| fs::read_to_string(e.unwrap().path().join("crashes.jsonl")).ok())
+        .map(|t| t.lines().count())
+        .sum();
+    assert_eq!(lines, 4);
 }
