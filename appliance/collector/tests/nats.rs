@@ -889,3 +889,56 @@ fn a_collector_killed_with_records_on_disk_but_not_in_the_stream_loses_nothing()
         .sum();
     assert_eq!(lines, 4);
 }
+
+/// What waiting for the stream costs: 3,000 records (crash notices of 300 bytes and
+/// dumps of 1.5-13.5 KB, alternating) through a collector without and with `--nats`, timed
+/// from the first enqueue to the relay's last acknowledgement, twice each, alternating (the
+/// first run also warms the file system). Prints the figures; asserts
+/// only that everything arrived.
+/// `cargo test -p netoops-collect --test nats measure -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn measure_acknowledgement_throughput_with_and_without_nats() {
+    const RECORDS: u64 = 3_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::new(&tmp.path().join("nats"));
+    nats.start();
+    for (run, with_nats) in [false, true, false, true].into_iter().enumerate() {
+        let dir = tmp.path().join(format!("run{run}"));
+        let url = nats.url();
+        let args: Vec<&str> = if with_nats {
+            vec!["--nats", &url]
+        } else {
+            vec![]
+        };
+        let stderr = File::create(dir.with_extension("stderr")).unwrap();
+        let (mut child, addr) = spawn_collector_with(&dir, &args, Stdio::from(stderr));
+        let mut config = link_config(0x900 + run as u64);
+        config.spool_records = 2 * RECORDS as usize;
+        config.spool_bytes = 64 << 20;
+        let mut d = Driver::new(config, vec![addr]);
+        let start = Instant::now();
+        for i in 0..RECORDS {
+            let pair = i / 2;
+            let src = format!("10.{}.{}.{}:2004", 9 + run, pair / 200, pair % 200 + 1);
+            let (rec, t) = match i % 2 {
+                0 => (crash(&src, pair as u16, 0), text(i, 300)),
+                _ => (
+                    dump(&src, pair as u16, 1, true),
+                    text(i, 1_500 + (i as usize % 5) * 3_000),
+                ),
+            };
+            d.enqueue(&rec, &t);
+        }
+        assert!(d.drain(Duration::from_secs(300)));
+        let took = start.elapsed();
+        eprintln!(
+            "{} --nats: {RECORDS} records acknowledged in {:.2} s ({:.0} records/s)",
+            if with_nats { "with" } else { "without" },
+            took.as_secs_f64(),
+            RECORDS as f64 / took.as_secs_f64()
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
