@@ -346,7 +346,9 @@ pub fn commit_batch(
         }
     }
     if let (Some(b), Some(nats)) = (published, &outputs.nats) {
-        nats.submit(b);
+        if !b.messages.is_empty() || !b.acks.is_empty() {
+            nats.submit(b);
+        }
     }
     if failures > 0 {
         eprintln!(
