@@ -912,7 +912,13 @@ fn measure_acknowledgement_throughput_with_and_without_nats() {
             vec![]
         };
         let stderr = File::create(dir.with_extension("stderr")).unwrap();
-        let (mut child, addr) = spawn_collector_with(&dir, &args, Stdio::from(stderr));
+        let (child, addr) = spawn_collector_with(&dir, &args, Stdio::from(stderr));
+        // Killed when this run ends, also by a failed assertion (no web view: `http` unused).
+        let _collector = Collector {
+            child,
+            addr,
+            http: addr,
+        };
         let mut config = link_config(0x900 + run as u64);
         config.spool_records = 2 * RECORDS as usize;
         config.spool_bytes = 64 << 20;
@@ -938,7 +944,5 @@ fn measure_acknowledgement_throughput_with_and_without_nats() {
             took.as_secs_f64(),
             RECORDS as f64 / took.as_secs_f64()
         );
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
