@@ -11,7 +11,10 @@
 //! grows while the current one is syncing.
 //!
 //! Once a batch is durable, what it stored is also handed to the syslog output, when there is
-//! one ([`crate::syslog`]): a queue that never makes the committer wait.
+//! one ([`crate::syslog`]): a queue that never makes the committer wait. With the NATS output
+//! ([`crate::nats`]) the verdicts wait instead: the batch and its verdicts go to the publisher,
+//! which sends them once JetStream has acknowledged every record of the batch (the committer
+//! waits only when the publisher's bounded hold is full).
 //!
 //! A batch that fails (a sync, rename or append) acknowledges nothing: each session with a
 //! record in it is told [`Verdict::Failed`] and answers `Refused` and closes its connection (the
@@ -23,6 +26,7 @@
 //! `.relays` file, the committer writes it after [`IDLE_PERSIST`] of quiet (under load each
 //! batch carries the previous batch's state).
 
+use crate::nats::{Batch, Confirmed, Message, Nats};
 use crate::session::Counters;
 use crate::store::{Applied, BatchTimes, Entry, Origin, Store};
 use crate::syslog::Syslog;
@@ -86,7 +90,7 @@ impl SessionTie {
         let _ = lock(&self.verdicts).send(Verdict::Failed(why.to_string()));
     }
 
-    fn durable(&self, seq: u64) {
+    pub(crate) fn durable(&self, seq: u64) {
         let _ = lock(&self.verdicts).send(Verdict::Durable(seq));
     }
 }
@@ -124,6 +128,8 @@ pub struct Queue {
     ready: Condvar,
     room: Condvar,
     cap: usize,
+    /// With the NATS output: what the stream confirmed, which bounds `Welcome`.
+    confirmed: Option<Arc<Confirmed>>,
 }
 
 impl Queue {
@@ -134,7 +140,30 @@ impl Queue {
             ready: Condvar::new(),
             room: Condvar::new(),
             cap,
+            confirmed: None,
         })
+    }
+
+    /// As [`Queue::new`], for a committer whose acknowledgements also wait for NATS: the
+    /// seq a `Welcome` reports is bounded by what the stream confirmed ([`crate::nats`]).
+    pub fn with_confirmed(cap: usize, confirmed: Arc<Confirmed>) -> Arc<Queue> {
+        Arc::new(Queue {
+            state: Mutex::new(QueueState::default()),
+            ready: Condvar::new(),
+            room: Condvar::new(),
+            cap,
+            confirmed: Some(confirmed),
+        })
+    }
+
+    /// The seq `Welcome` reports for a relay instance whose durable seq is `durable`: that,
+    /// or less when the NATS stream has not confirmed as much (the relay resends the rest;
+    /// the store answers it as replays and it is published again).
+    pub fn welcome_seq(&self, instance: u64, durable: u64) -> u64 {
+        match &self.confirmed {
+            Some(c) => durable.min(c.get(instance)),
+            None => durable,
+        }
     }
 
     /// Queues a job, waiting for room; gives it back if the committer is gone.
@@ -188,21 +217,31 @@ impl Queue {
     }
 }
 
-/// Starts the committer thread; with `syslog`, every record it makes durable is also queued
-/// for syslog (after the batch is durable, never waiting for the sender).
+/// Where durable records go besides the disk.
+#[derive(Clone, Debug, Default)]
+pub struct Outputs {
+    /// Every stored record is also queued for syslog (after the batch is durable, never
+    /// waiting for the sender).
+    pub syslog: Option<Arc<Syslog>>,
+    /// Every stored (or replayed) record is published to NATS JetStream, and the batch's
+    /// verdicts wait for the stream's acknowledgements.
+    pub nats: Option<Arc<Nats>>,
+}
+
+/// Starts the committer thread.
 pub fn spawn(
     store: Arc<Store>,
     queue: Arc<Queue>,
     counters: Arc<Counters>,
-    syslog: Option<Arc<Syslog>>,
+    outputs: Outputs,
 ) -> io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name("netoops-commit".into())
-        .spawn(move || run(&store, &queue, &counters, syslog.as_deref()))
+        .spawn(move || run(&store, &queue, &counters, &outputs))
 }
 
 /// The committer loop; returns when the queue is closed and drained.
-pub fn run(store: &Store, queue: &Queue, counters: &Counters, syslog: Option<&Syslog>) {
+pub fn run(store: &Store, queue: &Queue, counters: &Counters, outputs: &Outputs) {
     let mut out = Vec::<u8>::with_capacity(64 * 1024);
     // After a failed state write, wait longer before the next try (no busy error loop).
     let mut idle = IDLE_PERSIST;
@@ -223,7 +262,7 @@ pub fn run(store: &Store, queue: &Queue, counters: &Counters, syslog: Option<&Sy
             }
             continue;
         }
-        commit_batch(store, jobs, counters, syslog, &mut out);
+        commit_batch(store, jobs, counters, outputs, &mut out);
         if !out.is_empty() {
             let mut stdout = io::stdout().lock();
             let _ = stdout.write_all(&out).and_then(|()| stdout.flush());
@@ -232,15 +271,17 @@ pub fn run(store: &Store, queue: &Queue, counters: &Counters, syslog: Option<&Sy
     }
 }
 
-/// Stores one batch and sends every session its verdict. Lines for stdout go to `out`; what
-/// was stored is queued for `syslog` once the batch is durable.
+/// Stores one batch and sends every session its verdict (through NATS, when it is on). Lines
+/// for stdout go to `out`; what was stored is queued for syslog once the batch is durable.
 pub fn commit_batch(
     store: &Store,
     jobs: Vec<Job>,
     counters: &Counters,
-    syslog: Option<&Syslog>,
+    outputs: &Outputs,
     out: &mut Vec<u8>,
 ) {
+    let syslog = outputs.syslog.as_deref();
+    let mut published = outputs.nats.as_ref().map(|_| Batch::default());
     // Records a failed session queued after its failure are not stored.
     let jobs: Vec<Job> = jobs
         .into_iter()
@@ -263,19 +304,31 @@ pub fn commit_batch(
     // may be told.
     let durable_at = syslog.map(|_| crate::wallclock::now_ms());
     // Per session (by address of its tie): highest durable seq, or the first failure.
-    let mut verdicts: HashMap<*const SessionTie, (&Arc<SessionTie>, Result<u64, String>)> =
-        HashMap::new();
+    // (A session has one origin: its instance goes with the verdict, for NATS.)
+    let mut verdicts: HashMap<*const SessionTie, Pending<'_>> = HashMap::new();
     let mut failures = 0usize;
     for (job, result) in jobs.iter().zip(&results) {
-        let v = verdicts
-            .entry(Arc::as_ptr(&job.session))
-            .or_insert((&job.session, Ok(0)));
-        match (result, &mut v.1) {
+        let v = verdicts.entry(Arc::as_ptr(&job.session)).or_insert((
+            &job.session,
+            job.origin.instance,
+            Ok(0),
+        ));
+        match (result, &mut v.2) {
             (Ok(applied), Ok(seq)) => {
                 *seq = (*seq).max(job.header.seq);
                 count(job, applied, counters, out);
                 if let (Some(s), Some(at)) = (syslog, durable_at) {
                     s.stored(&job.origin, &job.header, &job.payload, applied, at);
+                }
+                // Replays too: the stream may not have them (module doc of `nats`).
+                if let Some(b) = &mut published {
+                    let o = &job.origin;
+                    b.messages.extend(Message::from_record(
+                        &o.relay,
+                        o.instance,
+                        &job.header,
+                        &job.payload,
+                    ));
                 }
             }
             (Err(why), slot @ Ok(_)) => {
@@ -285,10 +338,16 @@ pub fn commit_batch(
             (_, Err(_)) => {}
         }
     }
-    for (tie, v) in verdicts.into_values() {
-        match v {
-            Ok(seq) => tie.durable(seq),
-            Err(why) => tie.fail(&why),
+    for (tie, instance, v) in verdicts.into_values() {
+        match (v, &mut published) {
+            (Ok(seq), None) => tie.durable(seq),
+            (Ok(seq), Some(b)) => b.acks.push((Arc::downgrade(tie), instance, seq)),
+            (Err(why), _) => tie.fail(&why),
+        }
+    }
+    if let (Some(b), Some(nats)) = (published, &outputs.nats) {
+        if !b.messages.is_empty() || !b.acks.is_empty() {
+            nats.submit(b);
         }
     }
     if failures > 0 {
@@ -299,6 +358,10 @@ pub fn commit_batch(
     }
     note_profile(&times, jobs.len());
 }
+
+/// A session's verdict being gathered: its tie, its relay instance, the highest durable seq
+/// or the first failure.
+type Pending<'a> = (&'a Arc<SessionTie>, u64, Result<u64, String>);
 
 /// Counters, and the stdout line of a stored dump (buffered per batch).
 fn count(job: &Job, applied: &Applied, counters: &Counters, out: &mut Vec<u8>) {

@@ -11,6 +11,8 @@
 //! - [`web`]: the HTTP view of crash groups, machines and dumps.
 //! - [`watch`]: new crash notices and dumps as they land (`netoops-collect watch`).
 //! - [`syslog`]: crash notices and stored dumps as RFC 5424 messages to a syslog server.
+//! - [`nats`]: crash notices and dumps published to a NATS JetStream stream; acknowledgements
+//!   wait for the stream.
 //! - [`wallclock`]: wall-clock ms and RFC 3339 formatting.
 //!
 //! The record format is [`netoops_core::upstream::record`].
@@ -19,6 +21,7 @@ pub mod catalog;
 pub mod commit;
 pub mod index;
 pub mod keys;
+pub mod nats;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -1,10 +1,12 @@
 //! `netoops-collect`: `serve` relay sessions into a storage directory (and, with `--http`, a
-//! web view of it; with `--syslog`, a message per crash notice and dump), `list` and `show` what
-//! it holds, `groups` its crashes by signature.
+//! web view of it; with `--syslog`, a message per crash notice and dump; with `--nats`, every
+//! crash notice and dump published to NATS JetStream before it is acknowledged), `list` and
+//! `show` what it holds, `groups` its crashes by signature.
 
 use clap::{Parser, Subcommand};
 use netoops_collect::catalog;
 use netoops_collect::index::{self, Index, SyncStats};
+use netoops_collect::nats::{self, NatsConfig};
 use netoops_collect::server::{Server, ServerConfig};
 use netoops_collect::syslog::{self, SyslogConfig};
 use netoops_collect::web::WebServer;
@@ -25,6 +27,8 @@ struct Cli {
     command: Command,
 }
 
+// `Serve` is much larger than the rest: parsed once per run, it is not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Accept relay sessions and store what they send.
@@ -62,6 +66,8 @@ enum Command {
         http: Option<SocketAddr>,
         #[command(flatten)]
         syslog: SyslogArgs,
+        #[command(flatten)]
+        nats: NatsArgs,
         /// Relay keys, one `ID KEY` per line (KEY: 64 hex digits); sessions must
         /// authenticate with one. Several lines per id are all accepted (key rotation).
         #[arg(long, value_name = "FILE", conflicts_with = "allow_plaintext")]
@@ -133,6 +139,50 @@ struct SyslogArgs {
     syslog_queue: u32,
 }
 
+/// `serve`'s NATS JetStream output.
+#[derive(clap::Args)]
+struct NatsArgs {
+    /// Also publish each crash notice and dump to NATS JetStream at this server (URL, or
+    /// several comma-separated); relays are acknowledged only once the stream has them.
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// JetStream stream (created when absent, capturing `<prefix>.>`).
+    #[arg(long, default_value = nats::DEFAULT_STREAM, requires = "nats")]
+    nats_stream: String,
+    /// Subject prefix: `<prefix>.notice.<source>`, `<prefix>.dump.<source>`.
+    #[arg(long, default_value = nats::DEFAULT_PREFIX, requires = "nats")]
+    nats_subject_prefix: String,
+    /// Replicas of a stream the collector creates (3 in a JetStream cluster).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5), requires = "nats")]
+    nats_replicas: u32,
+    /// Duplicate window of a stream the collector creates, in seconds: a record published
+    /// again within it (a resend, another collector) is stored once.
+    #[arg(long, default_value_t = nats::DEFAULT_DUPLICATE_WINDOW.as_secs(), value_parser = clap::value_parser!(u64).range(1..), requires = "nats")]
+    nats_duplicate_window: u64,
+    /// Bytes held for the stream while it does not acknowledge (K/M/G); beyond, relay
+    /// sessions wait.
+    #[arg(long, default_value = "64M", value_parser = parse_size_arg, requires = "nats")]
+    nats_hold: usize,
+}
+
+impl NatsArgs {
+    fn config(self) -> Result<Option<NatsConfig>, String> {
+        let Some(url) = self.nats else {
+            return Ok(None);
+        };
+        let c = NatsConfig {
+            stream: self.nats_stream,
+            prefix: self.nats_subject_prefix,
+            replicas: self.nats_replicas as usize,
+            duplicate_window: Duration::from_secs(self.nats_duplicate_window),
+            hold_bytes: self.nats_hold,
+            ..NatsConfig::new(url)
+        };
+        c.validate()?;
+        Ok(Some(c))
+    }
+}
+
 impl SyslogArgs {
     fn config(self) -> Result<Option<SyslogConfig>, String> {
         let Some(target) = self.syslog else {
@@ -164,9 +214,11 @@ fn main() -> ExitCode {
             frame_deadline,
             http,
             syslog,
+            nats,
             keys,
             allow_plaintext,
         } => syslog.config().and_then(|syslog| {
+            let nats = nats.config()?;
             let keys = load_keys(keys, allow_plaintext)?;
             serve(
                 ServerConfig {
@@ -175,6 +227,7 @@ fn main() -> ExitCode {
                     idle_timeout: Duration::from_secs(idle_timeout.max(1)),
                     max_connections: max_connections as usize,
                     syslog,
+                    nats,
                     max_pending: max_handshakes as usize,
                     max_pending_per_ip: max_handshakes_per_ip as usize,
                     max_frame_memory: frame_memory,
@@ -287,9 +340,12 @@ fn serve(config: ServerConfig, http: Option<SocketAddr>) -> Result<(), String> {
     let marker = netoops_core::console::LISTENING;
     print_out(format!("{marker}{addr} storing in {}\n", dir.display()).as_bytes());
     if let Some(http) = http {
-        let web = WebServer::bind(http, &dir)
+        let mut web = WebServer::bind(http, &dir)
             .map_err(|e| format!("cannot serve the web view on {http}: {e}"))?
             .with_counters(server.counters());
+        if let Some(stats) = server.nats_stats() {
+            web = web.with_nats(stats);
+        }
         let addr = web.local_addr().map_err(|e| e.to_string())?;
         print_out(format!("web view on http://{addr}/\n").as_bytes());
         web.spawn();
@@ -303,6 +359,15 @@ fn serve(config: ServerConfig, http: Option<SocketAddr>) -> Result<(), String> {
                 s.app_name,
                 s.hostname,
                 s.queue
+            )
+            .as_bytes(),
+        );
+    }
+    if let Some(n) = &config.nats {
+        print_out(
+            format!(
+                "nats to {} (stream {}, subjects {}.>, hold {} bytes)\n",
+                n.url, n.stream, n.prefix, n.hold_bytes
             )
             .as_bytes(),
         );

@@ -9,8 +9,9 @@
 //! deadline, and never a session slot: they cannot lock real relays out. Sessions time out when
 //! idle.
 
-use crate::commit::{self, Queue, QUEUE_BYTES};
+use crate::commit::{self, Outputs, Queue, QUEUE_BYTES};
 use crate::keys::KeyTable;
+use crate::nats::{Nats, NatsConfig, NatsStats};
 use crate::session::{serve_connection, Counters};
 use crate::store::{Store, Syncer};
 use crate::syslog::{Syslog, SyslogConfig, SyslogStats};
@@ -37,6 +38,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Also send crash notices and stored dumps to syslog ([`crate::syslog`]).
     pub syslog: Option<SyslogConfig>,
+    /// Also publish crash notices and dumps to NATS JetStream, and acknowledge only what the
+    /// stream has ([`crate::nats`]).
+    pub nats: Option<NatsConfig>,
     /// Longest a frame may take to arrive (absolute, see [`crate::session::FRAME_DEADLINE`]).
     pub frame_deadline: Duration,
     /// Bytes of partly received frames all connections may hold together; a connection
@@ -61,6 +65,7 @@ impl ServerConfig {
             idle_timeout: Duration::from_secs(120),
             max_connections: 256,
             syslog: None,
+            nats: None,
             frame_deadline: crate::session::FRAME_DEADLINE,
             max_frame_memory: 256 << 20,
             max_pending: 64,
@@ -78,6 +83,7 @@ pub struct Server {
     queue: Arc<Queue>,
     counters: Arc<Counters>,
     syslog: Option<Arc<Syslog>>,
+    nats: Option<Arc<Nats>>,
     config: ServerConfig,
 }
 
@@ -100,12 +106,21 @@ impl Server {
             Some(c) => Some(Arc::new(Syslog::start(c.clone())?)),
             None => None,
         };
+        let nats = match &config.nats {
+            Some(c) => Some(Arc::new(Nats::start(c.clone())?)),
+            None => None,
+        };
+        let queue = match &nats {
+            Some(n) => Queue::with_confirmed(QUEUE_BYTES, n.confirmed()),
+            None => Queue::new(QUEUE_BYTES),
+        };
         Ok(Server {
             listener,
             store,
-            queue: Queue::new(QUEUE_BYTES),
+            queue,
             counters: Arc::new(Counters::default()),
             syslog,
+            nats,
             config,
         })
     }
@@ -125,6 +140,11 @@ impl Server {
         self.syslog.as_ref().map(|s| s.stats())
     }
 
+    /// The NATS output's counters, when it is on.
+    pub fn nats_stats(&self) -> Option<Arc<NatsStats>> {
+        self.nats.as_ref().map(|n| n.stats())
+    }
+
     /// The store.
     pub fn store(&self) -> Arc<Store> {
         Arc::clone(&self.store)
@@ -136,7 +156,10 @@ impl Server {
             Arc::clone(&self.store),
             Arc::clone(&self.queue),
             Arc::clone(&self.counters),
-            self.syslog.clone(),
+            Outputs {
+                syslog: self.syslog.clone(),
+                nats: self.nats.clone(),
+            },
         )?;
         let gate = Arc::new(Gate::new(&self.config));
         for stream in self.listener.incoming() {

@@ -11,7 +11,9 @@
 //! an ack writer sends `Ack` for the highest seq the committer reported durable (cumulative,
 //! and coalesced: one `Ack` for everything that became durable since the last one).
 //!
-//! Contract: a record is acknowledged only after the batch holding it was synced. Replays (seq
+//! Contract: a record is acknowledged only after the batch holding it was synced (and, with the
+//! NATS output, after the stream acknowledged it; `Welcome` then reports no more than the
+//! stream confirmed, see [`crate::nats`]). Replays (seq
 //! at or below the instance's applied seq) are acknowledged without writing, after the batch
 //! they fall in. When storing fails, the committer says so, the connection is closed and the
 //! error counted; the relay resends from `Welcome.last_seq`. Anything malformed (bad length,
@@ -478,7 +480,7 @@ fn run(
                             Some(id) => (id.clone(), replay_instance(id, *instance)),
                             None => (relay.clone(), *instance),
                         };
-                        let last_seq = store.last_applied(instance);
+                        let last_seq = queue.welcome_seq(instance, store.last_applied(instance));
                         if let Err(e) = lock(out).send(&Reply::Welcome {
                             protocol: PROTOCOL_VERSION,
                             last_seq,

@@ -51,6 +51,8 @@ struct State {
     index: Mutex<Option<(Index, Option<Instant>)>>,
     /// The serving collector's counters, for `/api/collector` (when serving).
     counters: Option<Arc<crate::session::Counters>>,
+    /// The NATS output's counters, under `nats` in `/api/collector`.
+    nats: Option<Arc<crate::nats::NatsStats>>,
 }
 
 /// A response: status, content type, body.
@@ -90,6 +92,7 @@ impl WebServer {
                 dir: dir.to_path_buf(),
                 index: Mutex::new(None),
                 counters: None,
+                nats: None,
             }),
         })
     }
@@ -98,6 +101,15 @@ impl WebServer {
     pub fn with_counters(mut self, counters: Arc<crate::session::Counters>) -> WebServer {
         if let Some(state) = Arc::get_mut(&mut self.state) {
             state.counters = Some(counters);
+        }
+        self
+    }
+
+    /// Also serves the NATS output's counters: under `nats` in `/api/collector`, and as
+    /// `netoops_collect_nats_*` in `/metrics`.
+    pub fn with_nats(mut self, stats: Arc<crate::nats::NatsStats>) -> WebServer {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.nats = Some(stats);
         }
         self
     }
@@ -257,8 +269,14 @@ fn route(state: &State, path: &str) -> io::Result<Response> {
         .filter(|s| !s.is_empty())
         .collect();
     if let (["api", "collector"], Some(c)) = (segs.as_slice(), &state.counters) {
-        let v: Value = serde_json::from_str(&c.to_json()).unwrap_or(Value::Null);
+        let mut v: Value = serde_json::from_str(&c.to_json()).unwrap_or(Value::Null);
+        if let (Some(n), Value::Object(m)) = (&state.nats, &mut v) {
+            m.insert("nats".into(), n.to_json());
+        }
         return Ok(Response::json(200, &v));
+    }
+    if let (["metrics"], Some(c)) = (segs.as_slice(), &state.counters) {
+        return Ok(metrics(c, state.nats.as_deref()));
     }
     let mut guard = state.index.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_none() {
@@ -296,6 +314,34 @@ fn route(state: &State, path: &str) -> io::Result<Response> {
             }
         }
         _ => Ok(not_found(404, "Not found")),
+    }
+}
+
+/// `/metrics`: the collector's counters (and the NATS output's) in the Prometheus text format.
+fn metrics(c: &crate::session::Counters, nats: Option<&crate::nats::NatsStats>) -> Response {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut one = |name: &str, help: &str, gauge: bool, v: u64| {
+        let (kind, suffix) = if gauge {
+            ("gauge", "")
+        } else {
+            ("counter", "_total")
+        };
+        let _ = writeln!(out, "# HELP netoops_collect_{name}{suffix} {help}");
+        let _ = writeln!(out, "# TYPE netoops_collect_{name}{suffix} {kind}");
+        let _ = writeln!(out, "netoops_collect_{name}{suffix} {v}");
+    };
+    for (k, v) in c.snapshot() {
+        let help = format!("Collector counter {k} (see /api/collector).");
+        one(k, &help, false, v);
+    }
+    for (k, help, v, gauge) in nats.map(|n| n.snapshot()).unwrap_or_default() {
+        one(&format!("nats_{k}"), help, gauge, v);
+    }
+    Response {
+        status: 200,
+        content_type: "text/plain; version=0.0.4; charset=utf-8",
+        body: out.into_bytes(),
     }
 }
 
