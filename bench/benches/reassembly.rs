@@ -27,8 +27,10 @@
 //! runs rounds of two netoops and then two netconsole iterations, each timed with the thread's
 //! CPU clock (`CLOCK_THREAD_CPUTIME_ID`), so time spent descheduled on a busy machine is left
 //! out and both sides see the same machine within seconds. It prints the medians of the
-//! per-datagram CPU times and of the per-round ratios, warm (each side's second run) and cold
-//! (netconsole's first run, right after netoops' storm; the ratio is to warm netoops).
+//! per-datagram CPU times and of the per-round ratios, warm (each side's second run), cold
+//! (each side's first run, right after the other side's: netconsole after netoops' storm,
+//! netoops after netconsole's chatter) and netconsole cold against netoops warm (the harshest
+//! pairing).
 //!
 //! Instruction counts (repeatable where timings are not): with `NETOOPS_BENCH_ONCE=<n>` set
 //! the harness skips criterion and runs each workload `n` more times, warm, through the
@@ -273,7 +275,8 @@ fn median(v: &mut [f64]) -> f64 {
 /// Rounds of two netoops storms and then two netconsole iterations, each timed by the
 /// thread's CPU clock; prints the medians per datagram and of the per-round ratios, warm (the
 /// second run of each side, as criterion's back-to-back iterations and a relay's steady state)
-/// and cold (the first: netconsole right after netoops' 128 MiB of dumps swept the caches).
+/// and cold (the first: netconsole right after netoops' 128 MiB of dumps swept the caches,
+/// netoops right after netconsole's chatter).
 fn cpu_rounds(
     rounds: usize,
     storm: &Storm,
@@ -283,7 +286,7 @@ fn cpu_rounds(
 ) {
     let packets = (storm.packets_per_round() * ROUNDS) as f64;
     let datagrams = chatter.spans.len() as f64;
-    let mut v: [Vec<f64>; 6] = Default::default();
+    let mut v: [Vec<f64>; 7] = Default::default();
     let mut now = Instant::from_millis(1) + netoops_core::time::Duration::from_secs(1 << 20);
     let mut timed = |f: &mut dyn FnMut(Instant) -> usize| {
         now += netoops_core::time::Duration::from_secs(60);
@@ -302,6 +305,7 @@ fn cpu_rounds(
             nc_warm / no_warm,
             no_cold,
             nc_cold,
+            nc_cold / no_cold,
             nc_cold / no_warm,
         ]
         .into_iter()
@@ -310,10 +314,11 @@ fn cpu_rounds(
             v[i].push(x);
         }
     }
-    let [a, b, c, d, e, f] = v.each_mut().map(|x| median(x));
+    let [a, b, c, d, e, f, g] = v.each_mut().map(|x| median(x));
     println!("\nCPU time per datagram (thread CPU clock), medians of {rounds} interleaved rounds:");
     println!("  warm: netoops {a:>6.1} ns  netconsole {b:>6.1} ns  netconsole / netoops {c:.2}x");
     println!("  cold: netoops {d:>6.1} ns  netconsole {e:>6.1} ns  netconsole / netoops {f:.2}x");
+    println!("  netconsole cold / netoops warm {g:.2}x");
 }
 
 fn main() {
