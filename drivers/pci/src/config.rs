@@ -251,6 +251,7 @@ trait Width: Copy {
     unsafe fn write_port(port: u16, value: Self);
 }
 
+/// [`Width`] for one unsigned integer type; `$reg` is the `in`/`out` register of its size.
 macro_rules! width {
     ($ty:ty, $reg:tt) => {
         impl Width for $ty {
