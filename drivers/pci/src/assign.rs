@@ -324,6 +324,15 @@ mod tests {
         Function::new(0x1af4, 0x1000, 0x02, 0x00)
     }
 
+    /// A NIC with these `(slot, value, size)` 32-bit BARs.
+    fn nic_with(bars: &[(usize, u32, u32)]) -> Function {
+        let mut f = nic();
+        for &(i, value, size) in bars {
+            f.set_bar(i, value, size);
+        }
+        f
+    }
+
     /// A 64-bit BAR in slots `i`, `i + 1`, unassigned.
     fn set_bar64(f: &mut Function, i: usize, size: u32) {
         f.set_bar(i, 0x4, size);
@@ -355,6 +364,24 @@ mod tests {
         }
     }
 
+    /// Checks that BAR `bar` of `device` decodes `len` bytes at `start`.
+    #[track_caller]
+    fn assert_placed(device: &PciDevice, bar: usize, start: u64, len: u64) {
+        assert_eq!(
+            device.bars[bar].memory_range(),
+            Some((start, len)),
+            "bar {bar}"
+        );
+    }
+
+    /// Windows below and above 4 GiB, nothing reserved.
+    fn split_windows(below_4g: Range<u64>, above_4g: Range<u64>) -> BarWindows<'static> {
+        BarWindows {
+            above_4g: Some(above_4g),
+            ..window(below_4g)
+        }
+    }
+
     #[test]
     fn assigns_largest_first_each_aligned_to_its_size() {
         let cfg = MemConfig::default();
@@ -365,9 +392,7 @@ mod tests {
         f.set_bar(1, 0, 0x100); // smaller than a page: page-aligned
         f.set_bar(2, 0, 0x10_0000);
         cfg.add(a, f);
-        let mut g = nic();
-        g.set_bar(0, 0, 0x4000);
-        cfg.add(b, g);
+        cfg.add(b, nic_with(&[(0, 0, 0x4000)]));
 
         let (cfg, devices, reports) = run(cfg, &window(0xc000_0000..0xc010_5000));
         let expect = [
@@ -427,11 +452,7 @@ mod tests {
             cfg.add(a, f);
             cfg
         };
-        let windows = BarWindows {
-            below_4g: 0xc000_0000..0xfec0_0000,
-            above_4g: Some(0x10_0000_0000..0x20_0000_0000),
-            reserved: &[],
-        };
+        let windows = split_windows(0xc000_0000..0xfec0_0000, 0x10_0000_0000..0x20_0000_0000);
         let (cfg, devices, reports) = run(device(), &windows);
         assert_eq!(
             cfg.read_u32(a, 0x20),
@@ -439,14 +460,8 @@ mod tests {
             "low half keeps the 64-bit type bits"
         );
         assert_eq!(cfg.read_u32(a, 0x24), 0x10);
-        assert_eq!(
-            devices[0].bars[4].memory_range(),
-            Some((0x10_0000_0000, 0x4000))
-        );
-        assert_eq!(
-            devices[0].bars[1].memory_range(),
-            Some((0xc000_0000, 0x1000))
-        );
+        assert_placed(&devices[0], 4, 0x10_0000_0000, 0x4000);
+        assert_placed(&devices[0], 1, 0xc000_0000, 0x1000);
         assert!(matches!(
             reports[0],
             BarReport::Assigned {
@@ -458,24 +473,14 @@ mod tests {
 
         // No window above 4 GiB: the 64-bit BAR goes below, high half 0.
         let (cfg, devices, _) = run(device(), &window(0xc000_0000..0xfec0_0000));
-        assert_eq!(
-            devices[0].bars[4].memory_range(),
-            Some((0xc000_0000, 0x4000))
-        );
+        assert_placed(&devices[0], 4, 0xc000_0000, 0x4000);
         assert_eq!(cfg.read_u32(a, 0x20), 0xc000_0004);
         assert_eq!(cfg.read_u32(a, 0x24), 0);
 
         // A full window above 4 GiB also falls back; a 32-bit BAR never goes above.
-        let windows = BarWindows {
-            below_4g: 0xc000_0000..0xc000_4000,
-            above_4g: Some(0x10_0000_0000..0x10_0000_1000),
-            reserved: &[],
-        };
+        let windows = split_windows(0xc000_0000..0xc000_4000, 0x10_0000_0000..0x10_0000_1000);
         let (_, devices, reports) = run(device(), &windows);
-        assert_eq!(
-            devices[0].bars[4].memory_range(),
-            Some((0xc000_0000, 0x4000))
-        );
+        assert_placed(&devices[0], 4, 0xc000_0000, 0x4000);
         assert!(devices[0].bars[1].is_unassigned_memory());
         assert!(matches!(
             reports[1],
@@ -491,19 +496,13 @@ mod tests {
     fn firmware_assigned_bars_and_reserved_ranges_are_skipped_around() {
         let cfg = MemConfig::default();
         let fw = PciAddress::new(0, 1, 0);
-        let mut f = nic();
-        f.set_bar(0, 0xc000_0000, 0x1_0000);
-        cfg.add(fw, f);
+        cfg.add(fw, nic_with(&[(0, 0xc000_0000, 0x1_0000)]));
         let new = PciAddress::new(0, 2, 0);
-        let mut g = nic();
-        g.set_bar(0, 0, 0x1_0000);
-        g.set_bar(1, 0, 0x1000);
-        cfg.add(new, g);
+        cfg.add(new, nic_with(&[(0, 0, 0x1_0000), (1, 0, 0x1000)]));
         let reserved = [0xc001_0000..0xc001_8000, 0xc002_0000..0xc002_1000];
         let windows = BarWindows {
-            below_4g: 0xc000_0000..0xfec0_0000,
-            above_4g: None,
             reserved: &reserved,
+            ..window(0xc000_0000..0xfec0_0000)
         };
         let (cfg, devices, reports) = run(cfg, &windows);
         assert_eq!(reports.len(), 2);
@@ -514,15 +513,9 @@ mod tests {
         );
         // 64 KiB: past the firmware BAR, past the reserved range at 0xc001_0000, and
         // aligned past the one at 0xc002_0000.
-        assert_eq!(
-            devices[1].bars[0].memory_range(),
-            Some((0xc003_0000, 0x1_0000))
-        );
+        assert_placed(&devices[1], 0, 0xc003_0000, 0x1_0000);
         // 4 KiB fits in the gap after the first reserved range.
-        assert_eq!(
-            devices[1].bars[1].memory_range(),
-            Some((0xc001_8000, 0x1000))
-        );
+        assert_placed(&devices[1], 1, 0xc001_8000, 0x1000);
         assert_eq!(cfg.read_u32(new, regs::BAR0), 0xc003_0000);
     }
 
@@ -531,15 +524,10 @@ mod tests {
         let cfg = MemConfig::default();
         let (a, b) = (PciAddress::new(0, 1, 0), PciAddress::new(0, 2, 0));
         for f in [a, b] {
-            let mut g = nic();
-            g.set_bar(0, 0, 0x2000);
-            cfg.add(f, g);
+            cfg.add(f, nic_with(&[(0, 0, 0x2000)]));
         }
         let (cfg, devices, reports) = run(cfg, &window(0xc000_0000..0xc000_2000));
-        assert_eq!(
-            devices[0].bars[0].memory_range(),
-            Some((0xc000_0000, 0x2000))
-        );
+        assert_placed(&devices[0], 0, 0xc000_0000, 0x2000);
         assert!(devices[1].bars[0].is_unassigned_memory());
         assert_eq!(cfg.read_u32(b, regs::BAR0), 0);
         assert_eq!(
@@ -560,11 +548,7 @@ mod tests {
             let mut g = nic();
             set_bar64(&mut g, 0, 0x2000);
             cfg.add(a, g);
-            let windows = BarWindows {
-                below_4g: 0..0,
-                above_4g: Some(w),
-                reserved: &[],
-            };
+            let windows = split_windows(0..0, w);
             let (_, _, reports) = run(cfg, &windows);
             assert!(matches!(
                 reports[..],
@@ -585,9 +569,7 @@ mod tests {
         bridge.space[0x1a] = 1;
         cfg.add(PciAddress::new(0, 3, 0), bridge);
         let behind = PciAddress::new(1, 0, 0);
-        let mut f = nic();
-        f.set_bar(1, 0, 0x1000);
-        cfg.add(behind, f);
+        cfg.add(behind, nic_with(&[(1, 0, 0x1000)]));
         let (cfg, devices, reports) = run(cfg, &window(0xc000_0000..0xfec0_0000));
         assert!(matches!(
             reports[..],
@@ -601,9 +583,7 @@ mod tests {
     fn a_bar_that_does_not_take_the_address_is_reset_and_reported() {
         let cfg = MemConfig::default();
         let a = PciAddress::new(0, 1, 0);
-        let mut f = nic();
-        f.set_bar(1, 0, 0x1000);
-        cfg.add(a, f);
+        cfg.add(a, nic_with(&[(1, 0, 0x1000)]));
         let cfg = cfg.leak();
         let mut devices = Vec::new();
         enumerate(cfg, |d| devices.push(d));
@@ -634,9 +614,7 @@ mod tests {
     fn nothing_to_do_when_the_firmware_assigned_everything() {
         let cfg = MemConfig::default();
         let a = PciAddress::new(0, 1, 0);
-        let mut f = nic();
-        f.set_bar(1, 0xfebf_1000, 0x1000);
-        cfg.add(a, f);
+        cfg.add(a, nic_with(&[(1, 0xfebf_1000, 0x1000)]));
         let (cfg, _, reports) = run(cfg, &window(0xc000_0000..0xfec0_0000));
         assert!(reports.is_empty());
         assert_eq!(

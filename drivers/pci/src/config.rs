@@ -49,6 +49,34 @@ pub trait ConfigAccess: Send + Sync {
     }
 }
 
+/// [`ConfigAccess`] for a mechanism through its generic `read` and `write`, which serve every
+/// width alike; `$extra` holds the trait's other methods the mechanism overrides.
+macro_rules! config_access_by_width {
+    ($mechanism:ty { $($extra:tt)* }) => {
+        impl ConfigAccess for $mechanism {
+            fn read_u32(&self, addr: PciAddress, offset: u16) -> u32 {
+                self.read(addr, offset)
+            }
+            fn write_u32(&self, addr: PciAddress, offset: u16, value: u32) {
+                self.write(addr, offset, value)
+            }
+            fn read_u16(&self, addr: PciAddress, offset: u16) -> u16 {
+                self.read(addr, offset)
+            }
+            fn read_u8(&self, addr: PciAddress, offset: u16) -> u8 {
+                self.read(addr, offset)
+            }
+            fn write_u16(&self, addr: PciAddress, offset: u16, value: u16) {
+                self.write(addr, offset, value)
+            }
+            fn write_u8(&self, addr: PciAddress, offset: u16, value: u8) {
+                self.write(addr, offset, value)
+            }
+            $($extra)*
+        }
+    };
+}
+
 /// Configuration mechanism #1: the 0xCF8/0xCFC port pair (first 256 bytes only).
 ///
 /// The two port accesses are not atomic as a pair; the kernel is single-threaded and runs
@@ -79,10 +107,10 @@ impl LegacyPorts {
             // SAFETY: `new` made the caller promise exclusive use of the ports; reading and
             // restoring CONFIG_ADDRESS has no other effect.
             unsafe {
-                let old = inl(CONFIG_ADDRESS);
-                outl(CONFIG_ADDRESS, 0x8000_0000);
-                let back = inl(CONFIG_ADDRESS);
-                outl(CONFIG_ADDRESS, old);
+                let old = u32::read_port(CONFIG_ADDRESS);
+                u32::write_port(CONFIG_ADDRESS, 0x8000_0000);
+                let back = u32::read_port(CONFIG_ADDRESS);
+                u32::write_port(CONFIG_ADDRESS, old);
                 back == 0x8000_0000
             }
         }
@@ -100,69 +128,37 @@ impl LegacyPorts {
 }
 
 #[cfg(target_arch = "x86_64")]
-impl ConfigAccess for LegacyPorts {
-    fn read_u32(&self, addr: PciAddress, offset: u16) -> u32 {
+impl LegacyPorts {
+    /// Reads the `T` at `offset` (aligned down to `T`): selects the dword, then reads its part
+    /// of the data window 0xCFC..0xD00, which takes dword, word and byte accesses.
+    fn read<T: Width>(&self, addr: PciAddress, offset: u16) -> T {
         if offset >= 0x100 {
-            return u32::MAX;
+            return T::ONES;
         }
         // SAFETY: exclusive port use promised to `LegacyPorts::new`; the address selects a
         // configuration dword, which reads without side effects on conforming devices.
         unsafe {
-            outl(CONFIG_ADDRESS, Self::address(addr, offset));
-            inl(CONFIG_DATA)
+            u32::write_port(CONFIG_ADDRESS, Self::address(addr, offset));
+            T::read_port(CONFIG_DATA + (offset & 3 & !T::ALIGN_MASK))
         }
     }
-    fn write_u32(&self, addr: PciAddress, offset: u16, value: u32) {
+
+    /// Writes the `T` at `offset` (aligned down to `T`); a narrow write leaves the rest of
+    /// the dword untouched.
+    fn write<T: Width>(&self, addr: PciAddress, offset: u16, value: T) {
         if offset >= 0x100 {
             return;
         }
-        // SAFETY: as in `read_u32`; the caller chose the register and value.
+        // SAFETY: as in `read`; the caller chose the register and value.
         unsafe {
-            outl(CONFIG_ADDRESS, Self::address(addr, offset));
-            outl(CONFIG_DATA, value);
-        }
-    }
-    fn read_u16(&self, addr: PciAddress, offset: u16) -> u16 {
-        if offset >= 0x100 {
-            return u16::MAX;
-        }
-        // SAFETY: as in `read_u32`; the data window 0xCFC..0xD00 accepts word accesses.
-        unsafe {
-            outl(CONFIG_ADDRESS, Self::address(addr, offset));
-            inw(CONFIG_DATA + (offset & 2))
-        }
-    }
-    fn read_u8(&self, addr: PciAddress, offset: u16) -> u8 {
-        if offset >= 0x100 {
-            return u8::MAX;
-        }
-        // SAFETY: as in `read_u32`; the data window accepts byte accesses.
-        unsafe {
-            outl(CONFIG_ADDRESS, Self::address(addr, offset));
-            inb(CONFIG_DATA + (offset & 3))
-        }
-    }
-    fn write_u16(&self, addr: PciAddress, offset: u16, value: u16) {
-        if offset >= 0x100 {
-            return;
-        }
-        // SAFETY: as in `write_u32`; a word write leaves the neighbouring word untouched.
-        unsafe {
-            outl(CONFIG_ADDRESS, Self::address(addr, offset));
-            outw(CONFIG_DATA + (offset & 2), value);
-        }
-    }
-    fn write_u8(&self, addr: PciAddress, offset: u16, value: u8) {
-        if offset >= 0x100 {
-            return;
-        }
-        // SAFETY: as in `write_u32`.
-        unsafe {
-            outl(CONFIG_ADDRESS, Self::address(addr, offset));
-            outb(CONFIG_DATA + (offset & 3), value);
+            u32::write_port(CONFIG_ADDRESS, Self::address(addr, offset));
+            T::write_port(CONFIG_DATA + (offset & 3 & !T::ALIGN_MASK), value);
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+config_access_by_width!(LegacyPorts {});
 
 /// PCI Express enhanced configuration access through a memory window (ACPI MCFG).
 #[derive(Clone, Copy, Debug)]
@@ -207,99 +203,93 @@ impl Ecam {
     }
 }
 
-impl ConfigAccess for Ecam {
-    fn read_u32(&self, addr: PciAddress, offset: u16) -> u32 {
-        match self.register(addr, offset & !3) {
-            // SAFETY: `register` returns an aligned address inside the mapped window.
-            Some(p) => unsafe { core::ptr::read_volatile(p.cast::<u32>()) },
-            None => u32::MAX,
+impl Ecam {
+    /// Reads the `T` at `offset` (aligned down to `T`), all ones outside the window.
+    fn read<T: Width>(&self, addr: PciAddress, offset: u16) -> T {
+        match self.register(addr, offset & !T::ALIGN_MASK) {
+            // SAFETY: `register` returns an address inside the mapped window, aligned for `T`
+            // because the window is and the offset is.
+            Some(p) => unsafe { core::ptr::read_volatile(p.cast::<T>()) },
+            None => T::ONES,
         }
     }
-    fn write_u32(&self, addr: PciAddress, offset: u16, value: u32) {
-        if let Some(p) = self.register(addr, offset & !3) {
-            // SAFETY: aligned address inside the mapped window.
-            unsafe { core::ptr::write_volatile(p.cast::<u32>(), value) }
+
+    /// Writes the `T` at `offset` (aligned down to `T`); nothing outside the window.
+    fn write<T: Width>(&self, addr: PciAddress, offset: u16, value: T) {
+        if let Some(p) = self.register(addr, offset & !T::ALIGN_MASK) {
+            // SAFETY: as in `read`.
+            unsafe { core::ptr::write_volatile(p.cast::<T>(), value) }
         }
-    }
-    fn read_u16(&self, addr: PciAddress, offset: u16) -> u16 {
-        match self.register(addr, offset & !1) {
-            // SAFETY: aligned address inside the mapped window.
-            Some(p) => unsafe { core::ptr::read_volatile(p.cast::<u16>()) },
-            None => u16::MAX,
-        }
-    }
-    fn read_u8(&self, addr: PciAddress, offset: u16) -> u8 {
-        match self.register(addr, offset) {
-            // SAFETY: address inside the mapped window.
-            Some(p) => unsafe { core::ptr::read_volatile(p) },
-            None => u8::MAX,
-        }
-    }
-    fn write_u16(&self, addr: PciAddress, offset: u16, value: u16) {
-        if let Some(p) = self.register(addr, offset & !1) {
-            // SAFETY: aligned address inside the mapped window.
-            unsafe { core::ptr::write_volatile(p.cast::<u16>(), value) }
-        }
-    }
-    fn write_u8(&self, addr: PciAddress, offset: u16, value: u8) {
-        if let Some(p) = self.register(addr, offset) {
-            // SAFETY: address inside the mapped window.
-            unsafe { core::ptr::write_volatile(p, value) }
-        }
-    }
-    fn max_bus(&self) -> u8 {
-        self.end_bus
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-unsafe fn outl(port: u16, value: u32) {
-    // SAFETY: the caller owns the port (see `LegacyPorts::new`).
-    unsafe {
-        core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
+config_access_by_width!(Ecam {
+    fn max_bus(&self) -> u8 {
+        self.end_bus
     }
+});
+
+/// A configuration register width (dword, word, byte): what both mechanisms need to access
+/// one generically. The three differ only in their size and, for the x86 `in`/`out`
+/// instructions, in the register that carries the value.
+trait Width: Copy {
+    /// All ones: what a missing function or a register outside the space reads as.
+    const ONES: Self;
+    /// Low offset bits that the width's alignment clears.
+    const ALIGN_MASK: u16;
+    /// Reads the port.
+    ///
+    /// # Safety
+    /// The caller owns the port (see [`LegacyPorts::new`]); the read may have side effects.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn read_port(port: u16) -> Self;
+    /// Writes the port.
+    ///
+    /// # Safety
+    /// As for [`Width::read_port`].
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn write_port(port: u16, value: Self);
 }
-#[cfg(target_arch = "x86_64")]
-unsafe fn outw(port: u16, value: u16) {
-    // SAFETY: the caller owns the port.
-    unsafe {
-        core::arch::asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
-    }
+
+/// [`Width`] for one unsigned integer type; `$reg` is the `in`/`out` register of its size.
+macro_rules! width {
+    ($ty:ty, $reg:tt) => {
+        impl Width for $ty {
+            const ONES: Self = <$ty>::MAX;
+            const ALIGN_MASK: u16 = core::mem::size_of::<$ty>() as u16 - 1;
+            #[cfg(target_arch = "x86_64")]
+            unsafe fn read_port(port: u16) -> Self {
+                let value: $ty;
+                // SAFETY: the caller owns the port; `in` touches no memory.
+                unsafe {
+                    core::arch::asm!(
+                        concat!("in ", $reg, ", dx"),
+                        out($reg) value,
+                        in("dx") port,
+                        options(nomem, nostack, preserves_flags)
+                    )
+                }
+                value
+            }
+            #[cfg(target_arch = "x86_64")]
+            unsafe fn write_port(port: u16, value: Self) {
+                // SAFETY: the caller owns the port; `out` touches no memory.
+                unsafe {
+                    core::arch::asm!(
+                        concat!("out dx, ", $reg),
+                        in("dx") port,
+                        in($reg) value,
+                        options(nomem, nostack, preserves_flags)
+                    )
+                }
+            }
+        }
+    };
 }
-#[cfg(target_arch = "x86_64")]
-unsafe fn outb(port: u16, value: u8) {
-    // SAFETY: the caller owns the port.
-    unsafe {
-        core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
-    }
-}
-#[cfg(target_arch = "x86_64")]
-unsafe fn inl(port: u16) -> u32 {
-    let v: u32;
-    // SAFETY: the caller owns the port.
-    unsafe {
-        core::arch::asm!("in eax, dx", out("eax") v, in("dx") port, options(nomem, nostack, preserves_flags))
-    }
-    v
-}
-#[cfg(target_arch = "x86_64")]
-unsafe fn inw(port: u16) -> u16 {
-    let v: u16;
-    // SAFETY: the caller owns the port.
-    unsafe {
-        core::arch::asm!("in ax, dx", out("ax") v, in("dx") port, options(nomem, nostack, preserves_flags))
-    }
-    v
-}
-#[cfg(target_arch = "x86_64")]
-unsafe fn inb(port: u16) -> u8 {
-    let v: u8;
-    // SAFETY: the caller owns the port.
-    unsafe {
-        core::arch::asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags))
-    }
-    v
-}
+
+width!(u32, "eax");
+width!(u16, "ax");
+width!(u8, "al");
 
 #[cfg(test)]
 mod tests {

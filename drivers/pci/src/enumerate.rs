@@ -151,71 +151,77 @@ impl PciDevice {
     }
 }
 
+/// Buses still to scan, as an explicit work stack instead of recursion (bridges nest at most
+/// 255 deep, but the kernel stack is small), and the ones already queued, so a bus that two
+/// bridges claim is scanned once.
+struct PendingBuses {
+    stack: [u8; 256],
+    top: usize,
+    visited: [u64; 4],
+    max_bus: u8,
+}
+
+impl PendingBuses {
+    fn new(max_bus: u8) -> Self {
+        Self {
+            stack: [0; 256],
+            top: 0,
+            visited: [0; 4],
+            max_bus,
+        }
+    }
+
+    /// Queues `bus` unless it is past the access's last bus or was queued before.
+    fn push(&mut self, bus: u8) {
+        let (word, bit) = (usize::from(bus / 64), bus % 64);
+        if bus <= self.max_bus
+            && self.visited[word] & (1 << bit) == 0
+            && self.top < self.stack.len()
+        {
+            self.visited[word] |= 1 << bit;
+            self.stack[self.top] = bus;
+            self.top += 1;
+        }
+    }
+
+    fn pop(&mut self) -> Option<u8> {
+        self.top = self.top.checked_sub(1)?;
+        Some(self.stack[self.top])
+    }
+}
+
 /// Walks every bus reachable from bus 0 and calls `found` once per function, in bus order
 /// of discovery. Returns the number of functions found.
 pub fn enumerate(access: &'static dyn ConfigAccess, mut found: impl FnMut(PciDevice)) -> usize {
-    let mut visited = [0u64; 4];
     let mut count = 0;
-    // Explicit work stack instead of recursion: bridges nest at most 255 deep, but the
-    // kernel stack is small.
-    let mut pending = [0u8; 256];
-    let mut top = 0;
-    let push = |bus: u8, pending: &mut [u8; 256], top: &mut usize, visited: &mut [u64; 4]| {
-        let (word, bit) = (usize::from(bus / 64), bus % 64);
-        if bus <= access.max_bus() && visited[word] & (1 << bit) == 0 && *top < pending.len() {
-            visited[word] |= 1 << bit;
-            pending[*top] = bus;
-            *top += 1;
-        }
-    };
-    push(0, &mut pending, &mut top, &mut visited);
+    let mut pending = PendingBuses::new(access.max_bus());
+    pending.push(0);
     // A multi-function host bridge at 00:00 exposes one root bus per function.
     if access.read_u8(PciAddress::new(0, 0, 0), regs::HEADER_TYPE) & 0x80 != 0 {
         for func in 1..8 {
             let a = PciAddress::new(0, 0, func);
             if access.read_u16(a, regs::VENDOR_ID) != 0xffff {
-                push(func, &mut pending, &mut top, &mut visited);
+                pending.push(func);
             }
         }
     }
-    while top > 0 {
-        top -= 1;
-        let bus = pending[top];
+    while let Some(bus) = pending.pop() {
         for dev in 0..32 {
-            let functions = match PciDevice::probe(access, PciAddress::new(bus, dev, 0)) {
-                None => continue,
-                Some(first) => {
-                    let multi = first.config_read_u8(regs::HEADER_TYPE) & 0x80 != 0;
-                    if first.header_type == 1 {
-                        push(
-                            first.config_read_u8(regs::SECONDARY_BUS),
-                            &mut pending,
-                            &mut top,
-                            &mut visited,
-                        );
-                    }
-                    found(first);
-                    count += 1;
-                    if multi {
-                        8
-                    } else {
-                        1
-                    }
-                }
-            };
-            for func in 1..functions {
+            // Function 0 says whether functions 1..8 exist; without it the slot is empty.
+            let mut functions = 1;
+            let mut func = 0;
+            while func < functions {
                 if let Some(d) = PciDevice::probe(access, PciAddress::new(bus, dev, func)) {
+                    if func == 0 && d.config_read_u8(regs::HEADER_TYPE) & 0x80 != 0 {
+                        functions = 8;
+                    }
                     if d.header_type == 1 {
-                        push(
-                            d.config_read_u8(regs::SECONDARY_BUS),
-                            &mut pending,
-                            &mut top,
-                            &mut visited,
-                        );
+                        pending.push(d.config_read_u8(regs::SECONDARY_BUS));
                     }
                     found(d);
                     count += 1;
                 }
+                func += 1;
             }
         }
     }

@@ -743,6 +743,14 @@ mod tests {
             }
         }
 
+        /// A modern device whose receive and transmit queues hold at most `max` entries.
+        fn with_queue_max(max: [u16; 2]) -> Self {
+            Self {
+                max,
+                ..Self::modern()
+            }
+        }
+
         fn ring(&self, q: usize) -> RingModel {
             let (size, addrs) = self.queues[q].unwrap();
             RingModel::new(addrs, size)
@@ -872,9 +880,7 @@ mod tests {
         assert_eq!(queue_size(384, 1024), Some(256));
         assert_eq!(queue_size(1000, 512), Some(512));
         assert_eq!(queue_size(0, 512), None);
-        let mut t = ModelTransport::modern();
-        t.max = [1024, 300];
-        let net = up(t, 32);
+        let net = up(ModelTransport::with_queue_max([1024, 300]), 32);
         let caps = net.capabilities();
         assert_eq!((caps.rx_ring_len, caps.tx_ring_len), (1024, 256));
     }
@@ -900,9 +906,7 @@ mod tests {
 
     #[test]
     fn slots_are_reposted_in_batches_with_one_notification_each() {
-        let mut t = ModelTransport::modern();
-        t.max = [64, 64];
-        let mut net = up(t, 16);
+        let mut net = up(ModelTransport::with_queue_max([64, 64]), 16);
         let mut rx = net.transport().ring(0);
         for i in 0..64 {
             deliver(&mut rx, &frame(100, i as u8), 1);
@@ -973,9 +977,7 @@ mod tests {
 
     #[test]
     fn a_full_transmit_ring_refuses_and_counts_then_recovers() {
-        let mut t = ModelTransport::modern();
-        t.max = [8, 4];
-        let mut net = up(t, 32);
+        let mut net = up(ModelTransport::with_queue_max([8, 4]), 32);
         let mut txr = net.transport().ring(1);
         // An unconsumed token gives its slot back.
         drop(net.transmit().unwrap());
@@ -1015,9 +1017,7 @@ mod tests {
 
     #[test]
     fn bad_device_input_is_counted_not_trusted() {
-        let mut t = ModelTransport::modern();
-        t.max = [16, 16];
-        let mut net = up(t, 4);
+        let mut net = up(ModelTransport::with_queue_max([16, 16]), 4);
         let mut rx = net.transport().ring(0);
 
         // A runt, then a frame split over three buffers, then a good frame.
@@ -1056,8 +1056,7 @@ mod tests {
         let err = VirtioNet::new(t, &HostPlatform, Config::default()).unwrap_err();
         assert_eq!(err, Error::NoVersion1);
 
-        let mut t = ModelTransport::modern();
-        t.max = [0, 256];
+        let t = ModelTransport::with_queue_max([0, 256]);
         let err = VirtioNet::new(t, &HostPlatform, Config::default()).unwrap_err();
         assert_eq!(err, Error::Transport(TransportError::QueueUnavailable(0)));
     }

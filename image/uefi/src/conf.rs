@@ -260,13 +260,19 @@ mod tests {
                         upstream=10.0.0.1:2005,10.0.0.9:2005 # two collectors\n\
                         name=rack-7\n";
 
+    /// Checks that `text` becomes the command line `cmdline` and passes [`check`]; what
+    /// `check` found.
+    fn accepted(text: &[u8], cmdline: &str) -> Checked {
+        assert_eq!(to_cmdline(text).unwrap(), cmdline);
+        check(text).unwrap()
+    }
+
     #[test]
     fn comments_and_newlines_become_one_command_line() {
-        assert_eq!(
-            to_cmdline(GOOD.as_bytes()).unwrap(),
-            "ip=10.0.0.2/24 gw=10.0.0.1 upstream=10.0.0.1:2005,10.0.0.9:2005 name=rack-7"
+        let checked = accepted(
+            GOOD.as_bytes(),
+            "ip=10.0.0.2/24 gw=10.0.0.1 upstream=10.0.0.1:2005,10.0.0.9:2005 name=rack-7",
         );
-        let checked = check(GOOD.as_bytes()).unwrap();
         assert_eq!(checked.config.upstreams.len(), 2);
         assert_eq!(checked.selftest, None);
         assert_eq!(
@@ -278,11 +284,7 @@ mod tests {
     #[test]
     fn windows_line_ends_and_byte_order_mark_are_accepted() {
         let text = b"\xef\xbb\xbfip=10.0.0.2/24\r\nupstream=10.0.0.1:2005\r\n";
-        assert_eq!(
-            to_cmdline(text).unwrap(),
-            "ip=10.0.0.2/24 upstream=10.0.0.1:2005"
-        );
-        check(text).unwrap();
+        accepted(text, "ip=10.0.0.2/24 upstream=10.0.0.1:2005");
     }
 
     #[test]
@@ -353,11 +355,10 @@ mod tests {
     #[test]
     fn platform_keys_pass_and_a_selftest_needs_no_relay_settings() {
         let text = b"selftest=exit heap=64M virtio_mmio.device=512@0xfeb00e00:12\n";
-        assert_eq!(
-            to_cmdline(text).unwrap(),
-            "selftest=exit heap=64M virtio_mmio.device=512@0xfeb00e00:12"
+        let checked = accepted(
+            text,
+            "selftest=exit heap=64M virtio_mmio.device=512@0xfeb00e00:12",
         );
-        let checked = check(text).unwrap();
         assert_eq!(checked.selftest.as_deref(), Some("exit"));
         assert_eq!(summary(&checked), "self-test exit");
         // Relay keys are still checked during a self-test.

@@ -8,6 +8,7 @@ use super::{FeatureWindow, Transport, TransportError};
 use crate::queue::QueueSetup;
 use netoops_driver_platform::MmioRegion;
 
+// Registers of both versions.
 const MAGIC: usize = 0x000;
 const VERSION: usize = 0x004;
 const DEVICE_ID: usize = 0x008;
@@ -15,20 +16,24 @@ const DEVICE_FEATURES: usize = 0x010;
 const DEVICE_FEATURES_SEL: usize = 0x014;
 const DRIVER_FEATURES: usize = 0x020;
 const DRIVER_FEATURES_SEL: usize = 0x024;
-const GUEST_PAGE_SIZE: usize = 0x028; // v1 only
 const QUEUE_SEL: usize = 0x030;
 const QUEUE_NUM_MAX: usize = 0x034;
 const QUEUE_NUM: usize = 0x038;
-const QUEUE_ALIGN: usize = 0x03c; // v1 only
-const QUEUE_PFN: usize = 0x040; // v1 only
-const QUEUE_READY: usize = 0x044; // v2 only
 const QUEUE_NOTIFY: usize = 0x050;
 const STATUS: usize = 0x070;
+const CONFIG: usize = 0x100;
+
+// Version 1 (legacy) only: the queue is one guest-page-aligned block found by page number.
+const GUEST_PAGE_SIZE: usize = 0x028;
+const QUEUE_ALIGN: usize = 0x03c;
+const QUEUE_PFN: usize = 0x040;
+
+// Version 2 only: the three parts of a queue placed separately, enabled by QUEUE_READY.
+const QUEUE_READY: usize = 0x044;
 const QUEUE_DESC: usize = 0x080;
 const QUEUE_DRIVER: usize = 0x090;
 const QUEUE_DEVICE: usize = 0x0a0;
-const CONFIG_GENERATION: usize = 0x0fc; // v2 only
-const CONFIG: usize = 0x100;
+const CONFIG_GENERATION: usize = 0x0fc;
 
 const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
 const DEVICE_NET: u32 = 1;

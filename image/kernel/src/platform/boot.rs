@@ -37,6 +37,36 @@ pub const BOOT_STACK_SIZE: usize = 256 * 1024;
 #[cfg(all(target_os = "none", not(test)))]
 core::arch::global_asm!(
     r#"
+/* The boot identity map of the first 4 GiB, built by both entries into the zeroed .bss tables:
+   PML4[0] -> PDPT, PDPT[0..4] -> the four page directories, and 2048 2 MiB pages (present,
+   writable, page size). The same instructions serve 32-bit and 64-bit mode: the tables lie
+   below 4 GiB (the kernel is linked at 1 MiB), so 32-bit absolute addresses reach them and
+   writing the low dword of each entry is enough (the high dwords are zero); `index` is the
+   loop register of the mode, ecx or rcx. */
+.macro identity_map_4g index
+    mov eax, offset boot_pdpt
+    or eax, 3
+    mov dword ptr [boot_pml4], eax
+    mov eax, offset boot_pd
+    or eax, 3
+    mov dword ptr [boot_pdpt], eax
+    add eax, 4096
+    mov dword ptr [boot_pdpt + 8], eax
+    add eax, 4096
+    mov dword ptr [boot_pdpt + 16], eax
+    add eax, 4096
+    mov dword ptr [boot_pdpt + 24], eax
+    xor ecx, ecx
+2:
+    mov eax, ecx
+    shl eax, 21
+    or eax, 0x83
+    mov dword ptr [boot_pd + \index * 8], eax
+    inc ecx
+    cmp ecx, 2048
+    jne 2b
+.endm
+
 .section .multiboot2, "a"
 .p2align 3
 mb2_header_start:
@@ -110,31 +140,7 @@ _start_multiboot2:
     rep stosd
     mov esp, offset boot_stack_top
 
-    /* PML4[0] -> PDPT; PDPT[0..4] -> the four page directories */
-    mov eax, offset boot_pdpt
-    or eax, 3
-    mov dword ptr [boot_pml4], eax
-    mov eax, offset boot_pd
-    or eax, 3
-    mov dword ptr [boot_pdpt], eax
-    add eax, 4096
-    mov dword ptr [boot_pdpt + 8], eax
-    add eax, 4096
-    mov dword ptr [boot_pdpt + 16], eax
-    add eax, 4096
-    mov dword ptr [boot_pdpt + 24], eax
-
-    /* 2048 2 MiB pages: present, writable, page size */
-    xor ecx, ecx
-.Lfill_pd:
-    mov eax, ecx
-    shl eax, 21
-    or eax, 0x83
-    mov dword ptr [boot_pd + ecx * 8], eax
-    inc ecx
-    cmp ecx, 2048
-    jne .Lfill_pd
-
+    identity_map_4g ecx
     mov eax, offset boot_pml4
     mov cr3, eax
     mov eax, cr4
@@ -191,30 +197,7 @@ _start_uefi64:
     rep stosq
     lea rsp, [rip + boot_stack_top]
 
-    lea rax, [rip + boot_pdpt]
-    or rax, 3
-    mov qword ptr [rip + boot_pml4], rax
-    lea rax, [rip + boot_pd]
-    or rax, 3
-    lea rdx, [rip + boot_pdpt]
-    mov qword ptr [rdx], rax
-    add rax, 4096
-    mov qword ptr [rdx + 8], rax
-    add rax, 4096
-    mov qword ptr [rdx + 16], rax
-    add rax, 4096
-    mov qword ptr [rdx + 24], rax
-    lea rdx, [rip + boot_pd]
-    xor ecx, ecx
-.Lfill_pd64:
-    mov rax, rcx
-    shl rax, 21
-    or rax, 0x83
-    mov qword ptr [rdx + rcx * 8], rax
-    inc ecx
-    cmp ecx, 2048
-    jne .Lfill_pd64
-
+    identity_map_4g rcx
     lea rax, [rip + boot_pml4]
     mov cr3, rax
     /* Clearing PGE (and PCIDE, allowed now that CR3's low bits are 0) flushes every firmware

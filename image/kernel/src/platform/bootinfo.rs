@@ -17,13 +17,9 @@ pub const CMDLINE_MAX: usize = 2048;
 pub const MEMORY_REGIONS_MAX: usize = 128;
 
 const PVH_MAGIC: u32 = 0x336e_c578;
-const MB2_TAG_END: u32 = 0;
-const MB2_TAG_CMDLINE: u32 = 1;
-const MB2_TAG_MMAP: u32 = 6;
-const MB2_TAG_ACPI_OLD: u32 = 14;
-const MB2_TAG_ACPI_NEW: u32 = 15;
-/// Upper bound on the multiboot2 information size we accept.
-const MB2_MAX_SIZE: u32 = 1 << 20;
+/// Bytes of an E820-layout memory-map entry (address, size, type, padding): PVH's
+/// `hvm_memmap_table_entry` and the smallest multiboot2 memory-map entry.
+const E820_ENTRY_SIZE: u64 = 24;
 
 /// How the kernel was entered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +169,17 @@ impl BootInfo {
         self.cmdline_len = len;
     }
 
+    /// Reads the E820-layout entry at `e` into the memory map.
+    fn push_e820_entry(&mut self, mem: &dyn PhysMemory, e: u64) -> Result<(), BootInfoError> {
+        let (Some(start), Some(len), Some(kind)) =
+            (mem.read_u64(e), mem.read_u64(e + 8), mem.read_u32(e + 16))
+        else {
+            return Err(BootInfoError::Unreadable);
+        };
+        self.push_region(start, len, kind);
+        Ok(())
+    }
+
     fn push_region(&mut self, start: u64, len: u64, kind: u32) {
         if len == 0 {
             return;
@@ -207,13 +214,7 @@ impl BootInfo {
             let map = mem.read_u64(phys + 40).ok_or(BootInfoError::Unreadable)?;
             let entries = mem.read_u32(phys + 48).ok_or(BootInfoError::Unreadable)?;
             for i in 0..u64::from(entries) {
-                let e = map + i * 24;
-                let (Some(start), Some(len), Some(kind)) =
-                    (mem.read_u64(e), mem.read_u64(e + 8), mem.read_u32(e + 16))
-                else {
-                    return Err(BootInfoError::Unreadable);
-                };
-                self.push_region(start, len, kind);
+                self.push_e820_entry(mem, map + i * E820_ENTRY_SIZE)?;
             }
         }
         Ok(())
@@ -225,8 +226,16 @@ impl BootInfo {
         mem: &dyn PhysMemory,
         phys: u64,
     ) -> Result<(), BootInfoError> {
+        // The tag types read here.
+        const TAG_END: u32 = 0;
+        const TAG_CMDLINE: u32 = 1;
+        const TAG_MMAP: u32 = 6;
+        const TAG_ACPI_OLD: u32 = 14;
+        const TAG_ACPI_NEW: u32 = 15;
+        /// Upper bound on the information size we accept.
+        const MAX_SIZE: u32 = 1 << 20;
         let total = mem.read_u32(phys).ok_or(BootInfoError::Unreadable)?;
-        if !(16..=MB2_MAX_SIZE).contains(&total) {
+        if !(16..=MAX_SIZE).contains(&total) {
             return Err(BootInfoError::BadSize);
         }
         let end = phys + u64::from(total);
@@ -234,35 +243,28 @@ impl BootInfo {
         while tag + 8 <= end {
             let kind = mem.read_u32(tag).ok_or(BootInfoError::Unreadable)?;
             let size = u64::from(mem.read_u32(tag + 4).ok_or(BootInfoError::Unreadable)?);
-            if kind == MB2_TAG_END {
+            if kind == TAG_END {
                 return Ok(());
             }
             if size < 8 || tag + size > end {
                 return Err(BootInfoError::BadSize);
             }
             match kind {
-                MB2_TAG_CMDLINE => self.set_cmdline(mem, tag + 8),
-                MB2_TAG_MMAP if size >= 16 => {
+                TAG_CMDLINE => self.set_cmdline(mem, tag + 8),
+                TAG_MMAP if size >= 16 => {
                     let entry_size =
                         u64::from(mem.read_u32(tag + 8).ok_or(BootInfoError::Unreadable)?);
-                    if entry_size < 24 {
+                    if entry_size < E820_ENTRY_SIZE {
                         return Err(BootInfoError::BadSize);
                     }
                     let mut e = tag + 16;
                     while e + entry_size <= tag + size {
-                        let (Some(start), Some(len), Some(kind)) =
-                            (mem.read_u64(e), mem.read_u64(e + 8), mem.read_u32(e + 16))
-                        else {
-                            return Err(BootInfoError::Unreadable);
-                        };
-                        self.push_region(start, len, kind);
+                        self.push_e820_entry(mem, e)?;
                         e += entry_size;
                     }
                 }
                 // Prefer the ACPI 2.0+ RSDP (XSDT) when both tags are present.
-                MB2_TAG_ACPI_OLD | MB2_TAG_ACPI_NEW
-                    if self.rsdp.is_none() || kind == MB2_TAG_ACPI_NEW =>
-                {
+                TAG_ACPI_OLD | TAG_ACPI_NEW if self.rsdp.is_none() || kind == TAG_ACPI_NEW => {
                     let n = usize::try_from(size - 8)
                         .unwrap_or(0)
                         .min(self.rsdp_copy.len());

@@ -182,6 +182,15 @@ mod machine {
 mod tests {
     use super::*;
 
+    /// A turn with work at `busy_us`, then the empty turns at `quiet_us` that do not halt
+    /// yet: after it, the next empty turn is the first that may.
+    fn work_then_quiet(p: &mut IdlePolicy, busy_us: u64, quiet_us: u64) {
+        assert_eq!(p.after_turn(true, busy_us, None), None);
+        for _ in 0..EMPTY_TURNS - 1 {
+            assert_eq!(p.after_turn(false, quiet_us, None), None);
+        }
+    }
+
     #[test]
     fn settings_parse_periods_and_off() {
         assert_eq!(
@@ -201,10 +210,7 @@ mod tests {
     #[test]
     fn halts_only_after_enough_empty_turns_and_again_after_each() {
         let mut p = IdlePolicy::new(100);
-        assert_eq!(p.after_turn(true, 1000, None), None);
-        for _ in 0..EMPTY_TURNS - 1 {
-            assert_eq!(p.after_turn(false, 1001, None), None);
-        }
+        work_then_quiet(&mut p, 1000, 1001);
         assert_eq!(p.after_turn(false, 1002, None), Some(100));
         // Still idle: the next empty turn halts at once.
         assert_eq!(p.after_turn(false, 1102, None), Some(100));
@@ -216,29 +222,20 @@ mod tests {
     #[test]
     fn halts_grow_with_the_quiet_time_up_to_the_backoff() {
         let mut p = IdlePolicy::new(100);
-        p.after_turn(true, 10_000, None);
-        for _ in 0..EMPTY_TURNS - 1 {
-            p.after_turn(false, 10_001, None);
-        }
+        work_then_quiet(&mut p, 10_000, 10_001);
         assert_eq!(p.after_turn(false, 10_200, None), Some(100));
         assert_eq!(p.after_turn(false, 12_000, None), Some(500));
         assert_eq!(p.after_turn(false, 20_000, None), Some(100 * BACKOFF));
         assert_eq!(p.after_turn(false, 900_000, None), Some(100 * BACKOFF));
         // Work brings the period back at once.
-        p.after_turn(true, 900_010, None);
-        for _ in 0..EMPTY_TURNS - 1 {
-            p.after_turn(false, 900_011, None);
-        }
+        work_then_quiet(&mut p, 900_010, 900_011);
         assert_eq!(p.after_turn(false, 900_020, None), Some(100));
     }
 
     #[test]
     fn never_halts_past_the_deadline() {
         let mut p = IdlePolicy::new(200);
-        p.after_turn(true, 1000, None);
-        for _ in 0..EMPTY_TURNS - 1 {
-            p.after_turn(false, 1000, None);
-        }
+        work_then_quiet(&mut p, 1000, 1000);
         assert_eq!(p.after_turn(false, 1000, Some(1050)), Some(50));
         assert_eq!(p.after_turn(false, 1000, Some(5000)), Some(200));
         // Too close (or past): spin and let the loop run it.
