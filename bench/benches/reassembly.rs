@@ -321,6 +321,13 @@ fn cpu_rounds(
     println!("  netconsole cold / netoops warm {g:.2}x");
 }
 
+/// The netconsole tracker as the hosted relay sets it up (history tails prefetched).
+fn tracker() -> ConsoleTracker {
+    let mut t = ConsoleTracker::new(ConsoleConfig::default());
+    t.set_prefetch(netoops_streamed_slots::prefetch);
+    t
+}
+
 fn main() {
     let storm = Storm::new(MACHINES, LOG_BYTES);
     let packets = (storm.packets_per_round() * ROUNDS) as u64;
@@ -343,14 +350,14 @@ fn main() {
         .and_then(|v| v.parse().ok())
     {
         let chatter = Chatter::new();
-        let mut t = ConsoleTracker::new(ConsoleConfig::default());
+        let mut t = tracker();
         run_chatter(&chatter, &mut t, Instant::from_millis(1));
         cpu_rounds(rounds, &storm, &mut r, &chatter, &mut t);
         return;
     }
     if let Some(n) = once {
         let chatter = Chatter::new();
-        let mut t = ConsoleTracker::new(ConsoleConfig::default());
+        let mut t = tracker();
         let checked = run_chatter(&chatter, &mut t, Instant::from_millis(1));
         assert_eq!(checked.dumps, NC_CRASHING, "{:?}", t.stats());
         let mut now = Instant::from_millis(1);
@@ -389,7 +396,7 @@ fn main() {
 
     let chatter = Chatter::new();
     let nc_datagrams = chatter.spans.len() as u64;
-    let mut t = ConsoleTracker::new(ConsoleConfig::default());
+    let mut t = tracker();
     let checked = run_chatter(&chatter, &mut t, Instant::from_millis(1));
     assert_eq!(checked.crashes, NC_CRASHING, "{:?}", t.stats());
     assert_eq!(checked.dumps, NC_CRASHING, "{:?}", t.stats());

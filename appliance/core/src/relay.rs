@@ -327,6 +327,12 @@ impl Relay {
         &self.console
     }
 
+    /// Plugs in the platform's prefetch for netconsole history tails (see
+    /// [`crate::netconsole::Prefetch`]).
+    pub fn set_prefetch(&mut self, prefetch: crate::netconsole::Prefetch) {
+        self.console.set_prefetch(prefetch);
+    }
+
     /// The upstream link: the caller runs its TCP connection (connect, transmit, input, close).
     pub fn link(&mut self) -> &mut UpstreamLink {
         &mut self.link

@@ -46,6 +46,8 @@ fn main() -> ExitCode {
         Err(e) => return fail(CONFIG_ERROR, e),
     };
     let mut relay = relay;
+    // Netconsole history tails are asked for before the datagram is parsed.
+    relay.set_prefetch(netoops_streamed_slots::prefetch);
     if let Some(sec) = relay.link().config().security.clone() {
         // The ephemeral keys' seed: the OS's randomness, not the stand-in.
         match os_seed() {

@@ -14,7 +14,8 @@
 //! written with ordinary copies, and nothing needs a fence.
 //!
 //! The relay core's chunk pool takes any [`ChunkSlots`] store; this crate is the one that
-//! streams, and holds the unsafe code that needs (the core has none). Plug it in with
+//! streams, and holds the unsafe code that needs (the core has none). It also holds the
+//! [`prefetch`] the netconsole tracker uses for history tails, which safe code cannot issue. Plug it in with
 //! [`netoops_core::relay::Relay::with_slots`]`(config, instance, `[`boxed`]`)`.
 
 #![no_std]
@@ -162,6 +163,27 @@ impl ChunkSlots for StreamedSlots<DATA_LEN> {
 #[must_use]
 pub fn boxed(capacity: usize) -> Box<dyn ChunkSlots> {
     Box::new(StreamedSlots::<DATA_LEN>::with_capacity(capacity))
+}
+
+/// Asks the CPU for every cache line of `bytes` without waiting for them: a
+/// [`netoops_core::netconsole::Prefetch`], for the netconsole history tail a datagram is about
+/// to be appended to. `prefetcht0` needs no SSE state, so the soft-float kernel uses it too.
+pub fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let start = bytes.as_ptr() as usize;
+        let mut line = start & !63;
+        while line < start + bytes.len() {
+            // SAFETY: a prefetch is a hint: it never faults, writes nothing and reads no
+            // register but its address; `line` lies within a cache line of `bytes`.
+            unsafe {
+                core::arch::asm!("prefetcht0 [{}]", in(reg) line, options(nostack, preserves_flags, readonly));
+            }
+            line += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    netoops_core::netconsole::history::read_lines(bytes);
 }
 
 impl<const N: usize> Drop for StreamedSlots<N> {

@@ -502,6 +502,7 @@ pub fn run_native(settings: &NativeSettings, mut say: impl FnMut(&str)) -> Nativ
         config.reassembly.linger + config.reassembly.quiet_timeout + Duration::from_secs(1);
     let step = forget + Duration::from_secs(60);
     let mut relay = Relay::new(config, 0x5eed).expect("the relay comes up");
+    relay.set_prefetch(netoops_streamed_slots::prefetch);
     let mut peer = Peer::new();
     let start = Instant::from_millis(1);
     peer.connect(&mut relay, start);

@@ -128,6 +128,8 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
     let nonce = boot_nonce(mac);
     let mut relay =
         Relay::new(settings.config.clone(), nonce).unwrap_or_else(|e| stop_misconfigured(&e));
+    // Netconsole history tails are asked for before the datagram is parsed.
+    relay.set_prefetch(netoops_streamed_slots::prefetch);
     if let Some(sec) = relay.link().config().security.clone() {
         // The session's ephemeral keys are drawn from this seed (upstream/secure.rs).
         let seed = session_seed(mac);

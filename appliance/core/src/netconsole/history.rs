@@ -26,6 +26,25 @@ pub enum EntryKind {
     Legacy,
 }
 
+/// Asks the CPU for the cache lines of some bytes about to be written, without waiting for
+/// them. Safe code cannot issue a prefetch instruction, so the platform plugs one in
+/// ([`super::ConsoleTracker::set_prefetch`]; the hosted relay and the kernel use
+/// `netoops_streamed_slots::prefetch`); the default is [`read_lines`].
+pub type Prefetch = fn(&[u8]);
+
+/// The safe default [`Prefetch`]: reads a byte of each cache line. The loads start the
+/// misses early, but unlike a prefetch they hold up retirement until the lines arrive.
+pub fn read_lines(bytes: &[u8]) {
+    let mut sum = 0u8;
+    let mut at = 0;
+    let skew = bytes.as_ptr() as usize % 64;
+    while at < bytes.len() {
+        sum ^= bytes[at];
+        at = ((at + skew) | 63) + 1 - skew;
+    }
+    core::hint::black_box(sum);
+}
+
 /// The fixed part of an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryHeader {
@@ -203,22 +222,18 @@ impl BlockPool {
         self.free_count += 1;
     }
 
-    /// Reads the cache lines an entry of `len` bytes appended now would start to write (in
-    /// the tail block), so that their misses overlap other work. Reads only.
-    pub fn touch_tail(&self, chain: &Chain, len: usize) {
+    /// Hands `prefetch` the bytes an entry of `len` bytes appended now would start to write
+    /// (in the tail block), so that their cache misses overlap other work.
+    pub fn touch_tail(&self, chain: &Chain, len: usize, prefetch: Prefetch) {
         if chain.tail == NIL {
             return;
         }
         let start = chain.tail as usize * BLOCK + chain.tail_len as usize;
         let end = (chain.tail as usize + 1) * BLOCK;
         let end = end.min(start + len).min(self.data.len());
-        let mut at = start;
-        let mut sum = 0u8;
-        while at < end {
-            sum ^= self.data[at];
-            at = (at | 63) + 1;
+        if start < end {
+            prefetch(&self.data[start..end]);
         }
-        core::hint::black_box(sum);
     }
 
     /// Bytes `bytes.len()` more would need this many new blocks in `chain`.

@@ -36,6 +36,7 @@ use netoops_wire::netconsole::{
 };
 
 use crate::time::{Duration, Instant};
+pub use history::Prefetch;
 use history::{BlockPool, Chain, EntryHeader, EntryKind, BLOCK, HEADER_LEN};
 
 /// Longest crash line kept.
@@ -419,6 +420,7 @@ pub struct ConsoleTracker {
     hand: usize,
     render: Render,
     stats: ConsoleStats,
+    prefetch: Prefetch,
 }
 
 /// A source address as a table key: IPv4 as its mapped IPv6 form, so hashing and comparing
@@ -464,7 +466,14 @@ impl ConsoleTracker {
                 boot_release_len: 0,
             },
             stats: ConsoleStats::default(),
+            prefetch: history::read_lines,
         }
+    }
+
+    /// Uses `prefetch` to ask for a source's history tail before its datagram is parsed
+    /// (the default, [`history::read_lines`], reads the lines instead; see [`Prefetch`]).
+    pub fn set_prefetch(&mut self, prefetch: Prefetch) {
+        self.prefetch = prefetch;
     }
 
     /// The configuration.
@@ -509,7 +518,8 @@ impl ConsoleTracker {
         let known = self.by_addr.get(&key(source)).copied();
         if let Some(i) = known {
             let s = &self.sources[i as usize];
-            self.pool.touch_tail(&s.chain, HEADER_LEN + bytes.len());
+            self.pool
+                .touch_tail(&s.chain, HEADER_LEN + bytes.len(), self.prefetch);
         }
         let dgram = match Datagram::parse(bytes) {
             Ok(d) => d,

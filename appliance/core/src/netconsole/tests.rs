@@ -503,3 +503,48 @@ fn the_release_comes_from_the_boot_line_without_a_prefix() {
     assert_eq!(sink.dumps[0].release.as_slice(), b"6.1.0-57-amd64");
     assert!(sink.dumps[0].complete);
 }
+
+/// Bytes handed to the test's prefetch, and how many calls (a `fn` pointer cannot capture).
+static PREFETCHED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+static PREFETCH_CALLS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+fn counting_prefetch(bytes: &[u8]) {
+    use core::sync::atomic::Ordering::Relaxed;
+    PREFETCHED.fetch_add(bytes.len(), Relaxed);
+    PREFETCH_CALLS.fetch_add(1, Relaxed);
+    history::read_lines(bytes);
+}
+
+#[test]
+fn the_plugged_prefetch_is_asked_for_known_sources_tails_only() {
+    use core::sync::atomic::Ordering::Relaxed;
+    let mut t = tracker();
+    t.set_prefetch(counting_prefetch);
+    let mut sink = Collected::default();
+    let mut sent = 0;
+    for seq in 0..10u64 {
+        for d in record(None, seq, &format!("line {seq}"), &[]) {
+            feed(&mut t, &mut sink, src(1), seq, &d);
+            sent += d.len();
+        }
+    }
+    // The first datagram came from an unknown source: nothing to prefetch. Each later one
+    // asked for at most its own length (plus the entry header) at the tail.
+    let calls = PREFETCH_CALLS.load(Relaxed);
+    assert_eq!(calls, 9);
+    let bytes = PREFETCHED.load(Relaxed);
+    assert!(
+        bytes > 0 && bytes <= sent + 9 * history::HEADER_LEN,
+        "{bytes} of {sent}"
+    );
+}
+
+#[test]
+fn reading_lines_stays_within_any_slice() {
+    let data = [7u8; 300];
+    for start in 0..70 {
+        for end in start..data.len() {
+            history::read_lines(&data[start..end]);
+        }
+    }
+}
