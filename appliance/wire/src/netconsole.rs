@@ -18,6 +18,7 @@
 //! [`NetconsoleError`] (the receiver counts it by [`NetconsoleError::reason`]); anything else is
 //! legacy text. [`encode_record`] is the sender's side, used by the generator and by tests.
 
+use crate::text::FmtBuf;
 use core::fmt;
 
 /// UDP port netconsole targets by default.
@@ -595,15 +596,15 @@ pub fn encode_record(
             body_len = end;
         }
     });
-    let mut head = Small::default();
+    let mut head = small();
     if let Some(r) = spec.release {
         let _ = write!(head, "{r},");
     }
     let _ = write!(head, "{},{},{},-", spec.level, spec.seq, spec.usec);
     let body = &scratch[..body_len];
     let mut dgram = [0u8; MAX_PRINT_CHUNK];
-    if head.len + 1 + body.len() <= MAX_PRINT_CHUNK {
-        let n = head.len;
+    if head.len() + 1 + body.len() <= MAX_PRINT_CHUNK {
+        let n = head.len();
         dgram[..n].copy_from_slice(head.as_bytes());
         dgram[n] = b';';
         dgram[n + 1..n + 1 + body.len()].copy_from_slice(body);
@@ -613,7 +614,7 @@ pub fn encode_record(
     let mut offset = 0;
     let mut count = 0;
     while offset < body.len() {
-        let mut h = Small::default();
+        let mut h = small();
         let _ = write!(
             h,
             "{},ncfrag={}/{};",
@@ -621,11 +622,11 @@ pub fn encode_record(
             offset,
             body.len()
         );
-        let room = MAX_PRINT_CHUNK - h.len;
+        let room = MAX_PRINT_CHUNK - h.len();
         let take = room.min(body.len() - offset);
-        dgram[..h.len].copy_from_slice(h.as_bytes());
-        dgram[h.len..h.len + take].copy_from_slice(&body[offset..offset + take]);
-        datagram(&dgram[..h.len + take]);
+        dgram[..h.len()].copy_from_slice(h.as_bytes());
+        dgram[h.len()..h.len() + take].copy_from_slice(&body[offset..offset + take]);
+        datagram(&dgram[..h.len() + take]);
         offset += take;
         count += 1;
     }
@@ -633,42 +634,16 @@ pub fn encode_record(
 }
 
 /// A fixed buffer for formatting headers without allocating.
-struct Small {
-    buf: [u8; MAX_HEADER_LEN + 64],
-    len: usize,
-}
+type Small = FmtBuf<[u8; MAX_HEADER_LEN + 64]>;
 
-impl Default for Small {
-    fn default() -> Self {
-        Small {
-            buf: [0; MAX_HEADER_LEN + 64],
-            len: 0,
-        }
-    }
-}
-
-impl Small {
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-impl fmt::Write for Small {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        if end > self.buf.len() {
-            return Err(fmt::Error);
-        }
-        self.buf[self.len..end].copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
+fn small() -> Small {
+    FmtBuf::new([0; MAX_HEADER_LEN + 64])
 }
 
 /// Writes the dump line for one extended record, the way `dmesg` shows it:
 /// `[SSSSS.UUUUUU] text\n`, text unescaped. Returns the malformed escapes met.
 pub fn write_line(usec: u64, escaped_text: &[u8], mut out: impl FnMut(&[u8])) -> u32 {
-    let mut stamp = Small::default();
+    let mut stamp = small();
     let _ = fmt::Write::write_fmt(
         &mut stamp,
         format_args!("[{:5}.{:06}] ", usec / 1_000_000, usec % 1_000_000),
@@ -681,7 +656,7 @@ pub fn write_line(usec: u64, escaped_text: &[u8], mut out: impl FnMut(&[u8])) ->
 
 /// The gap line for records `first..=last` that never arrived.
 pub fn write_gap(first: u64, last: u64, mut out: impl FnMut(&[u8])) {
-    let mut s = Small::default();
+    let mut s = small();
     let _ = fmt::Write::write_fmt(
         &mut s,
         format_args!("[netconsole: records {first}-{last} missing]\n"),
@@ -691,7 +666,7 @@ pub fn write_gap(first: u64, last: u64, mut out: impl FnMut(&[u8])) {
 
 /// The marker put in place of body bytes `first..=last` of a split record that never arrived.
 pub fn write_fragment_gap(first: u32, last: u32, mut out: impl FnMut(&[u8])) {
-    let mut s = Small::default();
+    let mut s = small();
     let _ = fmt::Write::write_fmt(
         &mut s,
         format_args!("[netconsole: bytes {first}-{last} missing]"),
