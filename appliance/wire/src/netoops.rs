@@ -76,43 +76,47 @@ fn le32<const AT: usize, const N: usize>(b: &[u8; N]) -> u32 {
     u32::from_le_bytes([b[AT], b[AT + 1], b[AT + 2], b[AT + 3]])
 }
 
-/// Header layout version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Version {
-    /// The original patch: fixed reserved fields, no registers.
-    V2 = 2,
-    /// The vendor-kernel form: boot id, optional user blob, CPU id and `pt_regs`.
-    V3 = 3,
+/// A `u16` header field with a closed set of values: the enum (its discriminants are the
+/// wire values) and `from_u16`, which knows exactly those values.
+macro_rules! wire_u16_enum {
+    ($(#[$meta:meta])* pub enum $name:ident {
+        $($(#[$vmeta:meta])* $variant:ident = $value:literal,)+
+    }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant = $value,)+
+        }
+
+        impl $name {
+            /// The value for a wire field, if it is one of the known ones.
+            pub const fn from_u16(v: u16) -> Option<Self> {
+                match v {
+                    $($value => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-impl Version {
-    /// The version for a wire value.
-    pub const fn from_u16(v: u16) -> Option<Self> {
-        match v {
-            2 => Some(Self::V2),
-            3 => Some(Self::V3),
-            _ => None,
-        }
+wire_u16_enum! {
+    /// Header layout version.
+    pub enum Version {
+        /// The original patch: fixed reserved fields, no registers.
+        V2 = 2,
+        /// The vendor-kernel form: boot id, optional user blob, CPU id and `pt_regs`.
+        V3 = 3,
     }
 }
 
-/// What the dump was taken for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DumpType {
-    /// Oops or panic (`NETOOPS_TYPE_PRINTK_BUFFER`).
-    PrintkBuffer = 1,
-    /// Requested dump from a still-running kernel (`NETOOPS_TYPE_PRINTK_BUFFER_SOFT`).
-    SoftDump = 3,
-}
-
-impl DumpType {
-    /// The dump type for a wire value.
-    pub const fn from_u16(v: u16) -> Option<Self> {
-        match v {
-            1 => Some(Self::PrintkBuffer),
-            3 => Some(Self::SoftDump),
-            _ => None,
-        }
+wire_u16_enum! {
+    /// What the dump was taken for.
+    pub enum DumpType {
+        /// Oops or panic (`NETOOPS_TYPE_PRINTK_BUFFER`).
+        PrintkBuffer = 1,
+        /// Requested dump from a still-running kernel (`NETOOPS_TYPE_PRINTK_BUFFER_SOFT`).
+        SoftDump = 3,
     }
 }
 
