@@ -8,7 +8,6 @@
 //! piece is zero-padded, and when a piece's length is an exact multiple of 1024 the tail chunk goes
 //! out as 1024 zero bytes (`memset` of `l % 1024` onwards with nothing copied): its text is lost.
 
-use core::fmt;
 use core::str::FromStr;
 
 use crate::netoops::{field, CpuId, Datagram, DumpType, RegisterLayout, Version, ARCH_X86};
@@ -96,16 +95,9 @@ impl Variant {
 }
 
 /// A variant name that is none of "v2", "v3", "v3-blob", "v3-i386".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown netoops variant (expected v2, v3, v3-blob or v3-i386)")]
 pub struct UnknownVariant;
-
-impl fmt::Display for UnknownVariant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("unknown netoops variant (expected v2, v3, v3-blob or v3-i386)")
-    }
-}
-
-impl core::error::Error for UnknownVariant {}
 
 impl FromStr for Variant {
     type Err = UnknownVariant;
@@ -190,16 +182,9 @@ impl DumpHeader {
 }
 
 /// The output buffer cannot hold the datagram.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("buffer too small for the datagram")]
 pub struct BufferTooSmall;
-
-impl fmt::Display for BufferTooSmall {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("buffer too small for the datagram")
-    }
-}
-
-impl core::error::Error for BufferTooSmall {}
 
 /// Copies `src` to `out[at..]`; the encoder only calls it with ranges inside the datagram.
 fn put(out: &mut [u8], at: usize, src: &[u8]) {
