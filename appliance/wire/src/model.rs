@@ -81,23 +81,25 @@ pub fn expected(sender: &SenderModel<'_>, received: impl Fn(u32) -> bool) -> Exp
     }
 }
 
+/// A test log of `len` bytes: lowercase letters (shifted by `salt`) in lines of 60, no NUL
+/// byte. For tests here and in the crates that use this model.
+pub fn text_log(len: usize, salt: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            if i % 61 == 60 {
+                b'\n'
+            } else {
+                b'a' + ((i + salt as usize) % 26) as u8
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use alloc::vec;
     use proptest::prelude::*;
-
-    fn text_log(len: usize, salt: u8) -> Vec<u8> {
-        (0..len)
-            .map(|i| {
-                if i % 61 == 60 {
-                    b'\n'
-                } else {
-                    b'a' + ((i + salt as usize) % 26) as u8
-                }
-            })
-            .collect()
-    }
 
     #[test]
     fn everything_received_is_the_log() {
