@@ -699,8 +699,8 @@ impl ConsoleSink for Delivery<'_> {
         let id = self.spool(&out, d.text.len(), |w| w.write(d.text));
         let event = RelayEvent::DumpQueued {
             id,
-            source: d.source,
-            dump_id: d.crash as u16,
+            source: d.notice.source,
+            dump_id: d.notice.crash as u16,
             generation: 0,
             complete: d.complete(),
             received: d.records,
@@ -711,10 +711,10 @@ impl ConsoleSink for Delivery<'_> {
         self.queued(event);
         let meta = NewDump {
             kind: DumpSource::Netconsole,
-            source: d.source,
-            major: d.boot,
-            minor: d.crash,
-            kernel: d.release,
+            source: d.notice.source,
+            major: d.notice.boot,
+            minor: d.notice.crash,
+            kernel: d.notice.release,
             complete: d.complete(),
             received: d.records,
             packets: out.packet_count(),

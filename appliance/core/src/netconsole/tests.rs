@@ -42,11 +42,11 @@ impl ConsoleSink for Collected {
     }
     fn dump(&mut self, d: &ConsoleDump<'_>) {
         self.dumps.push(OwnedDump {
-            source: d.source,
-            boot: d.boot,
-            crash: d.crash,
-            line: d.line.to_vec(),
-            release: d.release.to_vec(),
+            source: d.notice.source,
+            boot: d.notice.boot,
+            crash: d.notice.crash,
+            line: d.notice.line.to_vec(),
+            release: d.notice.release.to_vec(),
             text: d.text.to_vec(),
             missing: d.missing.to_vec(),
             incomplete: d.incomplete.to_vec(),
@@ -57,7 +57,7 @@ impl ConsoleSink for Collected {
                 .map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .collect(),
             complete: d.complete(),
-            extended: d.extended,
+            extended: d.notice.extended,
         });
     }
 }
