@@ -379,6 +379,14 @@ mod tests {
         b
     }
 
+    /// The sender's two log pieces, `l1` and `l2` bytes, of different text.
+    fn pieces(l1: usize, l2: usize, salt: u8) -> (vec::Vec<u8>, vec::Vec<u8>) {
+        (
+            log(l1, salt)[..l1].to_vec(),
+            log(l2, salt.wrapping_add(1))[..l2].to_vec(),
+        )
+    }
+
     #[test]
     fn variant_lengths() {
         assert_eq!(Variant::V2.datagram_len(), 1241);
@@ -577,9 +585,8 @@ mod tests {
     #[test]
     fn order_is_s2_then_s1_last_chunk_first() {
         // s1: 2.5 chunks, s2: 1.5 chunks -> count1 3, count2 2.
-        let s1 = log(2560, 1);
-        let s2 = log(1536, 2);
-        let m = SenderModel::new(&s1[..2560], &s2[..1536]);
+        let (s1, s2) = pieces(2560, 1536, 1);
+        let m = SenderModel::new(&s1, &s2);
         assert_eq!(m.packet_count(), 5);
         let sched: [(u32, u32); 15] = core::array::from_fn(|i| (i as u32 / 5, i as u32 % 5));
         assert!(m.schedule().eq(sched.iter().copied()));
@@ -601,9 +608,8 @@ mod tests {
 
     #[test]
     fn exact_multiple_piece_sends_an_all_zero_tail() {
-        let s1 = log(3000, 3);
-        let s2 = log(2048, 4);
-        let m = SenderModel::new(&s1[..3000], &s2[..2048]);
+        let (s1, s2) = pieces(3000, 2048, 3);
+        let m = SenderModel::new(&s1, &s2);
         assert_eq!(m.packet_count(), 5);
         // s2's tail chunk (its second 1024 bytes) is lost.
         assert_eq!(m.chunk(0), [0; DATA_LEN]);
@@ -704,9 +710,8 @@ mod tests {
         fn prop_sender_chunks_reassemble_the_log(
             l1 in 0usize..5000, l2 in 0usize..5000, salt in any::<u8>(),
         ) {
-            let s1 = log(l1, salt);
-            let s2 = log(l2, salt.wrapping_add(1));
-            let m = SenderModel::new(&s1[..l1], &s2[..l2]);
+            let (s1, s2) = pieces(l1, l2, salt);
+            let m = SenderModel::new(&s1, &s2);
             let count = m.packet_count();
             prop_assert_eq!(count as usize, l1.div_ceil(1024) + l2.div_ceil(1024));
             prop_assert_eq!(m.schedule().count(), 3 * count as usize);
