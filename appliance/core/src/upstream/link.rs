@@ -1286,28 +1286,20 @@ mod tests {
         psk: &crate::upstream::secure::Psk,
         now: Instant,
     ) -> Result<(), SecureError> {
-        use crate::upstream::secure::Received;
         let mut buf = vec![0u8; 333];
+        let mut keys = |id: &str| {
+            if id == "relay-a" {
+                vec![psk.clone()]
+            } else {
+                Vec::new()
+            }
+        };
         loop {
             let n = link.poll_transmit(now, &mut buf);
-            let mut rest = &buf[..n];
             let mut back = Vec::new();
-            while !rest.is_empty() {
-                let mut keys = |id: &str| {
-                    if id == "relay-a" {
-                        vec![psk.clone()]
-                    } else {
-                        Vec::new()
-                    }
-                };
-                let (k, out) = resp.read(rest, &mut keys, &[8; 32])?;
-                rest = &rest[k..];
-                match out {
-                    Received::Nothing => {}
-                    Received::Established { reply, .. } => back.extend_from_slice(&reply),
-                    Received::Plain(p) => c.receive(p),
-                }
-            }
+            resp.read_all(&buf[..n], n, &mut keys, &[8; 32], &mut back, |p| {
+                c.receive(p)
+            })?;
             let replies = core::mem::take(&mut c.replies);
             if !replies.is_empty() {
                 resp.seal(&replies, &mut back).unwrap();
