@@ -1253,6 +1253,22 @@ mod tests {
         (UpstreamLink::new(config(1)), Collector::new())
     }
 
+    /// A link with `config` and `records` (with their texts) enqueued at `t`, connected to a
+    /// new test collector.
+    fn connected(
+        config: LinkConfig,
+        t: Instant,
+        records: impl IntoIterator<Item = (Record, &'static [u8])>,
+    ) -> (UpstreamLink, Collector) {
+        let mut link = UpstreamLink::new(config);
+        let mut c = Collector::new();
+        for (record, text) in records {
+            put(&mut link, t, &record, text);
+        }
+        connect(&mut link, &mut c, t);
+        (link, c)
+    }
+
     /// After [`connect`]: `Hello` out, `Welcome` back, nothing more.
     fn handshake(link: &mut UpstreamLink, c: &mut Collector, now: Instant) {
         let mut buf = [0u8; 4096];
@@ -1330,12 +1346,15 @@ mod tests {
     #[test]
     fn secure_sessions_handshake_before_hello_and_deliver() {
         use crate::upstream::secure::{key_id_prefix, Psk, Responder, HANDSHAKE_LEN};
-        let mut link = UpstreamLink::new(secure_config(7));
-        let mut c = Collector::new();
         let t = Instant::from_millis(1000);
-        put(&mut link, t, &crash(1), b"Oops: 0002");
-        put(&mut link, t, &dump(1), b"full text of the oops");
-        connect(&mut link, &mut c, t);
+        let (mut link, mut c) = connected(
+            secure_config(7),
+            t,
+            [
+                (crash(1), &b"Oops: 0002"[..]),
+                (dump(1), b"full text of the oops"),
+            ],
+        );
         // Before the handshake: the clear key id and message 1, and no Hello.
         let mut buf = [0u8; 4096];
         let n = link.poll_transmit(t, &mut buf);
@@ -1367,11 +1386,8 @@ mod tests {
     #[test]
     fn a_collector_without_the_key_gets_nothing_and_a_forged_reply_closes() {
         use crate::upstream::secure::{Psk, Responder};
-        let mut link = UpstreamLink::new(secure_config(7));
-        let mut c = Collector::new();
         let t = Instant::from_millis(1000);
-        put(&mut link, t, &dump(1), b"secret text");
-        connect(&mut link, &mut c, t);
+        let (mut link, mut c) = connected(secure_config(7), t, [(dump(1), &b"secret text"[..])]);
         let mut resp = Responder::new(crate::upstream::secure::MAX_MESSAGE);
         assert_eq!(
             pump_secure(&mut link, &mut c, &mut resp, &Psk([8; 32]), t),
@@ -1475,12 +1491,8 @@ mod tests {
 
     #[test]
     fn unacknowledged_records_are_resent_after_reconnect() {
-        let (mut link, mut c) = link_and_collector();
         let mut t = Instant::from_millis(1000);
-        for i in 0..3 {
-            put(&mut link, t, &crash(i), b"text");
-        }
-        connect(&mut link, &mut c, t);
+        let (mut link, mut c) = connected(config(1), t, (0..3).map(|i| (crash(i), &b"text"[..])));
         handshake(&mut link, &mut c, t);
         let mut buf = [0u8; 4096];
         // The records go out but the connection dies before the collector reads them.
@@ -1499,12 +1511,8 @@ mod tests {
 
     #[test]
     fn welcome_last_seq_prevents_duplicates_when_acks_were_lost() {
-        let (mut link, mut c) = link_and_collector();
         let mut t = Instant::from_millis(1000);
-        for i in 0..3 {
-            put(&mut link, t, &dump(i), b"text");
-        }
-        connect(&mut link, &mut c, t);
+        let (mut link, mut c) = connected(config(1), t, (0..3).map(|i| (dump(i), &b"text"[..])));
         pump(&mut link, &mut c, t, 4096);
         c.acking = false;
         put(&mut link, t, &dump(9), b"text");
@@ -1707,6 +1715,23 @@ mod tests {
         );
     }
 
+    /// Checks that the link's next timer is `secs` from `t`, fires it and expects it to
+    /// close connection `idx` (closed as `reason`); returns when it fired.
+    fn timer_closes(
+        link: &mut UpstreamLink,
+        t: Instant,
+        secs: u64,
+        idx: usize,
+        reason: CloseReason,
+    ) -> Instant {
+        let t = t + Duration::from_secs(secs);
+        assert_eq!(link.poll_timeout(), Some(t));
+        link.handle_timeout(t);
+        assert_eq!(link.poll_close(), Some(idx));
+        link.handle_closed(t, idx, reason);
+        t
+    }
+
     #[test]
     fn failover_when_upstream_0_stalls_then_failback() {
         let mut link = UpstreamLink::new(config(2));
@@ -1720,11 +1745,7 @@ mod tests {
         c0.acking = false;
         put(&mut link, t, &crash(1), b"stalled");
         pump(&mut link, &mut c0, t, 4096);
-        assert_eq!(link.poll_timeout(), Some(t + Duration::from_secs(2)));
-        t += Duration::from_secs(2);
-        link.handle_timeout(t);
-        assert_eq!(link.poll_close(), Some(0));
-        link.handle_closed(t, 0, CloseReason::IoError);
+        t = timer_closes(&mut link, t, 2, 0, CloseReason::IoError);
         assert_eq!(connect(&mut link, &mut c1, t), 1);
         pump(&mut link, &mut c1, t, 4096);
         assert_eq!(stored_seqs(&c1), vec![1]);
@@ -1738,11 +1759,7 @@ mod tests {
         // Failback after the interval, at a frame boundary.
         put(&mut link, t, &crash(2), b"on one");
         pump(&mut link, &mut c1, t, 4096);
-        assert_eq!(link.poll_timeout(), Some(t + Duration::from_secs(10)));
-        t += Duration::from_secs(10);
-        link.handle_timeout(t);
-        assert_eq!(link.poll_close(), Some(1));
-        link.handle_closed(t, 1, CloseReason::PeerClosed);
+        t = timer_closes(&mut link, t, 10, 1, CloseReason::PeerClosed);
         c0.acking = true;
         assert_eq!(connect(&mut link, &mut c0, t), 0);
         put(&mut link, t, &crash(3), b"back on zero");
