@@ -728,7 +728,6 @@ impl ConsoleSink for Delivery<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::record::{self, decode_record, encode_reply_frame, FrameDecoder, Reply};
     use crate::upstream::{Record, Source};
     use alloc::string::String;
     use alloc::vec::Vec;
@@ -756,40 +755,12 @@ mod tests {
     /// Runs the link against an in-memory collector that acknowledges everything, and
     /// returns the decoded records with their payloads.
     fn deliver(relay: &mut Relay) -> Vec<(Record, Vec<u8>)> {
+        use crate::upstream::link::tests::{connect, pump, Collector};
         let now = Instant::from_millis(10);
-        let idx = relay.link().poll_connect(now).unwrap();
-        relay.link().handle_connected(now, idx);
-        let welcome = encode_reply_frame(&Reply::Welcome {
-            protocol: crate::upstream::PROTOCOL_VERSION,
-            last_seq: 0,
-        })
-        .unwrap();
-        relay.link().handle_input(now, &welcome).unwrap();
-        let mut decoder = FrameDecoder::new(record::MAX_FRAME_LEN);
-        let mut out = Vec::new();
-        let mut buf = alloc::vec![0u8; 4096];
-        loop {
-            let n = relay.link().poll_transmit(now, &mut buf);
-            if n == 0 {
-                break;
-            }
-            let mut rest = &buf[..n];
-            while !rest.is_empty() {
-                let used = decoder.push(rest);
-                rest = &rest[used..];
-                while let Ok(Some(frame)) = decoder.next_frame() {
-                    let (header, payload) = decode_record(frame).unwrap();
-                    if header.seq > 0 {
-                        let ack = encode_reply_frame(&Reply::Ack { seq: header.seq }).unwrap();
-                        out.push((header.record, payload.to_vec(), ack));
-                    }
-                }
-            }
-        }
-        for (_, _, ack) in &out {
-            relay.link().handle_input(now, ack).unwrap();
-        }
-        out.into_iter().map(|(r, p, _)| (r, p)).collect()
+        let mut c = Collector::new();
+        connect(relay.link(), &mut c, now);
+        pump(relay.link(), &mut c, now, 4096);
+        c.stored.into_iter().map(|(_, _, p, r)| (r, p)).collect()
     }
 
     #[test]

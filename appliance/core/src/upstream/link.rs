@@ -1097,7 +1097,7 @@ fn push_event(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::upstream::record::{
         decode_record, encode_reply_frame, CrashSeen, DumpIdentity, DumpMeta, Source, SourceIp,
@@ -1106,10 +1106,12 @@ mod tests {
     use proptest::prelude::*;
 
     /// A collector made of the real protocol code: durable `applied` survives reconnects.
-    struct Collector {
+    /// Also the relay's tests' collector.
+    pub(crate) struct Collector {
         decoder: FrameDecoder,
         applied: u64,
-        stored: Vec<(u64, RecordKind, Vec<u8>)>,
+        /// Each record stored: its seq, kind, payload and the record itself.
+        pub(crate) stored: Vec<(u64, RecordKind, Vec<u8>, Record)>,
         replies: Vec<u8>,
         /// Answer with Acks (false: a stalled or lossy peer).
         acking: bool,
@@ -1117,7 +1119,7 @@ mod tests {
     }
 
     impl Collector {
-        fn new() -> Self {
+        pub(crate) fn new() -> Self {
             Collector {
                 decoder: FrameDecoder::new(MAX_FRAME_LEN),
                 applied: 0,
@@ -1154,8 +1156,8 @@ mod tests {
                         r => {
                             assert!(self.hello_seen);
                             if h.seq > self.applied {
-                                self.stored
-                                    .push((h.seq, r.kind().unwrap(), payload.to_vec()));
+                                let kind = r.kind().unwrap();
+                                self.stored.push((h.seq, kind, payload.to_vec(), r));
                                 self.applied = h.seq;
                             }
                             Reply::Ack { seq: h.seq }
@@ -1233,7 +1235,7 @@ mod tests {
     }
 
     /// Moves bytes both ways in `chunk`-sized writes until nothing moves.
-    fn pump(link: &mut UpstreamLink, c: &mut Collector, now: Instant, chunk: usize) {
+    pub(crate) fn pump(link: &mut UpstreamLink, c: &mut Collector, now: Instant, chunk: usize) {
         let mut buf = vec![0u8; chunk];
         loop {
             let n = link.poll_transmit(now, &mut buf);
@@ -1278,7 +1280,7 @@ mod tests {
             .unwrap();
     }
 
-    fn connect(link: &mut UpstreamLink, c: &mut Collector, now: Instant) -> usize {
+    pub(crate) fn connect(link: &mut UpstreamLink, c: &mut Collector, now: Instant) -> usize {
         let idx = link.poll_connect(now).expect("an upstream to connect to");
         link.handle_connected(now, idx);
         c.reconnect();
