@@ -640,15 +640,18 @@ fn small() -> Small {
     FmtBuf::new([0; MAX_HEADER_LEN + 64])
 }
 
+/// Formats `args` on the stack (they fit: numbers and fixed text) and hands the bytes to `out`.
+fn write_small(out: &mut impl FnMut(&[u8]), args: fmt::Arguments<'_>) {
+    let mut s = small();
+    let _ = fmt::Write::write_fmt(&mut s, args);
+    out(s.as_bytes());
+}
+
 /// Writes the dump line for one extended record, the way `dmesg` shows it:
 /// `[SSSSS.UUUUUU] text\n`, text unescaped. Returns the malformed escapes met.
 pub fn write_line(usec: u64, escaped_text: &[u8], mut out: impl FnMut(&[u8])) -> u32 {
-    let mut stamp = small();
-    let _ = fmt::Write::write_fmt(
-        &mut stamp,
-        format_args!("[{:5}.{:06}] ", usec / 1_000_000, usec % 1_000_000),
-    );
-    out(stamp.as_bytes());
+    let (secs, micros) = (usec / 1_000_000, usec % 1_000_000);
+    write_small(&mut out, format_args!("[{secs:5}.{micros:06}] "));
     let bad = unescape(escaped_text, &mut out);
     out(b"\n");
     bad
@@ -656,22 +659,18 @@ pub fn write_line(usec: u64, escaped_text: &[u8], mut out: impl FnMut(&[u8])) ->
 
 /// The gap line for records `first..=last` that never arrived.
 pub fn write_gap(first: u64, last: u64, mut out: impl FnMut(&[u8])) {
-    let mut s = small();
-    let _ = fmt::Write::write_fmt(
-        &mut s,
+    write_small(
+        &mut out,
         format_args!("[netconsole: records {first}-{last} missing]\n"),
     );
-    out(s.as_bytes());
 }
 
 /// The marker put in place of body bytes `first..=last` of a split record that never arrived.
 pub fn write_fragment_gap(first: u32, last: u32, mut out: impl FnMut(&[u8])) {
-    let mut s = small();
-    let _ = fmt::Write::write_fmt(
-        &mut s,
+    write_small(
+        &mut out,
         format_args!("[netconsole: bytes {first}-{last} missing]"),
     );
-    out(s.as_bytes());
 }
 
 #[cfg(test)]
@@ -744,33 +743,19 @@ mod tests {
 
     #[test]
     fn malformed_headers_are_typed() {
-        assert_eq!(Datagram::parse(b""), Err(NetconsoleError::Empty));
-        assert_eq!(
-            Datagram::parse(b"6,99999999999999999999999,1,-;x"),
-            Err(NetconsoleError::Seq)
-        );
-        assert_eq!(Datagram::parse(b"6,1,1x,-;x"), Err(NetconsoleError::Usec));
-        assert_eq!(
-            Datagram::parse(b"99999,1,1,-;x"),
-            Err(NetconsoleError::Level)
-        );
-        assert_eq!(Datagram::parse(b"6,1,1,x;x"), Err(NetconsoleError::Header));
-        assert_eq!(
-            Datagram::parse(b"6,1,1,-,ncfrag=5;x"),
-            Err(NetconsoleError::Fragment)
-        );
-        assert_eq!(
-            Datagram::parse(b"6,1,1,-,ncfrag=30/31;xx"),
-            Err(NetconsoleError::Fragment)
-        );
-        assert_eq!(
-            Datagram::parse(b"6,1,1,-,ncfrag=0/0;x"),
-            Err(NetconsoleError::Fragment)
-        );
-        assert_eq!(
-            Datagram::parse(b"6.1\x01,6,1,1,-;x"),
-            Err(NetconsoleError::Release)
-        );
+        for (bytes, error) in [
+            (&b""[..], NetconsoleError::Empty),
+            (b"6,99999999999999999999999,1,-;x", NetconsoleError::Seq),
+            (b"6,1,1x,-;x", NetconsoleError::Usec),
+            (b"99999,1,1,-;x", NetconsoleError::Level),
+            (b"6,1,1,x;x", NetconsoleError::Header),
+            (b"6,1,1,-,ncfrag=5;x", NetconsoleError::Fragment),
+            (b"6,1,1,-,ncfrag=30/31;xx", NetconsoleError::Fragment),
+            (b"6,1,1,-,ncfrag=0/0;x", NetconsoleError::Fragment),
+            (b"6.1\x01,6,1,1,-;x", NetconsoleError::Release),
+        ] {
+            assert_eq!(Datagram::parse(bytes), Err(error), "{bytes:?}");
+        }
     }
 
     #[test]
