@@ -550,25 +550,27 @@ impl ConsoleSink for CoreDumps {
             .or_insert_with(|| c.line.to_vec());
     }
     fn dump(&mut self, d: &ConsoleDump<'_>) {
-        self.dumps.entry(d.source).or_insert_with(|| CoreDump {
-            key: format!("nc-b{}-c{}", d.boot, d.crash),
-            line: d.line.to_vec(),
-            release: d.release.to_vec(),
-            text: d.text.to_vec(),
-            missing: d.missing.iter().map(|&(a, b)| [a, b]).collect(),
-            incomplete: d.incomplete.to_vec(),
-            complete: d.complete(),
-            fields: d
-                .fields
-                .iter()
-                .map(|(k, v)| {
-                    [
-                        String::from_utf8_lossy(k).into_owned(),
-                        String::from_utf8_lossy(v).into_owned(),
-                    ]
-                })
-                .collect(),
-        });
+        self.dumps
+            .entry(d.notice.source)
+            .or_insert_with(|| CoreDump {
+                key: format!("nc-b{}-c{}", d.notice.boot, d.notice.crash),
+                line: d.notice.line.to_vec(),
+                release: d.notice.release.to_vec(),
+                text: d.text.to_vec(),
+                missing: d.missing.iter().map(|&(a, b)| [a, b]).collect(),
+                incomplete: d.incomplete.to_vec(),
+                complete: d.complete(),
+                fields: d
+                    .fields
+                    .iter()
+                    .map(|(k, v)| {
+                        [
+                            String::from_utf8_lossy(k).into_owned(),
+                            String::from_utf8_lossy(v).into_owned(),
+                        ]
+                    })
+                    .collect(),
+            });
     }
 }
 

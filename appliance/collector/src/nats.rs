@@ -351,67 +351,67 @@ impl Message {
             }
             terminal_safe(&s[..end], false).into_owned()
         };
-        let common = |id: &netoops_core::upstream::DumpIdentity,
-                      key: &str,
-                      kernel: &str,
-                      nc: Option<&netoops_core::upstream::ConsoleMeta>| {
-            let kernel = match nc {
-                Some(n) if kernel.is_empty() => n.release.as_str(),
-                _ => kernel,
-            };
-            let mut h = vec![
-                ("Netoops-Source", id.source.to_string()),
-                (
-                    "Netoops-Key",
-                    format!("{}/{key}", ip_dir_name(&id.source.ip)),
-                ),
-                (
-                    "Netoops-Format",
-                    if nc.is_some() {
-                        "netconsole"
-                    } else {
-                        "netoops"
-                    }
-                    .to_string(),
-                ),
-                ("Netoops-Kernel", value(kernel)),
-                ("Netoops-Relay", value(relay)),
-                ("Netoops-Relay-Instance", format!("{instance:016x}")),
-                ("Netoops-Seq", header.seq.to_string()),
-            ];
-            if let Some(n) = nc.filter(|n| !n.crash_line.is_empty()) {
-                h.push(("Netoops-Crash-Line", value(&n.crash_line)));
-            }
-            h
-        };
-        let (kind, source, id, mut headers) = match &header.record {
-            Record::CrashSeen(c) => {
-                let key = crash_key(c);
-                let id = format!(
-                    "notice.{}.{}.{key}.{instance:016x}.{}.{}",
-                    c.id.source.ip, c.id.source.port, c.seen_at_ms, c.packet_no
-                );
-                let mut h = common(&c.id, &key, &c.kernel_version, c.netconsole.as_ref());
-                h.push(("Netoops-Packet", c.packet_no.to_string()));
-                h.push(("Netoops-Total", c.packet_count.to_string()));
-                ("notice", c.id.source, id, h)
-            }
-            Record::Dump(d) => {
-                let key = dump_key(d);
-                let id = format!(
-                    "dump.{}.{}.{key}.{instance:016x}.{}.r{}",
-                    d.id.source.ip, d.id.source.port, d.first_seen_ms, d.revision
-                );
-                let mut h = common(&d.id, &key, &d.kernel_version, d.netconsole.as_ref());
-                h.push(("Netoops-Complete", d.complete.to_string()));
-                h.push(("Netoops-Received", d.received.to_string()));
-                h.push(("Netoops-Total", d.packet_count.to_string()));
-                h.push(("Netoops-Revision", d.revision.to_string()));
-                ("dump", d.id.source, id, h)
-            }
+        let (kind, id, kernel, nc) = match &header.record {
+            Record::CrashSeen(c) => ("notice", &c.id, &c.kernel_version, c.netconsole.as_ref()),
+            Record::Dump(d) => ("dump", &d.id, &d.kernel_version, d.netconsole.as_ref()),
             Record::Hello { .. } => return None,
         };
-        headers.insert(0, ("Netoops-Kind", kind.to_string()));
+        // Its key, the time and version that tell this message from others of the same key,
+        // and the headers of its own kind.
+        let (key, at, version, own) = match &header.record {
+            Record::CrashSeen(c) => (
+                crash_key(c),
+                c.seen_at_ms,
+                c.packet_no.to_string(),
+                vec![
+                    ("Netoops-Packet", c.packet_no.to_string()),
+                    ("Netoops-Total", c.packet_count.to_string()),
+                ],
+            ),
+            Record::Dump(d) => (
+                dump_key(d),
+                d.first_seen_ms,
+                format!("r{}", d.revision),
+                vec![
+                    ("Netoops-Complete", d.complete.to_string()),
+                    ("Netoops-Received", d.received.to_string()),
+                    ("Netoops-Total", d.packet_count.to_string()),
+                    ("Netoops-Revision", d.revision.to_string()),
+                ],
+            ),
+            Record::Hello { .. } => return None,
+        };
+        let source = id.source;
+        let id = format!(
+            "{kind}.{}.{}.{key}.{instance:016x}.{at}.{version}",
+            source.ip, source.port
+        );
+        let kernel = match nc {
+            Some(n) if kernel.is_empty() => n.release.as_str(),
+            _ => kernel,
+        };
+        let mut headers = vec![
+            ("Netoops-Kind", kind.to_string()),
+            ("Netoops-Source", source.to_string()),
+            ("Netoops-Key", format!("{}/{key}", ip_dir_name(&source.ip))),
+            (
+                "Netoops-Format",
+                if nc.is_some() {
+                    "netconsole"
+                } else {
+                    "netoops"
+                }
+                .to_string(),
+            ),
+            ("Netoops-Kernel", value(kernel)),
+            ("Netoops-Relay", value(relay)),
+            ("Netoops-Relay-Instance", format!("{instance:016x}")),
+            ("Netoops-Seq", header.seq.to_string()),
+        ];
+        if let Some(n) = nc.filter(|n| !n.crash_line.is_empty()) {
+            headers.push(("Netoops-Crash-Line", value(&n.crash_line)));
+        }
+        headers.extend(own);
         Some(Message {
             kind,
             token: source_token(&source),
@@ -898,7 +898,6 @@ mod tests {
             sent_at_ms: 0,
             payload_len: 0,
             record: Record::Dump(DumpMeta {
-                id: identity(SourceIp::V4([10, 0, 0, 7])),
                 generation: 0,
                 kernel_version: "6.1\r\nX-Evil: 1".into(),
                 packet_count: 3,
@@ -909,13 +908,7 @@ mod tests {
                 revision,
                 first_seen_ms: 100,
                 completed_ms: 200,
-                cpu: None,
-                registers: None,
-                user_blob: None,
-                netconsole: None,
-                conflicts: 0,
-                foreign_port_chunks: 0,
-                late_chunks: 0,
+                ..DumpMeta::new(identity(SourceIp::V4([10, 0, 0, 7])))
             }),
         }
     }

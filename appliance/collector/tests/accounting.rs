@@ -18,9 +18,7 @@ fn relay_counters_match_the_collectors_files_when_the_spool_overflows_mid_stream
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), tmp.path());
     cfg.idle_timeout = Duration::from_secs(30);
-    let server = Server::bind(cfg).unwrap();
-    let addr = server.local_addr().unwrap();
-    server.spawn();
+    let (addr, _) = spawn_server(Server::bind(cfg).unwrap());
 
     let mut link = link_config(0xacc0);
     // Dump lane 768 KiB (48 dumps of 16 KiB); at most 256 KiB of dumps unacknowledged.

@@ -38,11 +38,7 @@ fn start(dir: &Path, config: impl FnOnce(&mut ServerConfig)) -> (SocketAddr, Arc
     cfg.idle_timeout = Duration::from_secs(20);
     cfg.keys = Some(Arc::new(KeyTable::parse(&keys_text()).unwrap()));
     config(&mut cfg);
-    let server = Server::bind(cfg).unwrap();
-    let addr = server.local_addr().unwrap();
-    let counters = server.counters();
-    server.spawn();
-    (addr, counters)
+    spawn_server(Server::bind(cfg).unwrap())
 }
 
 fn keyed(instance: u64, id: &str, psk: [u8; 32]) -> LinkConfig {
@@ -291,9 +287,7 @@ fn a_full_disk_is_answered_with_a_refusal_and_the_relay_backs_off() {
     let full = Arc::new(SwitchableDisk::default());
     let server = Server::bind_with(cfg, Arc::clone(&full) as Arc<dyn Syncer>).unwrap();
     full.fill();
-    let addr = server.local_addr().unwrap();
-    let counters = server.counters();
-    server.spawn();
+    let (addr, counters) = spawn_server(server);
 
     let mut cfg = keyed(0xd15c, EDGE, K_EDGE);
     cfg.backoff_min = netoops_core::time::Duration::from_millis(20);

@@ -104,17 +104,9 @@ fn missing_dir_and_dump_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let gone = tmp.path().join("nope");
     let out = collect(&["list", "DIR"], &gone);
-    assert!(!out.status.success());
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("no storage directory at"), "{err}");
-
+    assert_refused(&out, "no storage directory at");
     let out = collect(&["show", "DIR", "10.0.0.1/b0-d1-t1-v3-g0"], tmp.path());
-    assert!(!out.status.success());
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        err.contains("no dump named 10.0.0.1/b0-d1-t1-v3-g0"),
-        "{err}"
-    );
+    assert_refused(&out, "no dump named 10.0.0.1/b0-d1-t1-v3-g0");
 }
 
 /// A sender's kernel version and log are data: `list`, `show` and `groups` print their control
@@ -179,5 +171,5 @@ fn zero_connections_is_refused_at_start() {
         tmp.path(),
     );
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-connections"));
+    assert_refused(&out, "--max-connections");
 }

@@ -5,30 +5,25 @@ mod common;
 
 use common::*;
 use netoops_collect::server::{Server, ServerConfig};
+use netoops_collect::session::Counters;
 use netoops_collect::store::CRASHES_FILE;
 use netoops_core::upstream::record::{
     decode_reply, encode_record_frame, RecordHeaderRef, LEN_PREFIX,
 };
+use netoops_core::upstream::LinkConfig;
 use netoops_core::upstream::{Record, Reply, PROTOCOL_VERSION};
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-fn start_in_process(
-    dir: &Path,
-) -> (
-    SocketAddr,
-    std::sync::Arc<netoops_collect::session::Counters>,
-) {
+/// An in-process collector storing into `dir`, and a relay (`link`) delivering to it.
+fn relay_to_in_process(dir: &Path, link: LinkConfig) -> (Driver, Arc<Counters>) {
     let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir);
     cfg.idle_timeout = Duration::from_secs(5);
-    let server = Server::bind(cfg).unwrap();
-    let addr = server.local_addr().unwrap();
-    let counters = server.counters();
-    server.spawn();
-    (addr, counters)
+    let (addr, counters) = spawn_server(Server::bind(cfg).unwrap());
+    (Driver::new(link, vec![addr]), counters)
 }
 
 fn read_json(path: &Path) -> Value {
@@ -46,8 +41,7 @@ fn crash_lines(path: &Path) -> Vec<Value> {
 #[test]
 fn records_are_stored_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    let (addr, counters) = start_in_process(tmp.path());
-    let mut d = Driver::new(link_config(0xfeed), vec![addr]);
+    let (mut d, counters) = relay_to_in_process(tmp.path(), link_config(0xfeed));
     let chunk = text(1, 1024);
     let full = text(2, 12 * 1024 - 37);
     let better = text(3, 12 * 1024);
@@ -145,8 +139,8 @@ fn hello_frame(protocol: u16) -> Vec<u8> {
 #[test]
 fn garbage_is_refused_and_counted_while_another_connection_keeps_working() {
     let tmp = tempfile::tempdir().unwrap();
-    let (addr, counters) = start_in_process(tmp.path());
-    let mut d = Driver::new(link_config(1), vec![addr]);
+    let (mut d, counters) = relay_to_in_process(tmp.path(), link_config(1));
+    let addr = d.addrs[0];
     for i in 0..20u16 {
         d.enqueue(&crash("10.0.0.9:2004", i, 0), &text(u64::from(i), 500));
     }
@@ -276,10 +270,9 @@ fn collector_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
 #[ignore]
 fn throughput_figure() {
     let tmp = tempfile::tempdir().unwrap();
-    let (addr, _) = start_in_process(tmp.path());
     let mut cfg = link_config(5);
     cfg.spool_bytes = 128 * 1024 * 1024;
-    let mut d = Driver::new(cfg, vec![addr]);
+    let (mut d, _) = relay_to_in_process(tmp.path(), cfg);
     let n = 2000u16;
     let start = std::time::Instant::now();
     for i in 0..n {

@@ -5,7 +5,7 @@
 mod common;
 
 use common::raw::{frame, RawSession};
-use common::{crash, dump, text};
+use common::{crash, dump, spawn_server, text};
 use netoops_collect::server::{Server, ServerConfig};
 use netoops_collect::store::{SyncFs, Syncer, CRASHES_FILE, RELAYS_DIR};
 use netoops_core::upstream::Reply;
@@ -69,9 +69,7 @@ fn failed_sync_acknowledges_nothing_and_a_resend_stores_once(pass: u64) {
     let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), tmp.path());
     cfg.idle_timeout = Duration::from_secs(10);
     let server = Server::bind_with(cfg, Arc::clone(&syncer) as Arc<dyn Syncer>).unwrap();
-    let addr = server.local_addr().unwrap();
-    let counters = server.counters();
-    server.spawn();
+    let (addr, counters) = spawn_server(server);
 
     let instance = 0x0fa17;
     let src = "10.4.0.1:2004";
@@ -169,13 +167,8 @@ fn a_failed_second_sync_acknowledges_nothing_and_the_resend_stores_once() {
 #[test]
 fn a_lone_record_is_acknowledged_without_waiting_for_company() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::bind(ServerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        tmp.path(),
-    ))
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    server.spawn();
+    let config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), tmp.path());
+    let (addr, _) = spawn_server(Server::bind(config).unwrap());
     let mut s = RawSession::open(addr, "lone", 5).unwrap();
     let mut times = Vec::new();
     for seq in 1..=20u64 {

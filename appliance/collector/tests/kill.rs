@@ -7,7 +7,7 @@
 mod common;
 
 use common::raw::{frame, RawSession};
-use common::{crash, dump, spawn_collector, text};
+use common::{crash, dump, kill, spawn_collector, text};
 use netoops_collect::store::CRASHES_FILE;
 use netoops_core::upstream::Record;
 use serde_json::Value;
@@ -214,8 +214,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged_and_duplicates_nothing()
         }
         std::thread::sleep(Duration::from_millis(rand(80)));
         let mut c = child.lock().unwrap();
-        c.kill().unwrap();
-        c.wait().unwrap();
+        common::kill(&mut c);
         // Whatever was acknowledged before the kill must be there now.
         let through: HashMap<u64, u64> = (0..INSTANCES)
             .map(|i| (i, progress[i as usize].acked.load(Ordering::SeqCst)))
@@ -234,11 +233,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged_and_duplicates_nothing()
     for r in relays {
         r.join().unwrap();
     }
-    {
-        let mut c = child.lock().unwrap();
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
+    kill(&mut child.lock().unwrap());
     let all: HashMap<u64, u64> = (0..INSTANCES)
         .map(|i| (i, progress[i as usize].limit.load(Ordering::SeqCst)))
         .collect();

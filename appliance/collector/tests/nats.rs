@@ -21,36 +21,10 @@ use netoops_core::upstream::Record;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Debian's nats-server, or a clear failure (never a skip).
-fn nats_server() -> PathBuf {
-    let mut candidates = vec![PathBuf::from("/usr/sbin/nats-server")];
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|p| p.join("nats-server")));
-    }
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "nats-server not found: this test needs Debian's nats-server package \
-             (scripts/setup installs it)"
-            )
-        })
-}
-
-/// A loopback port nobody listens on (now).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The collectors' and nats-server's logs under `dir`, for a failure's message.
 fn logs(dir: &Path) -> String {
@@ -75,22 +49,11 @@ fn logs(dir: &Path) -> String {
     out
 }
 
-fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    done()
-}
-
 /// One nats-server with JetStream, its store in `dir/js`.
 struct NatsServer {
     dir: PathBuf,
     port: u16,
-    child: Option<Child>,
+    child: Option<Reaper>,
     starts: usize,
     /// More arguments (authentication).
     args: Vec<String>,
@@ -117,7 +80,8 @@ impl NatsServer {
         assert!(self.child.is_none());
         self.starts += 1;
         let log = self.dir.join(format!("nats-server.{}.log", self.starts));
-        let mut child = Command::new(nats_server())
+        let mut command = Command::new(debian_program("nats-server", "nats-server"));
+        command
             .args([
                 "-a",
                 "127.0.0.1",
@@ -128,59 +92,37 @@ impl NatsServer {
             ])
             .arg(self.dir.join("js"))
             .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(File::create(&log).unwrap()))
-            .spawn()
-            .expect("start nats-server");
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let ready = wait_for(Duration::from_secs(20), || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-                || child.try_wait().unwrap().is_some()
-        });
-        let exited = child.try_wait().unwrap();
-        assert!(
-            ready && exited.is_none(),
-            "nats-server did not start ({exited:?}): {}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-        self.child = Some(child);
+            .stderr(File::create(&log).unwrap());
+        let child = spawn_listening(&mut command, self.port, Duration::from_secs(20), &log);
+        self.child = Some(Reaper(child));
     }
 
     /// SIGKILL: no shutdown of its own, whatever it was doing.
     fn kill(&mut self) {
-        let mut c = self.child.take().expect("running");
-        c.kill().unwrap();
-        c.wait().unwrap();
+        kill(&mut self.child.take().expect("running").0);
     }
 }
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// The collector binary publishing to `nats`, with its `/metrics` on `http`.
-struct Collector {
-    child: Child,
-    addr: SocketAddr,
+/// The collector binary publishing to `nats` (with more `serve` arguments), with its
+/// `/metrics` on `http`.
+struct NatsCollector {
+    collector: Collector,
     http: SocketAddr,
 }
 
-impl Collector {
-    fn spawn(dir: &Path, nats: &str) -> Collector {
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let stderr = File::create(dir.with_extension("stderr")).unwrap();
-        let (child, addr) = spawn_collector_with(
-            dir,
-            &["--nats", nats, "--http", &http.to_string()],
-            Stdio::from(stderr),
-        );
-        Collector { child, addr, http }
+impl NatsCollector {
+    fn spawn(dir: &Path, nats: &str, more: &[&str]) -> NatsCollector {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port())).to_string();
+        let mut args = vec!["--nats", nats, "--http", &http];
+        args.extend_from_slice(more);
+        NatsCollector {
+            collector: Collector::spawn(dir, &args),
+            http: http.parse().unwrap(),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.collector.addr
     }
 
     /// The body of `/metrics`.
@@ -217,13 +159,6 @@ impl Collector {
         let m = self.metrics();
         *m.get(name)
             .unwrap_or_else(|| panic!("no {name} in /metrics: {m:?}"))
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -391,19 +326,26 @@ fn assert_exactly_once(url: &str, expected: &[(u64, u64)]) {
     assert_eq!(total, expected.len() as u64, "messages in the stream");
 }
 
+/// A nats-server under `dir/nats`, started, and two collectors (`dir/a`, `dir/b`) publishing
+/// to it.
+fn two_collectors_publishing(dir: &Path) -> (NatsServer, NatsCollector, NatsCollector) {
+    let mut nats = NatsServer::new(&dir.join("nats"));
+    nats.start();
+    let a = NatsCollector::spawn(&dir.join("a"), &nats.url(), &[]);
+    let b = NatsCollector::spawn(&dir.join("b"), &nats.url(), &[]);
+    (nats, a, b)
+}
+
 #[test]
 fn two_collectors_one_stream_every_dump_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut nats = NatsServer::new(&tmp.path().join("nats"));
-    nats.start();
-    let a = Collector::spawn(&tmp.path().join("a"), &nats.url());
-    let b = Collector::spawn(&tmp.path().join("b"), &nats.url());
+    let (nats, a, b) = two_collectors_publishing(tmp.path());
 
     // Relay 1 delivers to collector A, relay 2 to collector B.
     let mut expected = Vec::new();
     let mut relays = Vec::new();
     for (r, c) in [(1u64, &a), (2, &b)] {
-        let mut d = Driver::new(link_config(0x100 + r), vec![c.addr]);
+        let mut d = Driver::new(link_config(0x100 + r), vec![c.addr()]);
         for i in 0..12 {
             let (rec, t) = record(r, i);
             d.enqueue(&rec, &t);
@@ -424,7 +366,7 @@ fn two_collectors_one_stream_every_dump_exactly_once() {
         })
         .collect();
     for c in [&a, &b] {
-        let mut s = RawSession::open(c.addr, "relay-3", 0x103).unwrap();
+        let mut s = RawSession::open(c.addr(), "relay-3", 0x103).unwrap();
         assert_eq!(s.last_seq, 0);
         s.send(&frames).unwrap();
         assert_eq!(s.ack_through(8).unwrap(), 8);
@@ -433,7 +375,7 @@ fn two_collectors_one_stream_every_dump_exactly_once() {
     assert_exactly_once(&nats.url(), &expected);
     // Both collectors stored relay 3's records; the stream stored them once and told the
     // second publisher they were duplicates.
-    let stored = |c: &Collector| c.metric("netoops_collect_dumps_stored_total");
+    let stored = |c: &NatsCollector| c.metric("netoops_collect_dumps_stored_total");
     assert_eq!(stored(&a), 6 + 4);
     assert_eq!(stored(&b), 6 + 4);
     let published: u64 = [&a, &b]
@@ -474,15 +416,12 @@ fn two_collectors_one_stream_every_dump_exactly_once() {
 #[test]
 fn nats_server_killed_and_restarted_mid_run_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut nats = NatsServer::new(&tmp.path().join("nats"));
-    nats.start();
-    let a = Collector::spawn(&tmp.path().join("a"), &nats.url());
-    let b = Collector::spawn(&tmp.path().join("b"), &nats.url());
+    let (mut nats, a, b) = two_collectors_publishing(tmp.path());
     // Three relays, each preferring one collector and failing over to the other.
     let mut relays: Vec<(u64, Driver)> = [(1u64, [&a, &b]), (2, [&b, &a]), (3, [&a, &b])]
         .into_iter()
         .map(|(r, cs)| {
-            let addrs = cs.iter().map(|c| c.addr).collect();
+            let addrs = cs.iter().map(|c| c.addr()).collect();
             let mut config = link_config(0x200 + r);
             config.upstreams = 2;
             (r, Driver::new(config, addrs))
@@ -618,8 +557,8 @@ fn credentials_in_the_url_are_used() {
         .to_vec();
     nats.start();
     let url = format!("nats://netoops:s3cret@127.0.0.1:{}", nats.port);
-    let c = Collector::spawn(&tmp.path().join("a"), &url);
-    let mut d = Driver::new(link_config(0x301), vec![c.addr]);
+    let c = NatsCollector::spawn(&tmp.path().join("a"), &url, &[]);
+    let mut d = Driver::new(link_config(0x301), vec![c.addr()]);
     for i in 0..2 {
         let (rec, t) = record(4, i);
         d.enqueue(&rec, &t);
@@ -657,21 +596,8 @@ fn bad_nats_settings_stop_serve_with_a_message() {
         ),
         (&["--nats-stream", "X"][..], "--nats"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_netoops-collect"))
-            .args([
-                "serve",
-                "--allow-plaintext",
-                "--listen",
-                "127.0.0.1:0",
-                "--dir",
-            ])
-            .arg(tmp.path())
-            .args(args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} accepted");
-        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        let out = serve_command(tmp.path()).args(args).output().unwrap();
+        assert_refused(&out, says);
     }
 }
 
@@ -683,8 +609,8 @@ fn a_dump_over_the_servers_max_payload_is_cut_and_says_so() {
     fs::write(&conf, "max_payload: 8KB\n").unwrap();
     nats.args = vec!["-c".into(), conf.display().to_string()];
     nats.start();
-    let c = Collector::spawn(&tmp.path().join("a"), &nats.url());
-    let mut d = Driver::new(link_config(0x401), vec![c.addr]);
+    let c = NatsCollector::spawn(&tmp.path().join("a"), &nats.url(), &[]);
+    let mut d = Driver::new(link_config(0x401), vec![c.addr()]);
     let notice = text(1, 300);
     let big = text(2, 30_000);
     d.enqueue(&crash("10.9.5.1:2004", 0, 0), &notice);
@@ -719,25 +645,11 @@ fn a_collector_started_before_nats_server_holds_a_bounded_amount_then_delivers()
     let tmp = tempfile::tempdir().unwrap();
     let mut nats = NatsServer::new(&tmp.path().join("nats"));
     // Not started yet.
-    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let stderr = File::create(tmp.path().join("a.stderr")).unwrap();
-    let (child, addr) = spawn_collector_with(
-        &tmp.path().join("a"),
-        &[
-            "--nats",
-            &nats.url(),
-            "--nats-hold",
-            "8M",
-            "--http",
-            &http.to_string(),
-        ],
-        Stdio::from(stderr),
-    );
-    let c = Collector { child, addr, http };
+    let c = NatsCollector::spawn(&tmp.path().join("a"), &nats.url(), &["--nats-hold", "8M"]);
     let mut config = link_config(0x501);
     config.spool_bytes = 48 << 20;
     config.dump_window = 48 << 20;
-    let mut d = Driver::new(config, vec![c.addr]);
+    let mut d = Driver::new(config, vec![c.addr()]);
     // 30 dumps of 700 KB: 21 MB, well over the 8 MiB hold.
     let texts: Vec<Vec<u8>> = (0..30).map(|i| text(600 + i, 700_000)).collect();
     for (i, t) in texts.iter().enumerate() {
@@ -785,21 +697,11 @@ fn sessions_that_end_while_the_stream_is_away_free_their_slots() {
     let tmp = tempfile::tempdir().unwrap();
     let mut nats = NatsServer::new(&tmp.path().join("nats"));
     // Not started yet: nothing can be acknowledged.
-    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let stderr = File::create(tmp.path().join("a.stderr")).unwrap();
-    let (child, addr) = spawn_collector_with(
+    let c = NatsCollector::spawn(
         &tmp.path().join("a"),
-        &[
-            "--nats",
-            &nats.url(),
-            "--max-connections",
-            "1",
-            "--http",
-            &http.to_string(),
-        ],
-        Stdio::from(stderr),
+        &nats.url(),
+        &["--max-connections", "1"],
     );
-    let c = Collector { child, addr, http };
     let (rec, t) = record(7, 1);
     let one = frame(1, &rec, &t);
     // A relay that gives up waiting for its Ack and reconnects, again and again, to the one
@@ -807,7 +709,7 @@ fn sessions_that_end_while_the_stream_is_away_free_their_slots() {
     for k in 1..=4 {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut s = loop {
-            match RawSession::open(c.addr, "relay-7", 0x701) {
+            match RawSession::open(c.addr(), "relay-7", 0x701) {
                 Ok(s) => break s,
                 Err(e) if Instant::now() < deadline => {
                     let _ = e;
@@ -827,7 +729,7 @@ fn sessions_that_end_while_the_stream_is_away_free_their_slots() {
     // The stream comes; the relay's last resend is acknowledged and published once.
     nats.start();
     let mut s = loop {
-        if let Ok(s) = RawSession::open(c.addr, "relay-7", 0x701) {
+        if let Ok(s) = RawSession::open(c.addr(), "relay-7", 0x701) {
             break s;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -847,8 +749,8 @@ fn a_collector_killed_with_records_on_disk_but_not_in_the_stream_loses_nothing()
     let mut nats = NatsServer::new(&tmp.path().join("nats"));
     // nats-server not started: the records reach the collector's disk, not the stream.
     let dir = tmp.path().join("a");
-    let first = Collector::spawn(&dir, &nats.url());
-    let mut d = Driver::new(link_config(0x801), vec![first.addr]);
+    let first = NatsCollector::spawn(&dir, &nats.url(), &[]);
+    let mut d = Driver::new(link_config(0x801), vec![first.addr()]);
     let mut expected = Vec::new();
     for i in 0..8 {
         let (rec, t) = record(8, i);
@@ -873,8 +775,8 @@ fn a_collector_killed_with_records_on_disk_but_not_in_the_stream_loses_nothing()
     // relay resends, the store finds the records already there, and they are published now.
     drop(first);
     nats.start();
-    let second = Collector::spawn(&dir, &nats.url());
-    d.addrs[0] = second.addr;
+    let second = NatsCollector::spawn(&dir, &nats.url(), &[]);
+    d.addrs[0] = second.addr();
     assert!(
         d.drain(Duration::from_secs(60)),
         "not acknowledged after the restart\n{}",
@@ -911,14 +813,9 @@ fn measure_acknowledgement_throughput_with_and_without_nats() {
         } else {
             vec![]
         };
-        let stderr = File::create(dir.with_extension("stderr")).unwrap();
-        let (child, addr) = spawn_collector_with(&dir, &args, Stdio::from(stderr));
-        // Killed when this run ends, also by a failed assertion (no web view: `http` unused).
-        let _collector = Collector {
-            child,
-            addr,
-            http: addr,
-        };
+        // Killed when this run ends, also by a failed assertion.
+        let collector = Collector::spawn(&dir, &args);
+        let addr = collector.addr;
         let mut config = link_config(0x900 + run as u64);
         config.spool_records = 2 * RECORDS as usize;
         config.spool_bytes = 64 << 20;

@@ -21,40 +21,18 @@ use netoops_core::upstream::Record;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Debian's rsyslogd, or a clear failure.
-fn rsyslogd() -> PathBuf {
-    let mut candidates = vec![PathBuf::from("/usr/sbin/rsyslogd")];
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|p| p.join("rsyslogd")));
-    }
-    candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!("rsyslogd not found: this test needs Debian's rsyslog package (scripts/setup installs it)")
-    })
-}
-
-fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    done()
-}
 
 /// One rsyslogd writing what it receives on `port` to `dir/messages.jsonl`.
 struct Rsyslog {
     dir: PathBuf,
     port: u16,
-    child: Option<Child>,
+    child: Option<Reaper>,
 }
 
 impl Rsyslog {
@@ -99,39 +77,33 @@ input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="netoops")
         }
     }
 
+    /// A new one on a free port, started.
+    fn started(dir: &Path) -> Rsyslog {
+        let mut rsyslog = Rsyslog::new(dir, free_port());
+        rsyslog.start();
+        rsyslog
+    }
+
     /// Starts rsyslogd in the foreground and waits until it accepts connections.
     fn start(&mut self) {
         assert!(self.child.is_none());
-        let stderr = File::create(self.dir.join("rsyslogd.stderr")).unwrap();
-        let mut child = Command::new(rsyslogd())
+        let log = self.dir.join("rsyslogd.stderr");
+        let mut command = Command::new(debian_program("rsyslogd", "rsyslog"));
+        command
             .arg("-n")
             .arg("-f")
             .arg(self.dir.join("rsyslog.conf"))
             .arg("-i")
             .arg(self.dir.join("rsyslogd.pid"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start rsyslogd");
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let ready = wait_for(Duration::from_secs(15), || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-                || child.try_wait().unwrap().is_some()
-        });
-        let exited = child.try_wait().unwrap();
-        assert!(
-            ready && exited.is_none(),
-            "rsyslogd did not start ({exited:?}): {}",
-            fs::read_to_string(self.dir.join("rsyslogd.stderr")).unwrap_or_default()
-        );
-        self.child = Some(child);
+            .stderr(File::create(&log).unwrap());
+        let child = spawn_listening(&mut command, self.port, Duration::from_secs(15), &log);
+        self.child = Some(Reaper(child));
     }
 
     /// Stops it as an operator would (SIGTERM) and waits for it to exit.
     fn stop(&mut self) {
         self.signal("TERM");
-        self.child.take().expect("running").wait().unwrap();
+        self.child.take().expect("running").0.wait().unwrap();
     }
 
     /// Every message written so far.
@@ -165,42 +137,12 @@ input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="netoops")
 
     /// Sends it a signal (`STOP`, `CONT`).
     fn signal(&self, name: &str) {
-        let pid = self.child.as_ref().expect("running").id();
+        let pid = self.child.as_ref().expect("running").0.id();
         let status = Command::new("kill")
             .args([&format!("-{name}"), &pid.to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-    }
-}
-
-impl Drop for Rsyslog {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// The collector binary serving `dir` with `args`; stderr goes to `dir/../collector.stderr`.
-struct Collector {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Collector {
-    fn spawn(dir: &Path, args: &[&str]) -> Collector {
-        let stderr = File::create(dir.with_extension("stderr")).unwrap();
-        let (child, addr) = spawn_collector_with(dir, args, Stdio::from(stderr));
-        Collector { child, addr }
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -230,9 +172,8 @@ fn with_kernel(mut r: Record, kernel: &str) -> Record {
 #[test]
 fn each_crash_notice_and_stored_dump_arrives_once_with_its_structured_data() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut rsyslog = Rsyslog::new(&tmp.path().join("rsyslog"), port);
-    rsyslog.start();
+    let rsyslog = Rsyslog::started(&tmp.path().join("rsyslog"));
+    let port = rsyslog.port;
     let target = format!("127.0.0.1:{port}");
     let collector = Collector::spawn(
         &tmp.path().join("store"),
@@ -296,7 +237,7 @@ fn each_crash_notice_and_stored_dump_arrives_once_with_its_structured_data() {
         assert_eq!(m["app"], "netoops-test");
         assert_eq!(m["host"], "collector-a");
         assert_eq!(m["facility"], 19, "local3: {m}");
-        assert_eq!(m["procid"], collector.child.id().to_string());
+        assert_eq!(m["procid"], collector.child.0.id().to_string());
         assert_eq!(param(m, "relay"), "rack]7\"\\x07");
         // Everything from the wire arrives on one line, control characters as text.
         let raw = m["raw"].as_str().unwrap();
@@ -459,10 +400,8 @@ fn serve_with_syslog(
         ..ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("store"))
     })
     .unwrap();
-    let addr = server.local_addr().unwrap();
     let stats = server.syslog_stats().unwrap();
-    let counters = server.counters();
-    server.spawn();
+    let (addr, counters) = spawn_server(server);
     (addr, stats, counters)
 }
 
@@ -511,9 +450,8 @@ fn a_burst_of_twenty_thousand_messages_arrives_whole_and_once() {
     use netoops_collect::syslog::{Notice, Syslog, What};
     const N: usize = 20_000;
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut rsyslog = Rsyslog::new(&tmp.path().join("rsyslog"), port);
-    rsyslog.start();
+    let rsyslog = Rsyslog::started(&tmp.path().join("rsyslog"));
+    let port = rsyslog.port;
     let mut config = SyslogConfig::new(format!("127.0.0.1:{port}"));
     config.queue = N;
     let syslog = Syslog::start(config).unwrap();
@@ -583,18 +521,15 @@ fn bad_syslog_settings_stop_the_collector_with_a_message() {
         (&["--syslog-queue", "10"], "--syslog <HOST:PORT>"),
     ] {
         let out = serve_command(tmp.path()).args(args).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?}");
-        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_refused(&out, says);
     }
 }
 
 #[test]
 fn a_stalled_rsyslog_holds_up_no_acknowledgement_and_what_overflows_is_counted() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut rsyslog = Rsyslog::new(&tmp.path().join("rsyslog"), port);
-    rsyslog.start();
+    let rsyslog = Rsyslog::started(&tmp.path().join("rsyslog"));
+    let port = rsyslog.port;
     let (addr, stats, counters) = serve_with_syslog(tmp.path(), port, 100);
     let mut d = Driver::new(link_config(0x57a1), vec![addr]);
     send_crashes(&mut d, 1, 20);

@@ -12,27 +12,17 @@ mod common;
 use common::crashes::{
     crash_text, dump_record, netconsole_record, store_fleet, store_record, BUILDS,
 };
-use common::{free_port, serve_command};
+use common::{free_port, serve_command, Reaper};
 use netoops_collect::store::Store;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const HOSTILE_RELAY: &str = "<script>alert('relay')</script>";
 const HOSTILE_COMM: &str = "<img src=x onerror=alert(1)>";
-
-/// Kills a child process of ours when dropped.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A storage directory: a fleet of 30 machines, one partial dump with a missing range, a
 /// netconsole dump, and a dump whose text and relay name are hostile HTML.

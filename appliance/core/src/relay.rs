@@ -705,8 +705,8 @@ impl ConsoleSink for Delivery<'_> {
         let id = self.spool(&out, d.text.len(), |w| w.write(d.text));
         let event = RelayEvent::DumpQueued {
             id,
-            source: d.source,
-            dump_id: d.crash as u16,
+            source: d.notice.source,
+            dump_id: d.notice.crash as u16,
             generation: 0,
             complete: d.complete(),
             received: d.records,
@@ -717,10 +717,10 @@ impl ConsoleSink for Delivery<'_> {
         self.queued(event);
         let meta = NewDump {
             kind: DumpSource::Netconsole,
-            source: d.source,
-            major: d.boot,
-            minor: d.crash,
-            kernel: d.release,
+            source: d.notice.source,
+            major: d.notice.boot,
+            minor: d.notice.crash,
+            kernel: d.notice.release,
             complete: d.complete(),
             received: d.records,
             packets: out.packet_count(),
@@ -734,7 +734,6 @@ impl ConsoleSink for Delivery<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::record::{self, decode_record, encode_reply_frame, FrameDecoder, Reply};
     use crate::upstream::{Record, Source};
     use alloc::string::String;
     use alloc::vec::Vec;
@@ -762,40 +761,12 @@ mod tests {
     /// Runs the link against an in-memory collector that acknowledges everything, and
     /// returns the decoded records with their payloads.
     fn deliver(relay: &mut Relay) -> Vec<(Record, Vec<u8>)> {
+        use crate::upstream::link::tests::{connect, pump, Collector};
         let now = Instant::from_millis(10);
-        let idx = relay.link().poll_connect(now).unwrap();
-        relay.link().handle_connected(now, idx);
-        let welcome = encode_reply_frame(&Reply::Welcome {
-            protocol: crate::upstream::PROTOCOL_VERSION,
-            last_seq: 0,
-        })
-        .unwrap();
-        relay.link().handle_input(now, &welcome).unwrap();
-        let mut decoder = FrameDecoder::new(record::MAX_FRAME_LEN);
-        let mut out = Vec::new();
-        let mut buf = alloc::vec![0u8; 4096];
-        loop {
-            let n = relay.link().poll_transmit(now, &mut buf);
-            if n == 0 {
-                break;
-            }
-            let mut rest = &buf[..n];
-            while !rest.is_empty() {
-                let used = decoder.push(rest);
-                rest = &rest[used..];
-                while let Ok(Some(frame)) = decoder.next_frame() {
-                    let (header, payload) = decode_record(frame).unwrap();
-                    if header.seq > 0 {
-                        let ack = encode_reply_frame(&Reply::Ack { seq: header.seq }).unwrap();
-                        out.push((header.record, payload.to_vec(), ack));
-                    }
-                }
-            }
-        }
-        for (_, _, ack) in &out {
-            relay.link().handle_input(now, ack).unwrap();
-        }
-        out.into_iter().map(|(r, p, _)| (r, p)).collect()
+        let mut c = Collector::new();
+        connect(relay.link(), &mut c, now);
+        pump(relay.link(), &mut c, now, 4096);
+        c.stored.into_iter().map(|(_, _, p, r)| (r, p)).collect()
     }
 
     #[test]

@@ -83,32 +83,27 @@ impl<'r, C: Cycles> FastPath<'r, C> {
     #[inline]
     pub fn handle(&mut self, now: Instant, t0: u64, frame: &[u8]) -> Handled {
         self.stats.frames += 1;
-        match classify(frame, &self.identity) {
-            Classified::Netoops { source, payload } => {
-                self.deliver(t0, frame.get(payload).unwrap_or(&[]), |relay, bytes| {
-                    relay
-                        .handle_datagram(now, SocketAddr::V4(source), bytes)
-                        .is_ok()
-                });
-                Handled::Relayed
-            }
-            Classified::Netconsole { source, payload } => {
-                self.deliver(t0, frame.get(payload).unwrap_or(&[]), |relay, bytes| {
-                    relay
-                        .handle_netconsole(now, SocketAddr::V4(source), bytes)
-                        .is_ok()
-                });
-                Handled::Relayed
-            }
+        let (source, payload, netconsole) = match classify(frame, &self.identity) {
+            Classified::Netoops { source, payload } => (source, payload, false),
+            Classified::Netconsole { source, payload } => (source, payload, true),
             Classified::Drop(reason) => {
                 self.stats.count_drop(reason);
-                Handled::Dropped
+                return Handled::Dropped;
             }
             Classified::Stack => {
                 self.stats.to_stack += 1;
-                Handled::Stack
+                return Handled::Stack;
             }
-        }
+        };
+        let source = SocketAddr::V4(source);
+        self.deliver(t0, frame.get(payload).unwrap_or(&[]), |relay, bytes| {
+            if netconsole {
+                relay.handle_netconsole(now, source, bytes).is_ok()
+            } else {
+                relay.handle_datagram(now, source, bytes).is_ok()
+            }
+        });
+        Handled::Relayed
     }
 
     /// Hands one datagram, still in the receive buffer, to the relay and counts the result.

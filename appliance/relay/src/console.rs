@@ -52,20 +52,6 @@ pub use netoops_core::time::write_utc;
 mod tests {
     use super::*;
 
-    fn utc(ms: u64) -> String {
-        let mut s = String::new();
-        write_utc(&mut s, ms).unwrap();
-        s
-    }
-
-    #[test]
-    fn timestamps_are_utc_with_milliseconds() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(utc(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-        assert_eq!(utc(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
-    }
-
     #[test]
     fn every_line_is_stamped_and_terminated() {
         let mut c = Console::new(Vec::new());

@@ -8,7 +8,6 @@
 //! piece is zero-padded, and when a piece's length is an exact multiple of 1024 the tail chunk goes
 //! out as 1024 zero bytes (`memset` of `l % 1024` onwards with nothing copied): its text is lost.
 
-use core::fmt;
 use core::str::FromStr;
 
 use crate::netoops::{field, CpuId, Datagram, DumpType, RegisterLayout, Version, ARCH_X86};
@@ -96,16 +95,9 @@ impl Variant {
 }
 
 /// A variant name that is none of "v2", "v3", "v3-blob", "v3-i386".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown netoops variant (expected v2, v3, v3-blob or v3-i386)")]
 pub struct UnknownVariant;
-
-impl fmt::Display for UnknownVariant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("unknown netoops variant (expected v2, v3, v3-blob or v3-i386)")
-    }
-}
-
-impl core::error::Error for UnknownVariant {}
 
 impl FromStr for Variant {
     type Err = UnknownVariant;
@@ -190,16 +182,9 @@ impl DumpHeader {
 }
 
 /// The output buffer cannot hold the datagram.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("buffer too small for the datagram")]
 pub struct BufferTooSmall;
-
-impl fmt::Display for BufferTooSmall {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("buffer too small for the datagram")
-    }
-}
-
-impl core::error::Error for BufferTooSmall {}
 
 /// Copies `src` to `out[at..]`; the encoder only calls it with ranges inside the datagram.
 fn put(out: &mut [u8], at: usize, src: &[u8]) {
@@ -392,6 +377,14 @@ mod tests {
             *x = b'!' + ((i / 7 + salt as usize) % 90) as u8;
         }
         b
+    }
+
+    /// The sender's two log pieces, `l1` and `l2` bytes, of different text.
+    fn pieces(l1: usize, l2: usize, salt: u8) -> (vec::Vec<u8>, vec::Vec<u8>) {
+        (
+            log(l1, salt)[..l1].to_vec(),
+            log(l2, salt.wrapping_add(1))[..l2].to_vec(),
+        )
     }
 
     #[test]
@@ -592,9 +585,8 @@ mod tests {
     #[test]
     fn order_is_s2_then_s1_last_chunk_first() {
         // s1: 2.5 chunks, s2: 1.5 chunks -> count1 3, count2 2.
-        let s1 = log(2560, 1);
-        let s2 = log(1536, 2);
-        let m = SenderModel::new(&s1[..2560], &s2[..1536]);
+        let (s1, s2) = pieces(2560, 1536, 1);
+        let m = SenderModel::new(&s1, &s2);
         assert_eq!(m.packet_count(), 5);
         let sched: [(u32, u32); 15] = core::array::from_fn(|i| (i as u32 / 5, i as u32 % 5));
         assert!(m.schedule().eq(sched.iter().copied()));
@@ -616,9 +608,8 @@ mod tests {
 
     #[test]
     fn exact_multiple_piece_sends_an_all_zero_tail() {
-        let s1 = log(3000, 3);
-        let s2 = log(2048, 4);
-        let m = SenderModel::new(&s1[..3000], &s2[..2048]);
+        let (s1, s2) = pieces(3000, 2048, 3);
+        let m = SenderModel::new(&s1, &s2);
         assert_eq!(m.packet_count(), 5);
         // s2's tail chunk (its second 1024 bytes) is lost.
         assert_eq!(m.chunk(0), [0; DATA_LEN]);
@@ -719,9 +710,8 @@ mod tests {
         fn prop_sender_chunks_reassemble_the_log(
             l1 in 0usize..5000, l2 in 0usize..5000, salt in any::<u8>(),
         ) {
-            let s1 = log(l1, salt);
-            let s2 = log(l2, salt.wrapping_add(1));
-            let m = SenderModel::new(&s1[..l1], &s2[..l2]);
+            let (s1, s2) = pieces(l1, l2, salt);
+            let m = SenderModel::new(&s1, &s2);
             let count = m.packet_count();
             prop_assert_eq!(count as usize, l1.div_ceil(1024) + l2.div_ceil(1024));
             prop_assert_eq!(m.schedule().count(), 3 * count as usize);

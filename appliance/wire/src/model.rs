@@ -81,34 +81,42 @@ pub fn expected(sender: &SenderModel<'_>, received: impl Fn(u32) -> bool) -> Exp
     }
 }
 
+/// A test log of `len` bytes: lowercase letters (shifted by `salt`) in lines of 60, no NUL
+/// byte. For tests here and in the crates that use this model.
+pub fn text_log(len: usize, salt: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            if i % 61 == 60 {
+                b'\n'
+            } else {
+                b'a' + ((i + salt as usize) % 26) as u8
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use alloc::vec;
     use proptest::prelude::*;
 
-    fn text_log(len: usize, salt: u8) -> Vec<u8> {
-        (0..len)
-            .map(|i| {
-                if i % 61 == 60 {
-                    b'\n'
-                } else {
-                    b'a' + ((i + salt as usize) % 26) as u8
-                }
-            })
-            .collect()
+    /// The expected dump when every packet arrived: complete, nothing missing.
+    fn all_received(s1: &[u8], s2: &[u8]) -> ExpectedDump {
+        let e = expected(&SenderModel::new(s1, s2), |_| true);
+        assert!(e.complete);
+        assert!(e.missing.is_empty());
+        e
     }
 
     #[test]
     fn everything_received_is_the_log() {
         let s1 = text_log(1500, 0);
         let s2 = text_log(700, 3);
-        let m = SenderModel::new(&s1, &s2);
-        let e = expected(&m, |_| true);
+        let e = all_received(&s1, &s2);
         assert_eq!(e.text, [&s1[..], &s2[..]].concat());
-        assert!(e.complete);
         assert_eq!(e.received, 3);
-        assert!(e.missing.is_empty() && e.zeroed.is_empty());
+        assert!(e.zeroed.is_empty());
     }
 
     #[test]
@@ -139,11 +147,8 @@ mod tests {
     fn exact_multiple_piece_is_zeroed_not_missing() {
         let s1 = text_log(2048, 0);
         let s2 = text_log(10, 0);
-        let m = SenderModel::new(&s1, &s2);
-        let e = expected(&m, |_| true);
+        let e = all_received(&s1, &s2);
         assert_eq!(e.zeroed, vec![1]);
-        assert!(e.missing.is_empty());
-        assert!(e.complete);
         assert_eq!(e.text, [&s1[..1024], &s2[..]].concat());
     }
 

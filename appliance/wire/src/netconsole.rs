@@ -18,6 +18,7 @@
 //! [`NetconsoleError`] (the receiver counts it by [`NetconsoleError::reason`]); anything else is
 //! legacy text. [`encode_record`] is the sender's side, used by the generator and by tests.
 
+use crate::text::FmtBuf;
 use core::fmt;
 
 /// UDP port netconsole targets by default.
@@ -595,15 +596,15 @@ pub fn encode_record(
             body_len = end;
         }
     });
-    let mut head = Small::default();
+    let mut head = small();
     if let Some(r) = spec.release {
         let _ = write!(head, "{r},");
     }
     let _ = write!(head, "{},{},{},-", spec.level, spec.seq, spec.usec);
     let body = &scratch[..body_len];
     let mut dgram = [0u8; MAX_PRINT_CHUNK];
-    if head.len + 1 + body.len() <= MAX_PRINT_CHUNK {
-        let n = head.len;
+    if head.len() + 1 + body.len() <= MAX_PRINT_CHUNK {
+        let n = head.len();
         dgram[..n].copy_from_slice(head.as_bytes());
         dgram[n] = b';';
         dgram[n + 1..n + 1 + body.len()].copy_from_slice(body);
@@ -613,7 +614,7 @@ pub fn encode_record(
     let mut offset = 0;
     let mut count = 0;
     while offset < body.len() {
-        let mut h = Small::default();
+        let mut h = small();
         let _ = write!(
             h,
             "{},ncfrag={}/{};",
@@ -621,11 +622,11 @@ pub fn encode_record(
             offset,
             body.len()
         );
-        let room = MAX_PRINT_CHUNK - h.len;
+        let room = MAX_PRINT_CHUNK - h.len();
         let take = room.min(body.len() - offset);
-        dgram[..h.len].copy_from_slice(h.as_bytes());
-        dgram[h.len..h.len + take].copy_from_slice(&body[offset..offset + take]);
-        datagram(&dgram[..h.len + take]);
+        dgram[..h.len()].copy_from_slice(h.as_bytes());
+        dgram[h.len()..h.len() + take].copy_from_slice(&body[offset..offset + take]);
+        datagram(&dgram[..h.len() + take]);
         offset += take;
         count += 1;
     }
@@ -633,47 +634,24 @@ pub fn encode_record(
 }
 
 /// A fixed buffer for formatting headers without allocating.
-struct Small {
-    buf: [u8; MAX_HEADER_LEN + 64],
-    len: usize,
+type Small = FmtBuf<[u8; MAX_HEADER_LEN + 64]>;
+
+fn small() -> Small {
+    FmtBuf::new([0; MAX_HEADER_LEN + 64])
 }
 
-impl Default for Small {
-    fn default() -> Self {
-        Small {
-            buf: [0; MAX_HEADER_LEN + 64],
-            len: 0,
-        }
-    }
-}
-
-impl Small {
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-impl fmt::Write for Small {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        if end > self.buf.len() {
-            return Err(fmt::Error);
-        }
-        self.buf[self.len..end].copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
+/// Formats `args` on the stack (they fit: numbers and fixed text) and hands the bytes to `out`.
+fn write_small(out: &mut impl FnMut(&[u8]), args: fmt::Arguments<'_>) {
+    let mut s = small();
+    let _ = fmt::Write::write_fmt(&mut s, args);
+    out(s.as_bytes());
 }
 
 /// Writes the dump line for one extended record, the way `dmesg` shows it:
 /// `[SSSSS.UUUUUU] text\n`, text unescaped. Returns the malformed escapes met.
 pub fn write_line(usec: u64, escaped_text: &[u8], mut out: impl FnMut(&[u8])) -> u32 {
-    let mut stamp = Small::default();
-    let _ = fmt::Write::write_fmt(
-        &mut stamp,
-        format_args!("[{:5}.{:06}] ", usec / 1_000_000, usec % 1_000_000),
-    );
-    out(stamp.as_bytes());
+    let (secs, micros) = (usec / 1_000_000, usec % 1_000_000);
+    write_small(&mut out, format_args!("[{secs:5}.{micros:06}] "));
     let bad = unescape(escaped_text, &mut out);
     out(b"\n");
     bad
@@ -681,22 +659,18 @@ pub fn write_line(usec: u64, escaped_text: &[u8], mut out: impl FnMut(&[u8])) ->
 
 /// The gap line for records `first..=last` that never arrived.
 pub fn write_gap(first: u64, last: u64, mut out: impl FnMut(&[u8])) {
-    let mut s = Small::default();
-    let _ = fmt::Write::write_fmt(
-        &mut s,
+    write_small(
+        &mut out,
         format_args!("[netconsole: records {first}-{last} missing]\n"),
     );
-    out(s.as_bytes());
 }
 
 /// The marker put in place of body bytes `first..=last` of a split record that never arrived.
 pub fn write_fragment_gap(first: u32, last: u32, mut out: impl FnMut(&[u8])) {
-    let mut s = Small::default();
-    let _ = fmt::Write::write_fmt(
-        &mut s,
+    write_small(
+        &mut out,
         format_args!("[netconsole: bytes {first}-{last} missing]"),
     );
-    out(s.as_bytes());
 }
 
 #[cfg(test)]
@@ -769,33 +743,19 @@ mod tests {
 
     #[test]
     fn malformed_headers_are_typed() {
-        assert_eq!(Datagram::parse(b""), Err(NetconsoleError::Empty));
-        assert_eq!(
-            Datagram::parse(b"6,99999999999999999999999,1,-;x"),
-            Err(NetconsoleError::Seq)
-        );
-        assert_eq!(Datagram::parse(b"6,1,1x,-;x"), Err(NetconsoleError::Usec));
-        assert_eq!(
-            Datagram::parse(b"99999,1,1,-;x"),
-            Err(NetconsoleError::Level)
-        );
-        assert_eq!(Datagram::parse(b"6,1,1,x;x"), Err(NetconsoleError::Header));
-        assert_eq!(
-            Datagram::parse(b"6,1,1,-,ncfrag=5;x"),
-            Err(NetconsoleError::Fragment)
-        );
-        assert_eq!(
-            Datagram::parse(b"6,1,1,-,ncfrag=30/31;xx"),
-            Err(NetconsoleError::Fragment)
-        );
-        assert_eq!(
-            Datagram::parse(b"6,1,1,-,ncfrag=0/0;x"),
-            Err(NetconsoleError::Fragment)
-        );
-        assert_eq!(
-            Datagram::parse(b"6.1\x01,6,1,1,-;x"),
-            Err(NetconsoleError::Release)
-        );
+        for (bytes, error) in [
+            (&b""[..], NetconsoleError::Empty),
+            (b"6,99999999999999999999999,1,-;x", NetconsoleError::Seq),
+            (b"6,1,1x,-;x", NetconsoleError::Usec),
+            (b"99999,1,1,-;x", NetconsoleError::Level),
+            (b"6,1,1,x;x", NetconsoleError::Header),
+            (b"6,1,1,-,ncfrag=5;x", NetconsoleError::Fragment),
+            (b"6,1,1,-,ncfrag=30/31;xx", NetconsoleError::Fragment),
+            (b"6,1,1,-,ncfrag=0/0;x", NetconsoleError::Fragment),
+            (b"6.1\x01,6,1,1,-;x", NetconsoleError::Release),
+        ] {
+            assert_eq!(Datagram::parse(bytes), Err(error), "{bytes:?}");
+        }
     }
 
     #[test]

@@ -76,43 +76,47 @@ fn le32<const AT: usize, const N: usize>(b: &[u8; N]) -> u32 {
     u32::from_le_bytes([b[AT], b[AT + 1], b[AT + 2], b[AT + 3]])
 }
 
-/// Header layout version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Version {
-    /// The original patch: fixed reserved fields, no registers.
-    V2 = 2,
-    /// The vendor-kernel form: boot id, optional user blob, CPU id and `pt_regs`.
-    V3 = 3,
+/// A `u16` header field with a closed set of values: the enum (its discriminants are the
+/// wire values) and `from_u16`, which knows exactly those values.
+macro_rules! wire_u16_enum {
+    ($(#[$meta:meta])* pub enum $name:ident {
+        $($(#[$vmeta:meta])* $variant:ident = $value:literal,)+
+    }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant = $value,)+
+        }
+
+        impl $name {
+            /// The value for a wire field, if it is one of the known ones.
+            pub const fn from_u16(v: u16) -> Option<Self> {
+                match v {
+                    $($value => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-impl Version {
-    /// The version for a wire value.
-    pub const fn from_u16(v: u16) -> Option<Self> {
-        match v {
-            2 => Some(Self::V2),
-            3 => Some(Self::V3),
-            _ => None,
-        }
+wire_u16_enum! {
+    /// Header layout version.
+    pub enum Version {
+        /// The original patch: fixed reserved fields, no registers.
+        V2 = 2,
+        /// The vendor-kernel form: boot id, optional user blob, CPU id and `pt_regs`.
+        V3 = 3,
     }
 }
 
-/// What the dump was taken for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DumpType {
-    /// Oops or panic (`NETOOPS_TYPE_PRINTK_BUFFER`).
-    PrintkBuffer = 1,
-    /// Requested dump from a still-running kernel (`NETOOPS_TYPE_PRINTK_BUFFER_SOFT`).
-    SoftDump = 3,
-}
-
-impl DumpType {
-    /// The dump type for a wire value.
-    pub const fn from_u16(v: u16) -> Option<Self> {
-        match v {
-            1 => Some(Self::PrintkBuffer),
-            3 => Some(Self::SoftDump),
-            _ => None,
-        }
+wire_u16_enum! {
+    /// What the dump was taken for.
+    pub enum DumpType {
+        /// Oops or panic (`NETOOPS_TYPE_PRINTK_BUFFER`).
+        PrintkBuffer = 1,
+        /// Requested dump from a still-running kernel (`NETOOPS_TYPE_PRINTK_BUFFER_SOFT`).
+        SoftDump = 3,
     }
 }
 
@@ -438,15 +442,23 @@ fn data_at(bytes: &[u8], offset: usize, min_offset: usize) -> Result<&[u8; DATA_
         .ok_or(WireError::TooShort { len })
 }
 
-/// Checks the fields both versions share; returns the dump type.
+/// Reads and checks the fields both versions share, at their offsets in the fixed header
+/// `head` (`ARCH`, `TYPE`, `COUNT`, `NO`); returns the dump type, packet count and number.
 #[inline(always)]
-fn check_fields(
-    arch: u16,
-    dump_type: u16,
-    packet_count: u32,
-    packet_no: u32,
+fn check_fields<
+    const ARCH: usize,
+    const TYPE: usize,
+    const COUNT: usize,
+    const NO: usize,
+    const N: usize,
+>(
+    head: &[u8; N],
     limits: &Limits,
-) -> Result<DumpType, WireError> {
+) -> Result<(DumpType, u32, u32), WireError> {
+    let arch = le16::<ARCH, N>(head);
+    let dump_type = le16::<TYPE, N>(head);
+    let packet_count = le32::<COUNT, N>(head);
+    let packet_no = le32::<NO, N>(head);
     if packet_count == 0 {
         return Err(WireError::ZeroPacketCount);
     }
@@ -465,7 +477,8 @@ fn check_fields(
     if arch != ARCH_X86 {
         return Err(WireError::UnknownArch(arch));
     }
-    DumpType::from_u16(dump_type).ok_or(WireError::UnknownType(dump_type))
+    let dump_type = DumpType::from_u16(dump_type).ok_or(WireError::UnknownType(dump_type))?;
+    Ok((dump_type, packet_count, packet_no))
 }
 
 /// The 64-byte kernel version field at `at`.
@@ -503,11 +516,10 @@ impl<'a> Datagram<'a> {
         };
         let header_size = usize::from(le16::<V2_HEADER_SIZE, V2_FIXED_LEN>(head));
         let data = data_at(bytes, header_size, V2_FIXED_LEN)?;
-        let arch = le16::<V2_ARCH, V2_FIXED_LEN>(head);
-        let dump_type = le16::<V2_TYPE, V2_FIXED_LEN>(head);
-        let packet_count = le32::<V2_PACKET_COUNT, V2_FIXED_LEN>(head);
-        let packet_no = le32::<V2_PACKET_NO, V2_FIXED_LEN>(head);
-        let dump_type = check_fields(arch, dump_type, packet_count, packet_no, limits)?;
+        let (dump_type, packet_count, packet_no) =
+            check_fields::<V2_ARCH, V2_TYPE, V2_PACKET_COUNT, V2_PACKET_NO, V2_FIXED_LEN>(
+                head, limits,
+            )?;
         Ok(Self {
             bytes,
             kernel_version: kernel_version_at(bytes, V2_KERNEL_VERSION)?,
@@ -545,11 +557,10 @@ impl<'a> Datagram<'a> {
         } else {
             None
         };
-        let arch = le16::<V3_ARCH, V3_FIXED_LEN>(head);
-        let dump_type = le16::<V3_TYPE, V3_FIXED_LEN>(head);
-        let packet_count = le32::<V3_PACKET_COUNT, V3_FIXED_LEN>(head);
-        let packet_no = le32::<V3_PACKET_NO, V3_FIXED_LEN>(head);
-        let dump_type = check_fields(arch, dump_type, packet_count, packet_no, limits)?;
+        let (dump_type, packet_count, packet_no) =
+            check_fields::<V3_ARCH, V3_TYPE, V3_PACKET_COUNT, V3_PACKET_NO, V3_FIXED_LEN>(
+                head, limits,
+            )?;
         Ok(Self {
             bytes,
             kernel_version: kernel_version_at(bytes, V3_KERNEL_VERSION)?,
@@ -812,41 +823,41 @@ mod tests {
 
     #[test]
     fn v3_i386_layouts() {
-        // 68 bytes: bx cx dx si di bp ax ds es fs gs orig_ax ip cs flags sp ss
-        let (b, len) = v3(88, 88 + 4 + 68, 4);
-        let d = Datagram::parse(&b[..len], &limits()).unwrap();
-        let r = d.registers().unwrap();
-        assert_eq!(r.layout, RegisterLayout::I386);
-        assert_eq!(
-            (r.count, r.ip(), r.cs(), r.flags(), r.sp()),
-            (17, 13, 14, 15, Some(16))
-        );
-        assert_eq!(r.names()[10], "gs");
-        assert_eq!(d.variant(), Variant::V3I386);
-
-        // 64 bytes: no gs
-        let (b, len) = v3(88, 88 + 4 + 64, 4);
-        let d = Datagram::parse(&b[..len], &limits()).unwrap();
-        let r = d.registers().unwrap();
-        assert_eq!(r.layout, RegisterLayout::I386NoGs);
-        assert_eq!(
-            (r.count, r.ip(), r.cs(), r.flags(), r.sp()),
-            (16, 12, 13, 14, Some(15))
-        );
-        assert_eq!(r.iter().last(), Some(("ss", 16)));
-        assert_eq!(d.variant(), Variant::V3I386);
-
-        // 60 bytes: kernel-mode trap frame, no sp/ss
-        let (b, len) = v3(88, 88 + 4 + 60, 4);
-        let d = Datagram::parse(&b[..len], &limits()).unwrap();
-        let r = d.registers().unwrap();
-        assert_eq!(r.layout, RegisterLayout::I386NoStack);
-        assert_eq!(
-            (r.count, r.ip(), r.cs(), r.flags(), r.sp()),
-            (15, 13, 14, 15, None)
-        );
-        assert_eq!(r.iter().count(), 15);
-        assert_eq!(r.iter().last(), Some(("flags", 15)));
+        // (register area bytes, layout, (count, ip, cs, flags, sp), last register). Word k
+        // holds k + 1.
+        for (area, layout, words, last) in [
+            // bx cx dx si di bp ax ds es fs gs orig_ax ip cs flags sp ss
+            (
+                68,
+                RegisterLayout::I386,
+                (17, 13, 14, 15, Some(16)),
+                ("ss", 17),
+            ),
+            // no gs
+            (
+                64,
+                RegisterLayout::I386NoGs,
+                (16, 12, 13, 14, Some(15)),
+                ("ss", 16),
+            ),
+            // kernel-mode trap frame, no sp/ss
+            (
+                60,
+                RegisterLayout::I386NoStack,
+                (15, 13, 14, 15, None),
+                ("flags", 15),
+            ),
+        ] {
+            let (b, len) = v3(88, 88 + 4 + area, 4);
+            let d = Datagram::parse(&b[..len], &limits()).unwrap();
+            let r = d.registers().unwrap();
+            assert_eq!(r.layout, layout);
+            assert_eq!((r.count, r.ip(), r.cs(), r.flags(), r.sp()), words);
+            assert_eq!(r.iter().count(), usize::from(r.count));
+            assert_eq!(r.iter().last(), Some(last));
+            assert_eq!(d.variant(), Variant::V3I386, "{layout:?}");
+        }
+        assert_eq!(RegisterLayout::I386.names()[10], "gs");
     }
 
     #[test]

@@ -5,6 +5,62 @@
 //! `[netoops: packets A-B missing]`, on a line of its own: a `'\n'` goes before it when the text so
 //! far does not end a line, and one always follows it. [`render`] and [`TextRenderer`] apply the
 //! same rule; output goes to a callback as byte slices, so callers choose where it lands.
+//! [`FmtBuf`] formats (`write!`) into a fixed buffer, for the lines and headers built here and
+//! in the core.
+
+/// `fmt::Write` into a fixed buffer (an array of its own or a borrowed slice), without
+/// allocating; a write that does not fit fails and leaves the buffer as it was.
+#[derive(Debug)]
+pub struct FmtBuf<B> {
+    buf: B,
+    len: usize,
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> FmtBuf<B> {
+    /// An empty writer into `buf`.
+    pub const fn new(buf: B) -> Self {
+        FmtBuf { buf, len: 0 }
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes the buffer holds in all.
+    pub fn capacity(&self) -> usize {
+        self.buf.as_ref().len()
+    }
+
+    /// Forgets what was written after the first `len` bytes.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// What was written.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.as_ref().get(..self.len).unwrap_or(&[])
+    }
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> core::fmt::Write for FmtBuf<B> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self
+            .buf
+            .as_mut()
+            .get_mut(self.len..end)
+            .ok_or(core::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
 
 /// One piece of a dump's text in log order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

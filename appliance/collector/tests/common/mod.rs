@@ -5,6 +5,8 @@
 pub mod crashes;
 pub mod raw;
 
+use netoops_collect::server::Server;
+use netoops_collect::session::Counters;
 use netoops_core::time::Instant;
 use netoops_core::upstream::record::RegisterSet;
 use netoops_core::upstream::{
@@ -13,6 +15,9 @@ use netoops_core::upstream::{
 };
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Drives an `UpstreamLink` over nonblocking std sockets.
@@ -307,4 +312,106 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Asks `done` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done()
+}
+
+/// A program from a Debian package (in `/usr/sbin` or on `PATH`), or a clear failure naming
+/// the package (never a skip).
+pub fn debian_program(name: &str, package: &str) -> PathBuf {
+    let mut candidates = vec![Path::new("/usr/sbin").join(name)];
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|p| p.join(name)));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} not found: this test needs Debian's {package} package (scripts/setup installs it)")
+        })
+}
+
+/// Spawns `command` and waits (up to `timeout`) until it accepts TCP connections on loopback
+/// `port`; if it exits or does not listen in time, fails with the text of `log`.
+pub fn spawn_listening(command: &mut Command, port: u16, timeout: Duration, log: &Path) -> Child {
+    let what = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let ready = wait_for(timeout, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            || child.try_wait().unwrap().is_some()
+    });
+    let exited = child.try_wait().unwrap();
+    if !ready || exited.is_some() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{what} did not start ({exited:?}): {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    child
+}
+
+/// Kills (SIGKILL) and reaps `child`: no shutdown of its own, whatever it was doing.
+pub fn kill(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A child process of ours, killed and reaped when dropped (also by a failed assertion).
+pub struct Reaper(pub Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The built collector binary serving `dir` with more `serve` arguments, its stderr in
+/// `dir.stderr`; killed when dropped.
+pub struct Collector {
+    pub child: Reaper,
+    pub addr: SocketAddr,
+}
+
+impl Collector {
+    pub fn spawn(dir: &Path, args: &[&str]) -> Collector {
+        let stderr = std::fs::File::create(dir.with_extension("stderr")).unwrap();
+        let (child, addr) = spawn_collector_with(dir, args, Stdio::from(stderr));
+        Collector {
+            child: Reaper(child),
+            addr,
+        }
+    }
+}
+
+/// Spawns a bound in-process collector; returns its address and counters.
+pub fn spawn_server(server: Server) -> (SocketAddr, Arc<Counters>) {
+    let addr = server.local_addr().unwrap();
+    let counters = server.counters();
+    server.spawn();
+    (addr, counters)
+}
+
+/// Asserts that a command failed and said `says` on stderr.
+pub fn assert_refused(out: &Output, says: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {out:?}");
+    assert!(stderr.contains(says), "wanted {says:?}: {stderr}");
 }

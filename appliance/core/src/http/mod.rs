@@ -28,6 +28,7 @@ pub mod metrics;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt::{self, Write};
+use netoops_wire::text::FmtBuf;
 
 use crate::relay::Relay;
 use crate::time::{Duration, Instant};
@@ -244,23 +245,8 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-/// `fmt::Write` into a byte slice; refuses (and remembers) what does not fit.
-struct SliceWriter<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-}
-
-impl Write for SliceWriter<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        if end > self.buf.len() {
-            return Err(fmt::Error);
-        }
-        self.buf[self.len..end].copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
+/// `fmt::Write` into a byte slice; refuses what does not fit.
+type SliceWriter<'a> = FmtBuf<&'a mut [u8]>;
 
 /// A JSON string's contents.
 fn json_str(out: &mut dyn Write, s: &str) -> fmt::Result {
@@ -296,7 +282,7 @@ fn write_index(
     )?;
     let mut all = true;
     for (i, e) in ring.entries().rev().enumerate() {
-        let mark = out.len;
+        let mark = out.len();
         let wrote = (|| -> fmt::Result {
             if i > 0 {
                 out.write_char(',')?;
@@ -328,13 +314,13 @@ fn write_index(
                 out.write_char('"')?;
             }
             out.write_char('}')?;
-            if out.len + TAIL > out.buf.len() {
+            if out.len() + TAIL > out.capacity() {
                 return Err(fmt::Error);
             }
             Ok(())
         })();
         if wrote.is_err() {
-            out.len = mark;
+            out.truncate(mark);
             all = false;
             break;
         }
@@ -612,10 +598,7 @@ fn render(
         Err(code) => (false, Err(code)),
     };
     let head_room = HEAD_ROOM;
-    let mut body = SliceWriter {
-        buf: &mut slot.out[HEAD_ROOM..],
-        len: 0,
-    };
+    let mut body = SliceWriter::new(&mut slot.out[HEAD_ROOM..]);
     let mut stream = None;
     let mut stream_len = 0;
     let (code, content_type) = match route {
@@ -659,23 +642,20 @@ fn render(
         Err(code) => (code, "text/plain; charset=utf-8"),
     };
     if code != 200 {
-        body.len = 0;
+        body.truncate(0);
         let _ = writeln!(body, "{code} {}", reason(code));
         if code == 404 {
             let _ = body.write_str("endpoints: /metrics /healthz /dumps /dumps/<key>\n");
         }
     }
-    let rendered = body.len;
+    let rendered = body.len();
     let body_len = if stream.is_some() {
         stream_len
     } else {
         rendered
     };
     let mut head_buf = [0u8; HEAD_ROOM];
-    let mut head = SliceWriter {
-        buf: &mut head_buf,
-        len: 0,
-    };
+    let mut head = SliceWriter::new(&mut head_buf);
     let allow = if code == 405 {
         "Allow: GET, HEAD\r\n"
     } else {
@@ -688,7 +668,7 @@ fn render(
          {allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         reason(code)
     );
-    let head_len = head.len;
+    let head_len = head.len();
     let start = head_room - head_len;
     slot.out[start..head_room].copy_from_slice(&head_buf[..head_len]);
     let index = STATUS_CODES.iter().position(|&c| c == code).unwrap_or(5);

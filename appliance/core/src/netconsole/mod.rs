@@ -148,18 +148,9 @@ pub struct ConsoleCrash<'a> {
 /// A crash dump: the source's history around the crash, rendered.
 #[derive(Clone, Copy, Debug)]
 pub struct ConsoleDump<'a> {
-    /// Who.
-    pub source: SocketAddr,
-    /// See [`ConsoleCrash::boot`].
-    pub boot: u32,
-    /// See [`ConsoleCrash::crash`].
-    pub crash: u32,
-    /// The crash line.
-    pub line: &'a [u8],
-    /// Sender's kernel release, when known.
-    pub release: &'a [u8],
-    /// Extended (true) or legacy.
-    pub extended: bool,
+    /// The crash it is the dump of, as it was noticed (`at` its detection); its `release`
+    /// here also falls back to a `release=` field or the kernel's boot line.
+    pub notice: ConsoleCrash<'a>,
     /// The dump text.
     pub text: &'a [u8],
     /// Missing sequence ranges, inclusive, ascending (at most [`MAX_MISSING`]).
@@ -174,8 +165,6 @@ pub struct ConsoleDump<'a> {
     pub fields: &'a [(&'a [u8], &'a [u8])],
     /// Older history was dropped (memory) or the crash window was cut at its cap.
     pub truncated: bool,
-    /// When the crash was detected.
-    pub crash_at: Instant,
     /// When the dump was emitted.
     pub emitted_at: Instant,
 }
@@ -914,20 +903,23 @@ impl ConsoleTracker {
             *slot = (&r.field_bytes[ks..ks + kl], &r.field_bytes[vs..vs + vl]);
         }
         sink.dump(&ConsoleDump {
-            source: s.addr,
-            boot: s.boot,
-            crash: crash.number,
-            line: self.texts[idx].crash_line(),
-            // The `r` prefix, else a `release=` field, else the kernel's own boot line.
-            release: if self.texts[idx].release_len > 0 {
-                self.texts[idx].release()
-            } else {
-                fields[..r.fields.len()]
-                    .iter()
-                    .find(|(k, _)| *k == b"release")
-                    .map_or(&r.boot_release[..r.boot_release_len], |(_, v)| v)
+            notice: ConsoleCrash {
+                source: s.addr,
+                boot: s.boot,
+                crash: crash.number,
+                line: self.texts[idx].crash_line(),
+                // The `r` prefix, else a `release=` field, else the kernel's own boot line.
+                release: if self.texts[idx].release_len > 0 {
+                    self.texts[idx].release()
+                } else {
+                    fields[..r.fields.len()]
+                        .iter()
+                        .find(|(k, _)| *k == b"release")
+                        .map_or(&r.boot_release[..r.boot_release_len], |(_, v)| v)
+                },
+                extended: s.mode == Mode::Extended,
+                at: crash.at,
             },
-            extended: s.mode == Mode::Extended,
             text: &r.text,
             missing: &r.missing,
             incomplete: &r.incomplete,
@@ -935,7 +927,6 @@ impl ConsoleTracker {
             seq_range,
             fields: &fields[..r.fields.len()],
             truncated: crash.truncated || s.trimmed,
-            crash_at: crash.at,
             emitted_at: now,
         });
     }

@@ -42,11 +42,11 @@ impl ConsoleSink for Collected {
     }
     fn dump(&mut self, d: &ConsoleDump<'_>) {
         self.dumps.push(OwnedDump {
-            source: d.source,
-            boot: d.boot,
-            crash: d.crash,
-            line: d.line.to_vec(),
-            release: d.release.to_vec(),
+            source: d.notice.source,
+            boot: d.notice.boot,
+            crash: d.notice.crash,
+            line: d.notice.line.to_vec(),
+            release: d.notice.release.to_vec(),
             text: d.text.to_vec(),
             missing: d.missing.to_vec(),
             incomplete: d.incomplete.to_vec(),
@@ -57,17 +57,30 @@ impl ConsoleSink for Collected {
                 .map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .collect(),
             complete: d.complete(),
-            extended: d.extended,
+            extended: d.notice.extended,
         });
     }
 }
 
-fn tracker() -> ConsoleTracker {
-    ConsoleTracker::new(ConsoleConfig {
-        memory_budget: 4 << 20,
-        max_sources: 64,
+/// A tracker keeping `history_bytes` per source, `memory_budget` for all of its at most
+/// `max_sources` sources, and an empty sink for what it emits.
+fn tracker_sized(
+    history_bytes: usize,
+    memory_budget: usize,
+    max_sources: usize,
+) -> (ConsoleTracker, Collected) {
+    let config = ConsoleConfig {
+        history_bytes,
+        memory_budget,
+        max_sources,
         ..ConsoleConfig::default()
-    })
+    };
+    (ConsoleTracker::new(config), Collected::default())
+}
+
+/// The usual tracker (the default history, room for 64 sources), and an empty sink.
+fn tracker_and_sink() -> (ConsoleTracker, Collected) {
+    tracker_sized(ConsoleConfig::default().history_bytes, 4 << 20, 64)
 }
 
 fn src(n: u8) -> SocketAddr {
@@ -106,8 +119,7 @@ fn feed(t: &mut ConsoleTracker, sink: &mut Collected, from: SocketAddr, ms: u64,
 
 #[test]
 fn chatter_then_a_crash_becomes_a_notice_and_then_a_dump() {
-    let mut t = tracker();
-    let mut sink = Collected::default();
+    let (mut t, mut sink) = tracker_and_sink();
     let mut expected = String::new();
     for seq in 0..20u64 {
         let text = if seq == 0 {
@@ -169,13 +181,7 @@ fn chatter_then_a_crash_becomes_a_notice_and_then_a_dump() {
 
 #[test]
 fn healthy_chatter_never_becomes_a_dump_and_stays_within_its_share() {
-    let mut t = ConsoleTracker::new(ConsoleConfig {
-        history_bytes: 4096,
-        memory_budget: 1 << 20,
-        max_sources: 8,
-        ..ConsoleConfig::default()
-    });
-    let mut sink = Collected::default();
+    let (mut t, mut sink) = tracker_sized(4096, 1 << 20, 8);
     for seq in 0..2000u64 {
         for d in record(None, seq, &format!("all is well {seq}"), &[]) {
             feed(&mut t, &mut sink, src(2), seq, &d);
@@ -189,8 +195,7 @@ fn healthy_chatter_never_becomes_a_dump_and_stays_within_its_share() {
 
 #[test]
 fn loss_reordering_and_duplicates() {
-    let mut t = tracker();
-    let mut sink = Collected::default();
+    let (mut t, mut sink) = tracker_and_sink();
     // Sent 0..10, 3 and 4 lost, 7 arrives after 9, 5 twice.
     let order = [0u64, 1, 2, 5, 5, 6, 8, 9, 7];
     for &seq in &order {
@@ -226,8 +231,7 @@ fn loss_reordering_and_duplicates() {
 #[test]
 fn fragments_in_any_order_and_a_lost_one_is_marked() {
     let long: String = (0..2600).map(|i| (b'a' + (i % 26) as u8) as char).collect();
-    let mut t = tracker();
-    let mut sink = Collected::default();
+    let (mut t, mut sink) = tracker_and_sink();
     let mut frags = record(Some("6.6.0"), 1, &long, &[("k", "v")]);
     assert_eq!(frags.len(), 3);
     frags.reverse();
@@ -264,8 +268,7 @@ fn fragments_in_any_order_and_a_lost_one_is_marked() {
 
 #[test]
 fn a_reboot_ends_the_crash_and_starts_a_new_boot() {
-    let mut t = tracker();
-    let mut sink = Collected::default();
+    let (mut t, mut sink) = tracker_and_sink();
     for seq in 1000..1010u64 {
         for d in record(None, seq, &format!("old {seq}"), &[]) {
             feed(&mut t, &mut sink, src(5), 0, &d);
@@ -292,8 +295,7 @@ fn a_reboot_ends_the_crash_and_starts_a_new_boot() {
     assert_eq!((d.boot, d.crash), (1, 0));
     assert_eq!(d.records, 4);
     // A repeated seq with another timestamp is a new boot too (seq restarted below the window).
-    let mut t = tracker();
-    let mut sink = Collected::default();
+    let (mut t, mut sink) = tracker_and_sink();
     for seq in 0..5u64 {
         for d in record(None, seq, "a", &[]) {
             feed(&mut t, &mut sink, src(6), 0, &d);
@@ -307,8 +309,7 @@ fn a_reboot_ends_the_crash_and_starts_a_new_boot() {
 
 #[test]
 fn legacy_lines_split_across_datagrams() {
-    let mut t = tracker();
-    let mut sink = Collected::default();
+    let (mut t, mut sink) = tracker_and_sink();
     let parts: [&[u8]; 6] = [
         b"[    1.000000] hello\n[    1.100000] e1000: eth0 NIC Link is Up\n",
         b"[    2.000000] BUG: unable to handle page fault for add",
@@ -340,8 +341,7 @@ fn legacy_lines_split_across_datagrams() {
 
 #[test]
 fn malformed_datagrams_are_counted_by_reason() {
-    let mut t = tracker();
-    let mut sink = Collected::default();
+    let (mut t, mut sink) = tracker_and_sink();
     for d in [
         &b""[..],
         b"6,1,x,-;a",
@@ -361,13 +361,7 @@ fn malformed_datagrams_are_counted_by_reason() {
 #[test]
 fn chattering_crowds_do_not_starve_a_crashing_machine() {
     // 64 KiB of pool, 8 KiB history each: a crash first, then 200 chatty machines.
-    let mut t = ConsoleTracker::new(ConsoleConfig {
-        history_bytes: 8 << 10,
-        memory_budget: 64 << 10,
-        max_sources: 128,
-        ..ConsoleConfig::default()
-    });
-    let mut sink = Collected::default();
+    let (mut t, mut sink) = tracker_sized(8 << 10, 64 << 10, 128);
     let crasher = SocketAddr::from(([10, 9, 9, 9], 6665));
     let mut want = String::new();
     for seq in 0..40u64 {
@@ -410,13 +404,7 @@ proptest! {
         dgrams in proptest::collection::vec(
             (0u8..4, proptest::collection::vec(any::<u8>(), 0..1400)), 0..200),
     ) {
-        let mut t = ConsoleTracker::new(ConsoleConfig {
-            history_bytes: 2048,
-            memory_budget: 16 << 10,
-            max_sources: 3,
-            ..ConsoleConfig::default()
-        });
-        let mut sink = Collected::default();
+        let (mut t, mut sink) = tracker_sized(2048, 16 << 10, 3);
         for (i, (s, mut d)) in dgrams.into_iter().enumerate() {
             // Half of them get a plausible header.
             if i % 2 == 0 {
@@ -440,8 +428,7 @@ proptest! {
         swaps in proptest::collection::vec((0usize..60, 0usize..60), 0..20),
         dups in proptest::collection::vec(0usize..60, 0..10),
     ) {
-        let mut t = tracker();
-        let mut sink = Collected::default();
+        let (mut t, mut sink) = tracker_and_sink();
         // The crash line is the last record and always arrives.
         let text = |seq: u64| if seq == n - 1 {
             "Kernel panic - not syncing: end".to_string()
@@ -487,8 +474,7 @@ proptest! {
 
 #[test]
 fn the_release_comes_from_the_boot_line_without_a_prefix() {
-    let mut t = tracker();
-    let mut sink = Collected::default();
+    let (mut t, mut sink) = tracker_and_sink();
     let lines = [
         "Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org) (gcc-12) #1 SMP",
         "Command line: console=ttyS0",

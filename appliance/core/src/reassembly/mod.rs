@@ -526,7 +526,9 @@ impl Reassembler {
                 next
             }
         };
-        self.start_dump(now, key, generation, &d, fingerprint, sink)
+        let idx = self.start_dump(now, key, generation, &d, fingerprint.is_some(), sink)?;
+        self.add_chunk(now, idx, &d, fingerprint, sink)?;
+        Ok(Accepted::NewDump)
     }
 
     /// Emits dumps that went quiet and forgets emitted dumps whose linger time is over.
@@ -625,15 +627,18 @@ impl Reassembler {
         self.lists.move_to_back(idx, list);
     }
 
+    /// Claims an entry for dump `key` (a new generation when `conflict`: its first chunk
+    /// differs from the one held) and announces the crash; returns the entry, to which the
+    /// caller adds the packet's chunk.
     fn start_dump<S: EventSink>(
         &mut self,
         now: Instant,
         key: DumpKey,
         generation: u32,
         d: &Datagram<'_>,
-        fingerprint: Option<u64>,
+        conflict: bool,
         sink: &mut S,
-    ) -> Result<Accepted, DropReason> {
+    ) -> Result<u32, DropReason> {
         let ip = key.source.ip();
         if !self.shed_source(now, ip, sink) {
             self.stats.refused_source_cap += 1;
@@ -653,7 +658,7 @@ impl Reassembler {
             has_chunks: false,
             indexed: true,
             // A new generation started by a chunk that differs from the one held.
-            conflicts: u32::from(fingerprint.is_some()),
+            conflicts: u32::from(conflict),
             foreign_port_chunks: 0,
             late_chunks: 0,
             shared: false,
@@ -690,8 +695,7 @@ impl Reassembler {
             generation,
             datagram: *d,
         });
-        self.add_chunk(now, idx, d, fingerprint, sink)?;
-        Ok(Accepted::NewDump)
+        Ok(idx)
     }
 
     /// Stores the packet's chunk; `fingerprint` is the chunk's, when the caller already has it.

@@ -7,7 +7,7 @@ use super::*;
 use alloc::string::String;
 use alloc::vec::Vec;
 use netoops_wire::encode::{encode, DumpHeader, SenderModel, Variant};
-use netoops_wire::model::expected;
+use netoops_wire::model::{expected, text_log};
 use netoops_wire::text::Segment;
 use netoops_wire::MAX_DATAGRAM_LEN;
 use proptest::prelude::*;
@@ -94,18 +94,6 @@ fn src(n: u8) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, n], 6666))
 }
 
-fn log(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            if i % 61 == 60 {
-                b'\n'
-            } else {
-                b'a' + ((i as u8).wrapping_mul(7).wrapping_add(seed)) % 26
-            }
-        })
-        .collect()
-}
-
 fn datagram(h: &DumpHeader, m: &SenderModel<'_>, packet_no: u32) -> Vec<u8> {
     let mut buf = [0u8; MAX_DATAGRAM_LEN];
     let n = encode(
@@ -168,7 +156,7 @@ fn three_rounds_give_one_crash_and_one_complete_dump() {
     for variant in Variant::ALL {
         let mut r = Reassembler::new(small_config()).unwrap();
         let mut sink = Collect::default();
-        let (s1, s2) = (log(5000, 1), log(3000, 2));
+        let (s1, s2) = (text_log(5000, 1), text_log(3000, 2));
         let m = SenderModel::new(&s1, &s2);
         let h = DumpHeader::new(variant, 77, "6.1.0-test");
         send_all(&mut r, &mut sink, Instant::ZERO, src(1), &h, &m, |_, _| {
@@ -192,7 +180,7 @@ fn three_rounds_give_one_crash_and_one_complete_dump() {
 #[test]
 fn dump_is_emitted_as_soon_as_the_first_round_completes() {
     let (mut r, mut sink) = small();
-    let s2 = log(2500, 3);
+    let s2 = text_log(2500, 3);
     let m = SenderModel::new(&[], &s2);
     let h = DumpHeader::new(Variant::V2, 1, "5.10");
     send_all(
@@ -211,7 +199,7 @@ fn dump_is_emitted_as_soon_as_the_first_round_completes() {
 #[test]
 fn loss_gives_a_partial_dump_after_the_quiet_period_then_a_newer_revision() {
     let (mut r, mut sink) = small();
-    let s2 = log(10 * 1024 - 100, 4);
+    let s2 = text_log(10 * 1024 - 100, 4);
     let m = SenderModel::new(&[], &s2);
     let h = DumpHeader::new(Variant::V3X86_64, 9, "6.8");
     let t0 = Instant::from_millis(1000);
@@ -256,7 +244,7 @@ fn loss_gives_a_partial_dump_after_the_quiet_period_then_a_newer_revision() {
 #[test]
 fn a_piece_that_is_a_multiple_of_1024_loses_its_first_chunk_to_the_sender_bug() {
     let (mut r, mut sink) = small();
-    let (s1, s2) = (log(2048, 5), log(1500, 6));
+    let (s1, s2) = (text_log(2048, 5), text_log(1500, 6));
     let m = SenderModel::new(&s1, &s2);
     assert!(m.is_zeroed(2));
     let h = DumpHeader::new(Variant::V3X86_64Blob, 3, "6.1");
@@ -276,7 +264,7 @@ fn a_piece_that_is_a_multiple_of_1024_loses_its_first_chunk_to_the_sender_bug() 
 fn an_oops_then_a_panic_in_the_same_second_are_two_dumps() {
     let (mut r, mut sink) = small();
     let h = DumpHeader::new(Variant::V3X86_64, 500, "6.1");
-    let oops = log(3000, 7);
+    let oops = text_log(3000, 7);
     // The panic log grew within the same chunk count: only the newest chunk differs.
     let mut panic_log = oops.clone();
     panic_log.truncate(2900);
@@ -291,7 +279,7 @@ fn an_oops_then_a_panic_in_the_same_second_are_two_dumps() {
         true
     });
     // And a third with more packets.
-    let bigger = log(9000, 8);
+    let bigger = text_log(9000, 8);
     let m3 = SenderModel::new(&[], &bigger);
     send_all(&mut r, &mut sink, Instant::ZERO, src(4), &h, &m3, |_, _| {
         true
@@ -312,7 +300,7 @@ fn an_oops_then_a_panic_in_the_same_second_are_two_dumps() {
 #[test]
 fn malformed_datagrams_are_counted_and_harm_nothing() {
     let (mut r, mut sink) = small();
-    let s2 = log(4000, 9);
+    let s2 = text_log(4000, 9);
     let m = SenderModel::new(&[], &s2);
     let h = DumpHeader::new(Variant::V2, 2, "4.19");
     let good = datagram(&h, &m, 1);
@@ -353,7 +341,7 @@ fn memory_pressure_flushes_the_oldest_dump_and_keeps_newest_chunks() {
     assert!((100..110).contains(&slots), "{slots}");
     let mut sink = Collect::default();
     // Eight machines with 40-packet logs, interleaved round by round: 320 chunks for ~100 slots.
-    let logs: Vec<Vec<u8>> = (0..8).map(|i| log(40 * 1024 - 10, i)).collect();
+    let logs: Vec<Vec<u8>> = (0..8).map(|i| text_log(40 * 1024 - 10, i)).collect();
     let models: Vec<SenderModel<'_>> = logs.iter().map(|l| SenderModel::new(&[], l)).collect();
     let headers: Vec<DumpHeader> = (0..8)
         .map(|i| DumpHeader::new(Variant::V3X86_64, i, "6.1"))
@@ -396,7 +384,7 @@ fn one_dump_larger_than_the_pool_keeps_its_newest_chunks() {
     };
     let mut r = Reassembler::new(config).unwrap();
     let mut sink = Collect::default();
-    let s2 = log(100 * 1024, 1);
+    let s2 = text_log(100 * 1024, 1);
     let m = SenderModel::new(&[], &s2);
     let h = DumpHeader::new(Variant::V2, 4, "6.1");
     for (_, p) in m.schedule() {
@@ -412,7 +400,7 @@ fn one_dump_larger_than_the_pool_keeps_its_newest_chunks() {
 #[test]
 fn one_source_cannot_take_the_table() {
     let (mut r, mut sink) = small();
-    let s2 = log(3000, 2);
+    let s2 = text_log(3000, 2);
     let m = SenderModel::new(&[], &s2);
     // A sender spraying dump ids: each starts a dump that never completes. Claims just
     // opened are held; past the hold (375 ms), the least recently active one gives way.
@@ -441,7 +429,7 @@ fn one_source_cannot_take_the_table() {
 #[test]
 fn lingering_dumps_absorb_later_rounds_then_are_forgotten() {
     let (mut r, mut sink) = small();
-    let s2 = log(2000, 3);
+    let s2 = text_log(2000, 3);
     let m = SenderModel::new(&[], &s2);
     let h = DumpHeader::new(Variant::V2, 8, "x");
     send_all(
@@ -476,7 +464,7 @@ fn lingering_dumps_absorb_later_rounds_then_are_forgotten() {
 #[test]
 fn segments_put_gaps_between_text_in_log_order() {
     let (mut r, mut sink) = small();
-    let s2 = log(5 * 1024, 3);
+    let s2 = text_log(5 * 1024, 3);
     let m = SenderModel::new(&[], &s2);
     let h = DumpHeader::new(Variant::V2, 8, "x");
     send_all(&mut r, &mut sink, Instant::ZERO, src(41), &h, &m, |_, p| {
@@ -545,7 +533,7 @@ fn storm_against_a_real_dump(
 ) -> StormResult {
     let mut r = Reassembler::new(config).unwrap();
     let mut sink = Collect::default();
-    let log = log(59 * 1024 - 300, 11);
+    let log = text_log(59 * 1024 - 300, 11);
     let m = SenderModel::new(&[], &log);
     assert_eq!(m.packet_count(), 59);
     let h = DumpHeader::new(Variant::V3X86_64, 777, "6.1.0-real");
@@ -641,7 +629,7 @@ fn a_spoofed_quota_from_the_same_address_does_not_shred_a_dump_in_progress() {
 #[test]
 fn a_source_at_its_cap_is_refused_a_new_dump_but_reclaims_its_emitted_ones() {
     let (mut r, mut sink) = small();
-    let s2 = log(5 * 1024 - 10, 4);
+    let s2 = text_log(5 * 1024 - 10, 4);
     let m = SenderModel::new(&[], &s2);
     let t = Instant::ZERO;
     // Four dumps in progress from one address (the cap), two packets each.
@@ -687,7 +675,7 @@ fn a_dump_in_progress_is_not_displaced_when_the_table_is_full_of_dumps_in_progre
     };
     let mut r = Reassembler::new(config).unwrap();
     let mut sink = Collect::default();
-    let s2 = log(5 * 1024 - 10, 5);
+    let s2 = text_log(5 * 1024 - 10, 5);
     let m = SenderModel::new(&[], &s2);
     for i in 0..4u8 {
         let h = DumpHeader::new(Variant::V2, 1, "x");
@@ -722,7 +710,7 @@ fn a_dump_in_progress_is_not_displaced_when_the_table_is_full_of_dumps_in_progre
 fn honest_storm(config: ReassemblyConfig) -> (Collect, ReassemblyStats) {
     let mut r = Reassembler::new(config).unwrap();
     let mut sink = Collect::default();
-    let logs: Vec<Vec<u8>> = (0..300u32).map(|m| log(40 * 1024, m as u8)).collect();
+    let logs: Vec<Vec<u8>> = (0..300u32).map(|m| text_log(40 * 1024, m as u8)).collect();
     let models: Vec<SenderModel<'_>> = logs
         .iter()
         .enumerate()
@@ -796,7 +784,7 @@ fn holds_forged_text(d: &Emitted) -> bool {
 #[test]
 fn a_forged_chunk_sent_ahead_of_the_real_one_is_flagged() {
     let (mut r, mut sink) = small();
-    let s2 = log(8 * 1024 - 50, 12);
+    let s2 = text_log(8 * 1024 - 50, 12);
     let m = SenderModel::new(&[], &s2);
     let h = DumpHeader::new(Variant::V3X86_64, 5, "6.1");
     let t = Instant::from_millis(1000);
@@ -827,7 +815,7 @@ fn a_forged_chunk_sent_ahead_of_the_real_one_is_flagged() {
 #[test]
 fn forged_hole_fills_are_flagged() {
     let (mut r, mut sink) = small();
-    let s2 = log(8 * 1024 - 50, 13);
+    let s2 = text_log(8 * 1024 - 50, 13);
     let m = SenderModel::new(&[], &s2);
     let h = DumpHeader::new(Variant::V3X86_64, 6, "6.1");
     let lost = |p: u32| p == 3 || p == 4;
@@ -904,7 +892,7 @@ fn arb_case() -> impl Strategy<Value = (Vec<u8>, usize, Variant, Net)> {
     (1usize..20_000, any::<u8>(), 0usize..4).prop_flat_map(|(len, seed, v)| {
         let sends = 3 * len.div_ceil(1024) + 6;
         (
-            Just(log(len, seed)),
+            Just(text_log(len, seed)),
             0..=len,
             Just(Variant::ALL[v]),
             (
@@ -1024,7 +1012,7 @@ proptest! {
         };
         let mut r = Reassembler::new(config).unwrap();
         let mut sink = Collect::default();
-        let logs: Vec<Vec<u8>> = (0..3u8).map(|i| log(usize::from(i) * 40_000 + 900, i)).collect();
+        let logs: Vec<Vec<u8>> = (0..3u8).map(|i| text_log(usize::from(i) * 40_000 + 900, i)).collect();
         let mut now = Instant::from_millis(1);
         for step in steps {
             match step {

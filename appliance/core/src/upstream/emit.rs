@@ -354,26 +354,29 @@ impl Serialize for DumpFields<'_, '_, '_> {
                 st.serialize_field("late_chunks", &d.late_chunks())?;
             }
             DumpOut::Netconsole(d) => {
-                st.serialize_field("id", &console_identity(d.source, d.boot, d.crash))?;
+                st.serialize_field(
+                    "id",
+                    &console_identity(d.notice.source, d.notice.boot, d.notice.crash),
+                )?;
                 st.serialize_field("generation", &0u32)?;
-                st.serialize_field("kernel_version", &Lossy(d.release))?;
+                st.serialize_field("kernel_version", &Lossy(d.notice.release))?;
                 st.serialize_field("packet_count", &packet_count)?;
                 st.serialize_field("received", &d.records)?;
                 st.serialize_field("missing", &[] as &[(u32, u32)])?;
                 st.serialize_field("zeroed", &[] as &[u32])?;
                 st.serialize_field("complete", &d.complete())?;
                 st.serialize_field("revision", &1u32)?;
-                st.serialize_field("first_seen_ms", &d.crash_at.total_millis())?;
+                st.serialize_field("first_seen_ms", &d.notice.at.total_millis())?;
                 st.serialize_field("completed_ms", &d.emitted_at.total_millis())?;
                 st.serialize_field("cpu", &None::<Cpu>)?;
                 st.serialize_field("registers", &None::<()>)?;
                 st.serialize_field("user_blob", &None::<()>)?;
                 let meta = ConsoleMetaOut {
-                    extended: d.extended,
-                    boot: d.boot,
-                    crash: d.crash,
-                    crash_line: d.line,
-                    release: d.release,
+                    extended: d.notice.extended,
+                    boot: d.notice.boot,
+                    crash: d.notice.crash,
+                    crash_line: d.notice.line,
+                    release: d.notice.release,
                     missing_seq: d.missing,
                     incomplete_seq: d.incomplete,
                     seq_range: d.seq_range,
@@ -422,11 +425,11 @@ mod tests {
 
     fn console_meta(d: &ConsoleDump<'_>) -> ConsoleMeta {
         ConsoleMeta {
-            extended: d.extended,
-            boot: d.boot,
-            crash: d.crash,
-            crash_line: lossy(d.line),
-            release: lossy(d.release),
+            extended: d.notice.extended,
+            boot: d.notice.boot,
+            crash: d.notice.crash,
+            crash_line: lossy(d.notice.line),
+            release: lossy(d.notice.release),
             missing_seq: d.missing.to_vec(),
             incomplete_seq: d.incomplete.to_vec(),
             seq_range: d.seq_range,
@@ -440,12 +443,15 @@ mod tests {
     fn netconsole_records_encode_as_the_owned_ones() {
         let fields: [(&[u8], &[u8]); 2] = [(b"cpu", b"3"), (b"task\xffname", b"ba\xc3sh")];
         let d = ConsoleDump {
-            source: "10.1.2.3:6665".parse().unwrap(),
-            boot: 2,
-            crash: 5,
-            line: b"BUG: bad \xe2\x28\xa1 page",
-            release: b"6.1.0-18-amd64",
-            extended: true,
+            notice: ConsoleCrash {
+                source: "10.1.2.3:6665".parse().unwrap(),
+                boot: 2,
+                crash: 5,
+                line: b"BUG: bad \xe2\x28\xa1 page",
+                release: b"6.1.0-18-amd64",
+                extended: true,
+                at: Instant::from_millis(1234),
+            },
             text: b"text",
             missing: &[(3, 9), (12, 12)],
             incomplete: &[40, 41],
@@ -453,27 +459,30 @@ mod tests {
             seq_range: Some((1, 310)),
             fields: &fields,
             truncated: true,
-            crash_at: Instant::from_millis(1234),
             emitted_at: Instant::from_millis(9876),
         };
         // Netconsole has no packets, header extras or anomalies: the rest stays as `new` has it.
         let owned = Record::Dump(DumpMeta {
-            kernel_version: lossy(d.release),
+            kernel_version: lossy(d.notice.release),
             packet_count: 300 + 8,
             received: 300,
             complete: d.complete(),
             first_seen_ms: 1234,
             completed_ms: 9876,
             netconsole: Some(console_meta(&d)),
-            ..DumpMeta::new(console_identity(d.source, d.boot, d.crash))
+            ..DumpMeta::new(console_identity(
+                d.notice.source,
+                d.notice.boot,
+                d.notice.crash,
+            ))
         });
         assert_eq!(bytes(&DumpOut::Netconsole(&d)), bytes(&owned));
 
         let c = ConsoleCrash {
-            source: d.source,
+            source: d.notice.source,
             boot: 2,
             crash: 5,
-            line: d.line,
+            line: d.notice.line,
             release: b"\xff6.1",
             extended: false,
             at: Instant::from_millis(55),

@@ -1097,7 +1097,7 @@ fn push_event(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::upstream::record::{
         decode_record, encode_reply_frame, CrashSeen, DumpIdentity, DumpMeta, Source, SourceIp,
@@ -1106,10 +1106,12 @@ mod tests {
     use proptest::prelude::*;
 
     /// A collector made of the real protocol code: durable `applied` survives reconnects.
-    struct Collector {
+    /// Also the relay's tests' collector.
+    pub(crate) struct Collector {
         decoder: FrameDecoder,
         applied: u64,
-        stored: Vec<(u64, RecordKind, Vec<u8>)>,
+        /// Each record stored: its seq, kind, payload and the record itself.
+        pub(crate) stored: Vec<(u64, RecordKind, Vec<u8>, Record)>,
         replies: Vec<u8>,
         /// Answer with Acks (false: a stalled or lossy peer).
         acking: bool,
@@ -1117,7 +1119,7 @@ mod tests {
     }
 
     impl Collector {
-        fn new() -> Self {
+        pub(crate) fn new() -> Self {
             Collector {
                 decoder: FrameDecoder::new(MAX_FRAME_LEN),
                 applied: 0,
@@ -1154,8 +1156,8 @@ mod tests {
                         r => {
                             assert!(self.hello_seen);
                             if h.seq > self.applied {
-                                self.stored
-                                    .push((h.seq, r.kind().unwrap(), payload.to_vec()));
+                                let kind = r.kind().unwrap();
+                                self.stored.push((h.seq, kind, payload.to_vec(), r));
                                 self.applied = h.seq;
                             }
                             Reply::Ack { seq: h.seq }
@@ -1233,7 +1235,7 @@ mod tests {
     }
 
     /// Moves bytes both ways in `chunk`-sized writes until nothing moves.
-    fn pump(link: &mut UpstreamLink, c: &mut Collector, now: Instant, chunk: usize) {
+    pub(crate) fn pump(link: &mut UpstreamLink, c: &mut Collector, now: Instant, chunk: usize) {
         let mut buf = vec![0u8; chunk];
         loop {
             let n = link.poll_transmit(now, &mut buf);
@@ -1253,6 +1255,22 @@ mod tests {
         (UpstreamLink::new(config(1)), Collector::new())
     }
 
+    /// A link with `config` and `records` (with their texts) enqueued at `t`, connected to a
+    /// new test collector.
+    fn connected(
+        config: LinkConfig,
+        t: Instant,
+        records: impl IntoIterator<Item = (Record, &'static [u8])>,
+    ) -> (UpstreamLink, Collector) {
+        let mut link = UpstreamLink::new(config);
+        let mut c = Collector::new();
+        for (record, text) in records {
+            put(&mut link, t, &record, text);
+        }
+        connect(&mut link, &mut c, t);
+        (link, c)
+    }
+
     /// After [`connect`]: `Hello` out, `Welcome` back, nothing more.
     fn handshake(link: &mut UpstreamLink, c: &mut Collector, now: Instant) {
         let mut buf = [0u8; 4096];
@@ -1262,7 +1280,7 @@ mod tests {
             .unwrap();
     }
 
-    fn connect(link: &mut UpstreamLink, c: &mut Collector, now: Instant) -> usize {
+    pub(crate) fn connect(link: &mut UpstreamLink, c: &mut Collector, now: Instant) -> usize {
         let idx = link.poll_connect(now).expect("an upstream to connect to");
         link.handle_connected(now, idx);
         c.reconnect();
@@ -1286,28 +1304,20 @@ mod tests {
         psk: &crate::upstream::secure::Psk,
         now: Instant,
     ) -> Result<(), SecureError> {
-        use crate::upstream::secure::Received;
         let mut buf = vec![0u8; 333];
+        let mut keys = |id: &str| {
+            if id == "relay-a" {
+                vec![psk.clone()]
+            } else {
+                Vec::new()
+            }
+        };
         loop {
             let n = link.poll_transmit(now, &mut buf);
-            let mut rest = &buf[..n];
             let mut back = Vec::new();
-            while !rest.is_empty() {
-                let mut keys = |id: &str| {
-                    if id == "relay-a" {
-                        vec![psk.clone()]
-                    } else {
-                        Vec::new()
-                    }
-                };
-                let (k, out) = resp.read(rest, &mut keys, &[8; 32])?;
-                rest = &rest[k..];
-                match out {
-                    Received::Nothing => {}
-                    Received::Established { reply, .. } => back.extend_from_slice(&reply),
-                    Received::Plain(p) => c.receive(p),
-                }
-            }
+            resp.read_all(&buf[..n], n, &mut keys, &[8; 32], &mut back, |p| {
+                c.receive(p)
+            })?;
             let replies = core::mem::take(&mut c.replies);
             if !replies.is_empty() {
                 resp.seal(&replies, &mut back).unwrap();
@@ -1338,12 +1348,15 @@ mod tests {
     #[test]
     fn secure_sessions_handshake_before_hello_and_deliver() {
         use crate::upstream::secure::{key_id_prefix, Psk, Responder, HANDSHAKE_LEN};
-        let mut link = UpstreamLink::new(secure_config(7));
-        let mut c = Collector::new();
         let t = Instant::from_millis(1000);
-        put(&mut link, t, &crash(1), b"Oops: 0002");
-        put(&mut link, t, &dump(1), b"full text of the oops");
-        connect(&mut link, &mut c, t);
+        let (mut link, mut c) = connected(
+            secure_config(7),
+            t,
+            [
+                (crash(1), &b"Oops: 0002"[..]),
+                (dump(1), b"full text of the oops"),
+            ],
+        );
         // Before the handshake: the clear key id and message 1, and no Hello.
         let mut buf = [0u8; 4096];
         let n = link.poll_transmit(t, &mut buf);
@@ -1375,11 +1388,8 @@ mod tests {
     #[test]
     fn a_collector_without_the_key_gets_nothing_and_a_forged_reply_closes() {
         use crate::upstream::secure::{Psk, Responder};
-        let mut link = UpstreamLink::new(secure_config(7));
-        let mut c = Collector::new();
         let t = Instant::from_millis(1000);
-        put(&mut link, t, &dump(1), b"secret text");
-        connect(&mut link, &mut c, t);
+        let (mut link, mut c) = connected(secure_config(7), t, [(dump(1), &b"secret text"[..])]);
         let mut resp = Responder::new(crate::upstream::secure::MAX_MESSAGE);
         assert_eq!(
             pump_secure(&mut link, &mut c, &mut resp, &Psk([8; 32]), t),
@@ -1483,12 +1493,8 @@ mod tests {
 
     #[test]
     fn unacknowledged_records_are_resent_after_reconnect() {
-        let (mut link, mut c) = link_and_collector();
         let mut t = Instant::from_millis(1000);
-        for i in 0..3 {
-            put(&mut link, t, &crash(i), b"text");
-        }
-        connect(&mut link, &mut c, t);
+        let (mut link, mut c) = connected(config(1), t, (0..3).map(|i| (crash(i), &b"text"[..])));
         handshake(&mut link, &mut c, t);
         let mut buf = [0u8; 4096];
         // The records go out but the connection dies before the collector reads them.
@@ -1507,12 +1513,8 @@ mod tests {
 
     #[test]
     fn welcome_last_seq_prevents_duplicates_when_acks_were_lost() {
-        let (mut link, mut c) = link_and_collector();
         let mut t = Instant::from_millis(1000);
-        for i in 0..3 {
-            put(&mut link, t, &dump(i), b"text");
-        }
-        connect(&mut link, &mut c, t);
+        let (mut link, mut c) = connected(config(1), t, (0..3).map(|i| (dump(i), &b"text"[..])));
         pump(&mut link, &mut c, t, 4096);
         c.acking = false;
         put(&mut link, t, &dump(9), b"text");
@@ -1715,6 +1717,23 @@ mod tests {
         );
     }
 
+    /// Checks that the link's next timer is `secs` from `t`, fires it and expects it to
+    /// close connection `idx` (closed as `reason`); returns when it fired.
+    fn timer_closes(
+        link: &mut UpstreamLink,
+        t: Instant,
+        secs: u64,
+        idx: usize,
+        reason: CloseReason,
+    ) -> Instant {
+        let t = t + Duration::from_secs(secs);
+        assert_eq!(link.poll_timeout(), Some(t));
+        link.handle_timeout(t);
+        assert_eq!(link.poll_close(), Some(idx));
+        link.handle_closed(t, idx, reason);
+        t
+    }
+
     #[test]
     fn failover_when_upstream_0_stalls_then_failback() {
         let mut link = UpstreamLink::new(config(2));
@@ -1728,11 +1747,7 @@ mod tests {
         c0.acking = false;
         put(&mut link, t, &crash(1), b"stalled");
         pump(&mut link, &mut c0, t, 4096);
-        assert_eq!(link.poll_timeout(), Some(t + Duration::from_secs(2)));
-        t += Duration::from_secs(2);
-        link.handle_timeout(t);
-        assert_eq!(link.poll_close(), Some(0));
-        link.handle_closed(t, 0, CloseReason::IoError);
+        t = timer_closes(&mut link, t, 2, 0, CloseReason::IoError);
         assert_eq!(connect(&mut link, &mut c1, t), 1);
         pump(&mut link, &mut c1, t, 4096);
         assert_eq!(stored_seqs(&c1), vec![1]);
@@ -1746,11 +1761,7 @@ mod tests {
         // Failback after the interval, at a frame boundary.
         put(&mut link, t, &crash(2), b"on one");
         pump(&mut link, &mut c1, t, 4096);
-        assert_eq!(link.poll_timeout(), Some(t + Duration::from_secs(10)));
-        t += Duration::from_secs(10);
-        link.handle_timeout(t);
-        assert_eq!(link.poll_close(), Some(1));
-        link.handle_closed(t, 1, CloseReason::PeerClosed);
+        t = timer_closes(&mut link, t, 10, 1, CloseReason::PeerClosed);
         c0.acking = true;
         assert_eq!(connect(&mut link, &mut c0, t), 0);
         put(&mut link, t, &crash(3), b"back on zero");

@@ -837,6 +837,32 @@ impl Responder {
     }
 }
 
+#[cfg(test)]
+impl Responder {
+    /// Reads all of `input`, in pieces of at most `step` bytes: handshake replies are appended
+    /// to `replies`, plaintext goes to `plain`. For the tests here and the link's.
+    pub(crate) fn read_all(
+        &mut self,
+        mut input: &[u8],
+        step: usize,
+        keys: &mut dyn FnMut(&str) -> Vec<Psk>,
+        seed: &[u8; 32],
+        replies: &mut Vec<u8>,
+        mut plain: impl FnMut(&[u8]),
+    ) -> Result<(), SecureError> {
+        while !input.is_empty() {
+            let (k, out) = self.read(&input[..input.len().min(step)], keys, seed)?;
+            input = &input[k..];
+            match out {
+                Received::Nothing => {}
+                Received::Established { reply, .. } => replies.extend_from_slice(&reply),
+                Received::Plain(p) => plain(p),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Seals `plain` in messages of at most `chunk` plaintext bytes, appended to `out`.
 pub fn seal_into(
     t: &mut Transport,
@@ -902,25 +928,22 @@ mod tests {
                 k
             })?;
             to_collector.extend_from_slice(&buf[..n]);
-            let mut rest = &to_collector[..];
             let mut replies = Vec::new();
-            while !rest.is_empty() {
-                let mut lookup = |id: &str| {
-                    collector_keys
-                        .iter()
-                        .filter(|(i, _)| *i == id)
-                        .map(|(_, k)| k.clone())
-                        .collect()
-                };
-                let piece = &rest[..rest.len().min(step)];
-                let (k, out) = resp.read(piece, &mut lookup, &[2; 32])?;
-                rest = &rest[k..];
-                match out {
-                    Received::Nothing => {}
-                    Received::Established { reply, .. } => replies.extend_from_slice(&reply),
-                    Received::Plain(p) => got.extend_from_slice(p),
-                }
-            }
+            let mut lookup = |id: &str| {
+                collector_keys
+                    .iter()
+                    .filter(|(i, _)| *i == id)
+                    .map(|(_, k)| k.clone())
+                    .collect()
+            };
+            resp.read_all(
+                &to_collector,
+                step,
+                &mut lookup,
+                &[2; 32],
+                &mut replies,
+                |p| got.extend_from_slice(p),
+            )?;
             to_collector.clear();
             if resp.is_established() && got.len() == msg.len() {
                 let mut sealed = Vec::new();
