@@ -504,9 +504,8 @@ fn counting_prefetch(bytes: &[u8]) {
 #[test]
 fn the_plugged_prefetch_is_asked_for_known_sources_tails_only() {
     use core::sync::atomic::Ordering::Relaxed;
-    let mut t = tracker();
+    let (mut t, mut sink) = tracker_and_sink();
     t.set_prefetch(counting_prefetch);
-    let mut sink = Collected::default();
     let mut sent = 0;
     for seq in 0..10u64 {
         for d in record(None, seq, &format!("line {seq}"), &[]) {
