@@ -396,3 +396,74 @@ fn serving_http_does_not_allocate_per_request() {
     assert_eq!(s.request_timeouts, 20);
     assert!(sent > 20 * 30_000, "{sent}");
 }
+
+/// Netconsole sources come and go: far more machines than the source table holds chatter in
+/// turn, so healthy sources are forgotten and their slots (and table entries) reused. The
+/// table must never grow: hashbrown rehashes in place only while at most half full.
+#[test]
+fn netconsole_source_churn_does_not_allocate() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    use netoops_core::netconsole::{
+        ConsoleConfig, ConsoleCrash, ConsoleDump, ConsoleSink, ConsoleTracker,
+    };
+    use netoops_core::time::Duration;
+    use netoops_wire::netconsole::{encode_record, RecordSpec};
+
+    struct Count(usize);
+    impl ConsoleSink for Count {
+        fn crash_seen(&mut self, _: &ConsoleCrash<'_>) {
+            self.0 += 1;
+        }
+        fn dump(&mut self, _: &ConsoleDump<'_>) {
+            self.0 += 1;
+        }
+    }
+    for max_sources in [1usize, 7, 64, 100] {
+        let mut t = ConsoleTracker::new(ConsoleConfig {
+            history_bytes: 4 << 10,
+            memory_budget: 1 << 20,
+            max_sources,
+            ..ConsoleConfig::default()
+        });
+        let mut scratch = [0u8; 8192];
+        let mut datagrams: Vec<Vec<u8>> = Vec::new();
+        for seq in 0..3u64 {
+            let spec = RecordSpec {
+                release: None,
+                level: 6,
+                seq,
+                usec: 1_000_000 + seq,
+                text: b"eth0: link up",
+                fields: &[],
+            };
+            encode_record(&spec, &mut scratch, |d| datagrams.push(d.to_vec()));
+        }
+        let mut sink = Count(0);
+        let mut now = Instant::from_millis(1);
+        // Fill the table once before counting.
+        for m in 0..max_sources as u32 {
+            let src = SocketAddr::from((m.to_be_bytes(), 6665));
+            let _ = t.handle_datagram(now, src, &datagrams[0], &mut sink);
+        }
+        ALLOCATIONS.store(0, Ordering::SeqCst);
+        set_counting(true);
+        for round in 0..40u32 {
+            now += Duration::from_secs(1);
+            for m in 0..(3 * max_sources as u32 + 5) {
+                let src = SocketAddr::from(((1000 + round * 977 + m).to_be_bytes(), 6665));
+                for d in &datagrams {
+                    let _ = t.handle_datagram(now, src, d, &mut sink);
+                }
+            }
+        }
+        set_counting(false);
+        assert_eq!(
+            ALLOCATIONS.load(Ordering::SeqCst),
+            0,
+            "max_sources {max_sources}: {:?}",
+            t.stats()
+        );
+        assert!(t.sources() <= max_sources);
+        assert!(t.stats().datagrams > 0);
+    }
+}

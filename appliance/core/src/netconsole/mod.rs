@@ -439,7 +439,10 @@ impl ConsoleTracker {
             pool: BlockPool::new(blocks),
             sources: Vec::with_capacity(max_sources),
             texts: Vec::with_capacity(max_sources),
-            by_addr: HashMap::with_capacity(max_sources),
+            // Twice the sources: forgetting a source leaves a tombstone, and hashbrown clears
+            // tombstones in place only while the table is at most half full; fuller, it
+            // would grow, an allocation in the per-datagram path.
+            by_addr: HashMap::with_capacity(2 * max_sources),
             crashing: Vec::with_capacity(max_sources),
             hand: 0,
             render: Render {
