@@ -15,8 +15,8 @@
 
 use netoops_core::upstream::record::{
     decode_record, decode_reply, encode_record_frame, encode_reply_frame, ConsoleMeta, Cpu,
-    CrashSeen, DumpIdentity, DumpMeta, Record, RecordHeader, RegisterSet, Reply, Source, SourceIp,
-    LEN_PREFIX, PROTOCOL_VERSION,
+    CrashSeen, DumpIdentity, DumpMeta, FrameDecoder, Record, RecordHeader, RegisterSet, Reply,
+    Source, SourceIp, LEN_PREFIX, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 /// The version these vectors were recorded at.
@@ -272,6 +272,31 @@ fn golden_records_decode() {
         let (decoded, rest) = decode_record(&body).unwrap();
         assert_eq!(decoded, header, "{name}");
         assert_eq!(rest, payload, "{name}");
+    }
+}
+
+#[test]
+fn records_cross_the_frame_decoder_byte_by_byte() {
+    let records = records();
+    let mut stream = Vec::new();
+    for (_, header, payload, _) in &records {
+        stream.extend(encode_record_frame(&header.as_ref(), payload).unwrap());
+    }
+    let mut dec = FrameDecoder::new(MAX_FRAME_LEN);
+    let mut decoded = Vec::new();
+    // Byte by byte: the decoder must cope with any split.
+    for b in &stream {
+        assert_eq!(dec.push(std::slice::from_ref(b)), 1);
+        if let Some(body) = dec.next_frame().unwrap() {
+            let (header, payload) = decode_record(body).unwrap();
+            decoded.push((header, payload.to_vec()));
+        }
+    }
+    assert_eq!(dec.buffered(), 0);
+    assert_eq!(decoded.len(), records.len());
+    for ((name, header, payload, _), (got, got_payload)) in records.into_iter().zip(decoded) {
+        assert_eq!(got, header, "{name}");
+        assert_eq!(got_payload, payload, "{name}");
     }
 }
 

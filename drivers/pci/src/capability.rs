@@ -84,7 +84,10 @@ mod tests {
     use crate::testing::{Function, MemConfig};
     use std::vec::Vec;
 
-    fn with_list(links: &[(u8, u8, u8)], status_bit: bool) -> (MemConfig, PciAddress) {
+    /// Walks the capability list of a function whose configuration space holds `links`
+    /// (`(offset, id, next)`, the first one where the capabilities pointer points), with the
+    /// status register's capability bit set or not.
+    fn walk(links: &[(u8, u8, u8)], status_bit: bool) -> Vec<Capability> {
         let cfg = MemConfig::default();
         let a = PciAddress::new(0, 2, 0);
         let mut f = Function::new(0x1af4, 0x1041, 2, 0);
@@ -97,12 +100,12 @@ mod tests {
             f.space[usize::from(at) + 1] = next;
         }
         cfg.add(a, f);
-        (cfg, a)
+        Capabilities::new(&cfg, a).collect()
     }
 
     #[test]
     fn walks_virtio_style_vendor_capabilities() {
-        let (cfg, a) = with_list(
+        let caps = walk(
             &[
                 (0x98, 0x11, 0x84),
                 (0x84, 0x09, 0x70),
@@ -111,7 +114,6 @@ mod tests {
             ],
             true,
         );
-        let caps: Vec<_> = Capabilities::new(&cfg, a).collect();
         assert_eq!(
             caps,
             [
@@ -137,26 +139,31 @@ mod tests {
 
     #[test]
     fn no_list_without_the_status_bit() {
-        let (cfg, a) = with_list(&[(0x40, 0x09, 0)], false);
-        assert_eq!(Capabilities::new(&cfg, a).count(), 0);
+        assert_eq!(walk(&[(0x40, 0x09, 0)], false), []);
     }
 
     #[test]
     fn a_loop_ends_after_the_bound() {
-        let (cfg, a) = with_list(&[(0x40, 0x09, 0x50), (0x50, 0x05, 0x40)], true);
-        assert_eq!(Capabilities::new(&cfg, a).count(), MAX_LINKS);
+        let caps = walk(&[(0x40, 0x09, 0x50), (0x50, 0x05, 0x40)], true);
+        assert_eq!(caps.len(), MAX_LINKS);
     }
 
     #[test]
     fn a_pointer_into_the_header_ends_the_walk() {
-        let (cfg, a) = with_list(&[(0x40, 0x09, 0x10)], true);
-        assert_eq!(Capabilities::new(&cfg, a).count(), 1);
+        let caps = walk(&[(0x40, 0x09, 0x10)], true);
+        assert_eq!(
+            caps,
+            [Capability {
+                id: CAP_ID_VENDOR,
+                offset: 0x40
+            }]
+        );
     }
 
     #[test]
     fn reserved_low_pointer_bits_are_ignored() {
-        let (cfg, a) = with_list(&[(0x40, 0x10, 0x53), (0x50, 0x09, 0)], true);
-        let offsets: Vec<_> = Capabilities::new(&cfg, a).map(|c| c.offset).collect();
+        let caps = walk(&[(0x40, 0x10, 0x53), (0x50, 0x09, 0)], true);
+        let offsets: Vec<_> = caps.iter().map(|c| c.offset).collect();
         assert_eq!(offsets, [0x40, 0x50]);
     }
 }

@@ -338,14 +338,10 @@ fn start_forwarder(o: &ApplianceOptions) -> Result<forward::Forwarder, crate::Er
     })?)
 }
 
-/// Writes `stats` as one JSON line to `path`, replacing it whole (write, then rename), so a
-/// reader never sees half a file.
+/// Writes `stats` as one JSON line to `path`, replacing it whole ([`crate::write_replacing`]),
+/// so a reader never sees half a file.
 pub fn write_stats_json(path: &Path, stats: &ForwarderStats) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, format!("{}\n", stats.json()))?;
-    std::fs::rename(&tmp, path)
+    crate::write_replacing(path, format!("{}\n", stats.json()).as_bytes())
 }
 
 /// Prints the forwarder's counters and refreshes the JSON file; what failed is said once.
@@ -609,7 +605,12 @@ mod tests {
         assert_eq!(text.lines().count(), 1);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["forwarder"]["ports"][0]["lost"], 3);
-        assert!(!dir.join("forwarder.json.tmp").exists());
+        // No temporary file left beside it.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["forwarder.json"]);
         assert!(final_verdict(&stats).contains("3 LOST"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -4,7 +4,7 @@
 //! workspace root (so the root `.cargo/config.toml` supplies the static relocation model),
 //! then the loadable part of the ELF is written to `target/image/netoops-relay.elf`.
 
-use crate::{elf, image_dir, target_dir, workspace_root, Error};
+use crate::{elf, image_dir, target_dir, workspace_root, write_replacing, Error};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -113,21 +113,12 @@ pub fn build_kernel(release: bool) -> Result<BuiltImage, Error> {
         cargo_build("netoops-kernel", KERNEL_TARGET, release, &[])?.join("netoops-kernel");
     let bytes = std::fs::read(&kernel_elf)?;
     let image = elf::strip(&bytes)?;
-    let summary = elf::inspect(&image)?;
-    if summary.pvh_entry.is_none() {
-        return Err(Error::BadElf("no PVH (Xen type 18) note"));
-    }
-    if summary.multiboot2_offset.is_none() {
-        return Err(Error::BadElf("no multiboot2 header in the first 32 KiB"));
-    }
+    let summary = bootable(&image)?;
     std::fs::create_dir_all(image_dir())?;
     let path = image_dir().join(IMAGE_NAME);
-    // Write-then-rename so a QEMU reading the previous image never sees a partial file. An
-    // unchanged image is left alone: the UEFI stub embeds it, and a new mtime rebuilds that.
+    // An unchanged image is left alone: the UEFI stub embeds it, and a new mtime rebuilds that.
     if std::fs::read(&path).ok().as_deref() != Some(image.as_slice()) {
-        let tmp = path.with_extension(format!("elf.{}", std::process::id()));
-        std::fs::write(&tmp, &image)?;
-        std::fs::rename(&tmp, &path)?;
+        write_replacing(&path, &image)?;
     }
     Ok(BuiltImage {
         path,
@@ -142,19 +133,26 @@ pub fn build_kernel(release: bool) -> Result<BuiltImage, Error> {
 /// the PVH entry note and the multiboot2 header. No cargo, no Rust toolchain.
 pub fn load_kernel(path: &Path) -> Result<BuiltImage, Error> {
     let bytes = crate::read_named(path, "kernel")?;
-    let summary = elf::inspect(&bytes)?;
-    if summary.pvh_entry.is_none() {
-        return Err(Error::BadElf("no PVH (Xen type 18) note"));
-    }
-    if summary.multiboot2_offset.is_none() {
-        return Err(Error::BadElf("no multiboot2 header in the first 32 KiB"));
-    }
+    let summary = bootable(&bytes)?;
     Ok(BuiltImage {
         path: path.to_path_buf(),
         kernel_elf: path.to_path_buf(),
         size: bytes.len() as u64,
         summary,
     })
+}
+
+/// What the ELF headers of a kernel image say, once they show both entries the loaders use:
+/// the PVH note (QEMU) and the multiboot2 header (GRUB).
+fn bootable(image: &[u8]) -> Result<elf::ElfSummary, Error> {
+    let summary = elf::inspect(image)?;
+    if summary.pvh_entry.is_none() {
+        return Err(Error::BadElf("no PVH (Xen type 18) note"));
+    }
+    if summary.multiboot2_offset.is_none() {
+        return Err(Error::BadElf("no multiboot2 header in the first 32 KiB"));
+    }
+    Ok(summary)
 }
 
 /// The image `--kernel` names, or a fresh build: how every command that boots or packs the

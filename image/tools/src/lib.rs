@@ -88,6 +88,20 @@ pub fn read_named(path: &std::path::Path, what: &str) -> Result<Vec<u8>, Error> 
     })
 }
 
+/// Replaces `path` with `bytes` whole: written to a temporary file beside it, then renamed
+/// over it, so a reader (QEMU booting the previous image, a watcher of a stats file) never
+/// sees half a file.
+pub fn write_replacing(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Whether `program` is on `PATH`.
 pub fn have_program(program: &str) -> bool {
     std::env::var_os("PATH")

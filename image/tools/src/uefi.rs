@@ -40,9 +40,7 @@ pub fn build_efi(kernel: &BuiltImage, release: bool) -> Result<BuiltEfi, Error> 
     check_pe(&bytes)?;
     std::fs::create_dir_all(image_dir())?;
     let path = image_dir().join(EFI_NAME);
-    let tmp = path.with_extension(format!("efi.{}", std::process::id()));
-    std::fs::write(&tmp, &bytes)?;
-    std::fs::rename(&tmp, &path)?;
+    crate::write_replacing(&path, &bytes)?;
     Ok(BuiltEfi {
         path,
         size: bytes.len() as u64,

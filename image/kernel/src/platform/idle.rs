@@ -191,6 +191,14 @@ mod tests {
         }
     }
 
+    /// A policy halting for `period_us` that worked at `busy_us` and has been quiet since
+    /// ([`work_then_quiet`]): its next empty turn is the first that may halt.
+    fn gone_quiet(period_us: u64, busy_us: u64, quiet_us: u64) -> IdlePolicy {
+        let mut p = IdlePolicy::new(period_us);
+        work_then_quiet(&mut p, busy_us, quiet_us);
+        p
+    }
+
     #[test]
     fn settings_parse_periods_and_off() {
         assert_eq!(
@@ -209,8 +217,7 @@ mod tests {
 
     #[test]
     fn halts_only_after_enough_empty_turns_and_again_after_each() {
-        let mut p = IdlePolicy::new(100);
-        work_then_quiet(&mut p, 1000, 1001);
+        let mut p = gone_quiet(100, 1000, 1001);
         assert_eq!(p.after_turn(false, 1002, None), Some(100));
         // Still idle: the next empty turn halts at once.
         assert_eq!(p.after_turn(false, 1102, None), Some(100));
@@ -221,8 +228,7 @@ mod tests {
 
     #[test]
     fn halts_grow_with_the_quiet_time_up_to_the_backoff() {
-        let mut p = IdlePolicy::new(100);
-        work_then_quiet(&mut p, 10_000, 10_001);
+        let mut p = gone_quiet(100, 10_000, 10_001);
         assert_eq!(p.after_turn(false, 10_200, None), Some(100));
         assert_eq!(p.after_turn(false, 12_000, None), Some(500));
         assert_eq!(p.after_turn(false, 20_000, None), Some(100 * BACKOFF));
@@ -234,8 +240,7 @@ mod tests {
 
     #[test]
     fn never_halts_past_the_deadline() {
-        let mut p = IdlePolicy::new(200);
-        work_then_quiet(&mut p, 1000, 1000);
+        let mut p = gone_quiet(200, 1000, 1000);
         assert_eq!(p.after_turn(false, 1000, Some(1050)), Some(50));
         assert_eq!(p.after_turn(false, 1000, Some(5000)), Some(200));
         // Too close (or past): spin and let the loop run it.
