@@ -14,7 +14,6 @@
 //!
 //! Console lines, in order:
 //! - `nic N: ...` per NIC;
-//! - `idle: halt <P>..<M> us on the local APIC timer (<apic>)` or `idle: spin (<why>)`;
 //! - `http: listening on tcp/<port> at <ip> (...)` with `http_port=` on ([`http`]);
 //! - `ready: listening on udp/<port> at <ip>` when the loop starts, then
 //!   `boot: ready <N> ms after kernel entry (<M> ms in the board, reset to ready <R>)`,
@@ -26,6 +25,8 @@
 //!   They come after `ready` because formatting them is code run once, which under TCG is
 //!   mostly its translation (about 2 ms of the boot); a stop before `ready` prints the
 //!   platform's lines first;
+//! - `idle: halt <P>..<M> us on the local APIC timer (<apic>)` or `idle: spin (<why>)`: the
+//!   APIC timer is calibrated after `ready` (0.5 ms of the boot under TCG);
 //! - `clock: tsc <N> kHz measured against the PIT over 250 ms (boot window <M> kHz)` once,
 //!   when the TSC was calibrated on the PIT's short boot window ([`clock::PitRefiner`]);
 //! - `first datagram accepted at <N> ms after kernel entry` once;
@@ -101,16 +102,18 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
 
     let found = nic::discover(cmdline, |msg| println!("nic: {msg}"));
     let mut ids = Vec::with_capacity(found.len());
-    for (i, f) in found.iter().enumerate() {
+    // What the `nic N: ...` lines say, printed after `ready` (formatting is translation
+    // under TCG, 1 ms of the boot) or before a stop.
+    let mut lines = Vec::with_capacity(found.len());
+    for f in &found {
         let caps = f.nic.capabilities();
-        println!(
-            "nic {i}: {} at {} mac {} rx_ring {} tx_ring {}",
-            f.nic.kind(),
-            f.location,
-            f.nic.hardware_address(),
-            caps.rx_ring_len,
-            caps.tx_ring_len
-        );
+        lines.push(NicLine {
+            kind: f.nic.kind(),
+            location: f.location,
+            mac: f.nic.hardware_address(),
+            rx_ring: caps.rx_ring_len,
+            tx_ring: caps.tx_ring_len,
+        });
         ids.push(NicIdentity {
             pci: match f.location {
                 Location::Pci(a) => Some((a.bus, a.dev, a.func)),
@@ -120,8 +123,14 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
         });
     }
     let (ingress_idx, upstream_idx) =
-        settings::select_nics(&ids, &settings.config).unwrap_or_else(|e| stop_misconfigured(&e));
-    check_memory(&settings).unwrap_or_else(|e| stop_misconfigured(&e));
+        settings::select_nics(&ids, &settings.config).unwrap_or_else(|e| {
+            print_nics(&lines);
+            stop_misconfigured(&e)
+        });
+    check_memory(&settings).unwrap_or_else(|e| {
+        print_nics(&lines);
+        stop_misconfigured(&e)
+    });
 
     stamp("nics");
     let mac = ids.get(ingress_idx).map_or([0; 6], |n| n.mac);
@@ -158,10 +167,6 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
         settings.config.listen_port,
     )
     .with_netconsole(settings.config.netconsole_port);
-    println!(
-        "nic {ingress_idx}: ingress {} (fast path on udp/{}, netconsole udp/{})",
-        settings.ingress, settings.config.listen_port, settings.config.netconsole_port
-    );
     let fast = FastPath::new(identity, relay);
     let ingress_stack = start_stack(
         spawner,
@@ -173,7 +178,6 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
         Some(i) => {
             let nic = take(i);
             let report: &'static Cell<NicReport> = leak(Cell::new(NicReport::default()));
-            println!("nic {i}: upstream {}", settings.upstream);
             let stack = start_stack(
                 spawner,
                 StackDriver::new(nic.nic, None, report),
@@ -230,13 +234,12 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
     }
 
     stamp("tasks");
-    let idle = start_idle(cmdline);
-    stamp("idle");
+    // The idle halt's setting is checked now; its APIC timer is calibrated after `ready`
+    // (the loop can spin meanwhile: halting only saves host CPU).
+    let halt = idle_setting(cmdline);
     let reports = (ingress_report, upstream_report);
     let refiner = (machine.tsc_source == TscSource::Pit).then(|| PitRefiner::new(boot_clock.hz));
-    let mut monitor = Monitor::new(
-        relay, reports, &settings, idle, boot_clock, board_loop, refiner,
-    );
+    let mut monitor = Monitor::new(relay, reports, &settings, boot_clock, board_loop, refiner);
     println!(
         "ready: listening on udp/{} at {}",
         settings.config.listen_port, settings.ingress.ip
@@ -249,6 +252,14 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
         boot_clock.reset_to(ready)
     );
     println!("boot: phases {}", PhaseList(&boot_clock));
+    print_nics(&lines);
+    println!(
+        "nic {ingress_idx}: ingress {} (fast path on udp/{}, netconsole udp/{})",
+        settings.ingress, settings.config.listen_port, settings.config.netconsole_port
+    );
+    if let Some(i) = upstream_idx {
+        println!("nic {i}: upstream {}", settings.upstream);
+    }
     // What boot found and the effective configuration, after `ready`: formatting them is
     // code run once, which under TCG costs its translation (about 2 ms of the boot).
     platform::banner();
@@ -260,22 +271,46 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
         line.push_str(&value);
     }
     println!("{line}");
+    monitor.idle = start_idle(halt);
     loop {
         runtime.turn();
         monitor.tick();
     }
 }
 
-/// The idle halt `idle.halt=` asks for, or `None` (spin) when it is off or there is no
-/// usable APIC timer.
-fn start_idle(cmdline: &str) -> Option<Idle> {
+/// What a `nic N: ...` console line says about a NIC found at boot, kept until it is printed.
+struct NicLine {
+    kind: nic::Kind,
+    location: Location,
+    mac: netoops_nic::MacAddress,
+    rx_ring: usize,
+    tx_ring: usize,
+}
+
+/// `nic N: <kind> at <location> mac <mac> rx_ring <n> tx_ring <n>` per NIC found, N its place.
+fn print_nics(lines: &[NicLine]) {
+    for (i, l) in lines.iter().enumerate() {
+        println!(
+            "nic {i}: {} at {} mac {} rx_ring {} tx_ring {}",
+            l.kind, l.location, l.mac, l.rx_ring, l.tx_ring
+        );
+    }
+}
+
+/// What `idle.halt=` asks for (a bad value stops the appliance).
+fn idle_setting(cmdline: &str) -> HaltSetting {
     let value = platform::bootinfo::cmdline_param(cmdline, idle::KEY);
-    let setting = idle::parse_setting(value).unwrap_or_else(|problem| {
+    idle::parse_setting(value).unwrap_or_else(|problem| {
         stop_misconfigured(&ConfigError {
             key: idle::KEY.into(),
             problem: problem.into(),
         })
-    });
+    })
+}
+
+/// The idle halt `setting` asks for, or `None` (spin) when it is off or there is no usable
+/// APIC timer.
+fn start_idle(setting: HaltSetting) -> Option<Idle> {
     let HaltSetting::Micros(period) = setting else {
         println!("idle: spin ({}=off)", idle::KEY);
         return None;
@@ -441,7 +476,6 @@ impl Monitor {
         relay: &'static RefCell<Relay>,
         (ingress, upstream): (&'static Cell<NicReport>, Option<&'static Cell<NicReport>>),
         s: &Settings,
-        idle: Option<Idle>,
         boot_clock: BootClock,
         board_loop: &'static Cell<LoopReport>,
         refiner: Option<PitRefiner>,
@@ -456,7 +490,7 @@ impl Monitor {
             last_cycles: (0, 0),
             first_reported: false,
             turns: (0, 0),
-            idle,
+            idle: None,
             frames: 0,
             halted_us: 0,
             boot_clock,
