@@ -4,7 +4,8 @@
 //! appliance with [`EXIT_BAD_CONFIG`] and a line naming the key), brings up the NICs and
 //! picks the ingress (and optional upstream) NIC,
 //! builds the [`Relay`], starts one embassy-net stack per NIC (the ingress one with the
-//! netoops fast path in its driver), spawns the upstream task, and then loops forever:
+//! netoops fast path in its driver; the upstream one after `ready`), spawns the upstream
+//! task, and then loops forever:
 //! one executor turn (stacks, upstream connection, timers), then the relay's timers and the
 //! console ([`Monitor`]), then, when several turns in a row found nothing to do, a halt of at
 //! most `idle.halt=` on the local APIC timer ([`platform::idle`]) so the CPU (a vCPU thread
@@ -13,8 +14,6 @@
 //! the next counter line.
 //!
 //! Console lines, in order:
-//! - `nic N: ...` per NIC;
-//! - `http: listening on tcp/<port> at <ip> (...)` with `http_port=` on ([`http`]);
 //! - `ready: listening on udp/<port> at <ip>` when the loop starts, then
 //!   `boot: ready <N> ms after kernel entry (<M> ms in the board, reset to ready <R>)`,
 //!   where `<R>` is `<n> ms` only under QEMU TCG, whose TSC is zero at reset, and `unknown`
@@ -25,8 +24,9 @@
 //!   They come after `ready` because formatting them is code run once, which under TCG is
 //!   mostly its translation (about 2 ms of the boot); a stop before `ready` prints the
 //!   platform's lines first;
-//! - `idle: halt <P>..<M> us on the local APIC timer (<apic>)` or `idle: spin (<why>)`: the
-//!   APIC timer is calibrated after `ready` (0.5 ms of the boot under TCG);
+//! - `nic N: ...` per NIC, then the ingress and upstream roles;
+//! - `http: listening on tcp/<port> at <ip> (...)` with `http_port=` on ([`http`]);
+//! - `idle: halt <P>..<M> us on the local APIC timer (<apic>)` or `idle: spin (<why>)`;
 //! - `clock: tsc <N> kHz measured against the PIT over 250 ms (boot window <M> kHz)` once,
 //!   when the TSC was calibrated on the PIT's short boot window ([`clock::PitRefiner`]);
 //! - `first datagram accepted at <N> ms after kernel entry` once;
@@ -43,6 +43,12 @@
 //! From the board's start the console is deferred ([`platform::serial`]): lines go into a
 //! ring and each loop turn writes some of them, so printing never stalls the data path; a
 //! line that finds the ring full is dropped whole and counted (`console: N lines dropped`).
+//!
+//! `ready` means the ingress NIC, its stack and fast path and the relay are up. What
+//! receiving does not need comes after it, before the loop's first turn: the upstream
+//! NIC's stack and task, the HTTP endpoint, the idle halt's APIC timer and the console lines
+//! after `boot: phases` (under TCG, code run once is mostly its translation: each of these
+//! cost 0.3-1 ms of the boot).
 
 use crate::net::driver::{FastPath, NicReport, StackDriver};
 use crate::net::executor::{spawn, Runtime};
@@ -174,66 +180,10 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
         &settings.ingress,
         nonce,
     );
-    let (upstream_stack, upstream_report) = match upstream_idx {
-        Some(i) => {
-            let nic = take(i);
-            let report: &'static Cell<NicReport> = leak(Cell::new(NicReport::default()));
-            let stack = start_stack(
-                spawner,
-                StackDriver::new(nic.nic, None, report),
-                &settings.upstream,
-                nonce.rotate_left(17) ^ 0x5eed,
-            );
-            (stack, Some(report))
-        }
-        None => (ingress_stack, None),
-    };
-
-    stamp("stacks");
-    let upstreams: &'static [SocketAddr] =
-        Box::leak(settings.config.upstreams.clone().into_boxed_slice());
-    let link = Upstream {
-        tcp: TcpTask::new(
-            upstream_stack,
-            relay,
-            upstream::RX_BUFFER,
-            upstream::TX_BUFFER,
-        ),
-        upstreams,
-    };
-    if spawn(spawner, link.run()).is_err() {
-        stop(format_args!("cannot start the upstream task"));
-    }
-
+    let upstream_report: Option<&'static Cell<NicReport>> =
+        upstream_idx.map(|_| &*leak(Cell::new(NicReport::default())));
     let board_loop: &'static Cell<LoopReport> = leak(Cell::new(LoopReport::default()));
-    let http_port = settings.config.http_port;
-    if http_port != 0 {
-        let server: &'static RefCell<HttpServer> =
-            leak(RefCell::new(HttpServer::new(http::CONNECTIONS)));
-        let board = BoardMetrics {
-            ingress: ingress_report,
-            upstream: upstream_report,
-            board_loop,
-        };
-        for _ in 0..http::CONNECTIONS {
-            let task = HttpTask {
-                tcp: TcpTask::new(ingress_stack, relay, http::RX_BUFFER, http::TX_BUFFER),
-                server,
-                board,
-                port: http_port,
-            };
-            if spawn(spawner, task.run()).is_err() {
-                stop(format_args!("cannot start the HTTP tasks"));
-            }
-        }
-        println!(
-            "http: listening on tcp/{http_port} at {} (/metrics /healthz /dumps, dump texts {} bytes)",
-            settings.ingress.ip,
-            relay.borrow().dumps().capacity()
-        );
-    }
-
-    stamp("tasks");
+    stamp("stacks");
     // The idle halt's setting is checked now; its APIC timer is calibrated after `ready`
     // (the loop can spin meanwhile: halting only saves host CPU).
     let halt = idle_setting(cmdline);
@@ -271,6 +221,59 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
         line.push_str(&value);
     }
     println!("{line}");
+    // Not needed to receive and reassemble, so after `ready` (nothing runs before the loop
+    // anyway): the upstream NIC's stack, the upstream task (its 512 KiB send buffer is
+    // zeroed) and the HTTP endpoint.
+    let upstream_stack = match (upstream_idx, upstream_report) {
+        (Some(i), Some(report)) => start_stack(
+            spawner,
+            StackDriver::new(take(i).nic, None, report),
+            &settings.upstream,
+            nonce.rotate_left(17) ^ 0x5eed,
+        ),
+        _ => ingress_stack,
+    };
+    let upstreams: &'static [SocketAddr] =
+        Box::leak(settings.config.upstreams.clone().into_boxed_slice());
+    let link = Upstream {
+        tcp: TcpTask::new(
+            upstream_stack,
+            relay,
+            upstream::RX_BUFFER,
+            upstream::TX_BUFFER,
+        ),
+        upstreams,
+    };
+    if spawn(spawner, link.run()).is_err() {
+        stop(format_args!("cannot start the upstream task"));
+    }
+    let http_port = settings.config.http_port;
+    if http_port != 0 {
+        let server: &'static RefCell<HttpServer> =
+            leak(RefCell::new(HttpServer::new(http::CONNECTIONS)));
+        let board = BoardMetrics {
+            ingress: ingress_report,
+            upstream: upstream_report,
+            board_loop,
+        };
+        for _ in 0..http::CONNECTIONS {
+            let task = HttpTask {
+                tcp: TcpTask::new(ingress_stack, relay, http::RX_BUFFER, http::TX_BUFFER),
+                server,
+                board,
+                port: http_port,
+            };
+            if spawn(spawner, task.run()).is_err() {
+                stop(format_args!("cannot start the HTTP tasks"));
+            }
+        }
+        println!(
+            "http: listening on tcp/{http_port} at {} (/metrics /healthz /dumps, dump texts {} bytes)",
+            settings.ingress.ip,
+            relay.borrow().dumps().capacity()
+        );
+    }
+
     monitor.idle = start_idle(halt);
     loop {
         runtime.turn();
