@@ -197,8 +197,15 @@ impl DmaRegion {
 
     /// Zeroes the whole region.
     pub fn zero(&mut self) {
-        // SAFETY: the region is `len` writable bytes (`new`).
-        unsafe { core::ptr::write_bytes(self.window.ptr.as_ptr(), 0, self.window.len) }
+        self.zero_range(0, self.window.len);
+    }
+
+    /// Zeroes `len` bytes at `offset`, clamped to the region.
+    pub fn zero_range(&mut self, offset: usize, len: usize) {
+        let (at, len) = self.window.clamp(offset, len);
+        // SAFETY: the range is inside the region (clamped), which is `len` writable bytes
+        // (`new`).
+        unsafe { core::ptr::write_bytes(at, 0, len) }
     }
 
     /// Borrows `len` bytes at `offset`, clamped to the region.

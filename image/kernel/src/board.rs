@@ -4,7 +4,8 @@
 //! appliance with [`EXIT_BAD_CONFIG`] and a line naming the key), brings up the NICs and
 //! picks the ingress (and optional upstream) NIC,
 //! builds the [`Relay`], starts one embassy-net stack per NIC (the ingress one with the
-//! netoops fast path in its driver), spawns the upstream task, and then loops forever:
+//! netoops fast path in its driver; the upstream one after `ready`), spawns the upstream
+//! task, and then loops forever:
 //! one executor turn (stacks, upstream connection, timers), then the relay's timers and the
 //! console ([`Monitor`]), then, when several turns in a row found nothing to do, a halt of at
 //! most `idle.halt=` on the local APIC timer ([`platform::idle`]) so the CPU (a vCPU thread
@@ -13,9 +14,6 @@
 //! the next counter line.
 //!
 //! Console lines, in order:
-//! - `nic N: ...` per NIC;
-//! - `idle: halt <P>..<M> us on the local APIC timer (<apic>)` or `idle: spin (<why>)`;
-//! - `http: listening on tcp/<port> at <ip> (...)` with `http_port=` on ([`http`]);
 //! - `ready: listening on udp/<port> at <ip>` when the loop starts, then
 //!   `boot: ready <N> ms after kernel entry (<M> ms in the board, reset to ready <R>)`,
 //!   where `<R>` is `<n> ms` only under QEMU TCG, whose TSC is zero at reset, and `unknown`
@@ -26,6 +24,9 @@
 //!   They come after `ready` because formatting them is code run once, which under TCG is
 //!   mostly its translation (about 2 ms of the boot); a stop before `ready` prints the
 //!   platform's lines first;
+//! - `nic N: ...` per NIC, then the ingress and upstream roles;
+//! - `http: listening on tcp/<port> at <ip> (...)` with `http_port=` on ([`http`]);
+//! - `idle: halt <P>..<M> us on the local APIC timer (<apic>)` or `idle: spin (<why>)`;
 //! - `clock: tsc <N> kHz measured against the PIT over 250 ms (boot window <M> kHz)` once,
 //!   when the TSC was calibrated on the PIT's short boot window ([`clock::PitRefiner`]);
 //! - `first datagram accepted at <N> ms after kernel entry` once;
@@ -42,6 +43,12 @@
 //! From the board's start the console is deferred ([`platform::serial`]): lines go into a
 //! ring and each loop turn writes some of them, so printing never stalls the data path; a
 //! line that finds the ring full is dropped whole and counted (`console: N lines dropped`).
+//!
+//! `ready` means the ingress NIC, its stack and fast path and the relay are up. What
+//! receiving does not need comes after it, before the loop's first turn: the upstream
+//! NIC's stack and task, the HTTP endpoint, the idle halt's APIC timer and the console lines
+//! after `boot: phases` (under TCG, code run once is mostly its translation: each of these
+//! cost 0.3-1 ms of the boot).
 
 use crate::net::driver::{FastPath, NicReport, StackDriver};
 use crate::net::executor::{spawn, Runtime};
@@ -101,16 +108,18 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
 
     let found = nic::discover(cmdline, |msg| println!("nic: {msg}"));
     let mut ids = Vec::with_capacity(found.len());
-    for (i, f) in found.iter().enumerate() {
+    // What the `nic N: ...` lines say, printed after `ready` (formatting is translation
+    // under TCG, 1 ms of the boot) or before a stop.
+    let mut lines = Vec::with_capacity(found.len());
+    for f in &found {
         let caps = f.nic.capabilities();
-        println!(
-            "nic {i}: {} at {} mac {} rx_ring {} tx_ring {}",
-            f.nic.kind(),
-            f.location,
-            f.nic.hardware_address(),
-            caps.rx_ring_len,
-            caps.tx_ring_len
-        );
+        lines.push(NicLine {
+            kind: f.nic.kind(),
+            location: f.location,
+            mac: f.nic.hardware_address(),
+            rx_ring: caps.rx_ring_len,
+            tx_ring: caps.tx_ring_len,
+        });
         ids.push(NicIdentity {
             pci: match f.location {
                 Location::Pci(a) => Some((a.bus, a.dev, a.func)),
@@ -120,8 +129,14 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
         });
     }
     let (ingress_idx, upstream_idx) =
-        settings::select_nics(&ids, &settings.config).unwrap_or_else(|e| stop_misconfigured(&e));
-    check_memory(&settings).unwrap_or_else(|e| stop_misconfigured(&e));
+        settings::select_nics(&ids, &settings.config).unwrap_or_else(|e| {
+            print_nics(&lines);
+            stop_misconfigured(&e)
+        });
+    check_memory(&settings).unwrap_or_else(|e| {
+        print_nics(&lines);
+        stop_misconfigured(&e)
+    });
 
     stamp("nics");
     let mac = ids.get(ingress_idx).map_or([0; 6], |n| n.mac);
@@ -160,10 +175,6 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
         settings.config.listen_port,
     )
     .with_netconsole(settings.config.netconsole_port);
-    println!(
-        "nic {ingress_idx}: ingress {} (fast path on udp/{}, netconsole udp/{})",
-        settings.ingress, settings.config.listen_port, settings.config.netconsole_port
-    );
     let fast = FastPath::new(identity, relay);
     let ingress_stack = start_stack(
         spawner,
@@ -171,23 +182,59 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
         &settings.ingress,
         nonce,
     );
-    let (upstream_stack, upstream_report) = match upstream_idx {
-        Some(i) => {
-            let nic = take(i);
-            let report: &'static Cell<NicReport> = leak(Cell::new(NicReport::default()));
-            println!("nic {i}: upstream {}", settings.upstream);
-            let stack = start_stack(
-                spawner,
-                StackDriver::new(nic.nic, None, report),
-                &settings.upstream,
-                nonce.rotate_left(17) ^ 0x5eed,
-            );
-            (stack, Some(report))
-        }
-        None => (ingress_stack, None),
-    };
-
+    let upstream_report: Option<&'static Cell<NicReport>> =
+        upstream_idx.map(|_| &*leak(Cell::new(NicReport::default())));
+    let board_loop: &'static Cell<LoopReport> = leak(Cell::new(LoopReport::default()));
     stamp("stacks");
+    // The idle halt's setting is checked now; its APIC timer is calibrated after `ready`
+    // (the loop can spin meanwhile: halting only saves host CPU).
+    let halt = idle_setting(cmdline);
+    let reports = (ingress_report, upstream_report);
+    let refiner = (machine.tsc_source == TscSource::Pit).then(|| PitRefiner::new(boot_clock.hz));
+    let mut monitor = Monitor::new(relay, reports, &settings, boot_clock, board_loop, refiner);
+    println!(
+        "ready: listening on udp/{} at {}",
+        settings.config.listen_port, settings.ingress.ip
+    );
+    let ready = platform::tsc();
+    println!(
+        "boot: ready {} ms after kernel entry ({} ms in the board, reset to ready {})",
+        boot_clock.entry_to_us(ready) / 1000,
+        (boot_clock.entry_to_us(ready) - boot_clock.entry_to_us(board_start)) / 1000,
+        boot_clock.reset_to(ready)
+    );
+    println!("boot: phases {}", PhaseList(&boot_clock));
+    print_nics(&lines);
+    println!(
+        "nic {ingress_idx}: ingress {} (fast path on udp/{}, netconsole udp/{})",
+        settings.ingress, settings.config.listen_port, settings.config.netconsole_port
+    );
+    if let Some(i) = upstream_idx {
+        println!("nic {i}: upstream {}", settings.upstream);
+    }
+    // What boot found and the effective configuration, after `ready`: formatting them is
+    // code run once, which under TCG costs its translation (about 2 ms of the boot).
+    platform::banner();
+    let mut line = alloc::string::String::from("config:");
+    for (key, value) in settings::effective(&settings) {
+        line.push(' ');
+        line.push_str(key);
+        line.push('=');
+        line.push_str(&value);
+    }
+    println!("{line}");
+    // Not needed to receive and reassemble, so after `ready` (nothing runs before the loop
+    // anyway): the upstream NIC's stack, the upstream task (its 512 KiB send buffer is
+    // zeroed) and the HTTP endpoint.
+    let upstream_stack = match (upstream_idx, upstream_report) {
+        (Some(i), Some(report)) => start_stack(
+            spawner,
+            StackDriver::new(take(i).nic, None, report),
+            &settings.upstream,
+            nonce.rotate_left(17) ^ 0x5eed,
+        ),
+        _ => ingress_stack,
+    };
     let upstreams: &'static [SocketAddr] =
         Box::leak(settings.config.upstreams.clone().into_boxed_slice());
     let link = Upstream {
@@ -202,8 +249,6 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
     if spawn(spawner, link.run()).is_err() {
         stop(format_args!("cannot start the upstream task"));
     }
-
-    let board_loop: &'static Cell<LoopReport> = leak(Cell::new(LoopReport::default()));
     let http_port = settings.config.http_port;
     if http_port != 0 {
         let server: &'static RefCell<HttpServer> =
@@ -231,53 +276,46 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
         );
     }
 
-    stamp("tasks");
-    let idle = start_idle(cmdline);
-    stamp("idle");
-    let reports = (ingress_report, upstream_report);
-    let refiner = (machine.tsc_source == TscSource::Pit).then(|| PitRefiner::new(boot_clock.hz));
-    let mut monitor = Monitor::new(
-        relay, reports, &settings, idle, boot_clock, board_loop, refiner,
-    );
-    println!(
-        "ready: listening on udp/{} at {}",
-        settings.config.listen_port, settings.ingress.ip
-    );
-    let ready = platform::tsc();
-    println!(
-        "boot: ready {} ms after kernel entry ({} ms in the board, reset to ready {})",
-        boot_clock.entry_to_us(ready) / 1000,
-        (boot_clock.entry_to_us(ready) - boot_clock.entry_to_us(board_start)) / 1000,
-        boot_clock.reset_to(ready)
-    );
-    println!("boot: phases {}", PhaseList(&boot_clock));
-    // What boot found and the effective configuration, after `ready`: formatting them is
-    // code run once, which under TCG costs its translation (about 2 ms of the boot).
-    platform::banner();
-    let mut line = alloc::string::String::from("config:");
-    for (key, value) in settings::effective(&settings) {
-        line.push(' ');
-        line.push_str(key);
-        line.push('=');
-        line.push_str(&value);
-    }
-    println!("{line}");
+    monitor.idle = start_idle(halt);
     loop {
         runtime.turn();
         monitor.tick();
     }
 }
 
-/// The idle halt `idle.halt=` asks for, or `None` (spin) when it is off or there is no
-/// usable APIC timer.
-fn start_idle(cmdline: &str) -> Option<Idle> {
+/// What a `nic N: ...` console line says about a NIC found at boot, kept until it is printed.
+struct NicLine {
+    kind: nic::Kind,
+    location: Location,
+    mac: netoops_nic::MacAddress,
+    rx_ring: usize,
+    tx_ring: usize,
+}
+
+/// `nic N: <kind> at <location> mac <mac> rx_ring <n> tx_ring <n>` per NIC found, N its place.
+fn print_nics(lines: &[NicLine]) {
+    for (i, l) in lines.iter().enumerate() {
+        println!(
+            "nic {i}: {} at {} mac {} rx_ring {} tx_ring {}",
+            l.kind, l.location, l.mac, l.rx_ring, l.tx_ring
+        );
+    }
+}
+
+/// What `idle.halt=` asks for (a bad value stops the appliance).
+fn idle_setting(cmdline: &str) -> HaltSetting {
     let value = platform::bootinfo::cmdline_param(cmdline, idle::KEY);
-    let setting = idle::parse_setting(value).unwrap_or_else(|problem| {
+    idle::parse_setting(value).unwrap_or_else(|problem| {
         stop_misconfigured(&ConfigError {
             key: idle::KEY.into(),
             problem: problem.into(),
         })
-    });
+    })
+}
+
+/// The idle halt `setting` asks for, or `None` (spin) when it is off or there is no usable
+/// APIC timer.
+fn start_idle(setting: HaltSetting) -> Option<Idle> {
     let HaltSetting::Micros(period) = setting else {
         println!("idle: spin ({}=off)", idle::KEY);
         return None;
@@ -443,7 +481,6 @@ impl Monitor {
         relay: &'static RefCell<Relay>,
         (ingress, upstream): (&'static Cell<NicReport>, Option<&'static Cell<NicReport>>),
         s: &Settings,
-        idle: Option<Idle>,
         boot_clock: BootClock,
         board_loop: &'static Cell<LoopReport>,
         refiner: Option<PitRefiner>,
@@ -458,7 +495,7 @@ impl Monitor {
             last_cycles: (0, 0),
             first_reported: false,
             turns: (0, 0),
-            idle,
+            idle: None,
             frames: 0,
             halted_us: 0,
             boot_clock,

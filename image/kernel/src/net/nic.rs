@@ -9,8 +9,6 @@
 //! and in [`AnyNic::location`]'s match, nothing elsewhere.
 
 use crate::virtio_hal::{KernelPlatform, PciFunction};
-use alloc::format;
-use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use netoops_driver_platform::{MmioRegion, Platform};
@@ -70,11 +68,21 @@ impl AnyNic {
     }
 
     /// The driver and its transport or model, e.g. `virtio-net/pci` or `e1000/82574l`.
-    pub fn kind(&self) -> String {
+    pub fn kind(&self) -> Kind {
         match self {
-            AnyNic::E1000(n) => format!("e1000/{}", n.model().name()),
-            _ => format!("virtio-net/{}", self.transport_name()),
+            AnyNic::E1000(n) => Kind("e1000", n.model().name()),
+            _ => Kind("virtio-net", self.transport_name()),
         }
+    }
+}
+
+/// A NIC's driver and its transport or model; displayed as `driver/transport`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kind(pub &'static str, pub &'static str);
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.0, self.1)
     }
 }
 

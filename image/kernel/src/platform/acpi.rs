@@ -105,16 +105,37 @@ fn checksum_ok(mem: &dyn PhysMemory, phys: u64, len: u32) -> bool {
 
 /// Scans the EBDA's first KiB and 0xE0000..0x100000 for the RSDP signature, 16-byte steps.
 pub fn find_rsdp_in_bios(mem: &dyn PhysMemory) -> Option<u64> {
-    let is_rsdp = |p: u64| mem.read_array::<8>(p) == Some(*b"RSD PTR ") && checksum_ok(mem, p, 20);
     if let Some(segment) = mem.read_u16(0x40e) {
         let ebda = u64::from(segment) << 4;
         if (0x80000..0xa0000).contains(&ebda) {
-            if let Some(p) = (ebda..ebda + 1024).step_by(16).find(|&p| is_rsdp(p)) {
+            if let Some(p) = scan_for_rsdp(mem, ebda, ebda + 1024) {
                 return Some(p);
             }
         }
     }
-    (0xe0000..0x100000).step_by(16).find(|&p| is_rsdp(p))
+    scan_for_rsdp(mem, 0xe0000, 0x100000)
+}
+
+/// The first RSDP at a 16-byte boundary in `start..end`, read a KiB at a time (a read per
+/// candidate was 8,192 reads for the BIOS area: 0.7 ms of the boot under TCG).
+fn scan_for_rsdp(mem: &dyn PhysMemory, start: u64, end: u64) -> Option<u64> {
+    const BLOCK: usize = 1024;
+    let mut block = [0u8; BLOCK];
+    let mut base = start;
+    while base < end {
+        let n = (end - base).min(BLOCK as u64) as usize;
+        if mem.read(base, &mut block[..n]) {
+            let hit = block[..n]
+                .chunks_exact(16)
+                .zip((base..).step_by(16))
+                .find(|(c, p)| c.starts_with(b"RSD PTR ") && checksum_ok(mem, *p, 20));
+            if let Some((_, p)) = hit {
+                return Some(p);
+            }
+        }
+        base += n as u64;
+    }
+    None
 }
 
 /// Walks the tables from the RSDP at `rsdp`.
@@ -377,5 +398,22 @@ mod tests {
         area[0x5a40..0x5a40 + r.len()].copy_from_slice(&r);
         mem.put(0xe0000, &area);
         assert_eq!(find_rsdp_in_bios(&mem), Some(0xe5a40));
+        // A signature with a bad checksum in an earlier block is passed over; one in the
+        // last 16 bytes of a block is found; the EBDA is searched first.
+        let mut bad = r.clone();
+        bad[8] ^= 1;
+        area[0x10..0x10 + bad.len()].copy_from_slice(&bad);
+        area[0x5a40..0x5a40 + r.len()].fill(0);
+        area[0x3f0..0x3f0 + 8].copy_from_slice(b"RSD PTR ");
+        area[0x3f8..0x400].fill(0);
+        area[0x7f0..0x7f0 + r.len()].copy_from_slice(&r);
+        mem.chunks.retain(|(base, _)| *base != 0xe0000);
+        mem.put(0xe0000, &area);
+        assert_eq!(find_rsdp_in_bios(&mem), Some(0xe07f0));
+        let mut ebda = std::vec![0u8; 1024];
+        ebda[0x20..0x20 + r.len()].copy_from_slice(&r);
+        mem.chunks.retain(|(base, _)| *base != 0x9fc00);
+        mem.put(0x9fc00, &ebda);
+        assert_eq!(find_rsdp_in_bios(&mem), Some(0x9fc20));
     }
 }

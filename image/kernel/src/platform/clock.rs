@@ -9,9 +9,14 @@
 //! Under QEMU TCG the TSC follows the host's TSC and the PIT follows QEMU's virtual clock,
 //! which tracks real time, so the PIT measurement is what makes `now_micros` real time.
 //!
-//! The boot window on the PIT is short ([`PIT_BOOT_WINDOW_TICKS`], 1 ms: it used to be 5 ms,
+//! The boot window on the PIT is at least [`PIT_BOOT_WINDOW_TICKS`] (1 ms: it used to be 5 ms,
 //! a quarter of the time from kernel entry to `ready` under TCG), which is good to about
-//! 0.1-0.3 %. The board loop then calls [`refine_on_pit`] every turn, which keeps reading the
+//! 0.1-0.3 %. It is not a busy wait: [`calibrate_begin`] starts it and [`Calibrating::finish`]
+//! ends it after the rest of the platform's bring-up (RTC, heap, ACPI, PCI: a millisecond or
+//! more) ran inside it, waiting only for what is left of the millisecond. For that window
+//! channel 0 counts down once from 65535 (mode 0) and the read-back command's status says
+//! whether it reached zero (55 ms: then the window is measured again, synchronously). The
+//! board loop then calls [`refine_on_pit`] every turn, which keeps reading the
 //! free-running PIT (at least every few ms: the counter wraps every 55 ms) for
 //! [`REFINE_PIT_TICKS`] (250 ms) and replaces the rate with that measurement
 //! ([`set_rate`]); `now_micros` stays continuous and monotonic across the change.
@@ -105,24 +110,62 @@ pub fn ticks_to_micros_calibrated(ticks: u64) -> u64 {
     ticks_to_micros(ticks, MICROS_PER_TICK.load(Ordering::Relaxed))
 }
 
-/// Finds the TSC frequency and starts the clock at zero. Call once at boot.
-pub fn calibrate() -> (u64, TscSource) {
-    let (hz, source) = if let Some(hz) = cpuid_15() {
-        (hz, TscSource::Cpuid15)
+/// A TSC calibration under way: [`calibrate_begin`], then [`Self::finish`].
+#[must_use = "the clock runs only once `finish` is called"]
+#[derive(Debug)]
+pub enum Calibrating {
+    /// A CPUID leaf gave the rate.
+    Known(u64, TscSource),
+    /// A PIT window started at this TSC value and channel 0 count.
+    Pit { start_tsc: u64, start_count: u16 },
+    /// No rate known, no PIT: CPUID 0x16's nominal rate or a guess.
+    Fallback,
+}
+
+/// Starts finding the TSC frequency; nothing may read the clock until [`Calibrating::finish`]
+/// (the rest of the platform's bring-up runs in between). Call once at boot.
+pub fn calibrate_begin() -> Calibrating {
+    if let Some(hz) = cpuid_15() {
+        Calibrating::Known(hz, TscSource::Cpuid15)
     } else if let Some(hz) = hypervisor_tsc_hz() {
-        (hz, TscSource::Hypervisor)
-    } else if let Some(hz) = pit_measure() {
-        (hz, TscSource::Pit)
-    } else if let Some(hz) = cpuid_16() {
-        (hz, TscSource::Cpuid16)
+        Calibrating::Known(hz, TscSource::Hypervisor)
+    } else if let Some((start_tsc, start_count)) = pit_window_begin() {
+        Calibrating::Pit {
+            start_tsc,
+            start_count,
+        }
     } else {
-        (2_000_000_000, TscSource::Assumed)
-    };
-    TSC_HZ.store(hz, Ordering::Relaxed);
-    MICROS_PER_TICK.store(micros_multiplier(hz), Ordering::Relaxed);
-    BASE_US.store(0, Ordering::Relaxed);
-    BASE_TSC.store(tsc(), Ordering::Relaxed);
-    (hz, source)
+        Calibrating::Fallback
+    }
+}
+
+impl Calibrating {
+    /// Ends the calibration (waiting for what is left of the PIT window, if anything) and
+    /// starts the clock at zero.
+    pub fn finish(self) -> (u64, TscSource) {
+        let pit = match self {
+            Calibrating::Known(hz, source) => Some((hz, source)),
+            Calibrating::Pit {
+                start_tsc,
+                start_count,
+            } => {
+                let hz = pit_window_end(start_tsc, start_count).or_else(pit_measure);
+                // Free-running again for the board's refinement.
+                pit_start();
+                hz.map(|hz| (hz, TscSource::Pit))
+            }
+            Calibrating::Fallback => None,
+        };
+        let (hz, source) = pit.unwrap_or_else(|| match cpuid_16() {
+            Some(hz) => (hz, TscSource::Cpuid16),
+            None => (2_000_000_000, TscSource::Assumed),
+        });
+        TSC_HZ.store(hz, Ordering::Relaxed);
+        MICROS_PER_TICK.store(micros_multiplier(hz), Ordering::Relaxed);
+        BASE_US.store(0, Ordering::Relaxed);
+        BASE_TSC.store(tsc(), Ordering::Relaxed);
+        (hz, source)
+    }
 }
 
 fn cpuid(leaf: u32) -> core::arch::x86_64::CpuidResult {
@@ -194,23 +237,65 @@ fn pit_start() {
     }
 }
 
-/// Measures TSC ticks across [`PIT_BOOT_WINDOW_TICKS`] PIT ticks; `None` when no PIT counts.
-fn pit_measure() -> Option<u64> {
-    pit_start();
-    // Wait for the first change so the window starts on a tick edge.
-    let mut prev = pit_read_channel0();
-    let mut spins = 0u32;
-    loop {
+/// Waits for channel 0's count to change from its current value (so a window starts on a
+/// tick edge) and returns the new count; `None` when it never changes (no PIT).
+fn pit_next_edge() -> Option<u16> {
+    let first = pit_read_channel0();
+    for _ in 0..1_000_000u32 {
         let now = pit_read_channel0();
-        if now != prev {
-            prev = now;
-            break;
-        }
-        spins += 1;
-        if spins > 1_000_000 {
-            return None;
+        if now != first {
+            return Some(now);
         }
     }
+    None
+}
+
+/// Starts a boot window: channel 0 counts down once from 65535 (mode 0, lobyte/hibyte),
+/// so [`pit_window_end`] can tell from its OUT pin whether the count ran out.
+fn pit_window_begin() -> Option<(u64, u16)> {
+    // SAFETY: the PIT's ports belong to the clock, which only the boot code and the board loop
+    // use, one at a time.
+    unsafe {
+        outb(0x43, 0x30);
+        outb(0x40, 0xff);
+        outb(0x40, 0xff);
+    }
+    let count = pit_next_edge()?;
+    Some((tsc(), count))
+}
+
+/// Ends the window [`pit_window_begin`] started, once it covers at least
+/// [`PIT_BOOT_WINDOW_TICKS`]: the TSC rate, or `None` when the count ran out (the window
+/// was over 55 ms long, so the count alone cannot say how long) or the PIT stopped.
+fn pit_window_end(start_tsc: u64, start_count: u16) -> Option<u64> {
+    for _ in 0..10_000_000u32 {
+        // SAFETY: as `pit_window_begin`; the read-back command (channel 0, count and status)
+        // latches both, and the status byte is read first.
+        let (now, status, count) = unsafe {
+            outb(0x43, 0xc2);
+            let now = tsc();
+            let status = inb(0x40);
+            let low = inb(0x40);
+            let high = inb(0x40);
+            (now, status, u16::from_le_bytes([low, high]))
+        };
+        // Bit 7: OUT, which goes high when the count reaches zero.
+        if status & 0x80 != 0 {
+            return None;
+        }
+        let elapsed = u64::from(start_count.saturating_sub(count));
+        if elapsed >= PIT_BOOT_WINDOW_TICKS {
+            return rate(now - start_tsc, elapsed);
+        }
+    }
+    None
+}
+
+/// Measures TSC ticks across [`PIT_BOOT_WINDOW_TICKS`] PIT ticks now (when the overlapped
+/// window failed); `None` when no PIT counts.
+fn pit_measure() -> Option<u64> {
+    pit_start();
+    let mut prev = pit_next_edge()?;
     let start = tsc();
     let mut elapsed: u64 = 0;
     let mut reads = 0u32;

@@ -175,7 +175,9 @@ mod bring_up {
         boottime::stamp("console_idt");
         let boot = BOOT_INFO.call_once(|| read_boot_info(protocol, info));
         boottime::stamp("bootinfo");
-        let (hz, tsc_source) = clock::calibrate();
+        // The PIT window (when the TSC rate is not in CPUID) spans the RTC, heap, ACPI and
+        // PCI steps below: nothing reads the clock before `finish`.
+        let calibrating = clock::calibrate_begin();
         boottime::stamp("clock");
         // The wall clock for console lines: the RTC as UTC, to the second. No century register
         // is read (the chip's two digits count from 2000).
@@ -225,6 +227,8 @@ mod bring_up {
         }
 
         boottime::stamp("pci");
+        let (hz, tsc_source) = calibrating.finish();
+        boottime::stamp("clock_wait");
         let guarded = paging::install_guards();
         let platform = PLATFORM.call_once(|| Platform {
             boot,
