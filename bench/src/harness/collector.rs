@@ -12,6 +12,9 @@
 //!
 //! The disk sets the ceiling, so each run also measures it: the median time of a 4 KiB write +
 //! `fdatasync` in the same directory, right before the run, reported next to the throughput.
+//! On a shared machine the wall clock scatters with the neighbours' load, so each run also
+//! reports the collector's own CPU time (user + system, from `/proc/PID/stat` just before it
+//! is stopped) per dump acknowledged in the run.
 //!
 //! The storage directory must not be on tmpfs (syncs would cost nothing there; refused). The
 //! `netoops-bench` default is the system temp directory, which on the build machine is the
@@ -103,6 +106,11 @@ pub struct Run {
     pub stored_files: u64,
     /// Median 4 KiB write + fdatasync in the storage directory before the run, ms.
     pub fsync_ms: f64,
+    /// The collector's CPU time (user + system) over the whole run, ms; `None` when
+    /// `/proc` could not be read.
+    pub cpu_ms: Option<f64>,
+    /// `cpu_ms` per dump acknowledged in the run, µs.
+    pub cpu_us_per_dump: Option<f64>,
 }
 
 /// One dump size.
@@ -112,6 +120,8 @@ pub struct Series {
     pub runs: Vec<Run>,
     pub median_dumps_per_s: f64,
     pub median_fsync_ms: f64,
+    /// Median over the runs that have it.
+    pub median_cpu_us_per_dump: Option<f64>,
 }
 
 /// The whole benchmark.
@@ -131,8 +141,8 @@ impl CollectorBench {
     pub fn markdown(&self) -> String {
         let mut s = format!(
             "Collector alone: `{}` on {}, {} connections, {} KiB unacknowledged each, {} dump(s) per machine, {:.1} s per run\n\n\
-             | dump size | stored dumps/s (median) | runs | MB/s | fsync (4 KiB, median) |\n\
-             |---|---|---|---|---|\n",
+             | dump size | stored dumps/s (median) | runs | MB/s | fsync (4 KiB, median) | collector CPU per dump (median; runs) |\n\
+             |---|---|---|---|---|---|\n",
             self.collector,
             self.filesystem,
             self.connections,
@@ -147,13 +157,17 @@ impl CollectorBench {
                 .map(|r| format!("{:.0}", r.dumps_per_s))
                 .collect();
             let mb = series.median_dumps_per_s * series.size as f64 / 1e6;
+            let us = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+            let cpu: Vec<String> = series.runs.iter().map(|r| us(r.cpu_us_per_dump)).collect();
             s.push_str(&format!(
-                "| {} KiB | {:.0} | {} | {:.0} | {:.2} ms |\n",
+                "| {} KiB | {:.0} | {} | {:.0} | {:.2} ms | {} µs; {} |\n",
                 series.size / 1024,
                 series.median_dumps_per_s,
                 runs.join(", "),
                 mb,
-                series.median_fsync_ms
+                series.median_fsync_ms,
+                us(series.median_cpu_us_per_dump),
+                cpu.join(", ")
             ));
         }
         s
@@ -181,22 +195,26 @@ pub fn run_bench(s: &BenchSettings, say: &mut dyn FnMut(&str)) -> Result<Collect
             let dir = s.work.join(format!("run-{size}-{i}"));
             let run = one_run(s, size, &dir)?;
             say(&format!(
-                "{} KiB run {}: {:.0} dumps/s ({:.0} MB/s), fsync {:.2} ms",
+                "{} KiB run {}: {:.0} dumps/s ({:.0} MB/s), fsync {:.2} ms, collector CPU {} µs per dump",
                 size / 1024,
                 i + 1,
                 run.dumps_per_s,
                 run.mb_per_s,
-                run.fsync_ms
+                run.fsync_ms,
+                run.cpu_us_per_dump
+                    .map_or("unknown".to_string(), |v| format!("{v:.0}"))
             ));
             runs.push(run);
         }
         let median = |f: fn(&Run) -> f64| {
             percentile(&sorted(&runs.iter().map(f).collect::<Vec<_>>()), 50.0).unwrap_or(0.0)
         };
+        let cpu: Vec<f64> = runs.iter().filter_map(|r| r.cpu_us_per_dump).collect();
         series.push(Series {
             size,
             median_dumps_per_s: median(|r| r.dumps_per_s),
             median_fsync_ms: median(|r| r.fsync_ms),
+            median_cpu_us_per_dump: percentile(&sorted(&cpu), 50.0),
             runs,
         });
     }
@@ -354,6 +372,7 @@ fn one_run(s: &BenchSettings, size: usize, dir: &Path) -> Result<Run, String> {
             Err(_) => failure = Some("a client thread panicked".into()),
         }
     }
+    let cpu_ms = cpu_ms_of(collector.child.id());
     drop(collector);
     if let Some(e) = failure {
         return Err(e);
@@ -373,7 +392,23 @@ fn one_run(s: &BenchSettings, size: usize, dir: &Path) -> Result<Run, String> {
         acked: all,
         stored_files,
         fsync_ms: fsync,
+        cpu_ms,
+        cpu_us_per_dump: cpu_ms.filter(|_| all > 0).map(|ms| ms * 1e3 / all as f64),
     })
+}
+
+/// CPU time (user + system) a process has used so far, ms, from `/proc/PID/stat`.
+fn cpu_ms_of(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parentheses): state is the
+    // 3rd field of the line, utime the 14th, stime the 15th.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads its argument.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 * 1e3 / ticks as f64)
 }
 
 fn count_json(dir: &Path) -> u64 {
