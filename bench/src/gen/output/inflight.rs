@@ -3,11 +3,12 @@
 //!
 //! Why: TCP pushes back on the generator, but only as far as QEMU: QEMU 7.2's stream netdev
 //! keeps reading the connection while the guest's ring is full and queues what it read
-//! without a limit (`net_stream_rs_finalize` hands each frame to `qemu_send_packet_async`,
-//! which queues without a cap when given a completion callback, and the first completion
-//! re-arms the read of the next 68 KiB). In the 10,000-machine storm that queue grew by about
-//! 20 MB/s, to over 1 GB of QEMU's memory and 12 s of frames ahead of the guest: a machine's
-//! first datagram waited seconds in a buffer no network has. A real path holds a NIC ring and
+//! without a limit (by our reading of `net/stream.c`: each frame goes to
+//! `qemu_send_packet_async`, whose queue has no cap for callers with a completion callback,
+//! and one completion re-arms the read of up to 68 KiB more). Measured in the 10,000-machine
+//! storm: QEMU's memory grew by about 20 MB/s to 1.1 GB, while the host's sockets held 3-5 MB,
+//! and the guest read the last frame 13 s after it was written: a machine's first datagram
+//! waited seconds in a buffer no network has. A real path holds a NIC ring and
 //! a switch port's few MB, and drops beyond them.
 //!
 //! How: every [`InFlightBound::marker_every`] bytes of frames the generator sends an ARP
