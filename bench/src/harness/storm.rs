@@ -2,9 +2,12 @@
 //! appliance image ([`run_storm`]) and into the hosted relay ([`run_hosted_storm`]).
 //!
 //! Frames reach the guest over `-netdev stream` (QEMU connects to the generator): TCP carries
-//! them without loss and QEMU reads only as fast as the guest's receive ring drains, so the
-//! storm is offered as fast as the guest takes it and every dump that ends up partial was cut
-//! by the relay itself (its memory budget), never by the host. The questions answered: how
+//! them without loss, and the generator keeps at most [`STORM_IN_FLIGHT`] bytes of frames
+//! between itself and the guest's receive ring ([`crate::gen::output::inflight`]), so the
+//! storm is offered as fast as the guest takes it, through no more buffering than a real
+//! path has, and every dump that ends up partial was cut by the relay itself (its memory
+//! budget), never by the host. Without the bound QEMU's stream netdev queues whatever it
+//! reads, without limit, and a machine's first datagram waited seconds behind that queue. The questions answered: how
 //! many dumps complete, how many partial, whether any stored dump lacks its newest chunk
 //! (packet 0, which the relay must keep above all), and whether memory stayed within budget
 //! (heap peak within the heap, reassembly chunks within the pool, the guest still running).
@@ -27,14 +30,37 @@ use super::stats::Summary;
 use super::storage::{Storage, StoredDump};
 use super::target::{
     frame_config, ms_between, per_second, start_collector, start_hosted_relay, start_image, Nic,
-    Programs, TargetSettings,
+    Programs, TargetSettings, INGRESS_IP, INGRESS_MAC,
 };
+use crate::gen::output::frame::MacAddr;
+use crate::gen::output::inflight::InFlightBound;
 use crate::gen::output::qemu::StreamOutput;
 use crate::gen::output::udp::UdpOutput;
 use crate::gen::{
     run, Output, Progress, RunOptions, RunReport, Scenario, Schedule, SendLog, SizeRange, Timed,
     Timing,
 };
+
+/// The most bytes of frames between the generator and the guest's receive ring in the image
+/// storm: about a switch port's buffer (a few MB) plus a NIC's ring (256 descriptors of
+/// 1.4 KiB frames) on a real path, where whatever does not fit is dropped; here the
+/// generator waits instead, so the storm stays lossless.
+pub const STORM_IN_FLIGHT: u64 = 4 << 20;
+
+/// Bytes of frames between two of the bound's markers (16 markers per bound, fewer than the
+/// markers it can tell apart).
+const STORM_MARKER_EVERY: u64 = 256 << 10;
+
+/// The in-flight bound of the image storm.
+pub fn storm_bound() -> InFlightBound {
+    InFlightBound {
+        bytes: STORM_IN_FLIGHT,
+        marker_every: STORM_MARKER_EVERY,
+        guest_ip: INGRESS_IP,
+        guest_mac: INGRESS_MAC.parse().unwrap_or(MacAddr::QEMU_DEFAULT),
+        marker_base: Ipv4Addr::new(10, 0, 3, 128),
+    }
+}
 
 /// What storm to run.
 #[derive(Clone, Debug)]
@@ -422,6 +448,26 @@ fn send_and_wait(
     })
 }
 
+/// How the image storm's frames went, with what the in-flight bound did.
+fn stream_transport(output: &StreamOutput) -> String {
+    let base = "frames over -netdev stream (TCP, no loss on the host)";
+    match output.in_flight() {
+        Some(f) if f.is_off() => format!(
+            "{base}; in-flight bound given up: the guest answered no ARP marker, so QEMU \
+             queued without limit"
+        ),
+        Some(f) => format!(
+            "{base}, at most {} KiB of frames between the generator and the guest's ring \
+             (peak {} KiB; the generator waited {} times, {:.1} s in all)",
+            f.bound().bytes >> 10,
+            f.peak >> 10,
+            f.waits,
+            f.waited.as_secs_f64()
+        ),
+        None => format!("{base}; no in-flight bound"),
+    }
+}
+
 /// Runs the storm against the image; transcripts go to `work`.
 pub fn run_storm(
     programs: &Programs,
@@ -437,6 +483,7 @@ pub fn run_storm(
         format!("stream,id=in,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port={port}");
     let (mut qemu, _boot) = start_image(programs, target, storm.nic, netdev, caddr.port())?;
     let mut output = StreamOutput::accept(&listener, frame_config(), Duration::from_secs(30))?;
+    output.bound_in_flight(storm_bound())?;
     let scenario = storm_scenario(storm, Ipv4Addr::new(10, 100, 0, 1))?;
     let mark = qemu.line_count();
     let sent = send_and_wait(&mut output, &scenario, &dir, 0, target, storm, &mut || {
@@ -454,8 +501,7 @@ pub fn run_storm(
         &scenario,
         storm,
         0,
-        "frames over -netdev stream (TCP, no loss on the host; QEMU reads as fast as the guest \
-         drains its ring)",
+        &stream_transport(&output),
     );
     result.vm_memory_mib = target.vm_memory_mib;
 

@@ -15,6 +15,7 @@
 //!   QEMU `-netdev tap` hands to its guest.
 
 pub mod frame;
+pub mod inflight;
 pub(crate) mod mmsg;
 pub mod qemu;
 pub mod tap;

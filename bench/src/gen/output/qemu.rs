@@ -15,11 +15,12 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::frame::{FrameConfig, FrameWriter};
+use super::inflight::{Answers, InFlight, InFlightBound, Step};
 use super::{mmsg, write_frames, Batch, Output, MAX_BATCH, PREFIX_LEN};
 
 /// Counts what the other side sends back, on a thread of its own.
@@ -166,28 +167,54 @@ pub struct StreamOutput {
     remote: SocketAddrV4,
     frames: FrameWriter,
     drain: Drain,
+    /// Where the reading thread finds the bound's markers, once set.
+    markers: Arc<OnceLock<(InFlightBound, Arc<Answers>)>>,
+    in_flight: Option<InFlight>,
 }
 
 /// Splits a byte stream of length-prefixed frames and counts whole frames.
-#[derive(Default)]
 struct FrameCounter {
     /// Bytes of the current frame still to skip.
     skip: usize,
     /// Length prefix bytes collected so far.
     prefix: [u8; PREFIX_LEN],
     have: usize,
+    /// The current frame's first bytes (enough for an ARP reply), and how many.
+    head: [u8; FrameCounter::HEAD],
+    head_len: usize,
+}
+
+impl Default for FrameCounter {
+    fn default() -> Self {
+        Self {
+            skip: 0,
+            prefix: [0; PREFIX_LEN],
+            have: 0,
+            head: [0; Self::HEAD],
+            head_len: 0,
+        }
+    }
 }
 
 impl FrameCounter {
-    /// Consumes `data`; returns the frames completed in it.
-    fn feed(&mut self, mut data: &[u8]) -> u64 {
+    const HEAD: usize = 64;
+
+    /// Consumes `data`; returns the frames completed in it, each frame's first bytes (up to
+    /// [`FrameCounter::HEAD`]) handed to `frame` as it completes.
+    fn feed(&mut self, mut data: &[u8], frame: &mut dyn FnMut(&[u8])) -> u64 {
         let mut frames = 0;
         while !data.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(data.len());
+                let keep = n.min(Self::HEAD - self.head_len);
+                self.head[self.head_len..self.head_len + keep].copy_from_slice(&data[..keep]);
+                self.head_len += keep;
                 self.skip -= n;
                 data = &data[n..];
-                frames += u64::from(self.skip == 0);
+                if self.skip == 0 {
+                    frame(&self.head[..self.head_len]);
+                    frames += 1;
+                }
                 continue;
             }
             let n = (PREFIX_LEN - self.have).min(data.len());
@@ -196,8 +223,12 @@ impl FrameCounter {
             data = &data[n..];
             if self.have == PREFIX_LEN {
                 self.have = 0;
+                self.head_len = 0;
                 self.skip = u32::from_be_bytes(self.prefix) as usize;
-                frames += u64::from(self.skip == 0);
+                if self.skip == 0 {
+                    frame(&[]);
+                    frames += 1;
+                }
             }
         }
         frames
@@ -269,9 +300,20 @@ impl StreamOutput {
         let mut reader = stream.try_clone()?;
         reader.set_read_timeout(Some(DRAIN_POLL))?;
         let mut counter = FrameCounter::default();
+        let markers: Arc<OnceLock<(InFlightBound, Arc<Answers>)>> = Arc::default();
+        let seen = markers.clone();
         let drain = Drain::spawn(move |buf| match reader.read(buf) {
             Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => Ok(Some((counter.feed(&buf[..n]), n as u64))),
+            Ok(n) => {
+                let frames = counter.feed(&buf[..n], &mut |f| {
+                    if let Some((bound, answers)) = seen.get() {
+                        if let Some(index) = bound.answered(f) {
+                            answers.answer(index);
+                        }
+                    }
+                });
+                Ok(Some((frames, n as u64)))
+            }
             Err(e) if is_timeout(&e) => Ok(None),
             Err(e) => Err(e),
         });
@@ -280,9 +322,86 @@ impl StreamOutput {
             remote,
             frames: FrameWriter::new(frames),
             drain,
+            markers,
+            in_flight: None,
         })
     }
+
+    /// Keeps at most `bound.bytes` of frames between this sender and the guest's receive
+    /// ring ([`super::inflight`] says why and how). Refused for a bound whose markers could
+    /// not be told apart, or when a bound is already set.
+    pub fn bound_in_flight(&mut self, bound: InFlightBound) -> io::Result<()> {
+        if !bound.is_valid() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("in-flight bound {bound:?}: too many markers in flight, or the guest among them"),
+            ));
+        }
+        let answers = Arc::new(Answers::default());
+        self.markers
+            .set((bound, answers.clone()))
+            .map_err(|_| io::Error::other("in-flight bound already set"))?;
+        self.in_flight = Some(InFlight::new(bound, answers));
+        Ok(())
+    }
+
+    /// The bound's state, when one is set.
+    pub fn in_flight(&self) -> Option<&InFlight> {
+        self.in_flight.as_ref()
+    }
+
+    /// Writes all of `slices`.
+    fn write_all(&mut self, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+        let mut pending = slices;
+        while !pending.is_empty() {
+            match self.stream.write_vectored(pending) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => IoSlice::advance_slices(&mut pending, written),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends marker `seq` of the bound.
+    fn write_marker(&mut self, seq: u64) -> io::Result<()> {
+        let Some(f) = self.in_flight.as_ref() else {
+            return Ok(());
+        };
+        let frame = f.bound().marker_frame(seq);
+        let prefix = u32::try_from(frame.len()).unwrap_or(0).to_be_bytes();
+        self.write_all(&mut [IoSlice::new(&prefix), IoSlice::new(&frame)])
+    }
+
+    /// Waits until `len` more bytes fit the bound (probing a quiet guest).
+    fn wait_for_room(&mut self, len: u64) -> io::Result<()> {
+        let started = Instant::now();
+        let mut waited = false;
+        loop {
+            let Some(f) = self.in_flight.as_mut() else {
+                return Ok(());
+            };
+            match f.step(len, Instant::now()) {
+                Step::Go => break,
+                Step::Wait => {
+                    waited = true;
+                    thread::sleep(ROOM_POLL);
+                }
+                Step::Probe(seq) => self.write_marker(seq)?,
+            }
+        }
+        if waited {
+            if let Some(f) = self.in_flight.as_mut() {
+                f.waited(started.elapsed());
+            }
+        }
+        Ok(())
+    }
 }
+
+/// How often a sender waiting for room looks at the answers.
+const ROOM_POLL: Duration = Duration::from_micros(250);
 
 impl Output for StreamOutput {
     fn send(&mut self, batch: &mut Batch) -> io::Result<()> {
@@ -303,14 +422,15 @@ impl Output for StreamOutput {
                     .unwrap_or_default(),
             );
         }
-        let mut pending = &mut slices[..n];
-        while !pending.is_empty() {
-            match self.stream.write_vectored(pending) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(written) => IoSlice::advance_slices(&mut pending, written),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        let bytes: u64 = slices[..n].iter().map(|s| s.len() as u64).sum();
+        self.wait_for_room(bytes)?;
+        self.write_all(&mut slices[..n])?;
+        let due = self
+            .in_flight
+            .as_mut()
+            .and_then(|f| f.sent(bytes, Instant::now()));
+        if let Some(seq) = due {
+            self.write_marker(seq)?;
         }
         Ok(())
     }
@@ -340,6 +460,7 @@ mod tests {
     use crate::gen::schedule::Schedule;
     use netoops_core::reassembly::{Reassembler, ReassemblyConfig};
     use netoops_core::time::Instant as CoreInstant;
+    use std::io::BufReader;
 
     fn scenario() -> Scenario {
         Scenario {
@@ -488,12 +609,102 @@ mod tests {
     }
 
     #[test]
+    fn stream_output_keeps_the_bound_between_it_and_a_slow_guest() {
+        use crate::gen::output::inflight::ARP_LEN;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let remote = match listener.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!(),
+        };
+        let bound = InFlightBound {
+            bytes: 128 << 10,
+            marker_every: 8 << 10,
+            guest_ip: "10.0.2.15".parse().unwrap(),
+            guest_mac: MacAddr::QEMU_DEFAULT,
+            marker_base: "10.0.2.128".parse().unwrap(),
+        };
+        // A slow "guest": reads frames, answers every ARP request after reading it, and
+        // checks that no data byte arrives beyond the bound past its last answer.
+        let guest = thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let (mut data, mut answered_at, mut frames, mut answers) = (0u64, 0u64, 0u64, 0u64);
+            loop {
+                let mut prefix = [0u8; 4];
+                if reader.read_exact(&mut prefix).is_err() {
+                    break;
+                }
+                let mut f = vec![0u8; u32::from_be_bytes(prefix) as usize];
+                reader.read_exact(&mut f).unwrap();
+                if f.len() == ARP_LEN && f[12..14] == [8, 6] {
+                    let mut r = f.clone();
+                    r[0..6].copy_from_slice(&f[6..12]);
+                    r[6..12].copy_from_slice(&MacAddr::QEMU_DEFAULT.0);
+                    r[21] = 2;
+                    r[22..28].copy_from_slice(&MacAddr::QEMU_DEFAULT.0);
+                    r[28..32].copy_from_slice(&f[38..42]);
+                    r[32..38].copy_from_slice(&f[22..28]);
+                    r[38..42].copy_from_slice(&f[28..32]);
+                    conn.write_all(&(ARP_LEN as u32).to_be_bytes()).unwrap();
+                    conn.write_all(&r).unwrap();
+                    answered_at = data;
+                    answers += 1;
+                    continue;
+                }
+                data += 4 + f.len() as u64;
+                frames += 1;
+                assert!(
+                    data <= answered_at + (128 << 10),
+                    "{data} bytes read, last answer after {answered_at}"
+                );
+                if frames % 16 == 0 {
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+            (frames, answers)
+        });
+        let s = Scenario {
+            machines: 40,
+            log_size: "8-16K".parse().unwrap(),
+            loss: LossModel::None,
+            duplicate: 0.0,
+            reorder: 0.0,
+            ..scenario()
+        };
+        let mut out =
+            StreamOutput::connect(remote, frame_config(false), Duration::from_secs(5)).unwrap();
+        out.bound_in_flight(bound).unwrap();
+        assert!(out.bound_in_flight(bound).is_err(), "set once");
+        let report = run(
+            &mut Schedule::new(s.clone()),
+            &mut out,
+            RunOptions::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let f = out.in_flight().unwrap();
+        let (peak, waits, off) = (f.peak, f.waits, f.is_off());
+        out.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let (frames, answers) = guest.join().unwrap();
+        drop(out);
+        assert_eq!(frames, report.schedule.datagrams);
+        assert!(
+            !off && waits > 0 && answers > 10,
+            "{waits} waits, {answers} answers"
+        );
+        assert!(peak <= bound.bytes, "peak {peak}");
+    }
+
+    #[test]
     fn frame_counter_handles_any_split() {
         let stream = [0, 0, 0, 2, 7, 7, 0, 0, 0, 0, 0, 0, 0, 1, 5];
         for cut in 0..stream.len() {
             let mut c = FrameCounter::default();
-            let n = c.feed(&stream[..cut]) + c.feed(&stream[cut..]);
+            let mut heads = Vec::new();
+            let n = c.feed(&stream[..cut], &mut |f| heads.push(f.to_vec()))
+                + c.feed(&stream[cut..], &mut |f| heads.push(f.to_vec()));
             assert_eq!(n, 3, "cut at {cut}");
+            assert_eq!(heads, [vec![7, 7], vec![], vec![5]], "cut at {cut}");
         }
     }
 }
