@@ -1,14 +1,18 @@
 //! Reading what the collector stored, with the times it became durable.
 //!
-//! The collector (`netoops-collect serve --dir DIR`) writes `DIR/<ip>/<key>.log`, then
-//! `DIR/<ip>/<key>.json` (temporary file, fsync, rename, directory fsync), and appends one
-//! fsynced line per crash notice to `DIR/<ip>/crashes.jsonl`. Times come from the file system,
-//! at nanosecond resolution, on the same `CLOCK_REALTIME` the generator stamps with:
+//! The collector (`netoops-collect serve --dir DIR`) stores in group-committed batches (see
+//! its `store` module): a batch's `.log` files and `.json` temporaries are written and the
+//! file system synced (sync 1), then each `.json` is renamed into place and each crash
+//! notice line appended to `DIR/<ip>/crashes.jsonl`, then the file system is synced again
+//! (sync 2) and the batch acknowledged. Times come from the file system, at nanosecond
+//! resolution, on the same `CLOCK_REALTIME` the generator stamps with:
 //!
-//! - a dump is durable at the `.json`'s ctime: `rename` sets it, after the file's data was
-//!   fsynced (only the directory fsync follows);
-//! - a crash line is written at `crashes.jsonl`'s mtime (each benchmark machine crashes
-//!   once, so the file holds one line; its fdatasync follows).
+//! - a dump is durable at the `.json`'s ctime: `rename` sets it, after sync 1 made the data
+//!   durable (only sync 2, for the rename itself, follows);
+//! - a crash line at `crashes.jsonl`'s mtime: the append comes after sync 1 (each benchmark
+//!   machine crashes once, so the file holds one line; only sync 2 follows).
+//!
+//! Both moments leave out sync 2, the same for every record of a batch.
 //!
 //! File times are coarse, though (up to a scheduler tick early, see [`super::watch`]), so a
 //! storage made with [`Storage::watched`] takes both moments from inotify instead (the
