@@ -560,13 +560,18 @@ mod tests {
         assert_eq!(out.received(), (1, 60));
     }
 
+    /// A TCP listener on a free loopback port, and its address (where a "guest" listens).
+    fn loopback_listener() -> (TcpListener, SocketAddrV4) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        match listener.local_addr().unwrap() {
+            SocketAddr::V4(a) => (listener, a),
+            SocketAddr::V6(_) => unreachable!(),
+        }
+    }
+
     #[test]
     fn stream_output_length_prefixes_every_frame() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let remote = match listener.local_addr().unwrap() {
-            SocketAddr::V4(a) => a,
-            SocketAddr::V6(_) => unreachable!(),
-        };
+        let (listener, remote) = loopback_listener();
         let reader = thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
             // The "guest" sends two frames back, the second split across writes.
@@ -611,11 +616,7 @@ mod tests {
     #[test]
     fn stream_output_keeps_the_bound_between_it_and_a_slow_guest() {
         use crate::gen::output::inflight::ARP_LEN;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let remote = match listener.local_addr().unwrap() {
-            SocketAddr::V4(a) => a,
-            SocketAddr::V6(_) => unreachable!(),
-        };
+        let (listener, remote) = loopback_listener();
         let bound = InFlightBound {
             bytes: 128 << 10,
             marker_every: 8 << 10,
