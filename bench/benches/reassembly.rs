@@ -61,15 +61,7 @@ const ROUNDS: usize = 3;
 /// PREFETCHT0 for the next filled buffer). Both the engine and the copy baseline do it.
 fn prefetch_next(storm: &Storm, i: usize) {
     if i + 1 < storm.packets_per_round() {
-        for line in storm.datagram(i + 1).chunks(64) {
-            // SAFETY: PREFETCHT0 only hints the cache: it reads nothing the program sees and
-            // cannot fault; the pointer is into a live slice.
-            unsafe {
-                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-                    line.as_ptr().cast(),
-                )
-            };
-        }
+        netoops_streamed_slots::prefetch(storm.datagram(i + 1));
     }
 }
 
@@ -233,15 +225,7 @@ fn run_chatter(chatter: &Chatter, t: &mut ConsoleTracker, now: Instant) -> Conso
         // As the drivers do (and the netoops loop above): the next buffer's lines are asked
         // for while this datagram is handled.
         if i + 1 < n {
-            for line in chatter.datagram(i + 1).chunks(64) {
-                // SAFETY: PREFETCHT0 only hints the cache: it reads nothing the program sees
-                // and cannot fault; the pointer is into a live slice.
-                unsafe {
-                    core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-                        line.as_ptr().cast(),
-                    )
-                };
-            }
+            netoops_streamed_slots::prefetch(chatter.datagram(i + 1));
         }
         let _ = t.handle_datagram(now, chatter.sources[i], chatter.datagram(i), &mut sink);
     }

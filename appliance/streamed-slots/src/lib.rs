@@ -14,9 +14,12 @@
 //! written with ordinary copies, and nothing needs a fence.
 //!
 //! The relay core's chunk pool takes any [`ChunkSlots`] store; this crate is the one that
-//! streams, and holds the unsafe code that needs (the core has none). It also holds the
-//! [`prefetch`] the netconsole tracker uses for history tails, which safe code cannot issue. Plug it in with
+//! streams, and holds the unsafe code that needs (the core has none). Plug it in with
 //! [`netoops_core::relay::Relay::with_slots`]`(config, instance, `[`boxed`]`)`.
+//!
+//! The crate also holds [`prefetch`], which the netconsole tracker uses for history tails
+//! (safe code cannot issue a prefetch): plug it in with
+//! [`netoops_core::relay::Relay::set_prefetch`].
 
 #![no_std]
 

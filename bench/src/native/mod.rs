@@ -412,7 +412,7 @@ impl Bench<'_> {
         for round in 0..self.rounds {
             for i in 0..n {
                 if i + 1 < n {
-                    prefetch(frames.frame(i + 1));
+                    netoops_streamed_slots::prefetch(frames.frame(i + 1));
                 }
                 let f = frames.frame(i);
                 let slot = &mut pool[(i + round * n) % slots];
@@ -444,22 +444,6 @@ fn link_turn(relay: &RefCell<Relay>, peer: &mut Peer, buf: &mut [u8], now: Insta
             .expect("the link takes the collector's ack");
     }
     (t1 - t0 + tsc() - t2, true)
-}
-
-/// Asks for a frame's cache lines, as the drivers do for the next filled buffer.
-fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in bytes.chunks(64) {
-        // SAFETY: PREFETCHT0 only hints the cache: it reads nothing the program sees and
-        // cannot fault; the pointer is into a live slice.
-        unsafe {
-            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    black_box(bytes);
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -129,28 +129,33 @@ pub fn heap_peak() -> usize {
 /// two), never freed. Returns the pointer and its physical address (the same value: the
 /// heap is identity mapped). Out of memory at bring-up is fatal (allocation error handler).
 pub fn dma_alloc(size: usize, align: usize) -> (NonNull<u8>, u64) {
-    let layout = core::alloc::Layout::from_size_align(size.max(1), align.max(1))
-        .unwrap_or_else(|_| panic!("dma_alloc: bad alignment {align}"));
-    // SAFETY: the layout has a non-zero size.
-    let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
-    let Some(ptr) = NonNull::new(ptr) else {
-        alloc::alloc::handle_alloc_error(layout)
-    };
-    (ptr, virt_to_phys(ptr.as_ptr()))
+    // SAFETY: `dma_block` passes a layout of non-zero size.
+    dma_block(size, align, |layout| unsafe {
+        alloc::alloc::alloc_zeroed(layout)
+    })
 }
 
 /// Memory for device rings and buffers whose driver initializes what it reads (the
 /// driver-platform contract: "the contents need not be zeroed"): as [`dma_alloc`], without
-/// writing it. The virtio-net driver zeroes its queues and buffers itself and the e1000e
-/// driver its descriptors (its buffers are read only where the device wrote a frame), so
-/// zeroing here too wrote 2 MiB twice for a 1024-entry virtio ring: about 1 ms of boot
-/// under TCG (`boot: phases`, nics 5.4 -> 4.3 ms on microvm).
+/// writing it. The virtio-net driver zeroes its queues and each transmit slot on first use,
+/// and reads a receive slot only where the device wrote it; the e1000e driver zeroes its
+/// descriptors (its buffers are read only where the device wrote a frame). Zeroing here too
+/// cost about 1 ms of boot under TCG for a 1024-entry virtio ring.
 pub fn dma_alloc_uninit(size: usize, align: usize) -> (NonNull<u8>, u64) {
+    // SAFETY: `dma_block` passes a layout of non-zero size.
+    dma_block(size, align, |layout| unsafe { alloc::alloc::alloc(layout) })
+}
+
+/// A never-freed heap block from `alloc` (given a layout of non-zero size), with its
+/// physical address.
+fn dma_block(
+    size: usize,
+    align: usize,
+    alloc: impl FnOnce(core::alloc::Layout) -> *mut u8,
+) -> (NonNull<u8>, u64) {
     let layout = core::alloc::Layout::from_size_align(size.max(1), align.max(1))
         .unwrap_or_else(|_| panic!("dma_alloc: bad alignment {align}"));
-    // SAFETY: the layout has a non-zero size.
-    let ptr = unsafe { alloc::alloc::alloc(layout) };
-    let Some(ptr) = NonNull::new(ptr) else {
+    let Some(ptr) = NonNull::new(alloc(layout)) else {
         alloc::alloc::handle_alloc_error(layout)
     };
     (ptr, virt_to_phys(ptr.as_ptr()))
