@@ -252,25 +252,6 @@ pub struct KeyDoc {
     pub list: bool,
 }
 
-const fn key(
-    key: &'static str,
-    scope: KeyScope,
-    value: &'static str,
-    default: &'static str,
-) -> KeyDoc {
-    KeyDoc {
-        key,
-        scope,
-        value,
-        default,
-        list: false,
-    }
-}
-
-const fn list(k: KeyDoc) -> KeyDoc {
-    KeyDoc { list: true, ..k }
-}
-
 impl KeyDoc {
     /// The hosted relay's flag for it: `--max-dumps` for `max_dumps`.
     pub fn flag(&self) -> String {
@@ -279,50 +260,9 @@ impl KeyDoc {
 }
 
 /// Every configuration key, in the order the README and the appliance's `config:` line list
-/// them. Adding a key starts here.
-pub const KEY_TABLE: &[KeyDoc] = {
-    use KeyScope::{Appliance, Everywhere, Kernel, Test};
-    &[
-        key("ip", Appliance, "`A.B.C.D/PREFIX`, the appliance's address", "required on the appliance"),
-        key("gw", Appliance, "gateway `A.B.C.D`", "none (upstreams on-link)"),
-        key("port", Everywhere, "UDP port netoops senders target", "2004"),
-        list(key("upstream", Everywhere, "`IP:PORT[,IP:PORT...]`, collectors in order of preference", "required")),
-        key("name", Everywhere, "relay name reported to collectors", "`netoops-relay`"),
-        key(
-            "upstream_key",
-            Everywhere,
-            "`ID:KEY`, this relay's session key (`KEY`: 64 hex digits; the collector's keys file holds `ID KEY`); `none` speaks in clear",
-            "none (unauthenticated; collectors with `--keys` refuse it)",
-        ),
-        key("memory", Everywhere, "reassembly budget (`K`/`M`/`G`)", "`64M`"),
-        key("spool", Everywhere, "delivery spool budget, at least `64K` (a quarter for crash notices)", "`16M`"),
-        key("max_dumps", Everywhere, "dumps held at once", "4096"),
-        key("per_source", Everywhere, "dumps one source address may hold", "8"),
-        key("quiet", Everywhere, "emit a partial dump after this long without packets (`ms`, `s`, `m`)", "`3s`"),
-        key("linger", Everywhere, "remember emitted dumps this long (absorbs later rounds)", "`30s`"),
-        list(key("allow", Everywhere, "source allowlist `CIDR[,CIDR...]`", "everyone")),
-        key("nic", Appliance, "ingress NIC, PCI `BB:DD.F` or MAC", "first supported NIC"),
-        key("upstream_nic", Appliance, "a second NIC for upstream traffic", "the ingress NIC"),
-        key("stats", Everywhere, "interval between counter lines", "`5s`"),
-        key("netconsole_port", Everywhere, "UDP port netconsole senders target; `0` turns netconsole off", "6666"),
-        key("netconsole_history", Everywhere, "log history kept per healthy netconsole source", "`64K`"),
-        key("netconsole_memory", Everywhere, "history all netconsole sources share", "`16M`"),
-        key("netconsole_sources", Everywhere, "netconsole sources tracked at once", "4096"),
-        key("http_port", Everywhere, "TCP port of the HTTP endpoint (`/metrics`, `/healthz`, `/dumps`) on the relay's address; `0` turns it off", "0 (off)"),
-        key("http_dumps", Everywhere, "RAM for the texts of the last dumps `/dumps` serves, kept whether or not a collector is reachable (oldest evicted first; `0` keeps none)", "`1M`"),
-        key("upstream_nic.ip", Kernel, "address `A.B.C.D/PREFIX` of the upstream NIC in two-NIC mode", "-"),
-        key("upstream_nic.gw", Kernel, "gateway of the upstream NIC in two-NIC mode", "none"),
-        key(
-            "idle.halt",
-            Kernel,
-            "`off`, or the shortest halt when idle (`10us`-`1ms`): the appliance sleeps on the local APIC timer instead of spinning",
-            "`100us`",
-        ),
-        key("heap", Kernel, "cap on the appliance's heap (`K`/`M`/`G`)", "the largest free RAM region"),
-        key("console", Kernel, "accepted and ignored (GRUB's `console=ttyS0`): the console is always COM1", "-"),
-        key("selftest", Test, "boot self-tests for the end-to-end tests", "-"),
-    ]
-};
+/// them. Adding a key starts in `appliance/core/keys.toml`, which the build script turns into
+/// this table (data in a data file: the Rust it generates is not kept in the tree).
+pub const KEY_TABLE: &[KeyDoc] = include!(concat!(env!("OUT_DIR"), "/key_table.rs"));
 
 /// Which keys of [`KEY_TABLE`] a key list holds.
 #[derive(Clone, Copy)]
