@@ -607,14 +607,8 @@ impl<R: Registers> TxToken for E1000TxToken<'_, R> {
 }
 
 impl<R: Registers> Device for E1000<R> {
-    type RxToken<'a>
-        = E1000RxToken<'a, R>
-    where
-        Self: 'a;
-    type TxToken<'a>
-        = E1000TxToken<'a, R>
-    where
-        Self: 'a;
+    type RxToken<'a> = E1000RxToken<'a, R>;
+    type TxToken<'a> = E1000TxToken<'a, R>;
 
     fn receive(&mut self) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         if !self.tx.has_room() {
@@ -651,19 +645,8 @@ impl<R: Registers> Device for E1000<R> {
         self.tx.reclaim();
     }
 
-    fn hardware_address(&self) -> MacAddress {
-        self.mac
-    }
-
     fn link_state(&mut self) -> LinkState {
         LinkState::from(self.link_status().up)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::new(
-            usize::from(self.rx.blocks().descriptors()),
-            usize::from(self.tx.blocks().descriptors()),
-        )
     }
 
     /// Ring counters as of now; the device's drop counter (MPC) as of at most
@@ -677,6 +660,17 @@ impl<R: Registers> Device for E1000<R> {
             rx_dropped: rx.errors + rx.runts + rx.oversize + rx.device_errors + device.missed,
             tx_ring_full: self.tx.counters().ring_full,
         }
+    }
+
+    fn hardware_address(&self) -> MacAddress {
+        self.mac
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(
+            usize::from(self.rx.blocks().descriptors()),
+            usize::from(self.tx.blocks().descriptors()),
+        )
     }
 }
 

@@ -17,8 +17,9 @@ pub const WINDOW_LEN: usize = 128 * 1024;
 /// 32-bit register access by byte offset into BAR0.
 ///
 /// The driver's logic uses only this, so host tests run it against a model of the device;
-/// the kernel uses [`MmioRegion`].
-pub trait Registers {
+/// the kernel uses [`MmioRegion`]. An owned handle (`'static`): the device's tokens borrow it
+/// for as long as the driver lends them, with no further bound.
+pub trait Registers: 'static {
     /// Reads the register at `offset`.
     fn read(&self, offset: u32) -> u32;
     /// Writes the register at `offset`.

@@ -109,7 +109,7 @@ pub struct DeviceStats {
     pub tx_ring_full: u64,
 }
 
-/// A poll-mode network device.
+/// A poll-mode network device: the data path first, then its state, then what bring-up fixed.
 pub trait Device {
     /// Token for a received frame.
     type RxToken<'a>: RxToken
@@ -131,15 +131,15 @@ pub trait Device {
     /// notify the device once for the whole batch.
     fn poll(&mut self);
 
-    /// The device's hardware address.
-    fn hardware_address(&self) -> MacAddress;
-
     /// Current link state.
     fn link_state(&mut self) -> LinkState;
 
-    /// What the driver can do.
-    fn capabilities(&self) -> Capabilities;
-
     /// Counters since the device was brought up.
     fn stats(&self) -> DeviceStats;
+
+    /// The device's hardware address: fixed at bring-up, like [`Device::capabilities`].
+    fn hardware_address(&self) -> MacAddress;
+
+    /// What the driver can do.
+    fn capabilities(&self) -> Capabilities;
 }

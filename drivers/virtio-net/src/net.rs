@@ -630,14 +630,8 @@ impl<T: Transport> Drop for VirtioTxToken<'_, T> {
 }
 
 impl<T: Transport> Device for VirtioNet<T> {
-    type RxToken<'a>
-        = VirtioRxToken<'a, T>
-    where
-        Self: 'a;
-    type TxToken<'a>
-        = VirtioTxToken<'a, T>
-    where
-        Self: 'a;
+    type RxToken<'a> = VirtioRxToken<'a, T>;
+    type TxToken<'a> = VirtioTxToken<'a, T>;
 
     fn receive(&mut self) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let Some(tx_id) = self.tx.take_slot() else {
@@ -684,21 +678,10 @@ impl<T: Transport> Device for VirtioNet<T> {
         self.tx.reclaim();
     }
 
-    fn hardware_address(&self) -> MacAddress {
-        self.mac
-    }
-
     fn link_state(&mut self) -> LinkState {
         // Without NET_STATUS the device reports no link state: take it as up.
         LinkState::from(
             self.features & features::NET_STATUS == 0 || self.transport.read_config_u16(6) & 1 != 0,
-        )
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::new(
-            usize::from(self.rx.ring.size()),
-            usize::from(self.tx.ring.size()),
         )
     }
 
@@ -709,6 +692,17 @@ impl<T: Transport> Device for VirtioNet<T> {
             rx_dropped: self.rx.runt + self.rx.oversize,
             tx_ring_full: self.tx.ring_full,
         }
+    }
+
+    fn hardware_address(&self) -> MacAddress {
+        self.mac
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(
+            usize::from(self.rx.ring.size()),
+            usize::from(self.tx.ring.size()),
+        )
     }
 }
 

@@ -90,8 +90,9 @@ impl FeatureWindow {
     }
 }
 
-/// Register-level access to one virtio device.
-pub trait Transport {
+/// Register-level access to one virtio device. An owned handle (`'static`): the device's
+/// tokens borrow it for as long as the driver lends them, with no further bound.
+pub trait Transport: 'static {
     /// Resets the device: writes status 0 and waits until it reads back 0 (virtio 1.2,
     /// 4.1.4.3.2). QEMU resets synchronously; the wait is bounded so that a wedged device
     /// cannot hang boot. Then [`Transport::after_reset`].
