@@ -463,6 +463,34 @@ struct Upstream {
     refusals: u32,
 }
 
+/// The `Hello` frame for `config`; a relay name too long for a frame is a configuration
+/// error, and the frame then carries an empty name.
+fn hello_frame(config: &LinkConfig) -> Vec<u8> {
+    let hello_record = Record::Hello {
+        protocol: PROTOCOL_VERSION,
+        relay: config.relay.clone(),
+        instance: config.instance,
+    };
+    let header = RecordHeaderRef {
+        seq: 0,
+        sent_at_ms: 0,
+        record: &hello_record,
+        payload_len: 0,
+    };
+    record::encode_record_frame(&header, &[]).unwrap_or_else(|_| {
+        let fallback = Record::Hello {
+            protocol: PROTOCOL_VERSION,
+            relay: String::new(),
+            instance: config.instance,
+        };
+        let header = RecordHeaderRef {
+            record: &fallback,
+            ..header
+        };
+        record::encode_record_frame(&header, &[]).unwrap_or_default()
+    })
+}
+
 /// The upstream delivery state machine (module doc).
 #[derive(Debug)]
 pub struct UpstreamLink {
@@ -472,6 +500,8 @@ pub struct UpstreamLink {
     state: State,
     /// Close requested by the link for the current connection, until `handle_closed`.
     closing: Option<CloseReason>,
+    /// The `Hello` frame, encoded at the first connection (not at start-up: under TCG its
+    /// encoder's first run was 0.5 ms of the appliance's boot, and nothing needs it earlier).
     hello: Vec<u8>,
     decoder: FrameDecoder,
     /// Id of the next enqueued record.
@@ -493,30 +523,6 @@ impl UpstreamLink {
     /// Builds the link; the spool, event queue and reply buffer are allocated here and never
     /// grow.
     pub fn new(config: LinkConfig) -> Self {
-        let hello_record = Record::Hello {
-            protocol: PROTOCOL_VERSION,
-            relay: config.relay.clone(),
-            instance: config.instance,
-        };
-        let header = RecordHeaderRef {
-            seq: 0,
-            sent_at_ms: 0,
-            record: &hello_record,
-            payload_len: 0,
-        };
-        // A relay name too long for a frame is a configuration error; send an empty name then.
-        let hello = record::encode_record_frame(&header, &[]).unwrap_or_else(|_| {
-            let fallback = Record::Hello {
-                protocol: PROTOCOL_VERSION,
-                relay: String::new(),
-                instance: config.instance,
-            };
-            let header = RecordHeaderRef {
-                record: &fallback,
-                ..header
-            };
-            record::encode_record_frame(&header, &[]).unwrap_or_default()
-        });
         let upstream = Upstream {
             next_attempt: Instant::ZERO,
             backoff: config.backoff_min,
@@ -527,7 +533,7 @@ impl UpstreamLink {
             upstreams: vec![upstream; config.upstreams],
             state: State::Idle,
             closing: None,
-            hello,
+            hello: Vec::new(),
             decoder: FrameDecoder::new(MAX_REPLY_LEN),
             next_id: 1,
             next_seq: 1,
@@ -890,6 +896,9 @@ impl UpstreamLink {
             return 0;
         };
         let mut n = 0;
+        if self.hello.is_empty() {
+            self.hello = hello_frame(&self.config);
+        }
         if session.hello_written < self.hello.len() {
             let k = (self.hello.len() - session.hello_written).min(buf.len());
             buf[..k].copy_from_slice(&self.hello[session.hello_written..session.hello_written + k]);
