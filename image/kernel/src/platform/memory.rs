@@ -129,7 +129,7 @@ impl ExtentHeap {
             .iter()
             .enumerate()
             .find_map(|(i, &(s, e))| {
-                let at = s.next_multiple_of(align);
+                let at = s.checked_next_multiple_of(align)?;
                 (at.checked_add(size)? <= e).then_some((i, at))
             })?;
         let (start, end) = self.free[i];
