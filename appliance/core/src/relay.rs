@@ -25,6 +25,31 @@ use crate::upstream::{
 };
 use netoops_wire::netconsole::NetconsoleError;
 
+/// The upstream link's configuration for the relay's.
+fn link_config(config: &Config, instance: u64) -> LinkConfig {
+    let mut link = LinkConfig::new(config.upstreams.len(), config.name.clone(), instance);
+    link.spool_bytes = config.spool_bytes;
+    // A record is at least a few hundred bytes; more entries than that cannot fit.
+    link.spool_records = (config.spool_bytes / 256).clamp(64, 1 << 20);
+    link
+}
+
+/// The netconsole tracker's configuration: the relay's, with the reassembly's quiet time.
+fn console_config(config: &Config) -> crate::netconsole::ConsoleConfig {
+    let mut console = config.netconsole;
+    console.quiet_timeout = config.reassembly.quiet_timeout;
+    console
+}
+
+/// The `/dumps` ring, kept only while the HTTP endpoint is on.
+fn dump_ring_bytes(config: &Config) -> usize {
+    if config.http_port != 0 {
+        config.http_dumps
+    } else {
+        0
+    }
+}
+
 /// Events kept for [`Relay::poll_event`] before the oldest are dropped (and counted).
 const EVENT_CAPACITY: usize = 4096;
 /// Longest headline kept from a crash's first chunk.
@@ -259,6 +284,20 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// Bytes [`Self::new`] takes from the heap for `config`, at most: the reassembly budget
+    /// (with its bookkeeping), the spool, the netconsole tracker, the `/dumps` ring and the event queues. The
+    /// appliance checks its heap against it before building the relay, so that a
+    /// configuration that does not fit is refused by name instead of ending in an allocation
+    /// failure.
+    pub fn footprint(config: &Config) -> usize {
+        use core::mem::size_of;
+        config.reassembly.heap_bytes()
+            + UpstreamLink::footprint(&link_config(config, 0))
+            + ConsoleTracker::footprint(&console_config(config))
+            + DumpRing::footprint(dump_ring_bytes(config))
+            + EVENT_CAPACITY * (size_of::<RelayEvent>() + size_of::<RecordSummary>())
+    }
+
     /// Builds the relay from a validated configuration. `instance` must differ on every boot
     /// (collectors key replay protection on it).
     pub fn new(config: Config, instance: u64) -> Result<Relay, ConfigError> {
@@ -278,11 +317,7 @@ impl Relay {
                 key: "memory".to_string(),
                 problem: e.to_string(),
             })?;
-        let mut link_config =
-            LinkConfig::new(config.upstreams.len(), config.name.clone(), instance);
-        link_config.spool_bytes = config.spool_bytes;
-        // A record is at least a few hundred bytes; more entries than that cannot fit.
-        link_config.spool_records = (config.spool_bytes / 256).clamp(64, 1 << 20);
+        let mut link_config = link_config(&config, instance);
         // The instance is only a stand-in seed: drivers replace it with fresh randomness
         // (`link().set_security`) so the ephemeral keys stay secret.
         link_config.security = config.upstream_key.clone().map(|key| {
@@ -291,15 +326,8 @@ impl Relay {
             crate::upstream::LinkSecurity { key, seed }
         });
         let link = UpstreamLink::new(link_config);
-        let mut console_config = config.netconsole;
-        console_config.quiet_timeout = config.reassembly.quiet_timeout;
-        let console = ConsoleTracker::new(console_config);
-        // The texts `/dumps` serves, kept only while the HTTP endpoint is on.
-        let ring_bytes = if config.http_port != 0 {
-            config.http_dumps
-        } else {
-            0
-        };
+        let console = ConsoleTracker::new(console_config(&config));
+        let ring_bytes = dump_ring_bytes(&config);
         Ok(Relay {
             dumps: DumpRing::new(ring_bytes),
             config,

@@ -4,7 +4,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 
 use netoops_core::reassembly::{CrashSeen, DumpView, EventSink, Reassembler, ReassemblyConfig};
 use netoops_core::time::Instant;
@@ -18,6 +18,14 @@ thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
 }
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+/// Bytes allocated and not freed while counting, and their peak.
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+fn add_live(bytes: isize) {
+    let now = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
 
 fn counting() -> bool {
     COUNTING.try_with(Cell::get).unwrap_or(false)
@@ -32,17 +40,22 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if counting() {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            add_live(layout.size() as isize);
         }
         // SAFETY: same contract as our caller's.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if counting() {
+            add_live(-(layout.size() as isize));
+        }
         // SAFETY: same contract as our caller's.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if counting() {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            add_live(new_size as isize - layout.size() as isize);
         }
         // SAFETY: same contract as our caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -465,5 +478,59 @@ fn netconsole_source_churn_does_not_allocate() {
         );
         assert!(t.sources() <= max_sources);
         assert!(t.stats().datagrams > 0);
+    }
+}
+
+/// `Relay::footprint` bounds what `Relay::new` takes from the heap (the appliance refuses a
+/// configuration whose footprint does not fit its heap, so an underestimate would end in an
+/// allocation failure at boot), and does not overstate it much.
+#[test]
+fn relay_footprint_bounds_what_the_relay_allocates() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let configs: &[&[(&str, &str)]] = &[
+        &[],
+        &[("memory", "8M"), ("spool", "2M")],
+        &[
+            ("memory", "2M"),
+            ("max_dumps", "256"),
+            ("spool", "64K"),
+            ("netconsole_memory", "64K"),
+        ],
+        &[
+            ("netconsole_sources", "100000"),
+            ("netconsole_history", "1M"),
+        ],
+        &[
+            ("http_port", "8080"),
+            ("http_dumps", "8M"),
+            ("spool", "64M"),
+        ],
+        &[
+            ("upstream", "10.0.0.1:2005,10.0.0.2:2005,10.0.0.3:2005"),
+            ("netconsole_port", "0"),
+        ],
+    ];
+    for keys in configs {
+        let mut config = netoops_core::config::Config::default();
+        config.set("upstream", "10.0.0.9:2005").unwrap();
+        for (k, v) in keys.iter() {
+            config.set(k, v).unwrap();
+        }
+        let footprint = netoops_core::relay::Relay::footprint(&config);
+        LIVE.store(0, Ordering::Relaxed);
+        PEAK.store(0, Ordering::Relaxed);
+        set_counting(true);
+        let relay = netoops_core::relay::Relay::new(config, 1);
+        set_counting(false);
+        let peak = PEAK.load(Ordering::Relaxed) as usize;
+        drop(relay.unwrap());
+        assert!(
+            peak <= footprint,
+            "{keys:?}: allocated {peak}, footprint {footprint}"
+        );
+        assert!(
+            footprint <= peak + peak / 4 + (1 << 20),
+            "{keys:?}: footprint {footprint} overstates the {peak} allocated"
+        );
     }
 }

@@ -361,27 +361,49 @@ fn start_stack(
 fn check_memory(s: &Settings) -> Result<(), ConfigError> {
     let (used, free) = platform::memory::heap_usage();
     let http = if s.config.http_port != 0 {
-        s.config.http_dumps
-            + http::CONNECTIONS
-                * (netoops_core::http::REQUEST_BUFFER
-                    + netoops_core::http::RESPONSE_BUFFER
-                    + http::RX_BUFFER
-                    + http::TX_BUFFER)
+        http::CONNECTIONS
+            * (netoops_core::http::REQUEST_BUFFER
+                + netoops_core::http::RESPONSE_BUFFER
+                + http::RX_BUFFER
+                + http::TX_BUFFER)
     } else {
         0
     };
-    let needed = s.config.reassembly.memory_budget + s.config.spool_bytes + http + HEAP_RESERVE;
+    // What the relay takes (its budgets, the netconsole tracker, the /dumps ring, queues).
+    let relay = Relay::footprint(&s.config);
+    let needed = relay + http + HEAP_RESERVE;
     if needed <= free {
         return Ok(());
     }
+    // Name the budget that takes the most.
+    let netconsole = netoops_core::netconsole::ConsoleTracker::footprint(&s.config.netconsole);
+    let key = [
+        ("memory", s.config.reassembly.memory_budget),
+        ("spool", s.config.spool_bytes),
+        ("netconsole_memory", netconsole),
+        (
+            "http_dumps",
+            if s.config.http_port != 0 {
+                s.config.http_dumps
+            } else {
+                0
+            },
+        ),
+    ]
+    .into_iter()
+    .max_by_key(|&(_, bytes)| bytes)
+    .map_or("memory", |(key, _)| key);
     Err(ConfigError {
-        key: "memory".into(),
+        key: key.into(),
         problem: alloc::format!(
-            "reassembly {} MiB + spool {} MiB + {} MiB reserve do not fit the heap \
-             ({} MiB free of {} MiB); lower memory= or spool=, or give the machine more RAM",
+            "the relay needs {} MiB (reassembly {} MiB, spool {} MiB, netconsole {} MiB with its \
+             source table) + {} MiB reserve, more than the heap has ({} MiB free of {} MiB); \
+             lower memory=, spool= or netconsole_memory=, or give the machine more RAM",
+            relay.div_ceil(1 << 20),
             s.config.reassembly.memory_budget >> 20,
             s.config.spool_bytes >> 20,
-            HEAP_RESERVE >> 20,
+            netconsole.div_ceil(1 << 20),
+            (http + HEAP_RESERVE).div_ceil(1 << 20),
             free >> 20,
             (used + free) >> 20
         ),

@@ -125,6 +125,15 @@ pub struct DumpRing {
 }
 
 impl DumpRing {
+    /// Bytes [`Self::new`] allocates for a ring of `bytes`.
+    pub fn footprint(bytes: usize) -> usize {
+        if bytes == 0 {
+            0
+        } else {
+            bytes + MAX_ENTRIES * core::mem::size_of::<DumpEntry>()
+        }
+    }
+
     /// A ring of `bytes` (0: keeps no dumps). Allocates everything it will ever use.
     pub fn new(bytes: usize) -> DumpRing {
         DumpRing {

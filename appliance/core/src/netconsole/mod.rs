@@ -428,12 +428,61 @@ fn hash_bytes(b: &[u8]) -> u64 {
     h.finish()
 }
 
+/// The sizes [`ConsoleTracker::new`] allocates by, in one place so that
+/// [`ConsoleTracker::footprint`] follows them.
+#[derive(Clone, Copy)]
+struct Capacities {
+    /// Blocks in the shared pool.
+    blocks: usize,
+    max_sources: usize,
+    /// The longest entry a source's history can hand the renderer.
+    cap: usize,
+}
+
+impl Capacities {
+    fn of(config: &ConsoleConfig) -> Capacities {
+        Capacities {
+            blocks: (config.memory_budget / BLOCK).max(4),
+            max_sources: config.max_sources.max(1),
+            cap: 2 * config.history_bytes + 2 * BLOCK,
+        }
+    }
+
+    fn index(&self) -> usize {
+        self.cap / HEADER_LEN + 1
+    }
+
+    fn text(&self) -> usize {
+        self.cap * 5 / 2 + 4096
+    }
+}
+
 impl ConsoleTracker {
+    /// Bytes [`Self::new`] takes from the heap for `config`, at most (the appliance checks
+    /// its heap against it before building the relay).
+    pub fn footprint(config: &ConsoleConfig) -> usize {
+        use core::mem::size_of;
+        let c = Capacities::of(config);
+        let per_source = size_of::<Source>() + size_of::<SourceText>() + size_of::<u32>();
+        BlockPool::footprint(c.blocks)
+            + c.max_sources * per_source
+            + crate::reassembly::map_bytes::<(u128, u16), u32>(2 * c.max_sources)
+            + c.index() * size_of::<(u64, u32, u64)>()
+            + c.text()
+            + MAX_BODY
+            + c.cap
+            + MAX_MISSING * (size_of::<(u64, u64)>() + size_of::<u64>())
+            + MAX_FIELDS * (size_of::<(u16, u16, u16, u16)>() + 256)
+    }
+
     /// Allocates the pool and the source table.
     pub fn new(config: ConsoleConfig) -> ConsoleTracker {
-        let blocks = (config.memory_budget / BLOCK).max(4);
-        let max_sources = config.max_sources.max(1);
-        let cap = 2 * config.history_bytes + 2 * BLOCK;
+        let sizes = Capacities::of(&config);
+        let Capacities {
+            blocks,
+            max_sources,
+            cap,
+        } = sizes;
         ConsoleTracker {
             config,
             pool: BlockPool::new(blocks),
@@ -446,8 +495,8 @@ impl ConsoleTracker {
             crashing: Vec::with_capacity(max_sources),
             hand: 0,
             render: Render {
-                index: Vec::with_capacity(cap / HEADER_LEN + 1),
-                text: Vec::with_capacity(cap * 5 / 2 + 4096),
+                index: Vec::with_capacity(sizes.index()),
+                text: Vec::with_capacity(sizes.text()),
                 body: vec![0u8; MAX_BODY],
                 entry: vec![0u8; cap],
                 missing: Vec::with_capacity(MAX_MISSING),

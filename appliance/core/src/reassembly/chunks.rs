@@ -65,13 +65,14 @@ struct Span {
     first: u32,
 }
 
-/// Bytes a store with `slots` slots, `dumps` tables and `max_packets` per table allocates.
+/// Bytes a store with `slots` slots, `dumps` tables and `max_packets` per table allocates
+/// (its free-slot bitmaps, index tables and compaction scratch included).
 pub(crate) fn store_bytes(slots: usize, dumps: usize, max_packets: usize) -> usize {
     let words = slots.div_ceil(64);
     slots * DATA_LEN
         + (words + words.div_ceil(64)) * 8
         + table_len(slots, max_packets) * core::mem::size_of::<Held>()
-        + dumps * core::mem::size_of::<Span>()
+        + dumps * (core::mem::size_of::<Span>() + core::mem::size_of::<u32>())
 }
 
 /// Index array length: twice the slots (dumps reserve whole tables before their packets
@@ -186,6 +187,11 @@ pub(crate) struct ChunkStore {
     /// Scratch for compaction, allocated once.
     order: Vec<u32>,
 }
+
+/// Heap a chunk store takes beyond [`store_bytes`], which the budget counts: the boxed slot
+/// store's own struct (a vector and a length or two, for every store we have; the slots'
+/// memory is in the budget).
+pub(crate) const BOOKKEEPING_BYTES: usize = 64;
 
 impl ChunkStore {
     pub(crate) fn new(slots: usize, dumps: usize, max_packets: usize, new_slots: NewSlots) -> Self {

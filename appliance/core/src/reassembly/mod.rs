@@ -162,6 +162,12 @@ impl ReassemblyConfig {
             + map_bytes::<IpAddr, SourceDumps>(map_capacity(n))
     }
 
+    /// Bytes a [`Reassembler`] built from this configuration takes from the heap, at most:
+    /// the budget and the chunk store's bookkeeping, which the budget leaves out.
+    pub fn heap_bytes(&self) -> usize {
+        self.memory_budget + chunks::BOOKKEEPING_BYTES
+    }
+
     /// Bytes the chunk pool takes with `slots` slots.
     pub fn pool_bytes(&self, slots: usize) -> usize {
         chunks::store_bytes(slots, self.max_dumps, self.max_packet_count as usize)

@@ -520,6 +520,14 @@ pub struct UpstreamLink {
 }
 
 impl UpstreamLink {
+    /// Bytes [`Self::new`] allocates for `config`, at most.
+    pub fn footprint(config: &LinkConfig) -> usize {
+        Spool::footprint(config.spool_bytes, config.spool_records)
+            + config.upstreams * core::mem::size_of::<Upstream>()
+            + config.event_capacity.max(1) * core::mem::size_of::<LinkEvent>()
+            + FrameDecoder::footprint(MAX_REPLY_LEN)
+    }
+
     /// Builds the link; the spool, event queue and reply buffer are allocated here and never
     /// grow.
     pub fn new(config: LinkConfig) -> Self {

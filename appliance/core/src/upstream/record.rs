@@ -632,9 +632,15 @@ impl FrameDecoder {
     /// Buffer space reserved up front; bigger frames grow the buffer on demand.
     const PREALLOCATE_MAX: usize = 64 * 1024;
 
+    /// Bytes [`Self::new`] allocates for `max_frame_len` (a larger frame grows the buffer
+    /// as it arrives).
+    pub fn footprint(max_frame_len: u32) -> usize {
+        LEN_PREFIX + (max_frame_len as usize).min(Self::PREALLOCATE_MAX)
+    }
+
     /// A decoder that accepts frame bodies of at most `max_frame_len` bytes.
     pub fn new(max_frame_len: u32) -> Self {
-        let cap = LEN_PREFIX + (max_frame_len as usize).min(Self::PREALLOCATE_MAX);
+        let cap = Self::footprint(max_frame_len);
         FrameDecoder {
             buf: Vec::with_capacity(cap),
             start: 0,

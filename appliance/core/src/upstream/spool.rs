@@ -76,6 +76,12 @@ pub struct Spool {
 }
 
 impl Spool {
+    /// Bytes [`Self::new`] allocates for these arguments.
+    pub fn footprint(bytes: usize, max_entries: usize) -> usize {
+        let per_lane = (max_entries / 2).max(1);
+        bytes + 2 * per_lane * core::mem::size_of::<SpoolEntry>()
+    }
+
     /// A spool of `bytes` bytes holding at most `max_entries` records, split into the two lanes
     /// (module doc), all allocated now.
     pub fn new(bytes: usize, max_entries: usize) -> Self {
