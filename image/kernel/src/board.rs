@@ -70,6 +70,7 @@ use core::net::SocketAddr;
 use embassy_net::{Ipv4Cidr, Stack, StackResources, StaticConfigV4};
 use netoops_core::config::ConfigError;
 use netoops_core::http::HttpServer;
+use netoops_core::netconsole::ConsoleTracker;
 use netoops_core::relay::Relay;
 use netoops_core::time::Instant;
 use netoops_nic::Device;
@@ -376,11 +377,13 @@ fn check_memory(s: &Settings) -> Result<(), ConfigError> {
         return Ok(());
     }
     // Name the budget that takes the most.
-    let netconsole = netoops_core::netconsole::ConsoleTracker::footprint(&s.config.netconsole);
+    let netconsole = ConsoleTracker::footprint(&s.config.netconsole);
+    let pool = ConsoleTracker::pool_footprint(&s.config.netconsole);
     let key = [
         ("memory", s.config.reassembly.memory_budget),
         ("spool", s.config.spool_bytes),
-        ("netconsole_memory", netconsole),
+        ("netconsole_memory", pool),
+        ("netconsole_sources", netconsole - pool),
         (
             "http_dumps",
             if s.config.http_port != 0 {
@@ -396,9 +399,9 @@ fn check_memory(s: &Settings) -> Result<(), ConfigError> {
     Err(ConfigError {
         key: key.into(),
         problem: alloc::format!(
-            "the relay needs {} MiB (reassembly {} MiB, spool {} MiB, netconsole {} MiB with its \
-             source table) + {} MiB reserve, more than the heap has ({} MiB free of {} MiB); \
-             lower memory=, spool= or netconsole_memory=, or give the machine more RAM",
+            "the relay needs {} MiB (reassembly {} MiB, spool {} MiB, netconsole {} MiB: its \
+             pool and source table) + {} MiB reserve, more than the heap has ({} MiB free of {} \
+             MiB); lower that budget, or give the machine more RAM",
             relay.div_ceil(1 << 20),
             s.config.reassembly.memory_budget >> 20,
             s.config.spool_bytes >> 20,

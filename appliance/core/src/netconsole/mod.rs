@@ -458,6 +458,12 @@ impl Capacities {
 }
 
 impl ConsoleTracker {
+    /// The part of [`Self::footprint`] that is the history pool (`netconsole_memory`); the
+    /// rest grows with the sources (`netconsole_sources`) and the history per source.
+    pub fn pool_footprint(config: &ConsoleConfig) -> usize {
+        BlockPool::footprint(Capacities::of(config).blocks)
+    }
+
     /// Bytes [`Self::new`] takes from the heap for `config`, at most (the appliance checks
     /// its heap against it before building the relay).
     pub fn footprint(config: &ConsoleConfig) -> usize {

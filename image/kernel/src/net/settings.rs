@@ -103,8 +103,23 @@ fn platform_value<'a>(config: &'a Config, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The smallest `heap=` cap: the NICs' rings and buffers alone take a few MiB, and the
+/// relay's smallest budgets a few more.
+pub const MIN_HEAP: u64 = 16 << 20;
+
 /// Reads and checks the settings from the kernel command line.
 pub fn parse(cmdline: &str) -> Result<Settings, ConfigError> {
+    if let Some(v) = crate::platform::bootinfo::cmdline_param(cmdline, "heap") {
+        match crate::platform::memory::parse_size(v) {
+            Some(bytes) if bytes >= MIN_HEAP => {}
+            _ => {
+                return Err(error(
+                    "heap",
+                    format!("bad value `{v}`: expected a size of at least 16M, like 64M"),
+                ))
+            }
+        }
+    }
     let config = Config::parse(&relay_text(cmdline))?;
     config.validate_for_appliance()?;
     let Some((ip, prefix)) = config.address else {
@@ -359,6 +374,9 @@ mod tests {
         assert_eq!(key(&format!("{BASE} port=http")), "port");
         assert_eq!(key(&format!("{BASE} memory=lots")), "memory");
         assert_eq!(key(&format!("{BASE} bogus=1")), "bogus");
+        assert_eq!(key(&format!("{BASE} heap=1M")), "heap");
+        assert_eq!(key(&format!("{BASE} heap=lots")), "heap");
+        assert!(parse(&format!("{BASE} heap=16M")).is_ok());
         assert_eq!(
             key("ip=10.0.2.15/24 gw=10.9.9.9 upstream=10.0.2.2:2005"),
             "gw"
