@@ -285,10 +285,10 @@ pub struct Relay {
 
 impl Relay {
     /// Bytes [`Self::new`] takes from the heap for `config`, at most: the reassembly budget
-    /// (with its bookkeeping), the spool, the netconsole tracker, the `/dumps` ring and the event queues. The
-    /// appliance checks its heap against it before building the relay, so that a
-    /// configuration that does not fit is refused by name instead of ending in an allocation
-    /// failure.
+    /// (with its bookkeeping), the spool, the netconsole tracker, the `/dumps` ring and the
+    /// event queues. The appliance checks its heap against it before building the relay, so
+    /// that a configuration that does not fit is refused by name instead of ending in an
+    /// allocation failure.
     pub fn footprint(config: &Config) -> usize {
         use core::mem::size_of;
         config.reassembly.heap_bytes()

@@ -206,9 +206,9 @@ pub fn parse_size(text: &str) -> Option<u64> {
 }
 
 /// The heap allocator: a `linked_list_allocator` heap for the small zone and an
-/// [`ExtentHeap`] for the large one (see the module doc),
-/// recording the highest use it has ever reached on each allocation, so the peak is exact
-/// without anyone sampling it (allocation is not on the per-packet path).
+/// [`ExtentHeap`] for the large one (see the module doc). It records the highest use it has
+/// ever reached on each allocation, so the peak is exact without anyone sampling it
+/// (allocation is not on the per-packet path).
 #[cfg(all(target_os = "none", not(test)))]
 struct PeakHeap {
     small: linked_list_allocator::LockedHeap,
