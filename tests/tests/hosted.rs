@@ -547,6 +547,11 @@ fn bad_configuration_exits_2_naming_the_key() {
             "memory",
         ),
         (vec!["--upstream", "127.0.0.1:9", "--quiet", "0s"], "quiet"),
+        // More than any build machine has: refused, not an allocation failure.
+        (
+            vec!["--upstream", "127.0.0.1:9", "--spool", "900G"],
+            "spool",
+        ),
         (vec!["--upstream", "nowhere"], "upstream"),
         (vec!["--listen", "127.0.0.1:0"], "upstream"),
         (vec!["--config", file], "colour"),

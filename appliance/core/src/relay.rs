@@ -298,6 +298,23 @@ impl Relay {
             + EVENT_CAPACITY * (size_of::<RelayEvent>() + size_of::<RecordSummary>())
     }
 
+    /// The budget key whose memory is the largest part of [`Self::footprint`]: the one to
+    /// name when the relay does not fit its machine.
+    pub fn largest_budget(config: &Config) -> &'static str {
+        let netconsole = ConsoleTracker::footprint(&config.netconsole);
+        let pool = ConsoleTracker::pool_footprint(&config.netconsole);
+        [
+            ("memory", config.reassembly.memory_budget),
+            ("spool", config.spool_bytes),
+            ("netconsole_memory", pool),
+            ("netconsole_sources", netconsole - pool),
+            ("http_dumps", dump_ring_bytes(config)),
+        ]
+        .into_iter()
+        .max_by_key(|&(_, bytes)| bytes)
+        .map_or("memory", |(key, _)| key)
+    }
+
     /// Builds the relay from a validated configuration. `instance` must differ on every boot
     /// (collectors key replay protection on it).
     pub fn new(config: Config, instance: u64) -> Result<Relay, ConfigError> {
@@ -773,6 +790,37 @@ mod tests {
         ))
         .unwrap();
         Relay::new(config, 7).unwrap()
+    }
+
+    #[test]
+    fn the_largest_budget_is_the_one_named() {
+        let largest = |line: &str| {
+            let config = Config::parse(&alloc::format!("upstream=127.0.0.1:2005 {line}")).unwrap();
+            Relay::largest_budget(&config)
+        };
+        assert_eq!(
+            largest(""),
+            "memory",
+            "64M of reassembly, 16M of the rest each"
+        );
+        assert_eq!(largest("memory=8M spool=1G"), "spool");
+        assert_eq!(
+            largest("memory=8M netconsole_memory=1G"),
+            "netconsole_memory"
+        );
+        assert_eq!(
+            largest("memory=8M netconsole_sources=1048576"),
+            "netconsole_sources"
+        );
+        assert_eq!(
+            largest("memory=8M http_port=80 http_dumps=1G"),
+            "http_dumps"
+        );
+        assert_eq!(
+            largest("memory=32M http_dumps=1G"),
+            "memory",
+            "no endpoint, no ring"
+        );
     }
 
     fn send(relay: &mut Relay, from: SocketAddr, log: &[u8]) {

@@ -34,6 +34,24 @@ fn main() -> ExitCode {
         },
         None => None,
     };
+    // Budgets larger than the machine would end in an allocation failure, now or as traffic
+    // fills them: refuse them by name.
+    let footprint = Relay::footprint(&settings.config);
+    if let Some(ram) = machine_memory() {
+        if footprint > ram {
+            return fail(
+                CONFIG_ERROR,
+                netoops_core::config::ConfigError {
+                    key: Relay::largest_budget(&settings.config).into(),
+                    problem: format!(
+                        "the relay needs {} MiB, more than this machine's {} MiB of RAM",
+                        footprint.div_ceil(1 << 20),
+                        ram >> 20
+                    ),
+                },
+            );
+        }
+    }
     let instance = settings.instance.unwrap_or_else(random_instance);
     let clock = Clock::start();
     // Chunks written once and read once go around the cache (non-temporal stores).
@@ -152,6 +170,20 @@ fn main() -> ExitCode {
         Ok(Ending::Delivered) | Ok(Ending::DrainTimedOut { .. }) => ExitCode::SUCCESS,
         Err(e) => fail(1, format_args!("event loop failed: {e}")),
     }
+}
+
+/// The machine's RAM (`MemTotal` in `/proc/meminfo`), when it can be read.
+fn machine_memory() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<usize>()
+        .ok()?;
+    kib.checked_mul(1024)
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {

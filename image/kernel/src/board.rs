@@ -376,28 +376,9 @@ fn check_memory(s: &Settings) -> Result<(), ConfigError> {
     if needed <= free {
         return Ok(());
     }
-    // Name the budget that takes the most.
     let netconsole = ConsoleTracker::footprint(&s.config.netconsole);
-    let pool = ConsoleTracker::pool_footprint(&s.config.netconsole);
-    let key = [
-        ("memory", s.config.reassembly.memory_budget),
-        ("spool", s.config.spool_bytes),
-        ("netconsole_memory", pool),
-        ("netconsole_sources", netconsole - pool),
-        (
-            "http_dumps",
-            if s.config.http_port != 0 {
-                s.config.http_dumps
-            } else {
-                0
-            },
-        ),
-    ]
-    .into_iter()
-    .max_by_key(|&(_, bytes)| bytes)
-    .map_or("memory", |(key, _)| key);
     Err(ConfigError {
-        key: key.into(),
+        key: Relay::largest_budget(&s.config).into(),
         problem: alloc::format!(
             "the relay needs {} MiB (reassembly {} MiB, spool {} MiB, netconsole {} MiB: its \
              pool and source table) + {} MiB reserve, more than the heap has ({} MiB free of {} \
