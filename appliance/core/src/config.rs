@@ -357,6 +357,23 @@ pub fn parse_size(v: &str) -> Option<usize> {
     n.checked_mul(1usize.checked_shl(shift)?)
 }
 
+/// The smallest `heap=` cap the appliance accepts: its NICs' rings and buffers alone take a
+/// few MiB, and the relay's smallest budgets a few more.
+pub const MIN_HEAP: usize = 16 << 20;
+
+/// Checks the appliance's `heap=` value, a platform word the relay's parser does not take
+/// (the kernel and the UEFI loader's relay.conf check both ask here).
+pub fn check_heap(value: &str) -> Result<usize, ConfigError> {
+    parse_size(value)
+        .filter(|&bytes| bytes >= MIN_HEAP)
+        .ok_or_else(|| ConfigError {
+            key: "heap".to_string(),
+            problem: alloc::format!(
+                "bad value `{value}`: expected a size of at least 16M, like 64M"
+            ),
+        })
+}
+
 /// Parses `250ms`, `3s`, `2m`.
 pub fn parse_duration(v: &str) -> Option<Duration> {
     if let Some(ms) = v.strip_suffix("ms") {

@@ -203,6 +203,12 @@ pub fn check(text: &[u8]) -> Result<Checked, ConfError> {
         if pair.key == "selftest" {
             selftest = Some(pair.value.to_string());
         }
+        if pair.key == "heap" {
+            netoops_core::config::check_heap(pair.value).map_err(|error| ConfError::Invalid {
+                line: Some(pair.line),
+                error,
+            })?;
+        }
         if PLATFORM_KEYS.contains(&pair.key) || pair.key.contains('.') {
             continue;
         }
@@ -350,6 +356,14 @@ mod tests {
             matches!(&err, ConfError::Invalid { line: Some(2), .. }),
             "{err}"
         );
+
+        // The kernel's heap cap, checked here as the kernel checks it.
+        let err = check(b"ip=10.0.0.2/24 upstream=10.0.0.1:2005\nheap=1M\n").unwrap_err();
+        assert!(
+            matches!(&err, ConfError::Invalid { line: Some(2), error } if error.key == "heap"),
+            "{err}"
+        );
+        assert!(check(b"ip=10.0.0.2/24 upstream=10.0.0.1:2005\nheap=64M\n").is_ok());
     }
 
     #[test]

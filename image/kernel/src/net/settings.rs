@@ -103,22 +103,10 @@ fn platform_value<'a>(config: &'a Config, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// The smallest `heap=` cap: the NICs' rings and buffers alone take a few MiB, and the
-/// relay's smallest budgets a few more.
-pub const MIN_HEAP: u64 = 16 << 20;
-
 /// Reads and checks the settings from the kernel command line.
 pub fn parse(cmdline: &str) -> Result<Settings, ConfigError> {
     if let Some(v) = crate::platform::bootinfo::cmdline_param(cmdline, "heap") {
-        match crate::platform::memory::parse_size(v) {
-            Some(bytes) if bytes >= MIN_HEAP => {}
-            _ => {
-                return Err(error(
-                    "heap",
-                    format!("bad value `{v}`: expected a size of at least 16M, like 64M"),
-                ))
-            }
-        }
+        netoops_core::config::check_heap(v)?;
     }
     let config = Config::parse(&relay_text(cmdline))?;
     config.validate_for_appliance()?;
