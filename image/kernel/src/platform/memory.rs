@@ -194,15 +194,10 @@ impl ExtentHeap {
     }
 }
 
-/// Parses a size like `64M`, `512K`, `1G` or plain bytes.
+/// Parses a size like `64M`, `512K`, `1G` or plain bytes: the core's parser (the relay's
+/// budgets are written the same way), widened to a physical size.
 pub fn parse_size(text: &str) -> Option<u64> {
-    let (digits, shift) = match text.as_bytes().last()? {
-        b'K' | b'k' => (&text[..text.len() - 1], 10),
-        b'M' | b'm' => (&text[..text.len() - 1], 20),
-        b'G' | b'g' => (&text[..text.len() - 1], 30),
-        _ => (text, 0),
-    };
-    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+    netoops_core::config::parse_size(text).map(|bytes| bytes as u64)
 }
 
 /// The heap allocator: a `linked_list_allocator` heap for the small zone and an
