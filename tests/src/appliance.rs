@@ -194,11 +194,17 @@ impl VmSpec {
         let ingress_mac = format_mac(&INGRESS_MAC);
         let mut a: Vec<String> = [
             "-M",
-            &self.machine,
+            &format!(
+                "{},memory-backend={}",
+                self.machine,
+                netoops_image::qemu::RAM_BACKEND_ID
+            ),
             "-accel",
             "tcg",
             "-m",
             &format!("{}M", self.memory_mib),
+            "-object",
+            &netoops_image::qemu::ram_backend(self.memory_mib),
             "-smp",
             "1",
             "-display",
