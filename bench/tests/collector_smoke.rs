@@ -25,6 +25,8 @@ fn collector_smoke_stores_what_it_acknowledges_and_reports_rates() {
             // The bench itself fails when fewer are stored; this holds the report to it.
             assert!(r["stored_files"].as_u64().unwrap() >= acked, "{r}");
             assert!(r["fsync_ms"].as_f64().is_some_and(|f| f > 0.0), "{r}");
+            // The file system's state, measured before the run.
+            assert!(r["create_us"].as_f64().is_some_and(|c| c > 0.0), "{r}");
             // Storing dumps costs the collector CPU: /proc was read and the figure is real.
             assert!(
                 r["cpu_us_per_dump"].as_f64().is_some_and(|c| c > 0.0),

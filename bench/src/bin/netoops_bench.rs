@@ -149,6 +149,9 @@ enum Cmd {
         /// Where collector.json and collector.md go [default: none, print only].
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Keep the scratch directory (the stored dumps, each run's collector stderr).
+        #[arg(long)]
+        keep_work: bool,
     },
     /// The baseline receiver: counts datagrams until SIGINT/SIGTERM.
     Baseline {
@@ -244,6 +247,7 @@ fn main() -> ExitCode {
             per_machine,
             work,
             out,
+            keep_work,
         } => {
             let collector = match collector {
                 Some(c) => c,
@@ -280,7 +284,11 @@ fn main() -> ExitCode {
             }
             let mut say = |line: &str| eprintln!("netoops-bench: {line}");
             let result = collector_bench::run_bench(&s, &mut say);
-            let _ = std::fs::remove_dir_all(&work);
+            if keep_work {
+                eprintln!("netoops-bench: kept {}", work.display());
+            } else {
+                let _ = std::fs::remove_dir_all(&work);
+            }
             let bench = match result {
                 Ok(b) => b,
                 Err(e) => return fail(format_args!("{e}")),

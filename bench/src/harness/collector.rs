@@ -106,6 +106,11 @@ pub struct Run {
     pub stored_files: u64,
     /// Median 4 KiB write + fdatasync in the storage directory before the run, ms.
     pub fsync_ms: f64,
+    /// Creating an empty file in a new directory beside the storage, before the run, µs
+    /// (mean of [`CREATE_PROBE_FILES`]): the file system's state. On ext4 without a journal,
+    /// allocating an inode steps over every inode freed in the last minutes, so a run after a
+    /// mass deletion (a previous run's cleanup) creates files several times slower.
+    pub create_us: f64,
     /// The collector's CPU time (user + system) over the whole run, ms; `None` when
     /// `/proc` could not be read.
     pub cpu_ms: Option<f64>,
@@ -120,6 +125,7 @@ pub struct Series {
     pub runs: Vec<Run>,
     pub median_dumps_per_s: f64,
     pub median_fsync_ms: f64,
+    pub median_create_us: f64,
     /// Median over the runs that have it.
     pub median_cpu_us_per_dump: Option<f64>,
 }
@@ -141,8 +147,8 @@ impl CollectorBench {
     pub fn markdown(&self) -> String {
         let mut s = format!(
             "Collector alone: `{}` on {}, {} connections, {} KiB unacknowledged each, {} dump(s) per machine, {:.1} s per run\n\n\
-             | dump size | stored dumps/s (median) | runs | MB/s | fsync (4 KiB, median) | collector CPU per dump (median; runs) |\n\
-             |---|---|---|---|---|---|\n",
+             | dump size | stored dumps/s (median) | runs | MB/s | fsync (4 KiB, median) | file create (median; runs) | collector CPU per dump (median; runs) |\n\
+             |---|---|---|---|---|---|---|\n",
             self.collector,
             self.filesystem,
             self.connections,
@@ -159,13 +165,20 @@ impl CollectorBench {
             let mb = series.median_dumps_per_s * series.size as f64 / 1e6;
             let us = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
             let cpu: Vec<String> = series.runs.iter().map(|r| us(r.cpu_us_per_dump)).collect();
+            let create: Vec<String> = series
+                .runs
+                .iter()
+                .map(|r| format!("{:.0}", r.create_us))
+                .collect();
             s.push_str(&format!(
-                "| {} KiB | {:.0} | {} | {:.0} | {:.2} ms | {} µs; {} |\n",
+                "| {} KiB | {:.0} | {} | {:.0} | {:.2} ms | {:.0} µs; {} | {} µs; {} |\n",
                 series.size / 1024,
                 series.median_dumps_per_s,
                 runs.join(", "),
                 mb,
                 series.median_fsync_ms,
+                series.median_create_us,
+                create.join(", "),
                 us(series.median_cpu_us_per_dump),
                 cpu.join(", ")
             ));
@@ -195,12 +208,13 @@ pub fn run_bench(s: &BenchSettings, say: &mut dyn FnMut(&str)) -> Result<Collect
             let dir = s.work.join(format!("run-{size}-{i}"));
             let run = one_run(s, size, &dir)?;
             say(&format!(
-                "{} KiB run {}: {:.0} dumps/s ({:.0} MB/s), fsync {:.2} ms, collector CPU {} µs per dump",
+                "{} KiB run {}: {:.0} dumps/s ({:.0} MB/s), fsync {:.2} ms, file create {:.0} µs, collector CPU {} µs per dump",
                 size / 1024,
                 i + 1,
                 run.dumps_per_s,
                 run.mb_per_s,
                 run.fsync_ms,
+                run.create_us,
                 run.cpu_us_per_dump
                     .map_or("unknown".to_string(), |v| format!("{v:.0}"))
             ));
@@ -214,6 +228,7 @@ pub fn run_bench(s: &BenchSettings, say: &mut dyn FnMut(&str)) -> Result<Collect
             size,
             median_dumps_per_s: median(|r| r.dumps_per_s),
             median_fsync_ms: median(|r| r.fsync_ms),
+            median_create_us: median(|r| r.create_us),
             median_cpu_us_per_dump: percentile(&sorted(&cpu), 50.0),
             runs,
         });
@@ -286,6 +301,20 @@ pub fn fsync_ms(dir: &Path, n: usize) -> io::Result<f64> {
     Ok(percentile(&sorted(&times), 50.0).unwrap_or(0.0))
 }
 
+/// Files [`create_us`] creates before each run.
+pub const CREATE_PROBE_FILES: usize = 2000;
+
+/// Mean time to create (and close) an empty file in `dir`, a new directory, µs. The files
+/// stay until the whole work directory goes: deleting them would slow the run that follows.
+pub fn create_us(dir: &Path, n: usize) -> io::Result<f64> {
+    fs::create_dir_all(dir)?;
+    let t = Instant::now();
+    for i in 0..n {
+        File::create(dir.join(format!("f{i}")))?;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64)
+}
+
 /// The collector child: killed and reaped on drop.
 struct Collector {
     child: Child,
@@ -340,6 +369,8 @@ fn start_collector(bin: &Path, dir: &Path) -> Result<(Collector, SocketAddr), St
 fn one_run(s: &BenchSettings, size: usize, dir: &Path) -> Result<Run, String> {
     fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let fsync = fsync_ms(dir, 20).map_err(|e| format!("measuring fsync: {e}"))?;
+    let create_us = create_us(&dir.with_extension("create-probe"), CREATE_PROBE_FILES)
+        .map_err(|e| format!("measuring file creation: {e}"))?;
     let (collector, addr) = start_collector(&s.collector, dir)?;
     let acked: Vec<Arc<AtomicU64>> = (0..s.connections)
         .map(|_| Arc::new(AtomicU64::new(0)))
@@ -392,6 +423,7 @@ fn one_run(s: &BenchSettings, size: usize, dir: &Path) -> Result<Run, String> {
         acked: all,
         stored_files,
         fsync_ms: fsync,
+        create_us,
         cpu_ms,
         cpu_us_per_dump: cpu_ms.filter(|_| all > 0).map(|ms| ms * 1e3 / all as f64),
     })
