@@ -9,10 +9,6 @@
 //! DIR/.relays/<instance>      a seq of that relay instance below which everything is durable
 //! ```
 //!
-//! The storage directory is marked a top directory (`chattr +T`) where the file system has the
-//! flag, so that ext4 spreads the source directories over its block groups
-//! (`spread_source_dirs`).
-//!
 //! `<ip>` is the source address without the port (IPv6 `:` become `_`); `<dump-key>` is
 //! `b<boot_id>-d<dump_id>-t<type>-v<version>-g<generation>` for netoops and
 //! `nc-b<boot>-c<crash>` for netconsole (metadata `"kind"` says which), with `-o<n>` appended when a
@@ -299,12 +295,6 @@ impl Store {
             sources.insert(name);
         }
         let root = File::open(dir)?;
-        if let Err(e) = spread_source_dirs(&root) {
-            eprintln!(
-                "netoops-collect: {}: could not mark it a top directory (chattr +T): {e}",
-                dir.display()
-            );
-        }
         // What a killed collector left in the page cache is visible but maybe not durable:
         // make it durable before anything found here is relied on.
         syncer.sync(&root)?;
@@ -1015,32 +1005,6 @@ fn skip_line(reader: &mut impl BufRead) -> io::Result<(u64, bool)> {
     }
 }
 
-/// Marks the storage directory a top directory (`FS_TOPDIR_FL`, what `chattr +T` sets), so
-/// that ext4 spreads the source directories made in it over the file system's block groups,
-/// as it does for directories in `/`, instead of packing them into the storage directory's
-/// group. In a crash storm every dump is a new source directory plus two files; packed into a
-/// few groups, each new inode is searched for in the same bitmaps, and on ext4 without a
-/// journal that search steps over every inode freed there in the last minutes. Measured with
-/// the collector bench (4 KiB dumps, after a mass deletion): 6,458-7,161 dumps/s and 264-273
-/// µs of collector CPU per dump without the flag, 10,652-10,871/s and 112 µs with it. A file
-/// system without the flag (tmpfs, XFS, Btrfs) is left as it is.
-fn spread_source_dirs(root: &File) -> io::Result<()> {
-    use rustix::fs::{ioctl_getflags, ioctl_setflags, IFlags};
-    use rustix::io::Errno;
-    let flags = match ioctl_getflags(root) {
-        Ok(flags) => flags,
-        Err(Errno::NOTTY | Errno::OPNOTSUPP | Errno::INVAL) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    if flags.contains(IFlags::TOPDIR) {
-        return Ok(());
-    }
-    match ioctl_setflags(root, flags | IFlags::TOPDIR) {
-        Ok(()) | Err(Errno::NOTTY | Errno::OPNOTSUPP | Errno::INVAL) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// A temp file's name: hidden, and ending in `.part` so that nothing listing `*.json` or
 /// `*.log` (the catalog, the index, a user's shell glob) sees a file that is still being written.
 fn temp_name(name: &str) -> String {
@@ -1310,23 +1274,6 @@ mod tests {
             names.iter().all(|n| !n.starts_with(TMP_PREFIX)),
             "{names:?}"
         );
-    }
-
-    #[test]
-    fn the_storage_directory_is_a_top_directory_on_ext4() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = File::open(tmp.path()).unwrap();
-        let ext = rustix::fs::fstatfs(&root).unwrap().f_type == 0xEF53;
-        let topdir = || {
-            rustix::fs::ioctl_getflags(&root).is_ok_and(|f| f.contains(rustix::fs::IFlags::TOPDIR))
-        };
-        assert!(!topdir());
-        Store::open(tmp.path()).unwrap();
-        // ext2/3/4 (the build machine's file system) take the flag; others open all the same.
-        assert_eq!(topdir(), ext);
-        // Opening again leaves it as it is.
-        Store::open(tmp.path()).unwrap();
-        assert_eq!(topdir(), ext);
     }
 
     #[test]
