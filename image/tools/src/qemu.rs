@@ -127,7 +127,7 @@ pub const RAM_BACKEND_ID: &str = "ram";
 /// the first write to each 2 MiB of it then zeroes all 2 MiB in the host: 0.3-0.5 ms each on
 /// the build machine, and tens of ms when the host must compact memory first. The relay
 /// touches its memory sparsely (a page of each buffer at boot, the rest as the first burst of
-/// traffic fills it), so those faults were a fifth of the kernel's boot and a stall in its
+/// traffic fills it), so those faults were a quarter of the kernel's boot and a stall in its
 /// first burst. Shared memory gets huge pages only where the host asks for them
 /// (`/sys/kernel/mm/transparent_hugepage/shmem_enabled`, `never` by default). README,
 /// "Kernel entry to `ready`, fourth round".
