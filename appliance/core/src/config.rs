@@ -369,7 +369,8 @@ pub fn check_heap(value: &str) -> Result<usize, ConfigError> {
         .ok_or_else(|| ConfigError {
             key: "heap".to_string(),
             problem: alloc::format!(
-                "bad value `{value}`: expected a size of at least 16M, like 64M"
+                "bad value `{value}`: expected a size of at least {}M, like 64M",
+                MIN_HEAP >> 20
             ),
         })
 }

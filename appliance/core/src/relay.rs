@@ -301,8 +301,9 @@ impl Relay {
     /// The budget key whose memory is the largest part of [`Self::footprint`]: the one to
     /// name when the relay does not fit its machine.
     pub fn largest_budget(config: &Config) -> &'static str {
-        let netconsole = ConsoleTracker::footprint(&config.netconsole);
-        let pool = ConsoleTracker::pool_footprint(&config.netconsole);
+        let console = console_config(config);
+        let netconsole = ConsoleTracker::footprint(&console);
+        let pool = ConsoleTracker::pool_footprint(&console);
         [
             ("memory", config.reassembly.memory_budget),
             ("spool", config.spool_bytes),

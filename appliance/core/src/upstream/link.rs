@@ -670,6 +670,9 @@ impl UpstreamLink {
                 Err(_) => self.closing = Some(CloseReason::AuthFailed),
             }
         }
+        if self.hello.is_empty() {
+            self.hello = hello_frame(&self.config);
+        }
         self.state = State::Open(Session {
             idx,
             hello_written: 0,
@@ -904,9 +907,6 @@ impl UpstreamLink {
             return 0;
         };
         let mut n = 0;
-        if self.hello.is_empty() {
-            self.hello = hello_frame(&self.config);
-        }
         if session.hello_written < self.hello.len() {
             let k = (self.hello.len() - session.hello_written).min(buf.len());
             buf[..k].copy_from_slice(&self.hello[session.hello_written..session.hello_written + k]);
