@@ -486,12 +486,20 @@ mod tests {
     fn blocks_come_in_index_order_then_released_ones_first_and_never_more_than_the_pool() {
         let mut pool = BlockPool::new(4);
         assert_eq!((pool.capacity(), pool.free_blocks()), (4, 4));
-        assert_eq!(pool.next.len(), 0, "nothing is filled before a block is used");
+        assert_eq!(
+            pool.next.len(),
+            0,
+            "nothing is filled before a block is used"
+        );
         assert_eq!(pool.alloc(), Some(0));
         assert_eq!(pool.alloc(), Some(1));
         pool.release(0);
         assert_eq!(pool.free_blocks(), 3);
-        assert_eq!(pool.alloc(), Some(0), "a released block is taken before a new one");
+        assert_eq!(
+            pool.alloc(),
+            Some(0),
+            "a released block is taken before a new one"
+        );
         assert_eq!(pool.alloc(), Some(2));
         assert_eq!(pool.alloc(), Some(3));
         assert_eq!(pool.alloc(), None);
