@@ -165,7 +165,7 @@ impl Chain {
 /// Blocks are handed out in index order until every one has been used once; `data`, `next`
 /// and `first` grow by one block each time (within the capacity reserved at start), so a
 /// pool costs nothing to set up: filling them up front was 33,000 loop turns and 96 KiB of
-/// first touches at boot for an 8 MiB budget, under TCG a tenth of `Relay::new`.
+/// first touches at boot for an 8 MiB budget, half the blocks `Relay::new` ran under TCG.
 pub struct BlockPool {
     data: Vec<u8>,
     /// The next block of each block's chain (or of the free list), for blocks used so far.

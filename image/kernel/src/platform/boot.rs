@@ -5,11 +5,12 @@
 //! PVH (QEMU `-kernel`, microvm, other PVH VMMs) at the address in the Xen note with the
 //! `hvm_start_info` address in ebx; multiboot2 (GRUB) at the ELF entry with 0x36d76289 in eax
 //! and the boot information address in ebx. The trampoline records which one it was, zeroes
-//! .bss (not the stack: a section of its own), identity-maps the first 4 GiB with 2 MiB pages (the tables are in .bss and
-//! [`super::paging`] extends them), enables PAE + long mode + paging, loads a 64-bit GDT and
-//! calls `kmain(protocol, info, entry_tsc)` on a 256 KiB boot stack. Every entry reads the TSC
-//! first, so boot times are measured from a point the kernel knows ([`super::boottime`]). The page below the stack is a
-//! guard page that [`super::paging::install_guards`] unmaps once the platform is up.
+//! .bss (not the stack, which has a section of its own), identity-maps the first 4 GiB with
+//! 2 MiB pages (the tables are in .bss and [`super::paging`] extends them), enables PAE +
+//! long mode + paging, loads a 64-bit GDT and calls `kmain(protocol, info, entry_tsc)` on a
+//! 256 KiB boot stack. Every entry reads the TSC first, so boot times are measured from a
+//! point the kernel knows ([`super::boottime`]). The page below the stack is a guard page
+//! that [`super::paging::install_guards`] unmaps once the platform is up.
 //!
 //! The UEFI stub copies this same ELF to its link address after ExitBootServices and enters
 //! at the address in a second note (owner "netoops", type [`NOTE_UEFI64_ENTRY`]) in 64-bit
@@ -272,8 +273,9 @@ boot_pd:
     .zero 16384
 
 /* The stack is not zeroed with .bss (linker.ld places this section after __bss_end): nothing
-   reads a stack slot before writing it, and clearing its 260 KiB one word per step was half
-   of the trampoline's time under TCG (QEMU runs one iteration of `rep stos` per block). */
+   reads a stack slot before writing it, and clearing its 260 KiB a word at a time was a
+   quarter of the trampoline's time under TCG (QEMU runs one iteration of `rep stos` per
+   executed block). */
 .section .boot_stack, "aw", @nobits
 .p2align 12
 .global boot_stack_guard
