@@ -26,6 +26,7 @@
 //! The image is built with `netoops-image build --release`'s code unless `NETOOPS_IMAGE`
 //! names one; QEMU must be installed (scripts/setup). One VM runs at a time.
 
+use netoops_core::console;
 use netoops_e2e::appliance::*;
 use netoops_e2e::hosted::{binaries, parse_counters, Collector, Process};
 use netoops_image::qemu::{run_command, Outcome};
@@ -681,7 +682,7 @@ fn measure_boot_to_first_datagram() {
                 spec.extra = memory.into();
                 spec.bios = bios;
                 let mut vm = Vm::boot(&spec);
-                let ready = vm.wait_for("boot: ready ");
+                let ready = vm.wait_for(console::BOOT_READY);
                 let accepted = vm.wait_for("first datagram accepted at ");
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 // When the reader thread got the line, not when this loop polled for it.
@@ -691,7 +692,7 @@ fn measure_boot_to_first_datagram() {
                     .expect("line was read");
                 let booted = vm.wait_for("booted via");
                 firmware.push(ms_after(&booted, "reset to entry "));
-                to_ready.push(ms_after(&ready, "boot: ready "));
+                to_ready.push(console::boot_ready_ms(&ready).expect("a boot: ready line"));
                 first.push(ms_after(&accepted, "accepted at "));
                 spawn.push((at - vm.started).as_millis() as u64);
             }

@@ -13,7 +13,7 @@
 //! | `ready: listening on udp/<port> at <ip> (...)` | appliance, when its loop starts |
 //! | `counters: format <N> \| <fields>` and `final counters: format <N> \| <fields>` | both relays ([`crate::relay::Counters`]) |
 //! | `fastpath: <fields>`, `nic ingress: <fields>`, `memory: heap <fields>` | appliance |
-//! | `boot: ready <N> ms after kernel entry (...)` | appliance |
+//! | `boot: ready <N> ms after kernel entry (...)` ([`boot_ready_ms`]) | appliance |
 //!
 //! Fields: `<key> <number>` pairs, in groups separated by ` | `; a value may be `<used>/<of>`
 //! (the key's number is `used`) or be followed by a unit word (`bytes`); a word that is not
@@ -35,6 +35,8 @@ pub const LISTENING: &str = "listening on ";
 pub const NETCONSOLE_LISTENING: &str = "netconsole listening on ";
 /// Marker of the hosted relay's HTTP endpoint line.
 pub const HTTP_LISTENING: &str = "http listening on ";
+/// Marker of the appliance's boot time line, `boot: ready <N> ms after kernel entry (...)`.
+pub const BOOT_READY: &str = "boot: ready ";
 /// Marker of a counters line (the relays print `counters:` and, at exit, `final counters:`).
 pub const COUNTERS: &str = "counters:";
 /// The format of the counters line that this build prints and reads (see the module docs).
@@ -94,6 +96,15 @@ pub fn netconsole_listening(line: &str) -> Option<SocketAddr> {
 /// The address of an `http listening on` line.
 pub fn http_listening(line: &str) -> Option<SocketAddr> {
     word_after(line, HTTP_LISTENING)?.parse().ok()
+}
+
+/// Milliseconds from kernel entry to `ready` in a [`BOOT_READY`] line. `None` for any other
+/// line, and for the older form that counted from a TSC that is not zero at reset
+/// (`boot: ready <N> ms after reset`).
+pub fn boot_ready_ms(line: &str) -> Option<u64> {
+    let rest = &line[line.find(BOOT_READY)? + BOOT_READY.len()..];
+    let (ms, _) = rest.split_once(" ms after kernel entry")?;
+    ms.parse().ok()
 }
 
 /// The word after the first `marker` in `line`.
@@ -222,6 +233,25 @@ mod tests {
         assert!(f.contains(&("started", 20)));
         assert!(f.contains(&("spool", 0)));
         assert_eq!(f.iter().filter(|(k, _)| *k == "datagrams").count(), 2);
+    }
+
+    #[test]
+    fn the_boot_line_gives_kernel_entry_to_ready() {
+        let tcg = "boot: ready 51 ms after kernel entry (33 ms in the board, reset to ready \
+                   59 ms)";
+        assert_eq!(boot_ready_ms(tcg), Some(51));
+        let kvm = "[ 0.010] boot: ready 7 ms after kernel entry (5 ms in the board, reset to \
+                   ready unknown)";
+        assert_eq!(boot_ready_ms(kvm), Some(7));
+        // The old form counted from a TSC that is not zero at reset: not this figure.
+        assert_eq!(
+            boot_ready_ms("boot: ready 1406201 ms after reset (12 ms in the board)"),
+            None
+        );
+        assert_eq!(
+            boot_ready_ms("ready: listening on udp/2004 at 10.0.2.15"),
+            None
+        );
     }
 
     #[test]

@@ -398,8 +398,9 @@ impl Running {
                 let (p, boot) = start_image(programs, &s, nic, netdev, caddr.port())?;
                 // Printed right after `ready:`, which start_image waited for.
                 let kernel_ready_ms = p
-                    .last_line_with(0, "boot: ready ")
-                    .and_then(|l| kernel_entry_to_ready_ms(&l.text));
+                    .last_line_with(0, console::BOOT_READY)
+                    .and_then(|l| console::boot_ready_ms(&l.text))
+                    .map(|ms| ms as f64);
                 Ok(Running {
                     kind,
                     receiver: p,
@@ -724,14 +725,6 @@ pub fn settle_dumps(
     (counts, detail)
 }
 
-/// The kernel's entry-to-ready time from its `boot: ready <N> ms after kernel entry (...)`
-/// line (image/kernel/src/board.rs).
-pub fn kernel_entry_to_ready_ms(line: &str) -> Option<f64> {
-    let rest = line.split("boot: ready ").nth(1)?;
-    let (ms, _) = rest.split_once(" ms after kernel entry")?;
-    ms.parse::<u64>().ok().map(|ms| ms as f64)
-}
-
 /// `count` events per second between `from_ns` and `to_ns` (`None` without both ends, or
 /// when they are not in order).
 pub fn per_second(count: usize, from_ns: Option<u64>, to_ns: Option<u64>) -> Option<f64> {
@@ -781,18 +774,5 @@ mod tests {
         let f = frame_config();
         assert_eq!(f.dst.port(), 2004);
         assert_eq!(f.dst_mac.to_string(), INGRESS_MAC);
-    }
-
-    #[test]
-    fn the_kernels_ready_line_gives_entry_to_ready() {
-        let line = "boot: ready 51 ms after kernel entry (33 ms in the board, reset to ready \
-                    59 ms)";
-        assert_eq!(kernel_entry_to_ready_ms(line), Some(51.0));
-        let kvm = "boot: ready 7 ms after kernel entry (5 ms in the board, reset to ready \
-                   unknown)";
-        assert_eq!(kernel_entry_to_ready_ms(kvm), Some(7.0));
-        // The old form counted from a TSC that is not zero at reset: not this figure.
-        let old = "boot: ready 1406201 ms after reset (12 ms in the board)";
-        assert_eq!(kernel_entry_to_ready_ms(old), None);
     }
 }
