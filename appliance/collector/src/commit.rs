@@ -403,8 +403,9 @@ fn note_profile(times: &BatchTimes, records: usize) {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *ON.get_or_init(|| std::env::var_os("NETOOPS_COLLECT_PROFILE").is_some()) {
         eprintln!(
-            "netoops-collect: batch {records} records: write {:?} sync1 {:?} publish {:?} sync2 {:?}",
-            times.write, times.sync1, times.publish, times.sync2
+            "netoops-collect: batch {records} records: write {:?} (plan {:?}) sync1 {:?} \
+             publish {:?} sync2 {:?}",
+            times.write, times.plan, times.sync1, times.publish, times.sync2
         );
     }
 }

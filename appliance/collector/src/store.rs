@@ -168,6 +168,8 @@ pub struct Entry<'a> {
 /// Where one batch's time went (`NETOOPS_COLLECT_PROFILE` prints it per batch).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BatchTimes {
+    /// Building metadata and choosing the files (part of `write`, on the committer alone).
+    pub plan: Duration,
     /// Writing temporary files and building metadata.
     pub write: Duration,
     /// Sync 1.
@@ -431,6 +433,7 @@ impl Store {
                 }
             }
         }
+        times.plan = t.elapsed();
         // The files, written in parallel: creating them is most of a batch's time (inode
         // allocation, see the module documentation).
         let results = run_tasks(&tasks);
