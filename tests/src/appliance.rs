@@ -194,11 +194,7 @@ impl VmSpec {
         let ingress_mac = format_mac(&INGRESS_MAC);
         let mut a: Vec<String> = [
             "-M",
-            &format!(
-                "{},memory-backend={}",
-                self.machine,
-                netoops_image::qemu::RAM_BACKEND_ID
-            ),
+            &netoops_image::qemu::with_ram_backend(&self.machine),
             "-accel",
             "tcg",
             "-m",

@@ -102,15 +102,18 @@ pub fn http_listening(line: &str) -> Option<SocketAddr> {
 /// line, and for the older form that counted from a TSC that is not zero at reset
 /// (`boot: ready <N> ms after reset`).
 pub fn boot_ready_ms(line: &str) -> Option<u64> {
-    let rest = &line[line.find(BOOT_READY)? + BOOT_READY.len()..];
-    let (ms, _) = rest.split_once(" ms after kernel entry")?;
+    let (ms, _) = after(line, BOOT_READY)?.split_once(" ms after kernel entry")?;
     ms.parse().ok()
 }
 
 /// The word after the first `marker` in `line`.
 pub fn word_after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
-    let rest = &line[line.find(marker)? + marker.len()..];
-    rest.split_whitespace().next()
+    after(line, marker)?.split_whitespace().next()
+}
+
+/// What follows the first `marker` in `line`.
+fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    Some(&line[line.find(marker)? + marker.len()..])
 }
 
 /// The number that follows the field `key` (`"datagrams 12 chunks 3"` or `"rx=12"`): the first
@@ -138,15 +141,13 @@ pub fn number_after(line: &str, key: &str) -> Option<u64> {
 /// The number that follows `key` after the first occurrence of `section` in `line` (for
 /// fields whose name repeats: `"counters: datagrams 5 | socket datagrams 7"`).
 pub fn number_after_in(line: &str, section: &str, key: &str) -> Option<u64> {
-    let at = line.find(section)?;
-    number_after(&line[at + section.len()..], key)
+    number_after(after(line, section)?, key)
 }
 
 /// The `of` of a `<key> <used>/<of>` field after the first `section` in `line` (the size of
 /// what `used` counts: `"held 0 chunks 12/65536"`, section `held`, key `chunks` gives 65536).
 pub fn capacity_after_in(line: &str, section: &str, key: &str) -> Option<u64> {
-    let rest = &line[line.find(section)? + section.len()..];
-    let mut words = rest.split_whitespace();
+    let mut words = after(line, section)?.split_whitespace();
     while let Some(word) = words.next() {
         if word == key {
             let (_, of) = words.next()?.split_once('/')?;

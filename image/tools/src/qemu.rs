@@ -119,8 +119,13 @@ impl Ovmf {
     }
 }
 
-/// The id of the guest RAM's backend object ([`ram_backend`]).
-pub const RAM_BACKEND_ID: &str = "ram";
+/// The id of the guest RAM's backend object ([`ram_backend`], [`with_ram_backend`]).
+const RAM_BACKEND_ID: &str = "ram";
+
+/// The `-machine` value `machine` with its RAM taken from [`ram_backend`]'s object.
+pub fn with_ram_backend(machine: &str) -> String {
+    format!("{machine},memory-backend={RAM_BACKEND_ID}")
+}
 
 /// The `-object` that backs guest RAM (`-machine memory-backend=ram`): a memfd, so the host
 /// maps it with 4 KiB pages. QEMU asks for transparent huge pages on anonymous guest RAM, and
@@ -310,11 +315,9 @@ impl QemuCommand {
             machine.push(',');
             machine.push_str(option);
         }
-        machine.push_str(",memory-backend=");
-        machine.push_str(RAM_BACKEND_ID);
         let mut a: Vec<String> = vec![
             "-machine".into(),
-            machine,
+            with_ram_backend(&machine),
             "-accel".into(),
             "tcg".into(),
             "-m".into(),
