@@ -121,8 +121,6 @@ pub struct Platform {
     pub pci_bars: Option<pci_bars::Assignment>,
     /// The TSC when [`init`] was done (the banner's boot figure).
     init_done_tsc: u64,
-    /// The RTC's wall clock at boot, ms since the epoch, if readable.
-    wall_ms: Option<u64>,
     /// Whether the stack guard page is in place.
     guarded: bool,
 }
@@ -168,6 +166,11 @@ mod bring_up {
     /// time, which under TCG is mostly translation) is not on the way to `ready`.
     pub fn init(protocol: u32, info: u32, entry_tsc: u64) -> &'static Platform {
         boottime::stamp("trampoline");
+        // The PIT window (when the TSC rate is not in CPUID) spans everything up to the end of
+        // PCI below: nothing reads the clock before `finish`. Started first, so that as little
+        // of it as possible is left to wait for.
+        let calibrating = clock::calibrate_begin();
+        boottime::stamp("clock");
         serial::init();
         // Boot lines wait for the board loop (or a self-test's `serial::immediate`).
         serial::defer();
@@ -175,19 +178,7 @@ mod bring_up {
         boottime::stamp("console_idt");
         let boot = BOOT_INFO.call_once(|| read_boot_info(protocol, info));
         boottime::stamp("bootinfo");
-        // The PIT window (when the TSC rate is not in CPUID) spans the RTC, heap, ACPI and
-        // PCI steps below: nothing reads the clock before `finish`.
-        let calibrating = clock::calibrate_begin();
-        boottime::stamp("clock");
-        // The wall clock for console lines: the RTC as UTC, to the second. No century register
-        // is read (the chip's two digits count from 2000).
-        let wall_ms = rtc::read_cmos(None)
-            .as_ref()
-            .and_then(rtc::decode)
-            .map(|u| rtc::unix_seconds(&u) * 1000);
-        if let Some(ms) = wall_ms {
-            rtc::set(ms, clock::tsc());
-        }
+        // The wall clock for console lines is read with the first line ([`rtc::reading`]).
 
         // A linker-script symbol: only its address is used.
         let kernel_end = &raw const __kernel_end as u64;
@@ -196,7 +187,7 @@ mod bring_up {
         if let Some(range) = heap {
             memory::init_heap(range);
         }
-        boottime::stamp("rtc_heap");
+        boottime::stamp("heap");
 
         let acpi = match boot
             .rsdp()
@@ -243,7 +234,6 @@ mod bring_up {
             pci,
             pci_bars: assigned_bars,
             init_done_tsc: tsc(),
-            wall_ms,
             guarded,
         });
         boottime::stamp("platform");
@@ -264,7 +254,7 @@ mod bring_up {
             &raw const __kernel_end as u64,
         );
         print_banner(p, kernel_start, kernel_end);
-        match p.wall_ms {
+        match rtc::reading() {
             Some(ms) => println!(
                 "clock: rtc {} (read as UTC, to the second)",
                 rtc::Rfc3339(ms)

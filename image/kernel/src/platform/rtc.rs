@@ -1,4 +1,8 @@
-//! The wall clock: the CMOS real-time clock read once at boot, carried forward by the TSC.
+//! The wall clock: the CMOS real-time clock read once, carried forward by the TSC.
+//!
+//! It is read when the first line needs a time ([`wall_ms`]), which on a normal boot is the
+//! `ready:` line: reading and decoding the chip is code run once (0.25 ms of translation
+//! under TCG) that receiving does not need.
 //!
 //! The RTC is read as UTC (QEMU's default `-rtc base=utc` and the convention of Linux boxes;
 //! a box whose firmware keeps local time shows local time labelled Z). It counts whole
@@ -16,6 +20,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 /// Wall time in ms at `BASE_TSC`, plus one (0: unknown).
 static BASE_MS: AtomicU64 = AtomicU64::new(0);
 static BASE_TSC: AtomicU64 = AtomicU64::new(0);
+/// Whether the RTC was read (whatever it gave).
+#[cfg(all(target_os = "none", not(test)))]
+static READ: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// The RTC registers the date is read from, as the chip holds them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,10 +140,27 @@ pub fn set(unix_ms: u64, tsc: u64) {
     BASE_MS.store(unix_ms + 1, Ordering::Release);
 }
 
+/// The RTC's reading in Unix milliseconds (to the second), reading it the first time, or
+/// `None` when it gave none. No century register is read (the chip's two digits count
+/// from 2000).
+#[cfg(all(target_os = "none", not(test)))]
+pub fn reading() -> Option<u64> {
+    if !READ.swap(true, Ordering::AcqRel) {
+        let ms = read_cmos(None)
+            .as_ref()
+            .and_then(decode)
+            .map(|u| unix_seconds(&u) * 1000);
+        if let Some(ms) = ms {
+            set(ms, super::clock::tsc());
+        }
+    }
+    BASE_MS.load(Ordering::Acquire).checked_sub(1)
+}
+
 /// The wall time in Unix milliseconds, if the RTC gave one.
 #[cfg(all(target_os = "none", not(test)))]
 pub fn wall_ms() -> Option<u64> {
-    let base = BASE_MS.load(Ordering::Acquire).checked_sub(1)?;
+    let base = reading()?;
     let ticks = super::clock::tsc().wrapping_sub(BASE_TSC.load(Ordering::Relaxed));
     Some(base + super::clock::ticks_to_micros_calibrated(ticks) / 1000)
 }
@@ -147,8 +171,8 @@ pub fn wall_ms() -> Option<u64> {
 pub fn read_cmos(century_register: Option<u8>) -> Option<CmosTime> {
     use super::port::{inb, outb};
     fn reg(r: u8) -> u8 {
-        // SAFETY: ports 0x70/0x71 are the CMOS index and data; the kernel reads the RTC once,
-        // at boot, with interrupts off, and writes nothing but the index.
+        // SAFETY: ports 0x70/0x71 are the CMOS index and data; the kernel reads the RTC once
+        // (no interrupt handler touches the pair) and writes nothing but the index.
         unsafe {
             outb(0x70, r);
             inb(0x71)
