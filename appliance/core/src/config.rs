@@ -403,15 +403,25 @@ impl Config {
         let mut config = Config::default();
         for line in text.lines() {
             let line = line.split('#').next().unwrap_or("");
-            for pair in line.split_whitespace() {
-                let (key, value) = pair.split_once('=').ok_or_else(|| ConfigError {
-                    key: pair.to_string(),
-                    problem: "expected key=value".to_string(),
-                })?;
-                config.set(key, value)?;
-            }
+            config.set_pairs(line.split_whitespace())?;
         }
         Ok(config)
+    }
+
+    /// Sets each `key=value` word in turn: a configuration line's, or a kernel command line's
+    /// (which has no comments), without building a text first.
+    pub fn set_pairs<'a>(
+        &mut self,
+        words: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ConfigError> {
+        for pair in words {
+            let (key, value) = pair.split_once('=').ok_or_else(|| ConfigError {
+                key: pair.to_string(),
+                problem: "expected key=value".to_string(),
+            })?;
+            self.set(key, value)?;
+        }
+        Ok(())
     }
 
     /// Sets one key.

@@ -37,20 +37,12 @@ fn error(key: &str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The command line without the platform's keys.
-pub fn relay_text(cmdline: &str) -> String {
-    let mut out = String::new();
-    for word in cmdline.split_ascii_whitespace() {
-        let key = word.split_once('=').map_or(word, |(k, _)| k);
-        if PLATFORM_KEYS.contains(&key) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(word);
-    }
-    out
+/// The command line's words without the platform's keys: the relay's `key=value` pairs.
+pub fn relay_words(cmdline: &str) -> impl Iterator<Item = &str> {
+    cmdline.split_ascii_whitespace().filter(|word| {
+        let key = word.split_once('=').map_or(*word, |(k, _)| k);
+        !PLATFORM_KEYS.contains(&key)
+    })
 }
 
 /// An interface address: address, prefix length, optional gateway.
@@ -108,7 +100,10 @@ pub fn parse(cmdline: &str) -> Result<Settings, ConfigError> {
     if let Some(v) = crate::platform::bootinfo::cmdline_param(cmdline, "heap") {
         netoops_core::config::check_heap(v)?;
     }
-    let config = Config::parse(&relay_text(cmdline))?;
+    // The pairs go straight to the configuration: building a text for `Config::parse` was
+    // code run once before `ready` (under TCG, its translation).
+    let mut config = Config::default();
+    config.set_pairs(relay_words(cmdline))?;
     config.validate_for_appliance()?;
     let Some((ip, prefix)) = config.address else {
         return Err(error("ip", "missing"));
@@ -343,8 +338,10 @@ mod tests {
 
     #[test]
     fn platform_keys_are_dropped_and_dotted_keys_kept() {
-        let text = relay_text("heap=64M  selftest=none ip=1.2.3.4/8 console=ttyS0 a.b=c port=7");
-        assert_eq!(text, "ip=1.2.3.4/8 a.b=c port=7");
+        let words: Vec<&str> =
+            relay_words("heap=64M  selftest=none ip=1.2.3.4/8 console=ttyS0 a.b=c port=7")
+                .collect();
+        assert_eq!(words, ["ip=1.2.3.4/8", "a.b=c", "port=7"]);
         let s = parse(&format!(
             "heap=32M {BASE} virtio_mmio.device=512@0xfeb00e00:12"
         ))
