@@ -227,18 +227,26 @@ fn assign_one(
 }
 
 /// The largest size among unassigned memory BARs that is below `smaller_than`.
+///
+/// Plain loops here and in [`find_free`]: this runs once, at boot, where under TCG each
+/// instruction costs its translation, and the iterator adapters' code was several times
+/// larger.
 fn next_size(devices: &[PciDevice], smaller_than: Option<u64>) -> Option<u64> {
-    devices
-        .iter()
-        .flat_map(|d| d.bars.iter())
-        .filter_map(|b| match *b {
-            Bar::Memory {
+    let mut largest: Option<u64> = None;
+    for d in devices {
+        for b in &d.bars {
+            if let Bar::Memory {
                 address: 0, size, ..
-            } if size != 0 => Some(size),
-            _ => None,
-        })
-        .filter(|&s| smaller_than.is_none_or(|limit| s < limit))
-        .max()
+            } = *b
+            {
+                let below = smaller_than.is_none_or(|limit| size < limit);
+                if size != 0 && below && largest.is_none_or(|l| size > l) {
+                    largest = Some(size);
+                }
+            }
+        }
+    }
+    largest
 }
 
 /// Whether a bridge in `devices` forwards `function`'s bus (its secondary..=subordinate).
@@ -266,16 +274,21 @@ fn find_free(
         if end > window.end {
             return None;
         }
-        let assigned = devices
-            .iter()
-            .flat_map(|d| d.bars.iter())
-            .filter_map(Bar::memory_range)
-            .map(|(start, len)| start..start.saturating_add(len));
-        let blocker = assigned
-            .chain(reserved.iter().cloned())
-            .filter(|r| r.start < end && at < r.end)
-            .map(|r| r.end)
-            .max();
+        // The furthest end among the busy ranges that overlap `at..end`.
+        let mut blocker: Option<u64> = None;
+        let mut busy = |start: u64, busy_end: u64| {
+            if start < end && at < busy_end && blocker.is_none_or(|b| busy_end > b) {
+                blocker = Some(busy_end);
+            }
+        };
+        for d in devices {
+            for (start, len) in d.bars.iter().filter_map(Bar::memory_range) {
+                busy(start, start.saturating_add(len));
+            }
+        }
+        for r in reserved {
+            busy(r.start, r.end);
+        }
         match blocker {
             None => return Some(at),
             // Strictly increasing, so the walk ends after at most one step per busy range.

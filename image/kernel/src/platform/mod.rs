@@ -210,7 +210,9 @@ mod bring_up {
         let (pci, access) = pci_access(&acpi, heap.is_some());
         let mut assigned_bars = None;
         if let Some(access) = access {
-            let mut devices = Vec::new();
+            // Room for a typical machine's functions up front: growing the list is code run
+            // only here before `ready` (under TCG, its translation); a larger bus still fits.
+            let mut devices = Vec::with_capacity(32);
             netoops_pci::enumerate(access, |d| devices.push(d));
             let ecam = acpi.as_ref().ok().and_then(|a| a.ecam);
             assigned_bars = pci_bars::assign(&mut devices, boot.memory(), ecam);

@@ -28,6 +28,9 @@ const BELOW_4G_ALIGN: u64 = 256 << 20;
 /// Start of the window above 4 GiB: past the memory map, rounded up to this.
 const ABOVE_4G_ALIGN: u64 = 1 << 30;
 const FOUR_GIB: u64 = 1 << 32;
+/// Reports room reserved up front (a machine with more unassigned BARs grows the list): a
+/// growing vector is code run at boot only for this, which under TCG costs its translation.
+const REPORTS: usize = 16;
 
 /// The address windows for unassigned BARs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,24 +53,28 @@ pub struct Assignment {
 /// The windows for a machine with memory map `memory` and physical addresses below
 /// `phys_limit`.
 pub fn windows(memory: &[MemoryRegion], phys_limit: u64) -> Windows {
-    let is_ram = |r: &&MemoryRegion| {
-        matches!(
+    // One plain loop for both ends of RAM: this runs once at boot, where under TCG each
+    // instruction costs its translation.
+    let (mut ram_end_below_4g, mut ram_end) = (None::<u64>, None::<u64>);
+    for r in memory {
+        if !matches!(
             r.kind,
             MemoryKind::Usable | MemoryKind::AcpiReclaimable | MemoryKind::AcpiNvs
-        )
-    };
+        ) {
+            continue;
+        }
+        let end = r.end();
+        ram_end = Some(ram_end.map_or(end, |e| e.max(end)));
+        if r.start < FOUR_GIB {
+            let end = end.min(FOUR_GIB);
+            ram_end_below_4g = Some(ram_end_below_4g.map_or(end, |e| e.max(end)));
+        }
+    }
     // Without RAM in the map nothing is known about the machine: no window below 4 GiB.
-    let ram_end_below_4g = memory
-        .iter()
-        .filter(is_ram)
-        .filter(|r| r.start < FOUR_GIB)
-        .map(|r| r.end().min(FOUR_GIB))
-        .max();
     let below_start =
         ram_end_below_4g.map_or(BELOW_4G_END, |end| end.next_multiple_of(BELOW_4G_ALIGN));
     // Above 4 GiB only RAM decides the start: reserved ranges may lie far up (QEMU reserves
     // the AMD HyperTransport range just below 1 TiB) and are skipped as reserved instead.
-    let ram_end = memory.iter().filter(is_ram).map(MemoryRegion::end).max();
     let above_start = ram_end
         .unwrap_or(0)
         .max(FOUR_GIB)
@@ -81,11 +88,14 @@ pub fn windows(memory: &[MemoryRegion], phys_limit: u64) -> Windows {
 
 /// Ranges no BAR may take: every memory-map region (whatever its kind) and the ECAM window.
 pub fn reserved(memory: &[MemoryRegion], ecam: Option<EcamWindow>) -> Vec<Range<u64>> {
-    memory
-        .iter()
-        .map(|r| r.start..r.end())
-        .chain(ecam.map(|w| w.start_address()..w.start_address() + w.size()))
-        .collect()
+    let mut ranges = Vec::with_capacity(memory.len() + 1);
+    for r in memory {
+        ranges.push(r.start..r.end());
+    }
+    if let Some(w) = ecam {
+        ranges.push(w.start_address()..w.start_address() + w.size());
+    }
+    ranges
 }
 
 /// Assigns the memory BARs of `devices` left at 0, if any; `None` when the firmware
@@ -104,7 +114,7 @@ pub fn assign(
     }
     let windows = windows(memory, phys_limit());
     let reserved = reserved(memory, ecam);
-    let mut reports = Vec::new();
+    let mut reports = Vec::with_capacity(REPORTS);
     netoops_pci::assign_memory_bars(
         devices,
         &netoops_pci::BarWindows {
