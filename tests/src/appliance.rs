@@ -105,6 +105,14 @@ pub enum Ingress {
         /// QEMU's local port.
         port: u16,
     },
+    /// A second NIC whose frames come over TCP, with QEMU listening on 127.0.0.1:`port` for
+    /// the peer (a Linux guest's QEMU, `linux::LinuxNet::to_listening_relay`). Lossless: when
+    /// the guest's receive ring is full QEMU stops reading, and TCP holds the peer back,
+    /// where a datagram socket overflows once the host starves QEMU of CPU.
+    StreamListen {
+        /// QEMU's listening port.
+        port: u16,
+    },
 }
 
 /// How to boot the appliance.
@@ -166,7 +174,7 @@ impl VmSpec {
         );
         if matches!(
             self.ingress,
-            Some(Ingress::Stream { .. } | Ingress::Dgram { .. })
+            Some(Ingress::Stream { .. } | Ingress::Dgram { .. } | Ingress::StreamListen { .. })
         ) {
             line.push_str(&format!(" upstream_nic={UPSTREAM_MAC}"));
         }
@@ -252,6 +260,19 @@ impl VmSpec {
                     ",rx_queue_size=1024",
                 ));
             }
+            Some(Ingress::StreamListen { port }) => {
+                a.push("-netdev".into());
+                a.push(format!(
+                    "stream,id=in,server=on,addr.type=inet,addr.host=127.0.0.1,addr.port={port}"
+                ));
+                a.push("-device".into());
+                a.push(nic(
+                    ingress_model,
+                    "in",
+                    &ingress_mac,
+                    ",rx_queue_size=1024",
+                ));
+            }
             Some(Ingress::Dgram { port }) => {
                 a.push("-netdev".into());
                 a.push(format!(
@@ -270,7 +291,7 @@ impl VmSpec {
         }
         if matches!(
             self.ingress,
-            Some(Ingress::Stream { .. } | Ingress::Dgram { .. })
+            Some(Ingress::Stream { .. } | Ingress::Dgram { .. } | Ingress::StreamListen { .. })
         ) {
             a.push("-netdev".into());
             a.push("user,id=up".into());

@@ -188,6 +188,16 @@ impl LinuxNet {
         }
     }
 
+    /// The link to a relay VM booted with `appliance::Ingress::StreamListen { port }` (that
+    /// QEMU listens on `port`): this QEMU connects there, so boot the relay first.
+    pub fn to_listening_relay(port: u16, udp_port: u16) -> LinuxNet {
+        LinuxNet::Stream {
+            port,
+            server: false,
+            target: relay_target(udp_port),
+        }
+    }
+
     /// netconsole's target address, port and MAC.
     pub fn target(&self) -> Target {
         match self {
