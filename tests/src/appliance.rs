@@ -235,67 +235,39 @@ impl VmSpec {
         a.push("-kernel".into());
         a.push(image().display().to_string());
         a.extend(["-append".into(), self.cmdline()]);
-        match self.ingress {
-            None => {}
-            Some(Ingress::User { udp_port }) => {
-                a.push("-netdev".into());
-                let mut netdev = format!("user,id=n0,hostfwd=udp:127.0.0.1:{udp_port}-:2004");
-                for (host, guest) in &self.tcp_forward {
-                    netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
-                }
-                a.push(netdev);
-                a.push("-device".into());
-                a.push(nic(ingress_model, "n0", &ingress_mac, ""));
+        if let Some(Ingress::User { udp_port }) = self.ingress {
+            let mut netdev = format!("user,id=n0,hostfwd=udp:127.0.0.1:{udp_port}-:2004");
+            for (host, guest) in &self.tcp_forward {
+                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
             }
-            Some(Ingress::Stream { port }) => {
-                a.push("-netdev".into());
-                a.push(format!(
-                    "stream,id=in,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port={port}"
-                ));
-                a.push("-device".into());
-                a.push(nic(
-                    ingress_model,
-                    "in",
-                    &ingress_mac,
-                    ",rx_queue_size=1024",
-                ));
-            }
-            Some(Ingress::StreamListen { port }) => {
-                a.push("-netdev".into());
-                a.push(format!(
-                    "stream,id=in,server=on,addr.type=inet,addr.host=127.0.0.1,addr.port={port}"
-                ));
-                a.push("-device".into());
-                a.push(nic(
-                    ingress_model,
-                    "in",
-                    &ingress_mac,
-                    ",rx_queue_size=1024",
-                ));
-            }
-            Some(Ingress::Dgram { port }) => {
-                a.push("-netdev".into());
-                a.push(format!(
-                    "dgram,id=in,local.type=inet,local.host=127.0.0.1,local.port={port},\
-                     remote.type=inet,remote.host=127.0.0.1,remote.port={}",
-                    port + 1
-                ));
-                a.push("-device".into());
-                a.push(nic(
-                    ingress_model,
-                    "in",
-                    &ingress_mac,
-                    ",rx_queue_size=1024",
-                ));
-            }
+            a.extend(["-netdev".into(), netdev, "-device".into()]);
+            a.push(nic(ingress_model, "n0", &ingress_mac, ""));
         }
-        if matches!(
-            self.ingress,
-            Some(Ingress::Stream { .. } | Ingress::Dgram { .. } | Ingress::StreamListen { .. })
-        ) {
-            a.push("-netdev".into());
-            a.push("user,id=up".into());
-            a.push("-device".into());
+        // A raw-frame ingress NIC (only its netdev differs), with the upstream on user
+        // networking as the second NIC.
+        let raw = match self.ingress {
+            None | Some(Ingress::User { .. }) => None,
+            Some(Ingress::Stream { port }) => Some(format!(
+                "stream,id=in,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port={port}"
+            )),
+            Some(Ingress::StreamListen { port }) => Some(format!(
+                "stream,id=in,server=on,addr.type=inet,addr.host=127.0.0.1,addr.port={port}"
+            )),
+            Some(Ingress::Dgram { port }) => Some(format!(
+                "dgram,id=in,local.type=inet,local.host=127.0.0.1,local.port={port},\
+                 remote.type=inet,remote.host=127.0.0.1,remote.port={}",
+                port + 1
+            )),
+        };
+        if let Some(netdev) = raw {
+            a.extend(["-netdev".into(), netdev, "-device".into()]);
+            a.push(nic(
+                ingress_model,
+                "in",
+                &ingress_mac,
+                ",rx_queue_size=1024",
+            ));
+            a.extend(["-netdev".into(), "user,id=up".into(), "-device".into()]);
             a.push(nic(&self.upstream_model, "up", UPSTREAM_MAC, ""));
         }
         a
