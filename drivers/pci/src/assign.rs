@@ -15,9 +15,12 @@
 //!   bridge's forwarding windows programmed too, which this does not do (nor does it treat
 //!   windows a firmware programmed as busy).
 //!
-//! Memory decoding is switched on for a function once none of its memory BARs is at 0: a BAR
-//! at 0 would claim low RAM on hardware that decodes it. Every BAR that stays unassigned
-//! (no space, rejected write, bad size, behind a bridge) is reported; nothing here panics.
+//! Memory decoding is left as it was found (off, under a firmware that assigned nothing), as
+//! Linux leaves it: the driver that binds a function switches it on, and only for a function
+//! none of whose memory BARs is at 0 ([`PciDevice::unassigned_memory_bar`]), since a BAR at 0
+//! would claim low RAM on hardware that decodes it. Functions no driver binds stay silent.
+//! Every BAR that stays unassigned (no space, rejected write, bad size, behind a bridge) is
+//! reported; nothing here panics.
 
 use crate::{regs, Bar, PciAddress, PciDevice};
 use core::ops::Range;
@@ -209,13 +212,8 @@ fn assign_one(
             read_back,
         });
     }
-    let device = &mut devices[d];
-    if let Bar::Memory { address: a, .. } = &mut device.bars[i] {
+    if let Bar::Memory { address: a, .. } = &mut devices[d].bars[i] {
         *a = address;
-    }
-    if !device.bars.iter().any(Bar::is_unassigned_memory) {
-        let command = device.config_read_u16(regs::COMMAND);
-        device.config_write_u16(regs::COMMAND, command | regs::COMMAND_MEMORY_SPACE);
     }
     BarReport::Assigned {
         function,
@@ -443,9 +441,10 @@ mod tests {
         );
         assert_eq!(cfg.read_u32(a, regs::BAR0), 0x1, "I/O BAR untouched");
         for f in [a, b] {
-            assert_ne!(
+            assert_eq!(
                 cfg.read_u16(f, regs::COMMAND) & regs::COMMAND_MEMORY_SPACE,
-                0
+                0,
+                "decoding is left to the driver"
             );
         }
         assert_eq!(
@@ -542,6 +541,9 @@ mod tests {
         let (cfg, devices, reports) = run(cfg, &window(0xc000_0000..0xc000_2000));
         assert_placed(&devices[0], 0, 0xc000_0000, 0x2000);
         assert!(devices[1].bars[0].is_unassigned_memory());
+        // What a driver checks before it switches decoding on.
+        assert_eq!(devices[0].unassigned_memory_bar(), None);
+        assert_eq!(devices[1].unassigned_memory_bar(), Some(0));
         assert_eq!(cfg.read_u32(b, regs::BAR0), 0);
         assert_eq!(
             cfg.read_u16(b, regs::COMMAND) & regs::COMMAND_MEMORY_SPACE,

@@ -132,6 +132,13 @@ impl PciDevice {
         Capabilities::new(self.access, self.address)
     }
 
+    /// The first memory BAR that decodes a size but has no address, if any. A driver must not
+    /// switch memory decoding on while one is left: that BAR would claim low RAM.
+    pub fn unassigned_memory_bar(&self) -> Option<u8> {
+        let i = self.bars.iter().position(Bar::is_unassigned_memory)?;
+        u8::try_from(i).ok()
+    }
+
     /// Lets the device DMA and answer memory (and I/O, when it has I/O BARs) accesses.
     /// Legacy INTx is switched off: the appliance polls.
     pub fn enable_bus_master(&self) {

@@ -120,7 +120,19 @@ pub fn discover(cmdline: &str, mut report: impl FnMut(fmt::Arguments<'_>)) -> Ve
         }
     }
     for dev in crate::platform::pci_devices() {
-        if let Some(model) = netoops_e1000::is_supported(dev.vendor_id, dev.device_id) {
+        let e1000 = netoops_e1000::is_supported(dev.vendor_id, dev.device_id);
+        if e1000.is_none() && !is_virtio_net(dev.vendor_id, dev.device_id) {
+            continue;
+        }
+        // Its driver switches memory decoding on, which a BAR at 0 must not get.
+        if let Some(bar) = dev.unassigned_memory_bar() {
+            report(format_args!(
+                "pci {}: bar{bar} has no address: not brought up",
+                dev.address
+            ));
+            continue;
+        }
+        if let Some(model) = e1000 {
             let mut config = netoops_e1000::Config::with_clock(crate::platform::now_micros);
             config.rx_ring_len = E1000_RX_RING;
             match E1000::with_config(&PciFunction(*dev), &KernelPlatform, config) {
@@ -134,9 +146,6 @@ pub fn discover(cmdline: &str, mut report: impl FnMut(fmt::Arguments<'_>)) -> Ve
                     model.name()
                 )),
             }
-            continue;
-        }
-        if !is_virtio_net(dev.vendor_id, dev.device_id) {
             continue;
         }
         let transport = match PciTransport::new(&PciFunction(*dev), &KernelPlatform) {
