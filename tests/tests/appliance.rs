@@ -101,7 +101,7 @@ fn fifty_dumps_with_loss_arrive_exactly_as_expected() {
         c.get("started").copied() == Some(heard as u64)
     });
     assert_eq!(vm.process.count("crash seen: 10.1.0."), heard);
-    vm.wait_for("first datagram accepted at ");
+    vm.wait_for(console::FIRST_ACCEPTED);
     let fast = vm.counters("fastpath:");
     assert_eq!(fast.get("dropped"), Some(&0), "{fast:?}");
     assert_eq!(fast.get("relay_dropped"), Some(&0), "{fast:?}");
@@ -644,14 +644,6 @@ fn measure_boot_to_first_datagram() {
     let _one_vm = vm_lock();
     let size = std::fs::metadata(image()).expect("image").len();
     eprintln!("image: {} bytes ({} KiB)", size, size.div_ceil(1024));
-    // The first number after `after` in `line`.
-    let ms_after = |line: &str, after: &str| -> u64 {
-        line.split(after)
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no number after {after:?} in {line:?}"))
-    };
     let median = |mut v: Vec<u64>| -> String {
         v.sort_unstable();
         format!("{} ({}-{})", v[v.len() / 2], v[0], v[v.len() - 1])
@@ -683,17 +675,18 @@ fn measure_boot_to_first_datagram() {
                 spec.bios = bios;
                 let mut vm = Vm::boot(&spec);
                 let ready = vm.wait_for(console::BOOT_READY);
-                let accepted = vm.wait_for("first datagram accepted at ");
+                let accepted = vm.wait_for(console::FIRST_ACCEPTED);
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 // When the reader thread got the line, not when this loop polled for it.
                 let at = vm
                     .process
-                    .stdout_arrival("first datagram accepted at ")
+                    .stdout_arrival(console::FIRST_ACCEPTED)
                     .expect("line was read");
-                let booted = vm.wait_for("booted via");
-                firmware.push(ms_after(&booted, "reset to entry "));
+                let booted = vm.wait_for(console::BOOTED);
+                // TCG's TSC counts from reset, so the banner has the firmware's time.
+                firmware.push(console::reset_to_entry_ms(&booted).expect("reset to entry"));
                 to_ready.push(console::boot_ready_ms(&ready).expect("a boot: ready line"));
-                first.push(ms_after(&accepted, "accepted at "));
+                first.push(console::first_accepted_ms(&accepted).expect("first datagram"));
                 spawn.push((at - vm.started).as_millis() as u64);
             }
             eprintln!(

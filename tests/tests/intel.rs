@@ -71,7 +71,7 @@ fn fifty_dumps_on_one_nic(model: &str, kind: &str) {
     let started = Instant::now();
     let to = SocketAddr::from((Ipv4Addr::LOCALHOST, udp_port));
     fleet.send_paced(to, Some(RATE), || {
-        vm.wait_for("first datagram accepted at ");
+        vm.wait_for(netoops_core::console::FIRST_ACCEPTED);
     });
     wait_stored(store.path(), &fleet.wants, || context(&vm, &collector));
     let stored = started.elapsed();
@@ -236,7 +236,7 @@ fn trial(model: &str, rate: u64) -> Trial {
     let probe = generate(1, "1K", 0, 1)["datagrams_sent"]
         .as_u64()
         .unwrap_or(0);
-    vm.wait_for("first datagram accepted at ");
+    vm.wait_for(netoops_core::console::FIRST_ACCEPTED);
     let machines = (rate / 195).clamp(20, 400);
     let summary = generate(machines, "64K", rate, 2);
     let sent = summary["datagrams_sent"].as_u64().unwrap_or(0);

@@ -190,7 +190,10 @@ fn missing_relay_conf_is_reported_and_the_machine_stops() {
         "netoops-relay: relay.conf not found in the root of the EFI system partition",
     );
     line(&out, "netoops-relay: stopped.");
-    assert!(out.line_with("booted via").is_none(), "the kernel ran");
+    assert!(
+        out.line_with(netoops_core::console::BOOTED).is_none(),
+        "the kernel ran"
+    );
     assert_eq!(out.outcome, Outcome::DebugExit(exit_code::FAILURE));
 }
 
@@ -213,7 +216,10 @@ fn broken_relay_conf_is_reported_with_its_line_and_the_machine_stops() {
         "netoops-relay: relay.conf line 2: configuration key `upstream`: bad value `10.0.2.2`",
     );
     line(&out, "netoops-relay: stopped.");
-    assert!(out.line_with("booted via").is_none(), "the kernel ran");
+    assert!(
+        out.line_with(netoops_core::console::BOOTED).is_none(),
+        "the kernel ran"
+    );
     assert_eq!(out.outcome, Outcome::DebugExit(exit_code::FAILURE));
 }
 
@@ -259,7 +265,7 @@ fn fifty_dumps_through_the_uefi_relay(
     let started = Instant::now();
     let to = SocketAddr::from((Ipv4Addr::LOCALHOST, udp));
     fleet.send_paced(to, max_rate, || {
-        guest.wait_for_line("first datagram accepted at ");
+        guest.wait_for_line(netoops_core::console::FIRST_ACCEPTED);
     });
     let sent = started.elapsed();
     wait_stored(store.path(), &fleet.wants, || {

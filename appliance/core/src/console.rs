@@ -14,6 +14,8 @@
 //! | `counters: format <N> \| <fields>` and `final counters: format <N> \| <fields>` | both relays ([`crate::relay::Counters`]) |
 //! | `fastpath: <fields>`, `nic ingress: <fields>`, `memory: heap <fields>` | appliance |
 //! | `boot: ready <N> ms after kernel entry (...)` ([`boot_ready_ms`]) | appliance |
+//! | `netoops-relay <version> booted via <protocol> in <N> ms from kernel entry (reset to entry <M> ms, ...)` ([`reset_to_entry_ms`]) | appliance |
+//! | `first datagram accepted at <N> ms after kernel entry` ([`first_accepted_ms`]) | appliance, once |
 //!
 //! Fields: `<key> <number>` pairs, in groups separated by ` | `; a value may be `<used>/<of>`
 //! (the key's number is `used`) or be followed by a unit word (`bytes`); a word that is not
@@ -37,6 +39,10 @@ pub const NETCONSOLE_LISTENING: &str = "netconsole listening on ";
 pub const HTTP_LISTENING: &str = "http listening on ";
 /// Marker of the appliance's boot time line, `boot: ready <N> ms after kernel entry (...)`.
 pub const BOOT_READY: &str = "boot: ready ";
+/// Marker of the appliance's banner, `netoops-relay <version> booted via ...`.
+pub const BOOTED: &str = " booted via ";
+/// Marker of the appliance's line when its fast path first accepts a datagram.
+pub const FIRST_ACCEPTED: &str = "first datagram accepted at ";
 /// Marker of a counters line (the relays print `counters:` and, at exit, `final counters:`).
 pub const COUNTERS: &str = "counters:";
 /// The format of the counters line that this build prints and reads (see the module docs).
@@ -103,6 +109,22 @@ pub fn http_listening(line: &str) -> Option<SocketAddr> {
 /// (`boot: ready <N> ms after reset`).
 pub fn boot_ready_ms(line: &str) -> Option<u64> {
     let (ms, _) = after(line, BOOT_READY)?.split_once(" ms after kernel entry")?;
+    ms.parse().ok()
+}
+
+/// Milliseconds the firmware took from CPU reset to kernel entry, from a [`BOOTED`] banner.
+/// `None` for any other line, and where the TSC does not count from reset (KVM, real
+/// hardware: `reset to entry unknown`).
+pub fn reset_to_entry_ms(line: &str) -> Option<u64> {
+    after(line, BOOTED)?;
+    let (ms, _) = after(line, "(reset to entry ")?.split_once(" ms")?;
+    ms.parse().ok()
+}
+
+/// Milliseconds from kernel entry to the first datagram accepted, from a [`FIRST_ACCEPTED`]
+/// line.
+pub fn first_accepted_ms(line: &str) -> Option<u64> {
+    let (ms, _) = after(line, FIRST_ACCEPTED)?.split_once(" ms after kernel entry")?;
     ms.parse().ok()
 }
 
@@ -234,6 +256,23 @@ mod tests {
         assert!(f.contains(&("started", 20)));
         assert!(f.contains(&("spool", 0)));
         assert_eq!(f.iter().filter(|(k, _)| *k == "datagrams").count(), 2);
+    }
+
+    #[test]
+    fn the_banner_gives_the_firmware_time_and_the_first_datagram_line_its_time() {
+        let tcg = "netoops-relay 0.1.0 booted via pvh in 9 ms from kernel entry (reset to entry \
+                   21 ms, tsc 2200 MHz)";
+        assert_eq!(reset_to_entry_ms(tcg), Some(21));
+        let kvm = "netoops-relay 0.1.0 booted via multiboot2 in 4 ms from kernel entry (reset to \
+                   entry unknown, tsc 2200 MHz)";
+        assert_eq!(reset_to_entry_ms(kvm), None);
+        assert_eq!(reset_to_entry_ms("something (reset to entry 5 ms)"), None);
+        assert_eq!(
+            first_accepted_ms("first datagram accepted at 131 ms after kernel entry"),
+            Some(131)
+        );
+        assert_eq!(first_accepted_ms("first datagram accepted at soon"), None);
+        assert_eq!(first_accepted_ms(tcg), None);
     }
 
     #[test]
