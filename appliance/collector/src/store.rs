@@ -31,9 +31,11 @@
 //!    on the build machine); threads keep both the cores and the disk busy;
 //! 2. **sync 1** makes all of that data, and new source directories, durable;
 //! 3. replaced `.log` files are renamed into place and synced (only in batches that replace a
-//!    dump); then, in program order (seq order per relay instance), each dump's `.json` is
-//!    renamed into place and each crash notice line appended to its `crashes.jsonl`; then the
-//!    `.relays` temporaries are renamed;
+//!    dump); then each crash notice line is appended to its `crashes.jsonl`, in program order
+//!    (seq order per relay instance), and each dump's `.json` renamed into place, on the writer
+//!    threads (a crash before the next sync has the relay resend, and re-applying a dump
+//!    rewrites the same files, so their order does not matter); then the `.relays`
+//!    temporaries are renamed;
 //! 4. **sync 2** makes the renames and appended lines durable; only then is the batch reported
 //!    durable, and acknowledged by the sessions.
 //!
@@ -661,7 +663,8 @@ impl Store {
         Ok(result)
     }
 
-    /// Step 3: renames and appends in program order, then the relay state renames.
+    /// Step 3: the crash notice lines (in program order: each file's lines in seq order), the
+    /// `.json` renames, then the relay state renames.
     ///
     /// A `.log` that replaces a stored one (a newer revision) is renamed first and synced on
     /// its own before any `.json`: that ordering then holds on any file system, journaled or
@@ -692,10 +695,7 @@ impl Store {
         let mut open: HashMap<&Path, File> = HashMap::new();
         for p in publish {
             match p {
-                Publish::Nothing => {}
-                Publish::Dump(d) => {
-                    fs::rename(&d.tmp_json, d.dir.join(format!("{}.json", d.key)))?;
-                }
+                Publish::Nothing | Publish::Dump(_) => {}
                 Publish::Crash { path, line } => {
                     if !open.contains_key(path.as_path()) {
                         let mut f = OpenOptions::new().create(true).append(true).open(path)?;
@@ -709,6 +709,28 @@ impl Store {
                 }
             }
         }
+        // The `.json` renames run in parallel: each is one dump's and independent of the
+        // others (the batch is acknowledged only after the sync that follows, and a crash
+        // before it has the relay resend, which rewrites the same files). Renames to the same
+        // name (two revisions of one dump in this batch) stay in order, in one group.
+        let mut groups: Vec<Vec<(&Path, PathBuf)>> = Vec::new();
+        let mut group_of: HashMap<PathBuf, usize> = HashMap::new();
+        for p in publish {
+            if let Publish::Dump(d) = p {
+                let to = d.dir.join(format!("{}.json", d.key));
+                let g = *group_of.entry(to.clone()).or_insert_with(|| {
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                });
+                if let Some(group) = groups.get_mut(g) {
+                    group.push((d.tmp_json.as_path(), to));
+                }
+            }
+        }
+        let renamed = in_parallel(&groups, |group| {
+            group.iter().try_for_each(|(from, to)| fs::rename(from, to))
+        });
+        renamed.into_iter().collect::<io::Result<()>>()?;
         self.rename_state(state)
     }
 
@@ -830,24 +852,33 @@ fn run_task(task: &Task<'_>) -> io::Result<()> {
 
 /// Runs every task, on up to [`WRITERS`] scoped threads plus this one; results in task order.
 fn run_tasks(tasks: &[(usize, Task<'_>)]) -> Vec<io::Result<()>> {
-    if tasks.len() <= 1 {
-        return tasks.iter().map(|(_, t)| run_task(t)).collect();
+    in_parallel(tasks, |(_, t)| run_task(t))
+}
+
+/// Calls `f` on every item, on up to [`WRITERS`] scoped threads plus this one; results in
+/// item order.
+fn in_parallel<T: Sync>(
+    items: &[T],
+    f: impl Fn(&T) -> io::Result<()> + Sync,
+) -> Vec<io::Result<()>> {
+    if items.len() <= 1 {
+        return items.iter().map(f).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<Mutex<Option<io::Result<()>>>> =
-        tasks.iter().map(|_| Mutex::new(None)).collect();
+        items.iter().map(|_| Mutex::new(None)).collect();
     let work = || loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some((_, task)) = tasks.get(i) else {
+        let Some(item) = items.get(i) else {
             return;
         };
-        let r = run_task(task);
+        let r = f(item);
         if let Some(slot) = results.get(i) {
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
         }
     };
     std::thread::scope(|scope| {
-        for _ in 1..WRITERS.min(tasks.len()) {
+        for _ in 1..WRITERS.min(items.len()) {
             // A thread that cannot be started leaves its share to the others.
             let _ = std::thread::Builder::new()
                 .name("netoops-write".into())
