@@ -115,6 +115,27 @@ pub enum Ingress {
     },
 }
 
+impl Ingress {
+    /// The `-netdev` of a raw-frame ingress NIC (every kind but `User`); such a VM reaches its
+    /// upstream through a second NIC on user networking.
+    fn raw_netdev(self) -> Option<String> {
+        match self {
+            Ingress::User { .. } => None,
+            Ingress::Stream { port } => Some(format!(
+                "stream,id=in,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port={port}"
+            )),
+            Ingress::StreamListen { port } => Some(format!(
+                "stream,id=in,server=on,addr.type=inet,addr.host=127.0.0.1,addr.port={port}"
+            )),
+            Ingress::Dgram { port } => Some(format!(
+                "dgram,id=in,local.type=inet,local.host=127.0.0.1,local.port={port},\
+                 remote.type=inet,remote.host=127.0.0.1,remote.port={}",
+                port + 1
+            )),
+        }
+    }
+}
+
 /// How to boot the appliance.
 #[derive(Clone, Debug)]
 pub struct VmSpec {
@@ -172,10 +193,7 @@ impl VmSpec {
             self.collector_port,
             crate::hosted::test_upstream_key()
         );
-        if matches!(
-            self.ingress,
-            Some(Ingress::Stream { .. } | Ingress::Dgram { .. } | Ingress::StreamListen { .. })
-        ) {
+        if self.ingress.and_then(Ingress::raw_netdev).is_some() {
             line.push_str(&format!(" upstream_nic={UPSTREAM_MAC}"));
         }
         if !self.extra.is_empty() {
@@ -243,23 +261,8 @@ impl VmSpec {
             a.extend(["-netdev".into(), netdev, "-device".into()]);
             a.push(nic(ingress_model, "n0", &ingress_mac, ""));
         }
-        // A raw-frame ingress NIC (only its netdev differs), with the upstream on user
-        // networking as the second NIC.
-        let raw = match self.ingress {
-            None | Some(Ingress::User { .. }) => None,
-            Some(Ingress::Stream { port }) => Some(format!(
-                "stream,id=in,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port={port}"
-            )),
-            Some(Ingress::StreamListen { port }) => Some(format!(
-                "stream,id=in,server=on,addr.type=inet,addr.host=127.0.0.1,addr.port={port}"
-            )),
-            Some(Ingress::Dgram { port }) => Some(format!(
-                "dgram,id=in,local.type=inet,local.host=127.0.0.1,local.port={port},\
-                 remote.type=inet,remote.host=127.0.0.1,remote.port={}",
-                port + 1
-            )),
-        };
-        if let Some(netdev) = raw {
+        // A raw-frame ingress NIC, with the upstream on user networking as the second NIC.
+        if let Some(netdev) = self.ingress.and_then(Ingress::raw_netdev) {
             a.extend(["-netdev".into(), netdev, "-device".into()]);
             a.push(nic(
                 ingress_model,

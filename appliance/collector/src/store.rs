@@ -825,7 +825,7 @@ struct Task<'a> {
     files: Vec<(PathBuf, Cow<'a, [u8]>, bool)>,
 }
 
-/// Writer threads for a batch's files (with the committer's own).
+/// Threads for a batch's file work, its writes and its renames (with the committer's own).
 const WRITERS: usize = 8;
 
 fn run_task(task: &Task<'_>) -> io::Result<()> {
