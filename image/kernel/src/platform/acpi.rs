@@ -54,6 +54,9 @@ pub struct AcpiInfo {
     pub ecam: Option<EcamWindow>,
     /// The DSDT the FADT points to, checksum-verified.
     pub dsdt: Option<TableLocation>,
+    /// The FADT's HW_REDUCED_ACPI flag: a machine without the PC's fixed ACPI hardware, such
+    /// as microvm, which describes its virtio-mmio devices in the DSDT.
+    pub hardware_reduced: bool,
 }
 
 /// Where a verified table is.
@@ -166,6 +169,7 @@ pub fn parse(mem: &dyn PhysMemory, rsdp: u64) -> Result<AcpiInfo, AcpiError> {
         bad_tables: 0,
         ecam: None,
         dsdt: None,
+        hardware_reduced: false,
     };
     let entries = (u64::from(root_len) - 36) / entry_size;
     for i in 0..entries {
@@ -197,6 +201,11 @@ pub fn parse(mem: &dyn PhysMemory, rsdp: u64) -> Result<AcpiInfo, AcpiError> {
         }
         if &signature == b"FACP" && info.dsdt.is_none() {
             info.dsdt = dsdt_of_fadt(mem, table, len);
+            // Flags at offset 112 (FADTs of 116 bytes and more), HW_REDUCED_ACPI is bit 20.
+            info.hardware_reduced = len >= 116
+                && mem
+                    .read_u32(table + 112)
+                    .is_some_and(|flags| flags & 1 << 20 != 0);
         }
     }
     Ok(info)
@@ -363,9 +372,12 @@ mod tests {
         let mut fadt = std::vec![0u8; 268 - 36];
         fadt[40 - 36..44 - 36].copy_from_slice(&0xefc80u32.to_le_bytes());
         fadt[140 - 36..148 - 36].copy_from_slice(&0xefc80u64.to_le_bytes());
+        // Flags: HW_REDUCED_ACPI and RESET_REG_SUP, as QEMU's microvm sets them.
+        fadt[112 - 36..116 - 36].copy_from_slice(&(1u32 << 20 | 1 << 10).to_le_bytes());
         mem.put(0xefe58, &table(b"FACP", &fadt));
         mem.put(0xefc80, dsdt);
         let info = parse(&mem, 0xf34d0).unwrap();
+        assert!(info.hardware_reduced);
         let location = info.dsdt.expect("dsdt");
         assert_eq!(location.address, 0xefc80);
         assert_eq!(location.len as usize, dsdt.len());
@@ -380,7 +392,9 @@ mod tests {
         old[40 - 36..44 - 36].copy_from_slice(&0xefc80u32.to_le_bytes());
         mem.chunks.retain(|(base, _)| *base != 0xefe58);
         mem.put(0xefe58, &table(b"FACP", &old));
-        assert_eq!(parse(&mem, 0xf34d0).unwrap().dsdt, Some(location));
+        let info = parse(&mem, 0xf34d0).unwrap();
+        assert_eq!(info.dsdt, Some(location));
+        assert!(!info.hardware_reduced, "a PC's FADT");
         let mut broken = dsdt.to_vec();
         broken[100] ^= 0x20;
         mem.chunks.retain(|(base, _)| *base != 0xefc80);
