@@ -19,6 +19,8 @@ use core::fmt;
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use core::str::FromStr;
 
+pub mod words;
+
 use crate::netconsole::ConsoleConfig;
 use crate::reassembly::ReassemblyConfig;
 use crate::time::Duration;
@@ -56,8 +58,8 @@ impl Cidr {
 impl FromStr for Cidr {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        let (addr, prefix) = s.split_once('/').ok_or(())?;
-        let addr: IpAddr = addr.parse().map_err(|_| ())?;
+        let (addr, prefix) = words::split_at_byte(s, b'/').ok_or(())?;
+        let addr = words::ip(addr).ok_or(())?;
         let prefix: u8 = prefix.parse().map_err(|_| ())?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if prefix > max {
@@ -393,8 +395,22 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
     None
 }
 
-fn parse_list<T: FromStr>(v: &str) -> Option<Vec<T>> {
-    v.split(',').map(|p| p.trim().parse().ok()).collect()
+/// The `,`-separated items of `v`, each read by `item` without surrounding ASCII whitespace.
+/// A plain loop: a command line's lists are read before the image is `ready` (see [`words`]).
+fn parse_list<T>(v: &str, item: fn(&str) -> Option<T>) -> Option<Vec<T>> {
+    let mut out = Vec::new();
+    let mut rest = v;
+    loop {
+        let (first, more) = match words::split_at_byte(rest, b',') {
+            Some((first, more)) => (first, Some(more)),
+            None => (rest, None),
+        };
+        out.push(item(first.trim_ascii())?);
+        match more {
+            Some(more) => rest = more,
+            None => return Some(out),
+        }
+    }
 }
 
 impl Config {
@@ -415,7 +431,7 @@ impl Config {
         words: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), ConfigError> {
         for pair in words {
-            let (key, value) = pair.split_once('=').ok_or_else(|| ConfigError {
+            let (key, value) = words::split_at_byte(pair, b'=').ok_or_else(|| ConfigError {
                 key: pair.to_string(),
                 problem: "expected key=value".to_string(),
             })?;
@@ -462,7 +478,7 @@ impl Config {
                     _ => return Err(bad("an IPv4 A.B.C.D/PREFIX")),
                 }
             }
-            "gw" => self.gateway = Some(value.parse().map_err(|_| bad("an IPv4 address"))?),
+            "gw" => self.gateway = Some(words::ipv4(value).ok_or_else(|| bad("an IPv4 address"))?),
             "port" => {
                 self.listen_port = value
                     .parse()
@@ -471,7 +487,7 @@ impl Config {
                     .ok_or_else(|| bad("a UDP port 1-65535"))?
             }
             "upstream" => {
-                self.upstreams = parse_list(value)
+                self.upstreams = parse_list(value, words::socket_addr)
                     .filter(|l: &Vec<SocketAddr>| !l.is_empty() && l.iter().all(|a| a.port() != 0))
                     .ok_or_else(|| bad("IP:PORT[,IP:PORT...]"))?
             }
@@ -505,7 +521,8 @@ impl Config {
                     parse_duration(value).ok_or_else(|| bad("a duration like 30s"))?
             }
             "allow" => {
-                self.allow = parse_list(value).ok_or_else(|| bad("CIDR[,CIDR...]"))?;
+                self.allow = parse_list(value, |item| item.parse().ok())
+                    .ok_or_else(|| bad("CIDR[,CIDR...]"))?;
             }
             "nic" => self.nic = nic()?,
             "upstream_nic" => self.upstream_nic = nic()?,

@@ -18,7 +18,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 use core::net::{IpAddr, Ipv4Addr};
-use netoops_core::config::{Config, ConfigError, NicSelector};
+use netoops_core::config::{words, Config, ConfigError, NicSelector};
 use netoops_core::time::Duration;
 
 /// Command-line keys the platform consumes (scopes `Kernel` and `Test` of the core's
@@ -40,7 +40,7 @@ fn error(key: &str, problem: impl Into<String>) -> ConfigError {
 /// The command line's words without the platform's keys: the relay's `key=value` pairs.
 pub fn relay_words(cmdline: &str) -> impl Iterator<Item = &str> {
     cmdline.split_ascii_whitespace().filter(|word| {
-        let key = word.split_once('=').map_or(*word, |(k, _)| k);
+        let key = words::split_at_byte(word, b'=').map_or(*word, |(k, _)| k);
         !PLATFORM_KEYS.contains(&key)
     })
 }
@@ -120,9 +120,9 @@ pub fn parse(cmdline: &str) -> Result<Settings, ConfigError> {
     }
     let mut upstream = ingress;
     if let Some(v) = platform_value(&config, UPSTREAM_IP_KEY) {
-        let parsed: Option<(Ipv4Addr, u8)> = v.split_once('/').and_then(|(a, p)| {
+        let parsed: Option<(Ipv4Addr, u8)> = words::split_at_byte(v, b'/').and_then(|(a, p)| {
             let p: u8 = p.parse().ok().filter(|&p| p <= 32)?;
-            Some((a.parse().ok()?, p))
+            Some((words::ipv4(a)?, p))
         });
         let (ip, prefix) = parsed.ok_or_else(|| {
             error(
@@ -137,7 +137,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, ConfigError> {
         };
     }
     if let Some(v) = platform_value(&config, UPSTREAM_GW_KEY) {
-        let gw: Ipv4Addr = v.parse().map_err(|_| {
+        let gw: Ipv4Addr = words::ipv4(v).ok_or_else(|| {
             error(
                 UPSTREAM_GW_KEY,
                 format!("bad value `{v}`: expected an IPv4 address"),

@@ -10,6 +10,7 @@
 //! parse with what was collected so far; nothing here panics.
 
 use super::physmem::PhysMemory;
+use netoops_core::config::words::split_at_byte;
 
 /// Longest command line kept; longer ones are cut at a character boundary.
 pub const CMDLINE_MAX: usize = 2048;
@@ -294,7 +295,7 @@ pub enum BootInfoError {
 /// The value of `key=value` on a kernel command line (first match, whitespace separated).
 pub fn cmdline_param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     cmdline.split_ascii_whitespace().find_map(|word| {
-        let (k, v) = word.split_once('=')?;
+        let (k, v) = split_at_byte(word, b'=')?;
         (k == key).then_some(v)
     })
 }
@@ -317,9 +318,10 @@ pub struct VirtioMmioDevice {
 pub fn virtio_mmio_devices(cmdline: &str) -> impl Iterator<Item = VirtioMmioDevice> + '_ {
     cmdline.split_ascii_whitespace().filter_map(|word| {
         let spec = word.strip_prefix("virtio_mmio.device=")?;
-        let (size, rest) = spec.split_once('@')?;
-        let (base, rest) = rest.split_once(':')?;
-        let irq = rest.split(':').next()?.parse().ok()?;
+        let (size, rest) = split_at_byte(spec, b'@')?;
+        let (base, rest) = split_at_byte(rest, b':')?;
+        let irq = split_at_byte(rest, b':').map_or(rest, |(irq, _)| irq);
+        let irq = irq.parse().ok()?;
         let size = super::memory::parse_size(size)?;
         let base = match base.strip_prefix("0x").or_else(|| base.strip_prefix("0X")) {
             Some(hex) => u64::from_str_radix(hex, 16).ok()?,
