@@ -26,6 +26,7 @@ extern crate alloc;
 
 pub mod config;
 pub mod console;
+pub mod hash_key;
 pub mod http;
 pub mod netconsole;
 pub mod reassembly;

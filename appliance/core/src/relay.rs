@@ -12,6 +12,7 @@ use core::fmt;
 use core::net::SocketAddr;
 
 use crate::config::{Config, ConfigError};
+use crate::hash_key::HashKey;
 use crate::http::dumps::{DumpRing, DumpSource, NewDump};
 use crate::netconsole::{ConsoleCrash, ConsoleDump, ConsoleSink, ConsoleStats, ConsoleTracker};
 use crate::reassembly::{
@@ -329,11 +330,25 @@ impl Relay {
         instance: u64,
         new_slots: NewSlots,
     ) -> Result<Relay, ConfigError> {
+        Self::keyed(config, instance, new_slots, HashKey::fixed())
+    }
+
+    /// Like [`Self::with_slots`], with the hash tables of everything keyed by what senders
+    /// send (dumps, sources, netconsole senders) keyed by `key`, a secret drawn per start
+    /// ([`crate::hash_key`]): what the image and the hosted relay build.
+    pub fn keyed(
+        config: Config,
+        instance: u64,
+        new_slots: NewSlots,
+        key: HashKey,
+    ) -> Result<Relay, ConfigError> {
         config.validate()?;
         let reassembler =
-            Reassembler::with_slots(config.reassembly, new_slots).map_err(|e| ConfigError {
-                key: "memory".to_string(),
-                problem: e.to_string(),
+            Reassembler::keyed(config.reassembly, new_slots, key.clone()).map_err(|e| {
+                ConfigError {
+                    key: "memory".to_string(),
+                    problem: e.to_string(),
+                }
             })?;
         let mut link_config = link_config(&config, instance);
         // The instance is only a stand-in seed: drivers replace it with fresh randomness
@@ -344,7 +359,7 @@ impl Relay {
             crate::upstream::LinkSecurity { key, seed }
         });
         let link = UpstreamLink::new(link_config);
-        let console = ConsoleTracker::new(console_config(&config));
+        let console = ConsoleTracker::keyed(console_config(&config), key);
         let ring_bytes = dump_ring_bytes(&config);
         Ok(Relay {
             dumps: DumpRing::new(ring_bytes),

@@ -55,10 +55,13 @@ fn main() -> ExitCode {
     let instance = settings.instance.unwrap_or_else(random_instance);
     let clock = Clock::start();
     // Chunks written once and read once go around the cache (non-temporal stores).
-    let relay = match Relay::with_slots(
+    // The hash tables' key: another draw, never sent anywhere (the instance id is).
+    let key = netoops_core::hash_key::HashKey::new(random_instance());
+    let relay = match Relay::keyed(
         settings.config.clone(),
         instance,
         netoops_streamed_slots::boxed,
+        key,
     ) {
         Ok(r) => r,
         Err(e) => return fail(CONFIG_ERROR, e),

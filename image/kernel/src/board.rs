@@ -149,8 +149,15 @@ pub fn run(machine: &Platform, cmdline: &str) -> ! {
     let nonce = boot_nonce(mac);
     // The relay owns the configuration until `ready`, and the board takes a copy back after
     // it: a clone is code run once, 0.2 ms of translation under TCG.
-    let mut relay = Relay::new(core::mem::take(&mut settings.config), nonce)
-        .unwrap_or_else(|e| stop_misconfigured(&e));
+    // The hash tables' key: a second draw, never sent anywhere (the instance id is).
+    let key = netoops_core::hash_key::HashKey::new(boot_nonce(mac));
+    let mut relay = Relay::keyed(
+        core::mem::take(&mut settings.config),
+        nonce,
+        netoops_core::reassembly::slots::PlainSlots::boxed,
+        key,
+    )
+    .unwrap_or_else(|e| stop_misconfigured(&e));
     let (listen_port, netconsole_port) =
         (relay.config().listen_port, relay.config().netconsole_port);
     // Netconsole history tails are asked for before the datagram is parsed.

@@ -29,6 +29,7 @@ use alloc::vec::Vec;
 use core::hash::{BuildHasher, Hasher};
 use core::net::SocketAddr;
 
+use crate::hash_key::HashKey;
 use hashbrown::HashMap;
 use netoops_wire::netconsole::{
     crash_text, is_crash_line, unescape, write_fragment_gap, write_gap, write_line, Body, Datagram,
@@ -404,7 +405,7 @@ pub struct ConsoleTracker {
     pool: BlockPool,
     sources: Vec<Source>,
     texts: Vec<SourceText>,
-    by_addr: HashMap<(u128, u16), u32>,
+    by_addr: HashMap<(u128, u16), u32, HashKey>,
     crashing: Vec<u32>,
     hand: usize,
     render: Render,
@@ -483,6 +484,12 @@ impl ConsoleTracker {
 
     /// Allocates the pool and the source table.
     pub fn new(config: ConsoleConfig) -> ConsoleTracker {
+        Self::keyed(config, HashKey::fixed())
+    }
+
+    /// Like [`Self::new`], with the source table keyed by `key`: a secret per start where
+    /// senders are hostile ([`crate::hash_key`]).
+    pub fn keyed(config: ConsoleConfig, key: HashKey) -> ConsoleTracker {
         let sizes = Capacities::of(&config);
         let Capacities {
             blocks,
@@ -497,7 +504,7 @@ impl ConsoleTracker {
             // Twice the sources: forgetting a source leaves a tombstone, and hashbrown clears
             // tombstones in place only while the table is at most half full; fuller, it
             // would grow, an allocation in the per-datagram path.
-            by_addr: HashMap::with_capacity(2 * max_sources),
+            by_addr: HashMap::with_capacity_and_hasher(2 * max_sources, key),
             crashing: Vec::with_capacity(max_sources),
             hand: 0,
             render: Render {

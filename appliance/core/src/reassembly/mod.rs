@@ -44,11 +44,12 @@ mod lists;
 pub mod slots;
 mod view;
 
+use crate::hash_key::HashKey;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::hash::BuildHasher;
 use core::net::{IpAddr, SocketAddr};
-use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
+use hashbrown::{HashMap, HashTable};
 use netoops_wire::netoops::{Datagram, Limits, WireErrorKind};
 use netoops_wire::DATA_LEN;
 
@@ -361,8 +362,8 @@ pub struct Reassembler {
     /// Every held entry by its identity without the port ([`entry::PortlessIdentity`]): read
     /// when a dump starts, and per chunk only for dumps flagged `shared`.
     by_identity: HashTable<u32>,
-    hasher: DefaultHashBuilder,
-    per_source: HashMap<IpAddr, SourceDumps>,
+    hasher: HashKey,
+    per_source: HashMap<IpAddr, SourceDumps, HashKey>,
     /// Next entry of the same source address (a chain per address, from `per_source`), so the
     /// per-source cap finds a victim among at most `max_dumps_per_source` entries.
     src_next: Vec<u32>,
@@ -382,6 +383,16 @@ impl Reassembler {
         config: ReassemblyConfig,
         new_slots: NewSlots,
     ) -> Result<Self, ReassemblyConfigError> {
+        Self::keyed(config, new_slots, HashKey::fixed())
+    }
+
+    /// Like [`Self::with_slots`], with its tables keyed by `key`: a secret per start where
+    /// senders are hostile ([`crate::hash_key`]).
+    pub fn keyed(
+        config: ReassemblyConfig,
+        new_slots: NewSlots,
+        key: HashKey,
+    ) -> Result<Self, ReassemblyConfigError> {
         let slots = config.chunk_slots()?;
         let words_per_dump = config.words_per_dump();
         let n = config.max_dumps;
@@ -397,8 +408,8 @@ impl Reassembler {
             headers: Vec::with_capacity(n),
             by_key: HashTable::with_capacity(map_capacity(n)),
             by_identity: HashTable::with_capacity(map_capacity(n)),
-            hasher: DefaultHashBuilder::default(),
-            per_source: HashMap::with_capacity(map_capacity(n)),
+            per_source: HashMap::with_capacity_and_hasher(map_capacity(n), key.clone()),
+            hasher: key,
             src_next: vec![NIL; n],
             chunks: ChunkStore::new(slots, n, config.max_packet_count as usize, new_slots),
             stats: ReassemblyStats::default(),
