@@ -318,7 +318,8 @@ impl Relay {
     }
 
     /// Builds the relay from a validated configuration. `instance` must differ on every boot
-    /// (collectors key replay protection on it).
+    /// (collectors key replay protection on it). Its hash tables have a fixed key: a relay
+    /// that faces real senders is built with [`Self::keyed`].
     pub fn new(config: Config, instance: u64) -> Result<Relay, ConfigError> {
         Self::with_slots(config, instance, PlainSlots::boxed)
     }

@@ -373,7 +373,7 @@ pub struct Reassembler {
 
 impl Reassembler {
     /// Builds a reassembler, allocating everything it will ever use; chunks go to
-    /// [`PlainSlots`].
+    /// [`PlainSlots`]. Its tables have a fixed key ([`Self::keyed`] takes a secret one).
     pub fn new(config: ReassemblyConfig) -> Result<Self, ReassemblyConfigError> {
         Self::with_slots(config, PlainSlots::boxed)
     }
