@@ -398,7 +398,8 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
 /// The `,`-separated items of `v`, each read by `item` without surrounding ASCII whitespace.
 /// A plain loop: a command line's lists are read before the image is `ready` (see [`words`]).
 fn parse_list<T>(v: &str, item: fn(&str) -> Option<T>) -> Option<Vec<T>> {
-    let mut out = Vec::new();
+    // Room for a typical list up front, so reading one does not grow a vector (more code).
+    let mut out = Vec::with_capacity(4);
     let mut rest = v;
     loop {
         let (first, more) = match words::split_at_byte(rest, b',') {

@@ -94,7 +94,9 @@ impl fmt::Display for Kind {
 
 /// Brings up every supported NIC; failures are reported through `report` and skipped.
 pub fn discover(cmdline: &str, mut report: impl FnMut(fmt::Arguments<'_>)) -> Vec<FoundNic> {
-    let mut found = Vec::new();
+    // Room up front: growing a vector is code run only here before `ready` (translation
+    // under TCG); a machine with more NICs still fits.
+    let mut found = Vec::with_capacity(4);
     // The command line's devices in its order, then the DSDT's that it did not list.
     let mut mmio: Vec<u64> = cmdline_devices(cmdline).map(|d| d.base).collect();
     for d in crate::platform::acpi_virtio_mmio_devices() {
