@@ -60,12 +60,17 @@ impl FromStr for Cidr {
     fn from_str(s: &str) -> Result<Self, ()> {
         let (addr, prefix) = words::split_at_byte(s, b'/').ok_or(())?;
         let addr = words::ip(addr).ok_or(())?;
-        let prefix: u8 = prefix.parse().map_err(|_| ())?;
+        // Read as a usize, the type sizes are read as (one parser's code at boot, not two);
+        // the same strings are accepted as with u8.
+        let prefix: usize = prefix.parse().map_err(|_| ())?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if prefix > max {
             return Err(());
         }
-        Ok(Cidr { addr, prefix })
+        Ok(Cidr {
+            addr,
+            prefix: prefix as u8,
+        })
     }
 }
 
