@@ -35,6 +35,14 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The network's IPv4 address and prefix, when it is an IPv4 network.
+    pub fn ipv4(&self) -> Option<(Ipv4Addr, u8)> {
+        match self.addr {
+            IpAddr::V4(a) => Some((a, self.prefix)),
+            IpAddr::V6(_) => None,
+        }
+    }
+
     /// Whether `ip` lies inside this network.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
@@ -479,10 +487,8 @@ impl Config {
         match key {
             "ip" => {
                 let cidr: Cidr = value.parse().map_err(|_| bad("A.B.C.D/PREFIX"))?;
-                match cidr.addr {
-                    IpAddr::V4(a) if cidr.prefix <= 32 => self.address = Some((a, cidr.prefix)),
-                    _ => return Err(bad("an IPv4 A.B.C.D/PREFIX")),
-                }
+                let v4 = cidr.ipv4().ok_or_else(|| bad("an IPv4 A.B.C.D/PREFIX"))?;
+                self.address = Some(v4);
             }
             "gw" => self.gateway = Some(words::ipv4(value).ok_or_else(|| bad("an IPv4 address"))?),
             "port" => {

@@ -18,7 +18,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 use core::net::{IpAddr, Ipv4Addr};
-use netoops_core::config::{words, Config, ConfigError, NicSelector};
+use netoops_core::config::{words, Cidr, Config, ConfigError, NicSelector};
 use netoops_core::time::Duration;
 
 /// Command-line keys the platform consumes (scopes `Kernel` and `Test` of the core's
@@ -120,10 +120,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, ConfigError> {
     }
     let mut upstream = ingress;
     if let Some(v) = platform_value(&config, UPSTREAM_IP_KEY) {
-        let parsed: Option<(Ipv4Addr, u8)> = words::split_at_byte(v, b'/').and_then(|(a, p)| {
-            let p: u8 = p.parse().ok().filter(|&p| p <= 32)?;
-            Some((words::ipv4(a)?, p))
-        });
+        let parsed = v.parse::<Cidr>().ok().and_then(|c| c.ipv4());
         let (ip, prefix) = parsed.ok_or_else(|| {
             error(
                 UPSTREAM_IP_KEY,
