@@ -825,8 +825,19 @@ struct Task<'a> {
     files: Vec<(PathBuf, Cow<'a, [u8]>, bool)>,
 }
 
-/// Threads for a batch's file work, its writes and its renames (with the committer's own).
-const WRITERS: usize = 8;
+/// Threads for a batch's file work, its writes and its renames (with the committer's own):
+/// twice the CPUs, from 2 to 8. More threads than that only wait: every new source directory
+/// is created under the storage directory's lock, and on the 2-CPU build machine eight
+/// writers spent a twentieth of all CPU time spinning on it. A few per CPU keep the disk busy
+/// while others wait for inode tables to be read.
+fn writers() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get().saturating_mul(2))
+            .clamp(2, 8)
+    })
+}
 
 fn run_task(task: &Task<'_>) -> io::Result<()> {
     if let Some(dir) = &task.mkdir {
@@ -850,12 +861,12 @@ fn run_task(task: &Task<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs every task, on up to [`WRITERS`] scoped threads plus this one; results in task order.
+/// Runs every task, on up to [`writers`] scoped threads plus this one; results in task order.
 fn run_tasks(tasks: &[(usize, Task<'_>)]) -> Vec<io::Result<()>> {
     in_parallel(tasks, |(_, t)| run_task(t))
 }
 
-/// Calls `f` on every item, on up to [`WRITERS`] scoped threads plus this one; results in
+/// Calls `f` on every item, on up to [`writers`] scoped threads plus this one; results in
 /// item order.
 fn in_parallel<T: Sync>(
     items: &[T],
@@ -878,7 +889,7 @@ fn in_parallel<T: Sync>(
         }
     };
     std::thread::scope(|scope| {
-        for _ in 1..WRITERS.min(items.len()) {
+        for _ in 1..writers().min(items.len()) {
             // A thread that cannot be started leaves its share to the others.
             let _ = std::thread::Builder::new()
                 .name("netoops-write".into())
