@@ -736,16 +736,26 @@ pub fn crash_lines(dir: &Path, ip: Ipv4Addr) -> Vec<Value> {
         .collect()
 }
 
-/// Names of the dump metadata files stored for `ip`.
+/// Names of the dump metadata files stored for `ip`: those that parse (a new dump's `.json`
+/// is written in place after its text is durable, so for a moment it can be empty).
 pub fn dump_files(dir: &Path, ip: Ipv4Addr) -> Vec<String> {
     let Ok(entries) = fs::read_dir(ip_dir(dir, ip)) else {
         return Vec::new();
     };
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
         // Hidden names are the collector's files in flight, not stored dumps.
-        .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.ends_with(".json") && !n.starts_with('.')
+        })
+        .filter(|e| {
+            fs::read(e.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some()
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
     names

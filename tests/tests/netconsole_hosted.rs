@@ -378,7 +378,12 @@ fn two_hundred_machines_of_six_crash_kinds_on_three_builds_make_six_groups() {
         std::fs::read_dir(store.path())
             .unwrap()
             .filter_map(Result::ok)
-            .filter(|e| e.path().join("nc-b0-c0.json").exists())
+            .filter(|e| {
+                std::fs::read(e.path().join("nc-b0-c0.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .is_some()
+            })
             .count()
     };
     wait_until("200 dumps stored", || stored() == 200, context);

@@ -64,7 +64,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CatalogError + '_ {
     move |e| CatalogError::Io(path.to_path_buf(), e)
 }
 
-/// Every dump under `dir`, newest first (by completion time), then by name.
+/// Every stored dump under `dir`, newest first (by completion time), then by name. A `.json`
+/// that does not parse is a dump not stored yet (see [`crate::store`]) and is left out.
 pub fn list(dir: &Path) -> Result<Vec<StoredDump>, CatalogError> {
     if !dir.is_dir() {
         return Err(CatalogError::NoDir(dir.to_path_buf()));
@@ -84,7 +85,15 @@ pub fn list(dir: &Path) -> Result<Vec<StoredDump>, CatalogError> {
                 continue;
             }
             if let Some(key) = name.strip_suffix(".json") {
-                dumps.push(load(&sdir, &ip_dir, key)?);
+                match load(&sdir, &ip_dir, key) {
+                    Ok(d) => dumps.push(d),
+                    // Not stored yet: a new dump's `.json` is written in place, so it can be
+                    // empty or half written for a moment (see `crate::store`).
+                    Err(CatalogError::BadMeta(_)) => {}
+                    // Gone between the listing and the read (replaced or removed).
+                    Err(CatalogError::Io(_, e)) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
     }

@@ -314,6 +314,9 @@ impl Index {
                         upsert(&tx, &d, &stamps).map_err(sql_err)?;
                         stats.indexed += 1;
                     }
+                    Err(Skip::Writing) => {
+                        seen.remove(&name);
+                    }
                     Err(Skip::BadMeta) => {
                         seen.remove(&name);
                         stats.bad_meta += 1;
@@ -476,6 +479,9 @@ fn dump_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IndexedDump> {
 }
 
 enum Skip {
+    /// Empty: a new dump's `.json` is being written (or was left empty by a crash of the
+    /// collector, until the relay resends it); looked at again next time, without a message.
+    Writing,
     BadMeta,
     Io(io::Error),
 }
@@ -496,6 +502,9 @@ fn index_one(
     key: &str,
 ) -> Result<IndexedDump, Skip> {
     let bytes = fs::read(json_path).map_err(Skip::Io)?;
+    if bytes.is_empty() {
+        return Err(Skip::Writing);
+    }
     let meta: Value = serde_json::from_slice(&bytes).map_err(|_| Skip::BadMeta)?;
     if !meta.is_object() {
         return Err(Skip::BadMeta);
@@ -622,6 +631,21 @@ mod tests {
     const OOPS: &str = "BUG: kernel NULL pointer dereference, address: 0000000000000008\n\
         CPU: 0 PID: 1 Comm: sh Not tainted 6.1.0-18-amd64 #1\n\
         RIP: 0010:foo+0x1/0x2\nCall Trace:\n <TASK>\n bar+0x1/0x2\n baz+0x3/0x4\n </TASK>\n";
+
+    #[test]
+    fn an_empty_json_is_a_dump_being_written_and_is_indexed_once_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        put(dir, "10.0.0.1", "b1-d1-t1-v3-g0", "", Some(OOPS));
+        let (mut index, stats) = Index::open_synced(dir).unwrap();
+        assert_eq!((stats.scanned, stats.indexed, stats.bad_meta), (1, 0, 0));
+        assert!(index.groups().unwrap().is_empty());
+        let meta = r#"{"kind":"netoops","source":"10.0.0.1:2004","completed":"2024-05-01T12:00:00.000Z","complete":true}"#;
+        put(dir, "10.0.0.1", "b1-d1-t1-v3-g0", meta, Some(OOPS));
+        let stats = index.sync().unwrap();
+        assert_eq!((stats.indexed, stats.bad_meta), (1, 0));
+        assert_eq!(index.groups().unwrap().len(), 1);
+    }
 
     #[test]
     fn bad_files_are_counted_and_skipped_and_the_index_rebuilds() {

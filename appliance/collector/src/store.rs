@@ -21,9 +21,9 @@
 //! batch was being made durable. A batch costs two file system syncs, however many records it
 //! holds, instead of four fsyncs per dump:
 //!
-//! 1. every new dump's `.log` is written in place (nothing refers to it yet), every `.json`
-//!    (and a `.log` that replaces a stored revision) to a temporary file (hidden, `.part`) in
-//!    its source directory, and the replay state of the *previous* batch to temporary files
+//! 1. every new dump's `.log` is written in place (nothing refers to it yet), a newer revision
+//!    of a stored dump (its `.log` and `.json`) to temporary files (hidden, `.part`) in its
+//!    source directory, and the replay state of the *previous* batch to temporary files
 //!    under `.relays`; no per-file sync. These writes run on a few threads, because creating
 //!    the files is most of a batch's time: allocating an inode may read bitmaps and inode
 //!    tables from disk, and on ext4 without a journal it steps over every inode freed in the
@@ -32,12 +32,13 @@
 //! 2. **sync 1** makes all of that data, and new source directories, durable;
 //! 3. replaced `.log` files are renamed into place and synced (only in batches that replace a
 //!    dump); then each crash notice line is appended to its `crashes.jsonl`, in program order
-//!    (seq order per relay instance), and each dump's `.json` renamed into place, on the writer
-//!    threads (a crash before the next sync has the relay resend, and re-applying a dump
+//!    (seq order per relay instance), and each dump's `.json` put in place, on the writer
+//!    threads: a new dump's written at its name, a newer revision's temporary renamed over the
+//!    stored one (a crash before the next sync has the relay resend, and re-applying a dump
 //!    rewrites the same files, so their order does not matter); then the `.relays`
 //!    temporaries are renamed;
-//! 4. **sync 2** makes the renames and appended lines durable; only then is the batch reported
-//!    durable, and acknowledged by the sessions.
+//! 4. **sync 2** makes the `.json` files, renames and appended lines durable; only then is the
+//!    batch reported durable, and acknowledged by the sessions.
 //!
 //! The sync is `syncfs(2)` on the storage directory ([`SyncFs`]): one call writes back every
 //! dirty page and inode of the file system (and commits its journal, if it has one) once,
@@ -47,9 +48,17 @@
 //! file system of its own to keep them short. The sync goes through the [`Syncer`] trait so
 //! that a test can make it fail.
 //!
-//! Crash safety: a `.json` is renamed only after its `.log` is durable (sync 1, or the sync
-//! after a replaced `.log`'s rename), so a `.json` never describes text that is not there, on
-//! any file system, journaled or not (the build machine's ext4 has no journal). A newer
+//! Crash safety: a `.json` is written or renamed only after its `.log` is durable (sync 1, or
+//! the sync after a replaced `.log`'s rename), so a `.json` never describes text that is not
+//! there, on any file system, journaled or not (the build machine's ext4 has no journal). A
+//! stored (acknowledged) `.json` is only ever replaced by a rename, so it is never torn. A new
+//! dump's `.json` is written in place, so until sync 2 (and after a crash before it, until the
+//! relay resends) it can be empty or cut short: readers take a `.json` that does not parse as
+//! a dump not stored yet ([`crate::catalog`], [`crate::watch`], the web view and the index
+//! skip it and look again later), and so does key resolution here. Writing it under a
+//! temporary name and renaming it would cost every new dump a directory entry and a rename
+//! more, which shows in a storm of new machines (`netoops-bench collector`, see the README).
+//! A newer
 //! revision of a dump replaces an older one, never the reverse (checked against the stored
 //! `.json` and against dumps earlier in the same batch).
 //!
@@ -226,7 +235,30 @@ struct PlannedDump {
     /// The `.log`'s temporary when it replaces a stored one; `None` when it is new and was
     /// written in place (no `.json` refers to it before the batch's first sync made it durable).
     tmp_log: Option<PathBuf>,
-    tmp_json: PathBuf,
+    json: JsonWrite,
+}
+
+/// How step 3 puts a dump's `.json` in place.
+enum JsonWrite {
+    /// A new dump (no `.json` holds its key): written at its final name in step 3. No
+    /// temporary and no rename: a file system operation less per dump, and the dearest part of
+    /// a crash storm is the file system work per dump (see the module documentation).
+    New(Vec<u8>),
+    /// A newer revision of a stored dump: its temporary, renamed over the stored `.json` in
+    /// step 3, so that a crash never leaves a stored dump's metadata torn.
+    Replace(PathBuf),
+}
+
+impl PlannedDump {
+    /// Removes what step 1 wrote under temporary names (a failed batch).
+    fn remove_temporaries(&self) {
+        if let Some(t) = &self.tmp_log {
+            let _ = fs::remove_file(t);
+        }
+        if let JsonWrite::Replace(t) = &self.json {
+            let _ = fs::remove_file(t);
+        }
+    }
 }
 
 /// What step 3 does for one entry.
@@ -475,10 +507,7 @@ impl Store {
                         if let Publish::Dump(d) =
                             std::mem::replace(&mut publish[i], Publish::Nothing)
                         {
-                            if let Some(t) = &d.tmp_log {
-                                let _ = fs::remove_file(t);
-                            }
-                            let _ = fs::remove_file(&d.tmp_json);
+                            d.remove_temporaries();
                         }
                         out[i] = Err(why);
                     }
@@ -623,7 +652,6 @@ impl Store {
                         let log_path = tmp_log
                             .clone()
                             .unwrap_or_else(|| dir.join(format!("{key}.log")));
-                        let tmp_json = dir.join(temp_name(&format!("{key}.json")));
                         pending.insert(
                             (ip_dir.clone(), key.clone()),
                             PendingDump {
@@ -632,13 +660,18 @@ impl Store {
                                 revision: d.revision,
                             },
                         );
-                        let task = Task {
-                            mkdir,
-                            files: vec![
-                                (log_path, Cow::Borrowed(e.payload), !replacing),
+                        let (json, files) = if replacing {
+                            let tmp_json = dir.join(temp_name(&format!("{key}.json")));
+                            let files = vec![
+                                (log_path, Cow::Borrowed(e.payload), false),
                                 (tmp_json.clone(), Cow::Owned(json), false),
-                            ],
+                            ];
+                            (JsonWrite::Replace(tmp_json), files)
+                        } else {
+                            let files = vec![(log_path, Cow::Borrowed(e.payload), true)];
+                            (JsonWrite::New(json), files)
                         };
+                        let task = Task { mkdir, files };
                         (
                             Applied::Dump {
                                 ip_dir,
@@ -649,7 +682,7 @@ impl Store {
                                 dir,
                                 key,
                                 tmp_log,
-                                tmp_json,
+                                json,
                             }),
                             Some(task),
                         )
@@ -709,11 +742,12 @@ impl Store {
                 }
             }
         }
-        // The `.json` renames run in parallel: each is one dump's and independent of the
+        // The `.json` files go in place in parallel: each is one dump's and independent of the
         // others (the batch is acknowledged only after the sync that follows, and a crash
-        // before it has the relay resend, which rewrites the same files). Renames to the same
-        // name (two revisions of one dump in this batch) stay in order, in one group.
-        let mut groups: Vec<Vec<(&Path, PathBuf)>> = Vec::new();
+        // before it has the relay resend, which rewrites the same files). Writes and renames
+        // to the same name (two revisions of one dump in this batch) stay in order, in one
+        // group.
+        let mut groups: Vec<Vec<(&JsonWrite, PathBuf)>> = Vec::new();
         let mut group_of: HashMap<PathBuf, usize> = HashMap::new();
         for p in publish {
             if let Publish::Dump(d) = p {
@@ -723,12 +757,15 @@ impl Store {
                     groups.len() - 1
                 });
                 if let Some(group) = groups.get_mut(g) {
-                    group.push((d.tmp_json.as_path(), to));
+                    group.push((&d.json, to));
                 }
             }
         }
         let renamed = in_parallel(&groups, |group| {
-            group.iter().try_for_each(|(from, to)| fs::rename(from, to))
+            group.iter().try_for_each(|(json, to)| match json {
+                JsonWrite::New(bytes) => fs::write(to, bytes),
+                JsonWrite::Replace(tmp) => fs::rename(tmp, to),
+            })
         });
         renamed.into_iter().collect::<io::Result<()>>()?;
         self.rename_state(state)
@@ -745,10 +782,7 @@ impl Store {
     ) {
         for p in publish {
             if let Publish::Dump(d) = p {
-                if let Some(t) = &d.tmp_log {
-                    let _ = fs::remove_file(t);
-                }
-                let _ = fs::remove_file(&d.tmp_json);
+                d.remove_temporaries();
             }
         }
         for (_, tmp, _) in state {
@@ -1311,6 +1345,55 @@ mod tests {
         assert_eq!(store.last_applied(5), 3);
         store.persist(&o).unwrap();
         assert_eq!(Store::open(tmp.path()).unwrap().last_applied(5), 3);
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.starts_with(TMP_PREFIX)),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn a_json_left_torn_by_a_crash_is_rewritten_by_the_resend() {
+        // A new dump's `.json` is written in place after the first sync; a crash before the
+        // second can leave it empty or cut short, never acknowledged. The resend must not take
+        // it for a stored dump (another occurrence), and must leave a whole `.json`.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fe80__2");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("b1-d77-t1-v3-g0.log"), b"half").unwrap();
+        fs::write(dir.join("b1-d77-t1-v3-g0.json"), b"").unwrap();
+        fs::write(dir.join("b1-d77-t1-v3-g1.json"), br#"{"key":"b1-d77"#).unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let o = Origin {
+            relay: "r".into(),
+            instance: 5,
+        };
+        let Applied::Dump { key, written, .. } = store
+            .apply(
+                &o,
+                &header(1, Record::Dump(dump(1, 100)), b"whole"),
+                b"whole",
+                10_000,
+            )
+            .unwrap()
+        else {
+            panic!("not stored as a dump")
+        };
+        assert_eq!((key.as_str(), written), ("b1-d77-t1-v3-g0", true));
+        assert_eq!(fs::read(dir.join("b1-d77-t1-v3-g0.log")).unwrap(), b"whole");
+        let meta: Value =
+            serde_json::from_slice(&fs::read(dir.join("b1-d77-t1-v3-g0.json")).unwrap()).unwrap();
+        assert_eq!(
+            (meta["seq"].as_u64(), meta["text_bytes"].as_u64()),
+            (Some(1), Some(5))
+        );
+        // A torn `.json` is a dump not stored yet to the readers too.
+        let listed = crate::catalog::list(tmp.path()).unwrap();
+        assert_eq!(listed.len(), 1, "only the whole one is listed");
+        assert_eq!(listed[0].key, "b1-d77-t1-v3-g0");
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -2,9 +2,11 @@
 //!
 //! It polls the directory (no inotify, so it also works over NFS and on a copy being synced):
 //! each source's `crashes.jsonl` is read from where the last poll stopped, and a dump is new
-//! when its `.json` appears (its text is already on disk then, see [`crate::store`]). What was
-//! there when `watch` started is not printed. Every field from the wire is escaped for the
-//! terminal ([`crate::catalog::terminal_safe`]); `--json` prints the stored JSON as one line.
+//! when its `.json` appears and parses (its text is already on disk then, see
+//! [`crate::store`]; a new dump's `.json` is written in place, so a poll can find it empty or
+//! half written, and the next poll looks again). What was there when `watch` started is not
+//! printed. Every field from the wire is escaped for the terminal
+//! ([`crate::catalog::terminal_safe`]); `--json` prints the stored JSON as one line.
 
 use crate::catalog::terminal_safe;
 use crate::store::CRASHES_FILE;
@@ -88,17 +90,27 @@ impl Watch {
                     continue;
                 }
                 let full = format!("{name}/{key}");
-                if self.dumps.insert(full.clone()) && report {
-                    new_dumps.push((full, f.path()));
+                if self.dumps.contains(&full) {
+                    continue;
+                }
+                if !report {
+                    // What is there at the start counts as seen, without reading it.
+                    self.dumps.insert(full);
+                    continue;
+                }
+                // Seen once it parses: until then it is being written (or was left torn by
+                // a crash of the collector, until the relay resends it).
+                let meta = fs::read(f.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+                if let Some(meta) = meta {
+                    self.dumps.insert(full.clone());
+                    new_dumps.push((full, meta));
                 }
             }
         }
-        new_dumps.sort();
-        for (name, path) in new_dumps {
-            if let Ok(meta) = fs::read(&path).map(|b| serde_json::from_slice(&b)) {
-                events.push(Event::Dump(name, meta.unwrap_or(Value::Null)));
-            }
-        }
+        new_dumps.sort_by(|a, b| a.0.cmp(&b.0));
+        events.extend(new_dumps.into_iter().map(|(n, m)| Event::Dump(n, m)));
         Ok(events)
     }
 }
@@ -155,4 +167,36 @@ pub fn format_json(event: &Event) -> String {
         Event::Dump(name, m) => serde_json::json!({ "event": "dump", "name": name, "dump": m }),
     };
     v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dump_is_new_once_its_json_parses_and_only_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("10.0.0.1");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("old.json"), b"").unwrap();
+        let mut w = Watch::new(tmp.path()).unwrap();
+        // Being written: not reported yet, and not forgotten.
+        fs::write(src.join("b1-d1-t1-v3-g0.log"), b"text").unwrap();
+        fs::write(src.join("b1-d1-t1-v3-g0.json"), b"").unwrap();
+        assert_eq!(w.poll().unwrap(), []);
+        fs::write(src.join("b1-d1-t1-v3-g0.json"), br#"{"complete":tru"#).unwrap();
+        assert_eq!(w.poll().unwrap(), []);
+        fs::write(src.join("b1-d1-t1-v3-g0.json"), br#"{"complete":true}"#).unwrap();
+        assert_eq!(
+            w.poll().unwrap(),
+            [Event::Dump(
+                "10.0.0.1/b1-d1-t1-v3-g0".into(),
+                serde_json::json!({"complete": true})
+            )]
+        );
+        assert_eq!(w.poll().unwrap(), []);
+        // What was there at the start stays seen, whatever it holds later.
+        fs::write(src.join("old.json"), b"{}").unwrap();
+        assert_eq!(w.poll().unwrap(), []);
+    }
 }

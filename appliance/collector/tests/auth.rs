@@ -443,7 +443,7 @@ fn partial_frames_of_all_connections_share_one_memory_budget() {
     assert_eq!(load(&counters, |c| &c.memory_refused), 1);
     // The first one still completes its frame and is stored.
     a.send(&big[5 << 20..]).unwrap();
-    // The .json is renamed into place after its .log is durable.
+    // The .json is written after its .log is durable.
     let stored = tmp.path().join("10.5.0.2").join("b7-d1-t1-v3-g0");
     let until = Instant::now() + Duration::from_secs(10);
     while !stored.with_extension("json").exists() && Instant::now() < until {

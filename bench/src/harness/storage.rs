@@ -1,23 +1,24 @@
 //! Reading what the collector stored, with the times it became durable.
 //!
 //! The collector (`netoops-collect serve --dir DIR`) stores in group-committed batches (see
-//! its `store` module): a batch's `.log` files and `.json` temporaries are written and the
-//! file system synced (sync 1), then each `.json` is renamed into place and each crash
-//! notice line appended to `DIR/<ip>/crashes.jsonl`, then the file system is synced again
-//! (sync 2) and the batch acknowledged. Times come from the file system, at nanosecond
+//! its `store` module): a batch's `.log` files (and a newer revision's `.json` temporaries)
+//! are written and the file system synced (sync 1), then each new dump's `.json` is written
+//! (a newer revision's renamed over the stored one) and each crash notice line appended to
+//! `DIR/<ip>/crashes.jsonl`, then the file system is synced again (sync 2) and the batch
+//! acknowledged. Times come from the file system, at nanosecond
 //! resolution, on the same `CLOCK_REALTIME` the generator stamps with:
 //!
-//! - a dump is durable at the `.json`'s ctime: `rename` sets it, after sync 1 made the data
-//!   durable (only sync 2, for the rename itself, follows);
+//! - a dump is durable at the `.json`'s ctime: its write (or `rename`) sets it, after sync 1
+//!   made the text durable (only sync 2, for the `.json` itself, follows);
 //! - a crash line at `crashes.jsonl`'s mtime: the append comes after sync 1 (each benchmark
 //!   machine crashes once, so the file holds one line; only sync 2 follows).
 //!
 //! Both moments leave out sync 2, the same for every record of a batch.
 //!
 //! File times are coarse, though (up to a scheduler tick early, see [`super::watch`]), so a
-//! storage made with [`Storage::watched`] takes both moments from inotify instead (the
-//! rename, the first write), and falls back to the file times for a file it saw no event
-//! for.
+//! storage made with [`Storage::watched`] takes both moments from inotify instead (a `.json`'s
+//! last rename, or else its first write; a crash log's first write), and falls back to the
+//! file times for a file it saw no event for.
 
 use std::fs;
 use std::io;
@@ -129,7 +130,12 @@ impl Storage {
             durable_ns: self
                 .watch
                 .as_ref()
-                .and_then(|w| w.renamed_ns(ip, &format!("{key}.json")))
+                .and_then(|w| {
+                    let name = format!("{key}.json");
+                    // A newer revision is renamed over the first one, written in place.
+                    w.renamed_ns(ip, &name)
+                        .or_else(|| w.first_write_ns(ip, &name))
+                })
                 .unwrap_or_else(|| ns(meta.ctime(), meta.ctime_nsec())),
         })
     }

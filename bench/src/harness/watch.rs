@@ -8,9 +8,9 @@
 //! "durable" before their last datagram was sent.
 //!
 //! [`FileWatch`] watches the collector's per-source directories and stamps, on the same wall
-//! clock as the generator, when each `.json` was renamed into place (`IN_MOVED_TO`: its data
-//! was fsynced before) and when each file was first written (`IN_MODIFY`: a crash line's
-//! append). A thread blocks on the inotify descriptor and stamps each batch of events as it
+//! clock as the generator, when each `.json` was renamed into place (`IN_MOVED_TO`: a newer
+//! revision; its text was synced before) and when each file was first written (`IN_MODIFY`:
+//! a new dump's `.json`, written after its text was synced, or a crash line's append). A thread blocks on the inotify descriptor and stamps each batch of events as it
 //! reads them, so a stamp is never early and is late only by the wake-up of that thread.
 //! inotify does not recurse, so the harness creates a machine's directory and watches it
 //! before sending ([`FileWatch::watch_dirs`]); the collector stores into an existing directory
@@ -269,6 +269,16 @@ mod tests {
             "crash line stamp"
         );
         assert!(before_dump <= renamed && renamed <= after, "rename stamp");
+
+        // A new dump's `.json` is written in place: its first write is the moment.
+        let before_new = wall_ns();
+        fs::write(dir.join("n.json"), b"{}").unwrap();
+        assert!(wait_for(|| w
+            .first_write_ns("10.1.0.1", "n.json")
+            .is_some()));
+        let written = w.first_write_ns("10.1.0.1", "n.json").unwrap();
+        assert!(before_new <= written && written <= wall_ns(), "write stamp");
+        assert_eq!(w.renamed_ns("10.1.0.1", "n.json"), None);
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(w.first_write_ns("10.1.0.1", "crashes.jsonl"), Some(crash));
         assert_eq!(w.renamed_ns("10.1.0.1", "k.json.part"), None);
