@@ -5,8 +5,8 @@
 //! are written and the file system synced (sync 1), then each new dump's `.json` is written
 //! (a newer revision's renamed over the stored one) and each crash notice line appended to
 //! `DIR/<ip>/crashes.jsonl`, then the file system is synced again (sync 2) and the batch
-//! acknowledged. Times come from the file system, at nanosecond
-//! resolution, on the same `CLOCK_REALTIME` the generator stamps with:
+//! acknowledged. Times come from the file system, at nanosecond resolution, on the same
+//! `CLOCK_REALTIME` the generator stamps with:
 //!
 //! - a dump is durable at the `.json`'s ctime: its write (or `rename`) sets it, after sync 1
 //!   made the text durable (only sync 2, for the `.json` itself, follows);

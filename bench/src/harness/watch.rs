@@ -10,8 +10,9 @@
 //! [`FileWatch`] watches the collector's per-source directories and stamps, on the same wall
 //! clock as the generator, when each `.json` was renamed into place (`IN_MOVED_TO`: a newer
 //! revision; its text was synced before) and when each file was first written (`IN_MODIFY`:
-//! a new dump's `.json`, written after its text was synced, or a crash line's append). A thread blocks on the inotify descriptor and stamps each batch of events as it
-//! reads them, so a stamp is never early and is late only by the wake-up of that thread.
+//! a new dump's `.json`, written after its text was synced, or a crash line's append). A
+//! thread blocks on the inotify descriptor and stamps each batch of events as it reads them,
+//! so a stamp is never early and is late only by the wake-up of that thread.
 //! inotify does not recurse, so the harness creates a machine's directory and watches it
 //! before sending ([`FileWatch::watch_dirs`]); the collector stores into an existing directory
 //! as into one it made. A file with no event (a queue overflow, an unwatched directory) falls
