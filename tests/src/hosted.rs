@@ -736,26 +736,25 @@ pub fn crash_lines(dir: &Path, ip: Ipv4Addr) -> Vec<Value> {
         .collect()
 }
 
-/// Names of the dump metadata files stored for `ip`: those that parse (a new dump's `.json`
-/// is written in place after its text is durable, so for a moment it can be empty).
+/// A dump's stored metadata: its `.json` at `path`, once it parses (a new dump's `.json` is
+/// written in place, so for a moment it can be empty).
+pub fn stored_meta(path: &Path) -> Option<Value> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+/// Names of the dump metadata files stored for `ip`: those that parse ([`stored_meta`]).
 pub fn dump_files(dir: &Path, ip: Ipv4Addr) -> Vec<String> {
     let Ok(entries) = fs::read_dir(ip_dir(dir, ip)) else {
         return Vec::new();
     };
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok())
-        // Hidden names are the collector's files in flight, not stored dumps.
-        .filter(|e| {
+        .filter_map(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n.ends_with(".json") && !n.starts_with('.')
+            // Hidden names are the collector's files in flight, not stored dumps.
+            let stored = n.ends_with(".json") && !n.starts_with('.');
+            (stored && stored_meta(&e.path()).is_some()).then_some(n)
         })
-        .filter(|e| {
-            fs::read(e.path())
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .is_some()
-        })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
     names

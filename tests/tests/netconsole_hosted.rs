@@ -4,7 +4,9 @@
 //! expected dumps are computed here, independently of the relay's code, from what was sent.
 
 use netoops_e2e::appliance::run_generator;
-use netoops_e2e::hosted::{binaries, dump_files, ip_dir, wait_until, Collector, Relay};
+use netoops_e2e::hosted::{
+    binaries, dump_files, ip_dir, stored_meta, wait_until, Collector, Relay,
+};
 use netoops_wire::netconsole::{encode_record, is_crash_line, RecordSpec};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -378,12 +380,7 @@ fn two_hundred_machines_of_six_crash_kinds_on_three_builds_make_six_groups() {
         std::fs::read_dir(store.path())
             .unwrap()
             .filter_map(Result::ok)
-            .filter(|e| {
-                std::fs::read(e.path().join("nc-b0-c0.json"))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                    .is_some()
-            })
+            .filter(|e| stored_meta(&e.path().join("nc-b0-c0.json")).is_some())
             .count()
     };
     wait_until("200 dumps stored", || stored() == 200, context);

@@ -761,13 +761,13 @@ impl Store {
                 }
             }
         }
-        let renamed = in_parallel(&groups, |group| {
+        let placed = in_parallel(&groups, |group| {
             group.iter().try_for_each(|(json, to)| match json {
                 JsonWrite::New(bytes) => fs::write(to, bytes),
                 JsonWrite::Replace(tmp) => fs::rename(tmp, to),
             })
         });
-        renamed.into_iter().collect::<io::Result<()>>()?;
+        placed.into_iter().collect::<io::Result<()>>()?;
         self.rename_state(state)
     }
 
@@ -1310,6 +1310,17 @@ mod tests {
         }
     }
 
+    fn assert_no_temporaries(dir: &Path) {
+        let names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.starts_with(TMP_PREFIX)),
+            "{names:?}"
+        );
+    }
+
     #[test]
     fn revisions_only_move_forward_and_occurrences_do_not_collide() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1345,14 +1356,7 @@ mod tests {
         assert_eq!(store.last_applied(5), 3);
         store.persist(&o).unwrap();
         assert_eq!(Store::open(tmp.path()).unwrap().last_applied(5), 3);
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert!(
-            names.iter().all(|n| !n.starts_with(TMP_PREFIX)),
-            "{names:?}"
-        );
+        assert_no_temporaries(&dir);
     }
 
     #[test]
@@ -1394,14 +1398,7 @@ mod tests {
         let listed = crate::catalog::list(tmp.path()).unwrap();
         assert_eq!(listed.len(), 1, "only the whole one is listed");
         assert_eq!(listed[0].key, "b1-d77-t1-v3-g0");
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert!(
-            names.iter().all(|n| !n.starts_with(TMP_PREFIX)),
-            "{names:?}"
-        );
+        assert_no_temporaries(&dir);
     }
 
     #[test]
